@@ -1,0 +1,137 @@
+//! Faults of the peer: each variant is one rule the peer broke and knows its answer
+//! (a close code for frames, an HTTP status for handshakes). Our own I/O errors are
+//! `std::io::Error` and never mix with these.
+
+use std::fmt;
+
+/// A WebSocket peer broke a rule of RFC 6455 (or one of our limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerError {
+    /// RFC 6455 5.2: RSV1-3 must be 0 unless an extension says otherwise (we negotiate none).
+    ReservedBits,
+    /// RFC 6455 5.2: opcodes 3-7 and 0xB-0xF are reserved.
+    ReservedOpcode,
+    /// RFC 6455 5.5: control frames must not be fragmented.
+    FragmentedControl,
+    /// RFC 6455 5.5: control frames carry at most 125 bytes.
+    ControlTooLong,
+    /// RFC 6455 5.2: the most significant bit of a 64-bit length must be 0.
+    LengthTooLarge,
+    /// RFC 6455 5.1: a client must mask every frame it sends.
+    UnmaskedFrame,
+    /// RFC 6455 5.4: a continuation frame needs a message to continue.
+    UnexpectedContinuation,
+    /// RFC 6455 5.4: a new data frame cannot start inside a fragmented message.
+    ExpectedContinuation,
+    /// RFC 6455 5.5.1: a close body is empty or at least a 2-byte code.
+    CloseBodyTooShort,
+    /// RFC 6455 7.4: the close code is not one an endpoint may send.
+    InvalidCloseCode,
+    /// RFC 6455 8.1: text messages and close reasons are UTF-8.
+    InvalidUtf8,
+    /// The message is over `--max-message`, counted over all its fragments.
+    MessageTooBig,
+    /// The message has more fragments than the limit allows.
+    TooManyFragments,
+}
+
+impl PeerError {
+    /// The close code that answers this fault (RFC 6455 7.4.1).
+    pub fn close_code(self) -> u16 {
+        match self {
+            PeerError::InvalidUtf8 => 1007,
+            PeerError::MessageTooBig | PeerError::TooManyFragments => 1009,
+            _ => 1002,
+        }
+    }
+
+    /// A short reason for the close frame and the log (well under 123 bytes).
+    pub fn reason(self) -> &'static str {
+        match self {
+            PeerError::ReservedBits => "reserved bits set",
+            PeerError::ReservedOpcode => "reserved opcode",
+            PeerError::FragmentedControl => "fragmented control frame",
+            PeerError::ControlTooLong => "control frame over 125 bytes",
+            PeerError::LengthTooLarge => "frame length over 2^63",
+            PeerError::UnmaskedFrame => "client frame not masked",
+            PeerError::UnexpectedContinuation => "continuation without a message",
+            PeerError::ExpectedContinuation => "new message inside a fragmented message",
+            PeerError::CloseBodyTooShort => "close body of 1 byte",
+            PeerError::InvalidCloseCode => "invalid close code",
+            PeerError::InvalidUtf8 => "invalid UTF-8",
+            PeerError::MessageTooBig => "message too big",
+            PeerError::TooManyFragments => "too many fragments",
+        }
+    }
+}
+
+impl fmt::Display for PeerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (close {})", self.reason(), self.close_code())
+    }
+}
+
+/// An HTTP request we will not upgrade; each knows its status and says why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// The request head is over the size cap.
+    HeadTooLarge,
+    /// More header lines than we parse.
+    TooManyHeaders,
+    /// Not parseable as an HTTP/1.x request.
+    Malformed,
+    /// RFC 6455 4.1: the handshake is a GET.
+    NotGet,
+    /// RFC 6455 4.1: HTTP/1.1 or later.
+    OldHttp,
+    MissingHost,
+    /// `Upgrade` is present but does not name websocket.
+    NotWebSocketUpgrade,
+    /// `Connection` must contain the `upgrade` token.
+    MissingConnectionUpgrade,
+    /// RFC 6455 4.2.2: we speak version 13 only (answered with 426).
+    UnsupportedVersion,
+    /// `Sec-WebSocket-Key` must be the base64 of 16 bytes.
+    BadKey,
+    /// `Origin` is not on the `--allowed-origin` list.
+    OriginRefused,
+    /// `--max-connections` WebSockets are already open.
+    ServerFull,
+}
+
+impl HandshakeError {
+    pub fn status(self) -> u16 {
+        match self {
+            HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
+            HandshakeError::NotGet => 405,
+            HandshakeError::UnsupportedVersion => 426,
+            HandshakeError::OriginRefused => 403,
+            HandshakeError::ServerFull => 503,
+            _ => 400,
+        }
+    }
+
+    /// The plain-text body of the answer, also used in the log.
+    pub fn reason(self) -> &'static str {
+        match self {
+            HandshakeError::HeadTooLarge => "request head too large",
+            HandshakeError::TooManyHeaders => "too many header lines",
+            HandshakeError::Malformed => "malformed HTTP request",
+            HandshakeError::NotGet => "a WebSocket upgrade must be a GET",
+            HandshakeError::OldHttp => "a WebSocket upgrade needs HTTP/1.1",
+            HandshakeError::MissingHost => "missing Host header",
+            HandshakeError::NotWebSocketUpgrade => "Upgrade header must be websocket",
+            HandshakeError::MissingConnectionUpgrade => "Connection header must contain upgrade",
+            HandshakeError::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
+            HandshakeError::BadKey => "Sec-WebSocket-Key must be 16 bytes in base64",
+            HandshakeError::OriginRefused => "origin not allowed",
+            HandshakeError::ServerFull => "too many connections, try again later",
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.reason(), self.status())
+    }
+}

@@ -1,0 +1,255 @@
+//! A connection's outgoing bytes: shared broadcast frames (a reference each), small
+//! frames inline (no allocation), static pages, with byte accounting for backpressure.
+
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use std::rc::Rc;
+
+use crate::frame::{encode_header, server_header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+
+/// Header and payload in one `Rc<[u8]>`: exactly one allocation (the iterator has
+/// an exact length, so the slice is built in place).
+pub fn shared_frame(header: &[u8], payload: &[u8]) -> Rc<[u8]> {
+    header.iter().chain(payload).copied().collect()
+}
+
+/// A whole server frame as one shared allocation, for fan-out and history.
+pub fn shared_message(opcode: Opcode, payload: &[u8]) -> Rc<[u8]> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&server_header(opcode, payload.len()), &mut header);
+    shared_frame(&header[..n], payload)
+}
+
+/// Room for the largest control frame (2 + 125) and for the 101 answer (129).
+pub const INLINE_CAP: usize = 129;
+
+/// Bytes that fit in a queue entry without a heap allocation.
+#[derive(Clone)]
+pub struct Inline {
+    len: u8,
+    bytes: [u8; INLINE_CAP],
+}
+
+impl Inline {
+    /// Builds from pieces; `None` if they do not fit.
+    pub fn from_parts(parts: &[&[u8]]) -> Option<Inline> {
+        let mut inline = Inline { len: 0, bytes: [0; INLINE_CAP] };
+        let mut n = 0usize;
+        for part in parts {
+            inline.bytes.get_mut(n..n + part.len())?.copy_from_slice(part);
+            n += part.len();
+        }
+        inline.len = n as u8;
+        Some(inline)
+    }
+}
+
+/// One queued piece of output.
+#[derive(Clone)]
+pub enum Chunk {
+    /// A frame encoded once and shared by every recipient.
+    Shared(Rc<[u8]>),
+    Inline(Inline),
+    Static(&'static [u8]),
+    Owned(Vec<u8>),
+}
+
+impl Chunk {
+    /// A final, unmasked server frame: inline when small, otherwise one shared
+    /// allocation holding header and payload together.
+    pub fn frame(opcode: Opcode, payload: &[u8]) -> Chunk {
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&server_header(opcode, payload.len()), &mut header);
+        match Inline::from_parts(&[&header[..n], payload]) {
+            Some(inline) => Chunk::Inline(inline),
+            None => Chunk::Shared(shared_frame(&header[..n], payload)),
+        }
+    }
+
+    /// A close frame; the reason is cut to fit the 125-byte control payload.
+    pub fn close(code: u16, reason: &str) -> Chunk {
+        let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        let len = 2 + end as u8;
+        let header = [0x80 | Opcode::Close.bits(), len];
+        let inline = Inline::from_parts(&[&header, &code.to_be_bytes(), &reason.as_bytes()[..end]]);
+        // 2 + 2 + 123 bytes always fit INLINE_CAP.
+        Chunk::Inline(inline.unwrap_or_else(|| Inline { len: 0, bytes: [0; INLINE_CAP] }))
+    }
+
+    /// A close frame with no body (the answer to an empty close).
+    pub fn close_empty() -> Chunk {
+        Chunk::Static(&[0x80 | 0x8, 0])
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Shared(b) => b,
+            Chunk::Inline(i) => &i.bytes[..usize::from(i.len)],
+            Chunk::Static(b) => b,
+            Chunk::Owned(b) => b,
+        }
+    }
+}
+
+/// The queue would pass its byte limit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OverLimit;
+
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    front_written: usize,
+    /// Bytes queued and not yet written.
+    queued: usize,
+}
+
+impl OutQueue {
+    pub fn push(&mut self, chunk: Chunk) {
+        self.queued += chunk.bytes().len();
+        self.chunks.push_back(chunk);
+    }
+
+    /// Pushes unless the queue already holds bytes and would pass `limit`: a single
+    /// message larger than the limit still goes through an empty queue, so the queue
+    /// never holds more than `max(limit, one message)`.
+    pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
+        if self.queued > 0 && self.queued + chunk.bytes().len() > limit {
+            return Err(OverLimit);
+        }
+        self.push(chunk);
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
+    pub fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        let mut n = 0;
+        for (i, chunk) in self.chunks.iter().enumerate() {
+            let Some(slot) = slices.get_mut(n) else { break };
+            let bytes = chunk.bytes();
+            *slot = IoSlice::new(if i == 0 { &bytes[self.front_written..] } else { bytes });
+            n += 1;
+        }
+        n
+    }
+
+    /// Marks `written` bytes as sent, dropping finished chunks.
+    pub fn advance(&mut self, mut written: usize) {
+        self.queued = self.queued.saturating_sub(written);
+        while let Some(front) = self.chunks.front() {
+            let left = front.bytes().len() - self.front_written;
+            if written < left {
+                self.front_written += written;
+                return;
+            }
+            written -= left;
+            self.front_written = 0;
+            self.chunks.pop_front();
+        }
+    }
+
+    /// Drops everything not yet started. A partly written front chunk stays, so
+    /// the stream remains well framed for what comes after (a close frame).
+    pub fn drop_unsent(&mut self) {
+        let keep = usize::from(self.front_written > 0);
+        self.chunks.truncate(keep);
+        self.queued = self.chunks.front().map_or(0, |c| c.bytes().len() - self.front_written);
+        self.chunks.shrink_to_fit();
+    }
+
+    /// Frees the queue's storage while it is empty (an idle connection holds nothing).
+    pub fn shrink_if_empty(&mut self) {
+        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
+            self.chunks = VecDeque::new();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(q: &OutQueue) -> Vec<u8> {
+        let mut slices = [IoSlice::new(&[]); 8];
+        let n = q.io_slices(&mut slices);
+        slices[..n].iter().flat_map(|s| s.iter().copied()).collect()
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = OutQueue::default();
+        q.push(Chunk::Static(b"abc"));
+        q.push(Chunk::Shared(Rc::from(&b"defg"[..])));
+        q.push(Chunk::Inline(Inline::from_parts(&[b"h", b"ij"]).unwrap()));
+        assert_eq!(q.queued_bytes(), 10);
+        q.advance(2);
+        assert_eq!(drain(&q), b"cdefghij");
+        q.advance(4);
+        assert_eq!(drain(&q), b"ghij");
+        assert_eq!(q.queued_bytes(), 4);
+        q.advance(4);
+        assert!(q.is_empty());
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn the_limit_refuses_only_when_bytes_are_already_queued() {
+        let mut q = OutQueue::default();
+        assert_eq!(q.push_limited(Chunk::Owned(vec![0; 10]), 4), Ok(()), "one big message through an empty queue");
+        assert_eq!(q.push_limited(Chunk::Static(b"x"), 4), Err(OverLimit));
+        q.advance(10);
+        assert_eq!(q.push_limited(Chunk::Static(b"xy"), 4), Ok(()));
+    }
+
+    #[test]
+    fn dropping_unsent_keeps_a_partly_written_front() {
+        let mut q = OutQueue::default();
+        q.push(Chunk::Static(b"abcd"));
+        q.push(Chunk::Static(b"efgh"));
+        q.advance(1);
+        q.drop_unsent();
+        assert_eq!(drain(&q), b"bcd");
+        assert_eq!(q.queued_bytes(), 3);
+        q.advance(3);
+        q.push(Chunk::Static(b"x"));
+        q.drop_unsent();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn small_frames_are_inline_and_large_ones_shared() {
+        let small = Chunk::frame(Opcode::Text, b"hi");
+        assert!(matches!(small, Chunk::Inline(_)));
+        assert_eq!(small.bytes(), b"\x81\x02hi");
+        let large = Chunk::frame(Opcode::Binary, &[7; 300]);
+        assert!(matches!(large, Chunk::Shared(_)));
+        assert_eq!(&large.bytes()[..4], &[0x82, 126, 1, 44]);
+        assert_eq!(large.bytes().len(), 304);
+    }
+
+    #[test]
+    fn close_reasons_are_cut_at_a_character_boundary() {
+        let chunk = Chunk::close(1001, &"é".repeat(100));
+        let bytes = chunk.bytes();
+        assert_eq!(&bytes[..4], &[0x88, 124, 0x03, 0xE9]);
+        assert!(std::str::from_utf8(&bytes[4..]).is_ok());
+        assert_eq!(bytes.len(), 2 + 124);
+    }
+
+    #[test]
+    fn inline_refuses_what_does_not_fit() {
+        assert!(Inline::from_parts(&[&[0; INLINE_CAP]]).is_some());
+        assert!(Inline::from_parts(&[&[0; INLINE_CAP], b"x"]).is_none());
+    }
+}

@@ -1,0 +1,576 @@
+//! `Conn`: one connection's state machine, without I/O. Bytes go in through `read`,
+//! time through `on_tick`; what the connection wants to send waits in its `OutQueue`
+//! for the event loop to write.
+//!
+//! Handshaking -> (Upgrading) -> Open -> Closing -> Draining -> Closed
+//!
+//! - Handshaking: collecting the HTTP request head.
+//! - Upgrading: a valid upgrade waits for the server to `accept` or `refuse` it.
+//! - Open: frames flow.
+//! - Closing: we sent a close frame and wait for the peer's.
+//! - Draining: our last bytes are queued (a close reply, an HTTP answer); once they are
+//!   written the loop shuts our write side, and we discard input until end of stream.
+//! - Closed: drop the socket.
+
+use std::time::{Duration, Instant};
+
+use crate::config::Limits;
+use crate::error::{HandshakeError, PeerError};
+use crate::frame::{close_code, is_valid_close_code, parse_header, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::handshake::{self, Request, MAX_HEAD};
+use crate::mask::apply_mask;
+use crate::outqueue::{Chunk, Inline, OutQueue, OverLimit};
+use crate::utf8::Utf8Validator;
+
+/// How long we wait for a client to close after an HTTP answer.
+pub const HTTP_LINGER: Duration = Duration::from_secs(2);
+
+/// What a `read` produced for the server to act on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A valid WebSocket upgrade: the server calls `accept` or `refuse`.
+    UpgradeRequest,
+    /// A plain HTTP GET: the server answers with `respond`.
+    HttpGet { path: String },
+    /// A complete text or binary message.
+    Message { opcode: Opcode, payload: &'a [u8] },
+}
+
+/// Why a connection is ending, for the log and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    Peer(PeerError),
+    Handshake(HandshakeError),
+    HandshakeTimeout,
+    PongTimeout,
+    CloseTimeout,
+    SlowConsumer,
+}
+
+enum State {
+    Handshaking { head: Vec<u8>, deadline: Option<Instant> },
+    Upgrading { accept: [u8; 28] },
+    Open { heartbeat: Heartbeat },
+    Closing { deadline: Option<Instant> },
+    Draining { deadline: Option<Instant>, write_shut: bool },
+    Closed,
+}
+
+struct Heartbeat {
+    next_ping: Option<Instant>,
+    /// Sequence number of the last ping sent (its 4-byte payload).
+    seq: u32,
+    /// The oldest unanswered ping and when its pong is due.
+    waiting: Option<(u32, Instant)>,
+}
+
+/// A header and control payload never need more than this many buffered bytes.
+const STASH: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
+
+/// Frame parsing state: a few bytes of an unfinished header, the data frame whose
+/// payload is arriving, and the message being assembled.
+struct Reader {
+    stash: [u8; STASH],
+    stash_len: u8,
+    frame: Option<PayloadLeft>,
+    message: Option<Assembly>,
+    payload: Vec<u8>,
+    utf8: Utf8Validator,
+    /// `payload` was handed out as an event; clear it before reading on.
+    delivered: bool,
+}
+
+struct PayloadLeft {
+    remaining: u64,
+    key: [u8; 4],
+    offset: usize,
+    fin: bool,
+}
+
+struct Assembly {
+    opcode: Opcode,
+    len: usize,
+    fragments: u32,
+}
+
+enum Frame {
+    Data(Header),
+    Control(Header, [u8; MAX_CONTROL_PAYLOAD]),
+}
+
+enum Delivery {
+    InPlace { opcode: Opcode, start: usize, end: usize },
+    Assembled { opcode: Opcode },
+}
+
+pub struct Conn {
+    state: State,
+    reader: Reader,
+    out: OutQueue,
+    fault: Option<Fault>,
+}
+
+impl Conn {
+    pub fn new(now: Instant, limits: &Limits) -> Conn {
+        Conn {
+            state: State::Handshaking { head: Vec::new(), deadline: limits.handshake_timeout.map(|t| now + t) },
+            reader: Reader {
+                stash: [0; STASH],
+                stash_len: 0,
+                frame: None,
+                message: None,
+                payload: Vec::new(),
+                utf8: Utf8Validator::default(),
+                delivered: false,
+            },
+            out: OutQueue::default(),
+            fault: None,
+        }
+    }
+
+    /// Processes bytes from `input` until an event is ready or the input is used up.
+    /// Returns how many bytes it used; call again with the rest. Unmasks in place.
+    pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant, limits: &Limits) -> (usize, Option<Event<'a>>) {
+        match self.state {
+            State::Handshaking { .. } => self.read_head(input, now, limits),
+            State::Upgrading { .. } => (0, None),
+            State::Open { .. } | State::Closing { .. } => {
+                let (used, delivery) = self.read_frames(input, now, limits);
+                let input: &'a [u8] = input;
+                let event = delivery.map(|d| match d {
+                    Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
+                    Delivery::Assembled { opcode } => Event::Message { opcode, payload: &self.reader.payload },
+                });
+                (used, event)
+            }
+            State::Draining { .. } | State::Closed => (input.len(), None),
+        }
+    }
+
+    /// The peer ended its side of the stream.
+    pub fn end_of_stream(&mut self) {
+        self.state = State::Closed;
+    }
+
+    /// Accepts the pending upgrade: queues the 101 answer and opens the connection.
+    pub fn accept(&mut self, now: Instant, limits: &Limits) {
+        if let State::Upgrading { accept } = self.state {
+            let mut answer = [0u8; handshake::SWITCHING_PROTOCOLS_LEN];
+            let n = handshake::write_switching_protocols(&accept, &mut answer);
+            if let Some(inline) = Inline::from_parts(&[&answer[..n]]) {
+                self.out.push(Chunk::Inline(inline));
+            }
+            let heartbeat = Heartbeat { next_ping: limits.ping_interval.map(|t| now + t), seq: 0, waiting: None };
+            self.state = State::Open { heartbeat };
+        }
+    }
+
+    /// Refuses the request with an HTTP error and ends the connection.
+    pub fn refuse(&mut self, err: HandshakeError, now: Instant) {
+        self.fault = Some(Fault::Handshake(err));
+        self.respond(Chunk::Owned(handshake::error_response(err)), now);
+    }
+
+    /// Answers a plain HTTP request with `response` and ends the connection.
+    pub fn respond(&mut self, response: Chunk, now: Instant) {
+        if matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. } | State::Draining { .. }) {
+            self.out.push(response);
+            self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false };
+        }
+    }
+
+    /// Queues a data frame for an open connection. Over the backpressure limit the
+    /// connection is a slow consumer: its queue is freed and it is closed with 1008.
+    pub fn send(&mut self, chunk: Chunk, now: Instant, limits: &Limits) -> Result<(), OverLimit> {
+        if !self.is_open() {
+            return Ok(());
+        }
+        let result = self.out.push_limited(chunk, limits.max_backpressure);
+        if result.is_err() {
+            self.out.drop_unsent();
+            self.fault = Some(Fault::SlowConsumer);
+            self.close(close_code::POLICY, "slow consumer: too much data queued", now, limits);
+        }
+        result
+    }
+
+    /// Starts the closing handshake (RFC 6455 7.1.2), or ends a connection that is
+    /// not open yet.
+    pub fn close(&mut self, code: u16, reason: &str, now: Instant, limits: &Limits) {
+        match self.state {
+            State::Open { .. } => {
+                self.out.push(Chunk::close(code, reason));
+                self.state = State::Closing { deadline: limits.close_timeout.map(|t| now + t) };
+            }
+            State::Handshaking { .. } | State::Upgrading { .. } => self.state = State::Closed,
+            State::Closing { .. } | State::Draining { .. } | State::Closed => {}
+        }
+    }
+
+    /// Acts on time: drops a stalled handshake, pings, gives up on a missing pong
+    /// or close reply. Safe to call at any time.
+    pub fn on_tick(&mut self, now: Instant, limits: &Limits) {
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
+        match &mut self.state {
+            State::Handshaking { deadline, .. } if due(*deadline) => {
+                self.fault = Some(Fault::HandshakeTimeout);
+                self.state = State::Closed;
+            }
+            State::Open { heartbeat } => {
+                if due(heartbeat.waiting.map(|w| w.1)) {
+                    self.fault = Some(Fault::PongTimeout);
+                    self.close(close_code::INTERNAL, "keepalive ping timeout", now, limits);
+                    return;
+                }
+                if due(heartbeat.next_ping) {
+                    heartbeat.seq = heartbeat.seq.wrapping_add(1);
+                    let seq = heartbeat.seq;
+                    if let Some(timeout) = limits.ping_timeout {
+                        heartbeat.waiting.get_or_insert((seq, now + timeout));
+                    }
+                    heartbeat.next_ping = limits.ping_interval.map(|t| now + t);
+                    self.send_control(Opcode::Ping, &seq.to_be_bytes());
+                }
+                // An idle connection keeps no buffers.
+                if self.reader.message.is_none() && self.reader.frame.is_none() {
+                    self.reader.payload = Vec::new();
+                }
+                self.out.shrink_if_empty();
+            }
+            State::Closing { deadline } | State::Draining { deadline, .. } if due(*deadline) => {
+                self.fault.get_or_insert(Fault::CloseTimeout);
+                self.state = State::Closed;
+            }
+            _ => {}
+        }
+    }
+
+    /// When `on_tick` next has something to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Handshaking { deadline, .. } | State::Closing { deadline } | State::Draining { deadline, .. } => *deadline,
+            State::Open { heartbeat } => match (heartbeat.next_ping, heartbeat.waiting) {
+                (Some(p), Some((_, w))) => Some(p.min(w)),
+                (p, w) => p.or(w.map(|w| w.1)),
+            },
+            State::Upgrading { .. } | State::Closed => None,
+        }
+    }
+
+    pub fn out(&mut self) -> &mut OutQueue {
+        &mut self.out
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.out.queued_bytes()
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.state, State::Open { .. })
+    }
+
+    pub fn is_handshaking(&self) -> bool {
+        matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. })
+    }
+
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// All our output is queued and written: time to shut our write side.
+    pub fn wants_write_shutdown(&self) -> bool {
+        matches!(self.state, State::Draining { write_shut: false, .. }) && self.out.is_empty()
+    }
+
+    pub fn write_shut_down(&mut self) {
+        if let State::Draining { write_shut, .. } = &mut self.state {
+            *write_shut = true;
+        }
+    }
+
+    /// Why the connection is ending, once; `None` for a normal close.
+    pub fn take_fault(&mut self) -> Option<Fault> {
+        self.fault.take()
+    }
+
+    fn read_head(&mut self, input: &[u8], now: Instant, limits: &Limits) -> (usize, Option<Event<'static>>) {
+        let State::Handshaking { head, .. } = &mut self.state else { return (0, None) };
+        let before = head.len();
+        // Common case: the whole head in one read, parsed where it lies.
+        if before == 0 {
+            if let Some(end) = handshake::find_head_end(&input[..input.len().min(MAX_HEAD)], 0) {
+                let request = handshake::parse_request(&input[..end], &limits.allowed_origins);
+                return self.on_request(request, end, input.len(), now);
+            }
+        }
+        let take = input.len().min(MAX_HEAD + 1 - before);
+        head.extend_from_slice(&input[..take]);
+        match handshake::find_head_end(head, before) {
+            Some(end) if end <= MAX_HEAD => {
+                let request = handshake::parse_request(&head[..end], &limits.allowed_origins);
+                self.on_request(request, end - before, input.len(), now)
+            }
+            Some(_) => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
+            None if head.len() > MAX_HEAD => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
+            None => (take, None),
+        }
+    }
+
+    fn on_request(&mut self, request: Result<Request, HandshakeError>, used: usize, all: usize, now: Instant) -> (usize, Option<Event<'static>>) {
+        match request {
+            Ok(Request::Upgrade { accept }) => {
+                self.state = State::Upgrading { accept };
+                (used, Some(Event::UpgradeRequest))
+            }
+            Ok(Request::Get { path }) => {
+                self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false };
+                (all, Some(Event::HttpGet { path }))
+            }
+            Err(err) => {
+                self.refuse(err, now);
+                (all, None)
+            }
+        }
+    }
+
+    fn read_frames(&mut self, input: &mut [u8], now: Instant, limits: &Limits) -> (usize, Option<Delivery>) {
+        if self.reader.delivered {
+            self.reader.payload.clear();
+            self.reader.delivered = false;
+        }
+        let mut pos = 0;
+        loop {
+            if !matches!(self.state, State::Open { .. } | State::Closing { .. }) {
+                return (input.len(), None);
+            }
+            let open = self.is_open();
+            if let Some(frame) = &mut self.reader.frame {
+                // Payload of a data frame, taken as it arrives.
+                let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(input.len() - pos);
+                if n == 0 && frame.remaining > 0 {
+                    return (pos, None);
+                }
+                let chunk = &mut input[pos..pos + n];
+                pos += n;
+                apply_mask(chunk, frame.key, frame.offset);
+                frame.offset = (frame.offset + n) & 3;
+                frame.remaining -= n as u64;
+                let last = frame.remaining == 0;
+                let fin = last && frame.fin;
+                if last {
+                    self.reader.frame = None;
+                }
+                if open {
+                    match self.reader.take_payload(chunk, fin) {
+                        Err(err) => return self.fail(err, now, limits, input.len()),
+                        Ok(Some(opcode)) => return (pos, Some(Delivery::Assembled { opcode })),
+                        Ok(None) => {}
+                    }
+                }
+                continue;
+            }
+            let frame = match self.reader.next_frame(input, &mut pos) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return (pos, None),
+                Err(err) => return self.fail(err, now, limits, input.len()),
+            };
+            let result = match frame {
+                Frame::Data(header) if open => self.reader.start_data(header, input, &mut pos, limits),
+                Frame::Data(header) => {
+                    // Closing: skip data, look for the close reply.
+                    let key = header.mask.unwrap_or_default();
+                    self.reader.frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: false });
+                    Ok(None)
+                }
+                Frame::Control(header, mut payload) => {
+                    let len = header.len as usize;
+                    match header.mask {
+                        Some(key) => {
+                            apply_mask(&mut payload[..len], key, 0);
+                            self.on_control(header.opcode, &payload[..len], now, limits).map(|()| None)
+                        }
+                        None => Err(PeerError::UnmaskedFrame),
+                    }
+                }
+            };
+            match result {
+                Ok(Some(delivery)) => return (pos, Some(delivery)),
+                Ok(None) => {}
+                Err(err) => return self.fail(err, now, limits, input.len()),
+            }
+        }
+    }
+
+    fn on_control(&mut self, opcode: Opcode, payload: &[u8], now: Instant, limits: &Limits) -> Result<(), PeerError> {
+        let State::Open { heartbeat } = &mut self.state else {
+            // Closing: only the peer's close matters; our close is already sent.
+            if opcode == Opcode::Close {
+                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+            }
+            return Ok(());
+        };
+        match opcode {
+            Opcode::Ping => {
+                // RFC 6455 5.5.3 lets us answer only the latest ping; under backpressure
+                // we skip the pong rather than queue without bound.
+                if self.out.queued_bytes() <= limits.max_backpressure {
+                    self.send_control(Opcode::Pong, payload);
+                }
+            }
+            Opcode::Pong => {
+                if let (Some((oldest, _)), Ok(bytes)) = (heartbeat.waiting, <[u8; 4]>::try_from(payload)) {
+                    // A pong for the oldest unanswered ping or any later one proves liveness.
+                    let answered = u32::from_be_bytes(bytes);
+                    if answered.wrapping_sub(oldest) <= heartbeat.seq.wrapping_sub(oldest) {
+                        heartbeat.waiting = None;
+                    }
+                }
+            }
+            Opcode::Close => {
+                // RFC 6455 5.5.1: an empty body, or a 2-byte code and a UTF-8 reason.
+                let reply = match payload {
+                    [] => Chunk::close_empty(),
+                    [_] => return Err(PeerError::CloseBodyTooShort),
+                    [hi, lo, reason @ ..] => {
+                        let code = u16::from_be_bytes([*hi, *lo]);
+                        if !is_valid_close_code(code) {
+                            return Err(PeerError::InvalidCloseCode);
+                        }
+                        std::str::from_utf8(reason).map_err(|_| PeerError::InvalidUtf8)?;
+                        Chunk::close(code, "")
+                    }
+                };
+                // RFC 6455 5.5.1: answer with a close, then the server closes TCP first.
+                self.out.push(reply);
+                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// RFC 6455 7.1.7: Fail the WebSocket Connection: send the close code and
+    /// process nothing more from the peer.
+    fn fail(&mut self, err: PeerError, now: Instant, limits: &Limits, used: usize) -> (usize, Option<Delivery>) {
+        self.fault = Some(Fault::Peer(err));
+        if self.is_open() {
+            self.out.push(Chunk::close(err.close_code(), err.reason()));
+        }
+        self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+        (used, None)
+    }
+
+    fn send_control(&mut self, opcode: Opcode, payload: &[u8]) {
+        let header = [0x80 | opcode.bits(), payload.len() as u8];
+        if let Some(inline) = Inline::from_parts(&[&header, payload]) {
+            self.out.push(Chunk::Inline(inline));
+        }
+    }
+}
+
+impl Reader {
+    /// The next frame header, from the stash or from `input[*pos..]`; for a control
+    /// frame also its whole (still masked) payload. `Ok(None)`: the bytes so far
+    /// are stashed and more are needed.
+    fn next_frame(&mut self, input: &[u8], pos: &mut usize) -> Result<Option<Frame>, PeerError> {
+        let old = usize::from(self.stash_len);
+        let (bytes, from_stash) = if old == 0 {
+            (&input[*pos..], false)
+        } else {
+            let take = (STASH - old).min(input.len() - *pos);
+            self.stash[old..old + take].copy_from_slice(&input[*pos..*pos + take]);
+            (&self.stash[..old + take], true)
+        };
+        let complete = match parse_header(bytes)? {
+            Some((header, header_len)) => {
+                let need = header_len + if header.opcode.is_control() { header.len as usize } else { 0 };
+                bytes.get(header_len..need).map(|control_payload| (header, need, control_payload))
+            }
+            None => None,
+        };
+        let Some((header, need, control_payload)) = complete else {
+            // Everything available is kept: it is less than STASH bytes.
+            let total = bytes.len();
+            if !from_stash {
+                self.stash[..total].copy_from_slice(&input[*pos..]);
+            }
+            self.stash_len = total as u8;
+            *pos = input.len();
+            return Ok(None);
+        };
+        let frame = if header.opcode.is_control() {
+            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
+            payload[..control_payload.len()].copy_from_slice(control_payload);
+            Frame::Control(header, payload)
+        } else {
+            Frame::Data(header)
+        };
+        *pos += need - old;
+        self.stash_len = 0;
+        Ok(Some(frame))
+    }
+
+    /// Checks a data frame header against the message in progress and the limits.
+    /// A whole unfragmented message already in `input` is unmasked and delivered in place.
+    fn start_data(&mut self, header: Header, input: &mut [u8], pos: &mut usize, limits: &Limits) -> Result<Option<Delivery>, PeerError> {
+        let key = header.mask.ok_or(PeerError::UnmaskedFrame)?;
+        let too_big = |so_far: usize| header.len > (limits.max_message - so_far) as u64;
+        match (&mut self.message, header.opcode) {
+            (None, Opcode::Continuation) => return Err(PeerError::UnexpectedContinuation),
+            (Some(_), Opcode::Text | Opcode::Binary) => return Err(PeerError::ExpectedContinuation),
+            (Some(message), _) => {
+                message.fragments += 1;
+                if message.fragments > limits.max_fragments {
+                    return Err(PeerError::TooManyFragments);
+                }
+                if too_big(message.len) {
+                    return Err(PeerError::MessageTooBig);
+                }
+                message.len += header.len as usize;
+            }
+            (None, opcode) => {
+                if too_big(0) {
+                    return Err(PeerError::MessageTooBig);
+                }
+                let len = header.len as usize;
+                if header.fin && input.len() - *pos >= len {
+                    let (start, end) = (*pos, *pos + len);
+                    *pos = end;
+                    let payload = &mut input[start..end];
+                    apply_mask(payload, key, 0);
+                    if opcode == Opcode::Text && std::str::from_utf8(payload).is_err() {
+                        return Err(PeerError::InvalidUtf8);
+                    }
+                    return Ok(Some(Delivery::InPlace { opcode, start, end }));
+                }
+                self.message = Some(Assembly { opcode, len, fragments: 1 });
+                self.utf8.reset();
+            }
+        }
+        self.frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: header.fin });
+        Ok(None)
+    }
+
+    /// Adds unmasked payload to the message; returns its opcode when `fin` completes it.
+    fn take_payload(&mut self, chunk: &[u8], fin: bool) -> Result<Option<Opcode>, PeerError> {
+        let Some(message) = &self.message else { return Ok(None) };
+        let opcode = message.opcode;
+        if opcode == Opcode::Text {
+            // RFC 6455 8.1: fail as soon as the text cannot be valid UTF-8.
+            self.utf8.feed(chunk).map_err(|_| PeerError::InvalidUtf8)?;
+            if fin {
+                self.utf8.finish().map_err(|_| PeerError::InvalidUtf8)?;
+            }
+        }
+        self.payload.extend_from_slice(chunk);
+        if !fin {
+            return Ok(None);
+        }
+        self.message = None;
+        self.delivered = true;
+        Ok(Some(opcode))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,528 @@
+//! Byte scripts for `Conn`: bytes in, exact bytes and events out, in virtual time.
+//! Grouped by RFC 6455 section.
+
+use super::*;
+use proptest::prelude::*;
+use std::io::IoSlice;
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+enum Ev {
+    Upgrade,
+    Get(String),
+    Msg(Opcode, Vec<u8>),
+}
+
+fn limits() -> Limits {
+    Limits { max_message: 1000, max_fragments: 8, max_backpressure: 100, ..Limits::default() }
+}
+
+/// A masked client frame.
+fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![(u8::from(fin) << 7) | opcode];
+    match payload.len() {
+        n @ 0..=125 => out.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&KEY);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    crate::mask::apply_mask_naive(&mut out[start..], KEY, 0);
+    out
+}
+
+fn text(s: &str) -> Vec<u8> {
+    frame(true, 1, s.as_bytes())
+}
+
+/// Feeds `bytes` in one piece, accepting any upgrade; returns the events.
+fn feed(conn: &mut Conn, bytes: &[u8], now: Instant) -> Vec<Ev> {
+    feed_chunks(conn, &[bytes], now)
+}
+
+fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
+    let limits = limits();
+    let mut events = Vec::new();
+    for chunk in chunks {
+        let mut buf = chunk.to_vec();
+        let mut pos = 0;
+        while pos < buf.len() {
+            let (used, event) = conn.read(&mut buf[pos..], now, &limits);
+            pos += used;
+            let event = event.map(|e| match e {
+                Event::UpgradeRequest => Ev::Upgrade,
+                Event::HttpGet { path } => Ev::Get(path),
+                Event::Message { opcode, payload } => Ev::Msg(opcode, payload.to_vec()),
+            });
+            match event {
+                Some(Ev::Upgrade) => {
+                    conn.accept(now, &limits);
+                    events.push(Ev::Upgrade);
+                }
+                Some(e) => events.push(e),
+                None if used == 0 => panic!("read made no progress"),
+                None => {}
+            }
+        }
+    }
+    events
+}
+
+/// Takes everything queued for the peer.
+fn output(conn: &mut Conn) -> Vec<u8> {
+    let mut slices = [IoSlice::new(&[]); 64];
+    let n = conn.out().io_slices(&mut slices);
+    let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+    conn.out().advance(bytes.len());
+    bytes
+}
+
+fn open_conn() -> (Conn, Instant) {
+    let now = Instant::now();
+    let mut conn = Conn::new(now, &limits());
+    assert_eq!(feed(&mut conn, UPGRADE, now), vec![Ev::Upgrade]);
+    output(&mut conn);
+    (conn, now)
+}
+
+fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+    let mut out = vec![0x88, 2 + reason.len() as u8];
+    out.extend_from_slice(&code.to_be_bytes());
+    out.extend_from_slice(reason.as_bytes());
+    out
+}
+
+fn msg(opcode: Opcode, payload: &[u8]) -> Ev {
+    Ev::Msg(opcode, payload.to_vec())
+}
+
+mod section_4_handshake {
+    use super::*;
+
+    #[test]
+    fn an_upgrade_is_answered_with_101_and_the_connection_opens() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        assert_eq!(feed(&mut conn, UPGRADE, now), vec![Ev::Upgrade]);
+        assert!(conn.is_open());
+        assert_eq!(
+            output(&mut conn),
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_head_that_arrives_byte_by_byte_is_parsed_once_complete() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let pieces: Vec<&[u8]> = UPGRADE.chunks(1).collect();
+        assert_eq!(feed_chunks(&mut conn, &pieces, now), vec![Ev::Upgrade]);
+    }
+
+    #[test]
+    fn frames_sent_right_behind_the_head_are_not_lost() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let mut bytes = UPGRADE.to_vec();
+        bytes.extend(text("early"));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![Ev::Upgrade, msg(Opcode::Text, b"early")]);
+        // Also when the head came in pieces.
+        let mut conn = Conn::new(now, &limits());
+        let (a, b) = bytes.split_at(20);
+        assert_eq!(feed_chunks(&mut conn, &[a, b], now), vec![Ev::Upgrade, msg(Opcode::Text, b"early")]);
+    }
+
+    #[test]
+    fn a_head_over_8_kib_gets_431_without_waiting_for_its_end() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let mut head = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        head.resize(MAX_HEAD + 100, b'a');
+        assert_eq!(feed(&mut conn, &head, now), vec![]);
+        assert!(String::from_utf8(output(&mut conn)).unwrap().starts_with("HTTP/1.1 431 "));
+        assert_eq!(conn.take_fault(), Some(Fault::Handshake(HandshakeError::HeadTooLarge)));
+        assert!(conn.wants_write_shutdown());
+    }
+
+    #[test]
+    fn a_bad_request_is_answered_and_the_rest_of_the_input_ignored() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let bad = String::from_utf8(UPGRADE.to_vec()).unwrap().replace("Version: 13", "Version: 7");
+        assert_eq!(feed(&mut conn, format!("{bad}garbage").as_bytes(), now), vec![]);
+        assert!(String::from_utf8(output(&mut conn)).unwrap().starts_with("HTTP/1.1 426 "));
+    }
+
+    #[test]
+    fn a_plain_get_is_handed_to_the_server() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        assert_eq!(feed(&mut conn, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", now), vec![Ev::Get("/healthz".into())]);
+        conn.respond(Chunk::Static(b"HTTP/1.1 200 OK\r\n\r\n"), now);
+        assert_eq!(output(&mut conn), b"HTTP/1.1 200 OK\r\n\r\n");
+        assert!(conn.wants_write_shutdown());
+    }
+
+    #[test]
+    fn a_stalled_handshake_is_dropped_at_its_deadline() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        feed(&mut conn, b"GET / HTTP/1.1\r\n", now);
+        let deadline = conn.next_deadline().unwrap();
+        assert_eq!(deadline, now + Duration::from_secs(10));
+        conn.on_tick(deadline - Duration::from_millis(1), &limits());
+        assert!(!conn.is_closed());
+        conn.on_tick(deadline, &limits());
+        assert!(conn.is_closed());
+        assert_eq!(conn.take_fault(), Some(Fault::HandshakeTimeout));
+    }
+}
+
+mod section_5_framing {
+    use super::*;
+
+    #[test]
+    fn a_masked_text_frame_is_delivered_unmasked() {
+        let (mut conn, now) = open_conn();
+        assert_eq!(feed(&mut conn, &text("Hello"), now), vec![msg(Opcode::Text, b"Hello")]);
+        assert_eq!(output(&mut conn), b"");
+    }
+
+    #[test]
+    fn binary_and_empty_messages_are_delivered() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(true, 2, &[0, 255, 7]);
+        bytes.extend(frame(true, 1, b""));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![msg(Opcode::Binary, &[0, 255, 7]), msg(Opcode::Text, b"")]);
+    }
+
+    #[test]
+    fn an_unmasked_client_frame_fails_with_1002() {
+        let (mut conn, now) = open_conn();
+        assert_eq!(feed(&mut conn, &[0x81, 0x02, b'h', b'i'], now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1002, "client frame not masked"));
+        assert_eq!(conn.take_fault(), Some(Fault::Peer(PeerError::UnmaskedFrame)));
+    }
+
+    #[test]
+    fn reserved_bits_fail_with_1002_and_nothing_more_is_processed() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(true, 1, b"x");
+        bytes[0] |= 0x40;
+        bytes.extend(text("after"));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1002, "reserved bits set"));
+    }
+
+    #[test]
+    fn fragments_are_assembled_with_control_frames_between_them() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 1, b"Hel");
+        bytes.extend(frame(true, 9, b"p"));
+        bytes.extend(frame(false, 0, b"l"));
+        bytes.extend(frame(true, 0, b"o"));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![msg(Opcode::Text, b"Hello")]);
+        assert_eq!(output(&mut conn), [0x8A, 1, b'p']);
+    }
+
+    #[test]
+    fn a_continuation_without_a_message_fails_with_1002() {
+        let (mut conn, now) = open_conn();
+        feed(&mut conn, &frame(true, 0, b"x"), now);
+        assert_eq!(output(&mut conn), close_frame(1002, "continuation without a message"));
+    }
+
+    #[test]
+    fn a_new_message_inside_a_fragmented_one_fails_with_1002() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 1, b"a");
+        bytes.extend(frame(true, 2, b"b"));
+        feed(&mut conn, &bytes, now);
+        assert_eq!(output(&mut conn), close_frame(1002, "new message inside a fragmented message"));
+    }
+
+    #[test]
+    fn fragmented_or_long_control_frames_fail_with_1002() {
+        let (mut conn, now) = open_conn();
+        feed(&mut conn, &frame(false, 9, b"x"), now);
+        assert_eq!(output(&mut conn), close_frame(1002, "fragmented control frame"));
+        let (mut conn, now) = open_conn();
+        feed(&mut conn, &frame(true, 9, &[0; 126]), now);
+        assert_eq!(output(&mut conn), close_frame(1002, "control frame over 125 bytes"));
+    }
+
+    #[test]
+    fn a_ping_is_answered_with_a_pong_of_the_same_payload() {
+        let (mut conn, now) = open_conn();
+        assert_eq!(feed(&mut conn, &frame(true, 9, b"are you there"), now), vec![]);
+        let mut want = vec![0x8A, 13];
+        want.extend_from_slice(b"are you there");
+        assert_eq!(output(&mut conn), want);
+    }
+
+    #[test]
+    fn an_unsolicited_pong_is_ignored() {
+        let (mut conn, now) = open_conn();
+        assert_eq!(feed(&mut conn, &frame(true, 10, b"x"), now), vec![]);
+        assert_eq!(output(&mut conn), b"");
+        assert!(conn.is_open());
+    }
+}
+
+mod section_7_closing {
+    use super::*;
+
+    #[test]
+    fn a_close_is_answered_with_the_same_code_then_the_connection_drains() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(true, 8, &[0x03, 0xE8, b'b', b'y', b'e']);
+        bytes.extend(text("ignored after close"));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1000, ""));
+        assert!(conn.wants_write_shutdown());
+        assert_eq!(conn.take_fault(), None);
+        conn.end_of_stream();
+        assert!(conn.is_closed());
+    }
+
+    #[test]
+    fn an_empty_close_is_answered_with_an_empty_close() {
+        let (mut conn, now) = open_conn();
+        feed(&mut conn, &frame(true, 8, b""), now);
+        assert_eq!(output(&mut conn), [0x88, 0]);
+    }
+
+    #[test]
+    fn bad_close_bodies_fail_with_their_codes() {
+        for (body, want) in [
+            (&[0x03][..], close_frame(1002, "close body of 1 byte")),
+            (&[0x03, 0xED], close_frame(1002, "invalid close code")),
+            (&[0x03, 0xE8, 0xFF], close_frame(1007, "invalid UTF-8")),
+        ] {
+            let (mut conn, now) = open_conn();
+            feed(&mut conn, &frame(true, 8, body), now);
+            assert_eq!(output(&mut conn), want, "{body:?}");
+        }
+    }
+
+    #[test]
+    fn our_close_waits_for_the_reply_and_skips_data_meanwhile() {
+        let (mut conn, now) = open_conn();
+        conn.close(1001, "going away", now, &limits());
+        assert_eq!(output(&mut conn), close_frame(1001, "going away"));
+        let mut bytes = text("late message");
+        bytes.extend(frame(true, 8, &[0x03, 0xE9]));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), b"", "no second close");
+        assert!(conn.wants_write_shutdown());
+    }
+
+    #[test]
+    fn a_missing_close_reply_ends_the_connection_at_close_timeout() {
+        let (mut conn, now) = open_conn();
+        conn.close(1001, "", now, &limits());
+        let deadline = conn.next_deadline().unwrap();
+        assert_eq!(deadline, now + Duration::from_secs(10));
+        conn.on_tick(deadline, &limits());
+        assert!(conn.is_closed());
+        assert_eq!(conn.take_fault(), Some(Fault::CloseTimeout));
+    }
+}
+
+mod section_8_utf8 {
+    use super::*;
+
+    #[test]
+    fn invalid_utf8_fails_with_1007_before_the_message_ends() {
+        let (mut conn, now) = open_conn();
+        feed(&mut conn, &frame(false, 1, &[b'o', b'k', 0xC0, 0xAF]), now);
+        assert_eq!(output(&mut conn), close_frame(1007, "invalid UTF-8"));
+    }
+
+    #[test]
+    fn invalid_utf8_split_across_fragments_fails_with_1007() {
+        let (mut conn, now) = open_conn();
+        // F4 90 ... lies above U+10FFFF; each fragment alone looks fine.
+        let mut bytes = frame(false, 1, &[b'a', 0xF4]);
+        bytes.extend(frame(false, 0, &[0x90]));
+        feed(&mut conn, &bytes, now);
+        assert_eq!(output(&mut conn), close_frame(1007, "invalid UTF-8"));
+    }
+
+    #[test]
+    fn a_character_split_across_fragments_is_fine() {
+        let (mut conn, now) = open_conn();
+        let euro = "€".as_bytes();
+        let mut bytes = frame(false, 1, &euro[..1]);
+        bytes.extend(frame(true, 0, &euro[1..]));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![msg(Opcode::Text, euro)]);
+    }
+
+    #[test]
+    fn a_message_ending_inside_a_character_fails_with_1007() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 1, b"a");
+        bytes.extend(frame(true, 0, &[0xE2, 0x82]));
+        feed(&mut conn, &bytes, now);
+        assert_eq!(output(&mut conn), close_frame(1007, "invalid UTF-8"));
+    }
+}
+
+mod limits {
+    use super::*;
+
+    #[test]
+    fn a_huge_declared_length_fails_with_1009_at_header_time() {
+        let (mut conn, now) = open_conn();
+        let mut header = vec![0x82, 0xFF];
+        header.extend_from_slice(&(1u64 << 62).to_be_bytes());
+        header.extend_from_slice(&KEY);
+        assert_eq!(feed(&mut conn, &header, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1009, "message too big"));
+        assert_eq!(conn.reader.payload.capacity(), 0, "nothing allocated");
+    }
+
+    #[test]
+    fn the_message_limit_counts_every_fragment() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 2, &[0; 600]);
+        bytes.extend(frame(true, 0, &[0; 401]));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1009, "message too big"));
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 2, &[0; 600]);
+        bytes.extend(frame(true, 0, &[0; 400]));
+        assert_eq!(feed(&mut conn, &bytes, now).len(), 1, "exactly the limit is fine");
+    }
+
+    #[test]
+    fn a_flood_of_empty_fragments_fails_with_1009() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = frame(false, 2, b"");
+        for _ in 0..limits().max_fragments {
+            bytes.extend(frame(false, 0, b""));
+        }
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1009, "too many fragments"));
+    }
+
+    #[test]
+    fn a_slow_consumer_is_closed_with_1008_and_its_queue_freed() {
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 90]), now, &limits), Ok(()));
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 20]), now, &limits), Err(OverLimit));
+        assert_eq!(output(&mut conn), close_frame(1008, "slow consumer: too much data queued"));
+        assert_eq!(conn.take_fault(), Some(Fault::SlowConsumer));
+    }
+
+    #[test]
+    fn pings_are_not_answered_past_the_backpressure_limit() {
+        let (mut conn, now) = open_conn();
+        let mut bytes = Vec::new();
+        for _ in 0..10 {
+            bytes.extend(frame(true, 9, &[0; 20]));
+        }
+        feed(&mut conn, &bytes, now);
+        assert!(conn.queued_bytes() <= limits().max_backpressure + 22);
+    }
+}
+
+mod heartbeat {
+    use super::*;
+
+    #[test]
+    fn pings_at_the_interval_and_a_matching_pong_keeps_the_connection() {
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        let ping_at = conn.next_deadline().unwrap();
+        assert_eq!(ping_at, now + Duration::from_secs(10));
+        conn.on_tick(ping_at, &limits);
+        assert_eq!(output(&mut conn), [0x89, 4, 0, 0, 0, 1]);
+        assert_eq!(conn.next_deadline(), Some(ping_at + Duration::from_secs(5)));
+        feed(&mut conn, &frame(true, 10, &[0, 0, 0, 1]), ping_at);
+        assert_eq!(conn.next_deadline(), Some(ping_at + Duration::from_secs(10)));
+        conn.on_tick(ping_at + Duration::from_secs(5), &limits);
+        assert!(conn.is_open());
+    }
+
+    #[test]
+    fn a_missing_pong_closes_with_1011() {
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        conn.on_tick(now + Duration::from_secs(10), &limits);
+        output(&mut conn);
+        feed(&mut conn, &frame(true, 10, &[0, 0, 0, 9]), now);
+        conn.on_tick(now + Duration::from_secs(15), &limits);
+        assert_eq!(output(&mut conn), close_frame(1011, "keepalive ping timeout"));
+        assert_eq!(conn.take_fault(), Some(Fault::PongTimeout));
+    }
+
+    #[test]
+    fn no_pings_when_the_interval_is_off() {
+        let now = Instant::now();
+        let limits = Limits { ping_interval: None, ..limits() };
+        let mut conn = Conn::new(now, &limits);
+        let mut buf = UPGRADE.to_vec();
+        conn.read(&mut buf, now, &limits);
+        conn.accept(now, &limits);
+        assert_eq!(conn.next_deadline(), None);
+    }
+}
+
+/// A script exercising most paths: messages, fragments, control frames, a close.
+fn script() -> Vec<u8> {
+    let mut bytes = UPGRADE.to_vec();
+    bytes.extend(text("Hello"));
+    bytes.extend(frame(true, 2, &[1; 300]));
+    bytes.extend(frame(false, 1, "κό".as_bytes()));
+    bytes.extend(frame(true, 9, b"ping"));
+    bytes.extend(frame(true, 0, "σμε".as_bytes()));
+    bytes.extend(frame(true, 2, &[2; 70000 % 1000]));
+    bytes.extend(frame(true, 8, &[0x03, 0xE8]));
+    bytes
+}
+
+proptest! {
+    #[test]
+    fn any_split_of_the_input_gives_the_same_events_and_bytes(cuts in proptest::collection::vec(0usize..2000, 0..12)) {
+        let bytes = script();
+        let now = Instant::now();
+        let mut whole = Conn::new(now, &limits());
+        let want_events = feed(&mut whole, &bytes, now);
+        let want_out = output(&mut whole);
+        prop_assert_eq!(want_events.len(), 5);
+
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % bytes.len()).collect();
+        cuts.sort();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for c in cuts { pieces.push(&bytes[last..c]); last = c; }
+        pieces.push(&bytes[last..]);
+        let mut split = Conn::new(now, &limits());
+        prop_assert_eq!(feed_chunks(&mut split, &pieces, now), want_events);
+        prop_assert_eq!(output(&mut split), want_out);
+    }
+}
+
+#[test]
+fn byte_at_a_time_gives_the_same_events_and_bytes() {
+    let bytes = script();
+    let now = Instant::now();
+    let mut whole = Conn::new(now, &limits());
+    let want_events = feed(&mut whole, &bytes, now);
+    let want_out = output(&mut whole);
+    let mut single = Conn::new(now, &limits());
+    let pieces: Vec<&[u8]> = bytes.chunks(1).collect();
+    assert_eq!(feed_chunks(&mut single, &pieces, now), want_events);
+    assert_eq!(output(&mut single), want_out);
+}
