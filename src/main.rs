@@ -1,1 +1,41 @@
-fn main(){}
+use std::io::Write;
+use std::process::ExitCode;
+
+use mioket::config::{parse_args, Command, USAGE};
+use mioket::server::Server;
+
+fn main() -> ExitCode {
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(config)) => config,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("mioket {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(reason) => {
+            eprintln!("mioket: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    log::info!("starting: {config:?}");
+    let server = match Server::bind(config) {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("mioket: cannot listen: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!("listening on ws://{}", server.local_addr());
+    let _ = std::io::stdout().flush();
+    match server.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mioket: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

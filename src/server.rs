@@ -1,1 +1,460 @@
-//! placeholder
+//! The event loop: the only code that does I/O. It moves bytes between sockets and
+//! each client's `Conn`, moves time into `Conn::on_tick`, and fans messages out.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::config::{Config, Mode};
+use crate::error::HandshakeError;
+use crate::frame::{close_code, Opcode};
+use crate::http;
+use crate::outqueue::{shared_message, Chunk};
+use crate::protocol::{Conn, Event, Fault};
+use crate::room::{self, History};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+/// One read's worth: shared by all clients, never per connection.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
+const MAX_IOVECS: usize = 64;
+/// How long accepting pauses when we run out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Connections still in their handshake allowed beyond max-connections.
+const HANDSHAKE_SLACK: usize = 1024;
+const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 38\r\nConnection: close\r\n\r\ntoo many connections, try again later\n";
+
+struct Client {
+    socket: TcpStream,
+    conn: Conn,
+    /// The deadline this client has in the timer heap, if any.
+    timer_at: Option<Instant>,
+    /// Queued in `Server::dirty` for a flush at the end of this iteration.
+    dirty: bool,
+    /// Reading stopped because its outgoing queue is long (resumed after a flush).
+    read_paused: bool,
+    /// Counted in `Server::open` (accepted as a WebSocket).
+    counted_open: bool,
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    signals: Signals,
+    local_addr: SocketAddr,
+    config: Config,
+    clients: Slab<Client>,
+    /// Accepted WebSockets not yet removed.
+    open: usize,
+    welcome: Option<Rc<[u8]>>,
+    history: History,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Clients with output to flush at the end of this iteration.
+    dirty: Vec<usize>,
+    /// Clients that may have unread input (read budget spent, or reading resumed).
+    backlog: Vec<usize>,
+    scratch: Vec<u8>,
+    accept_paused_until: Option<Instant>,
+    /// Set once a signal asked us to stop: when we give up waiting.
+    shutdown: Option<Option<Instant>>,
+}
+
+impl Server {
+    /// Binds the listening socket; `run` serves on it.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let addr = (config.host.as_str(), config.port)
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "host resolves to no address"))?;
+        let mut listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
+        // History replay must fit a new client's queue beside live traffic.
+        let history = History::new(config.history, config.limits.max_backpressure / 2);
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            signals,
+            local_addr,
+            config,
+            clients: Slab::new(),
+            open: 0,
+            welcome,
+            history,
+            timers: BinaryHeap::new(),
+            dirty: Vec::new(),
+            backlog: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            accept_paused_until: None,
+            shutdown: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then closes every client with 1001 and
+    /// returns once they are gone or close-timeout has passed.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(now),
+                    SIGNALS => self.on_signals(now),
+                    Token(key) => {
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.read_client(key, now);
+                        }
+                        if event.is_writable() {
+                            self.mark_dirty(key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.backlog) {
+                self.read_client(key, now);
+            }
+            self.run_timers(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept_all(now);
+            }
+            self.flush_dirty();
+            if let Some(deadline) = self.shutdown {
+                if self.clients.is_empty() || deadline.is_some_and(|d| d <= now) {
+                    info!("stopped ({} connections left)", self.clients.len());
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let shutdown = self.shutdown.flatten();
+        [next_timer, self.accept_paused_until, shutdown]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        while self.accept_paused_until.is_none() {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((socket, peer)) => self.add_client(socket, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // EMFILE and friends: the pending connection stays in the backlog and
+                    // would wake us forever; stop accepting for a moment, keep serving.
+                    warn!("accept paused for {ACCEPT_BACKOFF:?}: {e}");
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+                // ECONNABORTED and the like concern only that one connection.
+                Err(e) => debug!("accept failed: {e}"),
+            }
+        }
+    }
+
+    fn add_client(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
+            // Best effort: a fresh socket's buffer takes this small answer whole.
+            let _ = socket.write(FULL_RESPONSE);
+            info!("rejected {peer}: too many connections (503)");
+            return;
+        }
+        let _ = socket.set_nodelay(true);
+        let entry = self.clients.vacant_entry();
+        let key = entry.key();
+        // Both interests once, edge-triggered: no re-registration per write.
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
+            warn!("could not register {peer}: {e}");
+            return;
+        }
+        let conn = Conn::new(now, &self.config.limits);
+        entry.insert(Client { socket, conn, timer_at: None, dirty: false, read_paused: false, counted_open: false });
+        self.reschedule(key);
+        // The request often arrives with the connection.
+        self.read_client(key, now);
+    }
+
+    fn read_client(&mut self, key: usize, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(client) = self.clients.get_mut(key) else { return };
+            if client.conn.is_closed() {
+                break;
+            }
+            // Backpressure on reading: an echo client that does not read its answers,
+            // or a ping flood, stops being read until its queue drains.
+            if client.conn.queued_bytes() > self.config.limits.max_backpressure / 2 {
+                client.read_paused = true;
+                break;
+            }
+            match client.socket.read(&mut self.scratch) {
+                Ok(0) => {
+                    client.conn.end_of_stream();
+                    break;
+                }
+                Ok(n) => {
+                    self.process_input(key, n, now);
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.backlog.push(key);
+                        break;
+                    }
+                    // A short read drained the socket: the next arrival is a new edge.
+                    if n < self.scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("read error on client {key}: {e}");
+                    client.conn.end_of_stream();
+                    break;
+                }
+            }
+        }
+        self.after_activity(key);
+    }
+
+    /// Hands `scratch[..n]` to the client's `Conn` and acts on what it yields.
+    fn process_input(&mut self, key: usize, n: usize, now: Instant) {
+        let Server { clients, scratch, config, history, dirty, open, welcome, shutdown, .. } = self;
+        let limits = &config.limits;
+        let mut pos = 0;
+        while pos < n {
+            let Some(client) = clients.get_mut(key) else { return };
+            let (used, event) = client.conn.read(&mut scratch[pos..n], now, limits);
+            pos += used;
+            match event {
+                None if used == 0 => return,
+                None => {}
+                Some(Event::UpgradeRequest) => {
+                    // A valid upgrade: accept it (101, welcome, history) unless full.
+                    if *open >= config.max_connections || shutdown.is_some() {
+                        client.conn.refuse(HandshakeError::ServerFull, now);
+                        continue;
+                    }
+                    client.conn.accept(now, limits);
+                    client.counted_open = true;
+                    *open += 1;
+                    for frame in welcome.iter().chain(history.frames()) {
+                        let _ = client.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits);
+                    }
+                }
+                Some(Event::HttpGet { path }) => {
+                    let answer = http::answer(&path);
+                    client.conn.respond(Chunk::Owned(answer), now);
+                }
+                Some(Event::Message { opcode, payload }) => match config.mode {
+                    Mode::Echo if config.history == 0 => {
+                        let echo = Chunk::frame(opcode, payload);
+                        let _ = client.conn.send(echo, now, limits);
+                    }
+                    Mode::Echo => {
+                        let frame = shared_message(opcode, payload);
+                        history.record(&frame);
+                        let _ = client.conn.send(Chunk::Shared(frame), now, limits);
+                    }
+                    Mode::Broadcast => {
+                        let frame = shared_message(opcode, payload);
+                        history.record(&frame);
+                        // Every open client gets the frame; each is flushed once at the
+                        // end of this loop iteration, however many frames it got.
+                        let recipients = clients.iter_mut().map(|(k, c)| {
+                            if !c.dirty && c.conn.is_open() {
+                                c.dirty = true;
+                                dirty.push(k);
+                            }
+                            &mut c.conn
+                        });
+                        let result = room::fan_out(&frame, recipients, now, limits);
+                        if result.slow_consumers > 0 {
+                            debug!("{} slow consumers closed", result.slow_consumers);
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// After anything happened to a client: log why it is ending, remove it when
+    /// closed, otherwise schedule its flush and its next timer.
+    fn after_activity(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if let Some(fault) = client.conn.take_fault() {
+            log_fault(&client.socket, fault);
+        }
+        if client.conn.is_closed() {
+            self.remove(key);
+            return;
+        }
+        if !client.conn.out().is_empty() || client.conn.wants_write_shutdown() {
+            self.mark_dirty(key);
+        }
+        self.reschedule(key);
+    }
+
+    fn remove(&mut self, key: usize) {
+        if let Some(client) = self.clients.try_remove(key) {
+            if client.counted_open {
+                self.open -= 1;
+            }
+            // Dropping the socket closes it, which also removes it from epoll.
+        }
+    }
+
+    fn mark_dirty(&mut self, key: usize) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if !client.dirty {
+                client.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        while let Some(key) = self.dirty.pop() {
+            self.flush(key);
+        }
+    }
+
+    /// Writes as much of the client's queue as the socket takes, in one writev per
+    /// up to 64 chunks; the rest waits for the next writable event.
+    fn flush(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        client.dirty = false;
+        while !client.conn.out().is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = client.conn.out().io_slices(&mut slices);
+            match client.socket.write_vectored(&slices[..count]) {
+                Ok(0) => {
+                    client.conn.end_of_stream();
+                    break;
+                }
+                Ok(written) => client.conn.out().advance(written),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("write error on client {key}: {e}");
+                    client.conn.end_of_stream();
+                    break;
+                }
+            }
+        }
+        if client.conn.wants_write_shutdown() {
+            let _ = client.socket.shutdown(Shutdown::Write);
+            client.conn.write_shut_down();
+        }
+        if client.read_paused && client.conn.queued_bytes() <= self.config.limits.max_backpressure / 2 {
+            client.read_paused = false;
+            self.backlog.push(key);
+        }
+        if client.conn.is_closed() {
+            self.remove(key);
+        }
+    }
+
+    /// Keeps one heap entry per client deadline. Entries whose time no longer
+    /// matches the client's `timer_at` are stale and skipped when popped.
+    fn reschedule(&mut self, key: usize) {
+        let Some(client) = self.clients.get_mut(key) else { return };
+        if let Some(deadline) = client.conn.next_deadline() {
+            if client.timer_at.is_none_or(|t| deadline < t) {
+                client.timer_at = Some(deadline);
+                self.timers.push(Reverse((deadline, key)));
+            }
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(client) = self.clients.get_mut(key) else { continue };
+            if client.timer_at != Some(at) {
+                continue;
+            }
+            client.timer_at = None;
+            client.conn.on_tick(now, &self.config.limits);
+            self.after_activity(key);
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        if signals.is_empty() {
+            return;
+        }
+        if self.shutdown.is_some() {
+            info!("second signal: stopping now");
+            self.shutdown = Some(Some(now));
+            return;
+        }
+        info!("signal {}: closing {} connections (1001)", signals[0], self.clients.len());
+        self.shutdown = Some(self.config.limits.close_timeout.map(|t| now + t));
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(client) = self.clients.get_mut(key) {
+                client.conn.close(close_code::GOING_AWAY, "server shutting down", now, &self.config.limits);
+            }
+            self.after_activity(key);
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
+
+fn log_fault(socket: &TcpStream, fault: Fault) {
+    let peer = socket.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+    match fault {
+        Fault::Handshake(err) => info!("rejected {peer}: {err}"),
+        Fault::HandshakeTimeout => info!("dropped {peer}: handshake timeout"),
+        Fault::Peer(err) => info!("closed {peer}: {err}"),
+        Fault::PongTimeout => info!("closing {peer}: no pong within ping-timeout (1011)"),
+        Fault::CloseTimeout => debug!("dropped {peer}: close timeout"),
+        Fault::SlowConsumer => warn!("closing {peer}: slow consumer (1008)"),
+    }
+}
