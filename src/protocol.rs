@@ -9,7 +9,9 @@
 //! - Open: frames flow.
 //! - Closing: we sent a close frame and wait for the peer's.
 //! - Draining: our last bytes are queued (a close reply, an HTTP answer); once they are
-//!   written the loop shuts our write side, and we discard input until end of stream.
+//!   written the loop shuts our write side. After a finished close handshake that is
+//!   the end; otherwise (an HTTP answer, a failed connection) we discard input until
+//!   end of stream, so that unread bytes do not turn our answer into a reset.
 //! - Closed: drop the socket.
 
 use std::time::{Duration, Instant};
@@ -52,7 +54,7 @@ enum State {
     Upgrading { accept: [u8; 28] },
     Open { heartbeat: Heartbeat },
     Closing { deadline: Option<Instant> },
-    Draining { deadline: Option<Instant>, write_shut: bool },
+    Draining { deadline: Option<Instant>, write_shut: bool, linger: bool },
     Closed,
 }
 
@@ -175,7 +177,7 @@ impl Conn {
     pub fn respond(&mut self, response: Chunk, now: Instant) {
         if matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. } | State::Draining { .. }) {
             self.out.push(response);
-            self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false };
+            self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
         }
     }
 
@@ -282,9 +284,12 @@ impl Conn {
         matches!(self.state, State::Draining { write_shut: false, .. }) && self.out.is_empty()
     }
 
+    /// The loop shut our write side: a finished close handshake ends here.
     pub fn write_shut_down(&mut self) {
-        if let State::Draining { write_shut, .. } = &mut self.state {
-            *write_shut = true;
+        match &mut self.state {
+            State::Draining { linger: false, .. } => self.state = State::Closed,
+            State::Draining { write_shut, .. } => *write_shut = true,
+            _ => {}
         }
     }
 
@@ -323,7 +328,7 @@ impl Conn {
                 (used, Some(Event::UpgradeRequest))
             }
             Ok(Request::Get { path }) => {
-                self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false };
+                self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
                 (all, Some(Event::HttpGet { path }))
             }
             Err(err) => {
@@ -405,7 +410,7 @@ impl Conn {
         let State::Open { heartbeat } = &mut self.state else {
             // Closing: only the peer's close matters; our close is already sent.
             if opcode == Opcode::Close {
-                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: false };
             }
             return Ok(());
         };
@@ -442,7 +447,7 @@ impl Conn {
                 };
                 // RFC 6455 5.5.1: answer with a close, then the server closes TCP first.
                 self.out.push(reply);
-                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: false };
             }
             _ => {}
         }
@@ -456,7 +461,7 @@ impl Conn {
         if self.is_open() {
             self.out.push(Chunk::close(err.close_code(), err.reason()));
         }
-        self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false };
+        self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: true };
         (used, None)
     }
 

@@ -151,6 +151,11 @@ mod section_4_handshake {
         assert!(String::from_utf8(output(&mut conn)).unwrap().starts_with("HTTP/1.1 431 "));
         assert_eq!(conn.take_fault(), Some(Fault::Handshake(HandshakeError::HeadTooLarge)));
         assert!(conn.wants_write_shutdown());
+        // After an HTTP answer we linger for the client's end of stream.
+        conn.write_shut_down();
+        assert!(!conn.is_closed());
+        conn.end_of_stream();
+        assert!(conn.is_closed());
     }
 
     #[test]
@@ -290,7 +295,8 @@ mod section_7_closing {
         assert_eq!(output(&mut conn), close_frame(1000, ""));
         assert!(conn.wants_write_shutdown());
         assert_eq!(conn.take_fault(), None);
-        conn.end_of_stream();
+        // RFC 6455 7.1.1: the handshake is finished, the server ends TCP at once.
+        conn.write_shut_down();
         assert!(conn.is_closed());
     }
 

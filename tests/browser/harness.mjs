@@ -1,0 +1,239 @@
+// Shared helpers for the browser tests: start and stop the real mioket binary,
+// launch headless Chromium, talk to the server from Node with the `ws` package,
+// and wait for page conditions with a bound and a useful message on timeout.
+// Nothing here contacts any address but 127.0.0.1.
+
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import WebSocket from 'ws';
+
+export const here = path.dirname(fileURLToPath(import.meta.url));
+export const repoRoot = path.resolve(here, '../..');
+export const mioketBin = path.resolve(repoRoot, process.env.MIOKET_BIN || 'target/release/mioket');
+export const chromiumBin = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+export const artifactsDir = path.resolve(here, process.env.ARTIFACTS_DIR || 'artifacts');
+export const clientFile = (name) => path.join(repoRoot, 'clients', name);
+
+/** How long any single wait may take; generous for a slow shared 2-core machine. */
+export const WAIT_MS = Number(process.env.BROWSER_TEST_WAIT_MS || 20_000);
+
+const running = new Set();
+process.on('exit', () => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
+/**
+ * Starts mioket on 127.0.0.1 (port 0 unless given) and resolves once it has printed
+ * its `listening on ws://HOST:PORT` line.
+ */
+export async function startServer(args = [], { port = 0 } = {}) {
+  if (!existsSync(mioketBin)) {
+    throw new Error(`no server binary at ${mioketBin}: run cargo build --release or set MIOKET_BIN`);
+  }
+  const child = spawn(mioketBin, ['--host', '127.0.0.1', '--port', String(port), ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk) => {
+    stderr = (stderr + chunk).slice(-4000);
+  });
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  exited.then(() => running.delete(child));
+
+  const listening = await new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => fail(`no listening line within ${WAIT_MS} ms`), WAIT_MS);
+    function fail(why) {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      reject(new Error(`mioket ${args.join(' ')}: ${why}\nstdout: ${out}\nstderr: ${stderr}`));
+    }
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      const m = /listening on ws:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(Number(m[1]));
+      }
+    });
+    child.once('error', (e) => fail(e.message));
+    exited.then(({ code, signal }) => fail(`exited early (code ${code}, signal ${signal})`));
+  });
+  child.stdout.resume();
+
+  return {
+    port: listening,
+    http: `http://127.0.0.1:${listening}`,
+    ws: `ws://127.0.0.1:${listening}/`,
+    stderr: () => stderr,
+    /** SIGTERM, then SIGKILL if it has not exited within the wait bound. */
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), WAIT_MS / 2);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: chromiumBin,
+    headless: true,
+    timeout: WAIT_MS * 2,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-quic',
+      // Belt and braces: no host name resolves, so nothing but 127.0.0.1 can be reached.
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    ],
+  });
+}
+
+/**
+ * A new page in its own context that records page errors and dialogs (a dialog
+ * would mean injected script ran) and dismisses any dialog at once.
+ */
+export async function newPage(browser, options = {}) {
+  const context = await browser.newContext(options);
+  const page = await context.newPage();
+  page.setDefaultTimeout(WAIT_MS);
+  page.errors = [];
+  page.dialogs = [];
+  page.on('pageerror', (e) => page.errors.push(String(e)));
+  page.on('dialog', (d) => {
+    page.dialogs.push(`${d.type()}: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
+  return page;
+}
+
+/** The rows of a page's message table, as plain data. */
+export function rowsOf(page) {
+  return page.$$eval('#rows tr', (trs) =>
+    trs.map((tr) => ({
+      kind: tr.dataset.kind,
+      time: tr.cells[0].textContent,
+      text: tr.querySelector('.msg').textContent,
+      cells: Array.from(tr.cells, (c) => c.textContent),
+    })),
+  );
+}
+
+export function stateOf(page) {
+  return page.$eval('#state', (el) => ({ state: el.dataset.state, text: el.textContent }));
+}
+
+/** Waits for fn(arg) to be truthy in the page; on timeout says what and shows the page's state. */
+export async function waitFor(page, what, fn, arg) {
+  try {
+    return await page.waitForFunction(fn, arg, { timeout: WAIT_MS, polling: 50 });
+  } catch (e) {
+    let seen = '';
+    try {
+      seen = `\nstate: ${JSON.stringify(await stateOf(page))}\nrows: ${JSON.stringify(await rowsOf(page), null, 1)}`;
+    } catch {
+      // the page itself is gone; the original error says enough
+    }
+    throw new Error(`timed out waiting for ${what}: ${e.message.split('\n')[0]}${seen}`);
+  }
+}
+
+export function waitForState(page, state, pattern = /./) {
+  return waitFor(
+    page,
+    `state ${state} matching ${pattern}`,
+    ([state, source, flags]) => {
+      const el = document.getElementById('state');
+      return el.dataset.state === state && new RegExp(source, flags).test(el.textContent);
+    },
+    [state, pattern.source, pattern.flags],
+  );
+}
+
+export function waitForRow(page, kind, text) {
+  return waitFor(
+    page,
+    `a ${kind} row ${JSON.stringify(text)}`,
+    ([kind, text]) =>
+      Array.from(document.querySelectorAll('#rows tr')).some(
+        (tr) => tr.dataset.kind === kind && tr.querySelector('.msg').textContent === text,
+      ),
+    [kind, text],
+  );
+}
+
+/** Opens the chat page and waits until it is connected and its replay window has closed. */
+export async function openChat(page, url) {
+  await page.goto(url, { timeout: WAIT_MS });
+  await waitForState(page, 'open');
+  await waitFor(page, 'the end of the replay window', () => document.getElementById('log').dataset.replay === 'off');
+}
+
+/** A Node client (the `ws` package): an implementation independent of the browser's. */
+export async function nodeClient(url) {
+  const ws = new WebSocket(url);
+  const messages = [];
+  const waiters = [];
+  ws.on('message', (data, isBinary) => {
+    messages.push(isBinary ? Buffer.from(data) : data.toString('utf8'));
+    for (const w of waiters.splice(0)) w();
+  });
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`node client: no open within ${WAIT_MS} ms`)), WAIT_MS);
+    ws.once('open', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    ws.once('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+  });
+  return {
+    messages,
+    send: (data) => new Promise((resolve, reject) => ws.send(data, (e) => (e ? reject(e) : resolve()))),
+    /** Resolves once at least n messages have arrived. */
+    async received(n) {
+      const deadline = Date.now() + WAIT_MS;
+      while (messages.length < n) {
+        const left = deadline - Date.now();
+        if (left <= 0) throw new Error(`node client: ${messages.length} of ${n} messages within ${WAIT_MS} ms`);
+        await new Promise((resolve) => {
+          const timer = setTimeout(resolve, left);
+          waiters.push(() => {
+            clearTimeout(timer);
+            resolve();
+          });
+        });
+      }
+      return messages;
+    },
+    close: () =>
+      new Promise((resolve) => {
+        if (ws.readyState === WebSocket.CLOSED) return resolve();
+        const timer = setTimeout(() => {
+          ws.terminate();
+          resolve();
+        }, WAIT_MS / 4);
+        ws.once('close', () => {
+          clearTimeout(timer);
+          resolve();
+        });
+        ws.close(1000);
+      }),
+  };
+}

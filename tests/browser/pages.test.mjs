@@ -1,0 +1,293 @@
+// The browser pages (clients/index.html and clients/echo.html) in headless Chromium,
+// against the real mioket binary. Every test starts its own server on 127.0.0.1 with
+// --port 0 and stops it at the end; every wait is bounded (see harness.mjs).
+
+import assert from 'node:assert/strict';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
+import {
+  artifactsDir,
+  clientFile,
+  launchBrowser,
+  newPage,
+  nodeClient,
+  openChat,
+  rowsOf,
+  startServer,
+  stateOf,
+  waitFor,
+  waitForRow,
+  waitForState,
+} from './harness.mjs';
+
+const WELCOME = "Welcome! You're now in the broadcast room.";
+const TEST_MS = 120_000;
+
+let browser;
+const cleanups = [];
+/** Runs fn at the end of the suite, even when a test fails half way. */
+const later = (fn) => cleanups.push(fn);
+
+before(async () => {
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  for (const fn of cleanups.reverse()) await fn().catch(() => {});
+  await browser?.close();
+});
+
+async function server(args, options) {
+  const s = await startServer(args, options);
+  later(() => s.stop());
+  return s;
+}
+
+async function page(options) {
+  const p = await newPage(browser, options);
+  later(() => p.context().close());
+  return p;
+}
+
+async function client(url) {
+  const c = await nodeClient(url);
+  later(() => c.close());
+  return c;
+}
+
+/** Types into the message box and sends with Enter, as a person would. */
+async function say(p, text) {
+  await p.fill('#text', text);
+  await p.press('#text', 'Enter');
+}
+
+function assertNothingRan(p) {
+  assert.deepEqual(p.errors, [], 'page errors');
+  assert.deepEqual(p.dialogs, [], 'dialogs (injected script ran?)');
+}
+
+describe('chat page', { timeout: TEST_MS * 8 }, () => {
+  test('two pages: what A sends shows in B and in A, marked as A\'s own', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    await openChat(a, s.http + '/');
+    await openChat(b, s.http + '/');
+    assert.match((await stateOf(a)).text, new RegExp(`^open — ${s.ws}$`));
+
+    await say(a, 'hello from A');
+    await waitForRow(b, 'live', 'hello from A');
+    await waitForRow(a, 'you', 'hello from A');
+    assert.equal(await a.inputValue('#text'), '', 'the box is cleared after sending');
+
+    await b.fill('#text', 'hi from B');
+    await b.click('#send-button');
+    await waitForRow(a, 'live', 'hi from B');
+    await waitForRow(b, 'you', 'hi from B');
+
+    for (const p of [a, b]) {
+      const rows = await rowsOf(p);
+      assert.deepEqual(
+        rows.map((r) => r.kind),
+        ['info', 'welcome', p === a ? 'you' : 'live', p === a ? 'live' : 'you'],
+      );
+      assert.equal(rows[1].text, WELCOME);
+      for (const r of rows) assert.match(r.time, /^\d\d:\d\d:\d\d$/);
+      assertNothingRan(p);
+    }
+  });
+
+  test('a page opened later shows the welcome, then the history in order', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const c = await client(s.ws);
+    await c.send('first');
+    await c.send('second, with <b>markup</b>');
+    await c.send(Buffer.from([1, 2, 3]));
+    await c.received(4); // the welcome and its own three messages: the server has them all
+
+    const p = await page();
+    await openChat(p, s.http + '/');
+    const rows = await rowsOf(p);
+    assert.deepEqual(
+      rows.map((r) => [r.kind, r.text]),
+      [
+        ['info', 'connected'],
+        ['welcome', WELCOME],
+        ['history', 'first'],
+        ['history', 'second, with <b>markup</b>'],
+        ['history', 'binary, 3 bytes: 01 02 03'],
+      ],
+    );
+
+    await c.send('live now');
+    await waitForRow(p, 'live', 'live now');
+    assertNothingRan(p);
+  });
+
+  test('a restarted server is reconnected to, and the state line says so', { timeout: TEST_MS }, async () => {
+    const first = await server([]);
+    const p = await page();
+    await openChat(p, first.http + '/');
+
+    await first.stop();
+    await waitForState(p, 'closed', /^closed \(\d{4}(, .+)?\) — reconnecting in \d+\.\d s$/);
+    await waitFor(p, 'a disconnected row', () =>
+      /^disconnected \(\d{4}\)$/.test(document.querySelector('#rows tr:last-child .msg').textContent),
+    );
+
+    const second = await server([], { port: first.port });
+    assert.equal(second.port, first.port);
+    await waitForState(p, 'open', new RegExp(`^open — ${second.ws}$`));
+    await waitFor(p, 'a second welcome', () => document.querySelectorAll('#rows tr[data-kind="welcome"]').length === 2);
+    await waitFor(p, 'the end of the replay window', () => document.getElementById('log').dataset.replay === 'off');
+
+    await say(p, 'back again');
+    await waitForRow(p, 'you', 'back again');
+    const kinds = (await rowsOf(p)).map((r) => r.kind);
+    assert.deepEqual(kinds, ['info', 'welcome', 'info', 'info', 'welcome', 'you']);
+    assertNothingRan(p);
+  });
+
+  test('binary messages from a Node client show their size and a hex preview', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const p = await page();
+    await openChat(p, s.http + '/');
+    const c = await client(s.ws);
+    await c.send(Buffer.from([0xde, 0xad, 0xbe, 0xef, 0x00]));
+    await c.send(Buffer.alloc(0));
+    await c.send(Buffer.from(Array.from({ length: 40 }, (_, i) => i)));
+    await waitForRow(p, 'live', 'binary, 5 bytes: de ad be ef 00');
+    await waitForRow(p, 'live', 'binary, 0 bytes');
+    await waitForRow(p, 'live', 'binary, 40 bytes: 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e 0f …');
+    assertNothingRan(p);
+  });
+
+  test('HTML in a message is shown as text and never runs', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const p = await page();
+    await openChat(p, s.http + '/');
+    const attack = '<img src=x onerror=alert(1)>';
+    await say(p, attack);
+    const c = await client(s.ws);
+    await c.send('<script>alert(2)</script><svg onload=alert(3)>');
+    await waitForRow(p, 'you', attack);
+    await waitForRow(p, 'live', '<script>alert(2)</script><svg onload=alert(3)>');
+    const counts = await p.evaluate(() => ({
+      img: document.querySelectorAll('img').length,
+      svg: document.querySelectorAll('svg').length,
+      script: document.querySelectorAll('script').length,
+    }));
+    assert.deepEqual(counts, { img: 0, svg: 0, script: 1 });
+    assertNothingRan(p);
+  });
+
+  test('the newest message stays in view on a phone-sized screen', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const p = await page({ viewport: { width: 360, height: 640 }, isMobile: true, hasTouch: true });
+    await openChat(p, s.http + '/');
+    const c = await client(s.ws);
+    await c.send('a-very-long-word-without-any-spaces-'.repeat(8));
+    for (let i = 1; i <= 40; i++) await c.send(`message ${i} of 40`);
+    await waitForRow(p, 'live', 'message 40 of 40');
+    const view = await p.evaluate(() => {
+      const log = document.getElementById('log').getBoundingClientRect();
+      const last = document.querySelector('#rows tr:last-child').getBoundingClientRect();
+      const form = document.getElementById('send').getBoundingClientRect();
+      return {
+        lastInLog: last.top >= log.top && last.bottom <= log.bottom + 1,
+        scrolled: document.getElementById('log').scrollTop > 0,
+        formOnScreen: form.bottom <= innerHeight + 1,
+        overflowX: document.documentElement.scrollWidth - innerWidth,
+      };
+    });
+    assert.deepEqual(view, { lastInLog: true, scrolled: true, formOnScreen: true, overflowX: 0 });
+  });
+
+  test('the ?ws= parameter picks the server, served or opened from disk', { timeout: TEST_MS }, async () => {
+    const chat = await server([]);
+    const echo = await server(['--mode', 'echo']);
+
+    const served = await page();
+    await served.goto(`${chat.http}/?ws=${encodeURIComponent(echo.ws)}`);
+    await waitForState(served, 'open', new RegExp(`^open — ${echo.ws}$`));
+    await say(served, 'to the echo server');
+    await waitForRow(served, 'you', 'to the echo server');
+    assert.ok(!(await rowsOf(served)).some((r) => r.kind === 'welcome'), 'an echo server sends no welcome');
+
+    const fromDisk = await page();
+    const file = pathToFileURL(clientFile('index.html')).href;
+    await openChat(fromDisk, `${file}?ws=${encodeURIComponent(chat.ws)}`);
+    await waitForRow(fromDisk, 'welcome', WELCOME);
+    assertNothingRan(served);
+    assertNothingRan(fromDisk);
+  });
+
+  test('opened from disk without ?ws= it connects to ws://localhost:8765/', { timeout: TEST_MS }, async () => {
+    // No real server: Playwright stands in for ws://localhost:8765/ inside the page.
+    const p = await page();
+    await p.routeWebSocket('ws://localhost:8765/', (ws) => {
+      ws.send('Welcome! (a stand-in for the default server)');
+      ws.onMessage((m) => ws.send(m));
+    });
+    await openChat(p, pathToFileURL(clientFile('index.html')).href);
+    assert.equal((await stateOf(p)).text, 'open — ws://localhost:8765/');
+    await waitForRow(p, 'welcome', 'Welcome! (a stand-in for the default server)');
+  });
+
+  test('a screenshot of the chat page is written', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const c = await client(s.ws);
+    await c.send('Hello, room!');
+    await c.received(2);
+    const p = await page({ viewport: { width: 800, height: 500 } });
+    await openChat(p, s.http + '/');
+    await say(p, 'Hi from the browser');
+    await waitForRow(p, 'you', 'Hi from the browser');
+    mkdirSync(artifactsDir, { recursive: true });
+    const file = path.join(artifactsDir, 'chat.png');
+    await p.screenshot({ path: file, timeout: 20_000 });
+    assert.ok(statSync(file).size > 1000, `${file} is not empty`);
+    assert.deepEqual([...readFileSync(file).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], 'a PNG');
+  });
+});
+
+describe('echo page', { timeout: TEST_MS * 2 }, () => {
+  test('a message round-trips against a --mode echo server, with its time', { timeout: TEST_MS }, async () => {
+    const s = await server(['--mode', 'echo']);
+    const p = await page();
+    await p.goto(s.http + '/echo');
+    await waitForState(p, 'open', new RegExp(`^open — ${s.ws}$`));
+    for (const text of ['ping 1', 'ping <i>2</i>', 'ping 3']) await say(p, text);
+    for (const text of ['ping 1', 'ping <i>2</i>', 'ping 3']) await waitForRow(p, 'echo', text);
+    const rows = await rowsOf(p);
+    assert.deepEqual(rows.map((r) => r.kind), ['info', 'echo', 'echo', 'echo']);
+    for (const r of rows.slice(1)) assert.match(r.cells[2], /^\d+(\.\d)? ms$/);
+    assert.equal(await p.evaluate(() => document.querySelectorAll('i').length), 0);
+    assertNothingRan(p);
+  });
+
+  test('the echo page is also served at /echo.html and reconnects too', { timeout: TEST_MS }, async () => {
+    const first = await server(['--mode', 'echo']);
+    const p = await page();
+    await p.goto(first.http + '/echo.html');
+    await waitForState(p, 'open');
+    await first.stop();
+    await waitForState(p, 'closed', /reconnecting in \d+\.\d s$/);
+    await server(['--mode', 'echo'], { port: first.port });
+    await waitForState(p, 'open');
+    await say(p, 'after the restart');
+    await waitForRow(p, 'echo', 'after the restart');
+  });
+});
+
+test('both pages carry the same connection code', () => {
+  const shared = (name) => {
+    const html = readFileSync(clientFile(name), 'utf8');
+    const m = /\/\/ ---- begin shared code[^\n]*\n([\s\S]*?)\/\/ ---- end shared code ----/.exec(html);
+    assert.ok(m, `${name} marks its shared code`);
+    return m[1];
+  };
+  assert.equal(shared('echo.html'), shared('index.html'));
+});
