@@ -64,6 +64,8 @@ pub struct Config {
     pub history: usize,
     /// Open WebSocket connections beyond which new upgrades get 503.
     pub max_connections: usize,
+    /// Serve /metrics and /healthz on this address instead of the main port.
+    pub metrics_listen: Option<String>,
     pub limits: Limits,
 }
 
@@ -79,6 +81,7 @@ impl Default for Config {
             welcome: Some(DEFAULT_WELCOME.into()),
             history: 100,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            metrics_listen: None,
             limits: Limits::default(),
         }
     }
@@ -112,6 +115,8 @@ Options:
   --close-timeout SECS      wait this long for the peer's close reply and end of stream;
                             0 waits forever [default: 10]
   --allowed-origin ORIGIN   accept only this Origin (repeatable); unset accepts any Origin
+  --metrics-listen ADDR     serve GET /metrics and /healthz on ADDR (host:port) instead
+                            of the main port [default: on the main port]
   -h, --help                print this help
   -V, --version             print the version
 
@@ -169,13 +174,10 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
                 limits.max_message = positive(&name, number(&name, &value()?)?)?;
                 limits.max_fragments = Limits::fragments_for(limits.max_message);
             }
-            "--max-backpressure" => {
-                limits.max_backpressure = positive(&name, number(&name, &value()?)?)?
-            }
-            "--max-connections" => {
-                config.max_connections = positive(&name, number(&name, &value()?)?)?
-            }
+            "--max-backpressure" => limits.max_backpressure = positive(&name, number(&name, &value()?)?)?,
+            "--max-connections" => config.max_connections = positive(&name, number(&name, &value()?)?)?,
             "--allowed-origin" => limits.allowed_origins.push(value()?),
+            "--metrics-listen" => config.metrics_listen = Some(value()?),
             other => return Err(format!("unknown option {other:?} (see --help)")),
         }
     }
@@ -191,9 +193,7 @@ pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, St
 }
 
 fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{name} takes a whole number, not {value:?}"))
+    value.parse().map_err(|_| format!("{name} takes a whole number, not {value:?}"))
 }
 
 fn positive(name: &str, n: usize) -> Result<usize, String> {
@@ -253,14 +253,22 @@ mod tests {
 
     #[test]
     fn origins_repeat_and_max_message_sets_the_fragment_limit() {
-        let c = run(&["--allowed-origin", "http://a", "--allowed-origin", "http://b", "--max-message", "1600"]).unwrap();
+        let c =
+            run(&["--allowed-origin", "http://a", "--allowed-origin", "http://b", "--max-message", "1600"]).unwrap();
         assert_eq!(c.limits.allowed_origins, vec!["http://a", "http://b"]);
         assert_eq!(c.limits.max_fragments, 100 + 1024);
     }
 
     #[test]
     fn bad_flags_and_values_give_one_line_reasons() {
-        for args in [&["--bogus"][..], &["--port", "x"], &["--mode", "chat"], &["--ping-interval", "-1"], &["--history"], &["--max-message", "0"]] {
+        for args in [
+            &["--bogus"][..],
+            &["--port", "x"],
+            &["--mode", "chat"],
+            &["--ping-interval", "-1"],
+            &["--history"],
+            &["--max-message", "0"],
+        ] {
             let err = run(args).unwrap_err();
             assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
         }

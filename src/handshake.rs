@@ -26,10 +26,7 @@ pub enum Request {
 /// from `from` on (minus 3, for a terminator split across reads).
 pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    buf.get(start..)?
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| start + i + 4)
+    buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|i| start + i + 4)
 }
 
 /// Parses and validates a complete request head (ending with `\r\n\r\n`).
@@ -48,11 +45,7 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
     let count = |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
 
     let Some(upgrade) = header("upgrade") else {
-        return if method == "GET" {
-            Ok(Request::Get { path: path.to_string() })
-        } else {
-            Err(HandshakeError::NotGet)
-        };
+        return if method == "GET" { Ok(Request::Get { path: path.to_string() }) } else { Err(HandshakeError::NotGet) };
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
     if method != "GET" {
@@ -216,7 +209,10 @@ mod tests {
         assert_eq!(parse_request(http10.as_bytes(), &[]), Err(HandshakeError::OldHttp));
         assert_eq!(parse_request(b"\x00\x01 garbage\r\n\r\n", &[]), Err(HandshakeError::Malformed));
         let resp = String::from_utf8(error_response(HandshakeError::BadKey)).unwrap();
-        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n") && resp.ends_with("\r\n\r\nSec-WebSocket-Key must be 16 bytes in base64\n"));
+        assert!(
+            resp.starts_with("HTTP/1.1 400 Bad Request\r\n")
+                && resp.ends_with("\r\n\r\nSec-WebSocket-Key must be 16 bytes in base64\n")
+        );
     }
 
     #[test]
@@ -233,7 +229,11 @@ mod tests {
         assert_eq!(parse_request(req.as_bytes(), &allowed), Err(HandshakeError::OriginRefused));
         let good = req.replace("evil", "GOOD");
         assert!(parse_request(good.as_bytes(), &allowed).is_ok());
-        assert_eq!(parse_request(with_version("13").as_bytes(), &allowed), Err(HandshakeError::OriginRefused), "no Origin");
+        assert_eq!(
+            parse_request(with_version("13").as_bytes(), &allowed),
+            Err(HandshakeError::OriginRefused),
+            "no Origin"
+        );
     }
 
     #[test]

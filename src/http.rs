@@ -28,11 +28,15 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
     out
 }
 
+pub fn not_found() -> Vec<u8> {
+    response(404, "text/plain; charset=utf-8", b"not found\n")
+}
+
 /// The answer to a plain GET.
 pub fn answer(path: &str) -> Vec<u8> {
     match page(path) {
         Some(html) => response(200, "text/html; charset=utf-8", html),
-        None => response(404, "text/plain; charset=utf-8", b"not found\n"),
+        None => not_found(),
     }
 }
 

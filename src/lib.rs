@@ -12,6 +12,7 @@
 //! - [`outqueue`]: a connection's outgoing queue of shared and inline frames.
 //! - [`room`]: the bounded history of shared frames.
 //! - [`http`]: plain HTTP answers (the embedded browser pages, 404).
+//! - [`metrics`]: counters and the Prometheus text for `GET /metrics`.
 //! - [`server`]: the mio event loop, the only I/O.
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,7 @@ pub mod frame;
 pub mod handshake;
 pub mod http;
 pub mod mask;
+pub mod metrics;
 pub mod outqueue;
 pub mod protocol;
 pub mod room;

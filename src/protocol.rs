@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::Limits;
 use crate::error::{HandshakeError, PeerError};
-use crate::frame::{close_code, is_valid_close_code, parse_header, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::frame::{
+    close_code, is_valid_close_code, parse_header, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
+};
 use crate::handshake::{self, Request, MAX_HEAD};
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, Inline, OutQueue, OverLimit};
@@ -47,6 +49,13 @@ pub enum Fault {
     PongTimeout,
     CloseTimeout,
     SlowConsumer,
+}
+
+/// Who started the closing handshake, and with which code (1005: an empty close).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstClose {
+    pub code: u16,
+    pub by_peer: bool,
 }
 
 enum State {
@@ -110,6 +119,7 @@ pub struct Conn {
     reader: Reader,
     out: OutQueue,
     fault: Option<Fault>,
+    first_close: Option<FirstClose>,
 }
 
 impl Conn {
@@ -127,6 +137,7 @@ impl Conn {
             },
             out: OutQueue::default(),
             fault: None,
+            first_close: None,
         }
     }
 
@@ -202,6 +213,7 @@ impl Conn {
         match self.state {
             State::Open { .. } => {
                 self.out.push(Chunk::close(code, reason));
+                self.first_close.get_or_insert(FirstClose { code, by_peer: false });
                 self.state = State::Closing { deadline: limits.close_timeout.map(|t| now + t) };
             }
             State::Handshaking { .. } | State::Upgrading { .. } => self.state = State::Closed,
@@ -250,7 +262,9 @@ impl Conn {
     /// When `on_tick` next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         match &self.state {
-            State::Handshaking { deadline, .. } | State::Closing { deadline } | State::Draining { deadline, .. } => *deadline,
+            State::Handshaking { deadline, .. } | State::Closing { deadline } | State::Draining { deadline, .. } => {
+                *deadline
+            }
             State::Open { heartbeat } => match (heartbeat.next_ping, heartbeat.waiting) {
                 (Some(p), Some((_, w))) => Some(p.min(w)),
                 (p, w) => p.or(w.map(|w| w.1)),
@@ -293,6 +307,20 @@ impl Conn {
         }
     }
 
+    /// Who started the closing handshake, if anyone did.
+    pub fn first_close(&self) -> Option<FirstClose> {
+        self.first_close
+    }
+
+    /// Short name of the state, for metrics: handshaking, open or closing.
+    pub fn state_name(&self) -> &'static str {
+        match self.state {
+            State::Handshaking { .. } | State::Upgrading { .. } => "handshaking",
+            State::Open { .. } => "open",
+            State::Closing { .. } | State::Draining { .. } | State::Closed => "closing",
+        }
+    }
+
     /// Why the connection is ending, once; `None` for a normal close.
     pub fn take_fault(&mut self) -> Option<Fault> {
         self.fault.take()
@@ -321,7 +349,13 @@ impl Conn {
         }
     }
 
-    fn on_request(&mut self, request: Result<Request, HandshakeError>, used: usize, all: usize, now: Instant) -> (usize, Option<Event<'static>>) {
+    fn on_request(
+        &mut self,
+        request: Result<Request, HandshakeError>,
+        used: usize,
+        all: usize,
+        now: Instant,
+    ) -> (usize, Option<Event<'static>>) {
         match request {
             Ok(Request::Upgrade { accept }) => {
                 self.state = State::Upgrading { accept };
@@ -410,7 +444,11 @@ impl Conn {
         let State::Open { heartbeat } = &mut self.state else {
             // Closing: only the peer's close matters; our close is already sent.
             if opcode == Opcode::Close {
-                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: false };
+                self.state = State::Draining {
+                    deadline: limits.close_timeout.map(|t| now + t),
+                    write_shut: false,
+                    linger: false,
+                };
             }
             return Ok(());
         };
@@ -433,8 +471,8 @@ impl Conn {
             }
             Opcode::Close => {
                 // RFC 6455 5.5.1: an empty body, or a 2-byte code and a UTF-8 reason.
-                let reply = match payload {
-                    [] => Chunk::close_empty(),
+                let (reply, code) = match payload {
+                    [] => (Chunk::close_empty(), 1005),
                     [_] => return Err(PeerError::CloseBodyTooShort),
                     [hi, lo, reason @ ..] => {
                         let code = u16::from_be_bytes([*hi, *lo]);
@@ -442,12 +480,17 @@ impl Conn {
                             return Err(PeerError::InvalidCloseCode);
                         }
                         std::str::from_utf8(reason).map_err(|_| PeerError::InvalidUtf8)?;
-                        Chunk::close(code, "")
+                        (Chunk::close(code, ""), code)
                     }
                 };
+                self.first_close.get_or_insert(FirstClose { code, by_peer: true });
                 // RFC 6455 5.5.1: answer with a close, then the server closes TCP first.
                 self.out.push(reply);
-                self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: false };
+                self.state = State::Draining {
+                    deadline: limits.close_timeout.map(|t| now + t),
+                    write_shut: false,
+                    linger: false,
+                };
             }
             _ => {}
         }
@@ -460,8 +503,10 @@ impl Conn {
         self.fault = Some(Fault::Peer(err));
         if self.is_open() {
             self.out.push(Chunk::close(err.close_code(), err.reason()));
+            self.first_close.get_or_insert(FirstClose { code: err.close_code(), by_peer: false });
         }
-        self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: true };
+        self.state =
+            State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: true };
         (used, None)
     }
 
@@ -517,7 +562,13 @@ impl Reader {
 
     /// Checks a data frame header against the message in progress and the limits.
     /// A whole unfragmented message already in `input` is unmasked and delivered in place.
-    fn start_data(&mut self, header: Header, input: &mut [u8], pos: &mut usize, limits: &Limits) -> Result<Option<Delivery>, PeerError> {
+    fn start_data(
+        &mut self,
+        header: Header,
+        input: &mut [u8],
+        pos: &mut usize,
+        limits: &Limits,
+    ) -> Result<Option<Delivery>, PeerError> {
         let key = header.mask.ok_or(PeerError::UnmaskedFrame)?;
         let too_big = |so_far: usize| header.len > (limits.max_message - so_far) as u64;
         match (&mut self.message, header.opcode) {

@@ -19,7 +19,12 @@ pub struct FanOut {
 
 /// Queues one shared frame on every open connection: a reference-count bump each,
 /// never a copy. A recipient over its limit is closed; nobody waits for it.
-pub fn fan_out<'a>(frame: &Rc<[u8]>, conns: impl Iterator<Item = &'a mut Conn>, now: Instant, limits: &Limits) -> FanOut {
+pub fn fan_out<'a>(
+    frame: &Rc<[u8]>,
+    conns: impl Iterator<Item = &'a mut Conn>,
+    now: Instant,
+    limits: &Limits,
+) -> FanOut {
     let mut result = FanOut::default();
     for conn in conns.filter(|c| c.is_open()) {
         match conn.send(Chunk::Shared(Rc::clone(frame)), now, limits) {

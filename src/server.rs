@@ -19,12 +19,14 @@ use crate::config::{Config, Mode};
 use crate::error::HandshakeError;
 use crate::frame::{close_code, Opcode};
 use crate::http;
+use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
 use crate::protocol::{Conn, Event, Fault};
 use crate::room::{self, History};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 /// One read's worth: shared by all clients, never per connection.
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
@@ -47,11 +49,14 @@ struct Client {
     read_paused: bool,
     /// Counted in `Server::open` (accepted as a WebSocket).
     counted_open: bool,
+    /// Came in on --metrics-listen: only /metrics and /healthz are served.
+    metrics_only: bool,
 }
 
 pub struct Server {
     poll: Poll,
     listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
     signals: Signals,
     local_addr: SocketAddr,
     config: Config,
@@ -69,19 +74,24 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     /// Set once a signal asked us to stop: when we give up waiting.
     shutdown: Option<Option<Instant>>,
+    metrics: Metrics,
 }
 
 impl Server {
     /// Binds the listening socket; `run` serves on it.
     pub fn bind(config: Config) -> io::Result<Server> {
-        let addr = (config.host.as_str(), config.port)
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "host resolves to no address"))?;
-        let mut listener = TcpListener::bind(addr)?;
+        let mut listener = TcpListener::bind(resolve((config.host.as_str(), config.port))?)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => {
+                let mut l = TcpListener::bind(resolve(addr.as_str())?)?;
+                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
         let mut signals = Signals::new([SIGINT, SIGTERM])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
@@ -90,6 +100,7 @@ impl Server {
         Ok(Server {
             poll,
             listener: Some(listener),
+            metrics_listener,
             signals,
             local_addr,
             config,
@@ -103,11 +114,16 @@ impl Server {
             scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
             shutdown: None,
+            metrics: Metrics::default(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until SIGINT or SIGTERM, then closes every client with 1001 and
@@ -126,6 +142,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(now),
+                    METRICS_LISTENER => self.accept_metrics(now),
                     SIGNALS => self.on_signals(now),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
@@ -146,6 +163,7 @@ impl Server {
                 self.accept_all(now);
             }
             self.flush_dirty();
+            self.metrics.iteration(now.elapsed());
             if let Some(deadline) = self.shutdown {
                 if self.clients.is_empty() || deadline.is_some_and(|d| d <= now) {
                     info!("stopped ({} connections left)", self.clients.len());
@@ -172,7 +190,7 @@ impl Server {
         while self.accept_paused_until.is_none() {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((socket, peer)) => self.add_client(socket, peer, now),
+                Ok((socket, peer)) => self.add_client(socket, peer, false, now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -187,10 +205,29 @@ impl Server {
         }
     }
 
-    fn add_client(&mut self, mut socket: TcpStream, peer: SocketAddr, now: Instant) {
+    /// Accepts on --metrics-listen: few connections, no limits of their own.
+    fn accept_metrics(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.metrics_listener else { return };
+            match listener.accept() {
+                Ok((socket, peer)) => self.add_client(socket, peer, true, now),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        debug!("metrics accept failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, mut socket: TcpStream, peer: SocketAddr, metrics_only: bool, now: Instant) {
+        self.metrics.accepted += 1;
         if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
             // Best effort: a fresh socket's buffer takes this small answer whole.
             let _ = socket.write(FULL_RESPONSE);
+            self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {peer}: too many connections (503)");
             return;
         }
@@ -198,12 +235,21 @@ impl Server {
         let entry = self.clients.vacant_entry();
         let key = entry.key();
         // Both interests once, edge-triggered: no re-registration per write.
-        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(&mut socket, Token(key), Interest::READABLE | Interest::WRITABLE)
+        {
             warn!("could not register {peer}: {e}");
             return;
         }
         let conn = Conn::new(now, &self.config.limits);
-        entry.insert(Client { socket, conn, timer_at: None, dirty: false, read_paused: false, counted_open: false });
+        entry.insert(Client {
+            socket,
+            conn,
+            timer_at: None,
+            dirty: false,
+            read_paused: false,
+            counted_open: false,
+            metrics_only,
+        });
         self.reschedule(key);
         // The request often arrives with the connection.
         self.read_client(key, now);
@@ -228,6 +274,7 @@ impl Server {
                     break;
                 }
                 Ok(n) => {
+                    self.metrics.bytes_read += n as u64;
                     self.process_input(key, n, now);
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
@@ -253,8 +300,9 @@ impl Server {
 
     /// Hands `scratch[..n]` to the client's `Conn` and acts on what it yields.
     fn process_input(&mut self, key: usize, n: usize, now: Instant) {
-        let Server { clients, scratch, config, history, dirty, open, welcome, shutdown, .. } = self;
+        let Server { clients, scratch, config, history, dirty, open, welcome, shutdown, metrics, .. } = self;
         let limits = &config.limits;
+        let mut http_path = None;
         let mut pos = 0;
         while pos < n {
             let Some(client) = clients.get_mut(key) else { return };
@@ -265,6 +313,10 @@ impl Server {
                 None => {}
                 Some(Event::UpgradeRequest) => {
                     // A valid upgrade: accept it (101, welcome, history) unless full.
+                    if client.metrics_only {
+                        client.conn.respond(Chunk::Owned(http::not_found()), now);
+                        continue;
+                    }
                     if *open >= config.max_connections || shutdown.is_some() {
                         client.conn.refuse(HandshakeError::ServerFull, now);
                         continue;
@@ -272,59 +324,124 @@ impl Server {
                     client.conn.accept(now, limits);
                     client.counted_open = true;
                     *open += 1;
+                    metrics.upgrades += 1;
                     for frame in welcome.iter().chain(history.frames()) {
-                        let _ = client.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits);
-                    }
-                }
-                Some(Event::HttpGet { path }) => {
-                    let answer = http::answer(&path);
-                    client.conn.respond(Chunk::Owned(answer), now);
-                }
-                Some(Event::Message { opcode, payload }) => match config.mode {
-                    Mode::Echo if config.history == 0 => {
-                        let echo = Chunk::frame(opcode, payload);
-                        let _ = client.conn.send(echo, now, limits);
-                    }
-                    Mode::Echo => {
-                        let frame = shared_message(opcode, payload);
-                        history.record(&frame);
-                        let _ = client.conn.send(Chunk::Shared(frame), now, limits);
-                    }
-                    Mode::Broadcast => {
-                        let frame = shared_message(opcode, payload);
-                        history.record(&frame);
-                        // Every open client gets the frame; each is flushed once at the
-                        // end of this loop iteration, however many frames it got.
-                        let recipients = clients.iter_mut().map(|(k, c)| {
-                            if !c.dirty && c.conn.is_open() {
-                                c.dirty = true;
-                                dirty.push(k);
-                            }
-                            &mut c.conn
-                        });
-                        let result = room::fan_out(&frame, recipients, now, limits);
-                        if result.slow_consumers > 0 {
-                            debug!("{} slow consumers closed", result.slow_consumers);
+                        if client.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
+                            metrics.messages_out += 1;
                         }
                     }
-                },
+                }
+                // Answered below, once the borrows of this loop are over.
+                Some(Event::HttpGet { path }) => http_path = Some(path),
+                Some(Event::Message { opcode, payload }) => {
+                    metrics.messages_in += 1;
+                    metrics.message_bytes_in += payload.len() as u64;
+                    match config.mode {
+                        Mode::Echo if config.history == 0 => {
+                            let echo = Chunk::frame(opcode, payload);
+                            if client.conn.send(echo, now, limits).is_ok() {
+                                metrics.messages_out += 1;
+                            }
+                        }
+                        Mode::Echo => {
+                            let frame = shared_message(opcode, payload);
+                            history.record(&frame);
+                            if client.conn.send(Chunk::Shared(frame), now, limits).is_ok() {
+                                metrics.messages_out += 1;
+                            }
+                        }
+                        Mode::Broadcast => {
+                            let frame = shared_message(opcode, payload);
+                            history.record(&frame);
+                            // Every open client gets the frame; each is flushed once at the
+                            // end of this loop iteration, however many frames it got.
+                            let recipients = clients.iter_mut().map(|(k, c)| {
+                                if !c.dirty && c.conn.is_open() {
+                                    c.dirty = true;
+                                    dirty.push(k);
+                                }
+                                &mut c.conn
+                            });
+                            let result = room::fan_out(&frame, recipients, now, limits);
+                            metrics.fanout_deliveries += result.delivered as u64;
+                            metrics.messages_out += result.delivered as u64;
+                        }
+                    }
+                }
             }
+        }
+        if let Some(path) = http_path {
+            self.answer_http(key, &path, now);
         }
     }
 
-    /// After anything happened to a client: log why it is ending, remove it when
-    /// closed, otherwise schedule its flush and its next timer.
+    /// A plain GET: the pages, or /metrics and /healthz where they are served.
+    fn answer_http(&mut self, key: usize, path: &str, now: Instant) {
+        self.metrics.http_requests += 1;
+        let Some(metrics_only) = self.clients.get(key).map(|c| c.metrics_only) else { return };
+        let operator_here = metrics_only || self.metrics_listener.is_none();
+        let answer = match path.split('?').next().unwrap_or_default() {
+            "/metrics" if operator_here => {
+                let body = self.metrics.render(&self.gauges());
+                http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes())
+            }
+            "/healthz" if operator_here && self.shutdown.is_some() => {
+                http::response(503, "text/plain; charset=utf-8", b"shutting down\n")
+            }
+            "/healthz" if operator_here => http::response(200, "text/plain; charset=utf-8", b"ok\n"),
+            _ if metrics_only => http::not_found(),
+            _ => http::answer(path),
+        };
+        if let Some(client) = self.clients.get_mut(key) {
+            client.conn.respond(Chunk::Owned(answer), now);
+        }
+    }
+
+    fn gauges(&self) -> Gauges {
+        let mut g = Gauges {
+            handshaking: 0,
+            open: 0,
+            closing: 0,
+            history_len: self.history.len(),
+            history_bytes: self.history.bytes(),
+        };
+        for (_, client) in &self.clients {
+            match client.conn.state_name() {
+                "handshaking" => g.handshaking += 1,
+                "open" => g.open += 1,
+                _ => g.closing += 1,
+            }
+        }
+        g
+    }
+
+    /// After anything happened to a client: settle it, and schedule a flush if it
+    /// has something to write.
     fn after_activity(&mut self, key: usize) {
+        self.settle(key);
+        let Some(client) = self.clients.get(key) else { return };
+        if client.conn.queued_bytes() > 0 || client.conn.wants_write_shutdown() {
+            self.mark_dirty(key);
+        }
+    }
+
+    /// Logs and counts why a client is ending, removes it when closed, otherwise
+    /// schedules its next timer.
+    fn settle(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else { return };
         if let Some(fault) = client.conn.take_fault() {
             log_fault(&client.socket, fault);
+            match fault {
+                Fault::Handshake(err) => self.metrics.reject(Rejection::of(err)),
+                Fault::HandshakeTimeout => self.metrics.reject(Rejection::HandshakeTimeout),
+                Fault::PongTimeout => self.metrics.heartbeat_timeouts += 1,
+                Fault::SlowConsumer => self.metrics.slow_consumers += 1,
+                Fault::Peer(_) | Fault::CloseTimeout => {}
+            }
         }
         if client.conn.is_closed() {
             self.remove(key);
             return;
-        }
-        if !client.conn.out().is_empty() || client.conn.wants_write_shutdown() {
-            self.mark_dirty(key);
         }
         self.reschedule(key);
     }
@@ -333,6 +450,8 @@ impl Server {
         if let Some(client) = self.clients.try_remove(key) {
             if client.counted_open {
                 self.open -= 1;
+                let first = client.conn.first_close();
+                self.metrics.close(first.map_or(1006, |c| c.code), first.is_some_and(|c| c.by_peer));
             }
             // Dropping the socket closes it, which also removes it from epoll.
         }
@@ -366,7 +485,10 @@ impl Server {
                     client.conn.end_of_stream();
                     break;
                 }
-                Ok(written) => client.conn.out().advance(written),
+                Ok(written) => {
+                    self.metrics.bytes_written += written as u64;
+                    client.conn.out().advance(written);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -384,9 +506,8 @@ impl Server {
             client.read_paused = false;
             self.backlog.push(key);
         }
-        if client.conn.is_closed() {
-            self.remove(key);
-        }
+        // Fan-out may have closed this client (slow consumer) without reading it.
+        self.settle(key);
     }
 
     /// Keeps one heap entry per client deadline. Entries whose time no longer
@@ -440,6 +561,12 @@ impl Server {
             self.after_activity(key);
         }
     }
+}
+
+fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -300,7 +300,10 @@ mod http {
     fn bad_upgrades_get_400_and_non_get_405_each_with_a_reason() {
         let server = Server::start(&[]);
         let no_key = request(&server, &upgrade_with("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""));
-        assert!(no_key.starts_with("HTTP/1.1 400 ") && no_key.ends_with("Sec-WebSocket-Key must be 16 bytes in base64\n"), "{no_key}");
+        assert!(
+            no_key.starts_with("HTTP/1.1 400 ") && no_key.ends_with("Sec-WebSocket-Key must be 16 bytes in base64\n"),
+            "{no_key}"
+        );
         let post = request(&server, &upgrade_with("GET", "POST"));
         assert!(post.starts_with("HTTP/1.1 405 ") && post.ends_with("a WebSocket upgrade must be a GET\n"), "{post}");
     }
@@ -308,10 +311,16 @@ mod http {
     #[test]
     fn a_refused_origin_gets_403_and_an_allowed_one_upgrades() {
         let server = Server::start(&["--allowed-origin", "http://good.example"]);
-        let evil = request(&server, &upgrade_with("Host: localhost\r\n", "Host: localhost\r\nOrigin: http://evil.example\r\n"));
+        let evil = request(
+            &server,
+            &upgrade_with("Host: localhost\r\n", "Host: localhost\r\nOrigin: http://evil.example\r\n"),
+        );
         assert!(evil.starts_with("HTTP/1.1 403 "), "{evil}");
         let mut s = raw(&server);
-        s.write_all(upgrade_with("Host: localhost\r\n", "Host: localhost\r\nOrigin: http://good.example\r\n").as_bytes()).unwrap();
+        s.write_all(
+            upgrade_with("Host: localhost\r\n", "Host: localhost\r\nOrigin: http://good.example\r\n").as_bytes(),
+        )
+        .unwrap();
         assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
     }
 
@@ -411,8 +420,19 @@ mod command_line {
         assert!(help.status.success());
         let help = String::from_utf8(help.stdout).unwrap();
         for flag in [
-            "--host", "--port", "--mode", "--welcome", "--history", "--ping-interval", "--ping-timeout", "--max-message",
-            "--max-connections", "--max-backpressure", "--handshake-timeout", "--close-timeout", "--allowed-origin",
+            "--host",
+            "--port",
+            "--mode",
+            "--welcome",
+            "--history",
+            "--ping-interval",
+            "--ping-timeout",
+            "--max-message",
+            "--max-connections",
+            "--max-backpressure",
+            "--handshake-timeout",
+            "--close-timeout",
+            "--allowed-origin",
         ] {
             assert!(help.contains(flag), "{flag} missing from --help");
         }

@@ -293,6 +293,7 @@ mod section_7_closing {
         bytes.extend(text("ignored after close"));
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
         assert_eq!(output(&mut conn), close_frame(1000, ""));
+        assert_eq!(conn.first_close(), Some(FirstClose { code: 1000, by_peer: true }));
         assert!(conn.wants_write_shutdown());
         assert_eq!(conn.take_fault(), None);
         // RFC 6455 7.1.1: the handshake is finished, the server ends TCP at once.
@@ -325,6 +326,7 @@ mod section_7_closing {
         let (mut conn, now) = open_conn();
         conn.close(1001, "going away", now, &limits());
         assert_eq!(output(&mut conn), close_frame(1001, "going away"));
+        assert_eq!(conn.first_close(), Some(FirstClose { code: 1001, by_peer: false }));
         let mut bytes = text("late message");
         bytes.extend(frame(true, 8, &[0x03, 0xE9]));
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);

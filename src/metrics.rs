@@ -1,0 +1,232 @@
+//! Counters for `GET /metrics`, in the Prometheus text exposition format (0.0.4).
+//! Plain integers bumped by the loop: no atomics, no locks, no hashing per message.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::error::HandshakeError;
+
+/// Why a connection was refused or dropped before it became a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Rejection {
+    BadHandshake,
+    Origin,
+    OverMaxConnections,
+    HandshakeTimeout,
+}
+
+impl Rejection {
+    pub fn of(err: HandshakeError) -> Rejection {
+        match err {
+            HandshakeError::OriginRefused => Rejection::Origin,
+            HandshakeError::ServerFull => Rejection::OverMaxConnections,
+            _ => Rejection::BadHandshake,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Rejection::BadHandshake => "bad_handshake",
+            Rejection::Origin => "origin",
+            Rejection::OverMaxConnections => "over_max_connections",
+            Rejection::HandshakeTimeout => "handshake_timeout",
+        }
+    }
+
+    const ALL: [Rejection; 4] =
+        [Rejection::BadHandshake, Rejection::Origin, Rejection::OverMaxConnections, Rejection::HandshakeTimeout];
+}
+
+/// Upper bounds of the loop-iteration histogram, in microseconds.
+const ITERATION_BUCKETS_US: [u64; 7] = [10, 50, 100, 500, 1_000, 10_000, 100_000];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub accepted: u64,
+    rejected: [u64; 4],
+    pub upgrades: u64,
+    /// (close code, started by the peer) -> count; code 1006: ended without a close.
+    closes: BTreeMap<(u16, bool), u64>,
+    pub messages_in: u64,
+    pub message_bytes_in: u64,
+    pub messages_out: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub fanout_deliveries: u64,
+    pub slow_consumers: u64,
+    pub heartbeat_timeouts: u64,
+    pub http_requests: u64,
+    iterations: u64,
+    iteration_buckets: [u64; ITERATION_BUCKETS_US.len()],
+    iteration_sum: Duration,
+}
+
+/// Values read at scrape time rather than counted.
+pub struct Gauges {
+    pub handshaking: usize,
+    pub open: usize,
+    pub closing: usize,
+    pub history_len: usize,
+    pub history_bytes: usize,
+}
+
+impl Metrics {
+    pub fn reject(&mut self, why: Rejection) {
+        self.rejected[why as usize] += 1;
+    }
+
+    pub fn rejected(&self, why: Rejection) -> u64 {
+        self.rejected[why as usize]
+    }
+
+    pub fn close(&mut self, code: u16, by_peer: bool) {
+        *self.closes.entry((code, by_peer)).or_default() += 1;
+    }
+
+    /// Time the loop spent working in one iteration (not waiting in poll).
+    pub fn iteration(&mut self, busy: Duration) {
+        self.iterations += 1;
+        self.iteration_sum += busy;
+        let us = busy.as_micros() as u64;
+        if let Some(i) = ITERATION_BUCKETS_US.iter().position(|&b| us <= b) {
+            self.iteration_buckets[i] += 1;
+        }
+    }
+
+    /// The whole exposition.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(4096);
+        let o = &mut out;
+        family(o, "mioket_connections", "gauge", "Connections now, by state.");
+        for (state, n) in [("handshaking", g.handshaking), ("open", g.open), ("closing", g.closing)] {
+            let _ = writeln!(o, "mioket_connections{{state=\"{state}\"}} {n}");
+        }
+        counter(o, "mioket_accepted_total", "TCP connections accepted.", self.accepted);
+        counter(o, "mioket_upgrades_total", "WebSocket upgrades accepted.", self.upgrades);
+        family(o, "mioket_rejected_total", "counter", "Connections refused or dropped before the upgrade, by reason.");
+        for why in Rejection::ALL {
+            let _ = writeln!(o, "mioket_rejected_total{{reason=\"{}\"}} {}", why.label(), self.rejected(why));
+        }
+        family(
+            o,
+            "mioket_closes_total",
+            "counter",
+            "WebSocket connections ended, by the code of the first close and who sent it (1006: no close frame).",
+        );
+        for ((code, by_peer), n) in &self.closes {
+            let by = if *code == 1006 {
+                "none"
+            } else if *by_peer {
+                "client"
+            } else {
+                "server"
+            };
+            let _ = writeln!(o, "mioket_closes_total{{code=\"{code}\",by=\"{by}\"}} {n}");
+        }
+        counter(o, "mioket_messages_received_total", "Data messages received.", self.messages_in);
+        counter(
+            o,
+            "mioket_message_bytes_received_total",
+            "Payload bytes of data messages received.",
+            self.message_bytes_in,
+        );
+        counter(
+            o,
+            "mioket_messages_sent_total",
+            "Data messages queued to clients (echoes, fan-out, welcome, history).",
+            self.messages_out,
+        );
+        counter(o, "mioket_bytes_read_total", "Bytes read from client sockets.", self.bytes_read);
+        counter(o, "mioket_bytes_written_total", "Bytes written to client sockets.", self.bytes_written);
+        counter(o, "mioket_fanout_deliveries_total", "Broadcast frames queued to recipients.", self.fanout_deliveries);
+        counter(
+            o,
+            "mioket_slow_consumers_total",
+            "Clients closed (1008) for passing max-backpressure.",
+            self.slow_consumers,
+        );
+        counter(
+            o,
+            "mioket_heartbeat_timeouts_total",
+            "Clients closed (1011) for a late pong.",
+            self.heartbeat_timeouts,
+        );
+        counter(o, "mioket_http_requests_total", "Plain HTTP requests answered.", self.http_requests);
+        family(o, "mioket_history_messages", "gauge", "Messages in the history buffer.");
+        let _ = writeln!(o, "mioket_history_messages {}", g.history_len);
+        family(o, "mioket_history_bytes", "gauge", "Bytes in the history buffer.");
+        let _ = writeln!(o, "mioket_history_bytes {}", g.history_bytes);
+        family(o, "mioket_loop_iteration_seconds", "histogram", "Time the event loop spent working per iteration.");
+        let mut cumulative = 0;
+        for (bound, n) in ITERATION_BUCKETS_US.iter().zip(self.iteration_buckets) {
+            cumulative += n;
+            let _ = writeln!(o, "mioket_loop_iteration_seconds_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1e6);
+        }
+        let _ = writeln!(o, "mioket_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}", self.iterations);
+        let _ = writeln!(o, "mioket_loop_iteration_seconds_sum {}", self.iteration_sum.as_secs_f64());
+        let _ = writeln!(o, "mioket_loop_iteration_seconds_count {}", self.iterations);
+        out
+    }
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(o: &mut String, name: &str, help: &str, value: u64) {
+    family(o, name, "counter", help);
+    let _ = writeln!(o, "{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges { handshaking: 1, open: 2, closing: 0, history_len: 3, history_bytes: 40 }
+    }
+
+    #[test]
+    fn renders_counters_labels_and_a_cumulative_histogram() {
+        let mut m = Metrics::default();
+        m.accepted = 5;
+        m.reject(Rejection::Origin);
+        m.close(1000, true);
+        m.close(1006, true);
+        m.iteration(Duration::from_micros(5));
+        m.iteration(Duration::from_micros(700));
+        let text = m.render(&gauges());
+        for line in [
+            "mioket_connections{state=\"open\"} 2",
+            "mioket_accepted_total 5",
+            "mioket_rejected_total{reason=\"origin\"} 1",
+            "mioket_rejected_total{reason=\"bad_handshake\"} 0",
+            "mioket_closes_total{code=\"1000\",by=\"client\"} 1",
+            "mioket_closes_total{code=\"1006\",by=\"none\"} 1",
+            "mioket_history_bytes 40",
+            "mioket_loop_iteration_seconds_bucket{le=\"0.00001\"} 1",
+            "mioket_loop_iteration_seconds_bucket{le=\"0.001\"} 2",
+            "mioket_loop_iteration_seconds_bucket{le=\"+Inf\"} 2",
+            "mioket_loop_iteration_seconds_count 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_sample_belongs_to_a_declared_family() {
+        let text = Metrics::default().render(&gauges());
+        let mut families = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                families.push(rest.split(' ').next().unwrap().to_string());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(families.iter().any(|f| name.starts_with(f.as_str())), "{name} undeclared");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok(), "{line}");
+            }
+        }
+    }
+}
