@@ -155,6 +155,49 @@ pub mod close_code {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn any_header() -> impl Strategy<Value = Header> {
+        let opcodes = prop_oneof![
+            Just(Opcode::Continuation),
+            Just(Opcode::Text),
+            Just(Opcode::Binary),
+            Just(Opcode::Close),
+            Just(Opcode::Ping),
+            Just(Opcode::Pong),
+        ];
+        let lens = prop_oneof![0u64..=125, 126u64..=0xFFFF, 0x1_0000u64..(1 << 63)];
+        (any::<bool>(), opcodes, any::<Option<[u8; 4]>>(), lens).prop_map(|(fin, opcode, mask, len)| {
+            if opcode.is_control() {
+                // RFC 6455 5.5: the only control headers that exist.
+                Header { fin: true, opcode, mask, len: len % 126 }
+            } else {
+                Header { fin, opcode, mask, len }
+            }
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parse_of_encode_is_the_identity(header in any_header(), trailing in proptest::collection::vec(any::<u8>(), 0..4)) {
+            let mut buf = [0u8; MAX_HEADER_LEN];
+            let n = encode_header(&header, &mut buf);
+            let mut bytes = buf[..n].to_vec();
+            bytes.extend(trailing);
+            prop_assert_eq!(parse_header(&bytes), Ok(Some((header, n))));
+            for cut in 0..n {
+                prop_assert_eq!(parse_header(&bytes[..cut]), Ok(None));
+            }
+        }
+
+        #[test]
+        fn parse_never_panics_and_never_claims_more_than_it_has(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
+            if let Ok(Some((h, n))) = parse_header(&bytes) {
+                prop_assert!(n <= bytes.len() && n <= MAX_HEADER_LEN);
+                prop_assert!(!h.opcode.is_control() || (h.fin && h.len <= 125));
+            }
+        }
+    }
 
     // RFC 6455 5.7: examples.
     #[test]
