@@ -1,5 +1,10 @@
 //! A connection's outgoing bytes: shared broadcast frames (a reference each), small
 //! frames inline (no allocation), static pages, with byte accounting for backpressure.
+//!
+//! Memory matters here more than anywhere: every connection has a queue. A chunk is
+//! 32 bytes, and the first queued chunk lives in the queue itself, so a connection
+//! that sends one frame at a time (an echo, a fan-out, an idle client) never
+//! allocates queue storage.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -20,10 +25,10 @@ pub fn shared_message(opcode: Opcode, payload: &[u8]) -> Rc<[u8]> {
     shared_frame(&header[..n], payload)
 }
 
-/// Room for the largest control frame (2 + 125) and for the 101 answer (129).
-pub const INLINE_CAP: usize = 129;
+/// Bytes that fit in a chunk without a heap allocation: a ping, a small pong or close,
+/// a 20-byte message with its 2-byte header. Keeps `Chunk` at 32 bytes.
+pub const INLINE_CAP: usize = 30;
 
-/// Bytes that fit in a queue entry without a heap allocation.
 #[derive(Clone)]
 pub struct Inline {
     len: u8,
@@ -66,17 +71,22 @@ impl Chunk {
         }
     }
 
+    /// Small bytes inline, larger ones in a `Vec`.
+    pub fn from_parts(parts: &[&[u8]]) -> Chunk {
+        match Inline::from_parts(parts) {
+            Some(inline) => Chunk::Inline(inline),
+            None => Chunk::Owned(parts.concat()),
+        }
+    }
+
     /// A close frame; the reason is cut to fit the 125-byte control payload.
     pub fn close(code: u16, reason: &str) -> Chunk {
         let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let len = 2 + end as u8;
-        let header = [0x80 | Opcode::Close.bits(), len];
-        let inline = Inline::from_parts(&[&header, &code.to_be_bytes(), &reason.as_bytes()[..end]]);
-        // 2 + 2 + 123 bytes always fit INLINE_CAP.
-        Chunk::Inline(inline.unwrap_or_else(|| Inline { len: 0, bytes: [0; INLINE_CAP] }))
+        let header = [0x80 | Opcode::Close.bits(), 2 + end as u8];
+        Chunk::from_parts(&[&header, &code.to_be_bytes(), &reason.as_bytes()[..end]])
     }
 
     /// A close frame with no body (the answer to an empty close).
@@ -94,13 +104,19 @@ impl Chunk {
     }
 }
 
+/// Queue slots an emptied queue may keep for the next burst (4 x 32 bytes).
+const KEEP_SLOTS: usize = 4;
+
 /// The queue would pass its byte limit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OverLimit;
 
+/// Bytes queued for one connection, in order: `first`, then `rest`.
 #[derive(Default)]
 pub struct OutQueue {
-    chunks: VecDeque<Chunk>,
+    /// The front chunk; `None` only when the queue is empty.
+    first: Option<Chunk>,
+    rest: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
     /// Bytes queued and not yet written.
@@ -110,7 +126,11 @@ pub struct OutQueue {
 impl OutQueue {
     pub fn push(&mut self, chunk: Chunk) {
         self.queued += chunk.bytes().len();
-        self.chunks.push_back(chunk);
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.rest.push_back(chunk);
+        }
     }
 
     /// Pushes unless the queue already holds bytes and would pass `limit`: a single
@@ -125,7 +145,11 @@ impl OutQueue {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.first.is_none()
+    }
+
+    fn chunks(&self) -> impl Iterator<Item = &Chunk> {
+        self.first.iter().chain(self.rest.iter())
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -135,7 +159,7 @@ impl OutQueue {
     /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
     pub fn io_slices<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (i, chunk) in self.chunks.iter().enumerate() {
+        for (i, chunk) in self.chunks().enumerate() {
             let Some(slot) = slices.get_mut(n) else { break };
             let bytes = chunk.bytes();
             *slot = IoSlice::new(if i == 0 { &bytes[self.front_written..] } else { bytes });
@@ -147,7 +171,7 @@ impl OutQueue {
     /// Marks `written` bytes as sent, dropping finished chunks.
     pub fn advance(&mut self, mut written: usize) {
         self.queued = self.queued.saturating_sub(written);
-        while let Some(front) = self.chunks.front() {
+        while let Some(front) = &self.first {
             let left = front.bytes().len() - self.front_written;
             if written < left {
                 self.front_written += written;
@@ -155,23 +179,28 @@ impl OutQueue {
             }
             written -= left;
             self.front_written = 0;
-            self.chunks.pop_front();
+            self.first = self.rest.pop_front();
+        }
+        // Storage left by a burst (history replay, many publishers) is given back.
+        if self.rest.capacity() > KEEP_SLOTS {
+            self.rest = VecDeque::new();
         }
     }
 
     /// Drops everything not yet started. A partly written front chunk stays, so
     /// the stream remains well framed for what comes after (a close frame).
     pub fn drop_unsent(&mut self) {
-        let keep = usize::from(self.front_written > 0);
-        self.chunks.truncate(keep);
-        self.queued = self.chunks.front().map_or(0, |c| c.bytes().len() - self.front_written);
-        self.chunks.shrink_to_fit();
+        self.rest = VecDeque::new();
+        if self.front_written == 0 {
+            self.first = None;
+        }
+        self.queued = self.first.as_ref().map_or(0, |c| c.bytes().len() - self.front_written);
     }
 
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).
     pub fn shrink_if_empty(&mut self) {
-        if self.chunks.is_empty() && self.chunks.capacity() > 0 {
-            self.chunks = VecDeque::new();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            self.rest = VecDeque::new();
         }
     }
 }
@@ -232,6 +261,8 @@ mod tests {
         let small = Chunk::frame(Opcode::Text, b"hi");
         assert!(matches!(small, Chunk::Inline(_)));
         assert_eq!(small.bytes(), b"\x81\x02hi");
+        assert!(matches!(Chunk::frame(Opcode::Binary, &[7; 28]), Chunk::Inline(_)));
+        assert!(matches!(Chunk::frame(Opcode::Binary, &[7; 29]), Chunk::Shared(_)));
         let large = Chunk::frame(Opcode::Binary, &[7; 300]);
         assert!(matches!(large, Chunk::Shared(_)));
         assert_eq!(&large.bytes()[..4], &[0x82, 126, 1, 44]);
@@ -245,6 +276,16 @@ mod tests {
         assert_eq!(&bytes[..4], &[0x88, 124, 0x03, 0xE9]);
         assert!(std::str::from_utf8(&bytes[4..]).is_ok());
         assert_eq!(bytes.len(), 2 + 124);
+    }
+
+    #[test]
+    fn a_chunk_is_32_bytes_and_one_queued_chunk_needs_no_storage() {
+        assert_eq!(std::mem::size_of::<Chunk>(), 32);
+        let mut q = OutQueue::default();
+        q.push(Chunk::frame(Opcode::Text, &[b'x'; 20]));
+        assert_eq!(q.rest.capacity(), 0);
+        q.push(Chunk::Static(b"y"));
+        assert!(q.rest.capacity() > 0);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::frame::{
 };
 use crate::handshake::{self, Request, MAX_HEAD};
 use crate::mask::apply_mask;
-use crate::outqueue::{Chunk, Inline, OutQueue, OverLimit};
+use crate::outqueue::{Chunk, OutQueue, OverLimit};
 use crate::utf8::Utf8Validator;
 
 /// How long we wait for a client to close after an HTTP answer.
@@ -170,9 +170,7 @@ impl Conn {
         if let State::Upgrading { accept } = self.state {
             let mut answer = [0u8; handshake::SWITCHING_PROTOCOLS_LEN];
             let n = handshake::write_switching_protocols(&accept, &mut answer);
-            if let Some(inline) = Inline::from_parts(&[&answer[..n]]) {
-                self.out.push(Chunk::Inline(inline));
-            }
+            self.out.push(Chunk::Owned(answer[..n].to_vec()));
             let heartbeat = Heartbeat { next_ping: limits.ping_interval.map(|t| now + t), seq: 0, waiting: None };
             self.state = State::Open { heartbeat };
         }
@@ -512,9 +510,7 @@ impl Conn {
 
     fn send_control(&mut self, opcode: Opcode, payload: &[u8]) {
         let header = [0x80 | opcode.bits(), payload.len() as u8];
-        if let Some(inline) = Inline::from_parts(&[&header, payload]) {
-            self.out.push(Chunk::Inline(inline));
-        }
+        self.out.push(Chunk::from_parts(&[&header, payload]));
     }
 }
 
