@@ -75,16 +75,22 @@ struct Heartbeat {
     waiting: Option<(u32, Instant)>,
 }
 
-/// A header and control payload never need more than this many buffered bytes.
-const STASH: usize = MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD;
-
-/// Frame parsing state: a few bytes of an unfinished header, the data frame whose
-/// payload is arriving, and the message being assembled.
+/// Frame parsing state. Only the bytes of an unfinished header live here; a frame
+/// whose payload arrives in pieces needs a `Partial`, boxed because most connections
+/// rarely need one and an idle connection gives it back.
 struct Reader {
-    stash: [u8; STASH],
+    stash: [u8; MAX_HEADER_LEN],
     stash_len: u8,
+    partial: Option<Box<Partial>>,
+}
+
+#[derive(Default)]
+struct Partial {
+    /// The frame whose payload is arriving.
     frame: Option<PayloadLeft>,
+    /// The data message being assembled.
     message: Option<Assembly>,
+    /// Its bytes so far, followed by those of an unfinished control frame.
     payload: Vec<u8>,
     utf8: Utf8Validator,
     /// `payload` was handed out as an event; clear it before reading on.
@@ -96,17 +102,25 @@ struct PayloadLeft {
     key: [u8; 4],
     offset: usize,
     fin: bool,
+    kind: PayloadKind,
+}
+
+#[derive(Clone, Copy)]
+enum PayloadKind {
+    Data,
+    /// Data arriving while we close: read past it.
+    Skip,
+    /// A control frame's payload, collected in `payload` from `start` on.
+    Control {
+        opcode: Opcode,
+        start: usize,
+    },
 }
 
 struct Assembly {
     opcode: Opcode,
     len: usize,
     fragments: u32,
-}
-
-enum Frame {
-    Data(Header),
-    Control(Header, [u8; MAX_CONTROL_PAYLOAD]),
 }
 
 enum Delivery {
@@ -126,15 +140,7 @@ impl Conn {
     pub fn new(now: Instant, limits: &Limits) -> Conn {
         Conn {
             state: State::Handshaking { head: Vec::new(), deadline: limits.handshake_timeout.map(|t| now + t) },
-            reader: Reader {
-                stash: [0; STASH],
-                stash_len: 0,
-                frame: None,
-                message: None,
-                payload: Vec::new(),
-                utf8: Utf8Validator::default(),
-                delivered: false,
-            },
+            reader: Reader { stash: [0; MAX_HEADER_LEN], stash_len: 0, partial: None },
             out: OutQueue::default(),
             fault: None,
             first_close: None,
@@ -152,7 +158,9 @@ impl Conn {
                 let input: &'a [u8] = input;
                 let event = delivery.map(|d| match d {
                     Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
-                    Delivery::Assembled { opcode } => Event::Message { opcode, payload: &self.reader.payload },
+                    Delivery::Assembled { opcode } => {
+                        Event::Message { opcode, payload: self.reader.partial.as_deref().map_or(&[], |p| &p.payload) }
+                    }
                 });
                 (used, event)
             }
@@ -244,8 +252,8 @@ impl Conn {
                     self.send_control(Opcode::Ping, &seq.to_be_bytes());
                 }
                 // An idle connection keeps no buffers.
-                if self.reader.message.is_none() && self.reader.frame.is_none() {
-                    self.reader.payload = Vec::new();
+                if self.reader.partial.as_deref().is_some_and(|p| p.message.is_none() && p.frame.is_none()) {
+                    self.reader.partial = None;
                 }
                 self.out.shrink_if_empty();
             }
@@ -371,64 +379,84 @@ impl Conn {
     }
 
     fn read_frames(&mut self, input: &mut [u8], now: Instant, limits: &Limits) -> (usize, Option<Delivery>) {
-        if self.reader.delivered {
-            self.reader.payload.clear();
-            self.reader.delivered = false;
+        if let Some(p) = self.reader.partial.as_deref_mut().filter(|p| p.delivered) {
+            p.payload.clear();
+            p.delivered = false;
         }
         let mut pos = 0;
         loop {
             if !matches!(self.state, State::Open { .. } | State::Closing { .. }) {
                 return (input.len(), None);
             }
-            let open = self.is_open();
-            if let Some(frame) = &mut self.reader.frame {
-                // Payload of a data frame, taken as it arrives.
-                let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(input.len() - pos);
-                if n == 0 && frame.remaining > 0 {
-                    return (pos, None);
-                }
-                let chunk = &mut input[pos..pos + n];
-                pos += n;
-                apply_mask(chunk, frame.key, frame.offset);
-                frame.offset = (frame.offset + n) & 3;
-                frame.remaining -= n as u64;
-                let last = frame.remaining == 0;
-                let fin = last && frame.fin;
-                if last {
-                    self.reader.frame = None;
-                }
-                if open {
-                    match self.reader.take_payload(chunk, fin) {
+            if let Some(p) = self.reader.partial.as_deref_mut() {
+                if let Some(frame) = &mut p.frame {
+                    // The payload of a frame, taken as it arrives.
+                    let n = usize::try_from(frame.remaining).unwrap_or(usize::MAX).min(input.len() - pos);
+                    if n == 0 && frame.remaining > 0 {
+                        return (pos, None);
+                    }
+                    let chunk = &mut input[pos..pos + n];
+                    pos += n;
+                    apply_mask(chunk, frame.key, frame.offset);
+                    frame.offset = (frame.offset + n) & 3;
+                    frame.remaining -= n as u64;
+                    let last = frame.remaining == 0;
+                    let fin = last && frame.fin;
+                    let kind = frame.kind;
+                    if last {
+                        p.frame = None;
+                    }
+                    let result = match kind {
+                        PayloadKind::Data => p.take_payload(chunk, fin),
+                        PayloadKind::Skip => Ok(None),
+                        PayloadKind::Control { opcode, start } => {
+                            p.payload.extend_from_slice(chunk);
+                            if last {
+                                let mut body = [0u8; MAX_CONTROL_PAYLOAD];
+                                let len = p.payload.len() - start;
+                                body[..len].copy_from_slice(&p.payload[start..]);
+                                p.payload.truncate(start);
+                                self.on_control(opcode, &body[..len], now, limits).map(|()| None)
+                            } else {
+                                Ok(None)
+                            }
+                        }
+                    };
+                    match result {
                         Err(err) => return self.fail(err, now, limits, input.len()),
                         Ok(Some(opcode)) => return (pos, Some(Delivery::Assembled { opcode })),
-                        Ok(None) => {}
+                        Ok(None) => continue,
                     }
                 }
-                continue;
             }
-            let frame = match self.reader.next_frame(input, &mut pos) {
-                Ok(Some(frame)) => frame,
+            let header = match self.reader.next_header(input, &mut pos) {
+                Ok(Some(header)) => header,
                 Ok(None) => return (pos, None),
                 Err(err) => return self.fail(err, now, limits, input.len()),
             };
-            let result = match frame {
-                Frame::Data(header) if open => self.reader.start_data(header, input, &mut pos, limits),
-                Frame::Data(header) => {
-                    // Closing: skip data, look for the close reply.
-                    let key = header.mask.unwrap_or_default();
-                    self.reader.frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: false });
+            // RFC 6455 5.1: a client masks every frame.
+            let Some(key) = header.mask else {
+                return self.fail(PeerError::UnmaskedFrame, now, limits, input.len());
+            };
+            let result = if header.opcode.is_control() {
+                let len = header.len as usize;
+                if input.len() - pos >= len {
+                    let body = &mut input[pos..pos + len];
+                    pos += len;
+                    apply_mask(body, key, 0);
+                    self.on_control(header.opcode, body, now, limits).map(|()| None)
+                } else {
+                    let p = self.reader.partial();
+                    let kind = PayloadKind::Control { opcode: header.opcode, start: p.payload.len() };
+                    p.frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: true, kind });
                     Ok(None)
                 }
-                Frame::Control(header, mut payload) => {
-                    let len = header.len as usize;
-                    match header.mask {
-                        Some(key) => {
-                            apply_mask(&mut payload[..len], key, 0);
-                            self.on_control(header.opcode, &payload[..len], now, limits).map(|()| None)
-                        }
-                        None => Err(PeerError::UnmaskedFrame),
-                    }
-                }
+            } else if self.is_open() {
+                self.reader.start_data(header, key, input, &mut pos, limits)
+            } else {
+                let skip = PayloadLeft { remaining: header.len, key, offset: 0, fin: false, kind: PayloadKind::Skip };
+                self.reader.partial().frame = Some(skip);
+                Ok(None)
             };
             match result {
                 Ok(Some(delivery)) => return (pos, Some(delivery)),
@@ -515,45 +543,44 @@ impl Conn {
 }
 
 impl Reader {
-    /// The next frame header, from the stash or from `input[*pos..]`; for a control
-    /// frame also its whole (still masked) payload. `Ok(None)`: the bytes so far
-    /// are stashed and more are needed.
-    fn next_frame(&mut self, input: &[u8], pos: &mut usize) -> Result<Option<Frame>, PeerError> {
+    fn partial(&mut self) -> &mut Partial {
+        self.partial.get_or_insert_with(Box::default)
+    }
+
+    /// The next frame header, from the stash and `input[*pos..]`. `Ok(None)`: the
+    /// bytes so far (fewer than a header) are stashed and more are needed.
+    fn next_header(&mut self, input: &[u8], pos: &mut usize) -> Result<Option<Header>, PeerError> {
         let old = usize::from(self.stash_len);
-        let (bytes, from_stash) = if old == 0 {
-            (&input[*pos..], false)
-        } else {
-            let take = (STASH - old).min(input.len() - *pos);
-            self.stash[old..old + take].copy_from_slice(&input[*pos..*pos + take]);
-            (&self.stash[..old + take], true)
-        };
-        let complete = match parse_header(bytes)? {
-            Some((header, header_len)) => {
-                let need = header_len + if header.opcode.is_control() { header.len as usize } else { 0 };
-                bytes.get(header_len..need).map(|control_payload| (header, need, control_payload))
+        if old == 0 {
+            return match parse_header(&input[*pos..])? {
+                Some((header, n)) => {
+                    *pos += n;
+                    Ok(Some(header))
+                }
+                None => {
+                    // An incomplete header is shorter than MAX_HEADER_LEN.
+                    let rest = &input[*pos..];
+                    self.stash[..rest.len()].copy_from_slice(rest);
+                    self.stash_len = rest.len() as u8;
+                    *pos = input.len();
+                    Ok(None)
+                }
+            };
+        }
+        let take = (MAX_HEADER_LEN - old).min(input.len() - *pos);
+        self.stash[old..old + take].copy_from_slice(&input[*pos..*pos + take]);
+        match parse_header(&self.stash[..old + take])? {
+            Some((header, n)) => {
+                *pos += n - old;
+                self.stash_len = 0;
+                Ok(Some(header))
             }
-            None => None,
-        };
-        let Some((header, need, control_payload)) = complete else {
-            // Everything available is kept: it is less than STASH bytes.
-            let total = bytes.len();
-            if !from_stash {
-                self.stash[..total].copy_from_slice(&input[*pos..]);
+            None => {
+                *pos += take;
+                self.stash_len = (old + take) as u8;
+                Ok(None)
             }
-            self.stash_len = total as u8;
-            *pos = input.len();
-            return Ok(None);
-        };
-        let frame = if header.opcode.is_control() {
-            let mut payload = [0u8; MAX_CONTROL_PAYLOAD];
-            payload[..control_payload.len()].copy_from_slice(control_payload);
-            Frame::Control(header, payload)
-        } else {
-            Frame::Data(header)
-        };
-        *pos += need - old;
-        self.stash_len = 0;
-        Ok(Some(frame))
+        }
     }
 
     /// Checks a data frame header against the message in progress and the limits.
@@ -561,13 +588,14 @@ impl Reader {
     fn start_data(
         &mut self,
         header: Header,
+        key: [u8; 4],
         input: &mut [u8],
         pos: &mut usize,
         limits: &Limits,
     ) -> Result<Option<Delivery>, PeerError> {
-        let key = header.mask.ok_or(PeerError::UnmaskedFrame)?;
         let too_big = |so_far: usize| header.len > (limits.max_message - so_far) as u64;
-        match (&mut self.message, header.opcode) {
+        let message = self.partial.as_deref_mut().and_then(|p| p.message.as_mut());
+        match (message, header.opcode) {
             (None, Opcode::Continuation) => return Err(PeerError::UnexpectedContinuation),
             (Some(_), Opcode::Text | Opcode::Binary) => return Err(PeerError::ExpectedContinuation),
             (Some(message), _) => {
@@ -595,14 +623,18 @@ impl Reader {
                     }
                     return Ok(Some(Delivery::InPlace { opcode, start, end }));
                 }
-                self.message = Some(Assembly { opcode, len, fragments: 1 });
-                self.utf8.reset();
+                let p = self.partial();
+                p.message = Some(Assembly { opcode, len, fragments: 1 });
+                p.utf8.reset();
             }
         }
-        self.frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: header.fin });
+        let kind = PayloadKind::Data;
+        self.partial().frame = Some(PayloadLeft { remaining: header.len, key, offset: 0, fin: header.fin, kind });
         Ok(None)
     }
+}
 
+impl Partial {
     /// Adds unmasked payload to the message; returns its opcode when `fin` completes it.
     fn take_payload(&mut self, chunk: &[u8], fin: bool) -> Result<Option<Opcode>, PeerError> {
         let Some(message) = &self.message else { return Ok(None) };
