@@ -220,8 +220,15 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
     const file = pathToFileURL(clientFile('index.html')).href;
     await openChat(fromDisk, `${file}?ws=${encodeURIComponent(chat.ws)}`);
     await waitForRow(fromDisk, 'welcome', WELCOME);
-    assertNothingRan(served);
-    assertNothingRan(fromDisk);
+
+    const relative = await page();
+    await relative.goto(`${chat.http}/?ws=/room`);
+    await waitForState(relative, 'open', new RegExp(`^open — ${chat.ws}room$`));
+
+    const nonsense = await page();
+    await nonsense.goto(`${chat.http}/?ws=ftp://127.0.0.1/`);
+    await waitForState(nonsense, 'closed', /^cannot connect to ftp:\/\/127\.0\.0\.1\/: /);
+    for (const p of [served, fromDisk, relative, nonsense]) assertNothingRan(p);
   });
 
   test('opened from disk without ?ws= it connects to ws://localhost:8765/', { timeout: TEST_MS }, async () => {
