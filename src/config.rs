@@ -69,6 +69,30 @@ pub struct Config {
     pub limits: Limits,
 }
 
+impl Config {
+    /// The effective configuration on one line, for the start-up log.
+    pub fn summary(&self) -> String {
+        let secs = |d: Option<Duration>| d.map_or("off".to_string(), |d| format!("{}s", d.as_secs_f64()));
+        let l = &self.limits;
+        format!(
+            "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
+             max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={}",
+            if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
+            self.history,
+            self.welcome.as_deref().unwrap_or(""),
+            secs(l.ping_interval),
+            secs(l.ping_timeout),
+            l.max_message,
+            self.max_connections,
+            l.max_backpressure,
+            secs(l.handshake_timeout),
+            secs(l.close_timeout),
+            l.allowed_origins,
+            self.metrics_listen.as_deref().unwrap_or("main port"),
+        )
+    }
+}
+
 pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
@@ -234,6 +258,15 @@ mod tests {
         assert_eq!(c.limits.ping_interval, Some(Duration::from_secs(10)));
         assert_eq!(c.limits.ping_timeout, Some(Duration::from_secs(5)));
         assert_eq!(c.port, 8765);
+    }
+
+    #[test]
+    fn the_summary_names_every_setting_on_one_line() {
+        let line = run(&["--ping-timeout", "0"]).unwrap().summary();
+        assert!(!line.contains('\n'));
+        for part in ["mode=broadcast", "history=100", "ping-interval=10s", "ping-timeout=off", "max-message=1048576"] {
+            assert!(line.contains(part), "{part} in {line}");
+        }
     }
 
     #[test]

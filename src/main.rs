@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    log::info!("starting: {config:?}");
+    log::info!("starting mioket {}: {}", env!("CARGO_PKG_VERSION"), config.summary());
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
@@ -30,6 +30,9 @@ fn main() -> ExitCode {
         }
     };
     println!("listening on ws://{}", server.local_addr());
+    if let Some(addr) = server.metrics_addr() {
+        log::info!("metrics on http://{addr}/metrics");
+    }
     let _ = std::io::stdout().flush();
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,8 @@ const READ_BUDGET: usize = 4 * READ_CHUNK;
 const MAX_IOVECS: usize = 64;
 /// How long accepting pauses when we run out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this long while out of file descriptors.
+const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Connections still in their handshake allowed beyond max-connections.
 const HANDSHAKE_SLACK: usize = 1024;
 const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 38\r\nConnection: close\r\n\r\ntoo many connections, try again later\n";
@@ -72,6 +74,7 @@ pub struct Server {
     backlog: Vec<usize>,
     scratch: Vec<u8>,
     accept_paused_until: Option<Instant>,
+    last_exhaustion_log: Option<Instant>,
     /// Set once a signal asked us to stop: when we give up waiting.
     shutdown: Option<Option<Instant>>,
     metrics: Metrics,
@@ -113,6 +116,7 @@ impl Server {
             backlog: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
+            last_exhaustion_log: None,
             shutdown: None,
             metrics: Metrics::default(),
         })
@@ -196,7 +200,10 @@ impl Server {
                 Err(e) if is_resource_exhaustion(&e) => {
                     // EMFILE and friends: the pending connection stays in the backlog and
                     // would wake us forever; stop accepting for a moment, keep serving.
-                    warn!("accept paused for {ACCEPT_BACKOFF:?}: {e}");
+                    if self.last_exhaustion_log.is_none_or(|t| now.duration_since(t) >= EXHAUSTION_LOG_EVERY) {
+                        warn!("accepting paused ({e}); raise `ulimit -n` for more connections");
+                        self.last_exhaustion_log = Some(now);
+                    }
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
                 }
                 // ECONNABORTED and the like concern only that one connection.
