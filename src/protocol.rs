@@ -6,6 +6,7 @@
 //!
 //! - Handshaking: collecting the HTTP request head.
 //! - Upgrading: a valid upgrade waits for the server to `accept` or `refuse` it.
+//! - Answering: a plain HTTP request waits for the server's `respond`.
 //! - Open: frames flow.
 //! - Closing: we sent a close frame and wait for the peer's.
 //! - Draining: our last bytes are queued (a close reply, an HTTP answer); once they are
@@ -61,6 +62,7 @@ pub struct FirstClose {
 enum State {
     Handshaking { head: Vec<u8>, deadline: Option<Instant> },
     Upgrading { accept: [u8; 28] },
+    Answering,
     Open { heartbeat: Heartbeat },
     Closing { deadline: Option<Instant> },
     Draining { deadline: Option<Instant>, write_shut: bool, linger: bool },
@@ -153,6 +155,7 @@ impl Conn {
         match self.state {
             State::Handshaking { .. } => self.read_head(input, now, limits),
             State::Upgrading { .. } => (0, None),
+            State::Answering => (input.len(), None),
             State::Open { .. } | State::Closing { .. } => {
                 let (used, delivery) = self.read_frames(input, now, limits);
                 let input: &'a [u8] = input;
@@ -192,7 +195,7 @@ impl Conn {
 
     /// Answers a plain HTTP request with `response` and ends the connection.
     pub fn respond(&mut self, response: Chunk, now: Instant) {
-        if matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. } | State::Draining { .. }) {
+        if matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. } | State::Answering) {
             self.out.push(response);
             self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
         }
@@ -222,7 +225,7 @@ impl Conn {
                 self.first_close.get_or_insert(FirstClose { code, by_peer: false });
                 self.state = State::Closing { deadline: limits.close_timeout.map(|t| now + t) };
             }
-            State::Handshaking { .. } | State::Upgrading { .. } => self.state = State::Closed,
+            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => self.state = State::Closed,
             State::Closing { .. } | State::Draining { .. } | State::Closed => {}
         }
     }
@@ -275,7 +278,7 @@ impl Conn {
                 (Some(p), Some((_, w))) => Some(p.min(w)),
                 (p, w) => p.or(w.map(|w| w.1)),
             },
-            State::Upgrading { .. } | State::Closed => None,
+            State::Upgrading { .. } | State::Answering | State::Closed => None,
         }
     }
 
@@ -289,10 +292,6 @@ impl Conn {
 
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
-    }
-
-    pub fn is_handshaking(&self) -> bool {
-        matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. })
     }
 
     pub fn is_closed(&self) -> bool {
@@ -321,7 +320,7 @@ impl Conn {
     /// Short name of the state, for metrics: handshaking, open or closing.
     pub fn state_name(&self) -> &'static str {
         match self.state {
-            State::Handshaking { .. } | State::Upgrading { .. } => "handshaking",
+            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => "handshaking",
             State::Open { .. } => "open",
             State::Closing { .. } | State::Draining { .. } | State::Closed => "closing",
         }
@@ -368,7 +367,7 @@ impl Conn {
                 (used, Some(Event::UpgradeRequest))
             }
             Ok(Request::Get { path }) => {
-                self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
+                self.state = State::Answering;
                 (all, Some(Event::HttpGet { path }))
             }
             Err(err) => {

@@ -98,10 +98,10 @@ fn metrics_move_exactly_as_a_scripted_session_says() {
     assert_eq!(after["mioket_history_messages"], 3.0);
     assert_eq!(after["mioket_history_bytes"], 3.0 * 2.0 + 6.0);
     assert_eq!(after["mioket_connections{state=\"open\"}"], 0.0);
-    assert_eq!(after["mioket_connections{state=\"handshaking\"}"], 0.0);
-    // The scrape itself is being answered; the refused request lingers until its EOF is seen.
+    assert_eq!(after["mioket_connections{state=\"handshaking\"}"], 1.0, "the scrape itself, being answered");
+    // The refused request lingers until its end of stream is seen.
     let settled = wait_until(Duration::from_secs(5), || {
-        (scrape(server.addr)["mioket_connections{state=\"closing\"}"] == 1.0).then_some(())
+        (scrape(server.addr)["mioket_connections{state=\"closing\"}"] == 0.0).then_some(())
     });
     assert!(settled.is_some(), "refused connections go away");
     assert!(delta(&before, &after, "mioket_loop_iteration_seconds_count") > 0.0);
