@@ -3,15 +3,18 @@
 
 use crate::handshake::status_text;
 
-const INDEX_HTML: &[u8] = include_bytes!("../clients/index.html");
-const ECHO_HTML: &[u8] = include_bytes!("../clients/echo.html");
+const HTML: &str = "text/html; charset=utf-8";
 
-/// An embedded page by request path (the query string is ignored).
-pub fn page(path: &str) -> Option<&'static [u8]> {
+/// An embedded file by request path (the query string is ignored): its content type
+/// and bytes. Pages refer to the shared script and style relatively, so they also
+/// work opened from disk, beside these files in clients/.
+pub fn page(path: &str) -> Option<(&'static str, &'static [u8])> {
     let path = path.split('?').next().unwrap_or_default();
     match path {
-        "/" | "/index.html" => Some(INDEX_HTML),
-        "/echo" | "/echo.html" => Some(ECHO_HTML),
+        "/" | "/index.html" => Some((HTML, include_bytes!("../clients/index.html"))),
+        "/echo" | "/echo.html" => Some((HTML, include_bytes!("../clients/echo.html"))),
+        "/mioket.js" => Some(("text/javascript; charset=utf-8", include_bytes!("../clients/mioket.js"))),
+        "/mioket.css" => Some(("text/css; charset=utf-8", include_bytes!("../clients/mioket.css"))),
         _ => None,
     }
 }
@@ -35,7 +38,7 @@ pub fn not_found() -> Vec<u8> {
 /// The answer to a plain GET.
 pub fn answer(path: &str) -> Vec<u8> {
     match page(path) {
-        Some(html) => response(200, "text/html; charset=utf-8", html),
+        Some((content_type, body)) => response(200, content_type, body),
         None => not_found(),
     }
 }
@@ -48,7 +51,10 @@ mod tests {
     fn the_root_serves_the_chat_page_and_unknown_paths_404() {
         let root = String::from_utf8(answer("/?ws=x")).unwrap();
         assert!(root.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
-        assert!(root.ends_with(std::str::from_utf8(INDEX_HTML).unwrap()));
+        assert!(root.ends_with(include_str!("../clients/index.html")));
+        let script = String::from_utf8(answer("/mioket.js")).unwrap();
+        assert!(script.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/javascript"));
+        assert!(String::from_utf8(answer("/mioket.css")).unwrap().contains("Content-Type: text/css"));
         assert!(String::from_utf8(answer("/nope")).unwrap().starts_with("HTTP/1.1 404 Not Found\r\n"));
     }
 }

@@ -179,7 +179,8 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
       svg: document.querySelectorAll('svg').length,
       script: document.querySelectorAll('script').length,
     }));
-    assert.deepEqual(counts, { img: 0, svg: 0, script: 1 });
+    // Only the page's own two scripts: mioket.js and the inline one.
+    assert.deepEqual(counts, { img: 0, svg: 0, script: 2 });
     assertNothingRan(p);
   });
 
@@ -289,12 +290,17 @@ describe('echo page', { timeout: TEST_MS * 2 }, () => {
   });
 });
 
-test('both pages carry the same connection code', () => {
-  const shared = (name) => {
+test('both pages use the shared script and style, which the server serves', async () => {
+  for (const name of ['index.html', 'echo.html']) {
     const html = readFileSync(clientFile(name), 'utf8');
-    const m = /\/\/ ---- begin shared code[^\n]*\n([\s\S]*?)\/\/ ---- end shared code ----/.exec(html);
-    assert.ok(m, `${name} marks its shared code`);
-    return m[1];
-  };
-  assert.equal(shared('echo.html'), shared('index.html'));
+    assert.match(html, /<script src="mioket\.js"><\/script>/, `${name} loads mioket.js`);
+    assert.match(html, /<link rel="stylesheet" href="mioket\.css">/, `${name} loads mioket.css`);
+  }
+  const srv = await server([]);
+  for (const [path, type] of [['/mioket.js', 'text/javascript'], ['/mioket.css', 'text/css']]) {
+    const res = await fetch(`http://127.0.0.1:${srv.port}${path}`);
+    assert.equal(res.status, 200, path);
+    assert.ok(res.headers.get('content-type').startsWith(type), path);
+    assert.equal(await res.text(), readFileSync(clientFile(path.slice(1)), 'utf8'));
+  }
 });
