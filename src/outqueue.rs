@@ -121,6 +121,9 @@ pub struct OutQueue {
     front_written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
+    /// Unwritten bytes at the front that must go out whatever happens (the 101
+    /// answer): never dropped, and not counted against the backpressure limit.
+    committed: usize,
 }
 
 impl OutQueue {
@@ -133,11 +136,20 @@ impl OutQueue {
         }
     }
 
-    /// Pushes unless the queue already holds bytes and would pass `limit`: a single
+    /// Pushes bytes that must be sent even if everything after them is dropped.
+    /// Only valid while everything queued is committed (at the start of a connection).
+    pub fn push_committed(&mut self, chunk: Chunk) {
+        debug_assert_eq!(self.committed, self.queued);
+        self.push(chunk);
+        self.committed = self.queued;
+    }
+
+    /// Pushes unless the queue already holds data and would pass `limit`: a single
     /// message larger than the limit still goes through an empty queue, so the queue
-    /// never holds more than `max(limit, one message)`.
+    /// never holds more than `max(limit, one message)` besides committed bytes.
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
-        if self.queued > 0 && self.queued + chunk.bytes().len() > limit {
+        let data = self.queued - self.committed;
+        if data > 0 && data + chunk.bytes().len() > limit {
             return Err(OverLimit);
         }
         self.push(chunk);
@@ -171,6 +183,7 @@ impl OutQueue {
     /// Marks `written` bytes as sent, dropping finished chunks.
     pub fn advance(&mut self, mut written: usize) {
         self.queued = self.queued.saturating_sub(written);
+        self.committed = self.committed.saturating_sub(written);
         while let Some(front) = &self.first {
             let left = front.bytes().len() - self.front_written;
             if written < left {
@@ -189,12 +202,26 @@ impl OutQueue {
 
     /// Drops everything not yet started. A partly written front chunk stays, so
     /// the stream remains well framed for what comes after (a close frame).
+    /// Committed chunks stay too.
     pub fn drop_unsent(&mut self) {
-        self.rest = VecDeque::new();
-        if self.front_written == 0 {
-            self.first = None;
+        let mut kept_bytes = 0;
+        let mut kept_chunks = 0;
+        for chunk in self.chunks() {
+            let started = kept_chunks == 0 && self.front_written > 0;
+            if kept_bytes >= self.committed && !started {
+                break;
+            }
+            kept_bytes += chunk.bytes().len() - if kept_chunks == 0 { self.front_written } else { 0 };
+            kept_chunks += 1;
         }
-        self.queued = self.first.as_ref().map_or(0, |c| c.bytes().len() - self.front_written);
+        match kept_chunks {
+            0 => {
+                self.first = None;
+                self.rest = VecDeque::new();
+            }
+            n => self.rest.truncate(n - 1),
+        }
+        self.queued = kept_bytes;
     }
 
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).
@@ -254,6 +281,23 @@ mod tests {
         q.push(Chunk::Static(b"x"));
         q.drop_unsent();
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn committed_bytes_are_never_dropped_nor_counted_against_the_limit() {
+        let mut q = OutQueue::default();
+        q.push_committed(Chunk::Static(b"HTTP/1.1 101"));
+        assert_eq!(q.push_limited(Chunk::Static(b"abc"), 4), Ok(()), "the 101 does not count");
+        assert_eq!(q.push_limited(Chunk::Static(b"de"), 4), Err(OverLimit));
+        q.drop_unsent();
+        assert_eq!(drain(&q), b"HTTP/1.1 101");
+        q.advance(5);
+        q.push(Chunk::Static(b"x"));
+        q.drop_unsent();
+        assert_eq!(drain(&q), b"1.1 101", "partly written and committed");
+        q.advance(7);
+        assert!(q.is_empty());
+        assert_eq!(q.push_limited(Chunk::Static(b"abcd"), 4), Ok(()));
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Conn {
         if let State::Upgrading { accept } = self.state {
             let mut answer = [0u8; handshake::SWITCHING_PROTOCOLS_LEN];
             let n = handshake::write_switching_protocols(&accept, &mut answer);
-            self.out.push(Chunk::Owned(answer[..n].to_vec()));
+            self.out.push_committed(Chunk::Owned(answer[..n].to_vec()));
             let heartbeat = Heartbeat { next_ping: limits.ping_interval.map(|t| now + t), seq: 0, waiting: None };
             self.state = State::Open { heartbeat };
         }

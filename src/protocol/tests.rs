@@ -434,6 +434,21 @@ mod limits {
     }
 
     #[test]
+    fn the_101_answer_survives_a_slow_consumer_close_right_after_the_upgrade() {
+        let now = Instant::now();
+        let limits = Limits { max_backpressure: 10, ..limits() };
+        let mut conn = Conn::new(now, &limits);
+        let mut request = UPGRADE.to_vec();
+        assert_eq!(conn.read(&mut request, now, &limits).1, Some(Event::UpgradeRequest));
+        conn.accept(now, &limits);
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 8]), now, &limits), Ok(()), "the 101 does not count");
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 8]), now, &limits), Err(OverLimit));
+        let bytes = output(&mut conn);
+        assert!(bytes.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+        assert!(bytes.ends_with(&close_frame(1008, "slow consumer: too much data queued")));
+    }
+
+    #[test]
     fn pings_are_not_answered_past_the_backpressure_limit() {
         let (mut conn, now) = open_conn();
         let mut bytes = Vec::new();
