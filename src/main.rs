@@ -22,6 +22,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     log::info!("starting mioket {}: {}", env!("CARGO_PKG_VERSION"), config.summary());
+    raise_fd_limit(config.max_connections);
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {
@@ -40,5 +41,17 @@ fn main() -> ExitCode {
             eprintln!("mioket: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Every connection is a file descriptor: use all the hard limit allows, and say so
+/// when --max-connections cannot be reached.
+fn raise_fd_limit(max_connections: usize) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + 64 => log::warn!(
+            "file descriptors limited to {limit}, below --max-connections {max_connections}: raise `ulimit -n`"
+        ),
+        Ok(limit) => log::info!("file descriptors: up to {limit}"),
+        Err(e) => log::warn!("cannot read the file-descriptor limit: {e}"),
     }
 }
