@@ -83,13 +83,13 @@ pub struct Server {
 impl Server {
     /// Binds the listening socket; `run` serves on it.
     pub fn bind(config: Config) -> io::Result<Server> {
-        let mut listener = TcpListener::bind(resolve((config.host.as_str(), config.port))?)?;
+        let mut listener = listen(resolve((config.host.as_str(), config.port))?)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => {
-                let mut l = TcpListener::bind(resolve(addr.as_str())?)?;
+                let mut l = listen(resolve(addr.as_str())?)?;
                 poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
                 Some(l)
             }
@@ -568,6 +568,20 @@ impl Server {
             self.after_activity(key);
         }
     }
+}
+
+/// Connections the kernel holds for us while the loop is busy. mio's own bind uses
+/// 128, which drops SYNs in a burst; the kernel caps this at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
