@@ -20,9 +20,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mioket"))
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(args)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mioket"));
+        command.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+        Server::spawn(command)
+    }
+
+    /// Runs `command` (which starts mioket) and waits for its listening line.
+    fn spawn(mut command: Command) -> Server {
+        let mut child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -202,24 +207,9 @@ impl Server {
     /// execs it: the child's pid is the server's).
     pub fn start_with_fd_limit(fd_limit: u32, args: &[&str]) -> Server {
         let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
-        let mut child = Command::new("sh")
-            .args(["-c", &script, env!("CARGO_BIN_EXE_mioket"), "--host", "127.0.0.1", "--port", "0"])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mioket under sh");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(10)).expect("listening line");
-        let addr = line.trim().strip_prefix("listening on ws://").unwrap_or_else(|| panic!("bad line {line:?}"));
-        Server { child, addr: addr.parse().unwrap() }
+        let mut command = Command::new("sh");
+        command.args(["-c", &script, env!("CARGO_BIN_EXE_mioket"), "--host", "127.0.0.1", "--port", "0"]).args(args);
+        Server::spawn(command)
     }
 }
 
