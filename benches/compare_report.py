@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Markdown report of a benches/compare.sh run: compare_report.py DIR [REPS DURATION]."""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+out = sys.argv[1]
+reps = sys.argv[2] if len(sys.argv) > 2 else "?"
+duration = sys.argv[3] if len(sys.argv) > 3 else "?"
+candidate = sys.argv[4] if len(sys.argv) > 4 else None
+SERVERS = ["mioket"] + (["candidate"] if candidate else []) + ["fastwebsockets", "tungstenite", "tcp"]
+NAMES = {"mioket": "mioket", "candidate": "candidate", "fastwebsockets": "fastwebsockets", "tungstenite": "tokio-tungstenite", "tcp": "plain TCP"}
+
+runs = defaultdict(list)  # (id, server) -> [result]
+for line in open(f"{out}/results.jsonl"):
+    line = line.strip()
+    if line:
+        r = json.loads(line)
+        runs[(r["id"], r["server"])].append(r["result"])
+
+counts = {}  # (tool, id, server) -> per-unit value
+for line in open(f"{out}/counts.jsonl"):
+    line = line.strip()
+    if not line:
+        continue
+    c = json.loads(line)
+    dn = c["n1"] - c["n2"]
+    if dn > 0:
+        counts[(c["tool"], c["id"], c["server"])] = (c["v1"] - c["v2"]) / dn
+
+
+def median(id_, server, key):
+    vals = [r[key] for r in runs.get((id_, server), []) if key in r]
+    return statistics.median(vals) if vals else None
+
+
+def nreps(id_):
+    return max((len(runs.get((id_, s), [])) for s in SERVERS), default=0)
+
+
+def fmt(v, digits=None):
+    if v is None:
+        return "–"
+    if digits is None:
+        digits = 0 if abs(v) >= 100 else (1 if abs(v) >= 10 else 2)
+    return f"{v:,.{digits}f}"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "–"
+    return f"{a / b:.2f}x"
+
+
+LABELS = {
+    "echo_20": "echo, 100 conns x 20 B",
+    "echo_1024": "echo, 100 conns x 1 KiB",
+    "echo_65536": "echo, 100 conns x 64 KiB",
+    "bcast_100x1": "broadcast, 100 subscribers, 1 publisher",
+    "bcast_100x10": "broadcast, 100 subscribers, 10 publishers",
+    "bcast_1000x1": "broadcast, 1,000 subscribers, 1 publisher",
+    "bcast_1000x10": "broadcast, 1,000 subscribers, 10 publishers",
+    "bcast_10000x1": "broadcast, 10,000 subscribers, 1 publisher",
+    "bcast_10000x10": "broadcast, 10,000 subscribers, 10 publishers",
+    "connect": "connect (open, upgrade, close), 64 in flight",
+    "idle_10000": "idle, 10,000 connections",
+    "idle_max": "idle, as many connections as the fd limit allows",
+}
+ORDER = list(LABELS)
+
+METRICS = {
+    "echo": [("msgs_per_s", "messages/s"), ("p99_us", "round trip p99 (us)"), ("server_cpu_us_per_msg", "server CPU us/message")],
+    "bcast": [
+        ("deliveries_per_s", "deliveries/s"),
+        ("p50_us", "delivery latency p50 (us)"),
+        ("p99_us", "delivery latency p99 (us)"),
+        ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+    ],
+    "connect": [("handshakes_per_s", "handshakes/s"), ("p99_us", "upgrade p99 (us)"), ("server_cpu_us_per_handshake", "server CPU us/handshake")],
+    "idle": [("opened", "connections held"), ("rss_per_conn_open", "RSS B/conn just after opening"), ("rss_per_conn_end", "RSS B/conn at the end of the hold")],
+}
+
+print(f"## mioket compared (medians of {reps} alternating runs of the core workloads, {duration} s each)\n")
+print("Servers pinned to CPU 0, load generator to CPU 1. Plain TCP is a mio relay without WebSocket")
+print("(load generator in --raw mode): the ceiling of the kernel and the load generator.\n")
+if candidate:
+    print(f"candidate: {candidate} (a second mioket build, same flags).\n")
+print("| workload | measure | " + " | ".join(NAMES[s] for s in SERVERS) + " | mioket / fastwebsockets |")
+print("|---|---|" + "---|" * len(SERVERS) + "---|")
+for id_ in ORDER:
+    if not any((id_, s) in runs for s in SERVERS):
+        continue
+    kind = id_.split("_")[0]
+    label = LABELS[id_] + (f" ({nreps(id_)} runs)" if nreps(id_) > 1 else "")
+    if id_ == "idle_max":
+        held = median(id_, "mioket", "conns")
+        label = f"idle, {int(held):,} connections (fd limit)" if held else label
+    for key, what in METRICS[kind]:
+        vals = {s: median(id_, s, key) for s in SERVERS}
+        cells = " | ".join(fmt(vals[s]) for s in SERVERS)
+        print(f"| {label} | {what} | {cells} | {ratio(vals['mioket'], vals['fastwebsockets'])} |")
+        label = ""
+
+if counts:
+    print("\n## Counts (deterministic: difference of two runs with different message counts)\n")
+    print("| measure | " + " | ".join(NAMES[s] for s in SERVERS) + " | mioket / fastwebsockets |")
+    print("|---|" + "---|" * len(SERVERS) + "---|")
+    rows = [
+        ("callgrind", "echo_20", "user-space instructions per echoed 20 B message"),
+        ("callgrind", "echo_65536", "user-space instructions per echoed 64 KiB message"),
+        ("callgrind", "bcast_1000x1", "user-space instructions per delivery (1,000 subscribers)"),
+        ("callgrind", "connect", "user-space instructions per handshake (open, upgrade, close)"),
+        ("strace", "echo_20", "syscalls per echoed 20 B message"),
+        ("strace", "echo_65536", "syscalls per echoed 64 KiB message"),
+        ("strace", "bcast_1000x10", "syscalls per delivery (1,000 subscribers, 10 publishers)"),
+    ]
+    for tool, id_, what in rows:
+        vals = {s: counts.get((tool, id_, s)) for s in SERVERS}
+        if not any(v is not None for v in vals.values()):
+            continue
+        digits = 3 if tool == "strace" else None
+        cells = " | ".join(fmt(vals[s], digits) for s in SERVERS)
+        print(f"| {what} | {cells} | {ratio(vals['mioket'], vals['fastwebsockets'])} |")
+
+
+def target(name, measured, goal, met):
+    state = "–" if met is None else ("met" if met else "**missed**")
+    print(f"| {name} | {measured} | {goal} | {state} |")
+
+
+print("\n## Targets\n")
+print("| target | measured | goal | |")
+print("|---|---|---|---|")
+m, f = counts.get(("callgrind", "echo_20", "mioket")), counts.get(("callgrind", "echo_20", "fastwebsockets"))
+target("echo 20 B: instructions/message", f"{fmt(m)} vs {fmt(f)} ({ratio(m, f)})", "<= 0.5x fastwebsockets", None if m is None or f is None else m <= 0.5 * f)
+m, f = counts.get(("strace", "echo_20", "mioket")), counts.get(("strace", "echo_20", "fastwebsockets"))
+target("echo 20 B: syscalls/message", f"{fmt(m, 3)} vs {fmt(f, 3)}", "<= fastwebsockets", None if m is None or f is None else m <= f * 1.005)
+m, f = median("echo_65536", "mioket", "server_cpu_us_per_msg"), median("echo_65536", "fastwebsockets", "server_cpu_us_per_msg")
+target("echo 64 KiB: server CPU/message", f"{fmt(m)} us vs {fmt(f)} us ({ratio(m, f)})", "<= 0.8x fastwebsockets", None if m is None or f is None else m <= 0.8 * f)
+for pubs, goal in (("1", 1.3), ("10", 2.0)):
+    m, f = median(f"bcast_1000x{pubs}", "mioket", "deliveries_per_s"), median(f"bcast_1000x{pubs}", "fastwebsockets", "deliveries_per_s")
+    target(f"broadcast 1,000 x {pubs} publisher(s): deliveries/s", f"{fmt(m)} vs {fmt(f)} ({ratio(m, f)})", f">= {goal}x fastwebsockets", None if m is None or f is None else m >= goal * f)
+for pubs in ("1", "10"):
+    id_ = f"bcast_1000x{pubs}"
+    m = median(id_, "mioket", "p99_us")
+    peers = {s: median(id_, s, "p99_us") for s in ("fastwebsockets", "tungstenite")}
+    shown = ", ".join(f"{NAMES[s]} {fmt(v)}" for s, v in peers.items())
+    ok = None if m is None or any(v is None for v in peers.values()) else all(m < v for v in peers.values())
+    target(f"broadcast 1,000 x {pubs}: p99 delivery latency", f"{fmt(m)} us vs {shown}", "lower than every peer", ok)
+m, f = counts.get(("callgrind", "connect", "mioket")), counts.get(("callgrind", "connect", "fastwebsockets"))
+target("handshake: instructions/handshake", f"{fmt(m)} vs {fmt(f)} ({ratio(m, f)})", "<= 0.5x fastwebsockets", None if m is None or f is None else m <= 0.5 * f)
+for id_ in ("idle_10000", "idle_max"):
+    m = median(id_, "mioket", "rss_per_conn_end")
+    held = median(id_, "mioket", "opened")
+    if m is not None:
+        target(f"idle memory, {int(held):,} connections", f"{fmt(m)} B/conn", "<= 256 B RSS/conn", m <= 256)
+target("allocations: broadcast 1 whatever N, small echo 0", "tests/allocations.rs (cargo test)", "exact counts asserted", None)

@@ -1,0 +1,237 @@
+//! Micro benchmarks of the hot paths: `cargo bench` (add `-- mask` to run one group).
+//!
+//! Kept quick on purpose (1 s of measurement per bench): the machine is small and
+//! shared, so read the numbers as ratios within one run, not as absolutes.
+
+use std::hint::black_box;
+use std::io::IoSlice;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+
+use mioket::config::Limits;
+use mioket::frame::{encode_header, parse_header, server_header, Header, Opcode, MAX_HEADER_LEN};
+use mioket::mask::apply_mask;
+use mioket::outqueue::shared_message;
+use mioket::protocol::{Conn, Event};
+use mioket::room::fan_out;
+use mioket::utf8::Utf8Validator;
+
+const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// An open `Conn` reached through the public API only, its 101 answer drained.
+fn open_conn(now: Instant, limits: &Limits) -> Conn {
+    let mut conn = Conn::new(now, limits);
+    let mut request = UPGRADE.to_vec();
+    let (_, event) = conn.read(&mut request, now, limits);
+    assert_eq!(event, Some(Event::UpgradeRequest));
+    conn.accept(now, limits);
+    assert!(conn.is_open());
+    drain(&mut conn);
+    conn
+}
+
+fn drain(conn: &mut Conn) {
+    let out = conn.out();
+    while !out.is_empty() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = out.io_slices(&mut slices);
+        let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
+        out.advance(bytes);
+    }
+}
+
+/// A masked client frame: header, key, masked payload.
+fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&Header { fin: true, opcode, mask: Some(key), len: payload.len() as u64 }, &mut header);
+    let mut frame = header[..n].to_vec();
+    let start = frame.len();
+    frame.extend_from_slice(payload);
+    apply_mask(&mut frame[start..], key, 0);
+    frame
+}
+
+fn quick() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1))
+        .sample_size(20)
+        .without_plots()
+}
+
+fn mask(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mask");
+    for len in [20usize, 64, 1024, 64 * 1024] {
+        let mut buf = vec![0x5au8; len + 1];
+        let src = vec![0xa5u8; len];
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_with_input(BenchmarkId::new("apply_mask", len), &len, |b, _| {
+            b.iter(|| apply_mask(black_box(&mut buf[..len]), black_box([1, 2, 3, 4]), 0))
+        });
+        // Unaligned start and a non-zero offset: the path of a payload read in pieces.
+        g.bench_with_input(BenchmarkId::new("apply_mask_unaligned", len), &len, |b, _| {
+            b.iter(|| apply_mask(black_box(&mut buf[1..len + 1]), black_box([1, 2, 3, 4]), 3))
+        });
+        // The limit: a plain copy of the same bytes reads and writes as much memory.
+        g.bench_with_input(BenchmarkId::new("memcpy", len), &len, |b, _| {
+            b.iter(|| buf[..len].copy_from_slice(black_box(&src)))
+        });
+    }
+    g.finish();
+}
+
+fn header(c: &mut Criterion) {
+    let mut g = c.benchmark_group("header");
+    let cases: [(&str, Header); 3] = [
+        ("small_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 20 }),
+        ("16bit_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1024 }),
+        ("64bit_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1 << 20 }),
+    ];
+    for (name, h) in cases {
+        let mut bytes = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&h, &mut bytes);
+        g.bench_function(BenchmarkId::new("parse", name), |b| b.iter(|| parse_header(black_box(&bytes[..n]))));
+    }
+    for len in [20usize, 1024, 1 << 20] {
+        let h = server_header(Opcode::Binary, len);
+        let mut out = [0u8; MAX_HEADER_LEN];
+        g.bench_function(BenchmarkId::new("encode_server", len), |b| b.iter(|| encode_header(black_box(&h), &mut out)));
+    }
+    g.finish();
+}
+
+fn utf8(c: &mut Criterion) {
+    let mut g = c.benchmark_group("utf8");
+    let ascii = "hello, websocket world! ".repeat(2731).into_bytes(); // ~64 KiB
+    let mixed = "añb€c𝄞 déjà vu, 日本語のテキスト ".repeat(1400).into_bytes();
+    for (name, text) in [("ascii_64k", &ascii), ("mixed_64k", &mixed)] {
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.bench_function(BenchmarkId::new("validator_whole", name), |b| {
+            b.iter(|| {
+                let mut v = Utf8Validator::default();
+                v.feed(black_box(text)).unwrap();
+                v.finish().unwrap();
+            })
+        });
+        // Pieces of 1460 bytes (one TCP segment) cut characters in the middle.
+        g.bench_function(BenchmarkId::new("validator_1460_pieces", name), |b| {
+            b.iter(|| {
+                let mut v = Utf8Validator::default();
+                for piece in black_box(text).chunks(1460) {
+                    v.feed(piece).unwrap();
+                }
+                v.finish().unwrap();
+            })
+        });
+        g.bench_function(BenchmarkId::new("std_from_utf8", name), |b| {
+            b.iter(|| std::str::from_utf8(black_box(text)).is_ok())
+        });
+    }
+    g.finish();
+}
+
+/// `Conn::read` of one whole masked binary message on an open connection. The
+/// message is unmasked in place, so the buffer alternates between masked and plain;
+/// binary payloads are not validated, so every pass does the same work.
+fn receive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("receive");
+    let limits = Limits::default();
+    let now = Instant::now();
+    for len in [20usize, 64 * 1024] {
+        let mut conn = open_conn(now, &limits);
+        let mut frame = masked_frame(Opcode::Binary, &vec![7u8; len], [0x11, 0x22, 0x33, 0x44]);
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function(BenchmarkId::new("conn_read_binary", len), |b| {
+            b.iter(|| {
+                let (used, event) = conn.read(black_box(&mut frame), now, &limits);
+                match event {
+                    Some(Event::Message { payload, .. }) => black_box(payload.len() + used),
+                    other => panic!("expected a message, got {other:?}"),
+                }
+            })
+        });
+        // The same message in 1460-byte pieces: the assembled (copying) path.
+        if len > 1460 {
+            let mut conn = open_conn(now, &limits);
+            let template = frame.clone();
+            g.bench_function(BenchmarkId::new("conn_read_binary_1460_pieces", len), |b| {
+                b.iter_batched_ref(
+                    || template.clone(),
+                    |frame| {
+                        let mut got = 0;
+                        for piece in frame.chunks_mut(1460) {
+                            let mut pos = 0;
+                            while pos < piece.len() {
+                                let (used, event) = conn.read(&mut piece[pos..], now, &limits);
+                                pos += used;
+                                if let Some(Event::Message { payload, .. }) = event {
+                                    got += payload.len();
+                                }
+                                if used == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        assert_eq!(got, len);
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+    }
+    g.finish();
+}
+
+/// One broadcast: a shared frame queued on 10,000 open connections (a reference
+/// each). Only the fan-out is timed; the queues are drained between iterations.
+fn broadcast(c: &mut Criterion) {
+    const N: usize = 10_000;
+    let mut g = c.benchmark_group("fan_out");
+    let limits = Limits::default();
+    let now = Instant::now();
+    let mut conns: Vec<Conn> = (0..N).map(|_| open_conn(now, &limits)).collect();
+    g.throughput(Throughput::Elements(N as u64));
+    for len in [20usize, 1024] {
+        let payload = vec![b'x'; len];
+        g.bench_function(BenchmarkId::new("10000_recipients", len), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let frame = shared_message(Opcode::Binary, black_box(&payload));
+                    let result = fan_out(&frame, conns.iter_mut(), now, &limits);
+                    total += start.elapsed();
+                    assert_eq!(result.delivered, N);
+                    drop(frame);
+                    conns.iter_mut().for_each(drain);
+                }
+                total
+            })
+        });
+    }
+    // The drain half alone (what the flush loop does per recipient, minus the writev).
+    let frame: Rc<[u8]> = shared_message(Opcode::Binary, &[b'x'; 20]);
+    g.bench_function("10000_drains", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                fan_out(&frame, conns.iter_mut(), now, &limits);
+                let start = Instant::now();
+                conns.iter_mut().for_each(drain);
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = quick();
+    targets = mask, header, utf8, receive, broadcast
+}
+criterion_main!(benches);

@@ -1,0 +1,76 @@
+//! tokio-tungstenite echo/broadcast server on one current-thread runtime.
+//! Echo is the crate's own example (forward the stream into the sink, which batches
+//! writes until the stream is pending). Broadcast: a tokio broadcast channel of
+//! `Message` (cheap `Bytes` clones); each writer feeds what is ready, then flushes once.
+
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use mioket_peers::{announce, args, Mode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn echo(stream: TcpStream) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+    let (write, read) = ws.split();
+    let _ = read.try_filter(|m| std::future::ready(m.is_text() || m.is_binary())).forward(write).await;
+}
+
+async fn broadcast_client(stream: TcpStream, tx: broadcast::Sender<Message>) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+    let (mut write, mut read) = ws.split();
+    let mut rx = tx.subscribe();
+    let writer = tokio::spawn(async move {
+        loop {
+            let msg = match rx.recv().await {
+                Ok(m) => m,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if write.feed(msg).await.is_err() {
+                return;
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => {
+                        if write.feed(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+            if write.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = read.next().await {
+        match msg {
+            Message::Text(_) | Message::Binary(_) => {
+                let _ = tx.send(msg);
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    writer.abort();
+}
+
+fn main() {
+    let args = args();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async move {
+        let listener = TcpListener::bind(args.addr).await.unwrap();
+        announce(listener.local_addr().unwrap());
+        let (tx, _) = broadcast::channel::<Message>(4096);
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            match args.mode {
+                Mode::Echo => tokio::spawn(echo(stream)),
+                Mode::Broadcast => tokio::spawn(broadcast_client(stream, tx.clone())),
+            };
+        }
+    });
+}

@@ -1,0 +1,1239 @@
+//! mioket-load: a WebSocket load generator on one mio loop, std and mio only.
+//!
+//! Workloads (each bounded by --duration, each printing one JSON line and a summary):
+//!   echo       C connections each send an S-byte binary message and wait for its echo
+//!   broadcast  N subscribers and P publishers; a publisher sends its next message when
+//!              its previous one came back to it; delivery latency from a timestamp
+//!              embedded in the payload
+//!   connect    open, upgrade, close (the full closing handshake), K in flight
+//!   idle       hold N upgraded connections; the server's RSS per connection
+//!
+//! Client frames are masked once, when the workload starts; per message only the
+//! timestamp bytes of a broadcast are re-masked. Payload bytes are never copied or
+//! unmasked on receipt: only the first few bytes of each message are looked at.
+//! Unexpected text frames (a welcome, history replay) are skipped and pings answered.
+//! Only loopback (127.0.0.0/8) targets are accepted.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+const USAGE: &str = "\
+mioket-load: WebSocket load generator (one mio loop)
+
+Usage: mioket-load WORKLOAD [OPTIONS]
+  WORKLOAD is echo, broadcast, connect or idle.
+
+Options:
+  --url ws://127.0.0.1:PORT/PATH  server to load; loopback addresses only [default: ws://127.0.0.1:8765/]
+  --duration SECS        measured time [default: 5]
+  --conns C              echo: connections [default: 100]; idle: connections to hold [default: 10000]
+  --size S               message size in bytes [default: 20 for echo, 32 for broadcast (at least 24)]
+  --subscribers N        broadcast: subscribers that only listen [default: 100]
+  --publishers P         broadcast: publishers (they also receive everything) [default: 1]
+  --inflight K           connect, and connection setup: handshakes in flight [default: 64]
+  --messages M           stop early after M echoes, M published messages or M handshakes
+  --server-pid PID       read the server's CPU time and RSS from /proc/PID
+  --settle SECS          pause after setup before measuring [default: 0.3; idle: 1]
+  --setup-timeout SECS   give up opening connections after this long [default: 60]
+  --raw                  plain TCP: no HTTP upgrade, and masked frames may come back (for a
+                         TCP echo server: the load generator's own limit)
+  --label NAME           name of the server, copied into the output
+  --quiet                only the JSON line
+";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Workload {
+    Echo,
+    Broadcast,
+    Connect,
+    Idle,
+}
+
+impl Workload {
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Echo => "echo",
+            Workload::Broadcast => "broadcast",
+            Workload::Connect => "connect",
+            Workload::Idle => "idle",
+        }
+    }
+}
+
+struct Args {
+    workload: Workload,
+    addr: SocketAddr,
+    host: String,
+    path: String,
+    duration: Duration,
+    conns: usize,
+    size: usize,
+    subscribers: usize,
+    publishers: usize,
+    inflight: usize,
+    messages: Option<u64>,
+    server_pid: Option<u32>,
+    settle: Duration,
+    setup_timeout: Duration,
+    raw: bool,
+    label: String,
+    quiet: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let workload = match it.next().as_deref() {
+        Some("echo") => Workload::Echo,
+        Some("broadcast") => Workload::Broadcast,
+        Some("connect") => Workload::Connect,
+        Some("idle") => Workload::Idle,
+        Some("-h" | "--help") | None => return Err(String::new()),
+        Some(other) => return Err(format!("unknown workload {other:?}")),
+    };
+    let mut url = "ws://127.0.0.1:8765/".to_string();
+    let mut a = Args {
+        workload,
+        addr: "127.0.0.1:8765".parse().unwrap(),
+        host: String::new(),
+        path: String::new(),
+        duration: Duration::from_secs(5),
+        conns: if workload == Workload::Idle { 10_000 } else { 100 },
+        size: if workload == Workload::Broadcast { 32 } else { 20 },
+        subscribers: 100,
+        publishers: 1,
+        inflight: 64,
+        messages: None,
+        server_pid: None,
+        settle: Duration::from_millis(if workload == Workload::Idle { 1000 } else { 300 }),
+        setup_timeout: Duration::from_secs(60),
+        raw: false,
+        label: "server".into(),
+        quiet: false,
+    };
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let secs = |v: String| -> Result<Duration, String> {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("bad seconds {v:?}"))
+        };
+        let num = |v: String| -> Result<u64, String> { v.parse().map_err(|_| format!("bad number {v:?}")) };
+        match flag.as_str() {
+            "--url" => url = value()?,
+            "--duration" => a.duration = secs(value()?)?,
+            "--conns" => a.conns = num(value()?)? as usize,
+            "--size" => a.size = num(value()?)? as usize,
+            "--subscribers" => a.subscribers = num(value()?)? as usize,
+            "--publishers" => a.publishers = num(value()?)? as usize,
+            "--inflight" => a.inflight = (num(value()?)? as usize).max(1),
+            "--messages" => a.messages = Some(num(value()?)?),
+            "--server-pid" => a.server_pid = Some(num(value()?)? as u32),
+            "--settle" => a.settle = secs(value()?)?,
+            "--setup-timeout" => a.setup_timeout = secs(value()?)?,
+            "--raw" => a.raw = true,
+            "--label" => a.label = value()?,
+            "--quiet" => a.quiet = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    let rest = url.strip_prefix("ws://").ok_or("--url must start with ws://")?;
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    a.addr = hostport
+        .to_socket_addrs()
+        .map_err(|e| format!("bad address {hostport:?}: {e}"))?
+        .find(|s| s.is_ipv4())
+        .ok_or("no IPv4 address")?;
+    // This tool sends floods: never anywhere but this machine.
+    match a.addr.ip() {
+        IpAddr::V4(ip) if ip.is_loopback() => {}
+        ip => return Err(format!("refusing {ip}: only 127.0.0.0/8 targets are allowed")),
+    }
+    a.host = hostport.to_string();
+    a.path = path.to_string();
+    if a.workload == Workload::Broadcast && a.size < BCAST_HEAD {
+        a.size = BCAST_HEAD;
+    }
+    Ok(a)
+}
+
+// ---------------------------------------------------------------------------
+// Frames
+
+const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+const OP_TEXT: u8 = 1;
+const OP_BINARY: u8 = 2;
+const OP_CLOSE: u8 = 8;
+const OP_PING: u8 = 9;
+const OP_PONG: u8 = 10;
+
+/// A final, masked client frame.
+fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 14);
+    f.push(0x80 | opcode);
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n @ 126..=0xFFFF => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&KEY);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ KEY[i & 3]));
+    f
+}
+
+/// Where a frame made by `masked_frame` starts its payload.
+fn payload_start(frame: &[u8]) -> usize {
+    match frame[1] & 0x7F {
+        126 => 8,
+        127 => 14,
+        _ => 6,
+    }
+}
+
+/// Bytes of each message the parser keeps (unmasked): enough for a control payload
+/// and for the broadcast stamp.
+const HEAD: usize = 125;
+
+enum Ev {
+    Message { opcode: u8, len: u64, head: [u8; HEAD], head_len: usize },
+    Ping { payload: [u8; HEAD], len: usize },
+    Close,
+}
+
+/// Incremental frame parser for server frames; in --raw mode frames may be masked.
+#[derive(Default)]
+struct Parser {
+    hdr: [u8; 14],
+    hdr_len: usize,
+    in_frame: bool,
+    fin: bool,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    remaining: u64,
+    frame_off: u64,
+    msg_opcode: u8,
+    msg_len: u64,
+    head: Vec<u8>,
+    ctrl: Vec<u8>,
+}
+
+impl Parser {
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<Ev>) -> Result<(), &'static str> {
+        while !data.is_empty() || (self.in_frame && self.remaining == 0) {
+            if !self.in_frame {
+                let need = |h: &[u8], have: usize| -> usize {
+                    if have < 2 {
+                        return 2;
+                    }
+                    2 + match h[1] & 0x7F {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    } + if h[1] & 0x80 != 0 { 4 } else { 0 }
+                };
+                loop {
+                    let n = need(&self.hdr, self.hdr_len);
+                    if self.hdr_len >= n {
+                        break;
+                    }
+                    let take = (n - self.hdr_len).min(data.len());
+                    if take == 0 {
+                        return Ok(());
+                    }
+                    self.hdr[self.hdr_len..self.hdr_len + take].copy_from_slice(&data[..take]);
+                    self.hdr_len += take;
+                    data = &data[take..];
+                }
+                let h = &self.hdr;
+                self.fin = h[0] & 0x80 != 0;
+                self.opcode = h[0] & 0x0F;
+                let (len, mut at) = match h[1] & 0x7F {
+                    126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+                    127 => (u64::from_be_bytes(h[2..10].try_into().unwrap()), 10),
+                    n => (u64::from(n), 2),
+                };
+                self.mask = if h[1] & 0x80 != 0 {
+                    let key = [h[at], h[at + 1], h[at + 2], h[at + 3]];
+                    at += 4;
+                    Some(key)
+                } else {
+                    None
+                };
+                debug_assert_eq!(at, self.hdr_len);
+                self.hdr_len = 0;
+                self.in_frame = true;
+                self.remaining = len;
+                self.frame_off = 0;
+                match self.opcode {
+                    0 => {}
+                    OP_TEXT | OP_BINARY => {
+                        self.msg_opcode = self.opcode;
+                        self.msg_len = 0;
+                        self.head.clear();
+                    }
+                    OP_CLOSE | OP_PING | OP_PONG => self.ctrl.clear(),
+                    _ => return Err("unknown opcode"),
+                }
+            }
+            let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len());
+            let (chunk, rest) = data.split_at(n);
+            let control = self.opcode >= 8;
+            let keep = if control { &mut self.ctrl } else { &mut self.head };
+            let room = HEAD.saturating_sub(keep.len()).min(chunk.len());
+            if room > 0 {
+                let from = keep.len();
+                keep.extend_from_slice(&chunk[..room]);
+                if let Some(key) = self.mask {
+                    for (i, b) in keep[from..].iter_mut().enumerate() {
+                        *b ^= key[(self.frame_off as usize + i) & 3];
+                    }
+                }
+            }
+            self.remaining -= n as u64;
+            self.frame_off += n as u64;
+            if !control {
+                self.msg_len += n as u64;
+            }
+            data = rest;
+            if self.remaining == 0 {
+                self.in_frame = false;
+                let mut buf = [0u8; HEAD];
+                match self.opcode {
+                    OP_PING => {
+                        buf[..self.ctrl.len()].copy_from_slice(&self.ctrl);
+                        out.push(Ev::Ping { payload: buf, len: self.ctrl.len() });
+                    }
+                    OP_CLOSE => out.push(Ev::Close),
+                    OP_PONG => {}
+                    _ if self.fin => {
+                        buf[..self.head.len()].copy_from_slice(&self.head);
+                        out.push(Ev::Message {
+                            opcode: self.msg_opcode,
+                            len: self.msg_len,
+                            head: buf,
+                            head_len: self.head.len(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Latency histogram: 32 sub-buckets per power of two (about 3% precision).
+
+struct Histogram {
+    counts: Vec<u64>,
+    total: u64,
+}
+
+impl Histogram {
+    /// Indices of values up to u64::MAX: 64 exact ones, then 32 per power of two.
+    const BUCKETS: usize = 59 * 32 + 32;
+
+    fn new() -> Self {
+        Histogram { counts: vec![0; Self::BUCKETS], total: 0 }
+    }
+    fn index(v: u64) -> usize {
+        if v < 64 {
+            return v as usize;
+        }
+        let e = 63 - v.leading_zeros() as usize;
+        (e - 5) * 32 + (v >> (e - 5)) as usize
+    }
+    fn value(i: usize) -> u64 {
+        if i < 64 {
+            return i as u64;
+        }
+        let e = i / 32 + 4;
+        let m = (i - (e - 5) * 32) as u64;
+        (m << (e - 5)) + ((1u64 << (e - 5)) >> 1)
+    }
+    fn record(&mut self, ns: u64) {
+        self.counts[Self::index(ns)] += 1;
+        self.total += 1;
+    }
+    fn quantile(&self, q: f64) -> u64 {
+        if self.total == 0 {
+            return 0;
+        }
+        let want = ((self.total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Self::value(i);
+            }
+        }
+        0
+    }
+}
+
+// ---------------------------------------------------------------------------
+// /proc
+
+/// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat, counted after the "(comm)" field.
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+// ---------------------------------------------------------------------------
+// Connections
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Connecting,
+    Handshaking,
+    Open,
+    /// We sent a close frame.
+    Closing,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Role {
+    Plain,
+    Publisher(u32),
+}
+
+enum Out {
+    /// A frame template of the workload, by index.
+    Template(usize),
+    Static(&'static [u8]),
+    Bytes(Vec<u8>),
+}
+
+struct Client {
+    stream: TcpStream,
+    phase: Phase,
+    role: Role,
+    /// The HTTP response head, while handshaking.
+    head: Vec<u8>,
+    parser: Parser,
+    out: VecDeque<Out>,
+    out_off: usize,
+    started: Instant,
+    sent_at: Instant,
+    waiting: bool,
+    seq: u64,
+    got_close: bool,
+}
+
+/// The broadcast stamp at the start of every payload: send time (ns since start),
+/// publisher id, run nonce (history from other runs is ignored), sequence number.
+const BCAST_HEAD: usize = 24;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    Setup,
+    Settle(Instant),
+    Run(Instant),
+    /// --messages reached: nothing more is sent, what is in flight still counts, so
+    /// that the count is exactly what the server did (for callgrind and strace).
+    Drain(Instant),
+    Done,
+}
+
+#[derive(Default)]
+struct Counters {
+    opened: u64,
+    failed: u64,
+    errors: u64,
+    messages: u64,
+    deliveries: u64,
+    handshakes: u64,
+    cycles: u64,
+    skipped_text: u64,
+    pings: u64,
+    bytes_in: u64,
+}
+
+struct Gen {
+    a: Args,
+    poll: Poll,
+    clients: Vec<Option<Client>>,
+    free: Vec<usize>,
+    scratch: Vec<u8>,
+    evs: Vec<Ev>,
+    templates: Vec<Vec<u8>>,
+    request: &'static [u8],
+    close_frame: &'static [u8],
+    epoch: Instant,
+    nonce: u32,
+    stage: Stage,
+    window_start: Instant,
+    window_end: Option<Instant>,
+    setup_deadline: Instant,
+    /// Connections wanted in total (setup) and currently connecting or handshaking.
+    target: usize,
+    started: usize,
+    connecting: usize,
+    /// Clients that exist (any phase).
+    live: usize,
+    last_rx: Instant,
+    /// Connect workload: cycles past their upgrade, closing.
+    closing: usize,
+    c: Counters,
+    hist: Histogram,
+    publishers: Vec<usize>,
+    cpu_start: Option<f64>,
+    self_cpu_start: Option<f64>,
+    rss_start: Option<u64>,
+    rss_open: Option<u64>,
+}
+
+impl Gen {
+    fn new(a: Args) -> io::Result<Gen> {
+        let now = Instant::now();
+        let nonce = (std::process::id() ^ (now.elapsed().as_nanos() as u32)).wrapping_mul(0x9E37_79B9) | 1;
+        let mut templates = Vec::new();
+        let mut publishers = 0;
+        match a.workload {
+            Workload::Echo => {
+                let payload: Vec<u8> = (0..a.size).map(|i| b'a' + (i % 26) as u8).collect();
+                templates.push(masked_frame(OP_BINARY, &payload));
+            }
+            Workload::Broadcast => {
+                publishers = a.publishers;
+                for id in 0..a.publishers as u32 {
+                    let mut payload: Vec<u8> = (0..a.size).map(|i| b'a' + (i % 26) as u8).collect();
+                    payload[8..12].copy_from_slice(&id.to_le_bytes());
+                    payload[12..16].copy_from_slice(&nonce.to_le_bytes());
+                    templates.push(masked_frame(OP_BINARY, &payload));
+                }
+            }
+            Workload::Connect | Workload::Idle => {}
+        }
+        let request = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            a.path, a.host
+        );
+        let close_frame = masked_frame(OP_CLOSE, &1000u16.to_be_bytes());
+        let target = match a.workload {
+            Workload::Echo | Workload::Idle => a.conns,
+            Workload::Broadcast => a.subscribers + publishers,
+            Workload::Connect => 0,
+        };
+        let setup_deadline = now + a.setup_timeout;
+        let pid = a.server_pid;
+        Ok(Gen {
+            poll: Poll::new()?,
+            clients: Vec::new(),
+            free: Vec::new(),
+            scratch: vec![0; 256 * 1024],
+            evs: Vec::new(),
+            templates,
+            request: Box::leak(request.into_bytes().into_boxed_slice()),
+            close_frame: Box::leak(close_frame.into_boxed_slice()),
+            epoch: now,
+            nonce,
+            stage: Stage::Setup,
+            window_start: now,
+            window_end: None,
+            setup_deadline,
+            target,
+            started: 0,
+            connecting: 0,
+            live: 0,
+            last_rx: now,
+            closing: 0,
+            c: Counters::default(),
+            hist: Histogram::new(),
+            publishers: Vec::new(),
+            cpu_start: None,
+            self_cpu_start: None,
+            rss_start: pid.and_then(rss_bytes),
+            rss_open: None,
+            a,
+        })
+    }
+
+    fn ns_since_epoch(&self, t: Instant) -> u64 {
+        t.duration_since(self.epoch).as_nanos() as u64
+    }
+
+    /// Starts connections while fewer than `inflight` are connecting or handshaking.
+    fn connect_more(&mut self, now: Instant) {
+        let wanted = match (self.a.workload, self.stage) {
+            (Workload::Connect, Stage::Run(_)) => usize::MAX,
+            (Workload::Connect, _) => 0,
+            (_, Stage::Setup) => self.target,
+            _ => 0,
+        };
+        while self.connecting + self.closing < self.a.inflight && self.started < wanted {
+            let stream = match TcpStream::connect(self.a.addr) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.c.failed += 1;
+                    self.started += 1;
+                    if self.c.failed <= 3 {
+                        eprintln!("mioket-load: connect failed: {e}");
+                    }
+                    continue;
+                }
+            };
+            let idx = self.free.pop().unwrap_or_else(|| {
+                self.clients.push(None);
+                self.clients.len() - 1
+            });
+            let role = if self.a.workload == Workload::Broadcast && self.publishers.len() < self.a.publishers {
+                self.publishers.push(idx);
+                Role::Publisher(self.publishers.len() as u32 - 1)
+            } else {
+                Role::Plain
+            };
+            let mut client = Client {
+                stream,
+                phase: Phase::Connecting,
+                role,
+                head: Vec::new(),
+                parser: Parser::default(),
+                out: VecDeque::new(),
+                out_off: 0,
+                started: now,
+                sent_at: now,
+                waiting: false,
+                seq: 0,
+                got_close: false,
+            };
+            if let Err(e) =
+                self.poll.registry().register(&mut client.stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
+            {
+                eprintln!("mioket-load: register failed: {e}");
+                self.c.failed += 1;
+                self.started += 1;
+                self.free.push(idx);
+                continue;
+            }
+            self.clients[idx] = Some(client);
+            self.live += 1;
+            self.started += 1;
+            self.connecting += 1;
+        }
+    }
+
+    fn drop_client(&mut self, idx: usize, error: bool) {
+        if let Some(client) = self.clients[idx].take() {
+            self.live -= 1;
+            if client.phase == Phase::Closing && self.a.workload == Workload::Connect {
+                self.closing -= 1;
+            }
+            if matches!(client.phase, Phase::Connecting | Phase::Handshaking) {
+                self.connecting -= 1;
+                self.c.failed += 1;
+            } else if error {
+                self.c.errors += 1;
+            }
+            if let Role::Publisher(id) = client.role {
+                if error {
+                    eprintln!("mioket-load: publisher {id} lost");
+                }
+            }
+            self.free.push(idx);
+        }
+    }
+
+    fn on_event(&mut self, idx: usize, now: Instant, hup: bool) {
+        let Some(client) = self.clients[idx].as_mut() else { return };
+        if client.phase == Phase::Connecting {
+            match client.stream.take_error() {
+                Ok(None) => {}
+                _ => return self.drop_client(idx, true),
+            }
+            match client.stream.peer_addr() {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(_) => return self.drop_client(idx, true),
+            }
+            let _ = client.stream.set_nodelay(true);
+            if self.a.raw {
+                self.connecting -= 1;
+                self.on_open(idx, now);
+            } else {
+                client.phase = Phase::Handshaking;
+                client.out.push_back(Out::Static(self.request));
+            }
+        }
+        if !self.read(idx, now, hup) {
+            return;
+        }
+        self.flush(idx);
+    }
+
+    /// Reads until the socket is drained; false if the client is gone. `hup`: the
+    /// peer's end of stream is known to be there, so read until it (a short read
+    /// then does not mean drained).
+    fn read(&mut self, idx: usize, now: Instant, hup: bool) -> bool {
+        loop {
+            let Some(client) = self.clients[idx].as_mut() else { return false };
+            let n = match client.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    let clean = client.got_close;
+                    self.on_end(idx, clean);
+                    return false;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    let clean = client.got_close;
+                    self.on_end(idx, clean);
+                    return false;
+                }
+            };
+            self.c.bytes_in += n as u64;
+            self.last_rx = now;
+            let mut data = 0..n;
+            if client.phase == Phase::Handshaking {
+                // Collect the response head; what follows it is frames.
+                let before = client.head.len();
+                client.head.extend_from_slice(&self.scratch[..n]);
+                let from = before.saturating_sub(3);
+                let Some(end) = client.head[from..].windows(4).position(|w| w == b"\r\n\r\n") else {
+                    if client.head.len() > 8192 {
+                        self.drop_client(idx, true);
+                        return false;
+                    }
+                    continue;
+                };
+                let end = from + end + 4;
+                if !client.head.starts_with(b"HTTP/1.1 101") {
+                    if self.c.failed < 3 {
+                        let line = String::from_utf8_lossy(&client.head[..client.head.len().min(60)]).into_owned();
+                        eprintln!("mioket-load: upgrade refused: {}", line.lines().next().unwrap_or(""));
+                    }
+                    self.drop_client(idx, true);
+                    return false;
+                }
+                data = (end - before)..n;
+                client.head = Vec::new();
+                self.connecting -= 1;
+                self.on_open(idx, now);
+            }
+            let Some(client) = self.clients[idx].as_mut() else { return false };
+            let mut evs = std::mem::take(&mut self.evs);
+            let parsed = client.parser.feed(&self.scratch[data], &mut evs);
+            for ev in evs.drain(..) {
+                self.on_frame(idx, ev, now);
+            }
+            self.evs = evs;
+            if parsed.is_err() {
+                self.drop_client(idx, true);
+                return false;
+            }
+            match &self.clients[idx] {
+                None => return false,
+                // A short read drained the socket (what mio's edge triggering needs),
+                // unless end of stream came with the data: no new edge would announce it.
+                Some(c) if n < self.scratch.len() && !hup && c.phase == Phase::Open => return true,
+                Some(_) => {}
+            }
+        }
+    }
+
+    fn flush(&mut self, idx: usize) {
+        let Some(client) = self.clients[idx].as_mut() else { return };
+        while let Some(front) = client.out.front() {
+            let bytes: &[u8] = match front {
+                Out::Template(i) => &self.templates[*i],
+                Out::Static(s) => s,
+                Out::Bytes(b) => b,
+            };
+            match client.stream.write(&bytes[client.out_off..]) {
+                Ok(0) => return self.drop_client(idx, true),
+                Ok(n) => {
+                    client.out_off += n;
+                    if client.out_off == bytes.len() {
+                        client.out_off = 0;
+                        client.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return self.drop_client(idx, true),
+            }
+        }
+    }
+
+    /// New messages and connections are started.
+    fn running(&self) -> bool {
+        matches!(self.stage, Stage::Run(_))
+    }
+
+    /// What arrives is counted.
+    fn counting(&self) -> bool {
+        matches!(self.stage, Stage::Run(_) | Stage::Drain(_))
+    }
+
+    fn reached_limit(&mut self, now: Instant) {
+        self.window_end = Some(now);
+        self.stage = Stage::Drain(now + Duration::from_secs(10));
+    }
+
+    /// Drained: nothing in flight, and quiet for a moment (broadcast deliveries).
+    fn drained(&self, now: Instant) -> bool {
+        let quiet = now.duration_since(self.last_rx) > Duration::from_millis(200);
+        match self.a.workload {
+            Workload::Connect => self.connecting + self.closing == 0,
+            _ => quiet && self.clients.iter().flatten().all(|c| !c.waiting),
+        }
+    }
+
+    fn on_open(&mut self, idx: usize, now: Instant) {
+        self.c.opened += 1;
+        let workload = self.a.workload;
+        let close_frame = self.close_frame;
+        let running = self.counting();
+        let Some(client) = self.clients[idx].as_mut() else { return };
+        client.phase = Phase::Open;
+        match workload {
+            Workload::Connect => {
+                self.c.handshakes += 1;
+                if running {
+                    self.hist.record(now.duration_since(client.started).as_nanos() as u64);
+                }
+                client.out.push_back(Out::Static(close_frame));
+                client.phase = Phase::Closing;
+                self.closing += 1;
+            }
+            Workload::Echo if running => self.send_echo(idx, now),
+            _ => {}
+        }
+    }
+
+    fn send_echo(&mut self, idx: usize, now: Instant) {
+        if let Some(client) = self.clients[idx].as_mut() {
+            client.sent_at = now;
+            client.waiting = true;
+            client.out.push_back(Out::Template(0));
+        }
+    }
+
+    fn publish(&mut self, idx: usize, now: Instant) {
+        let ts = self.ns_since_epoch(now);
+        let Some(client) = self.clients[idx].as_mut() else { return };
+        let Role::Publisher(id) = client.role else { return };
+        client.seq += 1;
+        client.sent_at = now;
+        client.waiting = true;
+        let t = &mut self.templates[id as usize];
+        let p = payload_start(t);
+        // Payload offsets 0..8 and 16..24 are multiples of 4: the key starts at KEY[0].
+        for (i, b) in ts.to_le_bytes().iter().enumerate() {
+            t[p + i] = b ^ KEY[i & 3];
+        }
+        for (i, b) in client.seq.to_le_bytes().iter().enumerate() {
+            t[p + 16 + i] = b ^ KEY[i & 3];
+        }
+        client.out.push_back(Out::Template(id as usize));
+        self.c.messages += 1;
+    }
+
+    fn limit_reached(&self, count: u64) -> bool {
+        self.a.messages.is_some_and(|m| count >= m)
+    }
+
+    fn on_frame(&mut self, idx: usize, ev: Ev, now: Instant) {
+        let size = self.a.size as u64;
+        let running = self.counting();
+        let sending = self.running();
+        let window_start = self.ns_since_epoch(self.window_start);
+        let now_ns = self.ns_since_epoch(now);
+        let limit = self.a.messages;
+        let Some(client) = self.clients[idx].as_mut() else { return };
+        match ev {
+            Ev::Ping { payload, len } => {
+                self.c.pings += 1;
+                client.out.push_back(Out::Bytes(masked_frame(OP_PONG, &payload[..len])));
+            }
+            Ev::Close => {
+                client.got_close = true;
+                if client.phase != Phase::Closing {
+                    client.out.push_back(Out::Static(self.close_frame));
+                    client.phase = Phase::Closing;
+                    if self.a.workload == Workload::Connect {
+                        self.closing += 1;
+                    }
+                }
+                if self.a.raw {
+                    // A TCP echo server echoed our close: the cycle is done.
+                    self.on_end(idx, true);
+                }
+            }
+            Ev::Message { opcode, len, head, head_len } => {
+                if opcode == OP_TEXT || len != size {
+                    self.c.skipped_text += 1;
+                    return;
+                }
+                match self.a.workload {
+                    Workload::Echo => {
+                        if !client.waiting {
+                            return;
+                        }
+                        client.waiting = false;
+                        if running {
+                            self.hist.record(now.duration_since(client.sent_at).as_nanos() as u64);
+                            self.c.messages += 1;
+                            if limit.is_some_and(|m| self.c.messages >= m) {
+                                if sending {
+                                    self.reached_limit(now);
+                                }
+                            } else if sending {
+                                self.send_echo(idx, now);
+                            }
+                        }
+                    }
+                    Workload::Broadcast if head_len >= BCAST_HEAD => {
+                        let ts = u64::from_le_bytes(head[0..8].try_into().unwrap());
+                        let id = u32::from_le_bytes(head[8..12].try_into().unwrap());
+                        let nonce = u32::from_le_bytes(head[12..16].try_into().unwrap());
+                        let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
+                        if nonce != self.nonce {
+                            self.c.skipped_text += 1;
+                            return;
+                        }
+                        if running && ts >= window_start {
+                            self.c.deliveries += 1;
+                            self.hist.record(now_ns.saturating_sub(ts));
+                        }
+                        if client.role == Role::Publisher(id) && client.waiting && seq == client.seq {
+                            client.waiting = false;
+                            if limit.is_some_and(|m| self.c.messages >= m) {
+                                if sending {
+                                    self.reached_limit(now);
+                                }
+                            } else if sending {
+                                self.publish(idx, now);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// End of stream or an error: a closed cycle counts for the connect workload.
+    fn on_end(&mut self, idx: usize, clean: bool) {
+        if self.a.workload == Workload::Connect && clean {
+            self.c.cycles += 1;
+            if self.limit_reached(self.c.cycles) && self.running() {
+                self.reached_limit(Instant::now());
+            }
+        }
+        self.drop_client(idx, !clean);
+    }
+
+    fn start_window(&mut self, now: Instant) {
+        self.window_start = now;
+        self.stage = Stage::Run(now + self.a.duration);
+        self.cpu_start = self.a.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
+        self.self_cpu_start = cpu_seconds("self");
+        match self.a.workload {
+            Workload::Echo => {
+                for idx in 0..self.clients.len() {
+                    if self.clients[idx].as_ref().is_some_and(|c| c.phase == Phase::Open) {
+                        self.send_echo(idx, now);
+                        self.flush(idx);
+                    }
+                }
+            }
+            Workload::Broadcast => {
+                for idx in self.publishers.clone() {
+                    self.publish(idx, now);
+                    self.flush(idx);
+                }
+            }
+            Workload::Connect | Workload::Idle => {}
+        }
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(4096);
+        if self.a.workload == Workload::Connect {
+            self.start_window(Instant::now());
+        }
+        loop {
+            let now = Instant::now();
+            match self.stage {
+                Stage::Setup => {
+                    let settled =
+                        self.c.opened as usize + self.c.failed as usize >= self.target && self.connecting == 0;
+                    if settled || now >= self.setup_deadline {
+                        if !settled {
+                            eprintln!(
+                                "mioket-load: setup timed out: {} of {} connections open",
+                                self.c.opened, self.target
+                            );
+                        }
+                        self.stage = Stage::Settle(now + self.a.settle);
+                    }
+                }
+                Stage::Settle(until) if now >= until => {
+                    self.rss_open = self.a.server_pid.and_then(rss_bytes);
+                    self.start_window(now);
+                }
+                Stage::Run(until) if now >= until => {
+                    self.window_end = Some(now);
+                    self.stage = Stage::Done;
+                }
+                // Nobody left to load the server with (it went away): stop.
+                Stage::Run(_) if self.a.workload != Workload::Connect && self.live == 0 => {
+                    eprintln!("mioket-load: every connection is gone");
+                    self.window_end = Some(now);
+                    self.stage = Stage::Done;
+                }
+                Stage::Run(_)
+                    if self.a.workload == Workload::Connect
+                        && self.c.failed > 1000
+                        && self.c.failed > 10 * self.c.handshakes =>
+                {
+                    eprintln!("mioket-load: connections keep failing");
+                    self.window_end = Some(now);
+                    self.stage = Stage::Done;
+                }
+                Stage::Drain(until) if now >= until || self.drained(now) => self.stage = Stage::Done,
+                Stage::Done => return Ok(()),
+                _ => {}
+            }
+            self.connect_more(now);
+            let timeout = match self.stage {
+                Stage::Settle(t) | Stage::Run(t) => t.saturating_duration_since(now).min(Duration::from_millis(50)),
+                Stage::Drain(_) => Duration::from_millis(10),
+                _ => Duration::from_millis(50),
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                self.on_event(event.token().0, now, event.is_read_closed() || event.is_error());
+            }
+        }
+    }
+
+    fn report(&self) {
+        let a = &self.a;
+        let end = self.window_end.unwrap_or_else(Instant::now);
+        let secs = end.duration_since(self.window_start).as_secs_f64().max(1e-9);
+        let server_cpu = match (self.cpu_start, a.server_pid.and_then(|p| cpu_seconds(&p.to_string()))) {
+            (Some(s), Some(e)) => Some(e - s),
+            _ => None,
+        };
+        let self_cpu = match (self.self_cpu_start, cpu_seconds("self")) {
+            (Some(s), Some(e)) => Some(e - s),
+            _ => None,
+        };
+        let rss_end = a.server_pid.and_then(rss_bytes);
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let p50 = us(self.hist.quantile(0.50));
+        let p99 = us(self.hist.quantile(0.99));
+        let mut j = String::new();
+        let _ = write!(j, "{{\"workload\":\"{}\",\"label\":\"{}\",\"raw\":{}", a.workload.name(), a.label, a.raw);
+        let _ = write!(
+            j,
+            ",\"seconds\":{secs:.3},\"opened\":{},\"failed\":{},\"errors\":{}",
+            self.c.opened, self.c.failed, self.c.errors
+        );
+        let per = |count: u64| count as f64 / secs;
+        let (count, unit) = match a.workload {
+            Workload::Echo => {
+                let _ = write!(
+                    j,
+                    ",\"conns\":{},\"size\":{},\"messages\":{},\"msgs_per_s\":{:.0}",
+                    a.conns,
+                    a.size,
+                    self.c.messages,
+                    per(self.c.messages)
+                );
+                (self.c.messages, "msg")
+            }
+            Workload::Broadcast => {
+                let _ = write!(
+                    j,
+                    ",\"subscribers\":{},\"publishers\":{},\"size\":{},\"published\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"published_per_s\":{:.0}",
+                    a.subscribers, a.publishers, a.size, self.c.messages, self.c.deliveries, per(self.c.deliveries), per(self.c.messages)
+                );
+                (self.c.deliveries, "delivery")
+            }
+            Workload::Connect => {
+                let _ = write!(
+                    j,
+                    ",\"inflight\":{},\"handshakes\":{},\"cycles\":{},\"handshakes_per_s\":{:.0}",
+                    a.inflight,
+                    self.c.handshakes,
+                    self.c.cycles,
+                    per(self.c.cycles)
+                );
+                (self.c.cycles, "handshake")
+            }
+            Workload::Idle => {
+                let _ = write!(j, ",\"conns\":{}", a.conns);
+                (0, "conn")
+            }
+        };
+        if a.workload != Workload::Idle {
+            let _ = write!(j, ",\"p50_us\":{p50:.1},\"p99_us\":{p99:.1}");
+        }
+        if let Some(cpu) = server_cpu {
+            let _ = write!(j, ",\"server_cpu_s\":{cpu:.2}");
+            if count > 0 {
+                let _ = write!(j, ",\"server_cpu_us_per_{unit}\":{:.3}", cpu * 1e6 / count as f64);
+            }
+        }
+        if let Some(cpu) = self_cpu {
+            let _ = write!(j, ",\"loadgen_cpu_s\":{cpu:.2}");
+        }
+        let mut rss_line = String::new();
+        if let (Some(before), Some(open), Some(end)) = (self.rss_start, self.rss_open, rss_end) {
+            let _ = write!(j, ",\"rss_before\":{before},\"rss_open\":{open},\"rss_end\":{end}");
+            if a.workload == Workload::Idle && self.c.opened > 0 {
+                let n = self.c.opened as f64;
+                let at_open = (open as f64 - before as f64) / n;
+                let at_end = (end as f64 - before as f64) / n;
+                let _ = write!(j, ",\"rss_per_conn_open\":{at_open:.0},\"rss_per_conn_end\":{at_end:.0}");
+                rss_line = format!(
+                    ", server RSS +{at_end:.0} B/conn after {secs:.0} s idle ({at_open:.0} B/conn just after opening)"
+                );
+            }
+        }
+        let _ = write!(j, ",\"skipped\":{},\"pings\":{}}}", self.c.skipped_text, self.c.pings);
+        println!("{j}");
+        if a.quiet {
+            return;
+        }
+        let cpu_line = match server_cpu {
+            Some(cpu) if count > 0 => format!(", server CPU {:.2} us/{unit}", cpu * 1e6 / count as f64),
+            _ => String::new(),
+        };
+        let gen_line = self_cpu.map_or(String::new(), |c| format!(", load generator busy {:.0}%", 100.0 * c / secs));
+        let what = match a.workload {
+            Workload::Echo => format!("{} conns x {} B: {:.0} msg/s, rtt p50 {p50:.0} us p99 {p99:.0} us", a.conns, a.size, per(self.c.messages)),
+            Workload::Broadcast => format!(
+                "{} subscribers + {} publishers x {} B: {:.0} deliveries/s ({:.0} msg/s published), latency p50 {p50:.0} us p99 {p99:.0} us",
+                a.subscribers, a.publishers, a.size, per(self.c.deliveries), per(self.c.messages)
+            ),
+            Workload::Connect => format!("{} in flight: {:.0} handshakes/s (open, upgrade, close), upgrade p50 {p50:.0} us p99 {p99:.0} us", a.inflight, per(self.c.cycles)),
+            Workload::Idle => format!("{} of {} conns open", self.c.opened, a.conns),
+        };
+        let errs = if self.c.failed + self.c.errors > 0 {
+            format!(" [{} failed, {} errors]", self.c.failed, self.c.errors)
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{} {}{}: {what}{cpu_line}{rss_line}{gen_line}{errs}",
+            a.workload.name(),
+            a.label,
+            if a.raw { " (raw)" } else { "" }
+        );
+    }
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) if e.is_empty() => {
+            print!("{USAGE}");
+            return;
+        }
+        Err(e) => {
+            eprintln!("mioket-load: {e}\n\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let mut gen = match Gen::new(args) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("mioket-load: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = gen.run() {
+        eprintln!("mioket-load: {e}");
+        std::process::exit(1);
+    }
+    gen.report();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_reads_frames_in_any_pieces() {
+        let mut stream = vec![0x81, 3, b'h', b'i', b'!', 0x89, 2, 7, 8];
+        stream.extend_from_slice(&[0x82, 126, 1, 0]);
+        stream.extend(std::iter::repeat(9).take(256));
+        stream.extend(masked_frame(OP_CLOSE, &[3, 232]));
+        for cut in 1..stream.len() {
+            let mut p = Parser::default();
+            let mut evs = Vec::new();
+            for piece in stream.chunks(cut) {
+                p.feed(piece, &mut evs).unwrap();
+            }
+            assert_eq!(evs.len(), 4, "cut {cut}");
+            assert!(matches!(evs[0], Ev::Message { opcode: OP_TEXT, len: 3, head_len: 3, .. }));
+            assert!(matches!(evs[1], Ev::Ping { len: 2, payload, .. } if payload[..2] == [7, 8]));
+            assert!(matches!(evs[2], Ev::Message { opcode: OP_BINARY, len: 256, head_len: HEAD, .. }));
+            assert!(matches!(evs[3], Ev::Close));
+        }
+    }
+
+    #[test]
+    fn masked_frames_unmask_their_head() {
+        let mut p = Parser::default();
+        let mut evs = Vec::new();
+        p.feed(&masked_frame(OP_BINARY, b"abcdef"), &mut evs).unwrap();
+        assert!(matches!(evs[0], Ev::Message { head, head_len: 6, .. } if &head[..6] == b"abcdef"));
+    }
+
+    #[test]
+    fn histogram_quantiles_are_close() {
+        let mut h = Histogram::new();
+        for v in 1..=100_000u64 {
+            h.record(v);
+        }
+        let p50 = h.quantile(0.5) as f64;
+        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.04, "{p50}");
+        for i in 0..Histogram::BUCKETS {
+            assert_eq!(Histogram::index(Histogram::value(i)), i);
+        }
+        assert_eq!(Histogram::index(u64::MAX), Histogram::BUCKETS - 1);
+    }
+}

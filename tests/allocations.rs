@@ -1,0 +1,169 @@
+//! Heap allocations on the hot paths, counted by a global allocator that counts
+//! per thread (tests run in parallel threads; each counts only its own).
+//!
+//! Steady state means: queues already grew to their working size once and were
+//! drained, as they are in a running server.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::io::IoSlice;
+use std::time::Instant;
+
+use mioket::config::Limits;
+use mioket::frame::{encode_header, Header, Opcode, MAX_HEADER_LEN};
+use mioket::mask::apply_mask;
+use mioket::outqueue::{shared_message, Chunk};
+use mioket::protocol::{Conn, Event};
+use mioket::room::fan_out;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    // try_with: the slot may be gone while the thread is being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations (alloc, alloc_zeroed and realloc) made by this thread during `f`.
+fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
+    let before = ALLOCATIONS.with(Cell::get);
+    let result = f();
+    (ALLOCATIONS.with(Cell::get) - before, result)
+}
+
+const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+fn open_conn(now: Instant, limits: &Limits) -> Conn {
+    let mut conn = Conn::new(now, limits);
+    let mut request = UPGRADE.to_vec();
+    let (_, event) = conn.read(&mut request, now, limits);
+    assert_eq!(event, Some(Event::UpgradeRequest));
+    conn.accept(now, limits);
+    assert!(conn.is_open());
+    drain(&mut conn);
+    conn
+}
+
+/// What the event loop does after a writev that took everything.
+fn drain(conn: &mut Conn) -> usize {
+    let out = conn.out();
+    let mut total = 0;
+    while !out.is_empty() {
+        let mut slices = [IoSlice::new(&[]); 64];
+        let n = out.io_slices(&mut slices);
+        let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
+        out.advance(bytes);
+        total += bytes;
+    }
+    total
+}
+
+fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut header = [0u8; MAX_HEADER_LEN];
+    let n = encode_header(&Header { fin: true, opcode, mask: Some(key), len: payload.len() as u64 }, &mut header);
+    let mut frame = header[..n].to_vec();
+    let start = frame.len();
+    frame.extend_from_slice(payload);
+    apply_mask(&mut frame[start..], key, 0);
+    frame
+}
+
+fn broadcast_once(conns: &mut [Conn], payload: &[u8], now: Instant, limits: &Limits) -> usize {
+    let frame = shared_message(Opcode::Text, payload);
+    let result = fan_out(&frame, conns.iter_mut(), now, limits);
+    result.delivered
+}
+
+fn one_broadcast_costs_one_allocation(n: usize) {
+    let limits = Limits::default();
+    let now = Instant::now();
+    let mut conns: Vec<Conn> = (0..n).map(|_| open_conn(now, &limits)).collect();
+    let payload = b"a broadcast message of some length";
+    // Warm up: every queue grows to its working capacity once.
+    for _ in 0..3 {
+        assert_eq!(broadcast_once(&mut conns, payload, now, &limits), n);
+        conns.iter_mut().for_each(|c| {
+            drain(c);
+        });
+    }
+    for _ in 0..5 {
+        let (count, delivered) = allocations(|| broadcast_once(&mut conns, payload, now, &limits));
+        assert_eq!(delivered, n);
+        assert_eq!(count, 1, "one broadcast to {n} connections made {count} allocations");
+        // Draining (popping the shared references) allocates nothing either.
+        let (count, bytes) = allocations(|| conns.iter_mut().map(drain).sum::<usize>());
+        assert_eq!(bytes, n * (2 + payload.len()));
+        assert_eq!(count, 0, "draining {n} queues made {count} allocations");
+    }
+}
+
+#[test]
+fn one_broadcast_to_10_connections_costs_exactly_one_allocation() {
+    one_broadcast_costs_one_allocation(10);
+}
+
+#[test]
+fn one_broadcast_to_1000_connections_costs_exactly_one_allocation() {
+    one_broadcast_costs_one_allocation(1000);
+}
+
+#[test]
+fn echoing_a_small_message_costs_no_allocation() {
+    let limits = Limits::default();
+    let now = Instant::now();
+    let mut conn = open_conn(now, &limits);
+    let payload = [0x42u8; 20];
+    let template = masked_frame(Opcode::Binary, &payload, [9, 8, 7, 6]);
+    // What the event loop does per message: read from its buffer, frame, queue, write.
+    let mut echo = |input: &mut Vec<u8>| -> usize {
+        input.clear();
+        input.extend_from_slice(&template);
+        let (used, event) = conn.read(input, now, &limits);
+        assert_eq!(used, template.len());
+        let Some(Event::Message { opcode, payload: got }) = event else { panic!("no message: {event:?}") };
+        assert_eq!(got, &payload[..]);
+        let chunk = Chunk::frame(opcode, got);
+        conn.send(chunk, now, &limits).expect("under the limit");
+        drain(&mut conn)
+    };
+    let mut input = Vec::with_capacity(1024);
+    for _ in 0..3 {
+        assert_eq!(echo(&mut input), 2 + payload.len());
+    }
+    for _ in 0..5 {
+        let (count, written) = allocations(|| echo(&mut input));
+        assert_eq!(written, 2 + payload.len());
+        assert_eq!(count, 0, "echoing 20 bytes made {count} allocations");
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    let (count, v) = allocations(|| vec![1u8; 10]);
+    assert_eq!((count, v.len()), (1, 10));
+}
