@@ -12,10 +12,17 @@ use std::rc::Rc;
 
 use crate::frame::{encode_header, server_header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 
-/// Header and payload in one `Rc<[u8]>`: exactly one allocation (the iterator has
-/// an exact length, so the slice is built in place).
+/// Header and payload in one `Rc<[u8]>`: exactly one allocation, filled by memset
+/// and memcpy (collecting a chain of bytes instead costs ~14 instructions a byte).
 pub fn shared_frame(header: &[u8], payload: &[u8]) -> Rc<[u8]> {
-    header.iter().chain(payload).copied().collect()
+    let mut frame: Rc<[u8]> = std::iter::repeat_n(0u8, header.len() + payload.len()).collect();
+    // A fresh Rc has no other owner, so get_mut always succeeds.
+    if let Some(bytes) = Rc::get_mut(&mut frame) {
+        let (h, p) = bytes.split_at_mut(header.len());
+        h.copy_from_slice(header);
+        p.copy_from_slice(payload);
+    }
+    frame
 }
 
 /// A whole server frame as one shared allocation, for fan-out and history.
@@ -60,15 +67,12 @@ pub enum Chunk {
 }
 
 impl Chunk {
-    /// A final, unmasked server frame: inline when small, otherwise one shared
-    /// allocation holding header and payload together.
+    /// A final, unmasked server frame for one recipient: inline when small,
+    /// otherwise one `Vec` holding header and payload together.
     pub fn frame(opcode: Opcode, payload: &[u8]) -> Chunk {
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&server_header(opcode, payload.len()), &mut header);
-        match Inline::from_parts(&[&header[..n], payload]) {
-            Some(inline) => Chunk::Inline(inline),
-            None => Chunk::Shared(shared_frame(&header[..n], payload)),
-        }
+        Chunk::from_parts(&[&header[..n], payload])
     }
 
     /// Small bytes inline, larger ones in a `Vec`.
@@ -301,14 +305,15 @@ mod tests {
     }
 
     #[test]
-    fn small_frames_are_inline_and_large_ones_shared() {
+    fn small_frames_are_inline_and_large_ones_owned() {
         let small = Chunk::frame(Opcode::Text, b"hi");
         assert!(matches!(small, Chunk::Inline(_)));
         assert_eq!(small.bytes(), b"\x81\x02hi");
         assert!(matches!(Chunk::frame(Opcode::Binary, &[7; 28]), Chunk::Inline(_)));
-        assert!(matches!(Chunk::frame(Opcode::Binary, &[7; 29]), Chunk::Shared(_)));
+        assert!(matches!(Chunk::frame(Opcode::Binary, &[7; 29]), Chunk::Owned(_)));
         let large = Chunk::frame(Opcode::Binary, &[7; 300]);
-        assert!(matches!(large, Chunk::Shared(_)));
+        assert!(matches!(large, Chunk::Owned(_)));
+        assert_eq!(&shared_message(Opcode::Binary, &[7; 300])[..], large.bytes());
         assert_eq!(&large.bytes()[..4], &[0x82, 126, 1, 44]);
         assert_eq!(large.bytes().len(), 304);
     }

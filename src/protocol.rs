@@ -171,9 +171,13 @@ impl Conn {
         }
     }
 
-    /// The peer ended its side of the stream.
+    /// The peer ended its side of the stream. Our last words (an HTTP answer, a
+    /// close reply) are still written, then the connection ends; anything else ends now.
     pub fn end_of_stream(&mut self) {
-        self.state = State::Closed;
+        match &mut self.state {
+            State::Draining { write_shut: false, linger, .. } if !self.out.is_empty() => *linger = false,
+            _ => self.state = State::Closed,
+        }
     }
 
     /// Accepts the pending upgrade: queues the 101 answer and opens the connection.
@@ -387,6 +391,7 @@ impl Conn {
             if !matches!(self.state, State::Open { .. } | State::Closing { .. }) {
                 return (input.len(), None);
             }
+            let open = matches!(self.state, State::Open { .. });
             if let Some(p) = self.reader.partial.as_deref_mut() {
                 if let Some(frame) = &mut p.frame {
                     // The payload of a frame, taken as it arrives.
@@ -406,8 +411,9 @@ impl Conn {
                         p.frame = None;
                     }
                     let result = match kind {
-                        PayloadKind::Data => p.take_payload(chunk, fin),
-                        PayloadKind::Skip => Ok(None),
+                        PayloadKind::Data if open => p.take_payload(chunk, fin),
+                        // Closing: the rest of a message is read past, never delivered.
+                        PayloadKind::Data | PayloadKind::Skip => Ok(None),
                         PayloadKind::Control { opcode, start } => {
                             p.payload.extend_from_slice(chunk);
                             if last {

@@ -27,10 +27,11 @@ use crate::room::{self, History};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
-/// One read's worth: shared by all clients, never per connection.
-const READ_CHUNK: usize = 64 * 1024;
+/// One read's worth: shared by all clients, never per connection. Large enough that
+/// a 64 KiB message with its header arrives whole and is unmasked in place.
+const READ_CHUNK: usize = 256 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
-const READ_BUDGET: usize = 4 * READ_CHUNK;
+const READ_BUDGET: usize = READ_CHUNK;
 const MAX_IOVECS: usize = 64;
 /// How long accepting pauses when we run out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -150,7 +151,7 @@ impl Server {
                     SIGNALS => self.on_signals(now),
                     Token(key) => {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_client(key, now);
+                            self.read_client(key, event.is_read_closed(), now);
                         }
                         if event.is_writable() {
                             self.mark_dirty(key);
@@ -159,7 +160,7 @@ impl Server {
                 }
             }
             for key in std::mem::take(&mut self.backlog) {
-                self.read_client(key, now);
+                self.read_client(key, false, now);
             }
             self.run_timers(now);
             if self.accept_paused_until.is_some_and(|t| t <= now) {
@@ -259,10 +260,13 @@ impl Server {
         });
         self.reschedule(key);
         // The request often arrives with the connection.
-        self.read_client(key, now);
+        self.read_client(key, false, now);
     }
 
-    fn read_client(&mut self, key: usize, now: Instant) {
+    /// Reads until WouldBlock, end of stream, or the budget. `peer_closed`: the event
+    /// said the peer's FIN is in; then a short read does not mean "drained", since the
+    /// end of stream behind the data brings no new edge.
+    fn read_client(&mut self, key: usize, peer_closed: bool, now: Instant) {
         let mut budget = READ_BUDGET;
         loop {
             let Some(client) = self.clients.get_mut(key) else { return };
@@ -289,7 +293,7 @@ impl Server {
                         break;
                     }
                     // A short read drained the socket: the next arrival is a new edge.
-                    if n < self.scratch.len() {
+                    if n < self.scratch.len() && !peer_closed {
                         break;
                     }
                 }
@@ -361,12 +365,14 @@ impl Server {
                             let frame = shared_message(opcode, payload);
                             history.record(&frame);
                             // Every open client gets the frame; each is flushed once at the
-                            // end of this loop iteration, however many frames it got.
+                            // end of this loop iteration, however many frames it got. The
+                            // sender first: its own copy going out early lets it send its
+                            // next message while the others are still being written.
+                            if let Some(sender) = clients.get_mut(key) {
+                                mark_dirty_if_open(dirty, key, sender);
+                            }
                             let recipients = clients.iter_mut().map(|(k, c)| {
-                                if !c.dirty && c.conn.is_open() {
-                                    c.dirty = true;
-                                    dirty.push(k);
-                                }
+                                mark_dirty_if_open(dirty, k, c);
                                 &mut c.conn
                             });
                             let result = room::fan_out(&frame, recipients, now, limits);
@@ -473,10 +479,14 @@ impl Server {
         }
     }
 
+    /// Flushes in the order clients became dirty (a broadcast's sender first).
     fn flush_dirty(&mut self) {
-        while let Some(key) = self.dirty.pop() {
+        let mut i = 0;
+        while let Some(&key) = self.dirty.get(i) {
             self.flush(key);
+            i += 1;
         }
+        self.dirty.clear();
     }
 
     /// Writes as much of the client's queue as the socket takes, in one writev per
@@ -588,6 +598,14 @@ fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
     addr.to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
+}
+
+/// Queues an open client for this iteration's flush, once.
+fn mark_dirty_if_open(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {
+    if !client.dirty && client.conn.is_open() {
+        client.dirty = true;
+        dirty.push(key);
+    }
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -288,6 +288,40 @@ mod http {
     }
 
     #[test]
+    fn a_request_sent_with_its_end_of_stream_is_forgotten_at_once() {
+        // Data and FIN may arrive in one segment: one readiness edge for both. The
+        // server must notice the end of stream then, not linger until a timer.
+        let server = Server::start(&[]);
+        let pid = server.child.id().to_string();
+        let signal = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().unwrap();
+        let mut sockets: Vec<_> = (0..5).map(|_| raw(&server)).collect();
+        std::thread::sleep(Duration::from_millis(200)); // accepted, registered, idle
+                                                        // Stopped, the server finds request and FIN waiting together when it resumes.
+        signal("-STOP");
+        for s in &mut sockets {
+            s.write_all(b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        signal("-CONT");
+        for s in &mut sockets {
+            assert!(read_to_end(s).starts_with(b"HTTP/1.1 404 "));
+        }
+        let lingering = |server: &Server| {
+            let mut s = raw(server);
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+            let text = String::from_utf8(read_to_end(&mut s)).unwrap();
+            text.lines().any(|l| l == "mioket_connections{state=\"closing\"} 0")
+        };
+        let start = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(1), || lingering(&server).then_some(())).is_some(),
+            "still lingering after {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
     fn a_wrong_version_gets_426_naming_version_13() {
         let server = Server::start(&[]);
         let answer = request(&server, &upgrade_with("Version: 13", "Version: 8"));

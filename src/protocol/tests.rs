@@ -168,6 +168,19 @@ mod section_4_handshake {
     }
 
     #[test]
+    fn an_answer_still_goes_out_when_the_peer_ends_its_stream_first() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        feed(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
+        conn.respond(Chunk::Static(b"HTTP/1.1 200 OK\r\n\r\n"), now);
+        conn.end_of_stream();
+        assert!(!conn.is_closed());
+        assert_eq!(output(&mut conn), b"HTTP/1.1 200 OK\r\n\r\n");
+        conn.write_shut_down();
+        assert!(conn.is_closed(), "no need to wait for an end of stream already seen");
+    }
+
+    #[test]
     fn a_plain_get_is_handed_to_the_server() {
         let now = Instant::now();
         let mut conn = Conn::new(now, &limits());
@@ -332,6 +345,16 @@ mod section_7_closing {
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
         assert_eq!(output(&mut conn), b"", "no second close");
         assert!(conn.wants_write_shutdown());
+    }
+
+    #[test]
+    fn a_message_finishing_after_our_close_is_not_delivered() {
+        let (mut conn, now) = open_conn();
+        let whole = frame(true, 1, b"half sent");
+        let (head, tail) = whole.split_at(whole.len() - 3);
+        assert_eq!(feed(&mut conn, head, now), vec![]);
+        conn.close(1001, "", now, &limits());
+        assert_eq!(feed(&mut conn, tail, now), vec![]);
     }
 
     #[test]
