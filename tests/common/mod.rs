@@ -27,12 +27,8 @@ impl Server {
 
     /// Runs `command` (which starts mioket) and waits for its listening line.
     fn spawn(mut command: Command) -> Server {
-        let mut child = command
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mioket");
+        let mut child =
+            command.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start mioket");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
