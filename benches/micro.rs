@@ -3,8 +3,10 @@
 //! Kept quick on purpose (1 s of measurement per bench): the machine is small and
 //! shared, so read the numbers as ratios within one run, not as absolutes.
 
+#[path = "../tests/common/conn.rs"]
+mod conn;
+use conn::{drain, open_conn};
 use std::hint::black_box;
-use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -17,31 +19,6 @@ use mioket::outqueue::shared_message;
 use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
 use mioket::utf8::Utf8Validator;
-
-const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// An open `Conn` reached through the public API only, its 101 answer drained.
-fn open_conn(now: Instant, limits: &Limits) -> Conn {
-    let mut conn = Conn::new(now, limits);
-    let mut request = UPGRADE.to_vec();
-    let (_, event) = conn.read(&mut request, now, limits);
-    assert_eq!(event, Some(Event::UpgradeRequest));
-    conn.accept(now, limits);
-    assert!(conn.is_open());
-    drain(&mut conn);
-    conn
-}
-
-fn drain(conn: &mut Conn) {
-    let out = conn.out();
-    while !out.is_empty() {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let n = out.io_slices(&mut slices);
-        let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
-        out.advance(bytes);
-    }
-}
 
 /// A masked client frame: header, key, masked payload.
 fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
@@ -206,7 +183,9 @@ fn broadcast(c: &mut Criterion) {
                     total += start.elapsed();
                     assert_eq!(result.delivered, N);
                     drop(frame);
-                    conns.iter_mut().for_each(drain);
+                    conns.iter_mut().for_each(|c| {
+                        drain(c);
+                    });
                 }
                 total
             })
@@ -220,7 +199,9 @@ fn broadcast(c: &mut Criterion) {
             for _ in 0..iters {
                 fan_out(&frame, conns.iter_mut(), now, &limits);
                 let start = Instant::now();
-                conns.iter_mut().for_each(drain);
+                conns.iter_mut().for_each(|c| {
+                    drain(c);
+                });
                 total += start.elapsed();
             }
             total

@@ -4,9 +4,11 @@
 //! Steady state means: queues already grew to their working size once and were
 //! drained, as they are in a running server.
 
+#[path = "common/conn.rs"]
+mod conn;
+use conn::{drain, open_conn};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::io::IoSlice;
 use std::time::Instant;
 
 use mioket::config::Limits;
@@ -53,34 +55,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
     let before = ALLOCATIONS.with(Cell::get);
     let result = f();
     (ALLOCATIONS.with(Cell::get) - before, result)
-}
-
-const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-fn open_conn(now: Instant, limits: &Limits) -> Conn {
-    let mut conn = Conn::new(now, limits);
-    let mut request = UPGRADE.to_vec();
-    let (_, event) = conn.read(&mut request, now, limits);
-    assert_eq!(event, Some(Event::UpgradeRequest));
-    conn.accept(now, limits);
-    assert!(conn.is_open());
-    drain(&mut conn);
-    conn
-}
-
-/// What the event loop does after a writev that took everything.
-fn drain(conn: &mut Conn) -> usize {
-    let out = conn.out();
-    let mut total = 0;
-    while !out.is_empty() {
-        let mut slices = [IoSlice::new(&[]); 64];
-        let n = out.io_slices(&mut slices);
-        let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
-        out.advance(bytes);
-        total += bytes;
-    }
-    total
 }
 
 fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
