@@ -5,7 +5,7 @@
 
 #[path = "../tests/common/conn.rs"]
 mod conn;
-use conn::{drain, open_conn};
+use conn::{drain, masked_frame, open_conn};
 use std::hint::black_box;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -20,16 +20,6 @@ use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
 use mioket::utf8::Utf8Validator;
 
-/// A masked client frame: header, key, masked payload.
-fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let n = encode_header(&Header { fin: true, opcode, mask: Some(key), len: payload.len() as u64 }, &mut header);
-    let mut frame = header[..n].to_vec();
-    let start = frame.len();
-    frame.extend_from_slice(payload);
-    apply_mask(&mut frame[start..], key, 0);
-    frame
-}
 
 fn quick() -> Criterion {
     Criterion::default()

@@ -6,14 +6,13 @@
 
 #[path = "common/conn.rs"]
 mod conn;
-use conn::{drain, open_conn};
+use conn::{drain, masked_frame, open_conn};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
 use mioket::config::Limits;
-use mioket::frame::{encode_header, Header, Opcode, MAX_HEADER_LEN};
-use mioket::mask::apply_mask;
+use mioket::frame::Opcode;
 use mioket::outqueue::{shared_message, Chunk};
 use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
@@ -57,15 +56,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
     (ALLOCATIONS.with(Cell::get) - before, result)
 }
 
-fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let n = encode_header(&Header { fin: true, opcode, mask: Some(key), len: payload.len() as u64 }, &mut header);
-    let mut frame = header[..n].to_vec();
-    let start = frame.len();
-    frame.extend_from_slice(payload);
-    apply_mask(&mut frame[start..], key, 0);
-    frame
-}
 
 fn broadcast_once(conns: &mut [Conn], payload: &[u8], now: Instant, limits: &Limits) -> usize {
     let frame = shared_message(Opcode::Text, payload);
