@@ -368,11 +368,13 @@ impl Server {
                             // end of this loop iteration, however many frames it got. The
                             // sender first: its own copy going out early lets it send its
                             // next message while the others are still being written.
-                            if let Some(sender) = clients.get_mut(key) {
-                                mark_dirty_if_open(dirty, key, sender);
+                            if let Some(sender) = clients.get_mut(key).filter(|c| c.conn.is_open()) {
+                                queue_flush(dirty, key, sender);
                             }
                             let recipients = clients.iter_mut().map(|(k, c)| {
-                                mark_dirty_if_open(dirty, k, c);
+                                if c.conn.is_open() {
+                                    queue_flush(dirty, k, c);
+                                }
                                 &mut c.conn
                             });
                             let result = room::fan_out(&frame, recipients, now, limits);
@@ -472,10 +474,7 @@ impl Server {
 
     fn mark_dirty(&mut self, key: usize) {
         if let Some(client) = self.clients.get_mut(key) {
-            if !client.dirty {
-                client.dirty = true;
-                self.dirty.push(key);
-            }
+            queue_flush(&mut self.dirty, key, client);
         }
     }
 
@@ -600,9 +599,9 @@ fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
 }
 
-/// Queues an open client for this iteration's flush, once.
-fn mark_dirty_if_open(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {
-    if !client.dirty && client.conn.is_open() {
+/// Queues a client for this iteration's flush, once.
+fn queue_flush(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {
+    if !client.dirty {
         client.dirty = true;
         dirty.push(key);
     }
