@@ -20,7 +20,6 @@ use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
 use mioket::utf8::Utf8Validator;
 
-
 fn quick() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(300))

@@ -38,7 +38,10 @@ fn parse_prometheus(text: &str) -> HashMap<String, f64> {
             let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample {line:?}"));
             let name = key.split('{').next().unwrap();
             assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-            assert!(families.iter().any(|f| name == f || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_'))), "{name} has no # TYPE");
+            assert!(
+                families.iter().any(|f| name == f || name.strip_prefix(f.as_str()).is_some_and(|s| s.starts_with('_'))),
+                "{name} has no # TYPE"
+            );
             if let Some(labels) = key.strip_prefix(name) {
                 assert!(labels.is_empty() || (labels.starts_with('{') && labels.ends_with('}')), "{line}");
             }
