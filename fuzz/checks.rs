@@ -419,7 +419,7 @@ impl<'a> Script<'a> {
                     self.conn.respond(Chunk::Static(NOT_FOUND), self.now);
                     self.answered_http = true;
                 }
-                Some(Event::Message { opcode, payload }) => {
+                Some(Event::Message { opcode, payload, .. }) => {
                     assert!(open, "a message delivered on a connection that was not open");
                     assert!(matches!(opcode, Opcode::Text | Opcode::Binary), "{opcode:?} delivered");
                     assert!(

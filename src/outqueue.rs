@@ -83,6 +83,14 @@ impl Chunk {
         }
     }
 
+    /// What is left of `parts` once their first `written` bytes are sent; `None` if nothing.
+    pub fn rest_of(parts: [&[u8]; 2], written: usize) -> Option<Chunk> {
+        let [a, b] = parts;
+        let rest_a = a.get(written..).unwrap_or_default();
+        let rest_b = b.get(written.saturating_sub(a.len())..).unwrap_or_default();
+        (!rest_a.is_empty() || !rest_b.is_empty()).then(|| Chunk::from_parts(&[rest_a, rest_b]))
+    }
+
     /// A close frame; the reason is cut to fit the 125-byte control payload.
     pub fn close(code: u16, reason: &str) -> Chunk {
         let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
@@ -126,7 +134,8 @@ pub struct OutQueue {
     /// Bytes queued and not yet written.
     queued: usize,
     /// Unwritten bytes at the front that must go out whatever happens (the 101
-    /// answer): never dropped, and not counted against the backpressure limit.
+    /// answer, the rest of a frame begun on the wire): never dropped, and not counted
+    /// against the backpressure limit.
     committed: usize,
 }
 
@@ -141,7 +150,8 @@ impl OutQueue {
     }
 
     /// Pushes bytes that must be sent even if everything after them is dropped.
-    /// Only valid while everything queued is committed (at the start of a connection).
+    /// Only valid while everything queued is committed (at the start of a connection,
+    /// or on an empty queue).
     pub fn push_committed(&mut self, chunk: Chunk) {
         debug_assert_eq!(self.committed, self.queued);
         self.push(chunk);
@@ -152,7 +162,7 @@ impl OutQueue {
     /// message larger than the limit still goes through an empty queue, so the queue
     /// never holds more than `max(limit, one message)` besides committed bytes.
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
-        let data = self.queued - self.committed;
+        let data = self.data_bytes();
         if data > 0 && data + chunk.bytes().len() > limit {
             return Err(OverLimit);
         }
@@ -170,6 +180,11 @@ impl OutQueue {
 
     pub fn queued_bytes(&self) -> usize {
         self.queued
+    }
+
+    /// Queued bytes that count against the backpressure limit (all but committed ones).
+    pub fn data_bytes(&self) -> usize {
+        self.queued - self.committed
     }
 
     /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
@@ -316,6 +331,16 @@ mod tests {
         assert_eq!(&shared_message(Opcode::Binary, &[7; 300])[..], large.bytes());
         assert_eq!(&large.bytes()[..4], &[0x82, 126, 1, 44]);
         assert_eq!(large.bytes().len(), 304);
+    }
+
+    #[test]
+    fn the_rest_of_a_partly_written_frame() {
+        let rest = |written| Chunk::rest_of([b"head", b"payload"], written).map(|c| c.bytes().to_vec());
+        assert_eq!(rest(0).as_deref(), Some(&b"headpayload"[..]));
+        assert_eq!(rest(2).as_deref(), Some(&b"adpayload"[..]));
+        assert_eq!(rest(4).as_deref(), Some(&b"payload"[..]));
+        assert_eq!(rest(10).as_deref(), Some(&b"d"[..]));
+        assert_eq!(rest(11), None);
     }
 
     #[test]

@@ -37,8 +37,9 @@ pub enum Event<'a> {
     UpgradeRequest,
     /// A plain HTTP GET: the server answers with `respond`.
     HttpGet { path: String },
-    /// A complete text or binary message.
-    Message { opcode: Opcode, payload: &'a [u8] },
+    /// A complete text or binary message. `nothing_queued`: the connection's output
+    /// queue is empty, so the server may write a reply straight to the socket.
+    Message { opcode: Opcode, payload: &'a [u8], nothing_queued: bool },
 }
 
 /// Why a connection is ending, for the log and the metrics.
@@ -159,10 +160,14 @@ impl Conn {
             State::Open { .. } | State::Closing { .. } => {
                 let (used, delivery) = self.read_frames(input, now, limits);
                 let input: &'a [u8] = input;
+                let nothing_queued = self.out.is_empty();
                 let event = delivery.map(|d| match d {
-                    Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
+                    Delivery::InPlace { opcode, start, end } => {
+                        Event::Message { opcode, payload: &input[start..end], nothing_queued }
+                    }
                     Delivery::Assembled { opcode } => {
-                        Event::Message { opcode, payload: self.reader.partial.as_deref().map_or(&[], |p| &p.payload) }
+                        let payload = self.reader.partial.as_deref().map_or(&[][..], |p| &p.payload);
+                        Event::Message { opcode, payload, nothing_queued }
                     }
                 });
                 (used, event)
@@ -218,6 +223,13 @@ impl Conn {
             self.close(close_code::POLICY, "slow consumer: too much data queued", now, limits);
         }
         result
+    }
+
+    /// Queues the rest of a frame whose start the loop wrote straight to the socket
+    /// (after a `Message` with `nothing_queued`). Like the 101 it must go out whatever
+    /// follows, or the stream would lose its framing.
+    pub fn send_rest_of_frame(&mut self, rest: Chunk) {
+        self.out.push_committed(rest);
     }
 
     /// Starts the closing handshake (RFC 6455 7.1.2), or ends a connection that is
@@ -487,7 +499,7 @@ impl Conn {
             Opcode::Ping => {
                 // RFC 6455 5.5.3 lets us answer only the latest ping; under backpressure
                 // we skip the pong rather than queue without bound.
-                if self.out.queued_bytes() <= limits.max_backpressure {
+                if self.out.data_bytes() <= limits.max_backpressure {
                     self.send_control(Opcode::Pong, payload);
                 }
             }

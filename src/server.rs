@@ -17,7 +17,7 @@ use slab::Slab;
 
 use crate::config::{Config, Mode};
 use crate::error::HandshakeError;
-use crate::frame::{close_code, Opcode};
+use crate::frame::{close_code, encode_header, server_header, Opcode, MAX_HEADER_LEN};
 use crate::http;
 use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
@@ -33,6 +33,9 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
 const READ_BUDGET: usize = READ_CHUNK;
 const MAX_IOVECS: usize = 64;
+/// An echo at least this large is written at once rather than copied into the queue:
+/// its copy costs more than a syscall of its own, and large messages rarely batch.
+const WRITE_THROUGH_MIN: usize = 16 * 1024;
 /// How long accepting pauses when we run out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this long while out of file descriptors.
@@ -344,10 +347,23 @@ impl Server {
                 }
                 // Answered below, once the borrows of this loop are over.
                 Some(Event::HttpGet { path }) => http_path = Some(path),
-                Some(Event::Message { opcode, payload }) => {
+                Some(Event::Message { opcode, payload, nothing_queued }) => {
                     metrics.messages_in += 1;
                     metrics.message_bytes_in += payload.len() as u64;
                     match config.mode {
+                        Mode::Echo if config.history == 0 && nothing_queued && payload.len() >= WRITE_THROUGH_MIN => {
+                            // Straight from the read buffer to the socket: no copy, no
+                            // allocation. Only what the socket does not take is queued.
+                            let mut header = [0u8; MAX_HEADER_LEN];
+                            let n = encode_header(&server_header(opcode, payload.len()), &mut header);
+                            let parts = [&header[..n], payload];
+                            let written = write_now(&mut client.socket, parts);
+                            metrics.bytes_written += written as u64;
+                            if let Some(rest) = Chunk::rest_of(parts, written) {
+                                client.conn.send_rest_of_frame(rest);
+                            }
+                            metrics.messages_out += 1;
+                        }
                         Mode::Echo if config.history == 0 => {
                             let echo = Chunk::frame(opcode, payload);
                             if client.conn.send(echo, now, limits).is_ok() {
@@ -604,6 +620,18 @@ fn queue_flush(dirty: &mut Vec<usize>, key: usize, client: &mut Client) {
     if !client.dirty {
         client.dirty = true;
         dirty.push(key);
+    }
+}
+
+/// One non-blocking writev; returns how many bytes the socket took (0 on any error:
+/// the next flush meets the error again).
+fn write_now(socket: &mut TcpStream, parts: [&[u8]; 2]) -> usize {
+    let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+    loop {
+        match socket.write_vectored(&slices) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result.unwrap_or(0),
+        }
     }
 }
 

@@ -56,7 +56,6 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
     (ALLOCATIONS.with(Cell::get) - before, result)
 }
 
-
 fn broadcast_once(conns: &mut [Conn], payload: &[u8], now: Instant, limits: &Limits) -> usize {
     let frame = shared_message(Opcode::Text, payload);
     let result = fan_out(&frame, conns.iter_mut(), now, limits);
@@ -109,7 +108,7 @@ fn echoing_a_small_message_costs_no_allocation() {
         input.extend_from_slice(&template);
         let (used, event) = conn.read(input, now, &limits);
         assert_eq!(used, template.len());
-        let Some(Event::Message { opcode, payload: got }) = event else { panic!("no message: {event:?}") };
+        let Some(Event::Message { opcode, payload: got, .. }) = event else { panic!("no message: {event:?}") };
         assert_eq!(got, &payload[..]);
         let chunk = Chunk::frame(opcode, got);
         conn.send(chunk, now, &limits).expect("under the limit");

@@ -99,6 +99,58 @@ mod echo_mode {
         assert_eq!(text(&mut b), "b only", "b hears only its own echo");
     }
 
+    fn summary(bytes: &[u8]) -> Vec<(u8, usize)> {
+        server_frames(bytes).iter().map(|(b, p)| (*b, p.len())).collect()
+    }
+
+    #[test]
+    fn large_echoes_that_overflow_the_socket_arrive_whole_and_in_order() {
+        // An 8 MiB echo is more than the socket takes at once: its start is written
+        // straight from the read buffer and the rest queued; what follows (a small echo,
+        // a pong, more echoes) must come after it, each frame whole.
+        let server = Server::start(&["--mode", "echo", "--max-message", "16777216", "--ping-interval", "0"]);
+        let mut reader = raw_upgraded(&server);
+        let mut writer = reader.try_clone().unwrap();
+        let payloads: Vec<Vec<u8>> = [8 << 20, 20, 100_000, 1 << 20, 70_000]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (i * 31 + j % 251) as u8).collect())
+            .collect();
+        let mut input = Vec::new();
+        for (i, p) in payloads.iter().enumerate() {
+            input.extend(masked(0x82, p));
+            if i == 1 {
+                input.extend(masked(0x89, b"in between"));
+            }
+        }
+        let sender = std::thread::spawn(move || writer.write_all(&input));
+        // Let the server fill the socket before we start reading.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut bytes = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while server_frames(&bytes).len() < payloads.len() + 1 {
+            let n = std::io::Read::read(&mut reader, &mut buf)
+                .unwrap_or_else(|e| panic!("{e} after {} bytes: {:?}", bytes.len(), summary(&bytes)));
+            assert!(n > 0, "the server closed after {} bytes", bytes.len());
+            bytes.extend_from_slice(&buf[..n]);
+        }
+        sender.join().unwrap().unwrap();
+        let frames = server_frames(&bytes);
+        let mut expected: Vec<(u8, Vec<u8>)> = payloads.into_iter().map(|p| (0x82, p)).collect();
+        expected.insert(2, (0x8A, b"in between".to_vec()));
+        assert_eq!(frames.len(), expected.len());
+        for (i, (got, want)) in frames.iter().zip(&expected).enumerate() {
+            assert!(
+                got == want,
+                "frame {i}: got {:#x} with {} bytes, want {:#x} with {}",
+                got.0,
+                got.1.len(),
+                want.0,
+                want.1.len()
+            );
+        }
+    }
+
     #[test]
     fn echo_with_history_replays_earlier_messages_after_the_welcome() {
         let server = Server::start(&["--mode", "echo", "--history", "5", "--welcome", "hi"]);

@@ -61,7 +61,7 @@ fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
             let event = event.map(|e| match e {
                 Event::UpgradeRequest => Ev::Upgrade,
                 Event::HttpGet { path } => Ev::Get(path),
-                Event::Message { opcode, payload } => Ev::Msg(opcode, payload.to_vec()),
+                Event::Message { opcode, payload, .. } => Ev::Msg(opcode, payload.to_vec()),
             });
             match event {
                 Some(Ev::Upgrade) => {
@@ -469,6 +469,32 @@ mod limits {
         let bytes = output(&mut conn);
         assert!(bytes.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
         assert!(bytes.ends_with(&close_frame(1008, "slow consumer: too much data queued")));
+    }
+
+    #[test]
+    fn the_rest_of_a_frame_begun_on_the_wire_survives_a_slow_consumer_close() {
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        let mut input = text("echo me");
+        let (_, event) = conn.read(&mut input, now, &limits);
+        assert!(matches!(event, Some(Event::Message { nothing_queued: true, .. })));
+        // The loop wrote the first 3 bytes of a 300-byte frame itself; the rest is queued.
+        let frame = Chunk::frame(Opcode::Binary, &[b'r'; 296]);
+        conn.send_rest_of_frame(Chunk::Owned(frame.bytes()[3..].to_vec()));
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 90]), now, &limits), Ok(()), "the rest does not count");
+        assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 20]), now, &limits), Err(OverLimit));
+        let mut expected = frame.bytes()[3..].to_vec();
+        expected.extend(close_frame(1008, "slow consumer: too much data queued"));
+        assert_eq!(output(&mut conn), expected);
+    }
+
+    #[test]
+    fn a_message_says_whether_output_is_waiting() {
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        let mut input = [frame(true, 9, b"p"), text("after a ping")].concat();
+        let (_, event) = conn.read(&mut input, now, &limits);
+        assert!(matches!(event, Some(Event::Message { nothing_queued: false, .. })), "the pong waits: {event:?}");
     }
 
     #[test]
