@@ -3,7 +3,7 @@
 # tokio-tungstenite and fastwebsockets (benches/peers, one current-thread runtime each)
 # and a plain TCP relay (the physical-limit proxy), driven by mioket-load.
 #
-#   benches/compare.sh            full run (about 15 minutes on 2 cores, builds included)
+#   benches/compare.sh            full run (about 25 minutes on 2 cores, builds included)
 #   benches/compare.sh --quick    about 3 minutes
 #
 # Options: --reps N (repetitions of the core workloads, servers alternating; medians
@@ -65,7 +65,7 @@ START=$(date +%s)
 if [ "$QUICK" = 1 ]; then
     REPS=${REPS:-1}; DURATION=${DURATION:-2}; IDLE_HOLD=2
 else
-    REPS=${REPS:-3}; DURATION=${DURATION:-4}; IDLE_HOLD=11
+    REPS=${REPS:-5}; DURATION=${DURATION:-4}; IDLE_HOLD=11
 fi
 
 log() { printf '[compare %4ss] %s\n' $(( $(date +%s) - START )) "$*" >&2; }
@@ -240,13 +240,20 @@ measure_counts() { # tool id mode field m1 m2 servers... -- load args...
                 strace -f -c -qq -o "$file" -p "$SP" & st=$!
                 sleep 0.5
             fi
-            local line
-            line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "ws://127.0.0.1:$PORT/" \
-                --messages "$m" --duration 300 --setup-timeout 300 --label "$server" --quiet 2>>"$OUT/load.err")
+            # The load generator holds its connections for a moment after reporting, and
+            # strace stops then: connection teardown, whose timing varies, is not counted.
+            "${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "ws://127.0.0.1:$PORT/" \
+                --messages "$m" --duration 300 --setup-timeout 300 --label "$server" --quiet --hold 1 \
+                > "$file.line" 2>>"$OUT/load.err" &
+            local lp=$!
+            while [ ! -s "$file.line" ] && kill -0 "$lp" 2>/dev/null; do sleep 0.05; done
             if [ -n "$st" ]; then
                 kill -INT "$st" 2>/dev/null
                 wait "$st" 2>/dev/null
             fi
+            wait "$lp" 2>/dev/null
+            local line
+            line=$(cat "$file.line")
             stop_server
             counts+=("$(count_of "$line" "$field")")
             if [ "$tool" = callgrind ]; then

@@ -43,6 +43,11 @@ Options:
   --setup-timeout SECS   give up opening connections after this long [default: 60]
   --raw                  plain TCP: no HTTP upgrade, and masked frames may come back (for a
                          TCP echo server: the load generator's own limit)
+  --source-addrs K       spread connections over source addresses 127.0.0.1 .. 127.0.0.K
+                         [default: one per 25,000 connections; each address has about
+                         28,000 ephemeral ports]
+  --hold SECS            after the report, keep the connections open this long (so a
+                         tracer can stop before teardown) [default: 0]
   --label NAME           name of the server, copied into the output
   --quiet                only the JSON line
 ";
@@ -82,6 +87,8 @@ struct Args {
     settle: Duration,
     setup_timeout: Duration,
     raw: bool,
+    source_addrs: Option<u8>,
+    hold: Duration,
     label: String,
     quiet: bool,
 }
@@ -113,6 +120,8 @@ fn parse_args() -> Result<Args, String> {
         settle: Duration::from_millis(if workload == Workload::Idle { 1000 } else { 300 }),
         setup_timeout: Duration::from_secs(60),
         raw: false,
+        source_addrs: None,
+        hold: Duration::ZERO,
         label: "server".into(),
         quiet: false,
     };
@@ -139,6 +148,10 @@ fn parse_args() -> Result<Args, String> {
             "--settle" => a.settle = secs(value()?)?,
             "--setup-timeout" => a.setup_timeout = secs(value()?)?,
             "--raw" => a.raw = true,
+            "--source-addrs" => {
+                a.source_addrs = Some(num(value()?)?.clamp(1, 254) as u8);
+            }
+            "--hold" => a.hold = secs(value()?)?,
             "--label" => a.label = value()?,
             "--quiet" => a.quiet = true,
             "-h" | "--help" => return Err(String::new()),
@@ -511,6 +524,8 @@ struct Gen {
     self_cpu_start: Option<f64>,
     rss_start: Option<u64>,
     rss_open: Option<u64>,
+    /// Source addresses 127.0.0.1 .. 127.0.0.N that connections take in turn.
+    source_addrs: u8,
 }
 
 impl Gen {
@@ -547,6 +562,7 @@ impl Gen {
             Workload::Connect => 0,
         };
         let setup_deadline = now + a.setup_timeout;
+        let source_addrs = a.source_addrs.unwrap_or(target.div_ceil(CONNS_PER_SOURCE).clamp(1, 254) as u8);
         let pid = a.server_pid;
         Ok(Gen {
             poll: Poll::new()?,
@@ -576,6 +592,7 @@ impl Gen {
             self_cpu_start: None,
             rss_start: pid.and_then(rss_bytes),
             rss_open: None,
+            source_addrs,
             a,
         })
     }
@@ -593,7 +610,7 @@ impl Gen {
             _ => 0,
         };
         while self.connecting + self.closing < self.a.inflight && self.started < wanted {
-            let stream = match TcpStream::connect(self.a.addr) {
+            let stream = match connect_from(self.a.addr, self.source_addrs, self.started) {
                 Ok(s) => s,
                 Err(e) => {
                     self.c.failed += 1;
@@ -1189,6 +1206,30 @@ fn main() {
         std::process::exit(1);
     }
     gen.report();
+    std::thread::sleep(gen.a.hold);
+}
+
+/// Connections per source address before the next one is used: each 127.0.0.x has
+/// about 28,000 ephemeral ports toward one server port.
+const CONNS_PER_SOURCE: usize = 25_000;
+
+/// Connects the `n`th connection from source address 127.0.0.(1 + n % sources), so that
+/// more connections than one address has ports can reach the server.
+fn connect_from(server: SocketAddr, sources: u8, n: usize) -> io::Result<TcpStream> {
+    if sources <= 1 {
+        return TcpStream::connect(server);
+    }
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + (n % usize::from(sources)) as u8);
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    match socket.connect(&server.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(115) => {} // EINPROGRESS: completes in the loop
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(socket.into()))
 }
 
 #[cfg(test)]
