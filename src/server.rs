@@ -33,6 +33,8 @@ const READ_CHUNK: usize = 256 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
 const READ_BUDGET: usize = READ_CHUNK;
 const MAX_IOVECS: usize = 64;
+/// Clients flushed between two looks for new input during a long flush.
+const FLUSH_POLL_EVERY: usize = 32;
 /// An echo at least this large is written at once rather than copied into the queue:
 /// its copy costs more than a syscall of its own, and large messages rarely batch.
 const WRITE_THROUGH_MIN: usize = 16 * 1024;
@@ -147,21 +149,7 @@ impl Server {
                 return Err(e);
             }
             let now = Instant::now();
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => self.accept_all(now),
-                    METRICS_LISTENER => self.accept_metrics(now),
-                    SIGNALS => self.on_signals(now),
-                    Token(key) => {
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_client(key, event.is_read_closed(), now);
-                        }
-                        if event.is_writable() {
-                            self.mark_dirty(key);
-                        }
-                    }
-                }
-            }
+            self.dispatch(&events, now);
             for key in std::mem::take(&mut self.backlog) {
                 self.read_client(key, false, now);
             }
@@ -170,12 +158,30 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept_all(now);
             }
-            self.flush_dirty();
+            self.flush_dirty(&mut events);
             self.metrics.iteration(now.elapsed());
             if let Some(deadline) = self.shutdown {
                 if self.clients.is_empty() || deadline.is_some_and(|d| d <= now) {
                     info!("stopped ({} connections left)", self.clients.len());
                     return Ok(());
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(now),
+                METRICS_LISTENER => self.accept_metrics(now),
+                SIGNALS => self.on_signals(now),
+                Token(key) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_client(key, event.is_read_closed(), now);
+                    }
+                    if event.is_writable() {
+                        self.mark_dirty(key);
+                    }
                 }
             }
         }
@@ -494,12 +500,21 @@ impl Server {
         }
     }
 
-    /// Flushes in the order clients became dirty (a broadcast's sender first).
-    fn flush_dirty(&mut self) {
+    /// Flushes in the order clients became dirty (a broadcast's sender first). A long
+    /// flush (a fan-out to thousands) looks for new input now and then: messages that
+    /// arrived meanwhile join the writes still to come, so under load a recipient gets
+    /// several frames per writev instead of a syscall each.
+    fn flush_dirty(&mut self, events: &mut Events) {
+        // Looks stop once the clients dirty at the start are flushed, so a steady
+        // stream of input cannot keep a flush going (timers and backlog wait for it).
+        let first_round = self.dirty.len();
         let mut i = 0;
         while let Some(&key) = self.dirty.get(i) {
             self.flush(key);
             i += 1;
+            if i % FLUSH_POLL_EVERY == 0 && i < first_round && self.poll.poll(events, Some(Duration::ZERO)).is_ok() {
+                self.dispatch(events, Instant::now());
+            }
         }
         self.dirty.clear();
     }

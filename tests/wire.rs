@@ -80,6 +80,57 @@ mod broadcast_room {
         assert!(bytes.len() < 8 << 20, "the slow reader's queue was freed ({} bytes)", bytes.len());
         assert_eq!(close_code_of(&bytes), Some(1008));
     }
+
+    #[test]
+    fn a_busy_room_delivers_every_message_to_everyone_in_publisher_order() {
+        // With 400 subscribers each fan-out is a long flush that reads new input part
+        // way, so messages arriving meanwhile join writes still to come. Every
+        // subscriber must still get every message, each publisher's in the order sent.
+        let server = Server::start(&["--welcome", "", "--history", "0", "--ping-interval", "0"]);
+        let mut subscribers: Vec<_> = (0..400).map(|_| raw_upgraded(&server)).collect();
+        let (publishers, per_publisher) = (4u8, 100u16);
+        let senders: Vec<_> = (0..publishers)
+            .map(|p| {
+                let mut s = raw_upgraded(&server);
+                std::thread::spawn(move || {
+                    // Each message is sent once the previous one came back, so most
+                    // arrive while the server is busy writing to the room.
+                    let mut bytes = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    for i in 0..per_publisher {
+                        let [hi, lo] = i.to_be_bytes();
+                        s.write_all(&masked(0x82, &[p, hi, lo])).unwrap();
+                        while !server_frames(&bytes).iter().any(|(_, m)| m[..] == [p, hi, lo]) {
+                            let got = std::io::Read::read(&mut s, &mut buf).unwrap();
+                            assert!(got > 0, "publisher {p} was closed");
+                            bytes.extend_from_slice(&buf[..got]);
+                        }
+                    }
+                    s // kept open until every subscriber has read
+                })
+            })
+            .collect();
+        let expected = usize::from(publishers) * usize::from(per_publisher);
+        for (n, sub) in subscribers.iter_mut().enumerate() {
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 4096];
+            while server_frames(&bytes).len() < expected {
+                let got = std::io::Read::read(sub, &mut buf).unwrap_or_else(|e| panic!("subscriber {n}: {e}"));
+                assert!(got > 0, "subscriber {n} was closed");
+                bytes.extend_from_slice(&buf[..got]);
+            }
+            let mut next = vec![0u16; usize::from(publishers)];
+            for (first, payload) in server_frames(&bytes) {
+                assert_eq!((first, payload.len()), (0x82, 3), "subscriber {n}");
+                let (p, i) = (usize::from(payload[0]), u16::from_be_bytes([payload[1], payload[2]]));
+                assert_eq!(i, next[p], "subscriber {n}, publisher {p}");
+                next[p] += 1;
+            }
+        }
+        for sender in senders {
+            drop(sender.join().unwrap());
+        }
+    }
 }
 
 mod echo_mode {
