@@ -500,14 +500,15 @@ impl Server {
         }
     }
 
-    /// Flushes in the order clients became dirty (a broadcast's sender first). A long
-    /// flush (a fan-out to thousands) looks for new input now and then: messages that
-    /// arrived meanwhile join the writes still to come, so under load a recipient gets
-    /// several frames per writev instead of a syscall each.
+    /// Flushes in the order clients became dirty (a broadcast's sender first). In a
+    /// room, a long flush (a fan-out to thousands) looks for new input now and then:
+    /// messages that arrived meanwhile join the writes still to come, so under load a
+    /// recipient gets several frames per writev instead of a syscall each. (An echo
+    /// joins no one else's writes, so there a look would only cost a syscall.)
     fn flush_dirty(&mut self, events: &mut Events) {
         // Looks stop once the clients dirty at the start are flushed, so a steady
         // stream of input cannot keep a flush going (timers and backlog wait for it).
-        let first_round = self.dirty.len();
+        let first_round = if self.config.mode == Mode::Broadcast { self.dirty.len() } else { 0 };
         let mut i = 0;
         while let Some(&key) = self.dirty.get(i) {
             self.flush(key);
