@@ -96,15 +96,12 @@ mod broadcast_room {
                     // Each message is sent once the previous one came back, so most
                     // arrive while the server is busy writing to the room.
                     let mut bytes = Vec::new();
-                    let mut buf = [0u8; 4096];
                     for i in 0..per_publisher {
                         let [hi, lo] = i.to_be_bytes();
                         s.write_all(&masked(0x82, &[p, hi, lo])).unwrap();
-                        while !server_frames(&bytes).iter().any(|(_, m)| m[..] == [p, hi, lo]) {
-                            let got = std::io::Read::read(&mut s, &mut buf).unwrap();
-                            assert!(got > 0, "publisher {p} was closed");
-                            bytes.extend_from_slice(&buf[..got]);
-                        }
+                        read_frames_until(&mut s, &mut bytes, |frames| {
+                            frames.iter().any(|(_, m)| m[..] == [p, hi, lo])
+                        });
                     }
                     s // kept open until every subscriber has read
                 })
@@ -113,12 +110,7 @@ mod broadcast_room {
         let expected = usize::from(publishers) * usize::from(per_publisher);
         for (n, sub) in subscribers.iter_mut().enumerate() {
             let mut bytes = Vec::new();
-            let mut buf = [0u8; 4096];
-            while server_frames(&bytes).len() < expected {
-                let got = std::io::Read::read(sub, &mut buf).unwrap_or_else(|e| panic!("subscriber {n}: {e}"));
-                assert!(got > 0, "subscriber {n} was closed");
-                bytes.extend_from_slice(&buf[..got]);
-            }
+            read_frames_until(sub, &mut bytes, |frames| frames.len() >= expected);
             let mut next = vec![0u16; usize::from(publishers)];
             for (first, payload) in server_frames(&bytes) {
                 assert_eq!((first, payload.len()), (0x82, 3), "subscriber {n}");
@@ -150,10 +142,6 @@ mod echo_mode {
         assert_eq!(text(&mut b), "b only", "b hears only its own echo");
     }
 
-    fn summary(bytes: &[u8]) -> Vec<(u8, usize)> {
-        server_frames(bytes).iter().map(|(b, p)| (*b, p.len())).collect()
-    }
-
     #[test]
     fn large_echoes_that_overflow_the_socket_arrive_whole_and_in_order() {
         // An 8 MiB echo is more than the socket takes at once: its start is written
@@ -178,13 +166,7 @@ mod echo_mode {
         // Let the server fill the socket before we start reading.
         std::thread::sleep(Duration::from_millis(300));
         let mut bytes = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        while server_frames(&bytes).len() < payloads.len() + 1 {
-            let n = std::io::Read::read(&mut reader, &mut buf)
-                .unwrap_or_else(|e| panic!("{e} after {} bytes: {:?}", bytes.len(), summary(&bytes)));
-            assert!(n > 0, "the server closed after {} bytes", bytes.len());
-            bytes.extend_from_slice(&buf[..n]);
-        }
+        read_frames_until(&mut reader, &mut bytes, |frames| frames.len() > payloads.len());
         sender.join().unwrap().unwrap();
         let frames = server_frames(&bytes);
         let mut expected: Vec<(u8, Vec<u8>)> = payloads.into_iter().map(|p| (0x82, p)).collect();

@@ -180,6 +180,24 @@ pub fn server_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     frames
 }
 
+/// Reads from `s` onto `bytes` until the server frames in them satisfy `done`; panics,
+/// naming the frames so far, on a timeout or end of stream.
+pub fn read_frames_until(s: &mut TcpStream, bytes: &mut Vec<u8>, done: impl Fn(&[(u8, Vec<u8>)]) -> bool) {
+    let mut buf = [0u8; 1 << 16];
+    loop {
+        let frames = server_frames(bytes);
+        if done(&frames) {
+            return;
+        }
+        let sizes: Vec<(u8, usize)> = frames.iter().map(|(b, p)| (*b, p.len())).collect();
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed after {} bytes, frames {sizes:?}", bytes.len()),
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("{e} after {} bytes, frames {sizes:?}", bytes.len()),
+        }
+    }
+}
+
 /// The close code of the last frame, if it is a close frame.
 pub fn close_code_of(bytes: &[u8]) -> Option<u16> {
     let frames = server_frames(bytes);
