@@ -169,6 +169,8 @@ impl Server {
         }
     }
 
+    /// Acts on what poll reported: accepts, reads and signals now; writable clients
+    /// join this iteration's flush.
     fn dispatch(&mut self, events: &Events, now: Instant) {
         for event in events.iter() {
             match event.token() {
