@@ -397,6 +397,19 @@ impl<'a> Script<'a> {
         }
     }
 
+    /// What the server does with a large echo when nothing is queued: part of the
+    /// frame goes straight to the wire, the rest is queued and must follow it.
+    fn write_through(&mut self, chunk: Chunk) {
+        let frame = chunk.bytes();
+        let written = (frame.len() * 37 + 11) % (frame.len() + 1);
+        self.largest_sent = self.largest_sent.max(frame.len());
+        self.written.extend_from_slice(&frame[..written]);
+        if let Some(rest) = Chunk::rest_of([frame, &[]], written) {
+            self.conn.send_rest_of_frame(rest);
+        }
+        self.sent.push(frame.to_vec());
+    }
+
     /// Hands `chunk` to `read` until it is used up, acting on events the way the
     /// server does.
     fn feed(&mut self, mut chunk: Vec<u8>) {
@@ -412,6 +425,7 @@ impl<'a> Script<'a> {
             assert!(used <= left, "read used {used} of {left} bytes");
             let mut upgrade = false;
             let mut echo = None;
+            let mut write_through = false;
             match event {
                 None => assert!(used > 0, "read made no progress on {left} bytes"),
                 Some(Event::UpgradeRequest) => upgrade = true,
@@ -419,7 +433,7 @@ impl<'a> Script<'a> {
                     self.conn.respond(Chunk::Static(NOT_FOUND), self.now);
                     self.answered_http = true;
                 }
-                Some(Event::Message { opcode, payload, .. }) => {
+                Some(Event::Message { opcode, payload, nothing_queued }) => {
                     assert!(open, "a message delivered on a connection that was not open");
                     assert!(matches!(opcode, Opcode::Text | Opcode::Binary), "{opcode:?} delivered");
                     assert!(
@@ -431,6 +445,8 @@ impl<'a> Script<'a> {
                         assert!(std::str::from_utf8(payload).is_ok(), "invalid UTF-8 delivered as text");
                     }
                     echo = self.echo.then(|| Chunk::frame(opcode, payload));
+                    // Odd lengths take the server's write-through path for large echoes.
+                    write_through = nothing_queued && payload.len() % 2 == 1;
                     self.delivered.push((opcode, payload.to_vec()));
                 }
             }
@@ -445,8 +461,10 @@ impl<'a> Script<'a> {
                     self.accepted = true;
                 }
             }
-            if let Some(chunk) = echo {
-                self.send(chunk);
+            match echo {
+                Some(chunk) if write_through => self.write_through(chunk),
+                Some(chunk) => self.send(chunk),
+                None => {}
             }
             // An event may use no bytes, but a second one in a row would loop forever.
             idle_events = if used == 0 { idle_events + 1 } else { 0 };
