@@ -3,7 +3,7 @@
 # tokio-tungstenite and fastwebsockets (benches/peers, one current-thread runtime each)
 # and a plain TCP relay (the physical-limit proxy), driven by mioket-load.
 #
-#   benches/compare.sh            full run (about 25 minutes on 2 cores, builds included)
+#   benches/compare.sh            full run (about 15 minutes on 2 cores, builds included)
 #   benches/compare.sh --quick    about 3 minutes
 #
 # Options: --reps N (repetitions of the core workloads, servers alternating; medians
