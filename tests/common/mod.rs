@@ -205,15 +205,15 @@ pub fn close_code_of(bytes: &[u8]) -> Option<u16> {
     (*first == 0x88 && payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
 }
 
-/// Resident set size of a process in bytes, from /proc.
+/// Resident set size of a process in bytes, from a walk of its page tables
+/// (smaps_rollup; VmRSS in /proc/PID/status lags on older kernels).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    let kb_of = |file: &str, key: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    kb_of("smaps_rollup", "Rss:").or_else(|| kb_of("status", "VmRSS:")).map_or(0, |kb| kb * 1024)
 }
 
 impl Server {
