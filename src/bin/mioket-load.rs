@@ -1,4 +1,6 @@
-//! mioket-load: a WebSocket load generator on one mio loop, std and mio only.
+//! mioket-load: a WebSocket load generator on one mio loop. Its WebSocket client is its
+//! own (std, mio and socket2; from mioket only the /proc readings), so that the server
+//! is never tested against its own protocol code.
 //!
 //! Workloads (each bounded by --duration, each printing one JSON line and a summary):
 //!   echo       C connections each send an S-byte binary message and wait for its echo
@@ -22,6 +24,12 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use mioket::procfs::rss_bytes;
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    mioket::procfs::cpu_time(pid).map(|t| t.as_secs_f64())
+}
 
 const USAGE: &str = "\
 mioket-load: WebSocket load generator (one mio loop)
@@ -400,32 +408,6 @@ impl Histogram {
         }
         0
     }
-}
-
-// ---------------------------------------------------------------------------
-// /proc
-
-/// utime + stime of a process, in seconds (USER_HZ is 100 on Linux).
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat, counted after the "(comm)" field.
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
-}
-
-/// Resident bytes from a walk of the page tables (smaps_rollup): exact on every kernel,
-/// where VmRSS in /proc/PID/status lags on older ones (6.1 syncs its counters only every
-/// 64 page faults, which misplaced ~1.7 MB of start-up pages into an idle run).
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let kb_of = |file: &str, key: &str| -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-        let line = text.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    let kb = kb_of("smaps_rollup", "Rss:").or_else(|| kb_of("status", "VmRSS:"))?;
-    Some(kb * 1024)
 }
 
 // ---------------------------------------------------------------------------
@@ -982,8 +964,8 @@ impl Gen {
     fn start_window(&mut self, now: Instant) {
         self.window_start = now;
         self.stage = Stage::Run(now + self.a.duration);
-        self.cpu_start = self.a.server_pid.and_then(|p| cpu_seconds(&p.to_string()));
-        self.self_cpu_start = cpu_seconds("self");
+        self.cpu_start = self.a.server_pid.and_then(cpu_seconds);
+        self.self_cpu_start = cpu_seconds(std::process::id());
         match self.a.workload {
             Workload::Echo => {
                 for idx in 0..self.clients.len() {
@@ -1074,11 +1056,11 @@ impl Gen {
         let a = &self.a;
         let end = self.window_end.unwrap_or_else(Instant::now);
         let secs = end.duration_since(self.window_start).as_secs_f64().max(1e-9);
-        let server_cpu = match (self.cpu_start, a.server_pid.and_then(|p| cpu_seconds(&p.to_string()))) {
+        let server_cpu = match (self.cpu_start, a.server_pid.and_then(cpu_seconds)) {
             (Some(s), Some(e)) => Some(e - s),
             _ => None,
         };
-        let self_cpu = match (self.self_cpu_start, cpu_seconds("self")) {
+        let self_cpu = match (self.self_cpu_start, cpu_seconds(std::process::id())) {
             (Some(s), Some(e)) => Some(e - s),
             _ => None,
         };

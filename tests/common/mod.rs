@@ -205,15 +205,9 @@ pub fn close_code_of(bytes: &[u8]) -> Option<u16> {
     (*first == 0x88 && payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]))
 }
 
-/// Resident set size of a process in bytes, from a walk of its page tables
-/// (smaps_rollup; VmRSS in /proc/PID/status lags on older kernels).
+/// Resident set size of a process in bytes (0 once it is gone).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let kb_of = |file: &str, key: &str| -> Option<u64> {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-        let line = text.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
-    kb_of("smaps_rollup", "Rss:").or_else(|| kb_of("status", "VmRSS:")).map_or(0, |kb| kb * 1024)
+    mioket::procfs::rss_bytes(pid).unwrap_or(0)
 }
 
 impl Server {
@@ -227,16 +221,9 @@ impl Server {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+/// CPU time (user + system) a process has used so far (zero once it is gone).
 pub fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start at field 3;
-    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
-    let ticks: u64 = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum())
-        .unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    mioket::procfs::cpu_time(pid).unwrap_or_default()
 }
 
 /// How many of a process's file descriptors are sockets (from /proc/PID/fd).
