@@ -72,7 +72,7 @@ log() { printf '[compare %4ss] %s\n' $(( $(date +%s) - START )) "$*" >&2; }
 
 if [ "$BUILD" = 1 ]; then
     log "building mioket and mioket-load (release)"
-    (cd "$ROOT" && cargo build --release --quiet --bin mioket --bin mioket-load) || exit 1
+    (cd "$ROOT" && cargo build --release --quiet -p mioket -p mioket-load) || exit 1
     log "building the peers (benches/peers, release)"
     cargo build --release --quiet --manifest-path "$ROOT/benches/peers/Cargo.toml" --target-dir "$PEERS_TARGET" || exit 1
 fi

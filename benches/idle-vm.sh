@@ -81,7 +81,7 @@ fi
 
 # 2. Binaries (a no-op when target/release is up to date).
 if [ "${NO_BUILD:-0}" != 1 ]; then
-    (cd "$ROOT" && cargo build --release --quiet --bin mioket --bin mioket-load)
+    (cd "$ROOT" && cargo build --release --quiet -p mioket -p mioket-load)
 fi
 for b in mioket mioket-load; do
     [ -x "$ROOT/target/release/$b" ] || { log "missing target/release/$b"; exit 1; }

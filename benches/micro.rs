@@ -3,9 +3,6 @@
 //! Kept quick on purpose (1 s of measurement per bench): the machine is small and
 //! shared, so read the numbers as ratios within one run, not as absolutes.
 
-#[path = "../tests/common/conn.rs"]
-mod conn;
-use conn::{drain, masked_frame, open_conn};
 use std::hint::black_box;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -19,6 +16,7 @@ use mioket::outqueue::shared_message;
 use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
 use mioket::utf8::Utf8Validator;
+use test_support::conn::{drain, masked_frame, open_conn};
 
 fn quick() -> Criterion {
     Criterion::default()

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: unit, property and wire-level tests with the fuzz-corpus replay
-# (cargo test), Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
+# (cargo test over the workspace: the server, benches/mioket-load and tests/support),
+# Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
 # Installs what it needs (a Python venv for kosoku, npm packages, Debian's chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== cargo test"
-cargo test --release --all-targets
+cargo test --release --workspace --all-targets
 
 echo "== autobahn"
 bash scripts/autobahn.sh

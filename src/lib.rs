@@ -14,7 +14,6 @@
 //! - [`http`]: plain HTTP answers (the embedded browser pages, 404).
 //! - [`metrics`]: counters and the Prometheus text for `GET /metrics`.
 //! - [`server`]: the mio event loop, the only I/O.
-//! - [`procfs`]: a process's RSS and CPU time from /proc (for mioket-load and the tests).
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -25,7 +24,6 @@ pub mod http;
 pub mod mask;
 pub mod metrics;
 pub mod outqueue;
-pub mod procfs;
 pub mod protocol;
 pub mod room;
 pub mod server;

@@ -4,9 +4,6 @@
 //! Steady state means: queues already grew to their working size once and were
 //! drained, as they are in a running server.
 
-#[path = "common/conn.rs"]
-mod conn;
-use conn::{drain, masked_frame, open_conn};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
@@ -16,6 +13,7 @@ use mioket::frame::Opcode;
 use mioket::outqueue::{shared_message, Chunk};
 use mioket::protocol::{Conn, Event};
 use mioket::room::fan_out;
+use test_support::conn::{drain, masked_frame, open_conn};
 
 struct Counting;
 

@@ -1,6 +1,6 @@
 //! mioket-load: a WebSocket load generator on one mio loop. Its WebSocket client is its
-//! own (std, mio and socket2; from mioket only the /proc readings), so that the server
-//! is never tested against its own protocol code.
+//! own (std, mio and socket2; nothing from mioket), so that the server is never tested
+//! against its own protocol code.
 //!
 //! Workloads (each bounded by --duration, each printing one JSON line and a summary):
 //!   echo       C connections each send an S-byte binary message and wait for its echo
@@ -24,11 +24,13 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use mioket::procfs::rss_bytes;
+use procfs::rss_bytes;
+
+mod procfs;
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    mioket::procfs::cpu_time(pid).map(|t| t.as_secs_f64())
+    procfs::cpu_time(pid).map(|t| t.as_secs_f64())
 }
 
 const USAGE: &str = "\
@@ -1228,7 +1230,7 @@ mod tests {
     fn parser_reads_frames_in_any_pieces() {
         let mut stream = vec![0x81, 3, b'h', b'i', b'!', 0x89, 2, 7, 8];
         stream.extend_from_slice(&[0x82, 126, 1, 0]);
-        stream.extend(std::iter::repeat(9).take(256));
+        stream.extend(std::iter::repeat_n(9, 256));
         stream.extend(masked_frame(OP_CLOSE, &[3, 232]));
         for cut in 1..stream.len() {
             let mut p = Parser::default();

@@ -1,5 +1,6 @@
-//! Figures of a running process from Linux /proc, for the load generator and the tests
-//! (the server itself does not use them).
+//! Figures of a running process from Linux /proc: the server's CPU time and RSS.
+//! (tests/support has a twin of these two readers: the tests must not depend on the load
+//! generator, nor the load generator on test code.)
 
 use std::time::Duration;
 

@@ -1,13 +1,14 @@
-//! Open `Conn`s and masked client frames through the public API, for the allocation test and the benches
-//! (included by both with `#[path]`).
+//! Open `Conn`s and masked client frames through the library's public API, for the
+//! allocation test (tests/allocations.rs) and the micro benches (benches/micro.rs).
 
 use std::io::IoSlice;
 use std::time::Instant;
 
 use mioket::config::Limits;
-use mioket::frame::{encode_header, Header, Opcode, MAX_HEADER_LEN};
-use mioket::mask::apply_mask;
+use mioket::frame::Opcode;
 use mioket::protocol::{Conn, Event};
+
+use crate::frames::masked_with_key;
 
 const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -38,13 +39,7 @@ pub fn drain(conn: &mut Conn) -> usize {
     total
 }
 
-/// A masked client frame: header, key, masked payload.
+/// A whole (FIN) masked client frame, by the independent encoder of [`crate::frames`].
 pub fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut header = [0u8; MAX_HEADER_LEN];
-    let n = encode_header(&Header { fin: true, opcode, mask: Some(key), len: payload.len() as u64 }, &mut header);
-    let mut frame = header[..n].to_vec();
-    let start = frame.len();
-    frame.extend_from_slice(payload);
-    apply_mask(&mut frame[start..], key, 0);
-    frame
+    masked_with_key(0x80 | opcode.bits(), payload, key)
 }

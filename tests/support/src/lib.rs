@@ -1,0 +1,21 @@
+//! Test support for mioket's integration tests and benches (a dev-only crate).
+//!
+//! - [`server`]: the real binary on 127.0.0.1 port 0, tungstenite clients, raw sockets.
+//! - [`frames`]: masked client frames and unmasked server frames, encoded and read by
+//!   hand, independently of the server's `frame.rs` and `mask.rs`: a bug there must not
+//!   be mirrored here.
+//! - [`procfs`]: a process's RSS, CPU time and sockets from /proc.
+//! - [`conn`]: open `Conn`s through the library's public API (allocation test, benches).
+//!
+//! Everything but `conn` is re-exported at the root, for `use test_support::*`.
+//! The path of the binary under test is the caller's: only the root crate's integration
+//! tests know it (`env!("CARGO_BIN_EXE_mioket")`).
+
+pub mod conn;
+pub mod frames;
+pub mod procfs;
+pub mod server;
+
+pub use frames::*;
+pub use procfs::*;
+pub use server::*;

@@ -1,0 +1,153 @@
+//! The real server process on 127.0.0.1 port 0, and clients for it: tungstenite (an
+//! independent implementation) or raw bytes.
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tungstenite::{Message, WebSocket};
+
+pub type Ws = WebSocket<TcpStream>;
+
+/// The real server process; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts the mioket binary at `bin` on 127.0.0.1, port 0, with `args`.
+    pub fn start_bin(bin: impl AsRef<OsStr>, args: &[&str]) -> Server {
+        let mut command = Command::new(bin);
+        command.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+        Server::spawn(command)
+    }
+
+    /// Like `start_bin`, but the server runs under `ulimit -n fd_limit` (through sh, which
+    /// execs it: the child's pid is the server's).
+    pub fn start_bin_with_fd_limit(bin: impl AsRef<OsStr>, fd_limit: u32, args: &[&str]) -> Server {
+        let script = format!("ulimit -n {fd_limit} && exec \"$0\" \"$@\"");
+        let mut command = Command::new("sh");
+        command.arg("-c").arg(script).arg(bin).args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+        Server::spawn(command)
+    }
+
+    /// Runs `command` (which starts mioket) and waits for its listening line.
+    pub fn spawn(mut command: Command) -> Server {
+        let mut child =
+            command.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start mioket");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10)).expect("listening line");
+        let addr = line.trim().strip_prefix("listening on ws://").unwrap_or_else(|| panic!("bad line {line:?}"));
+        Server { child, addr: addr.parse().unwrap() }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/", self.addr)
+    }
+
+    /// Sends a signal with kill(1) and waits for the exit, bounded.
+    pub fn signal_and_wait(&mut self, signal: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
+        wait_until(limit, || self.child.try_wait().unwrap())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` until it gives `Some` or `limit` passes.
+pub fn wait_until<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+pub fn connect(server: &Server) -> Ws {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (ws, response) = tungstenite::client(server.url(), stream).expect("handshake");
+    assert_eq!(response.status(), 101);
+    ws
+}
+
+/// Reads the next data message (pings are answered by tungstenite as it reads).
+pub fn next_message(ws: &mut Ws) -> Message {
+    loop {
+        match ws.read().expect("read") {
+            Message::Ping(_) | Message::Pong(_) => continue,
+            m => return m,
+        }
+    }
+}
+
+pub fn text(ws: &mut Ws) -> String {
+    match next_message(ws) {
+        Message::Text(t) => t.to_string(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+pub fn send_text(ws: &mut Ws, s: &str) {
+    ws.send(Message::text(s)).unwrap();
+}
+
+pub const WELCOME: &str = "Welcome! You're now in the broadcast room.";
+
+/// A raw TCP connection with read timeouts.
+pub fn raw(server: &Server) -> TcpStream {
+    let s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+pub const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A raw connection past the 101 answer.
+pub fn raw_upgraded(server: &Server) -> TcpStream {
+    let mut s = raw(server);
+    s.write_all(UPGRADE.as_bytes()).unwrap();
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s
+}
+
+/// Reads an HTTP response head byte by byte (so nothing after it is consumed).
+pub fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// Reads until the server closes the connection; returns everything it sent.
+pub fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
