@@ -1,9 +1,12 @@
 //! Configuration: plain data with the documented defaults, and the command line parser.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
+use clap::Parser;
+
 /// What the server does with a message it receives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     /// Every message goes to every open client, the sender included.
     Broadcast,
@@ -111,130 +114,128 @@ impl Default for Config {
     }
 }
 
-pub const USAGE: &str = "\
-mioket: a WebSocket server (RFC 6455) on one mio event loop
-
-Usage: mioket [OPTIONS]
-
-Options:
-  --host HOST               address to listen on [default: 127.0.0.1]
-  --port PORT               port to listen on; 0 picks a free one [default: 8765]
-  --mode broadcast|echo     broadcast: every message to every client;
-                            echo: every message back to its sender [default: broadcast]
-  --welcome TEXT            text message sent to each new client; '' sends none
-                            [default: \"Welcome! You're now in the broadcast room.\" in
-                            broadcast mode, none in echo mode]
-  --history N               recent messages replayed to new clients, after the welcome
-                            [default: 100 in broadcast mode, 0 in echo mode]
-  --ping-interval SECS      ping every open client this often; 0 turns pings off [default: 10]
-  --ping-timeout SECS       close (1011) a client whose pong is this late; 0 waits forever
-                            [default: 5]
-  --max-message BYTES       largest message, over all its fragments (close 1009)
-                            [default: 1048576]
-  --max-connections N       open WebSockets beyond which upgrades get 503 [default: 10000]
-  --max-backpressure BYTES  queued outgoing bytes beyond which a client is a slow consumer
-                            and is closed (1008) [default: 4194304]
-  --handshake-timeout SECS  drop a connection that has not finished its HTTP upgrade
-                            in this time; 0 turns it off [default: 10]
-  --close-timeout SECS      wait this long for the peer's close reply and end of stream;
-                            0 waits forever [default: 10]
-  --allowed-origin ORIGIN   accept only this Origin (repeatable); unset accepts any Origin
-  --metrics-listen ADDR     serve GET /metrics and /healthz on ADDR (host:port) instead
-                            of the main port [default: on the main port]
-  -h, --help                print this help
-  -V, --version             print the version
-
-SECS may be fractional (0.5). Logs go to stderr; RUST_LOG sets the level [default: info].
-";
-
-/// What the command line asks for.
-#[derive(Debug, PartialEq)]
-pub enum Command {
-    Run(Config),
-    Help,
-    Version,
+/// The command line as clap sees it; `parse_args` turns it into a `Config`.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "mioket: a WebSocket server (RFC 6455) on one mio event loop",
+    after_help = "SECS may be fractional (0.5). Logs go to stderr; RUST_LOG sets the level [default: info].",
+    // As before clap: a repeated flag's last value wins (clap 4 would refuse the repeat),
+    // and a value may start with '-' (a welcome text such as "-- hi --").
+    args_override_self = true,
+    allow_hyphen_values = true,
+    // Wrap to the terminal, and to 100 columns when there is none (a pipe).
+    max_term_width = 100
+)]
+struct Args {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on; 0 picks a free one
+    #[arg(long, default_value_t = 8765)]
+    port: u16,
+    /// What to do with a message: broadcast it to every client, or echo it back to its sender
+    #[arg(long, value_name = "broadcast|echo", default_value = "broadcast", hide_possible_values = true)]
+    mode: Mode,
+    // No clap default: the defaults of --welcome and --history depend on --mode.
+    #[arg(long, value_name = "TEXT", help = format!(
+        "Text message sent to each new client; '' sends none \
+         [default: {DEFAULT_WELCOME:?} in broadcast mode, none in echo mode]"
+    ))]
+    welcome: Option<String>,
+    /// Recent messages replayed to new clients, after the welcome [default: 100 in broadcast mode, 0 in echo mode]
+    #[arg(long, value_name = "N")]
+    history: Option<usize>,
+    // Here and below, `std::option::Option` stops clap from reading `Option` as "the flag
+    // is optional": the value parser itself yields `None`, for 0 ("off").
+    /// Ping every open client this often; 0 turns pings off
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    ping_interval: std::option::Option<Duration>,
+    /// Close (1011) a client whose pong is this late; 0 waits forever
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    ping_timeout: std::option::Option<Duration>,
+    /// Largest message, over all its fragments (close 1009)
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_message, value_parser = positive)]
+    max_message: usize,
+    /// Open WebSockets beyond which upgrades get 503
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = positive)]
+    max_connections: usize,
+    /// Queued outgoing bytes beyond which a client is a slow consumer and is closed (1008)
+    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_backpressure, value_parser = positive)]
+    max_backpressure: usize,
+    /// Drop a connection that has not finished its HTTP upgrade in this time; 0 turns it off
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    handshake_timeout: std::option::Option<Duration>,
+    /// Wait this long for the peer's close reply and end of stream; 0 waits forever
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    close_timeout: std::option::Option<Duration>,
+    /// Accept only this Origin (repeatable); unset accepts any Origin
+    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    allowed_origins: Vec<String>,
+    /// Serve GET /metrics and /healthz on ADDR (host:port) instead of the main port [default: on the main port]
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
-/// Parses the arguments after the program name. The error is a one-line reason.
-pub fn parse_args<I: IntoIterator<Item = String>>(args: I) -> Result<Command, String> {
-    let mut config = Config::default();
-    let mut welcome: Option<String> = None;
-    let mut history: Option<usize> = None;
-    let mut args = args.into_iter();
-    while let Some(flag) = args.next() {
-        let (name, inline) = match flag.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(v.to_string())),
-            _ => (flag.clone(), None),
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "-V" | "--version" => return Ok(Command::Version),
-            _ => {}
-        }
-        let mut value = || -> Result<String, String> {
-            match &inline {
-                Some(v) => Ok(v.clone()),
-                None => args.next().ok_or_else(|| format!("{name} needs a value")),
-            }
-        };
-        let limits = &mut config.limits;
-        match name.as_str() {
-            "--host" => config.host = value()?,
-            "--port" => config.port = number(&name, &value()?)?,
-            "--mode" => {
-                config.mode = match value()?.as_str() {
-                    "broadcast" => Mode::Broadcast,
-                    "echo" => Mode::Echo,
-                    other => return Err(format!("--mode must be broadcast or echo, not {other:?}")),
-                }
-            }
-            "--welcome" => welcome = Some(value()?),
-            "--history" => history = Some(number(&name, &value()?)?),
-            "--ping-interval" => limits.ping_interval = seconds(&name, &value()?)?,
-            "--ping-timeout" => limits.ping_timeout = seconds(&name, &value()?)?,
-            "--handshake-timeout" => limits.handshake_timeout = seconds(&name, &value()?)?,
-            "--close-timeout" => limits.close_timeout = seconds(&name, &value()?)?,
-            "--max-message" => {
-                limits.max_message = positive(&name, number(&name, &value()?)?)?;
-                limits.max_fragments = Limits::fragments_for(limits.max_message);
-            }
-            "--max-backpressure" => limits.max_backpressure = positive(&name, number(&name, &value()?)?)?,
-            "--max-connections" => config.max_connections = positive(&name, number(&name, &value()?)?)?,
-            "--allowed-origin" => limits.allowed_origins.push(value()?),
-            "--metrics-listen" => config.metrics_listen = Some(value()?),
-            other => return Err(format!("unknown option {other:?} (see --help)")),
-        }
-    }
-    let broadcast = config.mode == Mode::Broadcast;
-    config.welcome = match welcome {
-        Some(text) if text.is_empty() => None,
-        Some(text) => Some(text),
-        None if broadcast => Some(DEFAULT_WELCOME.into()),
-        None => None,
-    };
-    config.history = history.unwrap_or(if broadcast { 100 } else { 0 });
-    Ok(Command::Run(config))
+/// Parses the whole command line, program name first. `--help` and `--version` also
+/// come back as errors (`use_stderr()` is false for them): print them and exit 0.
+pub fn parse_args<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let args = Args::try_parse_from(args)?;
+    let broadcast = args.mode == Mode::Broadcast;
+    Ok(Config {
+        host: args.host,
+        port: args.port,
+        mode: args.mode,
+        welcome: match args.welcome {
+            Some(text) if text.is_empty() => None,
+            Some(text) => Some(text),
+            None => broadcast.then(|| DEFAULT_WELCOME.into()),
+        },
+        history: args.history.unwrap_or(if broadcast { 100 } else { 0 }),
+        max_connections: args.max_connections,
+        metrics_listen: args.metrics_listen,
+        limits: Limits {
+            max_message: args.max_message,
+            max_fragments: Limits::fragments_for(args.max_message),
+            max_backpressure: args.max_backpressure,
+            ping_interval: args.ping_interval,
+            ping_timeout: args.ping_timeout,
+            handshake_timeout: args.handshake_timeout,
+            close_timeout: args.close_timeout,
+            allowed_origins: args.allowed_origins,
+        },
+    })
 }
 
-fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, String> {
-    value.parse().map_err(|_| format!("{name} takes a whole number, not {value:?}"))
+/// A usage error as one line for stderr: clap's message and its tip (valid values,
+/// a similar flag), without the usage block that clap prints after them.
+pub fn one_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let lines = lines.filter(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"));
+    let line = lines.collect::<Vec<_>>().join("; ");
+    format!("{} (see --help)", line.strip_prefix("error: ").unwrap_or(&line))
 }
 
-fn positive(name: &str, n: usize) -> Result<usize, String> {
-    if n == 0 {
-        Err(format!("{name} must be at least 1"))
-    } else {
-        Ok(n)
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("takes a whole number".into()),
     }
 }
 
 /// Fractional seconds; 0 means "off".
-fn seconds(name: &str, value: &str) -> Result<Option<Duration>, String> {
+fn seconds(value: &str) -> Result<Option<Duration>, String> {
     let secs: f64 = value
         .parse()
         .ok()
         .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
-        .ok_or_else(|| format!("{name} takes seconds (e.g. 0.5), not {value:?}"))?;
+        .ok_or("takes seconds (e.g. 0.5)")?;
     Ok((secs > 0.0).then(|| Duration::from_secs_f64(secs)))
 }
 
@@ -243,10 +244,17 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Config, String> {
-        match parse_args(args.iter().map(|s| s.to_string()))? {
-            Command::Run(c) => Ok(c),
-            other => panic!("expected a config, got {other:?}"),
-        }
+        parse_args(std::iter::once("mioket").chain(args.iter().copied())).map_err(|e| one_line(&e))
+    }
+
+    #[test]
+    fn clap_accepts_the_definition() {
+        <Args as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn the_flag_defaults_are_the_documented_defaults() {
+        assert_eq!(run(&[]).unwrap(), Config::default());
     }
 
     #[test]
@@ -301,9 +309,28 @@ mod tests {
             &["--ping-interval", "-1"],
             &["--history"],
             &["--max-message", "0"],
+            &["--prot", "1"],
+            &["extra"],
         ] {
             let err = run(args).unwrap_err();
             assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
+        }
+        assert!(run(&["--prot", "1"]).unwrap_err().contains("--port"), "suggests the similar flag");
+        assert!(run(&["--mode", "chat"]).unwrap_err().contains("broadcast, echo"), "names the valid values");
+    }
+
+    #[test]
+    fn the_last_of_a_repeated_flag_wins_and_values_may_start_with_a_dash() {
+        let c = run(&["--port", "1", "--port", "2", "--welcome", "-- hi --"]).unwrap();
+        assert_eq!(c.port, 2);
+        assert_eq!(c.welcome.as_deref(), Some("-- hi --"));
+    }
+
+    #[test]
+    fn help_and_version_are_not_usage_errors() {
+        for flag in ["--help", "-h", "--version", "-V"] {
+            let err = parse_args(["mioket", flag]).unwrap_err();
+            assert!(!err.use_stderr(), "{flag}");
         }
     }
 }

@@ -1,22 +1,19 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use mioket::config::{parse_args, Command, USAGE};
+use mioket::config::{one_line, parse_args};
 use mioket::server::Server;
 
 fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
-        Ok(Command::Run(config)) => config,
-        Ok(Command::Help) => {
-            print!("{USAGE}");
+    let config = match parse_args(std::env::args_os()) {
+        Ok(config) => config,
+        // --help and --version: clap's text on stdout, exit 0.
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Version) => {
-            println!("mioket {}", env!("CARGO_PKG_VERSION"));
-            return ExitCode::SUCCESS;
-        }
-        Err(reason) => {
-            eprintln!("mioket: {reason}");
+        Err(e) => {
+            eprintln!("mioket: {}", one_line(&e));
             return ExitCode::from(2);
         }
     };
