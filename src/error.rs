@@ -84,7 +84,13 @@ pub enum HandshakeError {
     NotGet,
     /// RFC 6455 4.1: HTTP/1.1 or later.
     OldHttp,
+    /// RFC 9112 3.2: an HTTP/1.1 request needs a Host header.
     MissingHost,
+    /// RFC 9112 3.2: more than one Host header.
+    DuplicateHost,
+    /// A GET upgrade with `Content-Length` > 0 or `Transfer-Encoding`: its body
+    /// would be read as frames.
+    UpgradeWithBody,
     /// `Upgrade` is present but does not name websocket.
     NotWebSocketUpgrade,
     /// `Connection` must contain the `upgrade` token.
@@ -120,6 +126,8 @@ impl HandshakeError {
             HandshakeError::NotGet => "a WebSocket upgrade must be a GET",
             HandshakeError::OldHttp => "a WebSocket upgrade needs HTTP/1.1",
             HandshakeError::MissingHost => "missing Host header",
+            HandshakeError::DuplicateHost => "more than one Host header",
+            HandshakeError::UpgradeWithBody => "a WebSocket upgrade must not have a body",
             HandshakeError::NotWebSocketUpgrade => "Upgrade header must be websocket",
             HandshakeError::MissingConnectionUpgrade => "Connection header must contain upgrade",
             HandshakeError::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",

@@ -22,11 +22,34 @@ pub enum Request {
     Get { path: String },
 }
 
-/// Finds the end of the head (the byte after `\r\n\r\n`), looking only at bytes
-/// from `from` on (minus 3, for a terminator split across reads).
+/// Finds the end of the head (the byte after the empty line that ends it), looking
+/// only at bytes from `from` on (minus 2, for a terminator split across reads).
+/// RFC 9112 2.2 lets a recipient take a bare `\n` as a line end, so `\n\n` and
+/// `\n\r\n` end a head as well as `\r\n\r\n`.
 pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
-    let start = from.saturating_sub(3);
-    buf.get(start..)?.windows(4).position(|w| w == b"\r\n\r\n").map(|i| start + i + 4)
+    let start = from.saturating_sub(2);
+    let tail = buf.get(start..)?;
+    tail.iter().enumerate().filter(|&(_, &b)| b == b'\n').find_map(|(i, _)| match tail.get(i + 1..) {
+        Some([b'\n', ..]) => Some(start + i + 2),
+        Some([b'\r', b'\n', ..]) => Some(start + i + 3),
+        _ => None,
+    })
+}
+
+/// How much of an unfinished head `check_start` looks at: enough for any request
+/// line that matters, and a head sent a byte at a time costs linear time.
+pub const START_CHECKED: usize = 256;
+
+/// Whether the bytes of an unfinished head can still begin an HTTP/1.1 request.
+/// A TLS ClientHello (0x16 ...) or binary garbage is refused at once instead of
+/// holding its slot until the handshake timeout.
+pub fn check_start(head: &[u8]) -> Result<(), HandshakeError> {
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    match httparse::Request::new(&mut headers).parse(&head[..head.len().min(START_CHECKED)]) {
+        // More header lines than this small array: judged when the head is whole.
+        Ok(_) | Err(httparse::Error::TooManyHeaders) => Ok(()),
+        Err(_) => Err(HandshakeError::Malformed),
+    }
 }
 
 /// Parses and validates a complete request head (ending with `\r\n\r\n`).
@@ -41,10 +64,19 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HandshakeError::Malformed);
     };
-    let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let count = |name: &str| req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count();
+    let values =
+        |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
+    let header = |name: &'static str| values(name).next();
+    let count = |name: &'static str| values(name).count();
 
-    let Some(upgrade) = header("upgrade") else {
+    // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host line.
+    match count("host") {
+        0 if version >= 1 => return Err(HandshakeError::MissingHost),
+        0 | 1 => {}
+        _ => return Err(HandshakeError::DuplicateHost),
+    }
+    let path = origin_form(path);
+    if header("upgrade").is_none() {
         return if method == "GET" { Ok(Request::Get { path: path.to_string() }) } else { Err(HandshakeError::NotGet) };
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
@@ -54,14 +86,16 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
     if version < 1 {
         return Err(HandshakeError::OldHttp);
     }
-    if header("host").is_none() {
-        return Err(HandshakeError::MissingHost);
-    }
-    if !has_token(upgrade, "websocket") {
+    if !values("upgrade").any(|v| has_token(v, "websocket")) {
         return Err(HandshakeError::NotWebSocketUpgrade);
     }
-    if !header("connection").is_some_and(|v| has_token(v, "upgrade")) {
+    if !values("connection").any(|v| has_token(v, "upgrade")) {
         return Err(HandshakeError::MissingConnectionUpgrade);
+    }
+    // Bytes after the head are frames; a body there would be read as frames.
+    let body = values("content-length").any(|v| trim(v) != b"0") || header("transfer-encoding").is_some();
+    if body {
+        return Err(HandshakeError::UpgradeWithBody);
     }
     if header("sec-websocket-version").map(trim) != Some(b"13".as_slice()) || count("sec-websocket-version") > 1 {
         return Err(HandshakeError::UnsupportedVersion);
@@ -81,6 +115,24 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
         }
     }
     Ok(Request::Upgrade { accept: accept_key(key) })
+}
+
+/// RFC 9112 3.2.2: a server must accept the absolute form of a request target
+/// (`http://host/path?q`) and route by its path and query.
+fn origin_form(target: &str) -> &str {
+    let after_scheme = ["http://", "https://", "ws://", "wss://"].iter().find_map(|scheme| {
+        let head = target.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &target[scheme.len()..])
+    });
+    match after_scheme {
+        Some(rest) => match rest.find(['/', '?']) {
+            Some(i) if rest[i..].starts_with('/') => &rest[i..],
+            // `http://host?q` has the empty path, which is `/`; the query is dropped
+            // with it rather than allocating a new target.
+            _ => "/",
+        },
+        None => target,
+    }
 }
 
 /// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
@@ -250,6 +302,79 @@ mod tests {
         }
         req.push_str("\r\n");
         assert_eq!(parse_request(req.as_bytes(), &[]), Err(HandshakeError::TooManyHeaders));
+    }
+
+    #[test]
+    fn bare_newlines_end_lines_and_the_head() {
+        let req = with_version("13").replace("\r\n", "\n");
+        assert_eq!(find_head_end(req.as_bytes(), 0), Some(req.len()));
+        assert!(matches!(parse_request(req.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        let mixed = b"GET / HTTP/1.1\r\nHost: x\n\r\nrest";
+        assert_eq!(find_head_end(mixed, 0), Some(mixed.len() - 4));
+        for from in 0..mixed.len() - 4 {
+            assert_eq!(find_head_end(&mixed[..mixed.len() - 4], from), Some(mixed.len() - 4), "from {from}");
+        }
+    }
+
+    #[test]
+    fn bytes_that_cannot_begin_a_request_are_refused_before_the_head_ends() {
+        // A TLS ClientHello's first bytes.
+        assert_eq!(check_start(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]), Err(HandshakeError::Malformed));
+        assert_eq!(check_start(b"\x00\x01\x02"), Err(HandshakeError::Malformed));
+        assert_eq!(check_start(b"GET / HTTP/9"), Err(HandshakeError::Malformed));
+        for prefix in ["", "G", "GET", "GET /cha", "GET / HTTP/1.", "GET / HTTP/1.1\r\nHost: x", "\r\nGET /"] {
+            assert_eq!(check_start(prefix.as_bytes()), Ok(()), "{prefix:?}");
+        }
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(1000));
+        assert_eq!(check_start(long.as_bytes()), Ok(()), "a long target is judged when the head is whole");
+    }
+
+    #[test]
+    fn the_absolute_form_is_routed_by_its_path() {
+        let get = |target: &str| parse_request(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), &[]);
+        assert_eq!(get("http://example.com/echo?x=1"), Ok(Request::Get { path: "/echo?x=1".into() }));
+        assert_eq!(get("HTTP://example.com:8765/"), Ok(Request::Get { path: "/".into() }));
+        assert_eq!(get("http://example.com"), Ok(Request::Get { path: "/".into() }));
+        assert_eq!(get("/plain"), Ok(Request::Get { path: "/plain".into() }));
+        let upgrade = with_version("13").replace("GET /chat", "GET ws://server.example.com/chat");
+        assert!(matches!(parse_request(upgrade.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+    }
+
+    #[test]
+    fn host_must_be_there_once() {
+        let two = with_version("13").replace("Host: server.example.com\r\n", "Host: a\r\nHost: b\r\n");
+        assert_eq!(parse_request(two.as_bytes(), &[]), Err(HandshakeError::DuplicateHost));
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", &[]),
+            Err(HandshakeError::DuplicateHost)
+        );
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n", &[]), Err(HandshakeError::MissingHost));
+        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &[]), Ok(Request::Get { path: "/".into() }));
+        let resp = String::from_utf8(error_response(HandshakeError::DuplicateHost)).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n") && resp.ends_with("more than one Host header\n"));
+    }
+
+    #[test]
+    fn every_upgrade_and_connection_line_counts() {
+        let second = upgrade_with("Sec-WebSocket-Version: 13\r\n")
+            .replace("Upgrade: websocket", "Upgrade: h2c\r\nUpgrade: websocket");
+        assert!(matches!(parse_request(second.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        let conn = upgrade_with("Sec-WebSocket-Version: 13\r\n")
+            .replace("Connection: Upgrade", "Connection: keep-alive\r\nConnection: Upgrade");
+        assert!(matches!(parse_request(conn.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        let neither =
+            upgrade_with("Sec-WebSocket-Version: 13\r\n").replace("Upgrade: websocket", "Upgrade: h2c\r\nUpgrade: foo");
+        assert_eq!(parse_request(neither.as_bytes(), &[]), Err(HandshakeError::NotWebSocketUpgrade));
+    }
+
+    #[test]
+    fn an_upgrade_with_a_body_is_refused() {
+        for extra in ["Content-Length: 5\r\n", "Transfer-Encoding: chunked\r\n", "Content-Length: x\r\n"] {
+            let req = upgrade_with(&format!("Sec-WebSocket-Version: 13\r\n{extra}"));
+            assert_eq!(parse_request(req.as_bytes(), &[]), Err(HandshakeError::UpgradeWithBody), "{extra:?}");
+        }
+        let empty_body = upgrade_with("Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n");
+        assert!(matches!(parse_request(empty_body.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
     }
 
     #[test]

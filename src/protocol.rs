@@ -306,6 +306,11 @@ impl Conn {
         self.out.queued_bytes()
     }
 
+    /// Heap memory held by the outgoing queue: what backpressure is judged by.
+    pub fn queue_memory(&self) -> usize {
+        self.out.memory()
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
     }
@@ -366,6 +371,10 @@ impl Conn {
             }
             Some(_) => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
             None if head.len() > MAX_HEAD => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
+            None if before < handshake::START_CHECKED => match handshake::check_start(head) {
+                Err(err) => self.on_request(Err(err), 0, input.len(), now),
+                Ok(()) => (take, None),
+            },
             None => (take, None),
         }
     }
@@ -499,8 +508,9 @@ impl Conn {
             Opcode::Ping => {
                 // RFC 6455 5.5.3 lets us answer only the latest ping; under backpressure
                 // we skip the pong rather than queue without bound.
-                if self.out.data_bytes() <= limits.max_backpressure {
-                    self.send_control(Opcode::Pong, payload);
+                let pong = Chunk::frame(Opcode::Pong, payload);
+                if self.out.fits(&pong, limits.max_backpressure) {
+                    self.out.push(pong);
                 }
             }
             Opcode::Pong => {
@@ -554,8 +564,7 @@ impl Conn {
     }
 
     fn send_control(&mut self, opcode: Opcode, payload: &[u8]) {
-        let header = [0x80 | opcode.bits(), payload.len() as u8];
-        self.out.push(Chunk::from_parts(&[&header, payload]));
+        self.out.push(Chunk::frame(opcode, payload));
     }
 }
 

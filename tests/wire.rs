@@ -256,14 +256,9 @@ mod heartbeat {
         let server = Server::start(&["--mode", "echo"]);
         let mut ws = connect(&server);
         ws.send(Message::Ping(b"marco".to_vec().into())).unwrap();
-        loop {
-            match ws.read().unwrap() {
-                Message::Pong(p) => {
-                    assert_eq!(&p[..], b"marco");
-                    break;
-                }
-                other => panic!("{other:?}"),
-            }
+        match ws.read().unwrap() {
+            Message::Pong(p) => assert_eq!(&p[..], b"marco"),
+            other => panic!("{other:?}"),
         }
     }
 }
@@ -452,6 +447,78 @@ mod http {
         s.write_all(&head).unwrap(); // never terminated
         let answer = String::from_utf8_lossy(&read_to_end(&mut s)).into_owned();
         assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    }
+
+    #[test]
+    fn heads_with_bare_newlines_are_understood() {
+        let server = Server::start(&[]);
+        let mut s = raw(&server);
+        s.write_all(UPGRADE.replace("\r\n", "\n").as_bytes()).unwrap();
+        assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
+        let page = request(&server, "GET /missing HTTP/1.1\nHost: x\n\n");
+        assert!(page.starts_with("HTTP/1.1 404 "), "{page}");
+    }
+
+    #[test]
+    fn a_tls_client_hello_or_binary_garbage_gets_400_at_once() {
+        let server = Server::start(&["--handshake-timeout", "30"]);
+        // The first bytes of a TLS 1.2/1.3 ClientHello record, then garbage.
+        let hello: &[u8] = &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0x5a, 0x1f];
+        for first_bytes in [hello, b"\x00\x01\x02\x03", b"GET / HTTP/2\r\n"] {
+            let start = Instant::now();
+            let mut s = raw(&server);
+            s.write_all(first_bytes).unwrap(); // and nothing more: the head never ends
+            let answer = String::from_utf8_lossy(&read_to_end(&mut s)).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 400 ") && answer.ends_with("malformed HTTP request\n"), "{answer}");
+            assert!(start.elapsed() < Duration::from_secs(3), "answered after {:?}", start.elapsed());
+        }
+    }
+
+    #[test]
+    fn an_absolute_form_target_is_routed_by_its_path() {
+        let server = Server::start(&[]);
+        let echo_page = request(&server, "GET http://localhost:8765/echo HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(echo_page.starts_with("HTTP/1.1 200 ") && echo_page.contains("text/html"), "{echo_page}");
+        let missing = request(&server, "GET http://localhost/missing HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        assert!(missing.starts_with("HTTP/1.1 404 "), "{missing}");
+        let mut s = raw(&server);
+        s.write_all(UPGRADE.replacen("GET / ", &format!("GET ws://{}/ ", server.addr), 1).as_bytes()).unwrap();
+        assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
+    }
+
+    #[test]
+    fn two_host_headers_and_upgrades_with_a_body_get_400_with_a_reason() {
+        let server = Server::start(&[]);
+        let two_hosts = request(&server, &upgrade_with("Host: localhost\r\n", "Host: localhost\r\nHost: evil\r\n"));
+        assert!(
+            two_hosts.starts_with("HTTP/1.1 400 ") && two_hosts.ends_with("more than one Host header\n"),
+            "{two_hosts}"
+        );
+        let page = request(&server, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n");
+        assert!(page.starts_with("HTTP/1.1 400 "), "{page}");
+        for body in ["Content-Length: 6\r\n", "Transfer-Encoding: chunked\r\n"] {
+            // The "body" is a masked text frame: it must not be taken as one.
+            let mut bytes = upgrade_with("Host: localhost\r\n", &format!("Host: localhost\r\n{body}")).into_bytes();
+            bytes.extend(masked(0x81, b""));
+            let mut s = raw(&server);
+            s.write_all(&bytes).unwrap();
+            let answer = String::from_utf8_lossy(&read_to_end(&mut s)).into_owned();
+            assert!(
+                answer.starts_with("HTTP/1.1 400 ") && answer.ends_with("a WebSocket upgrade must not have a body\n"),
+                "{body:?}: {answer}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_upgrade_header_line_is_considered() {
+        let server = Server::start(&[]);
+        let mut s = raw(&server);
+        s.write_all(upgrade_with("Upgrade: websocket\r\n", "Upgrade: h2c\r\nUpgrade: websocket\r\n").as_bytes())
+            .unwrap();
+        assert!(read_head(&mut s).starts_with("HTTP/1.1 101 "));
+        let neither = request(&server, &upgrade_with("Upgrade: websocket\r\n", "Upgrade: h2c\r\nUpgrade: tls\r\n"));
+        assert!(neither.starts_with("HTTP/1.1 400 "), "{neither}");
     }
 
     #[test]
