@@ -189,8 +189,7 @@ mod tests {
 
     #[test]
     fn renders_counters_labels_and_a_cumulative_histogram() {
-        let mut m = Metrics::default();
-        m.accepted = 5;
+        let mut m = Metrics { accepted: 5, ..Metrics::default() };
         m.reject(Rejection::Origin);
         m.close(1000, true);
         m.close(1006, true);

@@ -64,6 +64,8 @@ pub enum Chunk {
     Inline(Inline),
     Static(&'static [u8]),
     Owned(Vec<u8>),
+    /// Small frames copied together once a queue is long (see `BATCH_AFTER`).
+    Batch(Vec<u8>),
 }
 
 impl Chunk {
@@ -97,13 +99,14 @@ impl Chunk {
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
-        let header = [0x80 | Opcode::Close.bits(), 2 + end as u8];
-        Chunk::from_parts(&[&header, &code.to_be_bytes(), &reason.as_bytes()[..end]])
+        let mut header = [0u8; MAX_HEADER_LEN];
+        let n = encode_header(&server_header(Opcode::Close, 2 + end), &mut header);
+        Chunk::from_parts(&[&header[..n], &code.to_be_bytes(), &reason.as_bytes()[..end]])
     }
 
     /// A close frame with no body (the answer to an empty close).
     pub fn close_empty() -> Chunk {
-        Chunk::Static(&[0x80 | 0x8, 0])
+        Chunk::frame(Opcode::Close, &[])
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -111,19 +114,51 @@ impl Chunk {
             Chunk::Shared(b) => b,
             Chunk::Inline(i) => &i.bytes[..usize::from(i.len)],
             Chunk::Static(b) => b,
-            Chunk::Owned(b) => b,
+            Chunk::Owned(b) | Chunk::Batch(b) => b,
         }
     }
 }
 
 /// Queue slots an emptied queue may keep for the next burst (4 x 32 bytes).
 const KEEP_SLOTS: usize = 4;
+/// What one queue slot costs: the chunk itself.
+const SLOT: usize = std::mem::size_of::<Chunk>();
+/// Once this many chunks wait, frames of at most `SMALL_FRAME` bytes are copied into
+/// a shared batch buffer instead of taking a slot each: a flood of tiny frames (empty
+/// pongs, empty echoes) then costs its bytes, not 32 bytes of slot per 2-byte frame.
+/// Below it (every ordinary queue) nothing changes: a writev takes 64 slices.
+const BATCH_AFTER: usize = 64;
+const SMALL_FRAME: usize = 128;
+/// Capacity of one batch buffer.
+const BATCH_CAP: usize = 4096;
+
+/// Bytes the allocator takes for a block of `n` bytes: glibc adds an 8-byte header,
+/// rounds up to 16 and gives at least 32.
+fn allocation(n: usize) -> usize {
+    (n + 8).next_multiple_of(16).max(32)
+}
+
+impl Chunk {
+    /// Heap memory this chunk holds besides its slot. A shared frame counts whole
+    /// for every holder: its size is what a slow reader keeps alive.
+    fn footprint(&self) -> usize {
+        match self {
+            Chunk::Shared(b) => allocation(b.len() + 2 * std::mem::size_of::<usize>()),
+            Chunk::Owned(v) | Chunk::Batch(v) => allocation(v.capacity()),
+            Chunk::Inline(_) | Chunk::Static(_) => 0,
+        }
+    }
+}
 
 /// The queue would pass its byte limit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OverLimit;
 
 /// Bytes queued for one connection, in order: `first`, then `rest`.
+///
+/// The backpressure limit counts memory, not wire bytes: every chunk's heap block
+/// and every slot of `rest`'s storage (capacity, not length), so that what a client
+/// holds is what the limit says whatever the frame sizes.
 #[derive(Default)]
 pub struct OutQueue {
     /// The front chunk; `None` only when the queue is empty.
@@ -133,15 +168,34 @@ pub struct OutQueue {
     front_written: usize,
     /// Bytes queued and not yet written.
     queued: usize,
-    /// Unwritten bytes at the front that must go out whatever happens (the 101
-    /// answer, the rest of a frame begun on the wire): never dropped, and not counted
-    /// against the backpressure limit.
+    /// Heap bytes held by the queued chunks (`Chunk::footprint`), slots not included.
+    held: usize,
+    /// Chunks at the front that must go out whatever happens (the 101 answer, the
+    /// rest of a frame begun on the wire): never dropped, and not counted against
+    /// the backpressure limit.
     committed: usize,
 }
 
 impl OutQueue {
     pub fn push(&mut self, chunk: Chunk) {
-        self.queued += chunk.bytes().len();
+        let bytes = chunk.bytes();
+        self.queued += bytes.len();
+        if self.rest.len() >= BATCH_AFTER && bytes.len() <= SMALL_FRAME {
+            if let Some(Chunk::Batch(batch)) = self.rest.back_mut() {
+                if batch.capacity() - batch.len() >= bytes.len() {
+                    batch.extend_from_slice(bytes);
+                    return;
+                }
+            }
+            let mut batch = Vec::with_capacity(BATCH_CAP);
+            batch.extend_from_slice(bytes);
+            return self.push_slot(Chunk::Batch(batch));
+        }
+        self.push_slot(chunk);
+    }
+
+    fn push_slot(&mut self, chunk: Chunk) {
+        self.held += chunk.footprint();
         if self.first.is_none() {
             self.first = Some(chunk);
         } else {
@@ -153,25 +207,56 @@ impl OutQueue {
     /// Only valid while everything queued is committed (at the start of a connection,
     /// or on an empty queue).
     pub fn push_committed(&mut self, chunk: Chunk) {
-        debug_assert_eq!(self.committed, self.queued);
-        self.push(chunk);
-        self.committed = self.queued;
+        debug_assert_eq!(self.committed, self.len());
+        self.queued += chunk.bytes().len();
+        self.push_slot(chunk);
+        self.committed = self.len();
     }
 
     /// Pushes unless the queue already holds data and would pass `limit`: a single
     /// message larger than the limit still goes through an empty queue, so the queue
     /// never holds more than `max(limit, one message)` besides committed bytes.
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
-        let data = self.data_bytes();
-        if data > 0 && data + chunk.bytes().len() > limit {
+        if self.len() > self.committed && !self.fits(&chunk, limit) {
             return Err(OverLimit);
         }
         self.push(chunk);
         Ok(())
     }
 
+    /// Whether `chunk` can be queued without the data (all but committed chunks)
+    /// passing `limit` bytes of memory.
+    pub fn fits(&self, chunk: &Chunk, limit: usize) -> bool {
+        self.data_memory() + self.added_memory(chunk) <= limit
+    }
+
+    /// What pushing `chunk` would add to `memory()`.
+    fn added_memory(&self, chunk: &Chunk) -> usize {
+        let len = chunk.bytes().len();
+        let batched = self.rest.len() >= BATCH_AFTER && len <= SMALL_FRAME;
+        if batched {
+            if let Some(Chunk::Batch(batch)) = self.rest.back() {
+                if batch.capacity() - batch.len() >= len {
+                    return 0;
+                }
+            }
+        }
+        let footprint = if batched { allocation(BATCH_CAP) } else { chunk.footprint() };
+        // A full deque doubles (to at least 4 slots) to take one more.
+        let growth = if self.first.is_some() && self.rest.len() == self.rest.capacity() {
+            SLOT * self.rest.capacity().max(KEEP_SLOTS)
+        } else {
+            0
+        };
+        footprint + growth
+    }
+
     pub fn is_empty(&self) -> bool {
         self.first.is_none()
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
     }
 
     fn chunks(&self) -> impl Iterator<Item = &Chunk> {
@@ -182,9 +267,15 @@ impl OutQueue {
         self.queued
     }
 
-    /// Queued bytes that count against the backpressure limit (all but committed ones).
-    pub fn data_bytes(&self) -> usize {
-        self.queued - self.committed
+    /// Heap memory the queue holds: its chunks' blocks and its slot storage.
+    pub fn memory(&self) -> usize {
+        self.held + SLOT * self.rest.capacity()
+    }
+
+    /// Memory that counts against the backpressure limit (all but committed chunks).
+    pub fn data_memory(&self) -> usize {
+        let committed: usize = self.chunks().take(self.committed).map(Chunk::footprint).sum();
+        self.memory() - committed
     }
 
     /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
@@ -202,20 +293,24 @@ impl OutQueue {
     /// Marks `written` bytes as sent, dropping finished chunks.
     pub fn advance(&mut self, mut written: usize) {
         self.queued = self.queued.saturating_sub(written);
-        self.committed = self.committed.saturating_sub(written);
         while let Some(front) = &self.first {
             let left = front.bytes().len() - self.front_written;
             if written < left {
                 self.front_written += written;
-                return;
+                break;
             }
             written -= left;
             self.front_written = 0;
+            self.held -= front.footprint();
+            self.committed = self.committed.saturating_sub(1);
             self.first = self.rest.pop_front();
         }
-        // Storage left by a burst (history replay, many publishers) is given back.
-        if self.rest.capacity() > KEEP_SLOTS {
+        // Storage left by a burst (history replay, a flood) is given back as it drains.
+        let capacity = self.rest.capacity();
+        if self.rest.is_empty() && capacity > KEEP_SLOTS {
             self.rest = VecDeque::new();
+        } else if capacity > BATCH_AFTER && self.rest.len() < capacity / 4 {
+            self.rest.shrink_to((self.rest.len() * 2).max(BATCH_AFTER));
         }
     }
 
@@ -223,24 +318,16 @@ impl OutQueue {
     /// the stream remains well framed for what comes after (a close frame).
     /// Committed chunks stay too.
     pub fn drop_unsent(&mut self) {
-        let mut kept_bytes = 0;
-        let mut kept_chunks = 0;
-        for chunk in self.chunks() {
-            let started = kept_chunks == 0 && self.front_written > 0;
-            if kept_bytes >= self.committed && !started {
-                break;
-            }
-            kept_bytes += chunk.bytes().len() - if kept_chunks == 0 { self.front_written } else { 0 };
-            kept_chunks += 1;
+        let keep = self.committed.max(usize::from(self.front_written > 0));
+        if keep == 0 {
+            self.first = None;
         }
-        match kept_chunks {
-            0 => {
-                self.first = None;
-                self.rest = VecDeque::new();
-            }
-            n => self.rest.truncate(n - 1),
+        self.rest.truncate(keep.saturating_sub(1));
+        if self.rest.is_empty() {
+            self.rest = VecDeque::new();
         }
-        self.queued = kept_bytes;
+        self.held = self.chunks().map(Chunk::footprint).sum();
+        self.queued = self.chunks().map(|c| c.bytes().len()).sum::<usize>() - self.front_written;
     }
 
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).
@@ -360,6 +447,96 @@ mod tests {
         assert_eq!(q.rest.capacity(), 0);
         q.push(Chunk::Static(b"y"));
         assert!(q.rest.capacity() > 0);
+    }
+
+    /// A flood of empty pongs (2 bytes each) must cost about its bytes, not a
+    /// 32-byte slot each: past `BATCH_AFTER` slots they share batch buffers.
+    #[test]
+    fn a_flood_of_tiny_frames_costs_its_bytes_not_a_slot_each() {
+        let mut q = OutQueue::default();
+        let pong = Chunk::frame(Opcode::Pong, b"");
+        for _ in 0..100_000 {
+            q.push(pong.clone());
+        }
+        assert_eq!(q.queued_bytes(), 200_000);
+        assert!(q.rest.len() < BATCH_AFTER + 100, "{} slots", q.rest.len());
+        assert!(q.memory() < 200_000 + 200_000 / 4, "{} bytes of memory for 200,000 queued", q.memory());
+        let mut slices = [IoSlice::new(&[]); 128];
+        let n = q.io_slices(&mut slices);
+        let one_writev: usize = slices[..n].iter().map(|s| s.len()).sum();
+        assert!(one_writev > 100_000, "one writev of 128 slices carries {one_writev} bytes");
+    }
+
+    #[test]
+    fn batching_keeps_every_byte_in_order() {
+        let mut q = OutQueue::default();
+        let mut expected = Vec::new();
+        for i in 0..5_000u32 {
+            let payload = i.to_be_bytes().repeat((i % 40) as usize);
+            let chunk = match i % 3 {
+                0 => Chunk::frame(Opcode::Binary, &payload),
+                1 => Chunk::Shared(shared_message(Opcode::Binary, &payload)),
+                _ => Chunk::Static(b"static"),
+            };
+            expected.extend_from_slice(chunk.bytes());
+            q.push(chunk);
+        }
+        let mut written = Vec::new();
+        while !q.is_empty() {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let n = q.io_slices(&mut slices);
+            // Partial writes, cutting chunks anywhere.
+            let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).take(1000).collect();
+            q.advance(bytes.len());
+            written.extend(bytes);
+        }
+        assert_eq!(written, expected);
+        assert_eq!(q.memory(), 0, "an emptied queue holds nothing");
+    }
+
+    #[test]
+    fn the_limit_counts_slots_and_blocks_not_just_wire_bytes() {
+        let limit = 64 * 1024;
+        let mut q = OutQueue::default();
+        q.push(Chunk::frame(Opcode::Text, b"first"));
+        let mut pushed = 0;
+        while q.push_limited(Chunk::Shared(shared_message(Opcode::Text, b"")), limit).is_ok() {
+            pushed += 1;
+        }
+        assert!(q.memory() <= limit, "{} bytes held over a {limit} limit", q.memory());
+        assert!(q.memory() > limit / 2, "the limit refused early: {} bytes held", q.memory());
+        assert!(pushed > 1000, "only {pushed} empty frames fit");
+    }
+
+    #[test]
+    fn fits_predicts_what_a_push_adds() {
+        let mut q = OutQueue::default();
+        for i in 0..3_000usize {
+            let chunk = match i % 4 {
+                0 => Chunk::frame(Opcode::Pong, b""),
+                1 => Chunk::frame(Opcode::Binary, &vec![1; i % 300]),
+                2 => Chunk::Shared(shared_message(Opcode::Text, &vec![2; i % 200])),
+                _ => Chunk::Static(b"xyz"),
+            };
+            let before = q.memory();
+            let added = q.added_memory(&chunk);
+            q.push(chunk);
+            assert_eq!(q.memory(), before + added, "push {i}");
+            if i % 7 == 0 {
+                q.advance(i % 500);
+            }
+        }
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_slot_storage_back() {
+        let mut q = OutQueue::default();
+        for _ in 0..10_000 {
+            q.push(Chunk::frame(Opcode::Binary, &[0; 200]));
+        }
+        let full = q.memory();
+        q.advance(q.queued_bytes() - 10 * 204);
+        assert!(q.memory() < full / 100, "{} of {full} bytes kept with 10 frames left", q.memory());
     }
 
     #[test]

@@ -18,7 +18,9 @@ use slab::Slab;
 use crate::config::{Config, Mode};
 use crate::error::HandshakeError;
 use crate::frame::{close_code, encode_header, server_header, Opcode, MAX_HEADER_LEN};
+use crate::handshake;
 use crate::http;
+use crate::memory;
 use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
 use crate::protocol::{Conn, Event, Fault};
@@ -44,7 +46,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Connections still in their handshake allowed beyond max-connections.
 const HANDSHAKE_SLACK: usize = 1024;
-const FULL_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 38\r\nConnection: close\r\n\r\ntoo many connections, try again later\n";
+/// A queue this large, once drained or freed, counts toward giving memory back.
+const LARGE_QUEUE: usize = 256 * 1024;
+/// Memory freed by large queues after which the allocator is asked to give pages
+/// back, at most once per `TRIM_EVERY`: a trim walks the heap, so not on every free.
+const TRIM_AFTER: usize = 1 << 20;
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 
 struct Client {
     socket: TcpStream,
@@ -83,6 +90,9 @@ pub struct Server {
     last_exhaustion_log: Option<Instant>,
     /// Set once a signal asked us to stop: when we give up waiting.
     shutdown: Option<Option<Instant>>,
+    /// Memory freed by large queues since the last trim, and when that was.
+    released: usize,
+    last_trim: Option<Instant>,
     metrics: Metrics,
 }
 
@@ -124,6 +134,8 @@ impl Server {
             accept_paused_until: None,
             last_exhaustion_log: None,
             shutdown: None,
+            released: 0,
+            last_trim: None,
             metrics: Metrics::default(),
         })
     }
@@ -159,6 +171,7 @@ impl Server {
                 self.accept_all(now);
             }
             self.flush_dirty(&mut events);
+            self.give_memory_back(now);
             self.metrics.iteration(now.elapsed());
             if let Some(deadline) = self.shutdown {
                 if self.clients.is_empty() || deadline.is_some_and(|d| d <= now) {
@@ -195,7 +208,7 @@ impl Server {
         }
         let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
         let shutdown = self.shutdown.flatten();
-        [next_timer, self.accept_paused_until, shutdown]
+        [next_timer, self.accept_paused_until, shutdown, self.trim_due()]
             .into_iter()
             .flatten()
             .min()
@@ -245,7 +258,7 @@ impl Server {
         self.metrics.accepted += 1;
         if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
             // Best effort: a fresh socket's buffer takes this small answer whole.
-            let _ = socket.write(FULL_RESPONSE);
+            let _ = socket.write(&handshake::error_response(HandshakeError::ServerFull));
             self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {peer}: too many connections (503)");
             return;
@@ -286,7 +299,7 @@ impl Server {
             }
             // Backpressure on reading: an echo client that does not read its answers,
             // or a ping flood, stops being read until its queue drains.
-            if client.conn.queued_bytes() > self.config.limits.max_backpressure / 2 {
+            if client.conn.queue_memory() > self.config.limits.max_backpressure / 2 {
                 client.read_paused = true;
                 break;
             }
@@ -474,7 +487,11 @@ impl Server {
                 Fault::Handshake(err) => self.metrics.reject(Rejection::of(err)),
                 Fault::HandshakeTimeout => self.metrics.reject(Rejection::HandshakeTimeout),
                 Fault::PongTimeout => self.metrics.heartbeat_timeouts += 1,
-                Fault::SlowConsumer => self.metrics.slow_consumers += 1,
+                Fault::SlowConsumer => {
+                    self.metrics.slow_consumers += 1;
+                    // Its queue, about the limit, was just freed.
+                    self.released += self.config.limits.max_backpressure;
+                }
                 Fault::Peer(_) | Fault::CloseTimeout => {}
             }
         }
@@ -487,6 +504,10 @@ impl Server {
 
     fn remove(&mut self, key: usize) {
         if let Some(client) = self.clients.try_remove(key) {
+            let memory = client.conn.queue_memory();
+            if memory >= LARGE_QUEUE {
+                self.released += memory;
+            }
             if client.counted_open {
                 self.open -= 1;
                 let first = client.conn.first_close();
@@ -527,6 +548,7 @@ impl Server {
     fn flush(&mut self, key: usize) {
         let Some(client) = self.clients.get_mut(key) else { return };
         client.dirty = false;
+        let before = client.conn.queue_memory();
         while !client.conn.out().is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let count = client.conn.out().io_slices(&mut slices);
@@ -552,12 +574,31 @@ impl Server {
             let _ = client.socket.shutdown(Shutdown::Write);
             client.conn.write_shut_down();
         }
-        if client.read_paused && client.conn.queued_bytes() <= self.config.limits.max_backpressure / 2 {
+        let after = client.conn.queue_memory();
+        if before >= LARGE_QUEUE {
+            self.released += before.saturating_sub(after);
+        }
+        if client.read_paused && after <= self.config.limits.max_backpressure / 2 {
             client.read_paused = false;
             self.backlog.push(key);
         }
         // Fan-out may have closed this client (slow consumer) without reading it.
         self.settle(key);
+    }
+
+    /// When enough memory was freed to be worth giving back to the system.
+    fn trim_due(&self) -> Option<Instant> {
+        (self.released >= TRIM_AFTER).then(|| self.last_trim.map_or_else(Instant::now, |t| t + TRIM_EVERY))
+    }
+
+    /// The allocator keeps freed pages for reuse; after a burst (a flood that filled
+    /// queues, a slow consumer cut off) RSS would stay at its high-water mark.
+    fn give_memory_back(&mut self, now: Instant) {
+        if self.trim_due().is_some_and(|t| t <= now) {
+            memory::give_back();
+            self.released = 0;
+            self.last_trim = Some(now);
+        }
     }
 
     /// Keeps one heap entry per client deadline. Entries whose time no longer

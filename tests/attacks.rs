@@ -201,6 +201,18 @@ fn vm_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The server's /metrics text (empty if it cannot be had).
+fn metrics(addr: SocketAddr) -> String {
+    let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    String::from_utf8_lossy(&wait_closed(&mut s, Duration::from_secs(5)).unwrap_or_default()).into_owned()
+}
+
+/// One sample's value from a /metrics text.
+fn metric(text: &str, key: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
@@ -696,6 +708,146 @@ mod backpressure {
         flood.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let (first, payload) = read_frame(&mut flood).unwrap();
         assert_eq!((first, payload.len()), (0x8A, 125));
+    }
+}
+
+/// Clients that flood one tiny frame over and over and never read what comes back:
+/// the server's memory must follow what it counts, whatever the frame sizes.
+mod tiny_frames {
+    use super::*;
+
+    const LIMIT: u64 = 4 * MIB;
+    const FLOOD: Duration = Duration::from_secs(4);
+
+    /// `clients` upgraded connections, each writing `frame` for `FLOOD` without
+    /// reading; each thread returns its socket (still open) and the bytes it sent.
+    fn flood(server: &Server, clients: usize, frame: &[u8]) -> Vec<thread::JoinHandle<(TcpStream, usize)>> {
+        (0..clients)
+            .map(|_| {
+                let mut s = raw_upgraded(server);
+                let frame = frame.to_vec();
+                thread::spawn(move || {
+                    let sent = write_for(&mut s, &frame);
+                    (s, sent)
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `frame` over and over in 64 KiB batches for `FLOOD`, or until the
+    /// server cuts the connection; returns the bytes sent.
+    fn write_for(s: &mut TcpStream, frame: &[u8]) -> usize {
+        let batch: Vec<u8> = frame.repeat(64 * 1024 / frame.len());
+        s.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+        let (start, mut sent) = (Instant::now(), 0);
+        while start.elapsed() < FLOOD && sent < 1 << 30 {
+            // A partial write goes on where it stopped: the frames stay well formed.
+            match s.write(&batch[sent % batch.len()..]) {
+                Ok(n) => sent += n,
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                Err(_) => break,
+            }
+        }
+        sent
+    }
+
+    /// Echo round trips on `other` until `end`; returns the slowest.
+    fn echoes_until(other: &mut TcpStream, end: Instant) -> Duration {
+        let mut slowest = Duration::ZERO;
+        while Instant::now() < end {
+            let t = Instant::now();
+            raw_echo(other, "still here").unwrap();
+            slowest = slowest.max(t.elapsed());
+            thread::sleep(Duration::from_millis(20));
+        }
+        slowest
+    }
+
+    /// After the attackers are gone, RSS comes back near where it started.
+    fn memory_goes_back(pid: u32, start_rss: u64, peak: u64) {
+        let back = wait_until(Duration::from_secs(10), || {
+            let rss = rss_bytes(pid);
+            (rss < start_rss + 8 * MIB).then_some(rss)
+        });
+        let now = rss_bytes(pid);
+        eprintln!("RSS {:.1} MiB at start, peak {:.1}, {:.1} after the flood", mib(start_rss), mib(peak), mib(now));
+        assert!(back.is_some(), "RSS still {:.1} MiB 10 s after the flood (start {:.1})", mib(now), mib(start_rss));
+    }
+
+    fn flood_in_echo_mode(frame: &[u8]) {
+        let server = Server::start(&["--mode", "echo", "--welcome", "", "--history", "0", "--ping-interval", "0"]);
+        let pid = server.child.id();
+        let mut other = raw_upgraded(&server);
+        raw_echo(&mut other, "warm up").unwrap();
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        const CLIENTS: u64 = 6;
+        let attackers = flood(&server, CLIENTS as usize, frame);
+        let slowest = echoes_until(&mut other, Instant::now() + FLOOD);
+        let results: Vec<(TcpStream, usize)> = attackers.into_iter().map(|t| t.join().unwrap()).collect();
+        let peak = sampler.peak();
+        let sent: usize = results.iter().map(|r| r.1).sum();
+        eprintln!(
+            "{CLIENTS} clients sent {:.1} MiB of {}-byte frames; slowest echo {slowest:?}",
+            mib(sent as u64),
+            frame.len()
+        );
+        // Per client at most about the limit (1.5x), plus the loop's own buffers.
+        let bound = start_rss + CLIENTS * LIMIT * 3 / 2 + 4 * MIB;
+        assert!(peak < bound, "RSS peaked at {:.1} MiB, bound {:.1}", mib(peak), mib(bound));
+        assert!(slowest < Duration::from_millis(500), "an echo took {slowest:?} during the flood");
+        drop(results);
+        memory_goes_back(pid, start_rss, peak);
+        raw_echo(&mut other, "after").unwrap();
+    }
+
+    #[test]
+    fn empty_pings_never_read_stay_within_the_limit_and_memory_goes_back() {
+        flood_in_echo_mode(&masked(0x89, b""));
+    }
+
+    #[test]
+    fn empty_echoes_never_read_stay_within_the_limit_and_memory_goes_back() {
+        flood_in_echo_mode(&masked(0x81, b""));
+    }
+
+    #[test]
+    fn subscribers_that_never_read_a_flood_of_empty_messages_are_cut_at_the_limit() {
+        let server =
+            Server::start(&["--welcome", "", "--history", "0", "--ping-interval", "0", "--close-timeout", "1"]);
+        let pid = server.child.id();
+        const SUBSCRIBERS: u64 = 6;
+        let mut subscribers: Vec<TcpStream> = (0..SUBSCRIBERS).map(|_| raw_upgraded(&server)).collect();
+        let mut publisher = raw_upgraded(&server);
+        // The publisher reads its own copies so that only the subscribers fall behind.
+        let mut reader = publisher.try_clone().unwrap();
+        let draining = thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 16];
+            let _ = reader.set_read_timeout(Some(Duration::from_secs(15)));
+            while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+        });
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        let sent = write_for(&mut publisher, &masked(0x81, b""));
+        let peak = sampler.peak();
+        eprintln!("published {:.1} MiB of empty messages", mib(sent as u64));
+        let bound = start_rss + SUBSCRIBERS * LIMIT * 3 / 2 + 4 * MIB;
+        assert!(peak < bound, "RSS peaked at {:.1} MiB, bound {:.1}", mib(peak), mib(bound));
+        // Cut as slow consumers (their 1008 close frame waits behind full socket
+        // buffers, so a peer that never reads may never see it).
+        for s in &mut subscribers {
+            let bytes = wait_closed(s, Duration::from_secs(10)).expect("a subscriber that never reads is dropped");
+            assert!(
+                (bytes.len() as u64) < sent as u64 / 4,
+                "a subscriber got {} bytes: its queue was not freed",
+                bytes.len()
+            );
+        }
+        assert_eq!(metric(&metrics(server.addr), "mioket_slow_consumers_total"), Some(SUBSCRIBERS as f64));
+        drop(subscribers);
+        memory_goes_back(pid, start_rss, peak);
+        drop(publisher);
+        let _ = draining.join();
     }
 }
 
@@ -1263,16 +1415,6 @@ mod soak {
             }
             round += 1;
         }
-    }
-
-    fn metrics(addr: SocketAddr) -> String {
-        let Ok(mut s) = TcpStream::connect(addr) else { return String::new() };
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        String::from_utf8_lossy(&wait_closed(&mut s, Duration::from_secs(5)).unwrap_or_default()).into_owned()
-    }
-
-    fn metric(text: &str, key: &str) -> Option<f64> {
-        text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
     }
 
     /// Server-side TCP sockets of the listening port not yet closed, by `ss` (if present).
