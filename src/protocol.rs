@@ -257,8 +257,10 @@ impl Conn {
             }
             State::Open { heartbeat } => {
                 if due(heartbeat.waiting.map(|w| w.1)) {
+                    // RFC 6455 7.1.7: fail the connection. A peer that misses its pong
+                    // will not answer a close either: end TCP once the 1011 is written.
                     self.fault = Some(Fault::PongTimeout);
-                    self.close(close_code::INTERNAL, "keepalive ping timeout", now, limits);
+                    self.fail_with(close_code::INTERNAL, "keepalive ping timeout", false, now, limits);
                     return;
                 }
                 if due(heartbeat.next_ping) {
@@ -554,13 +556,20 @@ impl Conn {
     /// process nothing more from the peer.
     fn fail(&mut self, err: PeerError, now: Instant, limits: &Limits, used: usize) -> (usize, Option<Delivery>) {
         self.fault = Some(Fault::Peer(err));
-        if self.is_open() {
-            self.out.push(Chunk::close(err.close_code(), err.reason()));
-            self.first_close.get_or_insert(FirstClose { code: err.close_code(), by_peer: false });
-        }
-        self.state =
-            State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger: true };
+        // Input after the fault is read past until end of stream, so that unread
+        // bytes do not turn our close into a reset.
+        self.fail_with(err.close_code(), err.reason(), true, now, limits);
         (used, None)
+    }
+
+    /// Sends a close frame (if open) and drains: our write side is shut once it is
+    /// written; `linger` then waits for the peer's end of stream, otherwise ends.
+    fn fail_with(&mut self, code: u16, reason: &str, linger: bool, now: Instant, limits: &Limits) {
+        if self.is_open() {
+            self.out.push(Chunk::close(code, reason));
+            self.first_close.get_or_insert(FirstClose { code, by_peer: false });
+        }
+        self.state = State::Draining { deadline: limits.close_timeout.map(|t| now + t), write_shut: false, linger };
     }
 
     fn send_control(&mut self, opcode: Opcode, payload: &[u8]) {

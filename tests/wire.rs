@@ -244,11 +244,23 @@ mod heartbeat {
         send_text(&mut alive, "still open");
         assert_eq!(text(&mut alive), "still open");
 
-        // The silent one got pings, then a 1011 close, then end of stream (close-timeout).
+        // The silent one got pings, then a 1011 close, then end of stream.
         let bytes = read_to_end(&mut silent);
         let frames = server_frames(&bytes);
         assert!(frames.iter().any(|(first, p)| *first == 0x89 && p.len() == 4), "{frames:?}");
         assert_eq!(close_code_of(&bytes), Some(1011));
+    }
+
+    #[test]
+    fn a_peer_that_reads_but_never_answers_pings_gets_1011_then_end_of_stream_at_once() {
+        // The close timeout is long: the end must not wait for it (RFC 6455 7.1.7).
+        let server = Server::start(&["--mode", "echo", "--ping-interval", "0.3", "--ping-timeout", "0.4"]);
+        let mut silent = raw_upgraded(&server);
+        let start = Instant::now();
+        let bytes = read_to_end(&mut silent);
+        let elapsed = start.elapsed();
+        assert_eq!(close_code_of(&bytes), Some(1011), "{:?}", server_frames(&bytes));
+        assert!(elapsed < Duration::from_millis(300 + 400 + 500), "end of stream after {elapsed:?}");
     }
 
     #[test]

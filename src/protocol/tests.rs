@@ -537,6 +537,10 @@ mod heartbeat {
         conn.on_tick(now + Duration::from_secs(15), &limits);
         assert_eq!(output(&mut conn), close_frame(1011, "keepalive ping timeout"));
         assert_eq!(conn.take_fault(), Some(Fault::PongTimeout));
+        // RFC 6455 7.1.7: no wait for a close reply: once written, the connection ends.
+        assert!(conn.wants_write_shutdown());
+        conn.write_shut_down();
+        assert!(conn.is_closed());
     }
 
     #[test]
