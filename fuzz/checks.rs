@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mioket::config::Limits;
 use mioket::error::HandshakeError;
-use mioket::frame::{encode_header, is_valid_close_code, parse_header, Header, Opcode, MAX_HEADER_LEN};
+use mioket::frame::{encode_header, parse_header, CloseCode, Header, Opcode, MAX_HEADER_LEN};
 use mioket::handshake::{self, Request};
 use mioket::outqueue::{shared_message, Chunk};
 use mioket::protocol::{Conn, Event};
@@ -287,7 +287,7 @@ impl<'a> Script<'a> {
                 let code = OUR_CLOSE_CODES[usize::from(self.input.byte() & 3)];
                 let n = usize::from(self.input.byte());
                 let reason = String::from_utf8_lossy(self.input.take(n)).into_owned();
-                self.conn.close(code, &reason, self.now, &self.limits);
+                self.conn.close(CloseCode(code), &reason, self.now, &self.limits);
             }
             // The socket takes some of our output: 4n bytes, or all of it for 0.
             7 => {
@@ -536,10 +536,10 @@ impl<'a> Script<'a> {
             assert!(self.sent.starts_with(&data), "data frames on the wire are not the ones sent, in order");
             // The metrics' "who closed first" agrees with the wire.
             let first = self.conn.first_close();
-            assert_eq!(close, first.map(|c| c.code), "close frame sent vs first_close()");
+            assert_eq!(close, first.map(|c| c.code.0), "close frame sent vs first_close()");
             // An echo repeats any code a peer may send; our own are 1000-1011.
             if let Some(first) = first.filter(|c| !c.by_peer) {
-                assert!((1000..=1011).contains(&first.code), "we closed with {}", first.code);
+                assert!((1000..=1011).contains(&first.code.0), "we closed with {}", first.code);
             }
         } else if !written.is_empty() {
             let statuses: &[u16] = if self.answered_http { &[404] } else { &HANDSHAKE_STATUSES };
@@ -574,7 +574,7 @@ fn check_server_frames(mut bytes: &[u8]) -> (Option<u16>, Vec<Vec<u8>>) {
                     return (Some(1005), data);
                 };
                 let code = u16::from_be_bytes([*hi, *lo]);
-                assert!(is_valid_close_code(code), "close code {code}");
+                assert!(CloseCode(code).may_be_sent(), "close code {code}");
                 assert!(std::str::from_utf8(reason).is_ok(), "close reason is not UTF-8");
                 return (Some(code), data);
             }

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use crate::frame::CloseCode;
+
 /// A WebSocket peer broke a rule of RFC 6455 (or one of our limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerError {
@@ -37,11 +39,11 @@ pub enum PeerError {
 
 impl PeerError {
     /// The close code that answers this fault (RFC 6455 7.4.1).
-    pub fn close_code(self) -> u16 {
+    pub fn close_code(self) -> CloseCode {
         match self {
-            PeerError::InvalidUtf8 => 1007,
-            PeerError::MessageTooBig | PeerError::TooManyFragments => 1009,
-            _ => 1002,
+            PeerError::InvalidUtf8 => CloseCode::INVALID_DATA,
+            PeerError::MessageTooBig | PeerError::TooManyFragments => CloseCode::TOO_BIG,
+            _ => CloseCode::PROTOCOL_ERROR,
         }
     }
 

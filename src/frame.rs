@@ -139,17 +139,37 @@ pub fn server_header(opcode: Opcode, len: usize) -> Header {
     Header { fin: true, opcode, mask: None, len: len as u64 }
 }
 
-/// RFC 6455 7.4: the codes a peer may put in a close frame. 1004-1006 and 1015 are
-/// reserved; 1012-1014 are registered with IANA; 3000-4999 belong to libraries and apps.
-pub fn is_valid_close_code(code: u16) -> bool {
-    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+/// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
+/// that are never sent but name what happened: 1005 (a close without a code) and
+/// 1006 (no close frame at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    /// Never sent: the peer's close frame had no code.
+    pub const NO_STATUS: CloseCode = CloseCode(1005);
+    /// Never sent: the connection ended without a close frame.
+    pub const ABNORMAL: CloseCode = CloseCode(1006);
+    pub const INVALID_DATA: CloseCode = CloseCode(1007);
+    pub const POLICY: CloseCode = CloseCode(1008);
+    pub const TOO_BIG: CloseCode = CloseCode(1009);
+    pub const INTERNAL: CloseCode = CloseCode(1011);
+
+    /// RFC 6455 7.4: whether a peer may put this code in a close frame. 1004-1006 and
+    /// 1015 are reserved; 1012-1014 are registered with IANA; 3000-4999 belong to
+    /// libraries and applications.
+    pub fn may_be_sent(self) -> bool {
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
 }
 
-pub mod close_code {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const POLICY: u16 = 1008;
-    pub const INTERNAL: u16 = 1011;
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 #[cfg(test)]
@@ -259,10 +279,10 @@ mod tests {
     #[test]
     fn close_codes_follow_section_7_4() {
         for ok in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
-            assert!(is_valid_close_code(ok), "{ok}");
+            assert!(CloseCode(ok).may_be_sent(), "{ok}");
         }
         for bad in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-            assert!(!is_valid_close_code(bad), "{bad}");
+            assert!(!CloseCode(bad).may_be_sent(), "{bad}");
         }
     }
 }

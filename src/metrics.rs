@@ -6,6 +6,7 @@ use std::fmt::Write;
 use std::time::Duration;
 
 use crate::error::HandshakeError;
+use crate::frame::CloseCode;
 
 /// Why a connection was refused or dropped before it became a WebSocket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,7 +48,7 @@ pub struct Metrics {
     rejected: [u64; 4],
     pub upgrades: u64,
     /// (close code, started by the peer) -> count; code 1006: ended without a close.
-    closes: BTreeMap<(u16, bool), u64>,
+    closes: BTreeMap<(CloseCode, bool), u64>,
     pub messages_in: u64,
     pub message_bytes_in: u64,
     pub messages_out: u64,
@@ -80,7 +81,7 @@ impl Metrics {
         self.rejected[why as usize]
     }
 
-    pub fn close(&mut self, code: u16, by_peer: bool) {
+    pub fn close(&mut self, code: CloseCode, by_peer: bool) {
         *self.closes.entry((code, by_peer)).or_default() += 1;
     }
 
@@ -115,7 +116,7 @@ impl Metrics {
             "WebSocket connections ended, by the code of the first close and who sent it (1006: no close frame).",
         );
         for ((code, by_peer), n) in &self.closes {
-            let by = if *code == 1006 {
+            let by = if *code == CloseCode::ABNORMAL {
                 "none"
             } else if *by_peer {
                 "client"
@@ -191,8 +192,8 @@ mod tests {
     fn renders_counters_labels_and_a_cumulative_histogram() {
         let mut m = Metrics { accepted: 5, ..Metrics::default() };
         m.reject(Rejection::Origin);
-        m.close(1000, true);
-        m.close(1006, true);
+        m.close(CloseCode::NORMAL, true);
+        m.close(CloseCode::ABNORMAL, true);
         m.iteration(Duration::from_micros(5));
         m.iteration(Duration::from_micros(700));
         let text = m.render(&gauges());

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::rc::Rc;
 
-use crate::frame::{encode_header, server_header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use crate::frame::{encode_header, server_header, CloseCode, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 
 /// Header and payload in one `Rc<[u8]>`: exactly one allocation, filled by memset
 /// and memcpy (collecting a chain of bytes instead costs ~14 instructions a byte).
@@ -94,14 +94,14 @@ impl Chunk {
     }
 
     /// A close frame; the reason is cut to fit the 125-byte control payload.
-    pub fn close(code: u16, reason: &str) -> Chunk {
+    pub fn close(code: CloseCode, reason: &str) -> Chunk {
         let mut end = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
         while !reason.is_char_boundary(end) {
             end -= 1;
         }
         let mut header = [0u8; MAX_HEADER_LEN];
         let n = encode_header(&server_header(Opcode::Close, 2 + end), &mut header);
-        Chunk::from_parts(&[&header[..n], &code.to_be_bytes(), &reason.as_bytes()[..end]])
+        Chunk::from_parts(&[&header[..n], &code.0.to_be_bytes(), &reason.as_bytes()[..end]])
     }
 
     /// A close frame with no body (the answer to an empty close).
@@ -432,7 +432,7 @@ mod tests {
 
     #[test]
     fn close_reasons_are_cut_at_a_character_boundary() {
-        let chunk = Chunk::close(1001, &"é".repeat(100));
+        let chunk = Chunk::close(CloseCode::GOING_AWAY, &"é".repeat(100));
         let bytes = chunk.bytes();
         assert_eq!(&bytes[..4], &[0x88, 124, 0x03, 0xE9]);
         assert!(std::str::from_utf8(&bytes[4..]).is_ok());

@@ -19,9 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::Limits;
 use crate::error::{HandshakeError, PeerError};
-use crate::frame::{
-    close_code, is_valid_close_code, parse_header, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
-};
+use crate::frame::{parse_header, CloseCode, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::handshake::{self, Request, MAX_HEAD};
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, OutQueue, OverLimit};
@@ -56,7 +54,7 @@ pub enum Fault {
 /// Who started the closing handshake, and with which code (1005: an empty close).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FirstClose {
-    pub code: u16,
+    pub code: CloseCode,
     pub by_peer: bool,
 }
 
@@ -220,7 +218,7 @@ impl Conn {
         if result.is_err() {
             self.out.drop_unsent();
             self.fault = Some(Fault::SlowConsumer);
-            self.close(close_code::POLICY, "slow consumer: too much data queued", now, limits);
+            self.close(CloseCode::POLICY, "slow consumer: too much data queued", now, limits);
         }
         result
     }
@@ -234,7 +232,7 @@ impl Conn {
 
     /// Starts the closing handshake (RFC 6455 7.1.2), or ends a connection that is
     /// not open yet.
-    pub fn close(&mut self, code: u16, reason: &str, now: Instant, limits: &Limits) {
+    pub fn close(&mut self, code: CloseCode, reason: &str, now: Instant, limits: &Limits) {
         match self.state {
             State::Open { .. } => {
                 self.out.push(Chunk::close(code, reason));
@@ -260,7 +258,7 @@ impl Conn {
                     // RFC 6455 7.1.7: fail the connection. A peer that misses its pong
                     // will not answer a close either: end TCP once the 1011 is written.
                     self.fault = Some(Fault::PongTimeout);
-                    self.fail_with(close_code::INTERNAL, "keepalive ping timeout", false, now, limits);
+                    self.fail_with(CloseCode::INTERNAL, "keepalive ping timeout", false, now, limits);
                     return;
                 }
                 if due(heartbeat.next_ping) {
@@ -527,11 +525,11 @@ impl Conn {
             Opcode::Close => {
                 // RFC 6455 5.5.1: an empty body, or a 2-byte code and a UTF-8 reason.
                 let (reply, code) = match payload {
-                    [] => (Chunk::close_empty(), 1005),
+                    [] => (Chunk::close_empty(), CloseCode::NO_STATUS),
                     [_] => return Err(PeerError::CloseBodyTooShort),
                     [hi, lo, reason @ ..] => {
-                        let code = u16::from_be_bytes([*hi, *lo]);
-                        if !is_valid_close_code(code) {
+                        let code = CloseCode(u16::from_be_bytes([*hi, *lo]));
+                        if !code.may_be_sent() {
                             return Err(PeerError::InvalidCloseCode);
                         }
                         std::str::from_utf8(reason).map_err(|_| PeerError::InvalidUtf8)?;
@@ -564,7 +562,7 @@ impl Conn {
 
     /// Sends a close frame (if open) and drains: our write side is shut once it is
     /// written; `linger` then waits for the peer's end of stream, otherwise ends.
-    fn fail_with(&mut self, code: u16, reason: &str, linger: bool, now: Instant, limits: &Limits) {
+    fn fail_with(&mut self, code: CloseCode, reason: &str, linger: bool, now: Instant, limits: &Limits) {
         if self.is_open() {
             self.out.push(Chunk::close(code, reason));
             self.first_close.get_or_insert(FirstClose { code, by_peer: false });

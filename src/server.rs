@@ -17,7 +17,7 @@ use slab::Slab;
 
 use crate::config::{Config, Mode};
 use crate::error::HandshakeError;
-use crate::frame::{close_code, encode_header, server_header, Opcode, MAX_HEADER_LEN};
+use crate::frame::{encode_header, server_header, CloseCode, Opcode, MAX_HEADER_LEN};
 use crate::handshake;
 use crate::http;
 use crate::memory;
@@ -511,7 +511,7 @@ impl Server {
             if client.counted_open {
                 self.open -= 1;
                 let first = client.conn.first_close();
-                self.metrics.close(first.map_or(1006, |c| c.code), first.is_some_and(|c| c.by_peer));
+                self.metrics.close(first.map_or(CloseCode::ABNORMAL, |c| c.code), first.is_some_and(|c| c.by_peer));
             }
             // Dropping the socket closes it, which also removes it from epoll.
         }
@@ -647,7 +647,7 @@ impl Server {
         let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(client) = self.clients.get_mut(key) {
-                client.conn.close(close_code::GOING_AWAY, "server shutting down", now, &self.config.limits);
+                client.conn.close(CloseCode::GOING_AWAY, "server shutting down", now, &self.config.limits);
             }
             self.after_activity(key);
         }

@@ -306,7 +306,7 @@ mod section_7_closing {
         bytes.extend(text("ignored after close"));
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
         assert_eq!(output(&mut conn), close_frame(1000, ""));
-        assert_eq!(conn.first_close(), Some(FirstClose { code: 1000, by_peer: true }));
+        assert_eq!(conn.first_close(), Some(FirstClose { code: CloseCode::NORMAL, by_peer: true }));
         assert!(conn.wants_write_shutdown());
         assert_eq!(conn.take_fault(), None);
         // RFC 6455 7.1.1: the handshake is finished, the server ends TCP at once.
@@ -337,9 +337,9 @@ mod section_7_closing {
     #[test]
     fn our_close_waits_for_the_reply_and_skips_data_meanwhile() {
         let (mut conn, now) = open_conn();
-        conn.close(1001, "going away", now, &limits());
+        conn.close(CloseCode::GOING_AWAY, "going away", now, &limits());
         assert_eq!(output(&mut conn), close_frame(1001, "going away"));
-        assert_eq!(conn.first_close(), Some(FirstClose { code: 1001, by_peer: false }));
+        assert_eq!(conn.first_close(), Some(FirstClose { code: CloseCode::GOING_AWAY, by_peer: false }));
         let mut bytes = text("late message");
         bytes.extend(frame(true, 8, &[0x03, 0xE9]));
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
@@ -353,14 +353,14 @@ mod section_7_closing {
         let whole = frame(true, 1, b"half sent");
         let (head, tail) = whole.split_at(whole.len() - 3);
         assert_eq!(feed(&mut conn, head, now), vec![]);
-        conn.close(1001, "", now, &limits());
+        conn.close(CloseCode::GOING_AWAY, "", now, &limits());
         assert_eq!(feed(&mut conn, tail, now), vec![]);
     }
 
     #[test]
     fn a_missing_close_reply_ends_the_connection_at_close_timeout() {
         let (mut conn, now) = open_conn();
-        conn.close(1001, "", now, &limits());
+        conn.close(CloseCode::GOING_AWAY, "", now, &limits());
         let deadline = conn.next_deadline().unwrap();
         assert_eq!(deadline, now + Duration::from_secs(10));
         conn.on_tick(deadline, &limits());
