@@ -94,8 +94,7 @@ fn main() -> io::Result<()> {
             }
             let key = event.token().0;
             let mut done = false;
-            loop {
-                let Some(conn) = conns.get_mut(key).and_then(Option::as_mut) else { break };
+            while let Some(conn) = conns.get_mut(key).and_then(Option::as_mut) {
                 // Do not read more while the answers are not written.
                 if conn.out.len() > 1 << 20 {
                     break;
