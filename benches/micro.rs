@@ -4,19 +4,16 @@
 //! shared, so read the numbers as ratios within one run, not as absolutes.
 
 use std::hint::black_box;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 
-use mioket::config::Limits;
+use mioket::config::{Config, Limits};
 use mioket::frame::{encode_header, parse_header, server_header, Header, Opcode, MAX_HEADER_LEN};
 use mioket::mask::apply_mask;
-use mioket::outqueue::shared_message;
-use mioket::protocol::{Conn, Event};
-use mioket::room::fan_out;
+use mioket::protocol::Event;
 use mioket::utf8::Utf8Validator;
-use test_support::conn::{drain, masked_frame, open_conn};
+use test_support::conn::{flush_app, masked_frame, open_app, open_conn};
 
 fn quick() -> Criterion {
     Criterion::default()
@@ -110,7 +107,7 @@ fn receive(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_function(BenchmarkId::new("conn_read_binary", len), |b| {
             b.iter(|| {
-                let (used, event) = conn.read(black_box(&mut frame), now, &limits);
+                let (used, event) = conn.handle_input(black_box(&mut frame), now, &limits);
                 match event {
                     Some(Event::Message { payload, .. }) => black_box(payload.len() + used),
                     other => panic!("expected a message, got {other:?}"),
@@ -129,7 +126,7 @@ fn receive(c: &mut Criterion) {
                         for piece in frame.chunks_mut(1460) {
                             let mut pos = 0;
                             while pos < piece.len() {
-                                let (used, event) = conn.read(&mut piece[pos..], now, &limits);
+                                let (used, event) = conn.handle_input(&mut piece[pos..], now, &limits);
                                 pos += used;
                                 if let Some(Event::Message { payload, .. }) = event {
                                     got += payload.len();
@@ -149,46 +146,47 @@ fn receive(c: &mut Criterion) {
     g.finish();
 }
 
-/// One broadcast: a shared frame queued on 10,000 open connections (a reference
-/// each). Only the fan-out is timed; the queues are drained between iterations.
+/// One broadcast through the application: read a client's frame, share it, number it
+/// and fan it out to 10,000 room members (a reference each). Only that is timed; the
+/// queues are flushed between iterations.
 fn broadcast(c: &mut Criterion) {
     const N: usize = 10_000;
     let mut g = c.benchmark_group("fan_out");
-    let limits = Limits::default();
     let now = Instant::now();
-    let mut conns: Vec<Conn> = (0..N).map(|_| open_conn(now, &limits)).collect();
+    let config = Config { welcome: None, history: 0, ..Config::default() };
+    let (mut app, ids) = open_app(config, N, now);
+    let mut input = Vec::with_capacity(2048);
     g.throughput(Throughput::Elements(N as u64));
     for len in [20usize, 1024] {
-        let payload = vec![b'x'; len];
+        let frame = masked_frame(Opcode::Binary, &vec![b'x'; len], [1, 2, 3, 4]);
         g.bench_function(BenchmarkId::new("10000_recipients", len), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
+                    input.clear();
+                    input.extend_from_slice(&frame);
+                    let deliveries = app.metrics.fanout_deliveries;
                     let start = Instant::now();
-                    let frame = shared_message(Opcode::Binary, black_box(&payload));
-                    let result = fan_out(&frame, conns.iter_mut(), now, &limits);
+                    app.handle_input(ids[0], black_box(&mut input), now, |_, _| 0);
                     total += start.elapsed();
-                    assert_eq!(result.delivered, N);
-                    drop(frame);
-                    conns.iter_mut().for_each(|c| {
-                        drain(c);
-                    });
+                    assert_eq!(app.metrics.fanout_deliveries - deliveries, N as u64);
+                    flush_app(&mut app);
                 }
                 total
             })
         });
     }
-    // The drain half alone (what the flush loop does per recipient, minus the writev).
-    let frame: Rc<[u8]> = shared_message(Opcode::Binary, &[b'x'; 20]);
+    // The flush half alone (what the flush loop does per recipient, minus the writev).
+    let frame = masked_frame(Opcode::Binary, &[b'x'; 20], [1, 2, 3, 4]);
     g.bench_function("10000_drains", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
-                fan_out(&frame, conns.iter_mut(), now, &limits);
+                input.clear();
+                input.extend_from_slice(&frame);
+                app.handle_input(ids[0], &mut input, now, |_, _| 0);
                 let start = Instant::now();
-                conns.iter_mut().for_each(|c| {
-                    drain(c);
-                });
+                flush_app(&mut app);
                 total += start.elapsed();
             }
             total

@@ -276,8 +276,8 @@ impl<'a> Script<'a> {
             4 => {
                 self.now += Duration::from_millis(50 * u64::from(self.input.byte()));
                 self.ticks += 1;
-                self.conn.on_tick(self.now, &self.limits);
-                if let Some(deadline) = self.conn.next_deadline() {
+                self.conn.handle_timeout(self.now, &self.limits);
+                if let Some(deadline) = self.conn.poll_timeout() {
                     assert!(deadline > self.now, "on_tick left a deadline due: the timer loop would spin");
                 }
             }
@@ -294,7 +294,7 @@ impl<'a> Script<'a> {
                 let n = usize::from(self.input.byte()) * 4;
                 self.drain(if n == 0 { usize::MAX } else { n });
             }
-            8 => self.conn.end_of_stream(),
+            8 => self.conn.handle_eof(),
             // A 1 KiB header line: a few of them pass the 8 KiB head limit (431).
             _ => {
                 self.pending.extend_from_slice(b"X-Pad: ");
@@ -404,9 +404,7 @@ impl<'a> Script<'a> {
         let written = (frame.len() * 37 + 11) % (frame.len() + 1);
         self.largest_sent = self.largest_sent.max(frame.len());
         self.written.extend_from_slice(&frame[..written]);
-        if let Some(rest) = Chunk::rest_of([frame, &[]], written) {
-            self.conn.send_rest_of_frame(rest);
-        }
+        self.conn.finish_write_through(Chunk::rest_of([frame, &[]], written));
         self.sent.push(frame.to_vec());
     }
 
@@ -421,7 +419,9 @@ impl<'a> Script<'a> {
             let open = self.conn.is_open();
             let was_accepted = self.accepted;
             let left = chunk.len() - pos;
-            let (used, event) = self.conn.read(&mut chunk[pos..], self.now, &self.limits);
+            // Asked before the input, as the server does: the message borrows the Conn.
+            let can_write_through = self.conn.can_write_through();
+            let (used, event) = self.conn.handle_input(&mut chunk[pos..], self.now, &self.limits);
             assert!(used <= left, "read used {used} of {left} bytes");
             let mut upgrade = false;
             let mut echo = None;
@@ -433,7 +433,7 @@ impl<'a> Script<'a> {
                     self.conn.respond(Chunk::Static(NOT_FOUND), self.now);
                     self.answered_http = true;
                 }
-                Some(Event::Message { opcode, payload, nothing_queued }) => {
+                Some(Event::Message { opcode, payload }) => {
                     assert!(open, "a message delivered on a connection that was not open");
                     assert!(matches!(opcode, Opcode::Text | Opcode::Binary), "{opcode:?} delivered");
                     assert!(
@@ -446,7 +446,7 @@ impl<'a> Script<'a> {
                     }
                     echo = self.echo.then(|| Chunk::frame(opcode, payload));
                     // Odd lengths take the server's write-through path for large echoes.
-                    write_through = nothing_queued && payload.len() % 2 == 1;
+                    write_through = can_write_through && payload.len() % 2 == 1;
                     self.delivered.push((opcode, payload.to_vec()));
                 }
             }
@@ -476,17 +476,17 @@ impl<'a> Script<'a> {
     /// Takes up to `max` bytes of output, as a partial socket write would.
     fn drain(&mut self, max: usize) {
         let mut slices = [IoSlice::new(&[]); 8];
-        let out = self.conn.out();
-        let filled = out.io_slices(&mut slices);
+        let filled = self.conn.poll_transmit(&mut slices);
         let before = self.written.len();
         for slice in &slices[..filled] {
             let room = max - (self.written.len() - before);
             self.written.extend_from_slice(&slice[..slice.len().min(room)]);
         }
-        out.advance(self.written.len() - before);
+        let taken = self.written.len() - before;
+        self.conn.handle_written(taken);
         // What the server does once a draining connection's output is all written.
-        if self.conn.wants_write_shutdown() {
-            self.conn.write_shut_down();
+        if self.conn.poll_write_shutdown() {
+            self.conn.handle_write_shutdown();
             self.write_shut = true;
         }
     }

@@ -1,22 +1,26 @@
 //! mioket: a WebSocket server written from RFC 6455 up, on one mio event loop.
 //!
-//! # Layout
-//! The protocol is sans-I/O: everything that understands WebSocket takes bytes in and
-//! gives events and bytes out; only `server` touches sockets and the clock.
+//! # Layers
+//! Each layer imports only the layers below it; only `runtime` does I/O (sockets,
+//! the clock, signals). See docs/architecture.md for the path of one message.
 //!
-//! - [`config`]: `Config` and `Limits`, the command line.
-//! - [`error`]: `PeerError` (close codes) and `HandshakeError` (HTTP statuses).
-//! - [`frame`], [`mask`], [`utf8`]: RFC 6455 framing, masking, incremental UTF-8.
-//! - [`handshake`]: the HTTP upgrade (section 4).
-//! - [`protocol`]: `Conn`, one connection's state machine.
-//! - [`outqueue`]: a connection's outgoing queue of shared and inline frames.
-//! - [`room`]: the bounded history of shared frames.
-//! - [`http`]: plain HTTP answers (the embedded browser pages, 404).
-//! - [`memory`]: giving freed heap pages back to the system (the one `unsafe` call).
-//! - [`metrics`]: counters and the Prometheus text for `GET /metrics`.
-//! - [`server`]: the mio event loop, the only I/O.
+//! - [`runtime`]: the mio event loop, the only I/O; [`transport`]: a client's byte
+//!   stream (plain TCP). Embedding: `runtime::Server::bind(config)?.run()`.
+//! - [`app`]: policy without I/O: admission, welcome and history, echo or broadcast,
+//!   write-through, HTTP routes (pages, /metrics, /healthz).
+//! - [`pubsub`]: topics (rooms) with membership and a numbered history; knows client
+//!   ids and shared frames, never a connection.
+//! - [`protocol`]: `Conn`, one connection's state machine; [`outqueue`]: its
+//!   outgoing queue of shared and inline frames, with memory accounting.
+//! - [`handshake`] (the HTTP upgrade, RFC 6455 section 4), [`http`] (plain answers
+//!   and the embedded pages), [`frame`], [`mask`], [`utf8`] (RFC 6455 framing,
+//!   masking, incremental UTF-8), [`error`] (peer faults with their close codes and
+//!   HTTP statuses).
+//! - [`config`]: `Config` and `Limits`, the command line; [`metrics`]: counters and
+//!   the Prometheus text; [`memory`]: giving freed heap pages back to the system.
 #![deny(unsafe_code)]
 
+pub mod app;
 pub mod config;
 pub mod error;
 pub mod frame;
@@ -27,6 +31,7 @@ pub mod memory;
 pub mod metrics;
 pub mod outqueue;
 pub mod protocol;
-pub mod room;
-pub mod server;
+pub mod pubsub;
+pub mod runtime;
+pub mod transport;
 pub mod utf8;

@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use mioket::config::{one_line, parse_args};
-use mioket::server::Server;
+use mioket::runtime::Server;
 
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args_os()) {

@@ -166,20 +166,17 @@ pub struct OutQueue {
     rest: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
-    /// Bytes queued and not yet written.
-    queued: usize,
     /// Heap bytes held by the queued chunks (`Chunk::footprint`), slots not included.
     held: usize,
     /// Chunks at the front that must go out whatever happens (the 101 answer, the
     /// rest of a frame begun on the wire): never dropped, and not counted against
-    /// the backpressure limit.
-    committed: usize,
+    /// the backpressure limit. (u32: every connection has a queue.)
+    committed: u32,
 }
 
 impl OutQueue {
     pub fn push(&mut self, chunk: Chunk) {
         let bytes = chunk.bytes();
-        self.queued += bytes.len();
         if self.rest.len() >= BATCH_AFTER && bytes.len() <= SMALL_FRAME {
             if let Some(Chunk::Batch(batch)) = self.rest.back_mut() {
                 if batch.capacity() - batch.len() >= bytes.len() {
@@ -207,17 +204,16 @@ impl OutQueue {
     /// Only valid while everything queued is committed (at the start of a connection,
     /// or on an empty queue).
     pub fn push_committed(&mut self, chunk: Chunk) {
-        debug_assert_eq!(self.committed, self.len());
-        self.queued += chunk.bytes().len();
+        debug_assert_eq!(self.committed as usize, self.len());
         self.push_slot(chunk);
-        self.committed = self.len();
+        self.committed += 1;
     }
 
     /// Pushes unless the queue already holds data and would pass `limit`: a single
     /// message larger than the limit still goes through an empty queue, so the queue
     /// never holds more than `max(limit, one message)` besides committed bytes.
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
-        if self.len() > self.committed && !self.fits(&chunk, limit) {
+        if self.len() > self.committed as usize && !self.fits(&chunk, limit) {
             return Err(OverLimit);
         }
         self.push(chunk);
@@ -263,8 +259,9 @@ impl OutQueue {
         self.first.iter().chain(self.rest.iter())
     }
 
+    /// Bytes queued and not yet written (a walk over the queue: for tests and checks).
     pub fn queued_bytes(&self) -> usize {
-        self.queued
+        self.chunks().map(|c| c.bytes().len()).sum::<usize>() - self.front_written
     }
 
     /// Heap memory the queue holds: its chunks' blocks and its slot storage.
@@ -274,7 +271,7 @@ impl OutQueue {
 
     /// Memory that counts against the backpressure limit (all but committed chunks).
     pub fn data_memory(&self) -> usize {
-        let committed: usize = self.chunks().take(self.committed).map(Chunk::footprint).sum();
+        let committed: usize = self.chunks().take(self.committed as usize).map(Chunk::footprint).sum();
         self.memory() - committed
     }
 
@@ -292,7 +289,6 @@ impl OutQueue {
 
     /// Marks `written` bytes as sent, dropping finished chunks.
     pub fn advance(&mut self, mut written: usize) {
-        self.queued = self.queued.saturating_sub(written);
         while let Some(front) = &self.first {
             let left = front.bytes().len() - self.front_written;
             if written < left {
@@ -318,7 +314,7 @@ impl OutQueue {
     /// the stream remains well framed for what comes after (a close frame).
     /// Committed chunks stay too.
     pub fn drop_unsent(&mut self) {
-        let keep = self.committed.max(usize::from(self.front_written > 0));
+        let keep = (self.committed as usize).max(usize::from(self.front_written > 0));
         if keep == 0 {
             self.first = None;
         }
@@ -327,7 +323,6 @@ impl OutQueue {
             self.rest = VecDeque::new();
         }
         self.held = self.chunks().map(Chunk::footprint).sum();
-        self.queued = self.chunks().map(|c| c.bytes().len()).sum::<usize>() - self.front_written;
     }
 
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).

@@ -1,6 +1,7 @@
-//! `Conn`: one connection's state machine, without I/O. Bytes go in through `read`,
-//! time through `on_tick`; what the connection wants to send waits in its `OutQueue`
-//! for the event loop to write.
+//! `Conn`: one connection's state machine, without I/O, its methods named by role
+//! (as quinn-proto's): `handle_*` take input (bytes, end of stream, time, written
+//! bytes), `poll_*` give output (bytes to write, the next deadline, a fault), and
+//! commands (`accept`, `send`, `close`, ...) carry out the application's decisions.
 //!
 //! Handshaking -> (Upgrading) -> Open -> Closing -> Draining -> Closed
 //!
@@ -24,6 +25,7 @@ use crate::handshake::{self, Request, MAX_HEAD};
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, OutQueue, OverLimit};
 use crate::utf8::Utf8Validator;
+use std::io::IoSlice;
 
 /// How long we wait for a client to close after an HTTP answer.
 pub const HTTP_LINGER: Duration = Duration::from_secs(2);
@@ -35,9 +37,8 @@ pub enum Event<'a> {
     UpgradeRequest,
     /// A plain HTTP GET: the server answers with `respond`.
     HttpGet { path: String },
-    /// A complete text or binary message. `nothing_queued`: the connection's output
-    /// queue is empty, so the server may write a reply straight to the socket.
-    Message { opcode: Opcode, payload: &'a [u8], nothing_queued: bool },
+    /// A complete text or binary message.
+    Message { opcode: Opcode, payload: &'a [u8] },
 }
 
 /// Why a connection is ending, for the log and the metrics.
@@ -49,6 +50,16 @@ pub enum Fault {
     PongTimeout,
     CloseTimeout,
     SlowConsumer,
+}
+
+/// A connection's phase as metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Before the upgrade (or a plain HTTP request before its answer).
+    Handshaking,
+    Open,
+    /// Closing, draining, or closed.
+    Closing,
 }
 
 /// Who started the closing handshake, and with which code (1005: an empty close).
@@ -148,9 +159,16 @@ impl Conn {
         }
     }
 
+    // Input: bytes, end of stream and time go in through handle_*.
+
     /// Processes bytes from `input` until an event is ready or the input is used up.
     /// Returns how many bytes it used; call again with the rest. Unmasks in place.
-    pub fn read<'a>(&'a mut self, input: &'a mut [u8], now: Instant, limits: &Limits) -> (usize, Option<Event<'a>>) {
+    pub fn handle_input<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        now: Instant,
+        limits: &Limits,
+    ) -> (usize, Option<Event<'a>>) {
         match self.state {
             State::Handshaking { .. } => self.read_head(input, now, limits),
             State::Upgrading { .. } => (0, None),
@@ -158,14 +176,11 @@ impl Conn {
             State::Open { .. } | State::Closing { .. } => {
                 let (used, delivery) = self.read_frames(input, now, limits);
                 let input: &'a [u8] = input;
-                let nothing_queued = self.out.is_empty();
                 let event = delivery.map(|d| match d {
-                    Delivery::InPlace { opcode, start, end } => {
-                        Event::Message { opcode, payload: &input[start..end], nothing_queued }
-                    }
+                    Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
                     Delivery::Assembled { opcode } => {
                         let payload = self.reader.partial.as_deref().map_or(&[][..], |p| &p.payload);
-                        Event::Message { opcode, payload, nothing_queued }
+                        Event::Message { opcode, payload }
                     }
                 });
                 (used, event)
@@ -176,12 +191,54 @@ impl Conn {
 
     /// The peer ended its side of the stream. Our last words (an HTTP answer, a
     /// close reply) are still written, then the connection ends; anything else ends now.
-    pub fn end_of_stream(&mut self) {
+    pub fn handle_eof(&mut self) {
         match &mut self.state {
             State::Draining { write_shut: false, linger, .. } if !self.out.is_empty() => *linger = false,
             _ => self.state = State::Closed,
         }
     }
+
+    /// Acts on time: drops a stalled handshake, pings, gives up on a missing pong
+    /// or close reply. Safe to call at any time.
+    pub fn handle_timeout(&mut self, now: Instant, limits: &Limits) {
+        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
+        match &mut self.state {
+            State::Handshaking { deadline, .. } if due(*deadline) => {
+                self.fault = Some(Fault::HandshakeTimeout);
+                self.state = State::Closed;
+            }
+            State::Open { heartbeat } => {
+                if due(heartbeat.waiting.map(|w| w.1)) {
+                    // RFC 6455 7.1.7: fail the connection. A peer that misses its pong
+                    // will not answer a close either: end TCP once the 1011 is written.
+                    self.fault = Some(Fault::PongTimeout);
+                    self.fail_with(CloseCode::INTERNAL, "keepalive ping timeout", false, now, limits);
+                    return;
+                }
+                if due(heartbeat.next_ping) {
+                    heartbeat.seq = heartbeat.seq.wrapping_add(1);
+                    let seq = heartbeat.seq;
+                    if let Some(timeout) = limits.ping_timeout {
+                        heartbeat.waiting.get_or_insert((seq, now + timeout));
+                    }
+                    heartbeat.next_ping = limits.ping_interval.map(|t| now + t);
+                    self.send_control(Opcode::Ping, &seq.to_be_bytes());
+                }
+                // An idle connection keeps no buffers.
+                if self.reader.partial.as_deref().is_some_and(|p| p.message.is_none() && p.frame.is_none()) {
+                    self.reader.partial = None;
+                }
+                self.out.shrink_if_empty();
+            }
+            State::Closing { deadline } | State::Draining { deadline, .. } if due(*deadline) => {
+                self.fault.get_or_insert(Fault::CloseTimeout);
+                self.state = State::Closed;
+            }
+            _ => {}
+        }
+    }
+
+    // Commands: what the application decides.
 
     /// Accepts the pending upgrade: queues the 101 answer and opens the connection.
     pub fn accept(&mut self, now: Instant, limits: &Limits) {
@@ -223,11 +280,20 @@ impl Conn {
         result
     }
 
-    /// Queues the rest of a frame whose start the loop wrote straight to the socket
-    /// (after a `Message` with `nothing_queued`). Like the 101 it must go out whatever
+    /// Write-through, step 1: whether a frame may go straight to the socket now,
+    /// ahead of the queue (open, and no byte of output waits). Ask before the
+    /// `handle_input` call that yields the message: the message borrows the `Conn`.
+    pub fn can_write_through(&self) -> bool {
+        self.is_open() && self.out.is_empty()
+    }
+
+    /// Write-through, step 2: the loop wrote a frame itself; what the socket did not
+    /// take (`Chunk::rest_of`) is queued. Like the 101 it must go out whatever
     /// follows, or the stream would lose its framing.
-    pub fn send_rest_of_frame(&mut self, rest: Chunk) {
-        self.out.push_committed(rest);
+    pub fn finish_write_through(&mut self, rest: Option<Chunk>) {
+        if let Some(rest) = rest {
+            self.out.push_committed(rest);
+        }
     }
 
     /// Starts the closing handshake (RFC 6455 7.1.2), or ends a connection that is
@@ -244,48 +310,10 @@ impl Conn {
         }
     }
 
-    /// Acts on time: drops a stalled handshake, pings, gives up on a missing pong
-    /// or close reply. Safe to call at any time.
-    pub fn on_tick(&mut self, now: Instant, limits: &Limits) {
-        let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
-        match &mut self.state {
-            State::Handshaking { deadline, .. } if due(*deadline) => {
-                self.fault = Some(Fault::HandshakeTimeout);
-                self.state = State::Closed;
-            }
-            State::Open { heartbeat } => {
-                if due(heartbeat.waiting.map(|w| w.1)) {
-                    // RFC 6455 7.1.7: fail the connection. A peer that misses its pong
-                    // will not answer a close either: end TCP once the 1011 is written.
-                    self.fault = Some(Fault::PongTimeout);
-                    self.fail_with(CloseCode::INTERNAL, "keepalive ping timeout", false, now, limits);
-                    return;
-                }
-                if due(heartbeat.next_ping) {
-                    heartbeat.seq = heartbeat.seq.wrapping_add(1);
-                    let seq = heartbeat.seq;
-                    if let Some(timeout) = limits.ping_timeout {
-                        heartbeat.waiting.get_or_insert((seq, now + timeout));
-                    }
-                    heartbeat.next_ping = limits.ping_interval.map(|t| now + t);
-                    self.send_control(Opcode::Ping, &seq.to_be_bytes());
-                }
-                // An idle connection keeps no buffers.
-                if self.reader.partial.as_deref().is_some_and(|p| p.message.is_none() && p.frame.is_none()) {
-                    self.reader.partial = None;
-                }
-                self.out.shrink_if_empty();
-            }
-            State::Closing { deadline } | State::Draining { deadline, .. } if due(*deadline) => {
-                self.fault.get_or_insert(Fault::CloseTimeout);
-                self.state = State::Closed;
-            }
-            _ => {}
-        }
-    }
+    // Output: what the connection wants, through poll_*.
 
-    /// When `on_tick` next has something to do.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When `handle_timeout` next has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
             State::Handshaking { deadline, .. } | State::Closing { deadline } | State::Draining { deadline, .. } => {
                 *deadline
@@ -298,9 +326,22 @@ impl Conn {
         }
     }
 
-    pub fn out(&mut self) -> &mut OutQueue {
-        &mut self.out
+    /// Fills `slices` with the bytes waiting to be written, front first; returns how
+    /// many it filled. Tell `handle_written` how many bytes the socket took.
+    pub fn poll_transmit<'a>(&'a self, slices: &mut [IoSlice<'a>]) -> usize {
+        self.out.io_slices(slices)
     }
+
+    /// The socket took `n` bytes of what `poll_transmit` gave.
+    pub fn handle_written(&mut self, n: usize) {
+        self.out.advance(n);
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    // Getters.
 
     pub fn queued_bytes(&self) -> usize {
         self.out.queued_bytes()
@@ -320,12 +361,12 @@ impl Conn {
     }
 
     /// All our output is queued and written: time to shut our write side.
-    pub fn wants_write_shutdown(&self) -> bool {
+    pub fn poll_write_shutdown(&self) -> bool {
         matches!(self.state, State::Draining { write_shut: false, .. }) && self.out.is_empty()
     }
 
     /// The loop shut our write side: a finished close handshake ends here.
-    pub fn write_shut_down(&mut self) {
+    pub fn handle_write_shutdown(&mut self) {
         match &mut self.state {
             State::Draining { linger: false, .. } => self.state = State::Closed,
             State::Draining { write_shut, .. } => *write_shut = true,
@@ -338,17 +379,17 @@ impl Conn {
         self.first_close
     }
 
-    /// Short name of the state, for metrics: handshaking, open or closing.
-    pub fn state_name(&self) -> &'static str {
+    /// Where the connection is in its life, for metrics.
+    pub fn phase(&self) -> Phase {
         match self.state {
-            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => "handshaking",
-            State::Open { .. } => "open",
-            State::Closing { .. } | State::Draining { .. } | State::Closed => "closing",
+            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => Phase::Handshaking,
+            State::Open { .. } => Phase::Open,
+            State::Closing { .. } | State::Draining { .. } | State::Closed => Phase::Closing,
         }
     }
 
     /// Why the connection is ending, once; `None` for a normal close.
-    pub fn take_fault(&mut self) -> Option<Fault> {
+    pub fn poll_fault(&mut self) -> Option<Fault> {
         self.fault.take()
     }
 

@@ -8,12 +8,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Instant;
 
-use mioket::config::Limits;
+use mioket::app::App;
+use mioket::config::{Config, Mode};
 use mioket::frame::Opcode;
-use mioket::outqueue::{shared_message, Chunk};
-use mioket::protocol::{Conn, Event};
-use mioket::room::fan_out;
-use test_support::conn::{drain, masked_frame, open_conn};
+use test_support::conn::{flush_app, masked_frame, open_app, NoSocket};
 
 struct Counting;
 
@@ -54,32 +52,36 @@ fn allocations<T>(f: impl FnOnce() -> T) -> (u64, T) {
     (ALLOCATIONS.with(Cell::get) - before, result)
 }
 
-fn broadcast_once(conns: &mut [Conn], payload: &[u8], now: Instant, limits: &Limits) -> usize {
-    let frame = shared_message(Opcode::Text, payload);
-    let result = fan_out(&frame, conns.iter_mut(), now, limits);
-    result.delivered
+/// One message from `sender`, through the application's real path (read, then echo,
+/// or number, keep in history and fan out to every member; queue the flushes).
+fn send_from(app: &mut App<NoSocket>, sender: usize, frame: &[u8], input: &mut Vec<u8>, now: Instant) {
+    input.clear();
+    input.extend_from_slice(frame);
+    app.handle_input(sender, input, now, |_, _| 0);
 }
 
 fn one_broadcast_costs_one_allocation(n: usize) {
-    let limits = Limits::default();
     let now = Instant::now();
-    let mut conns: Vec<Conn> = (0..n).map(|_| open_conn(now, &limits)).collect();
+    let config = Config { welcome: None, ..Config::default() };
+    let (mut app, ids) = open_app(config, n, now);
     let payload = b"a broadcast message of some length";
-    // Warm up: every queue grows to its working capacity once.
-    for _ in 0..3 {
-        assert_eq!(broadcast_once(&mut conns, payload, now, &limits), n);
-        conns.iter_mut().for_each(|c| {
-            drain(c);
-        });
+    let frame = masked_frame(Opcode::Text, payload, [1, 2, 3, 4]);
+    let mut input = Vec::with_capacity(1024);
+    // Warm up: every queue, the history and the flush list grow to their working
+    // capacity once.
+    for _ in 0..200 {
+        send_from(&mut app, ids[0], &frame, &mut input, now);
+        assert_eq!(flush_app(&mut app), n * (2 + payload.len()));
     }
     for _ in 0..5 {
-        let (count, delivered) = allocations(|| broadcast_once(&mut conns, payload, now, &limits));
-        assert_eq!(delivered, n);
+        let deliveries = app.metrics.fanout_deliveries;
+        let (count, ()) = allocations(|| send_from(&mut app, ids[0], &frame, &mut input, now));
+        assert_eq!(app.metrics.fanout_deliveries - deliveries, n as u64);
         assert_eq!(count, 1, "one broadcast to {n} connections made {count} allocations");
-        // Draining (popping the shared references) allocates nothing either.
-        let (count, bytes) = allocations(|| conns.iter_mut().map(drain).sum::<usize>());
+        // Flushing (popping the shared references) allocates nothing either.
+        let (count, bytes) = allocations(|| flush_app(&mut app));
         assert_eq!(bytes, n * (2 + payload.len()));
-        assert_eq!(count, 0, "draining {n} queues made {count} allocations");
+        assert_eq!(count, 0, "flushing {n} queues made {count} allocations");
     }
 }
 
@@ -95,29 +97,22 @@ fn one_broadcast_to_1000_connections_costs_exactly_one_allocation() {
 
 #[test]
 fn echoing_a_small_message_costs_no_allocation() {
-    let limits = Limits::default();
     let now = Instant::now();
-    let mut conn = open_conn(now, &limits);
+    let config = Config { mode: Mode::Echo, welcome: None, history: 0, ..Config::default() };
+    let (mut app, ids) = open_app(config, 1, now);
     let payload = [0x42u8; 20];
-    let template = masked_frame(Opcode::Binary, &payload, [9, 8, 7, 6]);
-    // What the event loop does per message: read from its buffer, frame, queue, write.
-    let mut echo = |input: &mut Vec<u8>| -> usize {
-        input.clear();
-        input.extend_from_slice(&template);
-        let (used, event) = conn.read(input, now, &limits);
-        assert_eq!(used, template.len());
-        let Some(Event::Message { opcode, payload: got, .. }) = event else { panic!("no message: {event:?}") };
-        assert_eq!(got, &payload[..]);
-        let chunk = Chunk::frame(opcode, got);
-        conn.send(chunk, now, &limits).expect("under the limit");
-        drain(&mut conn)
-    };
+    let frame = masked_frame(Opcode::Binary, &payload, [9, 8, 7, 6]);
     let mut input = Vec::with_capacity(1024);
     for _ in 0..3 {
-        assert_eq!(echo(&mut input), 2 + payload.len());
+        send_from(&mut app, ids[0], &frame, &mut input, now);
+        assert_eq!(flush_app(&mut app), 2 + payload.len());
     }
     for _ in 0..5 {
-        let (count, written) = allocations(|| echo(&mut input));
+        // What the event loop does per message: read from its buffer, frame, queue, write.
+        let (count, written) = allocations(|| {
+            send_from(&mut app, ids[0], &frame, &mut input, now);
+            flush_app(&mut app)
+        });
         assert_eq!(written, 2 + payload.len());
         assert_eq!(count, 0, "echoing 20 bytes made {count} allocations");
     }

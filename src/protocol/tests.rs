@@ -56,7 +56,7 @@ fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
         let mut buf = chunk.to_vec();
         let mut pos = 0;
         while pos < buf.len() {
-            let (used, event) = conn.read(&mut buf[pos..], now, &limits);
+            let (used, event) = conn.handle_input(&mut buf[pos..], now, &limits);
             pos += used;
             let event = event.map(|e| match e {
                 Event::UpgradeRequest => Ev::Upgrade,
@@ -80,9 +80,9 @@ fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
 /// Takes everything queued for the peer.
 fn output(conn: &mut Conn) -> Vec<u8> {
     let mut slices = [IoSlice::new(&[]); 64];
-    let n = conn.out().io_slices(&mut slices);
+    let n = conn.poll_transmit(&mut slices);
     let bytes: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
-    conn.out().advance(bytes.len());
+    conn.handle_written(bytes.len());
     bytes
 }
 
@@ -149,12 +149,12 @@ mod section_4_handshake {
         head.resize(MAX_HEAD + 100, b'a');
         assert_eq!(feed(&mut conn, &head, now), vec![]);
         assert!(String::from_utf8(output(&mut conn)).unwrap().starts_with("HTTP/1.1 431 "));
-        assert_eq!(conn.take_fault(), Some(Fault::Handshake(HandshakeError::HeadTooLarge)));
-        assert!(conn.wants_write_shutdown());
+        assert_eq!(conn.poll_fault(), Some(Fault::Handshake(HandshakeError::HeadTooLarge)));
+        assert!(conn.poll_write_shutdown());
         // After an HTTP answer we linger for the client's end of stream.
-        conn.write_shut_down();
+        conn.handle_write_shutdown();
         assert!(!conn.is_closed());
-        conn.end_of_stream();
+        conn.handle_eof();
         assert!(conn.is_closed());
     }
 
@@ -173,10 +173,10 @@ mod section_4_handshake {
         let mut conn = Conn::new(now, &limits());
         feed(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", now);
         conn.respond(Chunk::Static(b"HTTP/1.1 200 OK\r\n\r\n"), now);
-        conn.end_of_stream();
+        conn.handle_eof();
         assert!(!conn.is_closed());
         assert_eq!(output(&mut conn), b"HTTP/1.1 200 OK\r\n\r\n");
-        conn.write_shut_down();
+        conn.handle_write_shutdown();
         assert!(conn.is_closed(), "no need to wait for an end of stream already seen");
     }
 
@@ -187,7 +187,7 @@ mod section_4_handshake {
         assert_eq!(feed(&mut conn, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", now), vec![Ev::Get("/healthz".into())]);
         conn.respond(Chunk::Static(b"HTTP/1.1 200 OK\r\n\r\n"), now);
         assert_eq!(output(&mut conn), b"HTTP/1.1 200 OK\r\n\r\n");
-        assert!(conn.wants_write_shutdown());
+        assert!(conn.poll_write_shutdown());
     }
 
     #[test]
@@ -195,13 +195,13 @@ mod section_4_handshake {
         let now = Instant::now();
         let mut conn = Conn::new(now, &limits());
         feed(&mut conn, b"GET / HTTP/1.1\r\n", now);
-        let deadline = conn.next_deadline().unwrap();
+        let deadline = conn.poll_timeout().unwrap();
         assert_eq!(deadline, now + Duration::from_secs(10));
-        conn.on_tick(deadline - Duration::from_millis(1), &limits());
+        conn.handle_timeout(deadline - Duration::from_millis(1), &limits());
         assert!(!conn.is_closed());
-        conn.on_tick(deadline, &limits());
+        conn.handle_timeout(deadline, &limits());
         assert!(conn.is_closed());
-        assert_eq!(conn.take_fault(), Some(Fault::HandshakeTimeout));
+        assert_eq!(conn.poll_fault(), Some(Fault::HandshakeTimeout));
     }
 }
 
@@ -228,7 +228,7 @@ mod section_5_framing {
         let (mut conn, now) = open_conn();
         assert_eq!(feed(&mut conn, &[0x81, 0x02, b'h', b'i'], now), vec![]);
         assert_eq!(output(&mut conn), close_frame(1002, "client frame not masked"));
-        assert_eq!(conn.take_fault(), Some(Fault::Peer(PeerError::UnmaskedFrame)));
+        assert_eq!(conn.poll_fault(), Some(Fault::Peer(PeerError::UnmaskedFrame)));
     }
 
     #[test]
@@ -307,10 +307,10 @@ mod section_7_closing {
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
         assert_eq!(output(&mut conn), close_frame(1000, ""));
         assert_eq!(conn.first_close(), Some(FirstClose { code: CloseCode::NORMAL, by_peer: true }));
-        assert!(conn.wants_write_shutdown());
-        assert_eq!(conn.take_fault(), None);
+        assert!(conn.poll_write_shutdown());
+        assert_eq!(conn.poll_fault(), None);
         // RFC 6455 7.1.1: the handshake is finished, the server ends TCP at once.
-        conn.write_shut_down();
+        conn.handle_write_shutdown();
         assert!(conn.is_closed());
     }
 
@@ -344,7 +344,7 @@ mod section_7_closing {
         bytes.extend(frame(true, 8, &[0x03, 0xE9]));
         assert_eq!(feed(&mut conn, &bytes, now), vec![]);
         assert_eq!(output(&mut conn), b"", "no second close");
-        assert!(conn.wants_write_shutdown());
+        assert!(conn.poll_write_shutdown());
     }
 
     #[test]
@@ -361,11 +361,11 @@ mod section_7_closing {
     fn a_missing_close_reply_ends_the_connection_at_close_timeout() {
         let (mut conn, now) = open_conn();
         conn.close(CloseCode::GOING_AWAY, "", now, &limits());
-        let deadline = conn.next_deadline().unwrap();
+        let deadline = conn.poll_timeout().unwrap();
         assert_eq!(deadline, now + Duration::from_secs(10));
-        conn.on_tick(deadline, &limits());
+        conn.handle_timeout(deadline, &limits());
         assert!(conn.is_closed());
-        assert_eq!(conn.take_fault(), Some(Fault::CloseTimeout));
+        assert_eq!(conn.poll_fault(), Some(Fault::CloseTimeout));
     }
 }
 
@@ -453,7 +453,7 @@ mod limits {
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 90]), now, &limits), Ok(()));
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 20]), now, &limits), Err(OverLimit));
         assert_eq!(output(&mut conn), close_frame(1008, "slow consumer: too much data queued"));
-        assert_eq!(conn.take_fault(), Some(Fault::SlowConsumer));
+        assert_eq!(conn.poll_fault(), Some(Fault::SlowConsumer));
     }
 
     #[test]
@@ -462,7 +462,7 @@ mod limits {
         let limits = Limits { max_backpressure: 10, ..limits() };
         let mut conn = Conn::new(now, &limits);
         let mut request = UPGRADE.to_vec();
-        assert_eq!(conn.read(&mut request, now, &limits).1, Some(Event::UpgradeRequest));
+        assert_eq!(conn.handle_input(&mut request, now, &limits).1, Some(Event::UpgradeRequest));
         conn.accept(now, &limits);
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 8]), now, &limits), Ok(()), "the 101 does not count");
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 8]), now, &limits), Err(OverLimit));
@@ -475,12 +475,11 @@ mod limits {
     fn the_rest_of_a_frame_begun_on_the_wire_survives_a_slow_consumer_close() {
         let (mut conn, now) = open_conn();
         let limits = limits();
-        let mut input = text("echo me");
-        let (_, event) = conn.read(&mut input, now, &limits);
-        assert!(matches!(event, Some(Event::Message { nothing_queued: true, .. })));
+        assert!(conn.can_write_through());
         // The loop wrote the first 3 bytes of a 300-byte frame itself; the rest is queued.
         let frame = Chunk::frame(Opcode::Binary, &[b'r'; 296]);
-        conn.send_rest_of_frame(Chunk::Owned(frame.bytes()[3..].to_vec()));
+        conn.finish_write_through(Chunk::rest_of([frame.bytes(), &[]], 3));
+        assert!(!conn.can_write_through(), "output waits: the next frame queues behind it");
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 90]), now, &limits), Ok(()), "the rest does not count");
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 20]), now, &limits), Err(OverLimit));
         let mut expected = frame.bytes()[3..].to_vec();
@@ -489,12 +488,16 @@ mod limits {
     }
 
     #[test]
-    fn a_message_says_whether_output_is_waiting() {
+    fn write_through_waits_for_queued_output_and_an_open_connection() {
+        let now = Instant::now();
+        let conn = Conn::new(now, &limits());
+        assert!(!conn.can_write_through(), "not open yet");
         let (mut conn, now) = open_conn();
-        let limits = limits();
-        let mut input = [frame(true, 9, b"p"), text("after a ping")].concat();
-        let (_, event) = conn.read(&mut input, now, &limits);
-        assert!(matches!(event, Some(Event::Message { nothing_queued: false, .. })), "the pong waits: {event:?}");
+        assert!(conn.can_write_through());
+        feed(&mut conn, &frame(true, 9, b"p"), now);
+        assert!(!conn.can_write_through(), "the pong waits");
+        output(&mut conn);
+        assert!(conn.can_write_through());
     }
 
     #[test]
@@ -516,14 +519,14 @@ mod heartbeat {
     fn pings_at_the_interval_and_a_matching_pong_keeps_the_connection() {
         let (mut conn, now) = open_conn();
         let limits = limits();
-        let ping_at = conn.next_deadline().unwrap();
+        let ping_at = conn.poll_timeout().unwrap();
         assert_eq!(ping_at, now + Duration::from_secs(10));
-        conn.on_tick(ping_at, &limits);
+        conn.handle_timeout(ping_at, &limits);
         assert_eq!(output(&mut conn), [0x89, 4, 0, 0, 0, 1]);
-        assert_eq!(conn.next_deadline(), Some(ping_at + Duration::from_secs(5)));
+        assert_eq!(conn.poll_timeout(), Some(ping_at + Duration::from_secs(5)));
         feed(&mut conn, &frame(true, 10, &[0, 0, 0, 1]), ping_at);
-        assert_eq!(conn.next_deadline(), Some(ping_at + Duration::from_secs(10)));
-        conn.on_tick(ping_at + Duration::from_secs(5), &limits);
+        assert_eq!(conn.poll_timeout(), Some(ping_at + Duration::from_secs(10)));
+        conn.handle_timeout(ping_at + Duration::from_secs(5), &limits);
         assert!(conn.is_open());
     }
 
@@ -531,15 +534,15 @@ mod heartbeat {
     fn a_missing_pong_closes_with_1011() {
         let (mut conn, now) = open_conn();
         let limits = limits();
-        conn.on_tick(now + Duration::from_secs(10), &limits);
+        conn.handle_timeout(now + Duration::from_secs(10), &limits);
         output(&mut conn);
         feed(&mut conn, &frame(true, 10, &[0, 0, 0, 9]), now);
-        conn.on_tick(now + Duration::from_secs(15), &limits);
+        conn.handle_timeout(now + Duration::from_secs(15), &limits);
         assert_eq!(output(&mut conn), close_frame(1011, "keepalive ping timeout"));
-        assert_eq!(conn.take_fault(), Some(Fault::PongTimeout));
+        assert_eq!(conn.poll_fault(), Some(Fault::PongTimeout));
         // RFC 6455 7.1.7: no wait for a close reply: once written, the connection ends.
-        assert!(conn.wants_write_shutdown());
-        conn.write_shut_down();
+        assert!(conn.poll_write_shutdown());
+        conn.handle_write_shutdown();
         assert!(conn.is_closed());
     }
 
@@ -549,9 +552,9 @@ mod heartbeat {
         let limits = Limits { ping_interval: None, ..limits() };
         let mut conn = Conn::new(now, &limits);
         let mut buf = UPGRADE.to_vec();
-        conn.read(&mut buf, now, &limits);
+        conn.handle_input(&mut buf, now, &limits);
         conn.accept(now, &limits);
-        assert_eq!(conn.next_deadline(), None);
+        assert_eq!(conn.poll_timeout(), None);
     }
 }
 

@@ -1,10 +1,12 @@
-//! Open `Conn`s and masked client frames through the library's public API, for the
-//! allocation test (tests/allocations.rs) and the micro benches (benches/micro.rs).
+//! Open `Conn`s, and an `App` driven as the runtime drives it but without sockets,
+//! through the library's public API, for the allocation test (tests/allocations.rs)
+//! and the micro benches (benches/micro.rs).
 
 use std::io::IoSlice;
 use std::time::Instant;
 
-use mioket::config::Limits;
+use mioket::app::{App, Listener};
+use mioket::config::{Config, Limits};
 use mioket::frame::Opcode;
 use mioket::protocol::{Conn, Event};
 
@@ -17,7 +19,7 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 pub fn open_conn(now: Instant, limits: &Limits) -> Conn {
     let mut conn = Conn::new(now, limits);
     let mut request = UPGRADE.to_vec();
-    let (_, event) = conn.read(&mut request, now, limits);
+    let (_, event) = conn.handle_input(&mut request, now, limits);
     assert_eq!(event, Some(Event::UpgradeRequest));
     conn.accept(now, limits);
     assert!(conn.is_open());
@@ -27,13 +29,12 @@ pub fn open_conn(now: Instant, limits: &Limits) -> Conn {
 
 /// What the event loop does after a writev that took everything; returns the bytes.
 pub fn drain(conn: &mut Conn) -> usize {
-    let out = conn.out();
     let mut total = 0;
-    while !out.is_empty() {
+    while conn.has_output() {
         let mut slices = [IoSlice::new(&[]); 64];
-        let n = out.io_slices(&mut slices);
+        let n = conn.poll_transmit(&mut slices);
         let bytes: usize = slices[..n].iter().map(|s| s.len()).sum();
-        out.advance(bytes);
+        conn.handle_written(bytes);
         total += bytes;
     }
     total
@@ -42,4 +43,44 @@ pub fn drain(conn: &mut Conn) -> usize {
 /// A whole (FIN) masked client frame, by the independent encoder of [`crate::frames`].
 pub fn masked_frame(opcode: Opcode, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
     masked_with_key(0x80 | opcode.bits(), payload, key)
+}
+
+/// The runtime's per-client data, for an `App` without sockets.
+pub struct NoSocket(pub usize);
+
+impl std::fmt::Display for NoSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "client {}", self.0)
+    }
+}
+
+/// An `App` with `clients` upgraded WebSockets, their greetings flushed; returns
+/// their ids too.
+pub fn open_app(config: Config, clients: usize, now: Instant) -> (App<NoSocket>, Vec<usize>) {
+    let mut app = App::new(config);
+    let ids = (0..clients)
+        .map(|i| {
+            let Ok(id) = app.connect(NoSocket(i), Listener::Main, now) else { panic!("client {i} refused") };
+            let mut request = UPGRADE.to_vec();
+            app.handle_input(id, &mut request, now, |_, _| 0);
+            id
+        })
+        .collect();
+    flush_app(&mut app);
+    (app, ids)
+}
+
+/// What the runtime's flush does when every socket takes everything; returns the bytes.
+pub fn flush_app(app: &mut App<NoSocket>) -> usize {
+    let dirty = app.take_dirty();
+    let mut total = 0;
+    for &id in &dirty {
+        let Some(client) = app.start_flush(id) else { continue };
+        let before = client.conn.queue_memory();
+        let bytes = drain(&mut client.conn);
+        total += bytes;
+        app.finish_flush(id, before, bytes);
+    }
+    app.give_back_dirty(dirty);
+    total
 }

@@ -1,0 +1,434 @@
+//! The event loop: the only code that does I/O. It moves bytes between sockets and
+//! the application, moves time into it, and carries out what it asks; every decision
+//! about what the bytes mean is the application's (`app`).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::io::{self, IoSlice};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+
+use crate::app::{App, Listener, Stop};
+use crate::config::{Config, Mode};
+use crate::memory;
+use crate::transport::Transport;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+const METRICS_LISTENER: Token = Token(usize::MAX - 3);
+/// One read's worth: shared by all clients, never per connection. Large enough that
+/// a 64 KiB message with its header arrives whole and is unmasked in place.
+const READ_CHUNK: usize = 256 * 1024;
+/// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
+const READ_BUDGET: usize = READ_CHUNK;
+const MAX_IOVECS: usize = 64;
+/// Clients flushed between two looks for new input during a long flush.
+const FLUSH_POLL_EVERY: usize = 32;
+/// How long accepting pauses when we run out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this long while out of file descriptors.
+const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What the loop keeps per client beside the application's state.
+pub struct Io {
+    transport: Transport,
+    /// The deadline this client has in the timer heap, in `Server::millis` (0: none):
+    /// 8 bytes where an `Option<Instant>` takes 16, on every connection.
+    timer_at: u64,
+    /// Reading stopped because its outgoing queue is long (resumed after a flush).
+    read_paused: bool,
+}
+
+/// The log names a client by its peer address.
+impl fmt::Display for Io {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.transport.peer_addr() {
+            Ok(addr) => addr.fmt(f),
+            Err(_) => f.write_str("?"),
+        }
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    metrics_listener: Option<TcpListener>,
+    signals: Signals,
+    local_addr: SocketAddr,
+    app: App<Io>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Clients that may have unread input (read budget spent, or reading resumed).
+    backlog: Vec<usize>,
+    scratch: Vec<u8>,
+    accept_paused_until: Option<Instant>,
+    last_exhaustion_log: Option<Instant>,
+    /// When the server started: timer deadlines are kept as milliseconds since.
+    started: Instant,
+}
+
+impl Server {
+    /// Binds the listening socket; `run` serves on it.
+    pub fn bind(config: Config) -> io::Result<Server> {
+        let mut listener = listen(resolve((config.host.as_str(), config.port))?)?;
+        let local_addr = listener.local_addr()?;
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => {
+                let mut l = listen(resolve(addr.as_str())?)?;
+                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
+                Some(l)
+            }
+            None => None,
+        };
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        Ok(Server {
+            poll,
+            listener: Some(listener),
+            metrics_listener,
+            signals,
+            local_addr,
+            app: App::new(config),
+            timers: BinaryHeap::new(),
+            backlog: Vec::new(),
+            scratch: vec![0; READ_CHUNK],
+            accept_paused_until: None,
+            last_exhaustion_log: None,
+            started: Instant::now(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Serves until SIGINT or SIGTERM, then closes every client with 1001 and
+    /// returns once they are gone or close-timeout has passed.
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            self.dispatch(&events, now);
+            for id in std::mem::take(&mut self.backlog) {
+                self.read_client(id, false, now);
+            }
+            self.run_timers(now);
+            if self.accept_paused_until.is_some_and(|t| t <= now) {
+                self.accept_paused_until = None;
+                self.accept_all(now);
+            }
+            self.flush_dirty(&mut events);
+            if self.app.poll_trim(now).is_some_and(|t| t <= now) {
+                memory::give_back();
+                self.app.handle_trimmed(now);
+            }
+            self.app.metrics.iteration(now.elapsed());
+            if self.app.poll_stop(now) {
+                info!("stopped ({} connections left)", self.app.client_count());
+                return Ok(());
+            }
+        }
+    }
+
+    /// Acts on what poll reported: accepts, reads and signals now; writable clients
+    /// join this iteration's flush.
+    fn dispatch(&mut self, events: &Events, now: Instant) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(now),
+                METRICS_LISTENER => self.accept_metrics(now),
+                SIGNALS => self.on_signals(now),
+                Token(id) => {
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_client(id, event.is_read_closed(), now);
+                    }
+                    if event.is_writable() {
+                        self.app.handle_writable(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.backlog.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        [next_timer, self.accept_paused_until, self.app.stop_deadline(), self.app.poll_trim(now)]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept_all(&mut self, now: Instant) {
+        while self.accept_paused_until.is_none() {
+            let Some(listener) = &self.listener else { return };
+            match listener.accept() {
+                Ok((socket, _)) => self.add_client(Transport::Plain(socket), Listener::Main, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    // EMFILE and friends: the pending connection stays in the backlog and
+                    // would wake us forever; stop accepting for a moment, keep serving.
+                    if self.last_exhaustion_log.is_none_or(|t| now.duration_since(t) >= EXHAUSTION_LOG_EVERY) {
+                        warn!("accepting paused ({e}); raise `ulimit -n` for more connections");
+                        self.last_exhaustion_log = Some(now);
+                    }
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                }
+                // ECONNABORTED and the like concern only that one connection.
+                Err(e) => debug!("accept failed: {e}"),
+            }
+        }
+    }
+
+    /// Accepts on --metrics-listen: few connections, no limits of their own.
+    fn accept_metrics(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.metrics_listener else { return };
+            match listener.accept() {
+                Ok((socket, _)) => self.add_client(Transport::Plain(socket), Listener::Operator, now),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        debug!("metrics accept failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, transport: Transport, listener: Listener, now: Instant) {
+        let io = Io { transport, timer_at: 0, read_paused: false };
+        let id = match self.app.connect(io, listener, now) {
+            Ok(id) => id,
+            Err((mut io, answer)) => {
+                // Best effort: a fresh socket's buffer takes this small answer whole.
+                let _ = io.transport.write_now([&answer, &[]]);
+                return;
+            }
+        };
+        let Some(client) = self.app.client_mut(id) else { return };
+        // Both interests once, edge-triggered: no re-registration per write.
+        if let Err(e) = client.io.transport.register(self.poll.registry(), Token(id)) {
+            warn!("could not register {}: {e}", client.io);
+            self.app.handle_eof(id);
+            return;
+        }
+        let _ = client.io.transport.set_nodelay();
+        self.reschedule(id);
+        // The request often arrives with the connection.
+        self.read_client(id, false, now);
+    }
+
+    /// Reads until WouldBlock, end of stream, or the budget. `peer_closed`: the event
+    /// said the peer's FIN is in; then a short read does not mean "drained", since the
+    /// end of stream behind the data brings no new edge.
+    fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) {
+        let mut budget = READ_BUDGET;
+        loop {
+            // Backpressure on reading: a client whose queue is long stops being read
+            // until it drains (and a closed one is not read at all).
+            if !self.app.wants_input(id) {
+                if let Some(client) = self.app.client_mut(id) {
+                    client.io.read_paused = !client.conn.is_closed();
+                }
+                break;
+            }
+            let Some(client) = self.app.client_mut(id) else { return };
+            match client.io.transport.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.app.handle_eof(id);
+                    break;
+                }
+                Ok(n) => {
+                    self.app.handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.backlog.push(id);
+                        break;
+                    }
+                    // A short read drained the socket: the next arrival is a new edge.
+                    if n < self.scratch.len() && !peer_closed {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("read error on client {id}: {e}");
+                    self.app.handle_eof(id);
+                    break;
+                }
+            }
+        }
+        self.reschedule(id);
+    }
+
+    /// Flushes in the order clients became dirty (a broadcast's sender first). In a
+    /// room, a long flush (a fan-out to thousands) looks for new input now and then:
+    /// messages that arrived meanwhile join the writes still to come, so under load a
+    /// recipient gets several frames per writev instead of a syscall each. (An echo
+    /// joins no one else's writes, so there a look would only cost a syscall.)
+    fn flush_dirty(&mut self, events: &mut Events) {
+        let looks = self.app.config().mode == Mode::Broadcast;
+        let mut dirty = self.app.take_dirty();
+        // Looks stop once the clients dirty at the start are flushed, so a steady
+        // stream of input cannot keep a flush going (timers and backlog wait for it).
+        let first_round = if looks { dirty.len() } else { 0 };
+        let mut i = 0;
+        while let Some(&id) = dirty.get(i) {
+            self.flush(id);
+            i += 1;
+            if i % FLUSH_POLL_EVERY == 0 && i < first_round && self.poll.poll(events, Some(Duration::ZERO)).is_ok() {
+                self.dispatch(events, Instant::now());
+            }
+            // Clients that input read meanwhile made dirty join this pass.
+            if self.app.has_dirty() {
+                dirty.extend(self.app.take_dirty());
+            }
+        }
+        self.app.give_back_dirty(dirty);
+    }
+
+    /// Writes as much of the client's queue as the socket takes, in one writev per
+    /// up to 64 chunks; the rest waits for the next writable event.
+    fn flush(&mut self, id: usize) {
+        let Some(client) = self.app.start_flush(id) else { return };
+        let memory_before = client.conn.queue_memory();
+        let mut total = 0;
+        while client.conn.has_output() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let count = client.conn.poll_transmit(&mut slices);
+            match client.io.transport.write_vectored(&slices[..count]) {
+                Ok(0) => {
+                    client.conn.handle_eof();
+                    break;
+                }
+                Ok(written) => {
+                    total += written;
+                    client.conn.handle_written(written);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!("write error on client {id}: {e}");
+                    client.conn.handle_eof();
+                    break;
+                }
+            }
+        }
+        if client.conn.poll_write_shutdown() {
+            client.io.transport.shutdown_write();
+            client.conn.handle_write_shutdown();
+        }
+        let was_paused = client.io.read_paused;
+        if self.app.finish_flush(id, memory_before, total) && was_paused {
+            if let Some(client) = self.app.client_mut(id) {
+                client.io.read_paused = false;
+            }
+            self.backlog.push(id);
+        }
+    }
+
+    /// A deadline as the 1-based milliseconds since start that `Io::timer_at` keeps.
+    fn millis(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.started).as_millis() as u64 + 1
+    }
+
+    /// Keeps one heap entry per client deadline. Entries whose time no longer
+    /// matches the client's `timer_at` are stale and skipped when popped.
+    fn reschedule(&mut self, id: usize) {
+        let Some(deadline) = self.app.poll_timeout(id) else { return };
+        let at = self.millis(deadline);
+        let Some(client) = self.app.client_mut(id) else { return };
+        if client.io.timer_at == 0 || at < client.io.timer_at {
+            client.io.timer_at = at;
+            self.timers.push(Reverse((deadline, id)));
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(&Reverse((at, id))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let millis = self.millis(at);
+            let Some(client) = self.app.client_mut(id) else { continue };
+            if client.io.timer_at != millis {
+                continue;
+            }
+            client.io.timer_at = 0;
+            self.app.handle_timeout(id, now);
+            self.reschedule(id);
+        }
+    }
+
+    fn on_signals(&mut self, now: Instant) {
+        let signals: Vec<i32> = self.signals.pending().collect();
+        let Some(&signal) = signals.first() else { return };
+        let clients = self.app.client_count();
+        let stop = self.app.handle_stop_signal(now);
+        match stop {
+            Stop::Closing => info!("signal {signal}: closing {clients} connections (1001)"),
+            Stop::Now => info!("second signal: stopping now"),
+        }
+        if stop == Stop::Closing {
+            if let Some(mut listener) = self.listener.take() {
+                let _ = self.poll.registry().deregister(&mut listener);
+            }
+            let ids: Vec<usize> = self.app.client_ids().collect();
+            for id in ids {
+                self.reschedule(id);
+            }
+        }
+    }
+}
+
+/// Connections the kernel holds for us while the loop is busy. mio's own bind uses
+/// 128, which drops SYNs in a burst; the kernel caps this at net.core.somaxconn.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+fn resolve(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "address resolves to nothing"))
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM
+    matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
+}
