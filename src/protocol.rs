@@ -731,4 +731,4 @@ impl Partial {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -432,3 +432,14 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM
     matches!(e.raw_os_error(), Some(24 | 23 | 105 | 12))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection holds one: most of the 256 B budget of RSS per idle connection.
+    #[test]
+    fn a_client_costs_no_more_than_before_the_layers_were_split() {
+        assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 208);
+    }
+}

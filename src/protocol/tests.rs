@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use std::io::IoSlice;
 
 const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+pub(crate) const UPGRADE: &[u8] = b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 #[derive(Debug, PartialEq, Eq, Clone)]
 enum Ev {
@@ -20,7 +20,7 @@ fn limits() -> Limits {
 }
 
 /// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = vec![(u8::from(fin) << 7) | opcode];
     match payload.len() {
         n @ 0..=125 => out.push(0x80 | n as u8),
@@ -40,7 +40,7 @@ fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn text(s: &str) -> Vec<u8> {
+pub(crate) fn text(s: &str) -> Vec<u8> {
     frame(true, 1, s.as_bytes())
 }
 
@@ -94,7 +94,7 @@ fn open_conn() -> (Conn, Instant) {
     (conn, now)
 }
 
-fn close_frame(code: u16, reason: &str) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     let mut out = vec![0x88, 2 + reason.len() as u8];
     out.extend_from_slice(&code.to_be_bytes());
     out.extend_from_slice(reason.as_bytes());
