@@ -81,15 +81,18 @@ pub fn check_handshake(data: &[u8]) {
     let one_origin = check_request(head, &allowed);
     // An Origin list can only refuse more: it never changes an accept key or a path.
     match (&any_origin, &one_origin) {
-        (Ok(Request::Upgrade { .. }), Err(HandshakeError::OriginRefused)) => {}
+        (Ok(Request::Upgrade(_)), Err(HandshakeError::OriginRefused)) => {}
         (a, b) => assert_eq!(a, b, "the Origin list changed more than the Origin verdict"),
     }
 }
 
-fn check_request(head: &[u8], origins: &[String]) -> Result<Request, HandshakeError> {
+fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, HandshakeError> {
     let result = handshake::parse_request(head, origins);
     match &result {
-        Ok(Request::Upgrade { accept }) => {
+        Ok(Request::Upgrade(upgrade)) => {
+            let accept = &upgrade.accept;
+            // The target split into path and query comes from the head.
+            assert!(upgrade.path.len() + upgrade.query.len() < head.len());
             // base64 of a 20-byte SHA-1: 27 alphabet characters and one '='.
             assert!(accept[..27].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'), "{accept:?}");
             assert_eq!(accept[27], b'=');

@@ -343,15 +343,14 @@ impl<T: fmt::Display> App<T> {
 
     /// After a flush of `id` whose queue held `memory_before` bytes: counts memory
     /// given back, and settles the client (fan-out may have closed it as a slow
-    /// consumer without reading it). Returns whether reading from it may resume.
-    pub fn finish_flush(&mut self, id: usize, memory_before: usize, bytes_written: usize) -> bool {
+    /// consumer without reading it).
+    pub fn finish_flush(&mut self, id: usize, memory_before: usize, bytes_written: usize) {
         self.metrics.bytes_written += bytes_written as u64;
         if memory_before >= LARGE_QUEUE {
             let after = self.clients.get(id).map_or(0, |c| c.conn.queue_memory());
             self.released += memory_before.saturating_sub(after);
         }
         self.settle(id);
-        self.wants_input(id)
     }
 
     /// Clients to flush now, in order; the runtime gives the vector back with

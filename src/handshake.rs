@@ -15,11 +15,26 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// What a complete, well-formed request asks for.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Request {
-    /// A valid WebSocket upgrade; the value is the `Sec-WebSocket-Accept` to answer with.
-    Upgrade { accept: [u8; 28] },
+pub enum Request<'a> {
+    Upgrade(Upgrade<'a>),
     /// A plain GET without an upgrade (the browser page, /healthz, ...).
-    Get { path: String },
+    Get {
+        path: String,
+    },
+}
+
+/// A valid WebSocket upgrade, borrowed from the request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Upgrade<'a> {
+    /// The `Sec-WebSocket-Accept` value to answer with.
+    pub accept: [u8; 28],
+    /// The request target's path (from the absolute form too) and its query without `?`.
+    pub path: &'a str,
+    pub query: &'a str,
+    /// The first `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` lines
+    /// offered, as sent (not negotiated yet).
+    pub protocols: Option<&'a [u8]>,
+    pub extensions: Option<&'a [u8]>,
 }
 
 /// Finds the end of the head (the byte after the empty line that ends it), looking
@@ -29,7 +44,7 @@ pub enum Request {
 pub fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(2);
     let tail = buf.get(start..)?;
-    tail.iter().enumerate().filter(|&(_, &b)| b == b'\n').find_map(|(i, _)| match tail.get(i + 1..) {
+    memchr::memchr_iter(b'\n', tail).find_map(|i| match tail.get(i + 1..) {
         Some([b'\n', ..]) => Some(start + i + 2),
         Some([b'\r', b'\n', ..]) => Some(start + i + 3),
         _ => None,
@@ -53,7 +68,7 @@ pub fn check_start(head: &[u8]) -> Result<(), HandshakeError> {
 }
 
 /// Parses and validates a complete request head (ending with `\r\n\r\n`).
-pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request, HandshakeError> {
+pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<Request<'a>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
@@ -64,20 +79,20 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
     let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
         return Err(HandshakeError::Malformed);
     };
-    let values =
-        |name: &'static str| req.headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value);
-    let header = |name: &'static str| values(name).next();
-    let count = |name: &'static str| values(name).count();
-
+    let seen = Seen::scan(req.headers);
     // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host line.
-    match count("host") {
+    match seen.hosts {
         0 if version >= 1 => return Err(HandshakeError::MissingHost),
         0 | 1 => {}
         _ => return Err(HandshakeError::DuplicateHost),
     }
-    let path = origin_form(path);
-    if header("upgrade").is_none() {
-        return if method == "GET" { Ok(Request::Get { path: path.to_string() }) } else { Err(HandshakeError::NotGet) };
+    let target = origin_form(path);
+    if !seen.upgrade {
+        return if method == "GET" {
+            Ok(Request::Get { path: target.to_string() })
+        } else {
+            Err(HandshakeError::NotGet)
+        };
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
     if method != "GET" {
@@ -86,22 +101,21 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
     if version < 1 {
         return Err(HandshakeError::OldHttp);
     }
-    if !values("upgrade").any(|v| has_token(v, "websocket")) {
+    if !seen.upgrade_websocket {
         return Err(HandshakeError::NotWebSocketUpgrade);
     }
-    if !values("connection").any(|v| has_token(v, "upgrade")) {
+    if !seen.connection_upgrade {
         return Err(HandshakeError::MissingConnectionUpgrade);
     }
     // Bytes after the head are frames; a body there would be read as frames.
-    let body = values("content-length").any(|v| trim(v) != b"0") || header("transfer-encoding").is_some();
-    if body {
+    if seen.body {
         return Err(HandshakeError::UpgradeWithBody);
     }
-    if header("sec-websocket-version").map(trim) != Some(b"13".as_slice()) || count("sec-websocket-version") > 1 {
+    if seen.version.map(trim) != Some(b"13".as_slice()) || seen.versions > 1 {
         return Err(HandshakeError::UnsupportedVersion);
     }
-    let key = match header("sec-websocket-key") {
-        Some(key) if count("sec-websocket-key") == 1 => trim(key),
+    let key = match seen.key {
+        Some(key) if seen.keys == 1 => trim(key),
         _ => return Err(HandshakeError::BadKey),
     };
     let decoded = base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| HandshakeError::BadKey)?;
@@ -109,12 +123,72 @@ pub fn parse_request(head: &[u8], allowed_origins: &[String]) -> Result<Request,
         return Err(HandshakeError::BadKey);
     }
     if !allowed_origins.is_empty() {
-        let origin = header("origin").map(trim).unwrap_or_default();
+        let origin = seen.origin.map(trim).unwrap_or_default();
         if !allowed_origins.iter().any(|o| o.as_bytes().eq_ignore_ascii_case(origin)) {
             return Err(HandshakeError::OriginRefused);
         }
     }
-    Ok(Request::Upgrade { accept: accept_key(key) })
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    Ok(Request::Upgrade(Upgrade {
+        accept: accept_key(key),
+        path,
+        query,
+        protocols: seen.protocols,
+        extensions: seen.extensions,
+    }))
+}
+
+/// The header lines a handshake looks at, found in one pass over the head: each
+/// name is compared only with the names of its length.
+#[derive(Default)]
+struct Seen<'a> {
+    hosts: usize,
+    upgrade: bool,
+    /// Some `Upgrade` line names websocket (every line counts).
+    upgrade_websocket: bool,
+    /// Some `Connection` line has the upgrade token.
+    connection_upgrade: bool,
+    /// `Content-Length` other than 0, or `Transfer-Encoding`.
+    body: bool,
+    version: Option<&'a [u8]>,
+    versions: usize,
+    key: Option<&'a [u8]>,
+    keys: usize,
+    origin: Option<&'a [u8]>,
+    protocols: Option<&'a [u8]>,
+    extensions: Option<&'a [u8]>,
+}
+
+impl<'a> Seen<'a> {
+    fn scan(headers: &[httparse::Header<'a>]) -> Seen<'a> {
+        let mut seen = Seen::default();
+        for h in headers {
+            let is = |name: &str| h.name.eq_ignore_ascii_case(name);
+            match h.name.len() {
+                4 if is("host") => seen.hosts += 1,
+                6 if is("origin") => _ = seen.origin.get_or_insert(h.value),
+                7 if is("upgrade") => {
+                    seen.upgrade = true;
+                    seen.upgrade_websocket |= has_token(h.value, "websocket");
+                }
+                10 if is("connection") => seen.connection_upgrade |= has_token(h.value, "upgrade"),
+                14 if is("content-length") => seen.body |= trim(h.value) != b"0",
+                17 if is("transfer-encoding") => seen.body = true,
+                17 if is("sec-websocket-key") => {
+                    seen.key.get_or_insert(h.value);
+                    seen.keys += 1;
+                }
+                21 if is("sec-websocket-version") => {
+                    seen.version.get_or_insert(h.value);
+                    seen.versions += 1;
+                }
+                22 if is("sec-websocket-protocol") => _ = seen.protocols.get_or_insert(h.value),
+                24 if is("sec-websocket-extensions") => _ = seen.extensions.get_or_insert(h.value),
+                _ => {}
+            }
+        }
+        seen
+    }
 }
 
 /// RFC 9112 3.2.2: a server must accept the absolute form of a request target
@@ -223,7 +297,7 @@ mod tests {
     #[test]
     fn a_valid_upgrade_is_accepted_and_answered_with_the_rfc_101() {
         let req = with_version("13");
-        let Ok(Request::Upgrade { accept }) = parse_request(req.as_bytes(), &[]) else { panic!() };
+        let Ok(Request::Upgrade(Upgrade { accept, .. })) = parse_request(req.as_bytes(), &[]) else { panic!() };
         let mut out = [0u8; 256];
         let n = write_switching_protocols(&accept, &mut out);
         assert_eq!(n, SWITCHING_PROTOCOLS_LEN);
@@ -234,9 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_keeps_its_path_query_and_offered_protocols_and_extensions() {
+        let req = upgrade_with(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mioket.v1, chat\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n",
+        );
+        let Ok(Request::Upgrade(upgrade)) = parse_request(req.as_bytes(), &[]) else { panic!() };
+        assert_eq!((upgrade.path, upgrade.query), ("/chat", ""));
+        assert_eq!(upgrade.protocols, Some(&b"mioket.v1, chat"[..]));
+        assert_eq!(upgrade.extensions, Some(&b"permessage-deflate; client_max_window_bits"[..]));
+        let plain = with_version("13");
+        let Ok(Request::Upgrade(upgrade)) = parse_request(plain.as_bytes(), &[]) else { panic!() };
+        assert_eq!((upgrade.protocols, upgrade.extensions), (None, None));
+    }
+
+    #[test]
     fn header_names_and_tokens_are_case_insensitive() {
         let req = format!("GET / HTTP/1.1\r\nhost: x\r\nupgrade: WebSocket\r\nconnection: keep-alive, Upgrade\r\nsec-websocket-key: {RFC_KEY}\r\nsec-websocket-version: 13\r\n\r\n");
-        assert!(matches!(parse_request(req.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        assert!(matches!(parse_request(req.as_bytes(), &[]), Ok(Request::Upgrade(_))));
     }
 
     #[test]
@@ -308,7 +397,7 @@ mod tests {
     fn bare_newlines_end_lines_and_the_head() {
         let req = with_version("13").replace("\r\n", "\n");
         assert_eq!(find_head_end(req.as_bytes(), 0), Some(req.len()));
-        assert!(matches!(parse_request(req.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        assert!(matches!(parse_request(req.as_bytes(), &[]), Ok(Request::Upgrade(_))));
         let mixed = b"GET / HTTP/1.1\r\nHost: x\n\r\nrest";
         assert_eq!(find_head_end(mixed, 0), Some(mixed.len() - 4));
         for from in 0..mixed.len() - 4 {
@@ -331,13 +420,18 @@ mod tests {
 
     #[test]
     fn the_absolute_form_is_routed_by_its_path() {
-        let get = |target: &str| parse_request(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), &[]);
-        assert_eq!(get("http://example.com/echo?x=1"), Ok(Request::Get { path: "/echo?x=1".into() }));
-        assert_eq!(get("HTTP://example.com:8765/"), Ok(Request::Get { path: "/".into() }));
-        assert_eq!(get("http://example.com"), Ok(Request::Get { path: "/".into() }));
-        assert_eq!(get("/plain"), Ok(Request::Get { path: "/plain".into() }));
-        let upgrade = with_version("13").replace("GET /chat", "GET ws://server.example.com/chat");
-        assert!(matches!(parse_request(upgrade.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        let get =
+            |target: &str| match parse_request(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), &[]) {
+                Ok(Request::Get { path }) => path,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(get("http://example.com/echo?x=1"), "/echo?x=1");
+        assert_eq!(get("HTTP://example.com:8765/"), "/");
+        assert_eq!(get("http://example.com"), "/");
+        assert_eq!(get("/plain"), "/plain");
+        let upgrade = with_version("13").replace("GET /chat", "GET ws://server.example.com/chat?since=4");
+        let Ok(Request::Upgrade(upgrade)) = parse_request(upgrade.as_bytes(), &[]) else { panic!() };
+        assert_eq!((upgrade.path, upgrade.query), ("/chat", "since=4"));
     }
 
     #[test]
@@ -358,10 +452,10 @@ mod tests {
     fn every_upgrade_and_connection_line_counts() {
         let second = upgrade_with("Sec-WebSocket-Version: 13\r\n")
             .replace("Upgrade: websocket", "Upgrade: h2c\r\nUpgrade: websocket");
-        assert!(matches!(parse_request(second.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        assert!(matches!(parse_request(second.as_bytes(), &[]), Ok(Request::Upgrade(_))));
         let conn = upgrade_with("Sec-WebSocket-Version: 13\r\n")
             .replace("Connection: Upgrade", "Connection: keep-alive\r\nConnection: Upgrade");
-        assert!(matches!(parse_request(conn.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        assert!(matches!(parse_request(conn.as_bytes(), &[]), Ok(Request::Upgrade(_))));
         let neither =
             upgrade_with("Sec-WebSocket-Version: 13\r\n").replace("Upgrade: websocket", "Upgrade: h2c\r\nUpgrade: foo");
         assert_eq!(parse_request(neither.as_bytes(), &[]), Err(HandshakeError::NotWebSocketUpgrade));
@@ -374,7 +468,7 @@ mod tests {
             assert_eq!(parse_request(req.as_bytes(), &[]), Err(HandshakeError::UpgradeWithBody), "{extra:?}");
         }
         let empty_body = upgrade_with("Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n");
-        assert!(matches!(parse_request(empty_body.as_bytes(), &[]), Ok(Request::Upgrade { .. })));
+        assert!(matches!(parse_request(empty_body.as_bytes(), &[]), Ok(Request::Upgrade(_))));
     }
 
     #[test]

@@ -121,7 +121,8 @@ impl Chunk {
 
 /// Queue slots an emptied queue may keep for the next burst (4 x 32 bytes).
 const KEEP_SLOTS: usize = 4;
-/// What one queue slot costs: the chunk itself.
+/// What one queue slot costs: the chunk itself, counted against the limit with
+/// every chunk's bytes.
 const SLOT: usize = std::mem::size_of::<Chunk>();
 /// Once this many chunks wait, frames of at most `SMALL_FRAME` bytes are copied into
 /// a shared batch buffer instead of taking a slot each: a flood of tiny frames (empty
@@ -132,33 +133,18 @@ const SMALL_FRAME: usize = 128;
 /// Capacity of one batch buffer.
 const BATCH_CAP: usize = 4096;
 
-/// Bytes the allocator takes for a block of `n` bytes: glibc adds an 8-byte header,
-/// rounds up to 16 and gives at least 32.
-fn allocation(n: usize) -> usize {
-    (n + 8).next_multiple_of(16).max(32)
-}
-
-impl Chunk {
-    /// Heap memory this chunk holds besides its slot. A shared frame counts whole
-    /// for every holder: its size is what a slow reader keeps alive.
-    fn footprint(&self) -> usize {
-        match self {
-            Chunk::Shared(b) => allocation(b.len() + 2 * std::mem::size_of::<usize>()),
-            Chunk::Owned(v) | Chunk::Batch(v) => allocation(v.capacity()),
-            Chunk::Inline(_) | Chunk::Static(_) => 0,
-        }
-    }
-}
-
 /// The queue would pass its byte limit.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OverLimit;
 
 /// Bytes queued for one connection, in order: `first`, then `rest`.
 ///
-/// The backpressure limit counts memory, not wire bytes: every chunk's heap block
-/// and every slot of `rest`'s storage (capacity, not length), so that what a client
-/// holds is what the limit says whatever the frame sizes.
+/// The backpressure limit counts what a client holds, not wire bytes: each chunk's
+/// bytes plus its 32-byte slot (a shared frame counts whole for every holder: its
+/// size is what a slow reader keeps alive). Small frames batch on long queues, so a
+/// flood of tiny frames cannot hide behind their slots. Not counted: the allocator's
+/// rounding and headers and the deque's spare slots, at most about a third more
+/// (a 129-byte frame, the smallest with a slot of its own on a long queue).
 #[derive(Default)]
 pub struct OutQueue {
     /// The front chunk; `None` only when the queue is empty.
@@ -166,7 +152,7 @@ pub struct OutQueue {
     rest: VecDeque<Chunk>,
     /// Bytes of the front chunk already written.
     front_written: usize,
-    /// Heap bytes held by the queued chunks (`Chunk::footprint`), slots not included.
+    /// The queued chunks' whole bytes (written or not) plus a `SLOT` each.
     held: usize,
     /// Chunks at the front that must go out whatever happens (the 101 answer, the
     /// rest of a frame begun on the wire): never dropped, and not counted against
@@ -175,29 +161,34 @@ pub struct OutQueue {
 }
 
 impl OutQueue {
+    #[inline]
     pub fn push(&mut self, chunk: Chunk) {
-        let bytes = chunk.bytes();
-        if self.rest.len() >= BATCH_AFTER && bytes.len() <= SMALL_FRAME {
-            if let Some(Chunk::Batch(batch)) = self.rest.back_mut() {
-                if batch.capacity() - batch.len() >= bytes.len() {
-                    batch.extend_from_slice(bytes);
-                    return;
-                }
-            }
-            let mut batch = Vec::with_capacity(BATCH_CAP);
-            batch.extend_from_slice(bytes);
-            return self.push_slot(Chunk::Batch(batch));
+        let len = chunk.bytes().len();
+        if self.rest.len() >= BATCH_AFTER && len <= SMALL_FRAME {
+            return self.push_small_on_long_queue(chunk);
         }
-        self.push_slot(chunk);
+        self.held += len + SLOT;
+        match self.first {
+            None => self.first = Some(chunk),
+            Some(_) => self.rest.push_back(chunk),
+        }
     }
 
-    fn push_slot(&mut self, chunk: Chunk) {
-        self.held += chunk.footprint();
-        if self.first.is_none() {
-            self.first = Some(chunk);
-        } else {
-            self.rest.push_back(chunk);
+    /// Copies a small frame into the batch at the back, or a new one.
+    #[cold]
+    fn push_small_on_long_queue(&mut self, chunk: Chunk) {
+        let bytes = chunk.bytes();
+        if let Some(Chunk::Batch(batch)) = self.rest.back_mut() {
+            if batch.capacity() - batch.len() >= bytes.len() {
+                batch.extend_from_slice(bytes);
+                self.held += bytes.len();
+                return;
+            }
         }
+        let mut batch = Vec::with_capacity(BATCH_CAP);
+        batch.extend_from_slice(bytes);
+        self.held += bytes.len() + SLOT;
+        self.rest.push_back(Chunk::Batch(batch));
     }
 
     /// Pushes bytes that must be sent even if everything after them is dropped.
@@ -205,13 +196,14 @@ impl OutQueue {
     /// or on an empty queue).
     pub fn push_committed(&mut self, chunk: Chunk) {
         debug_assert_eq!(self.committed as usize, self.len());
-        self.push_slot(chunk);
+        self.push(chunk);
         self.committed += 1;
     }
 
     /// Pushes unless the queue already holds data and would pass `limit`: a single
     /// message larger than the limit still goes through an empty queue, so the queue
     /// never holds more than `max(limit, one message)` besides committed bytes.
+    #[inline]
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
         if self.len() > self.committed as usize && !self.fits(&chunk, limit) {
             return Err(OverLimit);
@@ -221,30 +213,11 @@ impl OutQueue {
     }
 
     /// Whether `chunk` can be queued without the data (all but committed chunks)
-    /// passing `limit` bytes of memory.
+    /// passing `limit`. (A chunk that would batch is counted with a slot: close
+    /// enough, and cheaper than asking where it would go.)
+    #[inline]
     pub fn fits(&self, chunk: &Chunk, limit: usize) -> bool {
-        self.data_memory() + self.added_memory(chunk) <= limit
-    }
-
-    /// What pushing `chunk` would add to `memory()`.
-    fn added_memory(&self, chunk: &Chunk) -> usize {
-        let len = chunk.bytes().len();
-        let batched = self.rest.len() >= BATCH_AFTER && len <= SMALL_FRAME;
-        if batched {
-            if let Some(Chunk::Batch(batch)) = self.rest.back() {
-                if batch.capacity() - batch.len() >= len {
-                    return 0;
-                }
-            }
-        }
-        let footprint = if batched { allocation(BATCH_CAP) } else { chunk.footprint() };
-        // A full deque doubles (to at least 4 slots) to take one more.
-        let growth = if self.first.is_some() && self.rest.len() == self.rest.capacity() {
-            SLOT * self.rest.capacity().max(KEEP_SLOTS)
-        } else {
-            0
-        };
-        footprint + growth
+        self.data_memory() + chunk.bytes().len() + SLOT <= limit
     }
 
     pub fn is_empty(&self) -> bool {
@@ -259,20 +232,24 @@ impl OutQueue {
         self.first.iter().chain(self.rest.iter())
     }
 
-    /// Bytes queued and not yet written (a walk over the queue: for tests and checks).
+    /// Bytes queued and not yet written.
     pub fn queued_bytes(&self) -> usize {
-        self.chunks().map(|c| c.bytes().len()).sum::<usize>() - self.front_written
+        self.held - SLOT * self.len() - self.front_written
     }
 
-    /// Heap memory the queue holds: its chunks' blocks and its slot storage.
+    /// What the queue holds, as the backpressure limit counts it.
     pub fn memory(&self) -> usize {
-        self.held + SLOT * self.rest.capacity()
+        self.held
     }
 
-    /// Memory that counts against the backpressure limit (all but committed chunks).
+    /// What counts against the backpressure limit: all but committed chunks.
+    #[inline]
     pub fn data_memory(&self) -> usize {
-        let committed: usize = self.chunks().take(self.committed as usize).map(Chunk::footprint).sum();
-        self.memory() - committed
+        if self.committed == 0 {
+            return self.held;
+        }
+        let committed: usize = self.chunks().take(self.committed as usize).map(|c| c.bytes().len() + SLOT).sum();
+        self.held - committed
     }
 
     /// Fills `slices` with the unwritten bytes, front first; returns how many it filled.
@@ -297,7 +274,7 @@ impl OutQueue {
             }
             written -= left;
             self.front_written = 0;
-            self.held -= front.footprint();
+            self.held -= front.bytes().len() + SLOT;
             self.committed = self.committed.saturating_sub(1);
             self.first = self.rest.pop_front();
         }
@@ -322,7 +299,7 @@ impl OutQueue {
         if self.rest.is_empty() {
             self.rest = VecDeque::new();
         }
-        self.held = self.chunks().map(Chunk::footprint).sum();
+        self.held = self.chunks().map(|c| c.bytes().len() + SLOT).sum();
     }
 
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).
@@ -490,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn the_limit_counts_slots_and_blocks_not_just_wire_bytes() {
+    fn the_limit_counts_slots_not_just_wire_bytes() {
         let limit = 64 * 1024;
         let mut q = OutQueue::default();
         q.push(Chunk::frame(Opcode::Text, b"first"));
@@ -504,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn fits_predicts_what_a_push_adds() {
+    fn memory_is_every_queued_chunk_with_its_slot_and_fits_says_what_a_push_adds() {
         let mut q = OutQueue::default();
         for i in 0..3_000usize {
             let chunk = match i % 4 {
@@ -513,10 +490,14 @@ mod tests {
                 2 => Chunk::Shared(shared_message(Opcode::Text, &vec![2; i % 200])),
                 _ => Chunk::Static(b"xyz"),
             };
+            let len = chunk.bytes().len();
             let before = q.memory();
-            let added = q.added_memory(&chunk);
+            assert!(q.fits(&chunk, before + len + SLOT) && !q.fits(&chunk, before + len + SLOT - 1));
             q.push(chunk);
-            assert_eq!(q.memory(), before + added, "push {i}");
+            assert!(q.memory() <= before + len + SLOT, "push {i}");
+            let walked: usize = q.chunks().map(|c| c.bytes().len() + SLOT).sum();
+            assert_eq!(q.memory(), walked, "push {i}");
+            assert_eq!(q.queued_bytes(), walked - SLOT * q.len() - q.front_written);
             if i % 7 == 0 {
                 q.advance(i % 500);
             }
@@ -529,9 +510,10 @@ mod tests {
         for _ in 0..10_000 {
             q.push(Chunk::frame(Opcode::Binary, &[0; 200]));
         }
-        let full = q.memory();
+        let full = q.rest.capacity();
         q.advance(q.queued_bytes() - 10 * 204);
-        assert!(q.memory() < full / 100, "{} of {full} bytes kept with 10 frames left", q.memory());
+        assert_eq!(q.memory(), 10 * (204 + SLOT));
+        assert!(q.rest.capacity() <= BATCH_AFTER, "{} of {full} slots kept with 10 frames left", q.rest.capacity());
     }
 
     #[test]

@@ -69,6 +69,22 @@ pub struct FirstClose {
     pub by_peer: bool,
 }
 
+/// What a request asked for, no longer borrowing the head. (The upgrade's path,
+/// query, protocols and extensions are not used yet.)
+enum Asked {
+    Upgrade { accept: [u8; 28] },
+    Get { path: String },
+}
+
+impl From<Request<'_>> for Asked {
+    fn from(request: Request<'_>) -> Asked {
+        match request {
+            Request::Upgrade(upgrade) => Asked::Upgrade { accept: upgrade.accept },
+            Request::Get { path } => Asked::Get { path },
+        }
+    }
+}
+
 enum State {
     Handshaking { head: Vec<u8>, deadline: Option<Instant> },
     Upgrading { accept: [u8; 28] },
@@ -399,7 +415,7 @@ impl Conn {
         // Common case: the whole head in one read, parsed where it lies.
         if before == 0 {
             if let Some(end) = handshake::find_head_end(&input[..input.len().min(MAX_HEAD)], 0) {
-                let request = handshake::parse_request(&input[..end], &limits.allowed_origins);
+                let request = handshake::parse_request(&input[..end], &limits.allowed_origins).map(Asked::from);
                 return self.on_request(request, end, input.len(), now);
             }
         }
@@ -407,7 +423,7 @@ impl Conn {
         head.extend_from_slice(&input[..take]);
         match handshake::find_head_end(head, before) {
             Some(end) if end <= MAX_HEAD => {
-                let request = handshake::parse_request(&head[..end], &limits.allowed_origins);
+                let request = handshake::parse_request(&head[..end], &limits.allowed_origins).map(Asked::from);
                 self.on_request(request, end - before, input.len(), now)
             }
             Some(_) => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
@@ -422,17 +438,17 @@ impl Conn {
 
     fn on_request(
         &mut self,
-        request: Result<Request, HandshakeError>,
+        request: Result<Asked, HandshakeError>,
         used: usize,
         all: usize,
         now: Instant,
     ) -> (usize, Option<Event<'static>>) {
         match request {
-            Ok(Request::Upgrade { accept }) => {
+            Ok(Asked::Upgrade { accept }) => {
                 self.state = State::Upgrading { accept };
                 (used, Some(Event::UpgradeRequest))
             }
-            Ok(Request::Get { path }) => {
+            Ok(Asked::Get { path }) => {
                 self.state = State::Answering;
                 (all, Some(Event::HttpGet { path }))
             }

@@ -247,6 +247,8 @@ impl Server {
     /// said the peer's FIN is in; then a short read does not mean "drained", since the
     /// end of stream behind the data brings no new edge.
     fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) {
+        // Most reads leave the deadline as it was: then the timer heap has it already.
+        let deadline_before = self.app.poll_timeout(id);
         let mut budget = READ_BUDGET;
         loop {
             // Backpressure on reading: a client whose queue is long stops being read
@@ -284,7 +286,9 @@ impl Server {
                 }
             }
         }
-        self.reschedule(id);
+        if self.app.poll_timeout(id) != deadline_before {
+            self.reschedule(id);
+        }
     }
 
     /// Flushes in the order clients became dirty (a broadcast's sender first). In a
@@ -345,7 +349,8 @@ impl Server {
             client.conn.handle_write_shutdown();
         }
         let was_paused = client.io.read_paused;
-        if self.app.finish_flush(id, memory_before, total) && was_paused {
+        self.app.finish_flush(id, memory_before, total);
+        if was_paused && self.app.wants_input(id) {
             if let Some(client) = self.app.client_mut(id) {
                 client.io.read_paused = false;
             }
