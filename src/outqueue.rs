@@ -164,6 +164,12 @@ impl OutQueue {
     #[inline]
     pub fn push(&mut self, chunk: Chunk) {
         let len = chunk.bytes().len();
+        self.push_len(chunk, len);
+    }
+
+    /// `push` of a chunk whose length the caller knows.
+    #[inline]
+    fn push_len(&mut self, chunk: Chunk, len: usize) {
         if self.rest.len() >= BATCH_AFTER && len <= SMALL_FRAME {
             return self.push_small_on_long_queue(chunk);
         }
@@ -205,10 +211,11 @@ impl OutQueue {
     /// never holds more than `max(limit, one message)` besides committed bytes.
     #[inline]
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
-        if self.len() > self.committed as usize && !self.fits(&chunk, limit) {
+        let len = chunk.bytes().len();
+        if self.len() > self.committed as usize && self.data_memory() + len + SLOT > limit {
             return Err(OverLimit);
         }
-        self.push(chunk);
+        self.push_len(chunk, len);
         Ok(())
     }
 
@@ -267,23 +274,25 @@ impl OutQueue {
     /// Marks `written` bytes as sent, dropping finished chunks.
     pub fn advance(&mut self, mut written: usize) {
         while let Some(front) = &self.first {
-            let left = front.bytes().len() - self.front_written;
+            let len = front.bytes().len();
+            let left = len - self.front_written;
             if written < left {
                 self.front_written += written;
-                break;
+                // Storage left by a burst (history replay, a flood) goes as it drains.
+                let capacity = self.rest.capacity();
+                if capacity > BATCH_AFTER && self.rest.len() < capacity / 4 {
+                    self.rest.shrink_to((self.rest.len() * 2).max(BATCH_AFTER));
+                }
+                return;
             }
             written -= left;
             self.front_written = 0;
-            self.held -= front.bytes().len() + SLOT;
+            self.held -= len + SLOT;
             self.committed = self.committed.saturating_sub(1);
             self.first = self.rest.pop_front();
         }
-        // Storage left by a burst (history replay, a flood) is given back as it drains.
-        let capacity = self.rest.capacity();
-        if self.rest.is_empty() && capacity > KEEP_SLOTS {
+        if self.rest.capacity() > KEEP_SLOTS {
             self.rest = VecDeque::new();
-        } else if capacity > BATCH_AFTER && self.rest.len() < capacity / 4 {
-            self.rest.shrink_to((self.rest.len() * 2).max(BATCH_AFTER));
         }
     }
 
