@@ -4,7 +4,7 @@
 //! Each layer imports only the layers below it; only `runtime` does I/O (sockets,
 //! the clock, signals). See docs/architecture.md for the path of one message.
 //!
-//! - [`runtime`]: the mio event loop, the only I/O; [`transport`]: a client's byte
+//! - [`runtime`]: the mio event loop, the only I/O; `transport`: a client's byte
 //!   stream (plain TCP). Embedding: `runtime::Server::bind(config)?.run()`.
 //! - [`app`]: policy without I/O: admission, welcome and history, echo or broadcast,
 //!   write-through, HTTP routes (pages, /metrics, /healthz).
@@ -12,12 +12,20 @@
 //!   ids and shared frames, never a connection.
 //! - [`protocol`]: `Conn`, one connection's state machine; [`outqueue`]: its
 //!   outgoing queue of shared and inline frames, with memory accounting.
-//! - [`handshake`] (the HTTP upgrade, RFC 6455 section 4), [`http`] (plain answers
+//! - [`handshake`] (the HTTP upgrade, RFC 6455 section 4), `http` (plain answers
 //!   and the embedded pages), [`frame`], [`mask`], [`utf8`] (RFC 6455 framing,
 //!   masking, incremental UTF-8), [`error`] (peer faults with their close codes and
 //!   HTTP statuses).
 //! - [`config`]: `Config` and `Limits`, the command line; [`metrics`]: counters and
-//!   the Prometheus text; [`memory`]: giving freed heap pages back to the system.
+//!   the Prometheus text; `memory`: giving freed heap pages back to the system.
+//!
+//! # What is public
+//! An embedding user needs [`runtime::Server`] and [`config::Config`]. The sans-I/O
+//! layers ([`app`], [`pubsub`], [`protocol`], [`outqueue`], [`handshake`], [`frame`],
+//! [`mask`], [`utf8`], [`error`]) are public too: the fuzz targets, the benches and the
+//! allocation test drive them directly, and so can anyone who brings their own I/O.
+//! The plain HTTP answers, the transport and the memory trimming are the runtime's own
+//! and crate-private.
 #![deny(unsafe_code)]
 
 pub mod app;
@@ -25,13 +33,13 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod handshake;
-pub mod http;
+pub(crate) mod http;
 pub mod mask;
-pub mod memory;
+pub(crate) mod memory;
 pub mod metrics;
 pub mod outqueue;
 pub mod protocol;
 pub mod pubsub;
 pub mod runtime;
-pub mod transport;
+pub(crate) mod transport;
 pub mod utf8;

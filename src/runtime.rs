@@ -37,7 +37,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the loop keeps per client beside the application's state.
-pub struct Io {
+pub(crate) struct Io {
     transport: Transport,
     /// The deadline this client has in the timer heap, in `Server::millis` (0: none):
     /// 8 bytes where an `Option<Instant>` takes 16, on every connection.
