@@ -164,10 +164,11 @@ impl<T: fmt::Display> App<T> {
         now: Instant,
         mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
     ) {
-        self.metrics.bytes_read += input.len() as u64;
+        let total = input.len();
+        self.metrics.bytes_read += total as u64;
         let mut http_path = None;
         let mut pos = 0;
-        while pos < input.len() {
+        while pos < total {
             let App { clients, config, room, dirty, metrics, .. } = self;
             let limits = &config.limits;
             let Some(client) = clients.get_mut(id) else { return };
@@ -216,7 +217,17 @@ impl<T: fmt::Display> App<T> {
                         room.publish(&frame);
                         Chunk::Shared(frame)
                     };
-                    if client.conn.send(echo, now, limits).is_ok() {
+                    // A small echo, the last message of this read, with nothing waiting
+                    // ahead of it (pongs included): written now, the one writev a flush
+                    // would make, without a trip through the queue. Messages before it
+                    // in the same read queue up and share a writev.
+                    if pos == total && matches!(echo, Chunk::Inline(_)) && client.conn.can_write_through() {
+                        let frame = [echo.bytes(), &[]];
+                        let written = write_now(&mut client.io, frame);
+                        client.conn.finish_write_through(Chunk::rest_of(frame, written));
+                        metrics.bytes_written += written as u64;
+                        metrics.messages_out += 1;
+                    } else if client.conn.send(echo, now, limits).is_ok() {
                         metrics.messages_out += 1;
                     }
                 }

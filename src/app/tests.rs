@@ -27,9 +27,16 @@ fn connect(app: &mut App<Peer>, listener: Listener, now: Instant) -> usize {
     app.connect(Peer(n), listener, now).ok().expect("admitted")
 }
 
-fn feed(app: &mut App<Peer>, id: usize, bytes: &[u8], now: Instant) {
+/// Feeds `bytes` to client `id`; returns what was written through (straight to a
+/// socket that takes everything).
+fn feed(app: &mut App<Peer>, id: usize, bytes: &[u8], now: Instant) -> Vec<u8> {
     let mut input = bytes.to_vec();
-    app.handle_input(id, &mut input, now, |_, _| panic!("no write-through expected"));
+    let mut through = Vec::new();
+    app.handle_input(id, &mut input, now, |_, parts| {
+        through.extend(parts.concat());
+        parts[0].len() + parts[1].len()
+    });
+    through
 }
 
 /// An upgraded client, everything it was sent so far flushed and returned.
@@ -179,11 +186,26 @@ mod dispatch {
         let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
         let (a, _) = upgraded(&mut app, now);
         let (_b, _) = upgraded(&mut app, now);
-        feed(&mut app, a, &text("back to me"), now);
+        // Two messages in one read: they queue up and leave in one flush.
+        let through = feed(&mut app, a, &[text("back to me"), text("again")].concat(), now);
+        assert_eq!(through, b"");
         let out = flush(&mut app);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[&a], server_text("back to me"));
+        assert_eq!(out[&a], [server_text("back to me"), server_text("again")].concat());
         assert_eq!(app.room.member_count(), 0);
+    }
+
+    #[test]
+    fn a_small_echo_alone_in_its_read_is_written_at_once_and_one_behind_a_pong_waits_its_turn() {
+        let now = Instant::now();
+        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
+        let (a, _) = upgraded(&mut app, now);
+        assert_eq!(feed(&mut app, a, &text("quick"), now), server_text("quick"));
+        assert!(flush(&mut app).is_empty(), "nothing was queued");
+        // A ping before it in the same read: its pong is queued, and the echo goes after.
+        let through = feed(&mut app, a, &[frame(true, 9, b"p"), text("after")].concat(), now);
+        assert_eq!(through, b"");
+        assert_eq!(flush(&mut app)[&a], [vec![0x8A, 1, b'p'], server_text("after")].concat());
     }
 
     #[test]
@@ -213,9 +235,10 @@ mod dispatch {
         let now = Instant::now();
         let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
         let (a, _) = upgraded(&mut app, now);
-        feed(&mut app, a, &text("small"), now);
-        // Output waits (the small echo): a large echo now queues behind it.
-        feed(&mut app, a, &frame(true, 2, &vec![1u8; WRITE_THROUGH_MIN]), now);
+        // A small echo before it in the same read waits in the queue: the large one
+        // queues behind it.
+        let input = [text("small"), frame(true, 2, &vec![1u8; WRITE_THROUGH_MIN])].concat();
+        assert_eq!(feed(&mut app, a, &input, now), b"");
         assert_eq!(flush(&mut app)[&a].len(), 7 + 4 + WRITE_THROUGH_MIN);
     }
 }
