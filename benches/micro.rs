@@ -156,6 +156,7 @@ fn broadcast(c: &mut Criterion) {
     let config = Config { welcome: None, history: 0, ..Config::default() };
     let (mut app, ids) = open_app(config, N, now);
     let mut input = Vec::with_capacity(2048);
+    let mut dirty = Vec::new();
     g.throughput(Throughput::Elements(N as u64));
     for len in [20usize, 1024] {
         let frame = masked_frame(Opcode::Binary, &vec![b'x'; len], [1, 2, 3, 4]);
@@ -170,7 +171,7 @@ fn broadcast(c: &mut Criterion) {
                     app.handle_input(ids[0], black_box(&mut input), now, |_, _| 0);
                     total += start.elapsed();
                     assert_eq!(app.metrics.fanout_deliveries - deliveries, N as u64);
-                    flush_app(&mut app);
+                    flush_app(&mut app, &mut dirty);
                 }
                 total
             })
@@ -186,7 +187,7 @@ fn broadcast(c: &mut Criterion) {
                 input.extend_from_slice(&frame);
                 app.handle_input(ids[0], &mut input, now, |_, _| 0);
                 let start = Instant::now();
-                flush_app(&mut app);
+                flush_app(&mut app, &mut dirty);
                 total += start.elapsed();
             }
             total

@@ -364,20 +364,13 @@ impl<T: fmt::Display> App<T> {
         self.settle(id);
     }
 
-    /// Clients to flush now, in order; the runtime gives the vector back with
-    /// `give_back_dirty` so that it keeps its capacity.
-    pub fn take_dirty(&mut self) -> Vec<usize> {
-        std::mem::take(&mut self.dirty)
+    /// Moves the clients to flush, in order, onto `out` (both vectors keep their
+    /// capacity: no allocation per loop iteration).
+    pub fn drain_dirty_into(&mut self, out: &mut Vec<usize>) {
+        out.append(&mut self.dirty);
     }
 
-    pub fn give_back_dirty(&mut self, mut flushed: Vec<usize>) {
-        flushed.clear();
-        if self.dirty.is_empty() {
-            self.dirty = flushed;
-        }
-    }
-
-    /// Clients dirty so far (for a flush that looks for new input as it goes).
+    /// Whether clients wait for a flush (for a flush that looks for new input as it goes).
     pub fn has_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }

@@ -66,6 +66,8 @@ pub struct Server {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Clients that may have unread input (read budget spent, or reading resumed).
     backlog: Vec<usize>,
+    /// The flush list of this iteration (kept for its capacity).
+    flushing: Vec<usize>,
     scratch: Vec<u8>,
     accept_paused_until: Option<Instant>,
     last_exhaustion_log: Option<Instant>,
@@ -99,6 +101,7 @@ impl Server {
             app: App::new(config),
             timers: BinaryHeap::new(),
             backlog: Vec::new(),
+            flushing: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
             last_exhaustion_log: None,
@@ -298,7 +301,9 @@ impl Server {
     /// joins no one else's writes, so there a look would only cost a syscall.)
     fn flush_dirty(&mut self, events: &mut Events) {
         let looks = self.app.config().mode == Mode::Broadcast;
-        let mut dirty = self.app.take_dirty();
+        let mut dirty = std::mem::take(&mut self.flushing);
+        dirty.clear();
+        self.app.drain_dirty_into(&mut dirty);
         // Looks stop once the clients dirty at the start are flushed, so a steady
         // stream of input cannot keep a flush going (timers and backlog wait for it).
         let first_round = if looks { dirty.len() } else { 0 };
@@ -311,10 +316,10 @@ impl Server {
             }
             // Clients that input read meanwhile made dirty join this pass.
             if self.app.has_dirty() {
-                dirty.extend(self.app.take_dirty());
+                self.app.drain_dirty_into(&mut dirty);
             }
         }
-        self.app.give_back_dirty(dirty);
+        self.flushing = dirty;
     }
 
     /// Writes as much of the client's queue as the socket takes, in one writev per

@@ -67,11 +67,12 @@ fn one_broadcast_costs_one_allocation(n: usize) {
     let payload = b"a broadcast message of some length";
     let frame = masked_frame(Opcode::Text, payload, [1, 2, 3, 4]);
     let mut input = Vec::with_capacity(1024);
+    let mut dirty = Vec::new();
     // Warm up: every queue, the history and the flush list grow to their working
     // capacity once.
     for _ in 0..200 {
         send_from(&mut app, ids[0], &frame, &mut input, now);
-        assert_eq!(flush_app(&mut app), n * (2 + payload.len()));
+        assert_eq!(flush_app(&mut app, &mut dirty), n * (2 + payload.len()));
     }
     for _ in 0..5 {
         let deliveries = app.metrics.fanout_deliveries;
@@ -79,7 +80,7 @@ fn one_broadcast_costs_one_allocation(n: usize) {
         assert_eq!(app.metrics.fanout_deliveries - deliveries, n as u64);
         assert_eq!(count, 1, "one broadcast to {n} connections made {count} allocations");
         // Flushing (popping the shared references) allocates nothing either.
-        let (count, bytes) = allocations(|| flush_app(&mut app));
+        let (count, bytes) = allocations(|| flush_app(&mut app, &mut dirty));
         assert_eq!(bytes, n * (2 + payload.len()));
         assert_eq!(count, 0, "flushing {n} queues made {count} allocations");
     }
@@ -103,15 +104,16 @@ fn echoing_a_small_message_costs_no_allocation() {
     let payload = [0x42u8; 20];
     let frame = masked_frame(Opcode::Binary, &payload, [9, 8, 7, 6]);
     let mut input = Vec::with_capacity(1024);
+    let mut dirty = Vec::new();
     for _ in 0..3 {
         send_from(&mut app, ids[0], &frame, &mut input, now);
-        assert_eq!(flush_app(&mut app), 2 + payload.len());
+        assert_eq!(flush_app(&mut app, &mut dirty), 2 + payload.len());
     }
     for _ in 0..5 {
         // What the event loop does per message: read from its buffer, frame, queue, write.
         let (count, written) = allocations(|| {
             send_from(&mut app, ids[0], &frame, &mut input, now);
-            flush_app(&mut app)
+            flush_app(&mut app, &mut dirty)
         });
         assert_eq!(written, 2 + payload.len());
         assert_eq!(count, 0, "echoing 20 bytes made {count} allocations");

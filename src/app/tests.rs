@@ -50,7 +50,8 @@ fn upgraded(app: &mut App<Peer>, now: Instant) -> (usize, Vec<u8>) {
 /// What the runtime's flush does when every socket takes everything: each dirty
 /// client's bytes, and the order they were flushed in.
 fn flush_in_order(app: &mut App<Peer>) -> Vec<(usize, Vec<u8>)> {
-    let dirty = app.take_dirty();
+    let mut dirty = Vec::new();
+    app.drain_dirty_into(&mut dirty);
     let mut written = Vec::new();
     for &id in &dirty {
         let Some(client) = app.start_flush(id) else { continue };
@@ -70,7 +71,6 @@ fn flush_in_order(app: &mut App<Peer>) -> Vec<(usize, Vec<u8>)> {
         written.push((id, bytes));
         app.finish_flush(id, before, n);
     }
-    app.give_back_dirty(dirty);
     written
 }
 
@@ -326,7 +326,8 @@ mod memory_back {
         // Only the sender reads; the other falls behind until it is cut off.
         while app.metrics.slow_consumers == 0 {
             feed(&mut app, sender, &message, now);
-            let dirty = app.take_dirty();
+            let mut dirty = Vec::new();
+            app.drain_dirty_into(&mut dirty);
             for &id in &dirty {
                 let Some(client) = app.start_flush(id) else { continue };
                 let before = client.conn.queue_memory();
@@ -340,7 +341,6 @@ mod memory_back {
                 }
                 app.finish_flush(id, before, written);
             }
-            app.give_back_dirty(dirty);
         }
         assert_eq!(app.poll_trim(now), Some(now), "due at once");
         app.handle_trimmed(now);

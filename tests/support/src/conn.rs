@@ -66,21 +66,22 @@ pub fn open_app(config: Config, clients: usize, now: Instant) -> (App<NoSocket>,
             id
         })
         .collect();
-    flush_app(&mut app);
+    flush_app(&mut app, &mut Vec::new());
     (app, ids)
 }
 
-/// What the runtime's flush does when every socket takes everything; returns the bytes.
-pub fn flush_app(app: &mut App<NoSocket>) -> usize {
-    let dirty = app.take_dirty();
+/// What the runtime's flush does when every socket takes everything, with `dirty` as
+/// its reused flush list; returns the bytes.
+pub fn flush_app(app: &mut App<NoSocket>, dirty: &mut Vec<usize>) -> usize {
+    dirty.clear();
+    app.drain_dirty_into(dirty);
     let mut total = 0;
-    for &id in &dirty {
+    for &id in dirty.iter() {
         let Some(client) = app.start_flush(id) else { continue };
         let before = client.conn.queue_memory();
         let bytes = drain(&mut client.conn);
         total += bytes;
         app.finish_flush(id, before, bytes);
     }
-    app.give_back_dirty(dirty);
     total
 }
