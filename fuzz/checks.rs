@@ -68,7 +68,12 @@ pub fn check_frame_header(data: &[u8]) {
 const HANDSHAKE_STATUSES: [u16; 6] = [400, 403, 405, 426, 431, 503];
 
 pub fn check_handshake(data: &[u8]) {
-    let naive_end = data.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    // RFC 9112 2.2: a line may end with a bare \n; an empty line ends the head.
+    let naive_end = (0..data.len()).find_map(|i| match &data[i..] {
+        [b'\n', b'\n', ..] => Some(i + 2),
+        [b'\n', b'\r', b'\n', ..] => Some(i + 3),
+        _ => None,
+    });
     assert_eq!(handshake::find_head_end(data, 0), naive_end);
     // Searching on from a later read must still find a terminator split across reads.
     if let Some(end) = naive_end {
