@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the checked-in seed corpora (fuzz/corpus/TARGET/). Run from anywhere;
-it overwrites only the files it names. The conn layout is documented in checks.rs."""
+it overwrites only the files it names. The conn layout is documented in tests/support/src/fuzz_checks.rs."""
 import os
 
 HERE = os.path.dirname(os.path.abspath(__file__))

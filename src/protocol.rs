@@ -298,7 +298,8 @@ impl Conn {
 
     /// Write-through, step 1: whether a frame may go straight to the socket now,
     /// ahead of the queue (open, and no byte of output waits). Ask before the
-    /// `handle_input` call that yields the message: the message borrows the `Conn`.
+    /// `handle_input` call that yields the message: the message borrows the `Conn`,
+    /// and a call that queues output (a pong) returns before yielding a message.
     pub fn can_write_through(&self) -> bool {
         self.is_open() && self.out.is_empty()
     }
@@ -464,6 +465,10 @@ impl Conn {
             p.payload.clear();
             p.delivered = false;
         }
+        // A call that queues output (a pong) returns right after it, so that a message
+        // it yields never has output queued ahead of it that `can_write_through`, asked
+        // before the call, did not see.
+        let quiet = self.out.is_empty();
         let mut pos = 0;
         loop {
             if !matches!(self.state, State::Open { .. } | State::Closing { .. }) {
@@ -508,6 +513,7 @@ impl Conn {
                     match result {
                         Err(err) => return self.fail(err, now, limits, input.len()),
                         Ok(Some(opcode)) => return (pos, Some(Delivery::Assembled { opcode })),
+                        Ok(None) if quiet && !self.out.is_empty() => return (pos, None),
                         Ok(None) => continue,
                     }
                 }
@@ -543,6 +549,7 @@ impl Conn {
             };
             match result {
                 Ok(Some(delivery)) => return (pos, Some(delivery)),
+                Ok(None) if quiet && !self.out.is_empty() => return (pos, None),
                 Ok(None) => {}
                 Err(err) => return self.fail(err, now, limits, input.len()),
             }

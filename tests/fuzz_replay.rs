@@ -1,12 +1,11 @@
 //! Replays the fuzz seed corpora and the saved crash inputs through the very checks
-//! the fuzz targets run (fuzz/checks.rs), so a plain `cargo test` on stable catches
-//! regressions without nightly or libFuzzer.
-
-#[path = "../fuzz/checks.rs"]
-mod checks;
+//! the fuzz targets run (tests/support/src/fuzz_checks.rs), so a plain `cargo test`
+//! on stable catches regressions without nightly or libFuzzer.
 
 use std::fs;
 use std::path::Path;
+
+use test_support::fuzz_checks as checks;
 
 /// Runs `check` on every file of fuzz/corpus/TARGET and fuzz/regressions/TARGET,
 /// and names every file that fails.

@@ -1,8 +1,6 @@
-//! The fuzz targets' checks. They live in `checks.rs`, a plain module of std and
-//! mioket's public API, so that `tests/fuzz_replay.rs` in the main crate can include
-//! the very same file and replay the corpora on stable.
+//! The fuzz targets' checks live in the dev-only test-support crate
+//! (`tests/support/src/fuzz_checks.rs`, std and mioket's public API only), so that
+//! `tests/fuzz_replay.rs` in the main crate replays the corpora through the very same
+//! checks on stable.
 
-#[path = "../checks.rs"]
-mod checks;
-
-pub use checks::{check_frame_header, check_handshake, run_conn};
+pub use test_support::fuzz_checks::{check_frame_header, check_handshake, run_conn};

@@ -231,6 +231,20 @@ mod dispatch {
     }
 
     #[test]
+    fn a_large_echo_behind_a_pong_in_the_same_read_is_queued_after_it() {
+        let now = Instant::now();
+        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
+        let (a, _) = upgraded(&mut app, now);
+        let payload = vec![3u8; WRITE_THROUGH_MIN];
+        let input = [frame(true, 9, b"p"), frame(true, 2, &payload)].concat();
+        assert_eq!(feed(&mut app, a, &input, now), b"", "nothing ahead of the pong");
+        let mut expected = vec![0x8A, 1, b'p', 0x82, 126];
+        expected.extend_from_slice(&(WRITE_THROUGH_MIN as u16).to_be_bytes());
+        expected.extend(payload);
+        assert_eq!(flush(&mut app)[&a], expected);
+    }
+
+    #[test]
     fn a_small_echo_or_one_behind_queued_output_is_queued_not_written_through() {
         let now = Instant::now();
         let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });

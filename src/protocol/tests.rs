@@ -501,6 +501,21 @@ mod limits {
     }
 
     #[test]
+    fn a_call_that_queues_a_pong_returns_before_the_message_behind_it() {
+        // Write-through is decided before the call that yields a message: no output
+        // may appear ahead of that message within the call (found by fuzzing).
+        let (mut conn, now) = open_conn();
+        let limits = limits();
+        let mut input = [frame(true, 9, b"p"), text("after")].concat();
+        assert!(conn.can_write_through());
+        let (used, event) = conn.handle_input(&mut input, now, &limits);
+        assert_eq!((used, event), (7, None), "returned right after the ping");
+        assert!(!conn.can_write_through(), "the pong waits");
+        let (_, event) = conn.handle_input(&mut input[7..], now, &limits);
+        assert_eq!(event, Some(Event::Message { opcode: Opcode::Text, payload: b"after" }));
+    }
+
+    #[test]
     fn pings_are_not_answered_past_the_backpressure_limit() {
         let (mut conn, now) = open_conn();
         let mut bytes = Vec::new();

@@ -1,7 +1,7 @@
 //! What the fuzz targets assert, shared by the libFuzzer targets (through
-//! fuzz/src/lib.rs) and by the stable replay test tests/fuzz_replay.rs, which
-//! includes this file as a module. So: std and mioket's public API only, and every
-//! input is decoded by hand from plain bytes (no `arbitrary`).
+//! fuzz/src/lib.rs) and by the stable replay test tests/fuzz_replay.rs. So: std and
+//! mioket's public API only, and every input is decoded by hand from plain bytes (no
+//! `arbitrary`).
 //!
 //! Each `check_*` / `run_*` function panics when an invariant breaks; a panic is
 //! what libFuzzer reports as a crash and what the replay test reports as a failure.
