@@ -85,6 +85,14 @@ fn server_text(s: &str) -> Vec<u8> {
     out
 }
 
+/// An unmasked server binary frame of 126 to 65,535 bytes (a 16-bit length).
+fn server_binary(payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x82, 126];
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 fn http_answer(app: &mut App<Peer>, listener: Listener, request: &str, now: Instant) -> String {
     let id = connect(app, listener, now);
     feed(app, id, request.as_bytes(), now);
@@ -224,10 +232,7 @@ mod dispatch {
             1000
         });
         on_the_wire.extend(flush(&mut app).remove(&a).unwrap());
-        let mut expected = vec![0x82, 126];
-        expected.extend_from_slice(&(WRITE_THROUGH_MIN as u16).to_be_bytes());
-        expected.extend(payload);
-        assert_eq!(on_the_wire, expected);
+        assert_eq!(on_the_wire, server_binary(&payload));
     }
 
     #[test]
@@ -238,10 +243,7 @@ mod dispatch {
         let payload = vec![3u8; WRITE_THROUGH_MIN];
         let input = [frame(true, 9, b"p"), frame(true, 2, &payload)].concat();
         assert_eq!(feed(&mut app, a, &input, now), b"", "nothing ahead of the pong");
-        let mut expected = vec![0x8A, 1, b'p', 0x82, 126];
-        expected.extend_from_slice(&(WRITE_THROUGH_MIN as u16).to_be_bytes());
-        expected.extend(payload);
-        assert_eq!(flush(&mut app)[&a], expected);
+        assert_eq!(flush(&mut app)[&a], [vec![0x8A, 1, b'p'], server_binary(&payload)].concat());
     }
 
     #[test]
