@@ -30,7 +30,7 @@ use std::io::IoSlice;
 /// How long we wait for a client to close after an HTTP answer.
 pub const HTTP_LINGER: Duration = Duration::from_secs(2);
 
-/// What a `read` produced for the server to act on.
+/// What a `handle_input` call produced for the application to act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A valid WebSocket upgrade: the server calls `accept` or `refuse`.

@@ -198,7 +198,7 @@ struct Script<'a> {
     echo: bool,
     conn: Conn,
     now: Instant,
-    /// Peer bytes not yet handed to `read`.
+    /// Peer bytes not yet handed to `handle_input`.
     pending: Vec<u8>,
     /// Everything the connection wrote, in order.
     written: Vec<u8>,
@@ -214,7 +214,7 @@ struct Script<'a> {
     /// or a prefix of them once a slow-consumer close dropped the rest.
     sent: Vec<Vec<u8>>,
     /// The peer's bytes after the upgrade, as sent (still masked), and the messages
-    /// `read` delivered: these must match a naive decoding of those bytes.
+    /// `handle_input` delivered: these must match a naive decoding of those bytes.
     peer_stream: Vec<u8>,
     delivered: Vec<(Opcode, Vec<u8>)>,
     queued_when_closed: Option<usize>,
@@ -273,7 +273,7 @@ impl<'a> Script<'a> {
             }
             1 => self.peer_frame(),
             2 => self.peer_close(),
-            // Hand the peer's bytes to `read`: the next n, or all of them for 0.
+            // Hand the peer's bytes to `handle_input`: the next n, or all of them for 0.
             3 => {
                 let n = usize::from(self.input.byte());
                 let n = if n == 0 { self.pending.len() } else { n.min(self.pending.len()) };
@@ -286,7 +286,7 @@ impl<'a> Script<'a> {
                 self.ticks += 1;
                 self.conn.handle_timeout(self.now, &self.limits);
                 if let Some(deadline) = self.conn.poll_timeout() {
-                    assert!(deadline > self.now, "on_tick left a deadline due: the timer loop would spin");
+                    assert!(deadline > self.now, "handle_timeout left a deadline due: the timer loop would spin");
                 }
             }
             5 => self.server_send(),
@@ -416,10 +416,10 @@ impl<'a> Script<'a> {
         self.sent.push(frame.to_vec());
     }
 
-    /// Hands `chunk` to `read` until it is used up, acting on events the way the
+    /// Hands `chunk` to `handle_input` until it is used up, acting on events the way the
     /// server does.
     fn feed(&mut self, mut chunk: Vec<u8>) {
-        // `read` unmasks in place: keep the bytes as the peer sent them.
+        // `handle_input` unmasks in place: keep the bytes as the peer sent them.
         let original = chunk.clone();
         let mut pos = 0;
         let mut idle_events = 0;
