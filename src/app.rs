@@ -202,12 +202,8 @@ impl<T: fmt::Display> App<T> {
                     // allocation. Only what the socket does not take is queued.
                     let mut header = [0u8; MAX_HEADER_LEN];
                     let n = encode_header(&server_header(opcode, payload.len()), &mut header);
-                    let parts = [&header[..n], payload];
-                    let written = write_now(&mut client.io, parts);
-                    let rest = Chunk::rest_of(parts, written);
+                    let rest = write_through(&mut client.io, [&header[..n], payload], &mut write_now, metrics);
                     client.conn.finish_write_through(rest);
-                    metrics.bytes_written += written as u64;
-                    metrics.messages_out += 1;
                 }
                 Mode::Echo => {
                     let echo = if config.history == 0 {
@@ -222,11 +218,8 @@ impl<T: fmt::Display> App<T> {
                     // would make, without a trip through the queue. Messages before it
                     // in the same read queue up and share a writev.
                     if pos == total && matches!(echo, Chunk::Inline(_)) && client.conn.can_write_through() {
-                        let frame = [echo.bytes(), &[]];
-                        let written = write_now(&mut client.io, frame);
-                        client.conn.finish_write_through(Chunk::rest_of(frame, written));
-                        metrics.bytes_written += written as u64;
-                        metrics.messages_out += 1;
+                        let rest = write_through(&mut client.io, [echo.bytes(), &[]], &mut write_now, metrics);
+                        client.conn.finish_write_through(rest);
                     } else if client.conn.send(echo, now, limits).is_ok() {
                         metrics.messages_out += 1;
                     }
@@ -485,6 +478,21 @@ impl<T: fmt::Display> App<T> {
             self.metrics.close(first.map_or(CloseCode::ABNORMAL, |c| c.code), first.is_some_and(|c| c.by_peer));
         }
     }
+}
+
+/// Writes a frame (header and payload) straight to a client's socket; returns what
+/// the socket did not take, for `Conn::finish_write_through`. (The payload may borrow
+/// the `Conn`: the caller hands the rest over once it is copied out.)
+fn write_through<T>(
+    io: &mut T,
+    parts: [&[u8]; 2],
+    write_now: &mut impl FnMut(&mut T, [&[u8]; 2]) -> usize,
+    metrics: &mut Metrics,
+) -> Option<Chunk> {
+    let written = write_now(io, parts);
+    metrics.bytes_written += written as u64;
+    metrics.messages_out += 1;
+    Chunk::rest_of(parts, written)
 }
 
 /// Queues a client for this iteration's flush, once.

@@ -212,7 +212,7 @@ impl OutQueue {
     #[inline]
     pub fn push_limited(&mut self, chunk: Chunk, limit: usize) -> Result<(), OverLimit> {
         let len = chunk.bytes().len();
-        if self.len() > self.committed as usize && self.data_memory() + len + SLOT > limit {
+        if self.len() > self.committed as usize && !self.fits_len(len, limit) {
             return Err(OverLimit);
         }
         self.push_len(chunk, len);
@@ -224,7 +224,12 @@ impl OutQueue {
     /// enough, and cheaper than asking where it would go.)
     #[inline]
     pub fn fits(&self, chunk: &Chunk, limit: usize) -> bool {
-        self.data_memory() + chunk.bytes().len() + SLOT <= limit
+        self.fits_len(chunk.bytes().len(), limit)
+    }
+
+    #[inline]
+    fn fits_len(&self, len: usize, limit: usize) -> bool {
+        self.data_memory() + len + SLOT <= limit
     }
 
     pub fn is_empty(&self) -> bool {

@@ -16,6 +16,7 @@
 //!   end of stream, so that unread bytes do not turn our answer into a reset.
 //! - Closed: drop the socket.
 
+use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
@@ -25,7 +26,6 @@ use crate::handshake::{self, Request, MAX_HEAD};
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, OutQueue, OverLimit};
 use crate::utf8::Utf8Validator;
-use std::io::IoSlice;
 
 /// How long we wait for a client to close after an HTTP answer.
 pub const HTTP_LINGER: Duration = Duration::from_secs(2);
@@ -214,6 +214,11 @@ impl Conn {
         }
     }
 
+    /// The socket took `n` bytes of what `poll_transmit` gave.
+    pub fn handle_written(&mut self, n: usize) {
+        self.out.advance(n);
+    }
+
     /// Acts on time: drops a stalled handshake, pings, gives up on a missing pong
     /// or close reply. Safe to call at any time.
     pub fn handle_timeout(&mut self, now: Instant, limits: &Limits) {
@@ -349,11 +354,6 @@ impl Conn {
         self.out.io_slices(slices)
     }
 
-    /// The socket took `n` bytes of what `poll_transmit` gave.
-    pub fn handle_written(&mut self, n: usize) {
-        self.out.advance(n);
-    }
-
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }
@@ -364,7 +364,8 @@ impl Conn {
         self.out.queued_bytes()
     }
 
-    /// Heap memory held by the outgoing queue: what backpressure is judged by.
+    /// What the outgoing queue holds as the backpressure limit counts it (bytes plus
+    /// a slot per chunk).
     pub fn queue_memory(&self) -> usize {
         self.out.memory()
     }

@@ -93,6 +93,13 @@ fn server_binary(payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A pure echo server (no welcome, no history) with one upgraded client.
+fn pure_echo(now: Instant) -> (App<Peer>, usize) {
+    let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
+    let (id, _) = upgraded(&mut app, now);
+    (app, id)
+}
+
 fn http_answer(app: &mut App<Peer>, listener: Listener, request: &str, now: Instant) -> String {
     let id = connect(app, listener, now);
     feed(app, id, request.as_bytes(), now);
@@ -191,8 +198,7 @@ mod dispatch {
     #[test]
     fn echo_mode_answers_only_the_sender_and_keeps_no_room() {
         let now = Instant::now();
-        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
-        let (a, _) = upgraded(&mut app, now);
+        let (mut app, a) = pure_echo(now);
         let (_b, _) = upgraded(&mut app, now);
         // Two messages in one read: they queue up and leave in one flush.
         let through = feed(&mut app, a, &[text("back to me"), text("again")].concat(), now);
@@ -206,8 +212,7 @@ mod dispatch {
     #[test]
     fn a_small_echo_alone_in_its_read_is_written_at_once_and_one_behind_a_pong_waits_its_turn() {
         let now = Instant::now();
-        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
-        let (a, _) = upgraded(&mut app, now);
+        let (mut app, a) = pure_echo(now);
         assert_eq!(feed(&mut app, a, &text("quick"), now), server_text("quick"));
         assert!(flush(&mut app).is_empty(), "nothing was queued");
         // A ping before it in the same read: its pong is queued, and the echo goes after.
@@ -219,8 +224,7 @@ mod dispatch {
     #[test]
     fn a_large_echo_is_written_through_and_only_the_rest_is_queued() {
         let now = Instant::now();
-        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
-        let (a, _) = upgraded(&mut app, now);
+        let (mut app, a) = pure_echo(now);
         let payload = vec![7u8; WRITE_THROUGH_MIN];
         let mut input = frame(true, 2, &payload);
         let mut on_the_wire = Vec::new();
@@ -238,8 +242,7 @@ mod dispatch {
     #[test]
     fn a_large_echo_behind_a_pong_in_the_same_read_is_queued_after_it() {
         let now = Instant::now();
-        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
-        let (a, _) = upgraded(&mut app, now);
+        let (mut app, a) = pure_echo(now);
         let payload = vec![3u8; WRITE_THROUGH_MIN];
         let input = [frame(true, 9, b"p"), frame(true, 2, &payload)].concat();
         assert_eq!(feed(&mut app, a, &input, now), b"", "nothing ahead of the pong");
@@ -249,8 +252,7 @@ mod dispatch {
     #[test]
     fn a_small_echo_or_one_behind_queued_output_is_queued_not_written_through() {
         let now = Instant::now();
-        let mut app = App::new(Config { welcome: None, history: 0, ..config(Mode::Echo) });
-        let (a, _) = upgraded(&mut app, now);
+        let (mut app, a) = pure_echo(now);
         // A small echo before it in the same read waits in the queue: the large one
         // queues behind it.
         let input = [text("small"), frame(true, 2, &vec![1u8; WRITE_THROUGH_MIN])].concat();
