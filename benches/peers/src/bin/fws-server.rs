@@ -2,7 +2,8 @@
 //! through hyper as the crate documents. Echo is the crate's echo_server example
 //! (FragmentCollector, auto pong and close). Broadcast: the split halves (feature
 //! unstable-split), a tokio broadcast channel of `Bytes`, and a BufWriter on the write
-//! half flushed once per batch of ready messages.
+//! half flushed once per batch of ready messages. Rooms: the same client with the
+//! channel of its request path's room (`mioket_peers::Rooms`).
 
 use bytes::Bytes;
 use fastwebsockets::{upgrade, FragmentCollector, FragmentCollectorRead, Frame, OpCode, Payload, WebSocketError};
@@ -11,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use mioket_peers::{announce, args, Mode};
+use mioket_peers::{announce, args, Mode, Rooms};
 use tokio::io::BufWriter;
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -105,21 +106,29 @@ fn main() {
         let listener = TcpListener::bind(args.addr).await.unwrap();
         announce(listener.local_addr().unwrap());
         let (tx, _) = broadcast::channel::<(bool, Bytes)>(4096);
+        let rooms = Rooms::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
             let mode = args.mode;
             let tx = tx.clone();
+            let rooms = rooms.clone();
             tokio::spawn(async move {
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     let tx = tx.clone();
+                    let rooms = rooms.clone();
                     async move {
+                        let path = if mode == Mode::Rooms { req.uri().path().to_owned() } else { String::new() };
                         let (response, fut) = upgrade::upgrade(&mut req)?;
                         tokio::spawn(async move {
                             let _ = match mode {
                                 Mode::Echo => echo(fut).await,
                                 Mode::Broadcast => broadcast_client(fut, tx).await,
+                                Mode::Rooms => {
+                                    let member = rooms.join(&path);
+                                    broadcast_client(fut, member.tx.clone()).await
+                                }
                             };
                         });
                         Ok::<Response<Empty<Bytes>>, WebSocketError>(response)

@@ -5,6 +5,7 @@
 //! --mode echo: every byte goes back to its sender.
 //! --mode broadcast: every complete frame (only its length is looked at) goes to every
 //! connection, the sender included, each flushed once per loop iteration.
+//! No --mode rooms: without an HTTP upgrade there is no path to name a room.
 
 use std::io::{self, Read, Write};
 
@@ -55,6 +56,10 @@ fn flush(conn: &mut Conn) -> bool {
 
 fn main() -> io::Result<()> {
     let args = args();
+    if args.mode == Mode::Rooms {
+        eprintln!("tcp-relay: no --mode rooms (plain TCP has no request path)");
+        std::process::exit(2);
+    }
     let mut poll = Poll::new()?;
     let mut listener = TcpListener::bind(args.addr)?;
     poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -120,7 +125,7 @@ fn main() -> io::Result<()> {
                             dirty.push(key);
                         }
                     }
-                    Mode::Broadcast => {
+                    Mode::Broadcast | Mode::Rooms => {
                         conn.partial.extend_from_slice(&buf[..n]);
                         let mut whole = 0;
                         while let Some(len) = frame_len(&conn.partial[whole..]) {

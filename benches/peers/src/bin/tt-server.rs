@@ -2,12 +2,18 @@
 //! Echo is the crate's own example (forward the stream into the sink, which batches
 //! writes until the stream is pending). Broadcast: a tokio broadcast channel of
 //! `Message` (cheap `Bytes` clones); each writer feeds what is ready, then flushes once.
+//! Rooms: the same client with the channel of its request path's room
+//! (`mioket_peers::Rooms`), the path read in the handshake callback.
 
 use futures_util::{SinkExt, StreamExt, TryStreamExt};
-use mioket_peers::{announce, args, Mode};
+use std::sync::Arc;
+
+use mioket_peers::{announce, args, Mode, Rooms};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 async fn echo(stream: TcpStream) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
@@ -17,6 +23,23 @@ async fn echo(stream: TcpStream) {
 
 async fn broadcast_client(stream: TcpStream, tx: broadcast::Sender<Message>) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
+    serve_broadcast(ws, tx).await;
+}
+
+async fn room_client(stream: TcpStream, rooms: Arc<Rooms<Message>>) {
+    let mut path = String::new();
+    // The Result type is tungstenite's (its error is an HTTP response).
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &Request, resp: Response| {
+        path = req.uri().path().to_owned();
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else { return };
+    let member = rooms.join(&path);
+    serve_broadcast(ws, member.tx.clone()).await;
+}
+
+async fn serve_broadcast(ws: WebSocketStream<TcpStream>, tx: broadcast::Sender<Message>) {
     let (mut write, mut read) = ws.split();
     let mut rx = tx.subscribe();
     let writer = tokio::spawn(async move {
@@ -64,12 +87,14 @@ fn main() {
         let listener = TcpListener::bind(args.addr).await.unwrap();
         announce(listener.local_addr().unwrap());
         let (tx, _) = broadcast::channel::<Message>(4096);
+        let rooms = Rooms::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else { continue };
             let _ = stream.set_nodelay(true);
             match args.mode {
                 Mode::Echo => tokio::spawn(echo(stream)),
                 Mode::Broadcast => tokio::spawn(broadcast_client(stream, tx.clone())),
+                Mode::Rooms => tokio::spawn(room_client(stream, rooms.clone())),
             };
         }
     });
