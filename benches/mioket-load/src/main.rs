@@ -7,8 +7,14 @@
 //!   broadcast  N subscribers and P publishers; a publisher sends its next message when
 //!              its previous one came back to it; delivery latency from a timestamp
 //!              embedded in the payload
+//!   rooms      R rooms of M members, each member connected with its room's path
+//!              (`/room-<i>`); P publishers publish into their rooms in turn, each
+//!              through its own member of the room; delivery latency as in broadcast,
+//!              and any message that reaches a member of another room is a misroute
 //!   connect    open, upgrade, close (the full closing handshake), K in flight
 //!   idle       hold N upgraded connections; the server's RSS per connection
+//!   empty-rooms  the server's RSS per empty room: N open-upgrade-close cycles each to
+//!              a room of its own, after N to one room to warm the allocator up
 //!
 //! Client frames are masked once, when the workload starts; per message only the
 //! timestamp bytes of a broadcast are re-masked. Payload bytes are never copied or
@@ -37,15 +43,24 @@ const USAGE: &str = "\
 mioket-load: WebSocket load generator (one mio loop)
 
 Usage: mioket-load WORKLOAD [OPTIONS]
-  WORKLOAD is echo, broadcast, connect or idle.
+  WORKLOAD is echo, broadcast, rooms, connect, idle or empty-rooms.
 
 Options:
   --url ws://127.0.0.1:PORT/PATH  server to load; loopback addresses only [default: ws://127.0.0.1:8765/]
   --duration SECS        measured time [default: 5]
   --conns C              echo: connections [default: 100]; idle: connections to hold [default: 10000]
-  --size S               message size in bytes [default: 20 for echo, 32 for broadcast (at least 24)]
+  --size S               message size in bytes [default: 20 for echo, 32 for broadcast (at
+                         least 24) and rooms (at least 28)]
   --subscribers N        broadcast: subscribers that only listen [default: 100]
-  --publishers P         broadcast: publishers (they also receive everything) [default: 1]
+  --publishers P         broadcast: publishers (they also receive everything) [default: 1];
+                         rooms: publishers, each owning every P-th room [default: 10]
+  --rooms R              rooms: rooms [default: 1000]; idle and connect: connection n goes
+                         to path /room-<n % R> (after the --url path); empty-rooms: rooms
+                         to create [default: 10000]
+  --members M            rooms: members per room, its publisher's connection included
+                         [default: 10]
+  --window W             rooms: messages each publisher keeps in flight, at most one per
+                         room [default: 10]
   --inflight K           connect, and connection setup: handshakes in flight [default: 64]
   --messages M           stop early after M echoes, M published messages or M handshakes
   --server-pid PID       read the server's CPU time and RSS from /proc/PID
@@ -68,6 +83,8 @@ enum Workload {
     Broadcast,
     Connect,
     Idle,
+    Rooms,
+    EmptyRooms,
 }
 
 impl Workload {
@@ -77,10 +94,13 @@ impl Workload {
             Workload::Broadcast => "broadcast",
             Workload::Connect => "connect",
             Workload::Idle => "idle",
+            Workload::Rooms => "rooms",
+            Workload::EmptyRooms => "empty-rooms",
         }
     }
 }
 
+#[derive(Clone)]
 struct Args {
     workload: Workload,
     addr: SocketAddr,
@@ -91,6 +111,12 @@ struct Args {
     size: usize,
     subscribers: usize,
     publishers: usize,
+    /// Rooms by path: connection n opens `{room_base}{n % rooms}`.
+    rooms: Option<usize>,
+    room_base: String,
+    members: usize,
+    /// Rooms: messages each publisher keeps in flight (at most one per room).
+    window: usize,
     inflight: usize,
     messages: Option<u64>,
     server_pid: Option<u32>,
@@ -110,6 +136,8 @@ fn parse_args() -> Result<Args, String> {
         Some("broadcast") => Workload::Broadcast,
         Some("connect") => Workload::Connect,
         Some("idle") => Workload::Idle,
+        Some("rooms") => Workload::Rooms,
+        Some("empty-rooms") => Workload::EmptyRooms,
         Some("-h" | "--help") | None => return Err(String::new()),
         Some(other) => return Err(format!("unknown workload {other:?}")),
     };
@@ -121,13 +149,25 @@ fn parse_args() -> Result<Args, String> {
         path: String::new(),
         duration: Duration::from_secs(5),
         conns: if workload == Workload::Idle { 10_000 } else { 100 },
-        size: if workload == Workload::Broadcast { 32 } else { 20 },
+        size: if matches!(workload, Workload::Broadcast | Workload::Rooms) { 32 } else { 20 },
         subscribers: 100,
-        publishers: 1,
+        publishers: if workload == Workload::Rooms { 10 } else { 1 },
+        rooms: match workload {
+            Workload::Rooms => Some(1000),
+            Workload::EmptyRooms => Some(10_000),
+            _ => None,
+        },
+        room_base: String::new(),
+        members: 10,
+        window: 10,
         inflight: 64,
         messages: None,
         server_pid: None,
-        settle: Duration::from_millis(if workload == Workload::Idle { 1000 } else { 300 }),
+        settle: Duration::from_millis(if matches!(workload, Workload::Idle | Workload::EmptyRooms) {
+            1000
+        } else {
+            300
+        }),
         setup_timeout: Duration::from_secs(60),
         raw: false,
         source_addrs: None,
@@ -152,6 +192,9 @@ fn parse_args() -> Result<Args, String> {
             "--size" => a.size = num(value()?)? as usize,
             "--subscribers" => a.subscribers = num(value()?)? as usize,
             "--publishers" => a.publishers = num(value()?)? as usize,
+            "--rooms" => a.rooms = Some((num(value()?)? as usize).max(1)),
+            "--members" => a.members = (num(value()?)? as usize).max(1),
+            "--window" => a.window = (num(value()?)? as usize).max(1),
             "--inflight" => a.inflight = (num(value()?)? as usize).max(1),
             "--messages" => a.messages = Some(num(value()?)?),
             "--server-pid" => a.server_pid = Some(num(value()?)? as u32),
@@ -188,7 +231,27 @@ fn parse_args() -> Result<Args, String> {
     if a.workload == Workload::Broadcast && a.size < BCAST_HEAD {
         a.size = BCAST_HEAD;
     }
+    if a.workload == Workload::Rooms {
+        a.size = a.size.max(ROOMS_HEAD);
+        a.publishers = a.publishers.clamp(1, a.rooms.unwrap_or(1));
+        a.window = a.window.min(a.rooms.unwrap_or(1).div_ceil(a.publishers));
+    }
+    if a.rooms.is_some() && a.raw {
+        return Err("--raw has no request path: rooms need the HTTP upgrade".into());
+    }
+    // The rooms' paths go under the --url path (its query, if any, is not kept).
+    let base = a.path.split('?').next().unwrap_or("");
+    a.room_base = format!("{}/room-", base.trim_end_matches('/'));
     Ok(a)
+}
+
+/// The HTTP upgrade request for `path`.
+fn upgrade_request(path: &str, host: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
 }
 
 // ---------------------------------------------------------------------------
@@ -449,13 +512,29 @@ struct Client {
     started: Instant,
     sent_at: Instant,
     waiting: bool,
+    /// Messages published (a publisher's connection; in rooms: to this room).
     seq: u64,
     got_close: bool,
+    /// Rooms by path: the room this connection joined (0 without --rooms).
+    room: u32,
+    /// Rooms: the highest room sequence number received (to count gaps).
+    last_seq: u64,
 }
 
 /// The broadcast stamp at the start of every payload: send time (ns since start),
 /// publisher id, run nonce (history from other runs is ignored), sequence number.
 const BCAST_HEAD: usize = 24;
+
+/// The rooms stamp: the broadcast stamp (its sequence number counts the messages of
+/// the room), then the room number.
+const ROOMS_HEAD: usize = 28;
+
+/// A rooms publisher: its publishing connections (client index and room), one per room
+/// it owns (rooms p, p + P, p + 2P, ...), in the order it publishes through them: those
+/// with no message in flight, the one whose message came back last at the end.
+struct RoomPub {
+    ready: VecDeque<(usize, u32)>,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Stage {
@@ -480,6 +559,12 @@ struct Counters {
     skipped_text: u64,
     pings: u64,
     bytes_in: u64,
+    /// Rooms: messages of a room that reached a member of another room.
+    misroutes: u64,
+    /// Rooms: room sequence numbers a member never got (a later one came first).
+    gaps: u64,
+    /// Rooms: messages that came after a later one of the same room, or twice.
+    reordered: u64,
 }
 
 struct Gen {
@@ -510,6 +595,7 @@ struct Gen {
     c: Counters,
     hist: Histogram,
     publishers: Vec<usize>,
+    room_pubs: Vec<RoomPub>,
     cpu_start: Option<f64>,
     self_cpu_start: Option<f64>,
     rss_start: Option<u64>,
@@ -521,7 +607,7 @@ struct Gen {
 impl Gen {
     fn new(a: Args) -> io::Result<Gen> {
         let now = Instant::now();
-        let nonce = (std::process::id() ^ (now.elapsed().as_nanos() as u32)).wrapping_mul(0x9E37_79B9) | 1;
+        let nonce = run_nonce();
         let mut templates = Vec::new();
         let mut publishers = 0;
         match a.workload {
@@ -538,18 +624,31 @@ impl Gen {
                     templates.push(masked_frame(OP_BINARY, &payload));
                 }
             }
-            Workload::Connect | Workload::Idle => {}
+            Workload::Rooms => {
+                // One frame per room: its publisher and its room are fixed; the send time
+                // and the room's sequence number are masked in per message.
+                for room in 0..a.rooms.unwrap_or(1) as u32 {
+                    let id = room % a.publishers as u32;
+                    let mut payload: Vec<u8> = (0..a.size).map(|i| b'a' + (i % 26) as u8).collect();
+                    payload[8..12].copy_from_slice(&id.to_le_bytes());
+                    payload[12..16].copy_from_slice(&nonce.to_le_bytes());
+                    payload[24..28].copy_from_slice(&room.to_le_bytes());
+                    templates.push(masked_frame(OP_BINARY, &payload));
+                }
+            }
+            Workload::Connect | Workload::Idle | Workload::EmptyRooms => {}
         }
-        let request = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            a.path, a.host
-        );
+        let request = upgrade_request(&a.path, &a.host);
         let close_frame = masked_frame(OP_CLOSE, &1000u16.to_be_bytes());
         let target = match a.workload {
             Workload::Echo | Workload::Idle => a.conns,
             Workload::Broadcast => a.subscribers + publishers,
-            Workload::Connect => 0,
+            Workload::Rooms => a.rooms.unwrap_or(1) * a.members,
+            Workload::Connect | Workload::EmptyRooms => 0,
+        };
+        let room_pubs = match a.workload {
+            Workload::Rooms => (0..a.publishers).map(|_| RoomPub { ready: VecDeque::new() }).collect(),
+            _ => Vec::new(),
         };
         let setup_deadline = now + a.setup_timeout;
         let source_addrs = a.source_addrs.unwrap_or(target.div_ceil(CONNS_PER_SOURCE).clamp(1, 254) as u8);
@@ -561,7 +660,7 @@ impl Gen {
             scratch: vec![0; 256 * 1024],
             evs: Vec::new(),
             templates,
-            request: Box::leak(request.into_bytes().into_boxed_slice()),
+            request: Box::leak(request.into_boxed_slice()),
             close_frame: Box::leak(close_frame.into_boxed_slice()),
             epoch: now,
             nonce,
@@ -578,6 +677,7 @@ impl Gen {
             c: Counters::default(),
             hist: Histogram::new(),
             publishers: Vec::new(),
+            room_pubs,
             cpu_start: None,
             self_cpu_start: None,
             rss_start: pid.and_then(rss_bytes),
@@ -615,9 +715,17 @@ impl Gen {
                 self.clients.push(None);
                 self.clients.len() - 1
             });
+            // Connection n joins room n % R: the first R are the rooms' first members,
+            // and the publishers' connections.
+            let n = self.started;
+            let room = self.a.rooms.map_or(0, |r| (n % r) as u32);
             let role = if self.a.workload == Workload::Broadcast && self.publishers.len() < self.a.publishers {
                 self.publishers.push(idx);
                 Role::Publisher(self.publishers.len() as u32 - 1)
+            } else if self.a.workload == Workload::Rooms && n < self.a.rooms.unwrap_or(0) {
+                let p = n % self.a.publishers;
+                self.room_pubs[p].ready.push_back((idx, room));
+                Role::Publisher(p as u32)
             } else {
                 Role::Plain
             };
@@ -634,6 +742,8 @@ impl Gen {
                 waiting: false,
                 seq: 0,
                 got_close: false,
+                room,
+                last_seq: 0,
             };
             if let Err(e) =
                 self.poll.registry().register(&mut client.stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
@@ -669,6 +779,12 @@ impl Gen {
                 }
             }
             self.free.push(idx);
+            // A rooms publisher goes on through its connections in its other rooms.
+            if let (Workload::Rooms, Role::Publisher(id), true) = (self.a.workload, client.role, client.waiting) {
+                if self.running() {
+                    self.publish_room(id as usize, Instant::now());
+                }
+            }
         }
     }
 
@@ -690,7 +806,13 @@ impl Gen {
                 self.on_open(idx, now);
             } else {
                 client.phase = Phase::Handshaking;
-                client.out.push_back(Out::Static(self.request));
+                let request = match self.a.rooms {
+                    Some(_) => {
+                        Out::Bytes(upgrade_request(&format!("{}{}", self.a.room_base, client.room), &self.a.host))
+                    }
+                    None => Out::Static(self.request),
+                };
+                client.out.push_back(request);
             }
         }
         if !self.read(idx, now, hup) {
@@ -849,13 +971,20 @@ impl Gen {
     }
 
     fn publish(&mut self, idx: usize, now: Instant) {
+        let Some(client) = self.clients[idx].as_ref() else { return };
+        let Role::Publisher(id) = client.role else { return };
+        self.send_stamped(idx, id as usize, now);
+    }
+
+    /// Queues the next message of a publisher's connection: template `template` with
+    /// the send time and the connection's next sequence number masked in.
+    fn send_stamped(&mut self, idx: usize, template: usize, now: Instant) {
         let ts = self.ns_since_epoch(now);
         let Some(client) = self.clients[idx].as_mut() else { return };
-        let Role::Publisher(id) = client.role else { return };
         client.seq += 1;
         client.sent_at = now;
         client.waiting = true;
-        let t = &mut self.templates[id as usize];
+        let t = &mut self.templates[template];
         let p = payload_start(t);
         // Payload offsets 0..8 and 16..24 are multiples of 4: the key starts at KEY[0].
         for (i, b) in ts.to_le_bytes().iter().enumerate() {
@@ -864,8 +993,24 @@ impl Gen {
         for (i, b) in client.seq.to_le_bytes().iter().enumerate() {
             t[p + 16 + i] = b ^ KEY[i & 3];
         }
-        client.out.push_back(Out::Template(id as usize));
+        client.out.push_back(Out::Template(template));
         self.c.messages += 1;
+    }
+
+    /// Rooms: publisher `p` publishes into its next room without a message in flight
+    /// (its rooms in turn), through its connection there, and writes it at once.
+    fn publish_room(&mut self, p: usize, now: Instant) {
+        while let Some((idx, room)) = self.room_pubs[p].ready.pop_front() {
+            // A connection that failed may have left its slot to another one.
+            let usable = self.clients[idx].as_ref().is_some_and(|c| {
+                c.role == Role::Publisher(p as u32) && c.room == room && c.phase == Phase::Open && !c.waiting
+            });
+            if usable {
+                self.send_stamped(idx, room as usize, now);
+                self.flush(idx);
+                return;
+            }
+        }
     }
 
     fn limit_reached(&self, count: u64) -> bool {
@@ -946,6 +1091,46 @@ impl Gen {
                             }
                         }
                     }
+                    Workload::Rooms if head_len >= ROOMS_HEAD => {
+                        let ts = u64::from_le_bytes(head[0..8].try_into().unwrap());
+                        let id = u32::from_le_bytes(head[8..12].try_into().unwrap());
+                        let nonce = u32::from_le_bytes(head[12..16].try_into().unwrap());
+                        let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
+                        let room = u32::from_le_bytes(head[24..28].try_into().unwrap());
+                        if nonce != self.nonce {
+                            self.c.skipped_text += 1;
+                            return;
+                        }
+                        if room != client.room {
+                            // Counted whenever it happens: a misroute is never fine.
+                            self.c.misroutes += 1;
+                            return;
+                        }
+                        // Every member joined before the first message: it should see
+                        // its room's messages 1, 2, 3, ... each once.
+                        if seq > client.last_seq + 1 {
+                            self.c.gaps += seq - client.last_seq - 1;
+                        } else if seq <= client.last_seq {
+                            self.c.reordered += 1;
+                        }
+                        client.last_seq = client.last_seq.max(seq);
+                        if running && ts >= window_start {
+                            self.c.deliveries += 1;
+                            self.hist.record(now_ns.saturating_sub(ts));
+                        }
+                        if client.role == Role::Publisher(id) && client.waiting && seq == client.seq {
+                            client.waiting = false;
+                            let room = client.room;
+                            self.room_pubs[id as usize].ready.push_back((idx, room));
+                            if limit.is_some_and(|m| self.c.messages >= m) {
+                                if sending {
+                                    self.reached_limit(now);
+                                }
+                            } else if sending {
+                                self.publish_room(id as usize, now);
+                            }
+                        }
+                    }
                     _ => {}
                 }
             }
@@ -983,7 +1168,14 @@ impl Gen {
                     self.flush(idx);
                 }
             }
-            Workload::Connect | Workload::Idle => {}
+            Workload::Rooms => {
+                for p in 0..self.room_pubs.len() {
+                    for _ in 0..self.a.window {
+                        self.publish_room(p, now);
+                    }
+                }
+            }
+            Workload::Connect | Workload::Idle | Workload::EmptyRooms => {}
         }
     }
 
@@ -1098,6 +1290,25 @@ impl Gen {
                 );
                 (self.c.deliveries, "delivery")
             }
+            Workload::Rooms => {
+                let _ = write!(
+                    j,
+                    ",\"rooms\":{},\"members\":{},\"publishers\":{},\"window\":{},\"size\":{},\"published\":{},\"deliveries\":{},\"deliveries_per_s\":{:.0},\"published_per_s\":{:.0},\"misroutes\":{},\"gaps\":{},\"reordered\":{}",
+                    a.rooms.unwrap_or(1),
+                    a.members,
+                    a.publishers,
+                    a.window,
+                    a.size,
+                    self.c.messages,
+                    self.c.deliveries,
+                    per(self.c.deliveries),
+                    per(self.c.messages),
+                    self.c.misroutes,
+                    self.c.gaps,
+                    self.c.reordered
+                );
+                (self.c.deliveries, "delivery")
+            }
             Workload::Connect => {
                 let _ = write!(
                     j,
@@ -1109,12 +1320,15 @@ impl Gen {
                 );
                 (self.c.cycles, "handshake")
             }
-            Workload::Idle => {
+            Workload::Idle | Workload::EmptyRooms => {
                 let _ = write!(j, ",\"conns\":{}", a.conns);
                 (0, "conn")
             }
         };
-        if a.workload != Workload::Idle {
+        if let (Some(rooms), Workload::Idle | Workload::Connect) = (a.rooms, a.workload) {
+            let _ = write!(j, ",\"rooms\":{rooms}");
+        }
+        if !matches!(a.workload, Workload::Idle | Workload::EmptyRooms) {
             let _ = write!(j, ",\"p50_us\":{p50:.1},\"p99_us\":{p99:.1}");
         }
         if let Some(cpu) = server_cpu {
@@ -1155,8 +1369,12 @@ impl Gen {
                 "{} subscribers + {} publishers x {} B: {:.0} deliveries/s ({:.0} msg/s published), latency p50 {p50:.0} us p99 {p99:.0} us",
                 a.subscribers, a.publishers, a.size, per(self.c.deliveries), per(self.c.messages)
             ),
+            Workload::Rooms => format!(
+                "{} rooms x {} members, {} publishers x {} B: {:.0} deliveries/s ({:.0} msg/s published), latency p50 {p50:.0} us p99 {p99:.0} us, {} misroutes, {} gaps, {} reordered",
+                a.rooms.unwrap_or(1), a.members, a.publishers, a.size, per(self.c.deliveries), per(self.c.messages), self.c.misroutes, self.c.gaps, self.c.reordered
+            ),
             Workload::Connect => format!("{} in flight: {:.0} handshakes/s (open, upgrade, close), upgrade p50 {p50:.0} us p99 {p99:.0} us", a.inflight, per(self.c.cycles)),
-            Workload::Idle => format!("{} of {} conns open", self.c.opened, a.conns),
+            Workload::Idle | Workload::EmptyRooms => format!("{} of {} conns open", self.c.opened, a.conns),
         };
         let errs = if self.c.failed + self.c.errors > 0 {
             format!(" [{} failed, {} errors]", self.c.failed, self.c.errors)
@@ -1184,6 +1402,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if args.workload == Workload::EmptyRooms {
+        if let Err(e) = empty_rooms(args) {
+            eprintln!("mioket-load: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let mut gen = match Gen::new(args) {
         Ok(g) => g,
         Err(e) => {
@@ -1197,6 +1422,67 @@ fn main() {
     }
     gen.report();
     std::thread::sleep(gen.a.hold);
+}
+
+/// empty-rooms: what an empty room costs the server. Two runs of the connect workload
+/// (open, upgrade, close; --inflight at a time) against the same server: first N
+/// cycles to one room, so that what connections leave behind in the allocator is
+/// there before we measure, then N cycles each to a room of its own (names unique to
+/// this run). The server keeps rooms without members for a while (mioket: --room-ttl),
+/// so the second RSS growth divided by N is the cost of an empty room.
+fn empty_rooms(a: Args) -> Result<(), String> {
+    let pid = a.server_pid.ok_or("empty-rooms needs --server-pid")?;
+    let n = a.rooms.unwrap_or(10_000);
+    let base = a.room_base.strip_suffix("room-").unwrap_or(&a.room_base).to_string();
+    let tag = format!("{:08x}", run_nonce());
+    let phase = |rooms: usize, room_base: String| -> Result<Gen, String> {
+        let mut p = a.clone();
+        p.workload = Workload::Connect;
+        p.rooms = Some(rooms);
+        p.room_base = room_base;
+        p.messages = Some(n as u64);
+        p.duration = Duration::from_secs(3600);
+        let mut g = Gen::new(p).map_err(|e| e.to_string())?;
+        g.run().map_err(|e| e.to_string())?;
+        Ok(g)
+    };
+    let rss_before = rss_bytes(pid);
+    let warm = phase(1, format!("{base}empty-{tag}-warm"))?;
+    std::thread::sleep(a.settle);
+    let rss_warm = rss_bytes(pid);
+    let started = Instant::now();
+    let made = phase(n, format!("{base}empty-{tag}-"))?;
+    let secs = started.elapsed().as_secs_f64();
+    std::thread::sleep(a.settle);
+    let rss_end = rss_bytes(pid);
+    // Cycles past N went to rooms already made; a refused upgrade makes no room.
+    let rooms = made.c.handshakes.min(n as u64);
+    let (Some(before), Some(warmed), Some(end)) = (rss_before, rss_warm, rss_end) else {
+        return Err(format!("cannot read the RSS of process {pid}"));
+    };
+    let per_room = (end as f64 - warmed as f64) / rooms.max(1) as f64;
+    let per_room_cold = (end as f64 - before as f64) / rooms.max(1) as f64;
+    println!(
+        "{{\"workload\":\"empty-rooms\",\"label\":\"{}\",\"seconds\":{secs:.3},\"rooms\":{rooms},\"warm_cycles\":{},\"cycles\":{},\"failed\":{},\"errors\":{},\"rss_before\":{before},\"rss_warm\":{warmed},\"rss_end\":{end},\"rss_per_room\":{per_room:.0},\"rss_per_room_cold\":{per_room_cold:.0}}}",
+        a.label,
+        warm.c.cycles,
+        made.c.cycles,
+        warm.c.failed + made.c.failed,
+        warm.c.errors + made.c.errors
+    );
+    if !a.quiet {
+        eprintln!(
+            "empty-rooms {}: {rooms} rooms made and left in {secs:.1} s: server RSS +{per_room:.0} B/room after the warm-up ({per_room_cold:.0} B/room counted from the start)",
+            a.label
+        );
+    }
+    Ok(())
+}
+
+/// A number that differs from run to run (tells this run's messages and rooms apart).
+fn run_nonce() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (std::process::id() ^ t.subsec_nanos() ^ t.as_secs() as u32).wrapping_mul(0x9E37_79B9) | 1
 }
 
 /// Connections per source address before the next one is used: each 127.0.0.x has
