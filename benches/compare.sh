@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Side-by-side comparison of mioket with echo/broadcast servers built on
+# Side-by-side comparison of mioket with echo/broadcast/rooms servers built on
 # tokio-tungstenite and fastwebsockets (benches/peers, one current-thread runtime each)
 # and a plain TCP relay (the physical-limit proxy), driven by mioket-load.
+# Rooms (rooms by request path) run against mioket and the two WebSocket peers only:
+# plain TCP has no path.
 #
-#   benches/compare.sh            full run (about 15 minutes on 2 cores, builds included)
-#   benches/compare.sh --quick    about 3 minutes
+#   benches/compare.sh            full run (about 20 minutes on 2 cores, builds included)
+#   benches/compare.sh --quick    about 4 minutes
 #
 # Options: --reps N (repetitions of the core workloads, servers alternating; medians
 # are quoted), --duration SECS (per measurement), --no-build, --no-callgrind,
 # --no-strace, --counts-only (callgrind and strace only), --only ID,ID (workload ids,
-# e.g. echo_65536,bcast_1000x10), --candidate PATH (a second mioket binary, e.g. a
+# e.g. echo_65536,bcast_1000x10,rooms_1000x10), --candidate PATH (a second mioket binary, e.g. a
 # patched build, run as server "candidate" with mioket's flags), --out DIR (default: a fresh directory under target/compare).
 #
 # Each server is pinned to CPU 0 and the load generator to CPU 1 (taskset). Servers
@@ -101,7 +103,9 @@ server_cmd() { # name mode
             if [ "$2" = echo ]; then
                 CMD=("$exe" --mode echo --port 0 --max-connections 60000)
             else
-                # No welcome and no history: the peers send neither.
+                # Broadcast and rooms (mioket's broadcast mode is rooms by path). No
+                # welcome and no history: the peers send neither, and only live
+                # messages count.
                 CMD=("$exe" --mode broadcast --welcome '' --history 0 --port 0 --max-connections 60000)
             fi ;;
         tungstenite) CMD=("$PBIN/tt-server" --mode "$2") ;;
@@ -144,16 +148,25 @@ stop_server() {
 }
 trap 'stop_server; exit 130' INT TERM
 
-# Workloads: id, server mode, mioket-load arguments.
+# Workloads: id, server mode, mioket-load arguments[, servers (default: all)].
+# Server mode rooms: mioket in broadcast mode, the peers with --mode rooms.
+WS_ONLY="mioket,candidate,fastwebsockets,tungstenite"
 CORE=(
     "echo_20|echo|echo --conns 100 --size 20"
     "echo_65536|echo|echo --conns 100 --size 65536"
     "bcast_1000x1|broadcast|broadcast --subscribers 1000 --publishers 1"
     "bcast_1000x10|broadcast|broadcast --subscribers 1000 --publishers 10"
+    "rooms_1000x10|rooms|rooms --rooms 1000 --members 10 --publishers 10 --window 10|$WS_ONLY"
     "connect|echo|connect --inflight 64"
 )
+# Memory of rooms: idle connections spread over rooms by path (every server), and the
+# RSS an empty room keeps (mioket only: the peers drop a room with its last member).
+ROOMS_MEMORY=(
+    "idle_rooms_10000|rooms|idle --conns 10000 --rooms 1000 --settle 1|$WS_ONLY"
+    "empty_rooms|rooms|empty-rooms --rooms 10000|mioket,candidate"
+)
 if [ "$QUICK" = 1 ]; then
-    EXTRA=("idle_10000|echo|idle --conns 10000 --settle 1")
+    EXTRA=("idle_10000|echo|idle --conns 10000 --settle 1" "${ROOMS_MEMORY[@]}")
 else
     EXTRA=(
         "echo_1024|echo|echo --conns 100 --size 1024"
@@ -163,6 +176,8 @@ else
         "bcast_10000x10|broadcast|broadcast --subscribers 10000 --publishers 10"
         "idle_10000|echo|idle --conns 10000 --settle 1"
         "idle_max|echo|idle --conns $IDLE_MAX --settle 1"
+        "idle_room1_10000|rooms|idle --conns 10000 --rooms 1 --settle 1|$WS_ONLY"
+        "${ROOMS_MEMORY[@]}"
     )
 fi
 SERVERS=(mioket fastwebsockets tungstenite tcp)
@@ -181,7 +196,7 @@ run_one() { # rep server id mode args...
     stop_server
     if [ -n "$line" ]; then
         echo "{\"id\":\"$id\",\"rep\":$rep,\"server\":\"$server\",\"result\":$line}" >> "$OUT/results.jsonl"
-        log "$id $server: $(echo "$line" | grep -oE '"(msgs_per_s|deliveries_per_s|handshakes_per_s|rss_per_conn_end|p99_us)":[0-9.]+' | tr '\n' ' ')"
+        log "$id $server: $(echo "$line" | grep -oE '"(msgs_per_s|deliveries_per_s|handshakes_per_s|rss_per_conn_end|rss_per_room|p99_us|misroutes|gaps)":[0-9.]+' | tr '\n' ' ')"
     else
         log "$id $server: no result (see $OUT/load.err)"
     fi
@@ -190,14 +205,19 @@ run_one() { # rep server id mode args...
 run_set() { # rep workloads...
     local rep=$1
     shift
-    local n=${#SERVERS[@]}
     for w in "$@"; do
-        IFS='|' read -r id mode args <<< "$w"
+        IFS='|' read -r id mode args only <<< "$w"
         if [ -n "$ONLY" ] && [[ "$ONLY" != *",$id,"* ]]; then continue; fi
+        local servers=()
+        for s in "${SERVERS[@]}"; do
+            if [ -z "$only" ] || [[ ",$only," == *",$s,"* ]]; then servers+=("$s"); fi
+        done
+        local n=${#servers[@]}
+        [ "$n" -gt 0 ] || continue
         # Rotate the order of servers from one workload and repetition to the next.
         local shift_by=$(( (rep + ${#id}) % n ))
         for i in $(seq 0 $(( n - 1 ))); do
-            local server=${SERVERS[$(( (i + shift_by) % n ))]}
+            local server=${servers[$(( (i + shift_by) % n ))]}
             # shellcheck disable=SC2086
             run_one "$rep" "$server" "$id" "$mode" $args
         done

@@ -31,9 +31,15 @@ for line in open(f"{out}/counts.jsonl"):
         counts[(c["tool"], c["id"], c["server"])] = (c["v1"] - c["v2"]) / dn
 
 
+# Correctness counts: the worst run is quoted, not the median.
+WORST = {"misroutes", "gaps", "reordered"}
+
+
 def median(id_, server, key):
     vals = [r[key] for r in runs.get((id_, server), []) if key in r]
-    return statistics.median(vals) if vals else None
+    if not vals:
+        return None
+    return max(vals) if key in WORST else statistics.median(vals)
 
 
 def nreps(id_):
@@ -64,9 +70,13 @@ LABELS = {
     "bcast_1000x10": "broadcast, 1,000 subscribers, 10 publishers",
     "bcast_10000x1": "broadcast, 10,000 subscribers, 1 publisher",
     "bcast_10000x10": "broadcast, 10,000 subscribers, 10 publishers",
+    "rooms_1000x10": "rooms, 1,000 rooms x 10 members, 10 publishers x 10 in flight",
     "connect": "connect (open, upgrade, close), 64 in flight",
     "idle_10000": "idle, 10,000 connections",
     "idle_max": "idle, as many connections as the fd limit allows",
+    "idle_rooms_10000": "idle, 10,000 connections in 1,000 rooms",
+    "idle_room1_10000": "idle, 10,000 connections in one room",
+    "empty_rooms": "empty rooms: 10,000 made and left",
 }
 ORDER = list(LABELS)
 
@@ -78,13 +88,27 @@ METRICS = {
         ("p99_us", "delivery latency p99 (us)"),
         ("server_cpu_us_per_delivery", "server CPU us/delivery"),
     ],
+    "rooms": [
+        ("deliveries_per_s", "deliveries/s"),
+        ("p50_us", "delivery latency p50 (us)"),
+        ("p99_us", "delivery latency p99 (us)"),
+        ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+        ("misroutes", "misroutes (worst run)"),
+        ("gaps", "lost in a room (worst run)"),
+    ],
+    "empty": [("rooms", "rooms made"), ("rss_per_room", "RSS B/room after a warm-up"), ("rss_per_room_cold", "RSS B/room from a fresh start")],
     "connect": [("handshakes_per_s", "handshakes/s"), ("p99_us", "upgrade p99 (us)"), ("server_cpu_us_per_handshake", "server CPU us/handshake")],
     "idle": [("opened", "connections held"), ("rss_per_conn_open", "RSS B/conn just after opening"), ("rss_per_conn_end", "RSS B/conn at the end of the hold")],
 }
 
 print(f"## mioket compared (medians of {reps} alternating runs of the core workloads, {duration} s each)\n")
 print("Servers pinned to CPU 0, load generator to CPU 1. Plain TCP is a mio relay without WebSocket")
-print("(load generator in --raw mode): the ceiling of the kernel and the load generator.\n")
+print("(load generator in --raw mode): the ceiling of the kernel and the load generator.")
+print("Rooms: mioket in broadcast mode (rooms by path), the peers with --mode rooms (a tokio")
+print("broadcast channel per path); plain TCP has no path. Idle in rooms: the same servers, each")
+print("connection to /room-<n % rooms>. Empty rooms (mioket only; the peers drop a room with its")
+print("last member): RSS growth over 10,000 open-upgrade-close cycles each to a room of its own,")
+print("after 10,000 to one room.\n")
 if candidate:
     print(f"candidate: {candidate} (a second mioket build, same flags).\n")
 print("| workload | measure | " + " | ".join(NAMES[s] for s in SERVERS) + " | mioket / fastwebsockets |")
@@ -99,7 +123,8 @@ for id_ in ORDER:
         label = f"idle, {int(held):,} connections (fd limit)" if held else label
     for key, what in METRICS[kind]:
         vals = {s: median(id_, s, key) for s in SERVERS}
-        cells = " | ".join(fmt(vals[s]) for s in SERVERS)
+        digits = 0 if key in WORST or key == "rooms" else None
+        cells = " | ".join(fmt(vals[s], digits) for s in SERVERS)
         print(f"| {label} | {what} | {cells} | {ratio(vals['mioket'], vals['fastwebsockets'])} |")
         label = ""
 
@@ -158,4 +183,22 @@ for id_ in ("idle_10000", "idle_max"):
     held = median(id_, "mioket", "opened")
     if m is not None:
         target(f"idle memory, {int(held):,} connections", f"{fmt(m)} B/conn", "<= 256 B RSS/conn", m <= 256)
+id_ = "rooms_1000x10"
+m, f = median(id_, "mioket", "deliveries_per_s"), median(id_, "fastwebsockets", "deliveries_per_s")
+if m is not None:
+    target("rooms 1,000 x 10: deliveries/s", f"{fmt(m)} vs {fmt(f)} ({ratio(m, f)})", ">= 2.0x fastwebsockets", None if f is None else m >= 2.0 * f)
+    m = median(id_, "mioket", "p99_us")
+    peers = {s: median(id_, s, "p99_us") for s in ("fastwebsockets", "tungstenite")}
+    shown = ", ".join(f"{NAMES[s]} {fmt(v)}" for s, v in peers.items())
+    ok = None if m is None or any(v is None for v in peers.values()) else all(m < v for v in peers.values())
+    target("rooms 1,000 x 10: p99 delivery latency", f"{fmt(m)} us vs {shown}", "lower than every peer", ok)
+    bad = {k: median(id_, "mioket", k) for k in ("misroutes", "gaps", "reordered")}
+    target("rooms: every message to its room only, none lost", ", ".join(f"{k} {fmt(v, 0)}" for k, v in bad.items()), "0 each", all(v == 0 for v in bad.values() if v is not None))
+for id_ in ("idle_rooms_10000", "idle_room1_10000"):
+    m = median(id_, "mioket", "rss_per_conn_end")
+    if m is not None:
+        target(LABELS[id_].replace("idle, ", "idle memory, "), f"{fmt(m)} B/conn", "<= 320 B RSS/conn", m <= 320)
+m = median("empty_rooms", "mioket", "rss_per_room")
+if m is not None:
+    target("an empty room without history", f"{fmt(m)} B/room", "<= 1 KiB RSS", m <= 1024)
 target("allocations: broadcast 1 whatever N, small echo 0", "tests/allocations.rs (cargo test)", "exact counts asserted", None)
