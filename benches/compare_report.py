@@ -35,8 +35,15 @@ for line in open(f"{out}/counts.jsonl"):
 WORST = {"misroutes", "gaps", "reordered"}
 
 
+def value(r, key):
+    """A field of a result; loadgen_busy_pct is derived (load generator CPU over wall time)."""
+    if key == "loadgen_busy_pct":
+        return 100 * r["loadgen_cpu_s"] / r["seconds"] if r.get("loadgen_cpu_s") is not None and r.get("seconds") else None
+    return r.get(key)
+
+
 def median(id_, server, key):
-    vals = [r[key] for r in runs.get((id_, server), []) if key in r]
+    vals = [v for v in (value(r, key) for r in runs.get((id_, server), [])) if v is not None]
     if not vals:
         return None
     return max(vals) if key in WORST else statistics.median(vals)
@@ -93,6 +100,7 @@ METRICS = {
         ("p50_us", "delivery latency p50 (us)"),
         ("p99_us", "delivery latency p99 (us)"),
         ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+        ("loadgen_busy_pct", "load generator CPU (% of a core)"),
         ("misroutes", "misroutes (worst run)"),
         ("gaps", "lost in a room (worst run)"),
     ],
