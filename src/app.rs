@@ -1,13 +1,16 @@
 //! The application: what mioket does with its connections, without I/O.
 //!
-//! It admits or refuses (max connections, handshake slack, shutdown), greets and
-//! replays history, dispatches each message (echo, or broadcast through the pub/sub
-//! room), decides when an echo is written straight to the socket, and routes plain
-//! HTTP (the pages, `/metrics`, `/healthz`). The runtime feeds it bytes, time and
-//! signals and carries out what it asks: flush these clients (`take_dirty`), wake
-//! this client at this time (`poll_timeout`), stop now (`poll_stop`). It never sees
-//! a socket: each client carries the runtime's own data as an opaque `T`, and the one
-//! write it may ask for (write-through) goes through a closure the runtime gives.
+//! It admits or refuses (max connections, handshake slack, shutdown), puts each
+//! WebSocket in its room (the path's) and greets it with the room's history, speaks
+//! `mioket.v1` with the clients that asked for it (docs/protocol.md), dispatches each
+//! message (echo, or a publish to a room's members), decides when an echo is written
+//! straight to the socket, tells rooms' members who is online, and answers plain HTTP
+//! (the pages, `/metrics`, `/healthz`, the API). The runtime feeds it bytes, time and
+//! signals and carries out what it asks: flush these clients (`drain_dirty_into`),
+//! wake this client at this time (`poll_timeout`), wake me then (`poll_housekeeping`),
+//! stop now (`poll_stop`). It never sees a socket: each client carries the runtime's
+//! own data as an opaque `T`, and the one write it may ask for (write-through) goes
+//! through a closure the runtime gives.
 
 use std::fmt;
 use std::rc::Rc;
@@ -16,15 +19,18 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use slab::Slab;
 
+use crate::api;
 use crate::config::{Config, Mode};
 use crate::error::HandshakeError;
-use crate::frame::{encode_header, server_header, CloseCode, Opcode, MAX_HEADER_LEN};
-use crate::handshake;
+use crate::frame::{encode_header, server_header, server_payload, CloseCode, Opcode, MAX_HEADER_LEN};
+use crate::handshake::{self, BodyLength, Method};
 use crate::http;
 use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
-use crate::protocol::{Conn, Event, Fault, Phase};
-use crate::pubsub::{MemberKey, Topic};
+use crate::protocol::{Conn, Event, Fault, HttpRequest, Phase, UpgradeRequest};
+use crate::pubsub::{Audience, History, MemberKey, Seq};
+use crate::rooms::{self, RoomId, RoomLimits, Rooms, Stored};
+use crate::v1::{self, Envelopes, Op, OpError, Payload, Resume, Welcome};
 
 /// Connections still in their handshake allowed beyond max-connections.
 pub const HANDSHAKE_SLACK: usize = 1024;
@@ -37,25 +43,112 @@ const LARGE_QUEUE: usize = 256 * 1024;
 /// back, at most once per `TRIM_EVERY`: a trim walks the heap, so not on every free.
 const TRIM_AFTER: usize = 1 << 20;
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// A room tells its members who is online at most this often.
+const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 /// The listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listener {
-    /// The WebSocket port: upgrades, pages, and /metrics and /healthz unless they
-    /// have a port of their own.
+    /// The WebSocket port: upgrades, pages, the API, and /metrics and /healthz unless
+    /// they have a port of their own.
     Main,
     /// `--metrics-listen`: only /metrics and /healthz.
     Operator,
 }
 
 /// What a connection turned out to be.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     /// Before its request is answered (or a plain HTTP request).
     Pending,
-    /// An accepted WebSocket, counted in `App::open`; in broadcast mode a member of
-    /// the room.
-    WebSocket { member: Option<MemberKey> },
+    /// An accepted WebSocket, counted in `App::open`.
+    WebSocket(Session),
+}
+
+/// An accepted WebSocket's place in the rooms (none in echo mode). Every connection
+/// holds one, so it is small: 32 bytes, and no heap for a client in one room.
+struct Session {
+    /// Speaks `mioket.v1` (else plain).
+    v1: bool,
+    /// The path's room and its generation (`NO_ROOM` in echo mode), kept after a
+    /// `leave` so that a later `join` of the same room makes it the default again.
+    home: (RoomId, u32),
+    /// The rooms it is in: the first inline (a plain client is in exactly one; `NO_ROOM`
+    /// when none), a v1 client's other joins beside it.
+    first: Joined,
+    more: Option<Box<Vec<Joined>>>,
+}
+
+const NO_ROOM: RoomId = RoomId::MAX;
+
+#[derive(Clone, Copy)]
+struct Joined {
+    room: RoomId,
+    key: MemberKey,
+}
+
+impl Session {
+    fn new(v1: bool, home: (RoomId, u32)) -> Session {
+        Session { v1, home, first: Joined { room: NO_ROOM, key: MemberKey::NONE }, more: None }
+    }
+
+    fn audience(&self) -> Audience {
+        if self.v1 {
+            Audience::V1
+        } else {
+            Audience::Plain
+        }
+    }
+
+    fn rooms(&self) -> impl Iterator<Item = Joined> + '_ {
+        let first = Some(self.first).filter(|j| j.room != NO_ROOM);
+        first.into_iter().chain(self.more.iter().flat_map(|more| more.iter().copied()))
+    }
+
+    fn find(&self, room: RoomId) -> Option<Joined> {
+        self.rooms().find(|j| j.room == room)
+    }
+
+    fn count(&self) -> usize {
+        self.rooms().count()
+    }
+
+    /// The first room it is in: a plain client's one room.
+    fn first_room(&self) -> Option<RoomId> {
+        Some(self.first.room).filter(|&room| room != NO_ROOM)
+    }
+
+    /// The path's room while the client is in it.
+    fn home_room(&self, rooms: &Rooms) -> Option<RoomId> {
+        let (room, generation) = self.home;
+        let alive = rooms.get(room).is_some_and(|r| r.generation() == generation);
+        (alive && self.find(room).is_some()).then_some(room)
+    }
+
+    fn add(&mut self, joined: Joined, rooms: &Rooms) {
+        let (home, generation) = self.home;
+        let is_home = joined.room == home && rooms.get(home).is_some_and(|r| r.generation() == generation);
+        let more_empty = self.more.as_ref().is_none_or(|more| more.is_empty());
+        if self.first.room == NO_ROOM && (is_home || more_empty) {
+            self.first = joined;
+        } else {
+            self.more.get_or_insert_with(Box::default).push(joined);
+        }
+    }
+
+    fn remove(&mut self, room: RoomId) -> Option<Joined> {
+        if self.first.room == room && room != NO_ROOM {
+            let first = self.first;
+            self.first.room = NO_ROOM;
+            return Some(first);
+        }
+        let more = self.more.as_mut()?;
+        let i = more.iter().position(|j| j.room == room)?;
+        let found = more.swap_remove(i);
+        if more.is_empty() {
+            self.more = None;
+        }
+        Some(found)
+    }
 }
 
 /// One connection as the application sees it.
@@ -92,9 +185,21 @@ pub struct App<T> {
     clients: Slab<Client<T>>,
     /// Accepted WebSockets not yet removed.
     open: usize,
-    /// Today's single room: its members (broadcast mode) and its history.
-    room: Topic,
+    /// Broadcast mode: the rooms, their members and histories.
+    rooms: Rooms,
+    /// Echo mode: the history replayed to new clients (no rooms).
+    echo_history: History<Rc<[u8]>>,
+    /// The welcome as a plain frame.
     welcome: Option<Rc<[u8]>>,
+    envelopes: Envelopes,
+    /// A v1 message's bytes, copied out of its connection to be parsed while the
+    /// application writes to that same connection. Reused.
+    scratch: Vec<u8>,
+    /// When rooms may next tell their presence (set while some room owes one).
+    presence_at: Option<Instant>,
+    last_presence: Option<Instant>,
+    /// The time of the latest event, for the few steps that are not given one.
+    now: Instant,
     lifecycle: Lifecycle,
     /// Clients with output to flush, in the order they got it (a broadcast's sender first).
     dirty: Vec<usize>,
@@ -109,14 +214,27 @@ pub struct App<T> {
 impl<T: fmt::Display> App<T> {
     pub fn new(config: Config) -> App<T> {
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
-        // History replay must fit a new client's queue beside live traffic.
-        let room = Topic::new(config.history, config.limits.max_backpressure / 2);
+        // A history replay must fit a new client's queue beside live traffic.
+        let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
+        let rooms = Rooms::new(RoomLimits {
+            max_rooms: config.max_rooms,
+            ttl: config.room_ttl,
+            history_messages: config.history,
+            history_room_bytes,
+            history_memory: config.history_memory,
+        });
         App {
+            echo_history: History::new(config.history, history_room_bytes),
             config,
             clients: Slab::new(),
             open: 0,
-            room,
+            rooms,
             welcome,
+            envelopes: Envelopes::default(),
+            scratch: Vec::new(),
+            presence_at: None,
+            last_presence: None,
+            now: Instant::now(),
             lifecycle: Lifecycle::Serving,
             dirty: Vec::new(),
             released: 0,
@@ -165,13 +283,14 @@ impl<T: fmt::Display> App<T> {
         mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
     ) {
         let total = input.len();
+        self.now = now;
         self.metrics.bytes_read += total as u64;
-        let mut http_path = None;
+        let mut http_request = None;
         let mut pos = 0;
         while pos < total {
-            let App { clients, config, room, dirty, metrics, .. } = self;
+            let App { clients, config, echo_history, rooms, envelopes, scratch, metrics, .. } = self;
             let limits = &config.limits;
-            let Some(client) = clients.get_mut(id) else { return };
+            let Some(client) = clients.get_mut(id) else { break };
             // Asked before the input: the message it yields borrows the Conn.
             let can_write_through = client.conn.can_write_through();
             let (used, event) = client.conn.handle_input(&mut input[pos..], now, limits);
@@ -183,19 +302,20 @@ impl<T: fmt::Display> App<T> {
                 continue;
             };
             let (opcode, payload) = match event {
-                Event::UpgradeRequest => {
-                    self.admit(id, now);
+                Event::UpgradeRequest(request) => {
+                    self.admit(id, &request, now);
                     continue;
                 }
                 // Answered below, once the borrows of this loop are over.
-                Event::HttpGet { path } => {
-                    http_path = Some(path);
+                Event::HttpRequest(request) => {
+                    http_request = Some(request);
                     continue;
                 }
                 Event::Message { opcode, payload } => (opcode, payload),
             };
             metrics.messages_in += 1;
             metrics.message_bytes_in += payload.len() as u64;
+            let Role::WebSocket(session) = &client.role else { continue };
             match config.mode {
                 Mode::Echo if config.history == 0 && can_write_through && payload.len() >= WRITE_THROUGH_MIN => {
                     // Straight from the read buffer to the socket: no copy, no
@@ -210,7 +330,7 @@ impl<T: fmt::Display> App<T> {
                         Chunk::frame(opcode, payload)
                     } else {
                         let frame = shared_message(opcode, payload);
-                        room.publish(&frame);
+                        echo_history.push(&frame);
                         Chunk::Shared(frame)
                     };
                     // A small echo, the last message of this read, with nothing waiting
@@ -224,35 +344,32 @@ impl<T: fmt::Display> App<T> {
                         metrics.messages_out += 1;
                     }
                 }
+                Mode::Broadcast if session.v1 => {
+                    // Copied out: the op is parsed and acted on while this client's
+                    // Conn (which the payload borrows) gets answers.
+                    scratch.clear();
+                    scratch.extend_from_slice(payload);
+                    let message = std::mem::take(scratch);
+                    self.handle_v1(id, opcode, &message, now);
+                    self.scratch = message;
+                }
                 Mode::Broadcast => {
-                    let frame = shared_message(opcode, payload);
-                    room.publish(&frame);
-                    // Every member gets the frame; each is flushed once per loop
-                    // iteration, however many frames it got. The sender first: its own
-                    // copy going out early lets it send its next message while the
-                    // others are still being written.
-                    queue_flush(dirty, id, client);
-                    for member in room.members() {
-                        // Members closing (slow consumers, stop) get nothing more.
-                        let Some(recipient) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
-                        if recipient.conn.send(Chunk::Shared(Rc::clone(&frame)), now, limits).is_ok() {
-                            metrics.fanout_deliveries += 1;
-                            metrics.messages_out += 1;
-                        }
-                        queue_flush(dirty, member, recipient);
-                    }
+                    // A plain client is always in its one room.
+                    let Some(room) = session.first_room() else { continue };
+                    let stored = encode(rooms, envelopes, room, Payload::of(opcode, payload), config.history > 0);
+                    self.fan_out(room, stored, Some((id, None)), now);
                 }
             }
         }
-        if let Some(path) = http_path {
-            self.answer_http(id, &path, now);
+        if let Some(request) = http_request {
+            self.answer_http(id, &request, now);
         }
         self.after_activity(id);
     }
 
-    /// A valid upgrade: accept it (101, welcome, history) unless full or stopping.
-    fn admit(&mut self, id: usize, now: Instant) {
-        let limits = &self.config.limits;
+    /// A valid upgrade: accept it (101, its room, welcome, history) unless full,
+    /// stopping, or its path or query is refused.
+    fn admit(&mut self, id: usize, request: &UpgradeRequest, now: Instant) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if client.listener == Listener::Operator {
             client.conn.respond(Chunk::Owned(http::not_found()), now);
@@ -262,49 +379,349 @@ impl<T: fmt::Display> App<T> {
             client.conn.refuse(HandshakeError::ServerFull, now);
             return;
         }
-        client.conn.accept(now, limits);
-        let member = (self.config.mode == Mode::Broadcast).then(|| self.room.join(id));
-        client.role = Role::WebSocket { member };
+        if self.config.mode == Mode::Echo {
+            client.conn.accept(None, now, &self.config.limits);
+            client.role = Role::WebSocket(Session::new(false, (NO_ROOM, 0)));
+            self.open += 1;
+            self.metrics.upgrades += 1;
+            let history = self.echo_history.iter().map(|(_, frame)| frame);
+            for frame in self.welcome.iter().chain(history) {
+                if client.conn.send(Chunk::Shared(Rc::clone(frame)), now, &self.config.limits).is_ok() {
+                    self.metrics.messages_out += 1;
+                }
+            }
+            return;
+        }
+        let v1 = request.offers_v1;
+        let joining = rooms::room_from_path(&request.path)
+            .map_err(|_| HandshakeError::BadRoomName)
+            .and_then(|name| {
+                // Plain clients know no seqs: they get the whole history, as always.
+                let resume = if v1 { Resume::from_query(&request.query) } else { Ok(None) };
+                Ok((name, resume.map_err(|()| HandshakeError::BadResume)?))
+            })
+            .and_then(|(name, resume)| {
+                let room = self.rooms.find_or_create(&name, now).map_err(|_| HandshakeError::RoomLimit)?;
+                Ok((room, resume))
+            });
+        let (room, resume) = match joining {
+            Ok(joining) => joining,
+            Err(err) => {
+                client.conn.refuse(err, now);
+                return;
+            }
+        };
+        client.conn.accept(v1.then_some(v1::SUBPROTOCOL), now, &self.config.limits);
+        let generation = self.rooms.get(room).map_or(0, |r| r.generation());
+        client.role = Role::WebSocket(Session::new(v1, (room, generation)));
         self.open += 1;
         self.metrics.upgrades += 1;
-        let history = self.room.history().iter().map(|(_, frame)| frame);
-        for frame in self.welcome.iter().chain(history) {
-            if client.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
-                self.metrics.messages_out += 1;
+        self.join(id, room, resume.as_ref(), now);
+    }
+
+    /// Puts `id` in `room`, then greets it: a v1 client gets the welcome envelope and
+    /// the replay its resume asks for, a plain one the welcome text and the history.
+    /// All in this one step, so no live message slips between.
+    fn join(&mut self, id: usize, room_id: RoomId, resume: Option<&Resume<'_>>, now: Instant) {
+        let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
+        let Some(client) = clients.get_mut(id) else { return };
+        let Role::WebSocket(session) = &mut client.role else { return };
+        let Some(key) = rooms.join(room_id, id, session.audience()) else { return };
+        session.add(Joined { room: room_id, key }, rooms);
+        let v1 = session.v1;
+        self.presence_at.get_or_insert(presence_time(self.last_presence, now));
+        let Some(room) = rooms.get(room_id) else { return };
+        let history = room.topic.history();
+        let limits = &config.limits;
+        let mut send = |conn: &mut Conn, frame: Rc<[u8]>| {
+            if conn.send(Chunk::Shared(frame), now, limits).is_ok() {
+                metrics.messages_out += 1;
+            }
+        };
+        if !v1 {
+            if let Some(frame) = welcome {
+                send(&mut client.conn, Rc::clone(frame));
+            }
+            for (_, stored) in history.iter() {
+                if let Some(frame) = stored.plain.clone().or_else(|| plain_of(stored)) {
+                    send(&mut client.conn, frame);
+                }
+            }
+            return;
+        }
+        let (recovered, replay) = match resume {
+            None => (None, history.replay_after(0)),
+            Some(resume) => {
+                let replay = history.replay_after(resume.since);
+                let same_epoch = resume.epoch.as_deref() == Some(room.epoch());
+                if same_epoch && replay.complete {
+                    (Some(true), replay)
+                } else {
+                    (Some(false), history.replay_after(0))
+                }
+            }
+        };
+        let welcome = envelopes.welcome(&Welcome {
+            room: room.json_name(),
+            epoch: room.epoch(),
+            seq: room.topic.last_seq(),
+            online: room.topic.member_count(),
+            text: config.welcome.as_deref(),
+            recovered,
+        });
+        let mut sent = u64::from(client.conn.send(welcome, now, limits).is_ok());
+        for (seq, stored) in replay {
+            let frame = match &stored.v1 {
+                Some(frame) => Rc::clone(frame),
+                None => match stored.plain.as_deref().and_then(server_payload) {
+                    Some((opcode, payload)) => envelopes.message(room.json_name(), seq, Payload::of(opcode, payload)),
+                    None => continue,
+                },
+            };
+            sent += u64::from(client.conn.send(Chunk::Shared(frame), now, limits).is_ok());
+        }
+        metrics.messages_out += sent;
+        if let Some(recovered) = recovered {
+            metrics.resumes[usize::from(!recovered)] += 1;
+        }
+    }
+
+    /// A text or binary message from a v1 client: an op, or binary bytes for its
+    /// path's room.
+    fn handle_v1(&mut self, id: usize, opcode: Opcode, message: &[u8], now: Instant) {
+        if opcode == Opcode::Binary {
+            match self.session(id).and_then(|s| s.home_room(&self.rooms)) {
+                Some(room) => self.publish(room, Payload::Binary(message), Some((id, None)), now),
+                None => self.refuse_op(id, OpError::NotJoined, None, now),
+            }
+            return;
+        }
+        // A text message is valid UTF-8 (the Conn checked).
+        let text = std::str::from_utf8(message).unwrap_or_default();
+        let op = match v1::parse_op(text) {
+            Ok(op) => op,
+            Err((err, op_id)) => return self.refuse_op(id, err, op_id.as_deref(), now),
+        };
+        let result = match &op {
+            Op::Publish { room, payload, id: op_id } => {
+                self.metrics.ops[0] += 1;
+                self.joined_room(id, room.as_deref()).map(|room| {
+                    let ack = op_id.as_deref();
+                    self.publish(room, payload.as_payload(), Some((id, ack)), now);
+                })
+            }
+            Op::Join { room, resume, .. } => {
+                self.metrics.ops[1] += 1;
+                self.join_op(id, room, resume.as_ref(), now)
+            }
+            Op::Leave { room, .. } => {
+                self.metrics.ops[2] += 1;
+                self.joined_room(id, room.as_deref()).map(|room| self.leave(id, room, now))
+            }
+        };
+        if let Err(err) = result {
+            let op_id = match &op {
+                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } => id.as_deref(),
+            };
+            self.refuse_op(id, err, op_id, now);
+        }
+    }
+
+    fn session(&self, id: usize) -> Option<&Session> {
+        match &self.clients.get(id)?.role {
+            Role::WebSocket(session) => Some(session),
+            Role::Pending => None,
+        }
+    }
+
+    /// The room an op names (or the path's room), if the client is in it.
+    fn joined_room(&self, id: usize, name: Option<&str>) -> Result<RoomId, OpError> {
+        let session = self.session(id).ok_or(OpError::NotJoined)?;
+        match name {
+            None => session.home_room(&self.rooms).ok_or(OpError::NotJoined),
+            Some(name) => {
+                rooms::check_name(name).map_err(|_| OpError::InvalidRoomName)?;
+                let room = self.rooms.find(name).ok_or(OpError::NotJoined)?;
+                session.find(room).map(|j| j.room).ok_or(OpError::NotJoined)
             }
         }
     }
 
-    /// A plain GET: the pages, or /metrics and /healthz where they are served.
-    fn answer_http(&mut self, id: usize, path: &str, now: Instant) {
+    fn join_op(&mut self, id: usize, name: &str, resume: Option<&Resume<'_>>, now: Instant) -> Result<(), OpError> {
+        rooms::check_name(name).map_err(|_| OpError::InvalidRoomName)?;
+        let session = self.session(id).ok_or(OpError::NotJoined)?;
+        if self.rooms.find(name).is_some_and(|room| session.find(room).is_some()) {
+            return Err(OpError::AlreadyJoined);
+        }
+        if session.count() >= self.config.max_rooms_per_connection {
+            return Err(OpError::TooManyRooms);
+        }
+        let room = self.rooms.find_or_create(name, now).map_err(|_| OpError::RoomLimit)?;
+        self.join(id, room, resume, now);
+        Ok(())
+    }
+
+    fn leave(&mut self, id: usize, room: RoomId, now: Instant) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        let Role::WebSocket(session) = &mut client.role else { return };
+        let audience = session.audience();
+        if let Some(joined) = session.remove(room) {
+            self.rooms.leave(joined.room, joined.key, audience, now);
+            self.presence_at.get_or_insert(presence_time(self.last_presence, now));
+        }
+    }
+
+    fn refuse_op(&mut self, id: usize, err: OpError, op_id: Option<&str>, now: Instant) {
+        self.metrics.op_errors[err as usize] += 1;
+        let Some(client) = self.clients.get_mut(id) else { return };
+        debug!("op refused for {}: {}", client.io, err.reason());
+        let error = self.envelopes.error(op_id, err);
+        if client.conn.send(error, now, &self.config.limits).is_ok() {
+            self.metrics.messages_out += 1;
+        }
+    }
+
+    /// Publishes to a room: numbered, kept, and sent to every member in the encoding
+    /// it speaks. `origin` is the publishing client and the id to ack, if any.
+    fn publish(&mut self, room: RoomId, payload: Payload<'_>, origin: Option<(usize, Option<&str>)>, now: Instant) {
+        let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
+        self.fan_out(room, stored, origin, now);
+    }
+
+    /// Keeps a message encoded by `encode` in its room's history and queues it to
+    /// every member. The publisher first: its ack (before its own copy), and its flush
+    /// early, so that it can send its next message while the others are written.
+    fn fan_out(&mut self, room_id: RoomId, stored: Stored, origin: Option<(usize, Option<&str>)>, now: Instant) -> Seq {
+        let App { clients, rooms, envelopes, config, dirty, metrics, .. } = self;
+        let limits = &config.limits;
+        let seq = rooms.publish(room_id, &stored);
+        let Some(room) = rooms.get(room_id) else { return seq };
+        if let Some((publisher, ack)) = origin {
+            if let Some(client) = clients.get_mut(publisher) {
+                if let Some(ack) = ack {
+                    let _ = client.conn.send(envelopes.ack(ack, room.json_name(), seq), now, limits);
+                }
+                queue_flush(dirty, publisher, client);
+            }
+        }
+        for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::V1, &stored.v1)] {
+            let Some(frame) = frame else { continue };
+            for member in room.topic.members(audience) {
+                // Members closing (slow consumers, stop) get nothing more.
+                let Some(recipient) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
+                if recipient.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
+                    metrics.fanout_deliveries += 1;
+                    metrics.messages_out += 1;
+                }
+                queue_flush(dirty, member, recipient);
+            }
+        }
+        seq
+    }
+
+    /// A plain HTTP request: the pages, /metrics and /healthz where they are served,
+    /// and the API.
+    fn answer_http(&mut self, id: usize, request: &HttpRequest, now: Instant) {
         self.metrics.http_requests += 1;
         let Some(listener) = self.clients.get(id).map(|c| c.listener) else { return };
         let operator = listener == Listener::Operator;
         let operator_here = operator || self.config.metrics_listen.is_none();
-        let answer = match path.split('?').next().unwrap_or_default() {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let get = request.method == Method::Get;
+        let answer = match path {
+            _ if operator && !matches!(path, "/metrics" | "/healthz") => http::not_found(),
+            "/metrics" | "/healthz" if operator_here && !get => api::method_not_allowed("GET"),
             "/metrics" if operator_here => {
                 let body = self.metrics.render(&self.gauges());
                 http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes())
             }
             "/healthz" if operator_here && self.lifecycle != Lifecycle::Serving => {
-                http::response(503, "text/plain; charset=utf-8", b"shutting down\n")
+                http::response(503, http::TEXT, b"shutting down\n")
             }
-            "/healthz" if operator_here => http::response(200, "text/plain; charset=utf-8", b"ok\n"),
-            _ if operator => http::not_found(),
-            _ => http::answer(path),
+            "/healthz" if operator_here => http::response(200, http::TEXT, b"ok\n"),
+            _ => match api::route(path) {
+                Some(route) => self.answer_api(route, request, now),
+                None if get => http::answer(path),
+                None => api::method_not_allowed("GET"),
+            },
         };
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.respond(Chunk::Owned(answer), now);
         }
     }
 
+    /// The HTTP API (docs/protocol.md): off (404) without a token and in echo mode.
+    fn answer_api(&mut self, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Vec<u8> {
+        let Some(token) = self.config.api_token.as_deref().filter(|_| self.config.mode == Mode::Broadcast) else {
+            return http::not_found();
+        };
+        if !api::authorized(request.authorization.as_deref(), token) {
+            return api::unauthorized();
+        }
+        match (route, request.method) {
+            (api::Route::Rooms, Method::Get) => {
+                let list: Vec<api::RoomInfo<'_>> = self
+                    .rooms
+                    .iter()
+                    .map(|room| api::RoomInfo {
+                        room: room.name(),
+                        epoch: room.epoch(),
+                        online: room.topic.member_count(),
+                        seq: room.topic.last_seq(),
+                        history: room.topic.history().len(),
+                    })
+                    .collect();
+                api::rooms(&list)
+            }
+            (api::Route::Rooms, _) => api::method_not_allowed("GET"),
+            (api::Route::Messages(room), Method::Post) => self.api_publish(room, request, now),
+            (api::Route::Messages(_), _) => api::method_not_allowed("POST"),
+            (api::Route::Unknown, _) => http::not_found(),
+        }
+    }
+
+    fn api_publish(&mut self, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
+        match request.body_length {
+            BodyLength::None | BodyLength::Unknown => return api::error(411, "Content-Length required"),
+            BodyLength::Length(n) if n > self.config.limits.max_message as u64 => {
+                return api::error(413, "body over --max-message")
+            }
+            BodyLength::Length(_) => {}
+        }
+        let Ok(name) = rooms::decode_name(encoded_room) else {
+            return api::error(400, "invalid room name");
+        };
+        let payload = if api::is_binary(request.content_type.as_deref()) {
+            Payload::Binary(&request.body)
+        } else {
+            match std::str::from_utf8(&request.body) {
+                Ok(text) => Payload::Text(text),
+                Err(_) => return api::error(400, "a text body must be UTF-8"),
+            }
+        };
+        let Ok(room) = self.rooms.find_or_create(&name, now) else {
+            return api::error(503, "too many rooms");
+        };
+        self.metrics.api_publishes += 1;
+        let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
+        let seq = self.fan_out(room, stored, None, now);
+        api::published(&name, seq)
+    }
+
     fn gauges(&self) -> Gauges {
+        let (history_len, history_bytes) = match self.config.mode {
+            Mode::Broadcast => self.rooms.history_totals(),
+            Mode::Echo => (self.echo_history.len(), self.echo_history.bytes()),
+        };
         let mut g = Gauges {
             handshaking: 0,
             open: 0,
             closing: 0,
-            history_len: self.room.history().len(),
-            history_bytes: self.room.history().bytes(),
+            history_len,
+            history_bytes,
+            rooms: self.rooms.len(),
+            rooms_created: self.rooms.created,
+            rooms_expired: self.rooms.expired,
         };
         for (_, client) in &self.clients {
             match client.conn.phase() {
@@ -326,6 +743,7 @@ impl<T: fmt::Display> App<T> {
 
     /// `id`'s deadline (from `poll_timeout`) has come.
     pub fn handle_timeout(&mut self, id: usize, now: Instant) {
+        self.now = now;
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_timeout(now, &self.config.limits);
         }
@@ -378,6 +796,7 @@ impl<T: fmt::Display> App<T> {
     /// A stop signal (SIGINT, SIGTERM): the first closes every client with 1001 and
     /// waits close-timeout at most; a second stops now.
     pub fn handle_stop_signal(&mut self, now: Instant) -> Stop {
+        self.now = now;
         if self.lifecycle != Lifecycle::Serving {
             self.lifecycle = Lifecycle::Stopping { until: Some(now) };
             return Stop::Now;
@@ -429,6 +848,42 @@ impl<T: fmt::Display> App<T> {
         self.last_trim = Some(now);
     }
 
+    /// When rooms next need `handle_housekeeping`: a presence update is owed, or an
+    /// empty room's time is up.
+    pub fn poll_housekeeping(&self) -> Option<Instant> {
+        match (self.presence_at, self.rooms.poll_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Tells rooms' v1 members who is online (one shared envelope per room whose count
+    /// changed), and frees rooms that have been empty for --room-ttl.
+    pub fn handle_housekeeping(&mut self, now: Instant) {
+        self.now = now;
+        if self.presence_at.is_some_and(|t| t <= now) {
+            self.presence_at = None;
+            self.last_presence = Some(now);
+            let App { clients, rooms, envelopes, config, dirty, metrics, .. } = self;
+            rooms.take_presence(|room| {
+                let frame = envelopes.presence(room.json_name(), room.topic.member_count());
+                metrics.presence_updates += 1;
+                for member in room.topic.members(Audience::V1) {
+                    let Some(client) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
+                    if client.conn.send(Chunk::Shared(Rc::clone(&frame)), now, &config.limits).is_ok() {
+                        metrics.messages_out += 1;
+                    }
+                    queue_flush(dirty, member, client);
+                }
+            });
+            // A send that cut a slow consumer is settled when its flush is done.
+        }
+        if self.rooms.poll_expiry().is_some_and(|t| t <= now) {
+            let freed = self.rooms.expire(now);
+            debug!("freed {freed} empty rooms");
+        }
+    }
+
     /// After anything happened to a client: settle it, and schedule a flush if it
     /// has something to write.
     fn after_activity(&mut self, id: usize) {
@@ -469,9 +924,14 @@ impl<T: fmt::Display> App<T> {
         if memory >= LARGE_QUEUE {
             self.released += memory;
         }
-        if let Role::WebSocket { member } = client.role {
-            if let Some(key) = member {
-                self.room.leave(key);
+        if let Role::WebSocket(session) = &client.role {
+            // The time of the last event is close enough for a room's TTL.
+            let now = self.now;
+            for joined in session.rooms() {
+                self.rooms.leave(joined.room, joined.key, session.audience(), now);
+            }
+            if session.first_room().is_some() || session.more.is_some() {
+                self.presence_at.get_or_insert(presence_time(self.last_presence, now));
             }
             self.open -= 1;
             let first = client.conn.first_close();
@@ -501,6 +961,32 @@ fn queue_flush<T>(dirty: &mut Vec<usize>, id: usize, client: &mut Client<T>) {
         client.flush_queued = true;
         dirty.push(id);
     }
+}
+
+/// When rooms may next tell their presence: now, or a second after they last did.
+fn presence_time(last: Option<Instant>, now: Instant) -> Instant {
+    last.map_or(now, |t| (t + PRESENCE_EVERY).max(now))
+}
+
+/// A message in the encodings its room needs now: plain for plain members, a v1
+/// envelope for v1 members, and for the history at least one of them (plain when the
+/// room has no v1 member). None at all when nobody listens and nothing is kept. One
+/// allocation per encoding made, whatever the room's size.
+fn encode(rooms: &Rooms, envelopes: &mut Envelopes, room_id: RoomId, payload: Payload<'_>, keep: bool) -> Stored {
+    let Some(room) = rooms.get(room_id) else { return Stored { plain: None, v1: None } };
+    let has_v1 = room.topic.audience_count(Audience::V1) > 0;
+    let plain = room.topic.audience_count(Audience::Plain) > 0 || (keep && !has_v1);
+    let seq = room.topic.last_seq() + 1;
+    Stored {
+        plain: plain.then(|| shared_message(payload.opcode(), payload.bytes())),
+        v1: has_v1.then(|| envelopes.message(room.json_name(), seq, payload)),
+    }
+}
+
+/// The plain frame of a message kept only as a v1 envelope.
+fn plain_of(stored: &Stored) -> Option<Rc<[u8]>> {
+    let (opcode, payload) = v1::payload_of_envelope(stored.v1.as_deref()?)?;
+    Some(shared_message(opcode, &payload))
 }
 
 fn log_fault(peer: &impl fmt::Display, fault: Fault) {

@@ -1,6 +1,7 @@
 //! Configuration: plain data with the documented defaults, and the command line parser.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -70,6 +71,18 @@ pub struct Config {
     /// Serve /metrics and /healthz on this address instead of the main port.
     pub metrics_listen: Option<String>,
     pub limits: Limits,
+    /// Bytes all rooms' histories keep together.
+    pub history_memory: usize,
+    /// How long a room without members is kept.
+    pub room_ttl: Duration,
+    pub max_rooms: usize,
+    pub max_rooms_per_connection: usize,
+    /// The bearer token of the HTTP API; `None` turns the API off.
+    pub api_token: Option<String>,
+    /// TLS (wss:// and https:// on the main port): a PEM certificate chain and its key,
+    /// both or neither; SIGHUP reloads them.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Config {
@@ -79,7 +92,8 @@ impl Config {
         let l = &self.limits;
         format!(
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
-             max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={}",
+             max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
+             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -92,12 +106,19 @@ impl Config {
             secs(l.close_timeout),
             l.allowed_origins,
             self.metrics_listen.as_deref().unwrap_or("main port"),
+            self.history_memory,
+            secs(Some(self.room_ttl)),
+            self.max_rooms,
+            self.max_rooms_per_connection,
+            if self.api_token.is_some() { "on" } else { "off" },
         )
     }
 }
 
 pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
+pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -110,6 +131,13 @@ impl Default for Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             metrics_listen: None,
             limits: Limits::default(),
+            history_memory: DEFAULT_HISTORY_MEMORY,
+            room_ttl: Duration::from_secs(300),
+            max_rooms: DEFAULT_MAX_ROOMS,
+            max_rooms_per_connection: 64,
+            api_token: None,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -143,9 +171,24 @@ struct Args {
          [default: {DEFAULT_WELCOME:?} in broadcast mode, none in echo mode]"
     ))]
     welcome: Option<String>,
-    /// Recent messages replayed to new clients, after the welcome [default: 100 in broadcast mode, 0 in echo mode]
+    /// Recent messages each room keeps and replays to new clients, after the welcome [default: 100 in broadcast mode, 0 in echo mode]
     #[arg(long, value_name = "N")]
     history: Option<usize>,
+    /// Bytes all rooms' histories keep together; beyond it the oldest messages of the least recently used rooms go first
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HISTORY_MEMORY)]
+    history_memory: usize,
+    /// Keep a room without members this long (so clients can resume), then free it
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
+    room_ttl: std::option::Option<Duration>,
+    /// Rooms at most; an upgrade that would create one more gets 503
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROOMS, value_parser = positive)]
+    max_rooms: usize,
+    /// Rooms one mioket.v1 connection may be in, its path's room included
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
+    max_rooms_per_connection: usize,
+    /// Turn the HTTP API on with this bearer token (docs/protocol.md) [default: off]
+    #[arg(long, value_name = "TOKEN", env = "MIOKET_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     // Here and below, `std::option::Option` stops clap from reading `Option` as "the flag
     // is optional": the value parser itself yields `None`, for 0 ("off").
     /// Ping every open client this often; 0 turns pings off
@@ -175,6 +218,12 @@ struct Args {
     /// Serve GET /metrics and /healthz on ADDR (host:port) instead of the main port [default: on the main port]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Serve wss:// and https:// with this PEM certificate chain (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; e.g. privkey.pem); SIGHUP reloads both
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// Parses the whole command line, program name first. `--help` and `--version` also
@@ -208,6 +257,13 @@ where
             close_timeout: args.close_timeout,
             allowed_origins: args.allowed_origins,
         },
+        history_memory: args.history_memory,
+        room_ttl: args.room_ttl.unwrap_or_default(),
+        max_rooms: args.max_rooms,
+        max_rooms_per_connection: args.max_rooms_per_connection,
+        api_token: args.api_token.filter(|t| !t.is_empty()),
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
     })
 }
 

@@ -105,16 +105,24 @@ pub enum HandshakeError {
     OriginRefused,
     /// `--max-connections` WebSockets are already open.
     ServerFull,
+    /// A plain request with a method other than GET or POST.
+    MethodNotAllowed,
+    /// The upgrade's path does not name a valid room (docs/protocol.md).
+    BadRoomName,
+    /// The upgrade's `since` is not a non-negative integer.
+    BadResume,
+    /// The upgrade would create a room beyond `--max-rooms`.
+    RoomLimit,
 }
 
 impl HandshakeError {
     pub fn status(self) -> u16 {
         match self {
             HandshakeError::HeadTooLarge | HandshakeError::TooManyHeaders => 431,
-            HandshakeError::NotGet => 405,
+            HandshakeError::NotGet | HandshakeError::MethodNotAllowed => 405,
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginRefused => 403,
-            HandshakeError::ServerFull => 503,
+            HandshakeError::ServerFull | HandshakeError::RoomLimit => 503,
             _ => 400,
         }
     }
@@ -136,6 +144,13 @@ impl HandshakeError {
             HandshakeError::BadKey => "Sec-WebSocket-Key must be 16 bytes in base64",
             HandshakeError::OriginRefused => "origin not allowed",
             HandshakeError::ServerFull => "too many connections, try again later",
+            HandshakeError::MethodNotAllowed => "method not allowed",
+            HandshakeError::BadRoomName => {
+                "invalid room name: the path must be UTF-8 of at most 128 bytes, without control characters \
+                 or bad percent escapes"
+            }
+            HandshakeError::BadResume => "invalid since: must be a non-negative integer",
+            HandshakeError::RoomLimit => "too many rooms, try again later",
         }
     }
 }

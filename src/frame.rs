@@ -49,6 +49,14 @@ pub struct Header {
     pub len: u64,
 }
 
+/// The opcode and payload of a whole unmasked frame of ours (a shared message or
+/// envelope), e.g. to re-encode a kept message for another audience.
+pub fn server_payload(frame: &[u8]) -> Option<(Opcode, &[u8])> {
+    let (header, n) = parse_header(frame).ok()??;
+    let len = usize::try_from(header.len).ok()?;
+    Some((header.opcode, frame.get(n..n.checked_add(len)?)?))
+}
+
 /// The longest header: 2 bytes, an 8-byte length and a 4-byte mask.
 pub const MAX_HEADER_LEN: usize = 14;
 /// RFC 6455 5.5: control frames carry at most 125 bytes.

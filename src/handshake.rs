@@ -17,10 +17,37 @@ const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 #[derive(Debug, PartialEq, Eq)]
 pub enum Request<'a> {
     Upgrade(Upgrade<'a>),
-    /// A plain GET without an upgrade (the browser page, /healthz, ...).
-    Get {
-        path: String,
-    },
+    /// A plain HTTP request (the browser page, /healthz, the API, ...).
+    Http(Http<'a>),
+}
+
+/// The methods we answer without an upgrade; any other is refused with 405.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// A plain HTTP request, borrowed from its head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Http<'a> {
+    pub method: Method,
+    /// The request target's path and query (from the absolute form too).
+    pub target: &'a str,
+    /// The first `Authorization` and `Content-Type` lines, as sent.
+    pub authorization: Option<&'a [u8]>,
+    pub content_type: Option<&'a [u8]>,
+    pub body: BodyLength,
+}
+
+/// What the head says of a body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyLength {
+    /// Neither `Content-Length` nor `Transfer-Encoding`.
+    None,
+    Length(u64),
+    /// `Transfer-Encoding` (chunked or other): we take bodies with a length only.
+    Unknown,
 }
 
 /// A valid WebSocket upgrade, borrowed from the request head.
@@ -31,9 +58,9 @@ pub struct Upgrade<'a> {
     /// The request target's path (from the absolute form too) and its query without `?`.
     pub path: &'a str,
     pub query: &'a str,
-    /// The first `Sec-WebSocket-Protocol` and `Sec-WebSocket-Extensions` lines
-    /// offered, as sent (not negotiated yet).
-    pub protocols: Option<&'a [u8]>,
+    /// Some `Sec-WebSocket-Protocol` line offers `mioket.v1`.
+    pub offers_v1: bool,
+    /// The first `Sec-WebSocket-Extensions` line offered, as sent (not negotiated yet).
     pub extensions: Option<&'a [u8]>,
 }
 
@@ -80,6 +107,10 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         return Err(HandshakeError::Malformed);
     };
     let seen = Seen::scan(req.headers);
+    // RFC 9112 6.3: differing Content-Length lines make the message invalid.
+    if seen.conflicting_lengths {
+        return Err(HandshakeError::Malformed);
+    }
     // RFC 9112 3.2: an HTTP/1.1 request has exactly one Host line.
     match seen.hosts {
         0 if version >= 1 => return Err(HandshakeError::MissingHost),
@@ -88,11 +119,18 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
     }
     let target = origin_form(path);
     if !seen.upgrade {
-        return if method == "GET" {
-            Ok(Request::Get { path: target.to_string() })
-        } else {
-            Err(HandshakeError::NotGet)
+        let method = match method {
+            "GET" => Method::Get,
+            "POST" => Method::Post,
+            _ => return Err(HandshakeError::MethodNotAllowed),
         };
+        let body = match (seen.content_length, seen.chunked) {
+            (_, true) => BodyLength::Unknown,
+            (Some(length), false) => BodyLength::Length(parse_length(length)?),
+            (None, false) => BodyLength::None,
+        };
+        let (authorization, content_type) = (seen.authorization, seen.content_type);
+        return Ok(Request::Http(Http { method, target, authorization, content_type, body }));
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
     if method != "GET" {
@@ -108,7 +146,7 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         return Err(HandshakeError::MissingConnectionUpgrade);
     }
     // Bytes after the head are frames; a body there would be read as frames.
-    if seen.body {
+    if seen.chunked || seen.content_length.is_some_and(|l| trim(l) != b"0") {
         return Err(HandshakeError::UpgradeWithBody);
     }
     if seen.version.map(trim) != Some(b"13".as_slice()) || seen.versions > 1 {
@@ -133,7 +171,7 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         accept: accept_key(key),
         path,
         query,
-        protocols: seen.protocols,
+        offers_v1: seen.offers_v1,
         extensions: seen.extensions,
     }))
 }
@@ -148,14 +186,19 @@ struct Seen<'a> {
     upgrade_websocket: bool,
     /// Some `Connection` line has the upgrade token.
     connection_upgrade: bool,
-    /// `Content-Length` other than 0, or `Transfer-Encoding`.
-    body: bool,
+    /// The first `Content-Length`; a second one that differs makes the head malformed.
+    content_length: Option<&'a [u8]>,
+    conflicting_lengths: bool,
+    /// `Transfer-Encoding` is present.
+    chunked: bool,
+    authorization: Option<&'a [u8]>,
+    content_type: Option<&'a [u8]>,
     version: Option<&'a [u8]>,
     versions: usize,
     key: Option<&'a [u8]>,
     keys: usize,
     origin: Option<&'a [u8]>,
-    protocols: Option<&'a [u8]>,
+    offers_v1: bool,
     extensions: Option<&'a [u8]>,
 }
 
@@ -172,8 +215,13 @@ impl<'a> Seen<'a> {
                     seen.upgrade_websocket |= has_token(h.value, "websocket");
                 }
                 10 if is("connection") => seen.connection_upgrade |= has_token(h.value, "upgrade"),
-                14 if is("content-length") => seen.body |= trim(h.value) != b"0",
-                17 if is("transfer-encoding") => seen.body = true,
+                12 if is("content-type") => _ = seen.content_type.get_or_insert(h.value),
+                13 if is("authorization") => _ = seen.authorization.get_or_insert(h.value),
+                14 if is("content-length") => {
+                    let first = *seen.content_length.get_or_insert(h.value);
+                    seen.conflicting_lengths |= trim(first) != trim(h.value);
+                }
+                17 if is("transfer-encoding") => seen.chunked = true,
                 17 if is("sec-websocket-key") => {
                     seen.key.get_or_insert(h.value);
                     seen.keys += 1;
@@ -182,7 +230,10 @@ impl<'a> Seen<'a> {
                     seen.version.get_or_insert(h.value);
                     seen.versions += 1;
                 }
-                22 if is("sec-websocket-protocol") => _ = seen.protocols.get_or_insert(h.value),
+                // RFC 6455 4.2.2: subprotocol tokens compare exactly; any line may offer one.
+                22 if is("sec-websocket-protocol") => {
+                    seen.offers_v1 |= h.value.split(|&b| b == b',').any(|t| trim(t) == crate::v1::SUBPROTOCOL.as_bytes())
+                }
                 24 if is("sec-websocket-extensions") => _ = seen.extensions.get_or_insert(h.value),
                 _ => {}
             }
@@ -220,11 +271,18 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
     out
 }
 
-/// Writes the 101 answer into `out`; returns its length (always 129).
-pub fn write_switching_protocols(accept: &[u8; 28], out: &mut [u8]) -> usize {
-    let parts: [&[u8]; 3] = [
+/// Writes the 101 answer into `out` (at least `MAX_SWITCHING_PROTOCOLS_LEN` bytes),
+/// naming the chosen subprotocol if any; returns its length (129 without one).
+pub fn write_switching_protocols(accept: &[u8; 28], subprotocol: Option<&str>, out: &mut [u8]) -> usize {
+    let (protocol_line, protocol): (&[u8], &[u8]) = match subprotocol {
+        Some(p) => (b"\r\nSec-WebSocket-Protocol: ", p.as_bytes()),
+        None => (b"", b""),
+    };
+    let parts: [&[u8]; 5] = [
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         accept,
+        protocol_line,
+        protocol,
         b"\r\n\r\n",
     ];
     let mut n = 0;
@@ -235,8 +293,10 @@ pub fn write_switching_protocols(accept: &[u8; 28], out: &mut [u8]) -> usize {
     n
 }
 
-/// The length of the 101 answer.
+/// The length of the 101 answer without a subprotocol.
 pub const SWITCHING_PROTOCOLS_LEN: usize = 129;
+/// Room for the 101 answer with a subprotocol of up to 64 bytes.
+pub const MAX_SWITCHING_PROTOCOLS_LEN: usize = SWITCHING_PROTOCOLS_LEN + 26 + 64;
 
 /// A refusal: status line, a plain-text reason, and `Connection: close`.
 pub fn error_response(err: HandshakeError) -> Vec<u8> {
@@ -255,9 +315,12 @@ pub fn status_text(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
@@ -270,6 +333,15 @@ fn trim(v: &[u8]) -> &[u8] {
 }
 
 /// Whether a comma-separated header value contains `token` (case-insensitive).
+/// A `Content-Length` value: digits only (RFC 9110 8.6).
+fn parse_length(value: &[u8]) -> Result<u64, HandshakeError> {
+    let digits = trim(value);
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return Err(HandshakeError::Malformed);
+    }
+    Ok(digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
 fn has_token(value: &[u8], token: &str) -> bool {
     value.split(|&b| b == b',').any(|t| trim(t).eq_ignore_ascii_case(token.as_bytes()))
 }
@@ -299,11 +371,16 @@ mod tests {
         let req = with_version("13");
         let Ok(Request::Upgrade(Upgrade { accept, .. })) = parse_request(req.as_bytes(), &[]) else { panic!() };
         let mut out = [0u8; 256];
-        let n = write_switching_protocols(&accept, &mut out);
+        let n = write_switching_protocols(&accept, None, &mut out);
         assert_eq!(n, SWITCHING_PROTOCOLS_LEN);
         assert_eq!(
             std::str::from_utf8(&out[..n]).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+        );
+        let n = write_switching_protocols(&accept, Some("mioket.v1"), &mut out);
+        assert_eq!(
+            std::str::from_utf8(&out[..n]).unwrap(),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mioket.v1\r\n\r\n"
         );
     }
 
@@ -315,11 +392,20 @@ mod tests {
         );
         let Ok(Request::Upgrade(upgrade)) = parse_request(req.as_bytes(), &[]) else { panic!() };
         assert_eq!((upgrade.path, upgrade.query), ("/chat", ""));
-        assert_eq!(upgrade.protocols, Some(&b"mioket.v1, chat"[..]));
+        assert!(upgrade.offers_v1);
         assert_eq!(upgrade.extensions, Some(&b"permessage-deflate; client_max_window_bits"[..]));
         let plain = with_version("13");
         let Ok(Request::Upgrade(upgrade)) = parse_request(plain.as_bytes(), &[]) else { panic!() };
-        assert_eq!((upgrade.protocols, upgrade.extensions), (None, None));
+        assert_eq!((upgrade.offers_v1, upgrade.extensions), (false, None));
+        // Any line, any place in the list; tokens compare exactly.
+        for (lines, offered) in [
+            ("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: x, mioket.v1\r\n", true),
+            ("Sec-WebSocket-Protocol: Mioket.V1, mioket.v10\r\n", false),
+        ] {
+            let req = upgrade_with(&format!("Sec-WebSocket-Version: 13\r\n{lines}"));
+            let Ok(Request::Upgrade(upgrade)) = parse_request(req.as_bytes(), &[]) else { panic!() };
+            assert_eq!(upgrade.offers_v1, offered, "{lines}");
+        }
     }
 
     #[test]
@@ -380,7 +466,14 @@ mod tests {
     #[test]
     fn a_plain_get_is_not_an_upgrade() {
         let req = b"GET /index.html?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse_request(req, &[]), Ok(Request::Get { path: "/index.html?x=1".into() }));
+        assert_eq!(parse_request(req, &[]), Ok(Request::Http(Http {
+                method: Method::Get,
+                target: "/index.html?x=1",
+                authorization: None,
+                content_type: None,
+                body: BodyLength::None
+            }))
+        );
     }
 
     #[test]
@@ -422,7 +515,7 @@ mod tests {
     fn the_absolute_form_is_routed_by_its_path() {
         let get =
             |target: &str| match parse_request(format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), &[]) {
-                Ok(Request::Get { path }) => path,
+                Ok(Request::Http(Http { target, .. })) => target.to_string(),
                 other => panic!("{other:?}"),
             };
         assert_eq!(get("http://example.com/echo?x=1"), "/echo?x=1");
@@ -443,7 +536,14 @@ mod tests {
             Err(HandshakeError::DuplicateHost)
         );
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n", &[]), Err(HandshakeError::MissingHost));
-        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &[]), Ok(Request::Get { path: "/".into() }));
+        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &[]), Ok(Request::Http(Http {
+                method: Method::Get,
+                target: "/",
+                authorization: None,
+                content_type: None,
+                body: BodyLength::None
+            }))
+        );
         let resp = String::from_utf8(error_response(HandshakeError::DuplicateHost)).unwrap();
         assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n") && resp.ends_with("more than one Host header\n"));
     }

@@ -4,6 +4,7 @@
 use crate::handshake::status_text;
 
 const HTML: &str = "text/html; charset=utf-8";
+pub const TEXT: &str = "text/plain; charset=utf-8";
 
 /// An embedded file by request path (the query string is ignored): its content type
 /// and bytes. Pages refer to the shared script and style relatively, so they also
@@ -21,8 +22,13 @@ pub fn page(path: &str) -> Option<(&'static str, &'static [u8])> {
 
 /// A complete response with `Connection: close`.
 pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
+    response_with(status, "", content_type, body)
+}
+
+/// A complete response with extra header lines (each ending with CRLF).
+pub fn response_with(status: u16, extra_headers: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-cache\r\nConnection: close\r\n{extra_headers}\r\n",
         status_text(status),
         body.len()
     )
@@ -32,7 +38,7 @@ pub fn response(status: u16, content_type: &str, body: &[u8]) -> Vec<u8> {
 }
 
 pub fn not_found() -> Vec<u8> {
-    response(404, "text/plain; charset=utf-8", b"not found\n")
+    response(404, TEXT, b"not found\n")
 }
 
 /// The answer to a plain GET.

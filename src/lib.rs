@@ -6,10 +6,13 @@
 //!
 //! - [`runtime`]: the mio event loop, the only I/O; `transport`: a client's byte
 //!   stream (plain TCP). Embedding: `runtime::Server::bind(config)?.run()`.
-//! - [`app`]: policy without I/O: admission, welcome and history, echo or broadcast,
-//!   write-through, HTTP routes (pages, /metrics, /healthz).
-//! - [`pubsub`]: topics (rooms) with membership and a numbered history; knows client
-//!   ids and shared frames, never a connection.
+//! - [`app`]: policy without I/O: admission, rooms and their welcome and history,
+//!   echo or publish, write-through, HTTP routes (pages, /metrics, /healthz, the API
+//!   through `api`).
+//! - [`v1`]: the `mioket.v1` subprotocol: envelopes out, ops in (docs/protocol.md).
+//! - [`rooms`]: named rooms with epochs, expiry and one bound on all histories, on
+//!   [`pubsub`]: topics with membership by audience and a numbered history; both
+//!   know client ids and shared frames, never a connection.
 //! - [`protocol`]: `Conn`, one connection's state machine; [`outqueue`]: its
 //!   outgoing queue of shared and inline frames, with memory accounting.
 //! - [`handshake`] (the HTTP upgrade, RFC 6455 section 4), `http` (plain answers
@@ -28,6 +31,7 @@
 //! and crate-private.
 #![deny(unsafe_code)]
 
+pub(crate) mod api;
 pub mod app;
 pub mod config;
 pub mod error;
@@ -40,6 +44,8 @@ pub mod metrics;
 pub mod outqueue;
 pub mod protocol;
 pub mod pubsub;
+pub mod rooms;
 pub mod runtime;
 pub(crate) mod transport;
 pub mod utf8;
+pub mod v1;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::error::HandshakeError;
 use crate::frame::CloseCode;
+use crate::v1::OpError;
 
 /// Why a connection was refused or dropped before it became a WebSocket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,7 +22,7 @@ impl Rejection {
     pub fn of(err: HandshakeError) -> Rejection {
         match err {
             HandshakeError::OriginRefused => Rejection::Origin,
-            HandshakeError::ServerFull => Rejection::OverMaxConnections,
+            HandshakeError::ServerFull | HandshakeError::RoomLimit => Rejection::OverMaxConnections,
             _ => Rejection::BadHandshake,
         }
     }
@@ -58,6 +59,13 @@ pub struct Metrics {
     pub slow_consumers: u64,
     pub heartbeat_timeouts: u64,
     pub http_requests: u64,
+    /// mioket.v1 ops by kind (`Op::index`), refused ops by reason (`OpError as usize`),
+    /// resumes by outcome (recovered, not).
+    pub ops: [u64; 3],
+    pub op_errors: [u64; OpError::ALL.len()],
+    pub resumes: [u64; 2],
+    pub presence_updates: u64,
+    pub api_publishes: u64,
     iterations: u64,
     iteration_buckets: [u64; ITERATION_BUCKETS_US.len()],
     iteration_sum: Duration,
@@ -70,7 +78,13 @@ pub struct Gauges {
     pub closing: usize,
     pub history_len: usize,
     pub history_bytes: usize,
+    pub rooms: usize,
+    pub rooms_created: u64,
+    pub rooms_expired: u64,
 }
+
+/// The labels of `Metrics::ops`.
+pub const OP_KINDS: [&str; 3] = ["publish", "join", "leave"];
 
 impl Metrics {
     pub fn reject(&mut self, why: Rejection) {
@@ -154,10 +168,28 @@ impl Metrics {
             self.heartbeat_timeouts,
         );
         counter(o, "mioket_http_requests_total", "Plain HTTP requests answered.", self.http_requests);
-        family(o, "mioket_history_messages", "gauge", "Messages in the history buffer.");
+        family(o, "mioket_history_messages", "gauge", "Messages kept in histories (all rooms).");
         let _ = writeln!(o, "mioket_history_messages {}", g.history_len);
-        family(o, "mioket_history_bytes", "gauge", "Bytes in the history buffer.");
+        family(o, "mioket_history_bytes", "gauge", "Bytes kept in histories (all rooms).");
         let _ = writeln!(o, "mioket_history_bytes {}", g.history_bytes);
+        family(o, "mioket_rooms", "gauge", "Rooms now (with members, or empty and kept for --room-ttl).");
+        let _ = writeln!(o, "mioket_rooms {}", g.rooms);
+        counter(o, "mioket_rooms_created_total", "Rooms created.", g.rooms_created);
+        counter(o, "mioket_rooms_expired_total", "Empty rooms freed after --room-ttl.", g.rooms_expired);
+        family(o, "mioket_ops_total", "counter", "mioket.v1 ops received, by kind.");
+        for (kind, n) in OP_KINDS.iter().zip(self.ops) {
+            let _ = writeln!(o, "mioket_ops_total{{op=\"{kind}\"}} {n}");
+        }
+        family(o, "mioket_op_errors_total", "counter", "mioket.v1 ops refused with an error, by reason.");
+        for (err, n) in OpError::ALL.iter().zip(self.op_errors) {
+            let _ = writeln!(o, "mioket_op_errors_total{{reason=\"{}\"}} {n}", err.reason());
+        }
+        family(o, "mioket_resumes_total", "counter", "Resumes asked for, by outcome.");
+        for (outcome, n) in ["recovered", "not_recovered"].iter().zip(self.resumes) {
+            let _ = writeln!(o, "mioket_resumes_total{{outcome=\"{outcome}\"}} {n}");
+        }
+        counter(o, "mioket_presence_updates_total", "Presence envelopes sent (one per room update).", self.presence_updates);
+        counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
         family(o, "mioket_loop_iteration_seconds", "histogram", "Time the event loop spent working per iteration.");
         let mut cumulative = 0;
         for (bound, n) in ITERATION_BUCKETS_US.iter().zip(self.iteration_buckets) {
@@ -185,7 +217,16 @@ mod tests {
     use super::*;
 
     fn gauges() -> Gauges {
-        Gauges { handshaking: 1, open: 2, closing: 0, history_len: 3, history_bytes: 40 }
+        Gauges {
+            handshaking: 1,
+            open: 2,
+            closing: 0,
+            history_len: 3,
+            history_bytes: 40,
+            rooms: 2,
+            rooms_created: 3,
+            rooms_expired: 1,
+        }
     }
 
     #[test]

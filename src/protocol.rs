@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::config::Limits;
 use crate::error::{HandshakeError, PeerError};
 use crate::frame::{parse_header, CloseCode, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
-use crate::handshake::{self, Request, MAX_HEAD};
+use crate::handshake::{self, BodyLength, Method, Request, MAX_HEAD};
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, OutQueue, OverLimit};
 use crate::utf8::Utf8Validator;
@@ -34,9 +34,10 @@ pub const HTTP_LINGER: Duration = Duration::from_secs(2);
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
     /// A valid WebSocket upgrade: the server calls `accept` or `refuse`.
-    UpgradeRequest,
-    /// A plain HTTP GET: the server answers with `respond`.
-    HttpGet { path: String },
+    UpgradeRequest(UpgradeRequest),
+    /// A plain HTTP request, with its body if it has one within `max_message`: the
+    /// server answers with `respond`.
+    HttpRequest(Box<HttpRequest>),
     /// A complete text or binary message.
     Message { opcode: Opcode, payload: &'a [u8] },
 }
@@ -69,24 +70,61 @@ pub struct FirstClose {
     pub by_peer: bool,
 }
 
-/// What a request asked for, no longer borrowing the head. (The upgrade's path,
-/// query, protocols and extensions are not used yet.)
+/// What a valid upgrade asks for, beyond the key.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// The path and query (`/lobby?since=4`), from the absolute form too.
+    pub path: String,
+    pub query: String,
+    pub offers_v1: bool,
+}
+
+/// A plain HTTP request, no longer borrowing its head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct HttpRequest {
+    pub method: Method,
+    /// The path and query.
+    pub target: String,
+    pub authorization: Option<Vec<u8>>,
+    pub content_type: Option<Vec<u8>>,
+    pub body_length: BodyLength,
+    /// The body, read when its length is at most `max_message` (else empty).
+    pub body: Vec<u8>,
+}
+
+/// What a request asked for, no longer borrowing the head.
 enum Asked {
-    Upgrade { accept: [u8; 28] },
-    Get { path: String },
+    Upgrade { accept: [u8; 28], request: UpgradeRequest },
+    Http(Box<HttpRequest>),
 }
 
 impl From<Request<'_>> for Asked {
     fn from(request: Request<'_>) -> Asked {
         match request {
-            Request::Upgrade(upgrade) => Asked::Upgrade { accept: upgrade.accept },
-            Request::Get { path } => Asked::Get { path },
+            Request::Upgrade(upgrade) => Asked::Upgrade {
+                accept: upgrade.accept,
+                request: UpgradeRequest {
+                    path: upgrade.path.to_string(),
+                    query: upgrade.query.to_string(),
+                    offers_v1: upgrade.offers_v1,
+                },
+            },
+            Request::Http(http) => Asked::Http(Box::new(HttpRequest {
+                method: http.method,
+                target: http.target.to_string(),
+                authorization: http.authorization.map(<[u8]>::to_vec),
+                content_type: http.content_type.map(<[u8]>::to_vec),
+                body_length: http.body,
+                body: Vec::new(),
+            })),
         }
     }
 }
 
 enum State {
     Handshaking { head: Vec<u8>, deadline: Option<Instant> },
+    /// A request's body is arriving (`need` more bytes), under the handshake's deadline.
+    Body { request: Box<HttpRequest>, need: usize, deadline: Option<Instant> },
     Upgrading { accept: [u8; 28] },
     Answering,
     Open { heartbeat: Heartbeat },
@@ -187,6 +225,7 @@ impl Conn {
     ) -> (usize, Option<Event<'a>>) {
         match self.state {
             State::Handshaking { .. } => self.read_head(input, now, limits),
+            State::Body { .. } => self.read_body(input),
             State::Upgrading { .. } => (0, None),
             State::Answering => (input.len(), None),
             State::Open { .. } | State::Closing { .. } => {
@@ -224,7 +263,7 @@ impl Conn {
     pub fn handle_timeout(&mut self, now: Instant, limits: &Limits) {
         let due = |deadline: Option<Instant>| deadline.is_some_and(|d| d <= now);
         match &mut self.state {
-            State::Handshaking { deadline, .. } if due(*deadline) => {
+            State::Handshaking { deadline, .. } | State::Body { deadline, .. } if due(*deadline) => {
                 self.fault = Some(Fault::HandshakeTimeout);
                 self.state = State::Closed;
             }
@@ -261,11 +300,12 @@ impl Conn {
 
     // Commands: what the application decides.
 
-    /// Accepts the pending upgrade: queues the 101 answer and opens the connection.
-    pub fn accept(&mut self, now: Instant, limits: &Limits) {
+    /// Accepts the pending upgrade with the subprotocol chosen (if any): queues the
+    /// 101 answer and opens the connection.
+    pub fn accept(&mut self, subprotocol: Option<&str>, now: Instant, limits: &Limits) {
         if let State::Upgrading { accept } = self.state {
-            let mut answer = [0u8; handshake::SWITCHING_PROTOCOLS_LEN];
-            let n = handshake::write_switching_protocols(&accept, &mut answer);
+            let mut answer = [0u8; handshake::MAX_SWITCHING_PROTOCOLS_LEN];
+            let n = handshake::write_switching_protocols(&accept, subprotocol, &mut answer);
             self.out.push_committed(Chunk::Owned(answer[..n].to_vec()));
             let heartbeat = Heartbeat { next_ping: limits.ping_interval.map(|t| now + t), seq: 0, waiting: None };
             self.state = State::Open { heartbeat };
@@ -280,7 +320,10 @@ impl Conn {
 
     /// Answers a plain HTTP request with `response` and ends the connection.
     pub fn respond(&mut self, response: Chunk, now: Instant) {
-        if matches!(self.state, State::Handshaking { .. } | State::Upgrading { .. } | State::Answering) {
+        if matches!(
+            self.state,
+            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering
+        ) {
             self.out.push(response);
             self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
         }
@@ -327,7 +370,9 @@ impl Conn {
                 self.first_close.get_or_insert(FirstClose { code, by_peer: false });
                 self.state = State::Closing { deadline: limits.close_timeout.map(|t| now + t) };
             }
-            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => self.state = State::Closed,
+            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering => {
+                self.state = State::Closed
+            }
             State::Closing { .. } | State::Draining { .. } | State::Closed => {}
         }
     }
@@ -337,9 +382,10 @@ impl Conn {
     /// When `handle_timeout` next has something to do.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match &self.state {
-            State::Handshaking { deadline, .. } | State::Closing { deadline } | State::Draining { deadline, .. } => {
-                *deadline
-            }
+            State::Handshaking { deadline, .. }
+            | State::Body { deadline, .. }
+            | State::Closing { deadline }
+            | State::Draining { deadline, .. } => *deadline,
             State::Open { heartbeat } => match (heartbeat.next_ping, heartbeat.waiting) {
                 (Some(p), Some((_, w))) => Some(p.min(w)),
                 (p, w) => p.or(w.map(|w| w.1)),
@@ -400,7 +446,9 @@ impl Conn {
     /// Where the connection is in its life, for metrics.
     pub fn phase(&self) -> Phase {
         match self.state {
-            State::Handshaking { .. } | State::Upgrading { .. } | State::Answering => Phase::Handshaking,
+            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering => {
+                Phase::Handshaking
+            }
             State::Open { .. } => Phase::Open,
             State::Closing { .. } | State::Draining { .. } | State::Closed => Phase::Closing,
         }
@@ -412,13 +460,14 @@ impl Conn {
     }
 
     fn read_head(&mut self, input: &[u8], now: Instant, limits: &Limits) -> (usize, Option<Event<'static>>) {
-        let State::Handshaking { head, .. } = &mut self.state else { return (0, None) };
+        let State::Handshaking { head, deadline } = &mut self.state else { return (0, None) };
+        let deadline = *deadline;
         let before = head.len();
         // Common case: the whole head in one read, parsed where it lies.
         if before == 0 {
             if let Some(end) = handshake::find_head_end(&input[..input.len().min(MAX_HEAD)], 0) {
                 let request = handshake::parse_request(&input[..end], &limits.allowed_origins).map(Asked::from);
-                return self.on_request(request, end, input.len(), now);
+                return self.on_request(request, end, input.len(), deadline, now, limits);
             }
         }
         let take = input.len().min(MAX_HEAD + 1 - before);
@@ -426,38 +475,67 @@ impl Conn {
         match handshake::find_head_end(head, before) {
             Some(end) if end <= MAX_HEAD => {
                 let request = handshake::parse_request(&head[..end], &limits.allowed_origins).map(Asked::from);
-                self.on_request(request, end - before, input.len(), now)
+                self.on_request(request, end - before, input.len(), deadline, now, limits)
             }
-            Some(_) => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
-            None if head.len() > MAX_HEAD => self.on_request(Err(HandshakeError::HeadTooLarge), 0, input.len(), now),
+            Some(_) => self.refuse_all(HandshakeError::HeadTooLarge, input.len(), now),
+            None if head.len() > MAX_HEAD => self.refuse_all(HandshakeError::HeadTooLarge, input.len(), now),
             None if before < handshake::START_CHECKED => match handshake::check_start(head) {
-                Err(err) => self.on_request(Err(err), 0, input.len(), now),
+                Err(err) => self.refuse_all(err, input.len(), now),
                 Ok(()) => (take, None),
             },
             None => (take, None),
         }
     }
 
+    /// A whole head: `used` of this input's `all` bytes were the head's.
     fn on_request(
         &mut self,
         request: Result<Asked, HandshakeError>,
         used: usize,
         all: usize,
+        deadline: Option<Instant>,
         now: Instant,
+        limits: &Limits,
     ) -> (usize, Option<Event<'static>>) {
         match request {
-            Ok(Asked::Upgrade { accept }) => {
+            Ok(Asked::Upgrade { accept, request }) => {
                 self.state = State::Upgrading { accept };
-                (used, Some(Event::UpgradeRequest))
+                (used, Some(Event::UpgradeRequest(request)))
             }
-            Ok(Asked::Get { path }) => {
-                self.state = State::Answering;
-                (all, Some(Event::HttpGet { path }))
-            }
-            Err(err) => {
-                self.refuse(err, now);
-                (all, None)
-            }
+            // A body within the message limit is read before the request is handed on
+            // (a larger one is refused unread: its length is only declared).
+            Ok(Asked::Http(request)) => match request.body_length {
+                BodyLength::Length(n) if request.method == Method::Post && n > 0 && n <= limits.max_message as u64 => {
+                    self.state = State::Body { request, need: n as usize, deadline };
+                    (used, None)
+                }
+                _ => {
+                    self.state = State::Answering;
+                    (all, Some(Event::HttpRequest(request)))
+                }
+            },
+            Err(err) => self.refuse_all(err, all, now),
+        }
+    }
+
+    fn refuse_all(&mut self, err: HandshakeError, all: usize, now: Instant) -> (usize, Option<Event<'static>>) {
+        self.refuse(err, now);
+        (all, None)
+    }
+
+    /// Collects a request body; the whole request is the event.
+    fn read_body(&mut self, input: &[u8]) -> (usize, Option<Event<'static>>) {
+        let State::Body { request, need, .. } = &mut self.state else { return (0, None) };
+        let take = input.len().min(*need);
+        request.body.extend_from_slice(&input[..take]);
+        *need -= take;
+        if *need > 0 {
+            return (take, None);
+        }
+        match std::mem::replace(&mut self.state, State::Answering) {
+            // The connection answers and closes: what follows the body is not read.
+            State::Body { request, .. } => (input.len(), Some(Event::HttpRequest(request))),
+            _ => (input.len(), None),
         }
     }
 

@@ -33,50 +33,84 @@ pub struct MemberKey {
     generation: u32,
 }
 
-/// One topic: who is in it and what was said in it.
-#[derive(Debug)]
-pub struct Topic {
-    members: Members,
-    history: History,
+/// Which encoding of a topic's messages a member gets. Each audience is a dense list of
+/// its own, so a publish fans out one shared frame per audience, to a slice of ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Audience {
+    /// The message as it was sent (a plain WebSocket client).
+    Plain = 0,
+    /// The message in a `mioket.v1` envelope.
+    V1 = 1,
 }
 
-impl Topic {
-    /// An empty topic whose history keeps at most `max_messages` frames and `max_bytes`
+/// What the history counts of a message against its byte bound.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+impl Weight for Rc<[u8]> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+impl MemberKey {
+    /// A key no membership has (its generation is even): leaving with it does nothing.
+    pub const NONE: MemberKey = MemberKey { slot: u32::MAX, generation: 0 };
+}
+
+/// One topic: who is in it and what was said in it. `M` is a published message as the
+/// history keeps it (a shared frame, or several encodings of one).
+#[derive(Debug)]
+pub struct Topic<M = Rc<[u8]>> {
+    members: [Members; 2],
+    history: History<M>,
+}
+
+impl<M: Weight + Clone> Topic<M> {
+    /// An empty topic whose history keeps at most `max_messages` messages and `max_bytes`
     /// bytes. It allocates nothing until the first join or publish.
-    pub fn new(max_messages: usize, max_bytes: usize) -> Topic {
-        Topic { members: Members::new(), history: History::new(max_messages, max_bytes) }
+    pub fn new(max_messages: usize, max_bytes: usize) -> Topic<M> {
+        Topic { members: [Members::new(), Members::new()], history: History::new(max_messages, max_bytes) }
     }
 
-    /// Adds a member, O(1) amortized. The caller keeps the key to leave with and joins a
-    /// client at most once: joining the same id twice makes two memberships.
+    /// Adds a member to an audience, O(1) amortized. The caller keeps the key (and the
+    /// audience) to leave with, and joins a client at most once: joining the same id
+    /// twice makes two memberships.
     ///
     /// # Panics
     /// With 2^32 - 1 members at once (tens of GiB of ids alone).
-    pub fn join(&mut self, id: ClientId) -> MemberKey {
-        self.members.insert(id)
+    pub fn join(&mut self, id: ClientId, audience: Audience) -> MemberKey {
+        self.members[audience as usize].insert(id)
     }
 
     /// Removes the membership `key` stands for, O(1). A stale key (its membership already
     /// left, even if the slot now holds someone else) or one for a slot this topic never
     /// had is ignored. Keys do not name their topic: leave with the key this topic gave.
-    pub fn leave(&mut self, key: MemberKey) {
-        self.members.remove(key);
+    pub fn leave(&mut self, key: MemberKey, audience: Audience) {
+        self.members[audience as usize].remove(key);
     }
 
-    /// Every current member once, in no particular order (a leave moves the last member
-    /// into the leaver's place). This is the fan-out loop: a walk over a dense slice.
-    pub fn members(&self) -> impl ExactSizeIterator<Item = ClientId> + '_ {
-        self.members.ids.iter().copied()
+    /// Every current member of an audience once, in no particular order (a leave moves
+    /// the last member into the leaver's place). This is the fan-out loop: a walk over a
+    /// dense slice.
+    pub fn members(&self, audience: Audience) -> impl ExactSizeIterator<Item = ClientId> + '_ {
+        self.members[audience as usize].ids.iter().copied()
     }
 
+    /// Members of every audience.
     pub fn member_count(&self) -> usize {
-        self.members.ids.len()
+        self.members[0].ids.len() + self.members[1].ids.len()
+    }
+
+    pub fn audience_count(&self, audience: Audience) -> usize {
+        self.members[audience as usize].ids.len()
     }
 
     /// Numbers the message (`last_seq() + 1`), keeps it in the history within its bounds,
     /// and returns its seq. Allocates nothing once the history has reached its bounds.
-    pub fn publish(&mut self, frame: &Rc<[u8]>) -> Seq {
-        self.history.push(frame)
+    pub fn publish(&mut self, message: &M) -> Seq {
+        self.history.push(message)
     }
 
     /// The seq of the newest message, 0 before the first.
@@ -84,8 +118,14 @@ impl Topic {
         self.history.last_seq
     }
 
-    pub fn history(&self) -> &History {
+    pub fn history(&self) -> &History<M> {
         &self.history
+    }
+
+    /// Forgets the oldest kept message (for a bound shared by many topics); returns the
+    /// bytes it weighed, 0 when nothing was kept.
+    pub fn drop_oldest(&mut self) -> usize {
+        self.history.drop_oldest()
     }
 }
 
@@ -167,39 +207,52 @@ impl Members {
 /// no hole: a message that cannot be kept empties the history, because older messages
 /// on the far side of a hole could never make a complete replay.
 #[derive(Debug)]
-pub struct History {
+pub struct History<M = Rc<[u8]>> {
     /// Seqs are implied: the back frame is `last_seq`, each one before it one less.
-    frames: VecDeque<Rc<[u8]>>,
+    frames: VecDeque<M>,
     bytes: usize,
     last_seq: Seq,
     max_messages: usize,
     max_bytes: usize,
 }
 
-impl History {
-    fn new(max_messages: usize, max_bytes: usize) -> History {
+impl<M: Weight + Clone> History<M> {
+    pub fn new(max_messages: usize, max_bytes: usize) -> History<M> {
         History { frames: VecDeque::new(), bytes: 0, last_seq: 0, max_messages, max_bytes }
     }
 
-    /// Numbers the frame and keeps it if it fits, dropping the oldest to make room.
-    fn push(&mut self, frame: &Rc<[u8]>) -> Seq {
+    /// Numbers the message and keeps it if it fits, dropping the oldest to make room.
+    pub fn push(&mut self, frame: &M) -> Seq {
         self.last_seq += 1;
-        if self.max_messages == 0 || frame.len() > self.max_bytes {
+        if self.max_messages == 0 || frame.weight() > self.max_bytes {
             // The capacity stays: the next frame that fits reuses it.
             self.frames.clear();
             self.bytes = 0;
             return self.last_seq;
         }
         // Room first, then the push: the ring never grows past `max_messages`.
-        while self.frames.len() >= self.max_messages || self.bytes + frame.len() > self.max_bytes {
+        while self.frames.len() >= self.max_messages || self.bytes + frame.weight() > self.max_bytes {
             match self.frames.pop_front() {
-                Some(old) => self.bytes -= old.len(),
+                Some(old) => self.bytes -= old.weight(),
                 None => break,
             }
         }
-        self.frames.push_back(Rc::clone(frame));
-        self.bytes += frame.len();
+        self.frames.push_back(frame.clone());
+        self.bytes += frame.weight();
         self.last_seq
+    }
+
+    /// Forgets the oldest kept message; returns its weight (0 when nothing is kept).
+    /// What stays is still the newest messages without a hole. For a bound shared by
+    /// many histories: an emptied history gives its ring back.
+    pub fn drop_oldest(&mut self) -> usize {
+        let Some(old) = self.frames.pop_front() else { return 0 };
+        let weight = old.weight();
+        self.bytes -= weight;
+        if self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
+        weight
     }
 
     pub fn len(&self) -> usize {
@@ -231,7 +284,7 @@ impl History {
     }
 
     /// Oldest first, with their seqs.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (Seq, &Rc<[u8]>)> + '_ {
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (Seq, &M)> + '_ {
         Replay { complete: true, next: self.next_kept(), frames: self.frames.iter() }
     }
 
@@ -241,7 +294,7 @@ impl History {
     /// empty, complete replay; `after > last_seq()` (a number this topic never gave, say
     /// from another epoch) an empty one that is not complete. An incomplete replay still
     /// yields what is kept after `after`.
-    pub fn replay_after(&self, after: Seq) -> Replay<'_> {
+    pub fn replay_after(&self, after: Seq) -> Replay<'_, M> {
         let first = self.next_kept();
         if after > self.last_seq {
             return Replay { complete: false, next: self.last_seq + 1, frames: self.frames.range(0..0) };
@@ -254,15 +307,15 @@ impl History {
 
 /// A replay from the history: an iterator of `(seq, frame)`, oldest first.
 #[derive(Clone, Debug)]
-pub struct Replay<'a> {
+pub struct Replay<'a, M = Rc<[u8]>> {
     /// True when the replay holds every message after the number asked for.
     pub complete: bool,
     next: Seq,
-    frames: vec_deque::Iter<'a, Rc<[u8]>>,
+    frames: vec_deque::Iter<'a, M>,
 }
 
-impl<'a> Iterator for Replay<'a> {
-    type Item = (Seq, &'a Rc<[u8]>);
+impl<'a, M> Iterator for Replay<'a, M> {
+    type Item = (Seq, &'a M);
 
     fn next(&mut self) -> Option<Self::Item> {
         let frame = self.frames.next()?;
@@ -276,7 +329,7 @@ impl<'a> Iterator for Replay<'a> {
     }
 }
 
-impl ExactSizeIterator for Replay<'_> {}
+impl<M> ExactSizeIterator for Replay<'_, M> {}
 
 #[cfg(test)]
 mod tests {
@@ -289,7 +342,7 @@ mod tests {
     }
 
     fn sorted_members(topic: &Topic) -> Vec<ClientId> {
-        let mut ids: Vec<ClientId> = topic.members().collect();
+        let mut ids: Vec<ClientId> = topic.members(Audience::Plain).collect();
         ids.sort_unstable();
         ids
     }
@@ -311,7 +364,7 @@ mod tests {
     fn members_lists_each_joined_client_once() {
         let mut topic = Topic::new(0, 0);
         for id in [7, 3, 9] {
-            topic.join(id);
+            topic.join(id, Audience::Plain);
         }
         assert_eq!(sorted_members(&topic), vec![3, 7, 9]);
         assert_eq!(topic.member_count(), 3);
@@ -320,65 +373,65 @@ mod tests {
     #[test]
     fn leave_removes_only_that_member_and_the_other_keys_stay_valid() {
         let mut topic = Topic::new(0, 0);
-        let keys: Vec<MemberKey> = (0..5).map(|id| topic.join(id)).collect();
+        let keys: Vec<MemberKey> = (0..5).map(|id| topic.join(id, Audience::Plain)).collect();
         // Leaving the first moves the last into its place: its key must follow.
-        topic.leave(keys[0]);
+        topic.leave(keys[0], Audience::Plain);
         assert_eq!(sorted_members(&topic), vec![1, 2, 3, 4]);
-        topic.leave(keys[4]);
-        topic.leave(keys[2]);
+        topic.leave(keys[4], Audience::Plain);
+        topic.leave(keys[2], Audience::Plain);
         assert_eq!(sorted_members(&topic), vec![1, 3]);
-        topic.leave(keys[1]);
-        topic.leave(keys[3]);
+        topic.leave(keys[1], Audience::Plain);
+        topic.leave(keys[3], Audience::Plain);
         assert_eq!(topic.member_count(), 0);
     }
 
     #[test]
     fn leaving_twice_or_with_a_stale_key_changes_nothing() {
         let mut topic = Topic::new(0, 0);
-        let old = topic.join(1);
-        topic.leave(old);
-        topic.leave(old);
+        let old = topic.join(1, Audience::Plain);
+        topic.leave(old, Audience::Plain);
+        topic.leave(old, Audience::Plain);
         assert_eq!(topic.member_count(), 0);
         // Client 2 now sits in the slot client 1 had; the old key must not remove it.
-        let new = topic.join(2);
+        let new = topic.join(2, Audience::Plain);
         assert_eq!(new.slot, old.slot);
-        topic.leave(old);
+        topic.leave(old, Audience::Plain);
         assert_eq!(sorted_members(&topic), vec![2]);
     }
 
     #[test]
     fn a_rejoin_gets_a_new_key_and_the_old_one_stays_stale() {
         let mut topic = Topic::new(0, 0);
-        let first = topic.join(1);
-        topic.leave(first);
-        let second = topic.join(1);
+        let first = topic.join(1, Audience::Plain);
+        topic.leave(first, Audience::Plain);
+        let second = topic.join(1, Audience::Plain);
         assert_ne!(first, second);
-        topic.leave(first);
+        topic.leave(first, Audience::Plain);
         assert_eq!(sorted_members(&topic), vec![1]);
-        topic.leave(second);
+        topic.leave(second, Audience::Plain);
         assert_eq!(topic.member_count(), 0);
     }
 
     #[test]
     fn a_key_for_a_slot_this_topic_never_had_is_ignored() {
-        let mut big = Topic::new(0, 0);
-        let keys: Vec<MemberKey> = (0..10).map(|id| big.join(id)).collect();
+        let mut big: Topic = Topic::new(0, 0);
+        let keys: Vec<MemberKey> = (0..10).map(|id| big.join(id, Audience::Plain)).collect();
         let mut small = Topic::new(0, 0);
-        small.join(1);
-        small.leave(keys[9]);
+        small.join(1, Audience::Plain);
+        small.leave(keys[9], Audience::Plain);
         assert_eq!(sorted_members(&small), vec![1]);
     }
 
     #[test]
     fn churn_reuses_slots_so_membership_memory_stays_at_its_peak() {
         let mut topic = Topic::new(0, 0);
-        let mut keys: Vec<MemberKey> = (0..100).map(|id| topic.join(id)).collect();
-        let capacities = |t: &Topic| (t.members.ids.capacity(), t.members.owners.capacity(), t.members.slots.len());
+        let mut keys: Vec<MemberKey> = (0..100).map(|id| topic.join(id, Audience::Plain)).collect();
+        let capacities = |t: &Topic| (t.members[0].ids.capacity(), t.members[0].owners.capacity(), t.members[0].slots.len());
         let peak = capacities(&topic);
         for round in 0..1000 {
             let i = (round * 37) % keys.len();
-            topic.leave(keys[i]);
-            keys[i] = topic.join(1000 + round);
+            topic.leave(keys[i], Audience::Plain);
+            keys[i] = topic.join(1000 + round, Audience::Plain);
         }
         assert_eq!(capacities(&topic), peak);
         assert_eq!(topic.member_count(), 100);
@@ -386,10 +439,10 @@ mod tests {
 
     #[test]
     fn an_empty_topic_is_small_and_allocates_nothing() {
-        let topic = Topic::new(100, 1 << 20);
-        assert!(std::mem::size_of::<Topic>() <= 160, "{} bytes", std::mem::size_of::<Topic>());
+        let topic: Topic = Topic::new(100, 1 << 20);
+        assert!(std::mem::size_of::<Topic>() <= 240, "{} bytes", std::mem::size_of::<Topic>());
         assert_eq!(std::mem::size_of::<MemberKey>(), 8);
-        assert_eq!(topic.members.ids.capacity() + topic.members.owners.capacity() + topic.members.slots.capacity(), 0);
+        assert_eq!(topic.members[0].ids.capacity() + topic.members[0].owners.capacity() + topic.members[0].slots.capacity(), 0);
         assert_eq!(topic.history.frames.capacity(), 0);
     }
 
@@ -508,7 +561,7 @@ mod tests {
 
     #[test]
     fn replay_of_a_new_topic_is_complete_only_from_zero() {
-        let topic = Topic::new(5, 1000);
+        let topic: Topic = Topic::new(5, 1000);
         let replay = topic.history().replay_after(0);
         assert!(replay.complete);
         assert_eq!(replay.count(), 0);
@@ -578,19 +631,19 @@ mod tests {
                 match op {
                     Op::Join(id) => {
                         if model_members.insert(id) {
-                            keys.insert(id, topic.join(id));
+                            keys.insert(id, topic.join(id, Audience::Plain));
                         }
                     }
                     Op::Leave(id) => {
                         if let Some(key) = keys.remove(&id) {
-                            topic.leave(key);
+                            topic.leave(key, Audience::Plain);
                             used_keys.push(key);
                             model_members.remove(&id);
                         }
                     }
                     Op::LeaveStale(i) => {
                         if !used_keys.is_empty() {
-                            topic.leave(used_keys[i % used_keys.len()]);
+                            topic.leave(used_keys[i % used_keys.len()], Audience::Plain);
                         }
                     }
                     Op::Publish(len) => {

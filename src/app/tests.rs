@@ -206,7 +206,7 @@ mod dispatch {
         let out = flush(&mut app);
         assert_eq!(out.len(), 1);
         assert_eq!(out[&a], [server_text("back to me"), server_text("again")].concat());
-        assert_eq!(app.room.member_count(), 0);
+        assert!(app.rooms.is_empty());
     }
 
     #[test]

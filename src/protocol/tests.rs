@@ -59,13 +59,13 @@ fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
             let (used, event) = conn.handle_input(&mut buf[pos..], now, &limits);
             pos += used;
             let event = event.map(|e| match e {
-                Event::UpgradeRequest => Ev::Upgrade,
-                Event::HttpGet { path } => Ev::Get(path),
+                Event::UpgradeRequest(_) => Ev::Upgrade,
+                Event::HttpRequest(request) => Ev::Get(request.target),
                 Event::Message { opcode, payload, .. } => Ev::Msg(opcode, payload.to_vec()),
             });
             match event {
                 Some(Ev::Upgrade) => {
-                    conn.accept(now, &limits);
+                    conn.accept(None, now, &limits);
                     events.push(Ev::Upgrade);
                 }
                 Some(e) => events.push(e),
@@ -462,8 +462,8 @@ mod limits {
         let limits = Limits { max_backpressure: 10, ..limits() };
         let mut conn = Conn::new(now, &limits);
         let mut request = UPGRADE.to_vec();
-        assert_eq!(conn.handle_input(&mut request, now, &limits).1, Some(Event::UpgradeRequest));
-        conn.accept(now, &limits);
+        assert!(matches!(conn.handle_input(&mut request, now, &limits).1, Some(Event::UpgradeRequest(_))));
+        conn.accept(None, now, &limits);
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 8]), now, &limits), Ok(()), "the 101 does not count");
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 8]), now, &limits), Err(OverLimit));
         let bytes = output(&mut conn);
@@ -568,7 +568,7 @@ mod heartbeat {
         let mut conn = Conn::new(now, &limits);
         let mut buf = UPGRADE.to_vec();
         conn.handle_input(&mut buf, now, &limits);
-        conn.accept(now, &limits);
+        conn.accept(None, now, &limits);
         assert_eq!(conn.poll_timeout(), None);
     }
 }

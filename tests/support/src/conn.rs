@@ -20,8 +20,8 @@ pub fn open_conn(now: Instant, limits: &Limits) -> Conn {
     let mut conn = Conn::new(now, limits);
     let mut request = UPGRADE.to_vec();
     let (_, event) = conn.handle_input(&mut request, now, limits);
-    assert_eq!(event, Some(Event::UpgradeRequest));
-    conn.accept(now, limits);
+    assert!(matches!(event, Some(Event::UpgradeRequest(_))));
+    conn.accept(None, now, limits);
     assert!(conn.is_open());
     drain(&mut conn);
     conn

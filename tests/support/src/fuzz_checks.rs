@@ -102,9 +102,14 @@ fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, 
             assert!(accept[..27].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'), "{accept:?}");
             assert_eq!(accept[27], b'=');
             let mut answer = [0u8; 256];
-            assert_eq!(handshake::write_switching_protocols(accept, &mut answer), handshake::SWITCHING_PROTOCOLS_LEN);
+            assert_eq!(
+                handshake::write_switching_protocols(accept, None, &mut answer),
+                handshake::SWITCHING_PROTOCOLS_LEN
+            );
+            let with_protocol = handshake::write_switching_protocols(accept, Some("mioket.v1"), &mut answer);
+            assert!(with_protocol <= handshake::MAX_SWITCHING_PROTOCOLS_LEN);
         }
-        Ok(Request::Get { path }) => assert!(!path.is_empty()),
+        Ok(Request::Http(http)) => assert!(!http.target.is_empty()),
         Err(err) => {
             assert!(HANDSHAKE_STATUSES.contains(&err.status()), "{err:?}");
             check_http_response(&handshake::error_response(*err), &HANDSHAKE_STATUSES);
@@ -436,8 +441,8 @@ impl<'a> Script<'a> {
             let mut write_through = false;
             match event {
                 None => assert!(used > 0, "read made no progress on {left} bytes"),
-                Some(Event::UpgradeRequest) => upgrade = true,
-                Some(Event::HttpGet { .. }) => {
+                Some(Event::UpgradeRequest(_)) => upgrade = true,
+                Some(Event::HttpRequest(_)) => {
                     self.conn.respond(Chunk::Static(NOT_FOUND), self.now);
                     self.answered_http = true;
                 }
@@ -465,7 +470,7 @@ impl<'a> Script<'a> {
                 if self.refuse_upgrade {
                     self.conn.refuse(HandshakeError::ServerFull, self.now);
                 } else {
-                    self.conn.accept(self.now, &self.limits);
+                    self.conn.accept(None, self.now, &self.limits);
                     self.accepted = true;
                 }
             }
