@@ -365,3 +365,5 @@ mod memory_back {
         assert_eq!(app.poll_trim(now), None);
     }
 }
+
+mod rooms;
