@@ -15,28 +15,40 @@ function socketUrl() {
 
 // Keeps one WebSocket open. After a drop it waits min(cap, base * 2^failures),
 // scaled by a random 50-100% so that many pages do not come back in lockstep.
-function keepConnected(url, on) {
+// `url` is a string, or a function called before every attempt (a page that resumes
+// puts what it has seen in the URL). `options.protocols` is offered in the handshake;
+// on.open(protocol) gets the one the server chose ('' for none).
+// The returned object sends, reconnects at once (reconnect: after a change of URL), and,
+// for tests, drop() closes the socket as a lost connection would (the usual backoff
+// follows) and hold(true) keeps the next attempt waiting until hold(false).
+function keepConnected(url, on, options = {}) {
   const BASE_MS = 500, CAP_MS = 15000;
-  let ws = null, failures = 0;
+  let ws = null, failures = 0, timer = 0, held = false, due = false;
   function connect() {
-    on.state('connecting', failures ? `reconnecting to ${url} (attempt ${failures})…` : `connecting to ${url}…`);
+    timer = 0;
+    if (held) { due = true; return; }
+    let target = typeof url === 'function' ? url() : url;
+    on.state('connecting', failures ? `reconnecting to ${target} (attempt ${failures})…` : `connecting to ${target}…`);
     try {
-      ws = new WebSocket(url);
+      ws = new WebSocket(target, options.protocols || []);
     } catch (e) {
-      on.state('closed', `cannot connect to ${url}: ${e.message}`);
+      ws = null;
+      on.state('closed', `cannot connect to ${target}: ${e.message}`);
       return;
     }
-    url = ws.url; // as the browser resolved it: ?ws= may be relative
+    target = ws.url; // as the browser resolved it: ?ws= may be relative
+    if (typeof url !== 'function') url = target;
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => { failures = 0; on.state('open', `open — ${url}`); on.open(); };
+    ws.onopen = () => { failures = 0; on.state('open', `open — ${target}`); on.open(ws.protocol); };
     ws.onmessage = (e) => on.message(e.data);
     ws.onclose = (e) => {
+      ws = null;
       const delay = Math.min(CAP_MS, BASE_MS * 2 ** failures) * (0.5 + Math.random() / 2);
       failures++;
       const why = e.reason ? `${e.code}, ${e.reason}` : `${e.code}`;
       on.state('closed', `closed (${why}) — reconnecting in ${(delay / 1000).toFixed(1)} s`);
       on.close(e);
-      setTimeout(connect, delay);
+      timer = setTimeout(connect, delay);
     };
   }
   connect();
@@ -45,6 +57,23 @@ function keepConnected(url, on) {
       if (!ws || ws.readyState !== WebSocket.OPEN) return false;
       ws.send(data);
       return true;
+    },
+    reconnect() {
+      if (ws) {
+        ws.onopen = ws.onmessage = ws.onclose = null;
+        ws.close(1000);
+        ws = null;
+      }
+      clearTimeout(timer);
+      failures = 0;
+      connect();
+    },
+    drop() {
+      if (ws) ws.close();
+    },
+    hold(on) {
+      held = on;
+      if (!held && due) { due = false; connect(); }
     },
   };
 }

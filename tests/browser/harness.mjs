@@ -176,11 +176,16 @@ export function waitForRow(page, kind, text) {
   );
 }
 
-/** Opens the chat page and waits until it is connected and its replay window has closed. */
+/** Opens the chat page and waits until it is connected and has shown the replay its welcome announced. */
 export async function openChat(page, url) {
   await page.goto(url, { timeout: WAIT_MS });
   await waitForState(page, 'open');
-  await waitFor(page, 'the end of the replay window', () => document.getElementById('log').dataset.replay === 'off');
+  await waitFor(page, 'the end of the replay', () => document.getElementById('log').dataset.replay === 'off');
+}
+
+/** Waits until the page's #online count says n. */
+export function waitForOnline(page, n) {
+  return waitFor(page, `${n} online`, (n) => document.getElementById('online').dataset.online === String(n), n);
 }
 
 /** A Node client (the `ws` package): an implementation independent of the browser's. */

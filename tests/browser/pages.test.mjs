@@ -19,6 +19,7 @@ import {
   stateOf,
   waitFor,
   waitForRow,
+  waitForOnline,
   waitForState,
 } from './harness.mjs';
 
@@ -130,6 +131,8 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
     const first = await server([]);
     const p = await page();
     await openChat(p, first.http + '/');
+    await say(p, 'before the restart');
+    await waitForRow(p, 'you', 'before the restart');
 
     await first.stop();
     await waitForState(p, 'closed', /^closed \(\d{4}(, .+)?\) — reconnecting in \d+\.\d s$/);
@@ -139,14 +142,30 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
 
     const second = await server([], { port: first.port });
     assert.equal(second.port, first.port);
-    await waitForState(p, 'open', new RegExp(`^open — ${second.ws}$`));
+    // It asks to resume after seq 1 of the first server's epoch; the new server's room has
+    // another epoch, so it answers "recovered":false and numbers from 1 again.
+    await waitForState(p, 'open', new RegExp(`^open — ${second.ws}\\?since=1&epoch=[0-9a-f]{16}$`));
     await waitFor(p, 'a second welcome', () => document.querySelectorAll('#rows tr[data-kind="welcome"]').length === 2);
-    await waitFor(p, 'the end of the replay window', () => document.getElementById('log').dataset.replay === 'off');
+    await waitFor(p, 'the end of the replay', () => document.getElementById('log').dataset.replay === 'off');
 
+    // seq 1 again, of the new epoch: shown, not taken for the message seen before.
     await say(p, 'back again');
     await waitForRow(p, 'you', 'back again');
-    const kinds = (await rowsOf(p)).map((r) => r.kind);
-    assert.deepEqual(kinds, ['info', 'welcome', 'info', 'info', 'welcome', 'you']);
+    const rows = (await rowsOf(p)).map((r) => [r.kind, r.text.replace(/^disconnected \(\d{4}\)$/, 'disconnected')]);
+    assert.deepEqual(
+      rows,
+      [
+        ['info', 'connected'],
+        ['welcome', WELCOME],
+        ['you', 'before the restart'],
+        ['info', 'disconnected'],
+        ['info', 'connected'],
+        ['welcome', WELCOME],
+        ['gap', 'you may have missed messages: the room was started anew'],
+        ['you', 'back again'],
+      ],
+    );
+    assert.equal((await p.evaluate(() => window.mioketDebug.seen())).last, 1);
     assertNothingRan(p);
   });
 
@@ -208,40 +227,78 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
 
   test('the ?ws= parameter picks the server, served or opened from disk', { timeout: TEST_MS }, async () => {
     const chat = await server([]);
-    const echo = await server(['--mode', 'echo']);
+    const other = await server(['--welcome', 'the other server']);
 
     const served = await page();
-    await served.goto(`${chat.http}/?ws=${encodeURIComponent(echo.ws)}`);
-    await waitForState(served, 'open', new RegExp(`^open — ${echo.ws}$`));
-    await say(served, 'to the echo server');
-    await waitForRow(served, 'you', 'to the echo server');
-    assert.ok(!(await rowsOf(served)).some((r) => r.kind === 'welcome'), 'an echo server sends no welcome');
+    await served.goto(`${chat.http}/?ws=${encodeURIComponent(other.ws)}`);
+    await waitForState(served, 'open', new RegExp(`^open — ${other.ws}$`));
+    await waitForRow(served, 'welcome', 'the other server');
+    await say(served, 'to the other server');
+    await waitForRow(served, 'you', 'to the other server');
 
     const fromDisk = await page();
     const file = pathToFileURL(clientFile('index.html')).href;
     await openChat(fromDisk, `${file}?ws=${encodeURIComponent(chat.ws)}`);
     await waitForRow(fromDisk, 'welcome', WELCOME);
+    await say(fromDisk, 'from disk');
+    await waitForRow(fromDisk, 'you', 'from disk');
 
+    // A relative ?ws= is resolved against the page; its path names the room unless ?room= does.
     const relative = await page();
     await relative.goto(`${chat.http}/?ws=/room`);
     await waitForState(relative, 'open', new RegExp(`^open — ${chat.ws}room$`));
+    assert.equal(await relative.inputValue('#room'), 'room');
+    const both = await page();
+    await both.goto(`${chat.http}/?ws=/room&room=${encodeURIComponent('a/b')}`);
+    await waitForState(both, 'open', new RegExp(`^open — ${chat.ws}a%2Fb$`));
 
     const nonsense = await page();
     await nonsense.goto(`${chat.http}/?ws=ftp://127.0.0.1/`);
     await waitForState(nonsense, 'closed', /^cannot connect to ftp:\/\/127\.0\.0\.1\/: /);
-    for (const p of [served, fromDisk, relative, nonsense]) assertNothingRan(p);
+    for (const p of [served, fromDisk, relative, both, nonsense]) assertNothingRan(p);
   });
 
   test('opened from disk without ?ws= it connects to ws://localhost:8765/', { timeout: TEST_MS }, async () => {
-    // No real server: Playwright stands in for ws://localhost:8765/ inside the page.
+    // No real server: Playwright stands in for ws://localhost:8765/ inside the page, with
+    // a scripted mioket.v1 server that also sends an error, a presence and unknown things.
     const p = await page();
+    let offered;
     await p.routeWebSocket('ws://localhost:8765/', (ws) => {
-      ws.send('Welcome! (a stand-in for the default server)');
-      ws.onMessage((m) => ws.send(m));
+      offered = ws.protocols();
+      const send = (o) => ws.send(JSON.stringify(o));
+      send({ type: 'welcome', room: '', epoch: '00112233445566ff', seq: 1, online: 1, text: 'Welcome! (a stand-in)', later: 1 });
+      send({ type: 'message', room: '', seq: 1, data: 'from the history' });
+      send({ type: 'something-new', room: '' });
+      send({ type: 'presence', room: '', online: 5 });
+      let seq = 1;
+      ws.onMessage((m) => {
+        const op = JSON.parse(m);
+        if (op.data === 'refuse me') return send({ type: 'error', id: op.id, reason: 'room not joined' });
+        send({ type: 'ack', id: op.id, room: '', seq: ++seq });
+        send({ type: 'message', room: '', seq, data: op.data });
+        send({ type: 'message', room: '', seq: ++seq, b64: 'AAEC' });
+      });
     });
     await openChat(p, pathToFileURL(clientFile('index.html')).href);
     assert.equal((await stateOf(p)).text, 'open — ws://localhost:8765/');
-    await waitForRow(p, 'welcome', 'Welcome! (a stand-in for the default server)');
+    assert.deepEqual(offered, ['mioket.v1']);
+    await waitForOnline(p, 5);
+    await say(p, 'mine');
+    await waitForRow(p, 'live', 'binary, 3 bytes: 00 01 02');
+    await say(p, 'refuse me');
+    await waitForRow(p, 'info', 'the server refused: room not joined');
+    assert.deepEqual(
+      (await rowsOf(p)).map((r) => [r.kind, r.text]),
+      [
+        ['info', 'connected'],
+        ['welcome', 'Welcome! (a stand-in)'],
+        ['history', 'from the history'],
+        ['you', 'mine'],
+        ['live', 'binary, 3 bytes: 00 01 02'],
+        ['info', 'the server refused: room not joined'],
+      ],
+    );
+    assertNothingRan(p);
   });
 
   test('a screenshot of the chat page is written', { timeout: TEST_MS }, async () => {
@@ -258,6 +315,164 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
     await p.screenshot({ path: file, timeout: 20_000 });
     assert.ok(statSync(file).size > 1000, `${file} is not empty`);
     assert.deepEqual([...readFileSync(file).subarray(0, 4)], [0x89, 0x50, 0x4e, 0x47], 'a PNG');
+  });
+});
+
+/** The rows as [kind, text] pairs, without the connected/disconnected lines. */
+async function messagesOf(p) {
+  return (await rowsOf(p)).filter((r) => r.kind !== 'info').map((r) => [r.kind, r.text]);
+}
+
+/** Drops the page's socket and keeps it from reconnecting until the returned function runs. */
+async function dropAndHold(p) {
+  await p.evaluate(() => {
+    window.mioketDebug.hold(true);
+    window.mioketDebug.drop();
+  });
+  await waitForState(p, 'closed', /^closed \(\d{4}(, .+)?\) — reconnecting in \d+\.\d s$/);
+  return () => p.evaluate(() => window.mioketDebug.hold(false));
+}
+
+describe('rooms and resuming (mioket.v1)', { timeout: TEST_MS * 5 }, () => {
+  test('pages in one room chat and count each other; another room hears nothing', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    const c = await page();
+    await openChat(a, `${s.http}/?room=lobby`);
+    await openChat(b, `${s.http}/?room=lobby`);
+    await openChat(c, `${s.http}/?room=other`);
+    assert.match((await stateOf(a)).text, new RegExp(`^open — ${s.ws}lobby$`));
+    assert.equal(await a.inputValue('#room'), 'lobby');
+    await waitForOnline(a, 2);
+    await waitForOnline(b, 2);
+    await waitForOnline(c, 1);
+    assert.equal(await a.textContent('#online'), '2 online');
+
+    await say(a, 'hello lobby');
+    await waitForRow(b, 'live', 'hello lobby');
+    await waitForRow(a, 'you', 'hello lobby');
+    // The other room's own message comes after A's in the server's one loop: once C has
+    // it back, A's message would have reached C before it, had it been sent there.
+    await say(c, 'hello other');
+    await waitForRow(c, 'you', 'hello other');
+    assert.deepEqual(await messagesOf(c), [['welcome', WELCOME], ['you', 'hello other']]);
+    assert.deepEqual(await messagesOf(a), [['welcome', WELCOME], ['you', 'hello lobby']]);
+    assert.deepEqual(await messagesOf(b), [['welcome', WELCOME], ['live', 'hello lobby']]);
+
+    // A plain client in the room a/b (percent-encoded path) reaches a page of that room.
+    const d = await page();
+    await openChat(d, `${s.http}/?room=${encodeURIComponent('a/b')}`);
+    assert.match((await stateOf(d)).text, new RegExp(`^open — ${s.ws}a%2Fb$`));
+    const plain = await client(`${s.ws}a%2Fb`);
+    await plain.send('from a plain client');
+    await plain.send(Buffer.from([7, 8]));
+    await waitForRow(d, 'live', 'from a plain client');
+    await waitForRow(d, 'live', 'binary, 2 bytes: 07 08');
+
+    // C switches to the lobby with the room box: its URL says so, it gets the lobby's
+    // history, and the lobby counts three.
+    await c.fill('#room', 'lobby');
+    await c.press('#room', 'Enter');
+    await waitForState(c, 'open', new RegExp(`^open — ${s.ws}lobby$`));
+    await waitFor(c, 'the end of the replay', () => document.getElementById('log').dataset.replay === 'off');
+    assert.equal(new URL(c.url()).searchParams.get('room'), 'lobby');
+    assert.deepEqual(await messagesOf(c), [['welcome', WELCOME], ['history', 'hello lobby']]);
+    await waitForOnline(a, 3);
+    await waitForOnline(c, 3);
+    await say(b, 'three of us');
+    await waitForRow(c, 'live', 'three of us');
+    await waitForRow(a, 'live', 'three of us');
+
+    // A name the server would refuse is not joined.
+    await c.fill('#room', 'bell\u0007');
+    await c.press('#room', 'Enter');
+    await waitForRow(c, 'info', 'cannot join that room: a control character');
+    assert.equal(new URL(c.url()).searchParams.get('room'), 'lobby');
+    for (const p of [a, b, c, d]) assertNothingRan(p);
+  });
+
+  test('a page that lost its connection resumes: each missed message once, in order', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    await openChat(a, `${s.http}/?room=lobby`);
+    await openChat(b, `${s.http}/?room=lobby`);
+    await say(b, 'before 1');
+    await say(b, 'before 2');
+    await waitForRow(a, 'live', 'before 2');
+
+    const release = await dropAndHold(a);
+    for (let i = 1; i <= 5; i++) await say(b, `away ${i}`);
+    await waitForRow(b, 'you', 'away 5'); // the server has all five
+    await release();
+
+    // It reconnects with what it has seen (seq 2 of the room's epoch) and gets the rest.
+    await waitForState(a, 'open', new RegExp(`^open — ${s.ws}lobby\\?since=2&epoch=[0-9a-f]{16}$`));
+    await waitFor(a, 'the end of the replay', () => document.getElementById('log').dataset.replay === 'off');
+    await say(b, 'after');
+    await waitForRow(a, 'live', 'after');
+    assert.deepEqual(await messagesOf(a), [
+      ['welcome', WELCOME],
+      ['live', 'before 1'],
+      ['live', 'before 2'],
+      ['welcome', WELCOME],
+      ['history', 'away 1'],
+      ['history', 'away 2'],
+      ['history', 'away 3'],
+      ['history', 'away 4'],
+      ['history', 'away 5'],
+      ['live', 'after'],
+    ]);
+    assert.deepEqual(
+      (await rowsOf(a)).filter((r) => r.kind === 'info').map((r) => r.text),
+      ['connected', 'disconnected (1005)', 'connected'],
+    );
+    const seen = await a.evaluate(() => window.mioketDebug.seen());
+    assert.equal(seen.last, 8);
+    assert.match(seen.epoch, /^[0-9a-f]{16}$/);
+
+    // And what it sends after the resume is still its own.
+    await say(a, 'A is back');
+    await waitForRow(a, 'you', 'A is back');
+    await waitForRow(b, 'live', 'A is back');
+    for (const p of [a, b]) assertNothingRan(p);
+  });
+
+  test('when the history no longer holds what it missed, the page says so', { timeout: TEST_MS }, async () => {
+    const s = await server(['--history', '2']);
+    const a = await page();
+    const b = await page();
+    await openChat(a, `${s.http}/?room=lobby`);
+    await openChat(b, `${s.http}/?room=lobby`);
+    await say(b, 'before');
+    await waitForRow(a, 'live', 'before');
+
+    const release = await dropAndHold(a);
+    for (let i = 1; i <= 5; i++) await say(b, `away ${i}`);
+    await waitForRow(b, 'you', 'away 5');
+    await release();
+
+    await waitForState(a, 'open', new RegExp(`^open — ${s.ws}lobby\\?since=1&epoch=[0-9a-f]{16}$`));
+    await waitForRow(a, 'gap', 'you missed some messages while you were away');
+    await waitFor(a, 'the end of the replay', () => document.getElementById('log').dataset.replay === 'off');
+    await say(b, 'after');
+    await waitForRow(a, 'live', 'after');
+    assert.deepEqual(await messagesOf(a), [
+      ['welcome', WELCOME],
+      ['live', 'before'],
+      ['welcome', WELCOME],
+      ['gap', 'you missed some messages while you were away'],
+      ['history', 'away 4'],
+      ['history', 'away 5'],
+      ['live', 'after'],
+    ]);
+    const gap = await a.$eval('#rows tr[data-kind="gap"]', (tr) => ({
+      badge: tr.cells[1].textContent,
+      visible: tr.getBoundingClientRect().height > 0 && getComputedStyle(tr).visibility === 'visible',
+    }));
+    assert.deepEqual(gap, { badge: 'missed', visible: true });
+    for (const p of [a, b]) assertNothingRan(p);
   });
 });
 
