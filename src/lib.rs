@@ -5,7 +5,8 @@
 //! the clock, signals). See docs/architecture.md for the path of one message.
 //!
 //! - [`runtime`]: the mio event loop, the only I/O; `transport`: a client's byte
-//!   stream (plain TCP). Embedding: `runtime::Server::bind(config)?.run()`.
+//!   stream (plain TCP, or TLS through `tls`: rustls, certificates loaded and reloaded).
+//!   Embedding: `runtime::Server::bind(config)?.run()`.
 //! - [`app`]: policy without I/O: admission, rooms and their welcome and history,
 //!   echo or publish, write-through, HTTP routes (pages, /metrics, /healthz, the API
 //!   through `api`).
@@ -46,6 +47,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod rooms;
 pub mod runtime;
+pub(crate) mod tls;
 pub(crate) mod transport;
 pub mod utf8;
 pub mod v1;

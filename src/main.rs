@@ -22,12 +22,18 @@ fn main() -> ExitCode {
     raise_fd_limit(config.max_connections);
     let server = match Server::bind(config) {
         Ok(server) => server,
+        // Bad --tls-cert/--tls-key files: a usage error, like a bad flag.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            eprintln!("mioket: bad TLS certificate or key: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("mioket: cannot listen: {e}");
             return ExitCode::from(1);
         }
     };
-    println!("listening on ws://{}", server.local_addr());
+    let scheme = if server.is_tls() { "wss" } else { "ws" };
+    println!("listening on {scheme}://{}", server.local_addr());
     if let Some(addr) = server.metrics_addr() {
         log::info!("metrics on http://{addr}/metrics");
     }

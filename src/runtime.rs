@@ -7,17 +7,19 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::app::{App, Listener, Stop};
 use crate::config::{Config, Mode};
 use crate::memory;
+use crate::tls;
 use crate::transport::Transport;
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -36,14 +38,12 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this long while out of file descriptors.
 const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// What the loop keeps per client beside the application's state.
+/// What the loop keeps per client beside the application's state: the transport, which
+/// also holds the loop's deadline for the client (in `Server::millis`, 0: none; 8 bytes
+/// where an `Option<Instant>` takes 16) and whether reading is paused because its
+/// outgoing queue is long (resumed after a flush): 16 bytes in all.
 pub(crate) struct Io {
     transport: Transport,
-    /// The deadline this client has in the timer heap, in `Server::millis` (0: none):
-    /// 8 bytes where an `Option<Instant>` takes 16, on every connection.
-    timer_at: u64,
-    /// Reading stopped because its outgoing queue is long (resumed after a flush).
-    read_paused: bool,
 }
 
 /// The log names a client by its peer address.
@@ -73,11 +73,17 @@ pub struct Server {
     last_exhaustion_log: Option<Instant>,
     /// When the server started: timer deadlines are kept as milliseconds since.
     started: Instant,
+    /// With --tls-cert/--tls-key: what new connections on the main port get (SIGHUP
+    /// replaces it; connections keep the one they started with).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Server {
-    /// Binds the listening socket; `run` serves on it.
+    /// Binds the listening socket; `run` serves on it. With TLS, loads the certificate
+    /// and key first: an error of kind `InvalidData` means those files (its text says
+    /// which and why, on one line).
     pub fn bind(config: Config) -> io::Result<Server> {
+        let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         let mut listener = listen(resolve((config.host.as_str(), config.port))?)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
@@ -90,7 +96,9 @@ impl Server {
             }
             None => None,
         };
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        // SIGHUP reloads the certificate; without TLS it keeps its default (it ends us).
+        let mut signals =
+            if tls.is_some() { Signals::new([SIGINT, SIGTERM, SIGHUP])? } else { Signals::new([SIGINT, SIGTERM])? };
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         Ok(Server {
             poll,
@@ -106,7 +114,13 @@ impl Server {
             accept_paused_until: None,
             last_exhaustion_log: None,
             started: Instant::now(),
+            tls,
         })
+    }
+
+    /// Whether the main port speaks TLS (wss://, https://).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -197,7 +211,13 @@ impl Server {
         while self.accept_paused_until.is_none() {
             let Some(listener) = &self.listener else { return };
             match listener.accept() {
-                Ok((socket, _)) => self.add_client(Transport::Plain(socket), Listener::Main, now),
+                Ok((socket, _)) => match &self.tls {
+                    None => self.add_client(Transport::plain(socket), Listener::Main, now),
+                    Some(config) => match Transport::tls(socket, Arc::clone(config)) {
+                        Ok(transport) => self.add_client(transport, Listener::Main, now),
+                        Err(e) => warn!("cannot start TLS: {e}"),
+                    },
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if is_resource_exhaustion(&e) => {
@@ -220,7 +240,7 @@ impl Server {
         loop {
             let Some(listener) = &self.metrics_listener else { return };
             match listener.accept() {
-                Ok((socket, _)) => self.add_client(Transport::Plain(socket), Listener::Operator, now),
+                Ok((socket, _)) => self.add_client(Transport::plain(socket), Listener::Operator, now),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     if e.kind() != io::ErrorKind::WouldBlock {
@@ -233,7 +253,7 @@ impl Server {
     }
 
     fn add_client(&mut self, transport: Transport, listener: Listener, now: Instant) {
-        let io = Io { transport, timer_at: 0, read_paused: false };
+        let io = Io { transport };
         let id = match self.app.connect(io, listener, now) {
             Ok(id) => id,
             Err((mut io, answer)) => {
@@ -267,12 +287,15 @@ impl Server {
             // until it drains (and a closed one is not read at all).
             if !self.app.wants_input(id) {
                 if let Some(client) = self.app.client_mut(id) {
-                    client.io.read_paused = !client.conn.is_closed();
+                    client.io.transport.set_read_paused(!client.conn.is_closed());
                 }
                 break;
             }
             let Some(client) = self.app.client_mut(id) else { return };
-            match client.io.transport.read(&mut self.scratch) {
+            let result = client.io.transport.read(&mut self.scratch);
+            // TLS may stop short of what the socket holds (or hold plaintext back).
+            let read_again = client.io.transport.read_again();
+            match result {
                 Ok(0) => {
                     self.app.handle_eof(id);
                     break;
@@ -285,7 +308,7 @@ impl Server {
                         break;
                     }
                     // A short read drained the socket: the next arrival is a new edge.
-                    if n < self.scratch.len() && !peer_closed {
+                    if n < self.scratch.len() && !peer_closed && !read_again {
                         break;
                     }
                 }
@@ -336,6 +359,8 @@ impl Server {
     fn flush(&mut self, id: usize) {
         let Some(client) = self.app.start_flush(id) else { return };
         let memory_before = client.conn.queue_memory();
+        // TLS records the socket did not take go first (a no-op for plain TCP).
+        client.io.transport.flush_pending();
         let mut total = 0;
         while client.conn.has_output() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -358,21 +383,21 @@ impl Server {
                 }
             }
         }
-        if client.conn.poll_write_shutdown() {
-            client.io.transport.shutdown_write();
+        // With TLS, only once its records are all sent (else the next writable event).
+        if client.conn.poll_write_shutdown() && client.io.transport.shutdown_write() {
             client.conn.handle_write_shutdown();
         }
-        let was_paused = client.io.read_paused;
+        let was_paused = client.io.transport.read_paused();
         self.app.finish_flush(id, memory_before, total);
         if was_paused && self.app.wants_input(id) {
             if let Some(client) = self.app.client_mut(id) {
-                client.io.read_paused = false;
+                client.io.transport.set_read_paused(false);
             }
             self.backlog.push(id);
         }
     }
 
-    /// A deadline as the 1-based milliseconds since start that `Io::timer_at` keeps.
+    /// A deadline as the 1-based milliseconds since start that `Transport::timer_at` keeps.
     fn millis(&self, t: Instant) -> u64 {
         t.saturating_duration_since(self.started).as_millis() as u64 + 1
     }
@@ -383,8 +408,9 @@ impl Server {
         let Some(deadline) = self.app.poll_timeout(id) else { return };
         let at = self.millis(deadline);
         let Some(client) = self.app.client_mut(id) else { return };
-        if client.io.timer_at == 0 || at < client.io.timer_at {
-            client.io.timer_at = at;
+        let timer_at = client.io.transport.timer_at();
+        if timer_at == 0 || at < timer_at {
+            client.io.transport.set_timer_at(at);
             self.timers.push(Reverse((deadline, id)));
         }
     }
@@ -397,17 +423,21 @@ impl Server {
             self.timers.pop();
             let millis = self.millis(at);
             let Some(client) = self.app.client_mut(id) else { continue };
-            if client.io.timer_at != millis {
+            if client.io.transport.timer_at() != millis {
                 continue;
             }
-            client.io.timer_at = 0;
+            client.io.transport.set_timer_at(0);
             self.app.handle_timeout(id, now);
             self.reschedule(id);
         }
     }
 
     fn on_signals(&mut self, now: Instant) {
-        let signals: Vec<i32> = self.signals.pending().collect();
+        let mut signals: Vec<i32> = self.signals.pending().collect();
+        if signals.contains(&SIGHUP) {
+            self.reload_tls();
+            signals.retain(|&s| s != SIGHUP);
+        }
         let Some(&signal) = signals.first() else { return };
         let clients = self.app.client_count();
         let stop = self.app.handle_stop_signal(now);
@@ -424,6 +454,29 @@ impl Server {
                 self.reschedule(id);
             }
         }
+    }
+}
+
+impl Server {
+    /// SIGHUP: loads the certificate and key again (a renewal). New connections get
+    /// the new pair, open ones keep theirs; a failure keeps the old pair.
+    fn reload_tls(&mut self) {
+        match load_tls(self.app.config()) {
+            Ok(Some(config)) => {
+                self.tls = Some(config);
+                info!("SIGHUP: TLS certificate and key reloaded");
+            }
+            Ok(None) => {}
+            Err(e) => warn!("SIGHUP: TLS reload failed, keeping the old certificate: {e}"),
+        }
+    }
+}
+
+fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => tls::load(cert, key).map(Some),
+        (None, None) => Ok(None),
+        _ => Err("--tls-cert and --tls-key go together".into()),
     }
 }
 
@@ -457,7 +510,7 @@ mod tests {
     use super::*;
 
     /// Every connection holds one: most of the 320 B budget of RSS per idle connection
-    /// in a room (the Conn 176 B, the runtime's Io, the room Session 32 B).
+    /// in a room (the Conn 176 B, the runtime's Io 32 B, the room Session 32 B).
     #[test]
     fn a_client_stays_within_its_share_of_the_idle_budget() {
         assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 248);
