@@ -159,19 +159,28 @@ impl Resume<'_> {
 #[derive(Deserialize)]
 struct RawOp<'a> {
     #[serde(borrow)]
-    op: Cow<'a, str>,
+    op: JsonStr<'a>,
     #[serde(borrow, default)]
-    room: Option<Cow<'a, str>>,
+    room: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
+    data: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    b64: Option<Cow<'a, str>>,
+    b64: Option<JsonStr<'a>>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<JsonStr<'a>>,
     #[serde(default)]
     since: Option<Seq>,
     #[serde(borrow, default)]
-    epoch: Option<Cow<'a, str>>,
+    epoch: Option<JsonStr<'a>>,
+}
+
+/// A JSON string, borrowed from the frame unless it has escapes. (serde borrows a
+/// `Cow<str>` field only when it is not inside an `Option`: hence this newtype.)
+#[derive(Deserialize)]
+struct JsonStr<'a>(#[serde(borrow)] Cow<'a, str>);
+
+fn cow(s: Option<JsonStr<'_>>) -> Option<Cow<'_, str>> {
+    s.map(|s| s.0)
 }
 
 /// Parses one text frame from a v1 client. An error carries the op's `id` when it
@@ -182,14 +191,15 @@ pub fn parse_op(text: &str) -> Result<Op<'_>, (OpError, Option<String>)> {
         Ok(raw) => raw,
         Err(err) => return Err(classify(text, err)),
     };
-    let id = match raw.id {
+    let id = match cow(raw.id) {
         Some(id) if id.len() > MAX_ID => return Err((OpError::InvalidId, None)),
         id => id,
     };
     let fail = |err: OpError| Err((err, id.as_deref().map(str::to_string)));
-    match &*raw.op {
+    let room = cow(raw.room);
+    match &*raw.op.0 {
         "publish" => {
-            let payload = match (raw.data, raw.b64) {
+            let payload = match (cow(raw.data), cow(raw.b64)) {
                 (Some(text), None) => OwnedPayload::Text(text),
                 (None, Some(b64)) => match BASE64_LENIENT.decode(b64.as_bytes()) {
                     Ok(bytes) => OwnedPayload::Binary(bytes),
@@ -197,13 +207,13 @@ pub fn parse_op(text: &str) -> Result<Op<'_>, (OpError, Option<String>)> {
                 },
                 _ => return fail(OpError::InvalidField),
             };
-            Ok(Op::Publish { room: raw.room, payload, id })
+            Ok(Op::Publish { room, payload, id })
         }
-        "join" => match raw.room {
-            Some(room) => Ok(Op::Join { room, resume: Resume::of(raw.since, raw.epoch), id }),
+        "join" => match room {
+            Some(room) => Ok(Op::Join { room, resume: Resume::of(raw.since, cow(raw.epoch)), id }),
             None => fail(OpError::InvalidField),
         },
-        "leave" => Ok(Op::Leave { room: raw.room, id }),
+        "leave" => Ok(Op::Leave { room, id }),
         _ => fail(OpError::UnknownOp),
     }
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use mioket::app::App;
 use mioket::config::{Config, Mode};
 use mioket::frame::Opcode;
-use test_support::conn::{flush_app, masked_frame, open_app, NoSocket};
+use test_support::conn::{flush_app, masked_frame, open_app, open_app_with, upgrade_request, NoSocket};
 
 struct Counting;
 
@@ -94,6 +94,51 @@ fn one_broadcast_to_10_connections_costs_exactly_one_allocation() {
 #[test]
 fn one_broadcast_to_1000_connections_costs_exactly_one_allocation() {
     one_broadcast_costs_one_allocation(1000);
+}
+
+/// A room of `plain` plain members and `v1` mioket.v1 members (the sender is the
+/// first); one message from the sender costs `expected` allocations, whatever the
+/// room's size: one per encoding its members need, and the publisher's ack.
+fn one_publish_in_a_room(plain: usize, v1: usize, sender_v1: bool, frame: &[u8], expected: u64) {
+    let now = Instant::now();
+    let config = Config { welcome: None, ..Config::default() };
+    let (other_plain, other_v1) = if sender_v1 { (plain, v1 - 1) } else { (plain - 1, v1) };
+    let mut requests = vec![upgrade_request("/room", sender_v1)];
+    requests.extend((0..other_plain).map(|_| upgrade_request("/room", false)));
+    requests.extend((0..other_v1).map(|_| upgrade_request("/room", true)));
+    let (mut app, ids) = open_app_with(config, &requests, now);
+    let mut input = Vec::with_capacity(1024);
+    let mut dirty = Vec::new();
+    for _ in 0..200 {
+        send_from(&mut app, ids[0], frame, &mut input, now);
+        flush_app(&mut app, &mut dirty);
+    }
+    for _ in 0..5 {
+        let deliveries = app.metrics.fanout_deliveries;
+        let (count, ()) = allocations(|| send_from(&mut app, ids[0], frame, &mut input, now));
+        assert_eq!(app.metrics.fanout_deliveries - deliveries, (plain + v1) as u64);
+        assert_eq!(count, expected, "one publish to {plain} plain and {v1} v1 members made {count} allocations");
+        let (count, _) = allocations(|| flush_app(&mut app, &mut dirty));
+        assert_eq!(count, 0, "flushing made {count} allocations");
+    }
+}
+
+#[test]
+fn a_publish_costs_one_allocation_per_encoding_its_room_needs_whatever_its_size() {
+    let plain_text = masked_frame(Opcode::Text, b"a message of some length", [1, 2, 3, 4]);
+    let op = masked_frame(Opcode::Text, br#"{"op":"publish","data":"a message of some length"}"#, [5, 6, 7, 8]);
+    let op_with_id = masked_frame(Opcode::Text, br#"{"op":"publish","data":"a message","id":"m-1"}"#, [5, 6, 7, 8]);
+    for n in [10, 1000] {
+        // Plain only: the plain frame (members and history share it).
+        one_publish_in_a_room(n, 0, false, &plain_text, 1);
+        // v1 only: the envelope (members and history share it).
+        one_publish_in_a_room(0, n, true, &op, 1);
+        // Both: a plain frame and an envelope.
+        one_publish_in_a_room(n / 2, n / 2, false, &plain_text, 2);
+        one_publish_in_a_room(n / 2, n / 2, true, &op, 2);
+        // An ack is the publisher's own: one more, whatever the room's size.
+        one_publish_in_a_room(0, n, true, &op_with_id, 2);
+    }
 }
 
 #[test]

@@ -57,11 +57,30 @@ impl std::fmt::Display for NoSocket {
 /// An `App` with `clients` upgraded WebSockets, their greetings flushed; returns
 /// their ids too.
 pub fn open_app(config: Config, clients: usize, now: Instant) -> (App<NoSocket>, Vec<usize>) {
+    let requests = vec![UPGRADE.to_vec(); clients];
+    open_app_with(config, &requests, now)
+}
+
+/// An upgrade request for `path`, offering `mioket.v1` or not.
+pub fn upgrade_request(path: &str, v1: bool) -> Vec<u8> {
+    let protocol = if v1 { "Sec-WebSocket-Protocol: mioket.v1\r\n" } else { "" };
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+    )
+    .into_bytes()
+}
+
+/// An `App` with a client upgraded by each request, their greetings flushed; returns
+/// their ids too.
+pub fn open_app_with(config: Config, requests: &[Vec<u8>], now: Instant) -> (App<NoSocket>, Vec<usize>) {
     let mut app = App::new(config);
-    let ids = (0..clients)
-        .map(|i| {
+    let ids = requests
+        .iter()
+        .enumerate()
+        .map(|(i, request)| {
             let Ok(id) = app.connect(NoSocket(i), Listener::Main, now) else { panic!("client {i} refused") };
-            let mut request = UPGRADE.to_vec();
+            let mut request = request.clone();
             app.handle_input(id, &mut request, now, |_, _| 0);
             id
         })
