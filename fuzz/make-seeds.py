@@ -80,3 +80,21 @@ conn("refused-503", FEED_ALL + DRAIN_ALL, timers=TIMERS | 0x80)
 conn("heartbeat-answered", FEED_ALL + DRAIN_ALL + bytes([4, 21]) + raw(frame(0x8A, b"\0\0\0\1")) + FEED_ALL + bytes([4, 30]) + DRAIN_ALL)
 conn("head-over-8-kib-gets-431", raw(b"GET / HTTP/1.1\r\n") + bytes([9]) * 9 + FEED_ALL + DRAIN_ALL, first=NOTHING)
 conn("no-request-handshake-timeout", raw(b"GET / HTTP/1.1\r\n") + FEED_ALL + bytes([4, 255]), first=NOTHING)
+
+# rooms: a script of clients, ops and time on one App (layout in tests/support/src/fuzz_rooms.rs).
+def rooms(name, setup, steps):
+    write("rooms", name, bytes([setup]) + steps)
+
+
+def step(kind, a=0, n=0, data=b""):
+    return bytes([kind | a << 3, n]) + data
+
+
+CONNECT, OP, BINARY, RAW, END, TIME, HTTP, API = range(8)
+V1_A, PLAIN_A, V1_B, PLAIN_ROOT = 1, 0, 3, 4
+rooms("v1-and-plain-publish", 0b0101101, step(CONNECT, V1_A) + step(CONNECT, PLAIN_A) + step(OP, 0, 0) + step(OP, 0, 1, b"plain says hi")[:2] + step(OP, 12, 1, b"plain says hi")[2:] + step(BINARY, 0, 2, b"\x00\x01") + step(TIME, 0, 15))
+rooms("join-leave-errors", 0b0011010, step(CONNECT, V1_A) + b"".join(step(OP, k, 0) for k in range(10)) + step(TIME, 0, 12) + step(OP, 0, 0))
+rooms("resume-after-reconnect", 0b0000011, step(CONNECT, V1_A) + step(OP, 0, 0) * 3 + step(END, 0, 0) + step(CONNECT, V1_A, 8 + 2) + step(OP, 0, 0) + step(CONNECT, V1_A, 8 + 7))
+rooms("api-and-http", 0b0000001, step(CONNECT, V1_A) + step(API, 0, 5, b"hello") + step(API, 0, 4, b"nope") + step(HTTP, 1) + step(HTTP, 2) + step(HTTP, 3) + step(HTTP, 0, 18, b"GET /x HTTP/1.1\r\n\r\n"))
+rooms("ttl-and-room-limit", 0b0000100, step(CONNECT, V1_A) + step(CONNECT, V1_B) + step(CONNECT, 2 * 2) + step(END, 0, 0) + step(TIME, 0, 30) + step(CONNECT, 5 * 2 + 1) + step(CONNECT, 4 * 2))
+rooms("raw-bytes-into-a-v1-client", 0b0000001, step(CONNECT, V1_A) + step(RAW, 0, 6, bytes([0x81, 0x80, 1, 2, 3, 4])) + step(RAW, 0, 3, b"\x89\x80\x00"))

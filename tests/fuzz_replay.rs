@@ -46,3 +46,8 @@ fn handshake_corpus_replays() {
 fn conn_corpus_replays() {
     replay("conn", checks::run_conn);
 }
+
+#[test]
+fn rooms_corpus_replays() {
+    replay("rooms", test_support::fuzz_rooms::run_rooms);
+}

@@ -4,3 +4,4 @@
 //! checks on stable.
 
 pub use test_support::fuzz_checks::{check_frame_header, check_handshake, run_conn};
+pub use test_support::fuzz_rooms::run_rooms;

@@ -120,7 +120,7 @@ fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, 
 
 /// One complete HTTP response with a Content-Length that matches its body, and
 /// nothing after it.
-fn check_http_response(bytes: &[u8], statuses: &[u16]) {
+pub(crate) fn check_http_response(bytes: &[u8], statuses: &[u16]) {
     let text = std::str::from_utf8(bytes).expect("HTTP answers are text");
     let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP answer has a head");
     let status: u16 =
@@ -565,7 +565,7 @@ impl<'a> Script<'a> {
 /// frames with a valid code and a UTF-8 reason, and nothing after a close.
 /// Returns the close frame's code (1005 for an empty one), if there is one, and
 /// the data frames.
-fn check_server_frames(mut bytes: &[u8]) -> (Option<u16>, Vec<Vec<u8>>) {
+pub(crate) fn check_server_frames(mut bytes: &[u8]) -> (Option<u16>, Vec<Vec<u8>>) {
     let mut data = Vec::new();
     while !bytes.is_empty() {
         let (h, n) = match parse_header(bytes) {

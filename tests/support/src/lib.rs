@@ -6,8 +6,9 @@
 //!   be mirrored here.
 //! - [`procfs`]: a process's RSS, CPU time and sockets from /proc.
 //! - [`conn`]: open `Conn`s through the library's public API (allocation test, benches).
-//! - [`fuzz_checks`]: what the fuzz targets (fuzz/) check on each input; the stable
-//!   test tests/fuzz_replay.rs replays the corpora through the same checks.
+//! - [`fuzz_checks`], [`fuzz_rooms`]: what the fuzz targets (fuzz/) check on each
+//!   input; the stable test tests/fuzz_replay.rs replays the corpora through the same
+//!   checks.
 //!
 //! Everything but `conn` is re-exported at the root, for `use test_support::*`.
 //! The path of the binary under test is the caller's: only the root crate's integration
@@ -16,6 +17,7 @@
 pub mod conn;
 pub mod frames;
 pub mod fuzz_checks;
+pub mod fuzz_rooms;
 pub mod procfs;
 pub mod server;
 
