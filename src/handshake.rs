@@ -232,7 +232,8 @@ impl<'a> Seen<'a> {
                 }
                 // RFC 6455 4.2.2: subprotocol tokens compare exactly; any line may offer one.
                 22 if is("sec-websocket-protocol") => {
-                    seen.offers_v1 |= h.value.split(|&b| b == b',').any(|t| trim(t) == crate::v1::SUBPROTOCOL.as_bytes())
+                    seen.offers_v1 |=
+                        h.value.split(|&b| b == b',').any(|t| trim(t) == crate::v1::SUBPROTOCOL.as_bytes())
                 }
                 24 if is("sec-websocket-extensions") => _ = seen.extensions.get_or_insert(h.value),
                 _ => {}
@@ -466,7 +467,9 @@ mod tests {
     #[test]
     fn a_plain_get_is_not_an_upgrade() {
         let req = b"GET /index.html?x=1 HTTP/1.1\r\nHost: x\r\n\r\n";
-        assert_eq!(parse_request(req, &[]), Ok(Request::Http(Http {
+        assert_eq!(
+            parse_request(req, &[]),
+            Ok(Request::Http(Http {
                 method: Method::Get,
                 target: "/index.html?x=1",
                 authorization: None,
@@ -536,7 +539,9 @@ mod tests {
             Err(HandshakeError::DuplicateHost)
         );
         assert_eq!(parse_request(b"GET / HTTP/1.1\r\n\r\n", &[]), Err(HandshakeError::MissingHost));
-        assert_eq!(parse_request(b"GET / HTTP/1.0\r\n\r\n", &[]), Ok(Request::Http(Http {
+        assert_eq!(
+            parse_request(b"GET / HTTP/1.0\r\n\r\n", &[]),
+            Ok(Request::Http(Http {
                 method: Method::Get,
                 target: "/",
                 authorization: None,

@@ -188,7 +188,12 @@ impl Metrics {
         for (outcome, n) in ["recovered", "not_recovered"].iter().zip(self.resumes) {
             let _ = writeln!(o, "mioket_resumes_total{{outcome=\"{outcome}\"}} {n}");
         }
-        counter(o, "mioket_presence_updates_total", "Presence envelopes sent (one per room update).", self.presence_updates);
+        counter(
+            o,
+            "mioket_presence_updates_total",
+            "Presence envelopes sent (one per room update).",
+            self.presence_updates,
+        );
         counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
         family(o, "mioket_loop_iteration_seconds", "histogram", "Time the event loop spent working per iteration.");
         let mut cumulative = 0;

@@ -122,14 +122,31 @@ impl From<Request<'_>> for Asked {
 }
 
 enum State {
-    Handshaking { head: Vec<u8>, deadline: Option<Instant> },
+    Handshaking {
+        head: Vec<u8>,
+        deadline: Option<Instant>,
+    },
     /// A request's body is arriving (`need` more bytes), under the handshake's deadline.
-    Body { request: Box<HttpRequest>, need: usize, deadline: Option<Instant> },
-    Upgrading { accept: [u8; 28] },
+    Body {
+        request: Box<HttpRequest>,
+        need: usize,
+        deadline: Option<Instant>,
+    },
+    Upgrading {
+        accept: [u8; 28],
+    },
     Answering,
-    Open { heartbeat: Heartbeat },
-    Closing { deadline: Option<Instant> },
-    Draining { deadline: Option<Instant>, write_shut: bool, linger: bool },
+    Open {
+        heartbeat: Heartbeat,
+    },
+    Closing {
+        deadline: Option<Instant>,
+    },
+    Draining {
+        deadline: Option<Instant>,
+        write_shut: bool,
+        linger: bool,
+    },
     Closed,
 }
 

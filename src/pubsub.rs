@@ -426,7 +426,8 @@ mod tests {
     fn churn_reuses_slots_so_membership_memory_stays_at_its_peak() {
         let mut topic = Topic::new(0, 0);
         let mut keys: Vec<MemberKey> = (0..100).map(|id| topic.join(id, Audience::Plain)).collect();
-        let capacities = |t: &Topic| (t.members[0].ids.capacity(), t.members[0].owners.capacity(), t.members[0].slots.len());
+        let capacities =
+            |t: &Topic| (t.members[0].ids.capacity(), t.members[0].owners.capacity(), t.members[0].slots.len());
         let peak = capacities(&topic);
         for round in 0..1000 {
             let i = (round * 37) % keys.len();
@@ -442,7 +443,10 @@ mod tests {
         let topic: Topic = Topic::new(100, 1 << 20);
         assert!(std::mem::size_of::<Topic>() <= 240, "{} bytes", std::mem::size_of::<Topic>());
         assert_eq!(std::mem::size_of::<MemberKey>(), 8);
-        assert_eq!(topic.members[0].ids.capacity() + topic.members[0].owners.capacity() + topic.members[0].slots.capacity(), 0);
+        assert_eq!(
+            topic.members[0].ids.capacity() + topic.members[0].owners.capacity() + topic.members[0].slots.capacity(),
+            0
+        );
         assert_eq!(topic.history.frames.capacity(), 0);
     }
 

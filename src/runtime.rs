@@ -201,10 +201,10 @@ impl Server {
             self.app.poll_trim(now),
             self.app.poll_housekeeping(),
         ]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.saturating_duration_since(now))
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
     }
 
     fn accept_all(&mut self, now: Instant) {

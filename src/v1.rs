@@ -26,7 +26,8 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::
 /// Decoding accepts base64 with or without its padding.
 const BASE64_LENIENT: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,
-    base64::engine::GeneralPurposeConfig::new().with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
 );
 
 /// A message's payload as published: text stays text, binary stays binary.
@@ -126,6 +127,11 @@ impl OwnedPayload<'_> {
     }
 }
 
+/// A resume query that cannot be read: `since` not a non-negative integer, or a value
+/// that is not UTF-8 once percent-decoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadQuery;
+
 /// A resume request: the last seq seen, of which epoch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resume<'a> {
@@ -136,13 +142,13 @@ pub struct Resume<'a> {
 impl Resume<'_> {
     /// From the upgrade's query (`since=41&epoch=E`); `Ok(None)` when neither is there.
     /// Other parameters are ignored.
-    pub fn from_query(query: &str) -> Result<Option<Resume<'static>>, ()> {
+    pub fn from_query(query: &str) -> Result<Option<Resume<'static>>, BadQuery> {
         let (mut since, mut epoch) = (None, None);
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_encoding::percent_decode_str(value).decode_utf8().map_err(|_| ())?;
+            let value = percent_encoding::percent_decode_str(value).decode_utf8().map_err(|_| BadQuery)?;
             match key {
-                "since" => since = Some(value.parse::<Seq>().map_err(|_| ())?),
+                "since" => since = Some(value.parse::<Seq>().map_err(|_| BadQuery)?),
                 "epoch" => epoch = Some(Cow::Owned(value.into_owned())),
                 _ => {}
             }

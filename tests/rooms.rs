@@ -175,7 +175,10 @@ mod v1 {
         let mut news = connect_plain(&server, "/news");
         send(&mut a, json!({"op":"join","room":"news"}));
         let welcome = envelope(&mut a);
-        assert_eq!((welcome["type"].clone(), welcome["room"].clone(), welcome["online"].clone()), (json!("welcome"), json!("news"), json!(2)));
+        assert_eq!(
+            (welcome["type"].clone(), welcome["room"].clone(), welcome["online"].clone()),
+            (json!("welcome"), json!("news"), json!(2))
+        );
         send_text(&mut news, "breaking");
         assert_eq!(text(&mut news), "breaking");
         assert_eq!(envelope(&mut a), json!({"type":"message","room":"news","seq":1,"data":"breaking"}));
@@ -269,7 +272,12 @@ mod resume {
     fn a_gap_or_another_epoch_says_recovered_false_and_replays_what_is_kept() {
         let server = Server::start(&["--welcome", "", "--history", "3"]);
         let (_a, epoch) = room_with(&server, 6);
-        for query in [format!("since=1&epoch={epoch}"), "since=5&epoch=0000000000000000".into(), "since=5".into(), format!("since=9&epoch={epoch}")] {
+        for query in [
+            format!("since=1&epoch={epoch}"),
+            "since=5&epoch=0000000000000000".into(),
+            "since=5".into(),
+            format!("since=9&epoch={epoch}"),
+        ] {
             let mut b = connect_v1(&server, &format!("/r?{query}"));
             let welcome = envelope(&mut b);
             assert_eq!(welcome["recovered"], false, "{query}");
@@ -319,12 +327,7 @@ mod resume {
             text(&mut new);
         }
         let (_, body) = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        let bytes: usize = body
-            .lines()
-            .find_map(|l| l.strip_prefix("mioket_history_bytes "))
-            .unwrap()
-            .parse()
-            .unwrap();
+        let bytes: usize = body.lines().find_map(|l| l.strip_prefix("mioket_history_bytes ")).unwrap().parse().unwrap();
         assert!(bytes <= 8192, "{bytes}");
         // 10 frames of 1,004 bytes: the least recently used room gave its 2 oldest, the
         // newest room stayed whole.
@@ -358,11 +361,20 @@ mod api {
         assert_eq!((status, body.as_str()), (200, "{\"room\":\"team chat\",\"seq\":2}"));
         assert_eq!(next_message(&mut plain), Message::binary(vec![1u8, 2]));
         assert_eq!(envelope(&mut v1)["b64"], "AQI=");
-        let (status, body) = http(&server, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n");
+        let (status, body) =
+            http(&server, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n");
         assert_eq!(status, 200);
         let rooms: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(rooms.as_array().unwrap().len(), 1);
-        assert_eq!((rooms[0]["room"].clone(), rooms[0]["online"].clone(), rooms[0]["seq"].clone(), rooms[0]["history"].clone()), (json!("team chat"), json!(2), json!(2), json!(2)));
+        assert_eq!(
+            (
+                rooms[0]["room"].clone(),
+                rooms[0]["online"].clone(),
+                rooms[0]["seq"].clone(),
+                rooms[0]["history"].clone()
+            ),
+            (json!("team chat"), json!(2), json!(2), json!(2))
+        );
     }
 
     #[test]
@@ -378,7 +390,10 @@ mod api {
         let chunked = "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n";
         assert_eq!(http(&server, chunked).0, 411);
         assert_eq!(http(&server, "GET /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n").0, 401);
-        assert_eq!(http(&server, "DELETE /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n").0, 405);
+        assert_eq!(
+            http(&server, "DELETE /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n").0,
+            405
+        );
         assert!(quiet(&mut member, Duration::from_millis(300)), "nothing was published");
         // Without a token there is no API.
         let off = Server::start(&[]);

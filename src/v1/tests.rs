@@ -101,11 +101,7 @@ fn ops_parse_with_their_defaults() {
     );
     assert_eq!(
         parse_op(r#"{"op":"join","room":"news","since":12,"epoch":"abc"}"#),
-        Ok(Op::Join {
-            room: "news".into(),
-            resume: Some(Resume { since: 12, epoch: Some("abc".into()) }),
-            id: None
-        })
+        Ok(Op::Join { room: "news".into(), resume: Some(Resume { since: 12, epoch: Some("abc".into()) }), id: None })
     );
     assert_eq!(
         parse_op(r#"{"op":"join","room":"news","epoch":"abc"}"#),
@@ -155,6 +151,6 @@ fn resume_from_the_query() {
     assert_eq!(Resume::from_query("epoch=a%62"), Ok(Some(Resume { since: 0, epoch: Some("ab".into()) })));
     assert_eq!(Resume::from_query("since=3"), Ok(Some(Resume { since: 3, epoch: None })));
     for bad in ["since=", "since=-1", "since=x", "since=1e3", "since=99999999999999999999"] {
-        assert_eq!(Resume::from_query(bad), Err(()), "{bad}");
+        assert_eq!(Resume::from_query(bad), Err(BadQuery), "{bad}");
     }
 }

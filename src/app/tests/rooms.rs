@@ -152,7 +152,10 @@ fn join_leave_and_publish_to_other_rooms() {
     send_op(&mut app, a, json!({"op":"join","room":"news","id":"j"}), now);
     let got = received(&mut app, a);
     assert_eq!(got[0]["type"], "welcome");
-    assert_eq!((got[0]["room"].clone(), got[0]["seq"].clone(), got[0]["online"].clone()), (json!("news"), json!(1), json!(2)));
+    assert_eq!(
+        (got[0]["room"].clone(), got[0]["seq"].clone(), got[0]["online"].clone()),
+        (json!("news"), json!(1), json!(2))
+    );
     assert_eq!(got[1], json!({"type":"message","room":"news","seq":1,"data":"old news"}));
     send_op(&mut app, a, json!({"op":"publish","room":"news","data":"hello news"}), now);
     // The default room is still the path's ("").
@@ -265,9 +268,15 @@ fn a_resume_gets_exactly_what_was_missed_or_says_it_cannot() {
         frames(&out).iter().map(|f| (f["recovered"].clone(), f["seq"].clone())).collect::<Vec<_>>()
     };
     // History 3 keeps 3..5: since 2, 3, 4, 5 are complete.
-    assert_eq!(resume(&mut app, 2, &epoch), vec![(json!(true), json!(5)), (Value::Null, json!(3)), (Value::Null, json!(4)), (Value::Null, json!(5))]);
+    assert_eq!(
+        resume(&mut app, 2, &epoch),
+        vec![(json!(true), json!(5)), (Value::Null, json!(3)), (Value::Null, json!(4)), (Value::Null, json!(5))]
+    );
     assert_eq!(resume(&mut app, 5, &epoch), vec![(json!(true), json!(5))]);
-    assert_eq!(resume(&mut app, 1, &epoch), vec![(json!(false), json!(5)), (Value::Null, json!(3)), (Value::Null, json!(4)), (Value::Null, json!(5))]);
+    assert_eq!(
+        resume(&mut app, 1, &epoch),
+        vec![(json!(false), json!(5)), (Value::Null, json!(3)), (Value::Null, json!(4)), (Value::Null, json!(5))]
+    );
     assert_eq!(resume(&mut app, 6, &epoch).len(), 4, "a seq this epoch never had");
     assert_eq!(resume(&mut app, 5, "0000000000000000")[0].0, json!(false));
     // The join op resumes the same way.
@@ -364,7 +373,8 @@ mod api {
         let (plain, _) = join_at(&mut app, "/a/b", false, now);
         let (v1, _) = join_at(&mut app, "/a%2Fb", true, now);
         flush(&mut app);
-        let (answer, mut out) = answer_and_out(&mut app, &post("a/b", "s3cret", "text/plain", b"from the backend"), now);
+        let (answer, mut out) =
+            answer_and_out(&mut app, &post("a/b", "s3cret", "text/plain", b"from the backend"), now);
         assert_eq!(status(&answer), 200, "{answer}");
         assert!(answer.contains("Content-Type: application/json"));
         assert_eq!(serde_json::from_str::<Value>(body(&answer)).unwrap(), json!({"room":"a/b","seq":1}));
@@ -386,7 +396,8 @@ mod api {
         assert_eq!(serde_json::from_str::<Value>(body(&answer)).unwrap(), json!({"room":"","seq":1}));
         let (_, out) = join_at(&mut app, "/", false, now);
         assert_eq!(frames(&out), vec![json!({"text":"to the default room"})]);
-        let list = answer_of(&mut app, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n", now);
+        let list =
+            answer_of(&mut app, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n", now);
         let list: Value = serde_json::from_str(body(&list)).unwrap();
         let mut rows: Vec<(Value, Value, Value, Value)> = list
             .as_array()
@@ -416,7 +427,11 @@ mod api {
             (post("%zz", "s3cret", "text/plain", b"hi"), 400),
             (post("a%01", "s3cret", "text/plain", b"hi"), 400),
             ("GET /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n".into(), 405),
-            ("POST /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n".into(), 405),
+            (
+                "POST /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nContent-Length: 0\r\n\r\n"
+                    .into(),
+                405,
+            ),
             ("GET /api/nothing HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n".into(), 404),
             ("POST /index.html HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".into(), 405),
             ("DELETE /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405),
