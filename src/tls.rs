@@ -127,14 +127,15 @@ impl TlsStream {
         let (out, inp) = buf.split_at_mut(buf.len() / 2);
         // A record never exceeds 18 KiB on the wire; the loop's buffer is far larger.
         let mut filled = self.incoming.len();
-        let Some(front) = inp.get_mut(..filled) else {
+        if filled >= inp.len() {
             return Err(io::Error::other("TLS input larger than the read buffer"));
-        };
-        front.copy_from_slice(&self.incoming);
+        }
+        inp[..filled].copy_from_slice(&self.incoming);
         self.incoming = Vec::new();
         let mut plain = 0;
         loop {
             let mut drained = false;
+            // (`filled` is below `inp.len()` here: see the check at the end of the loop.)
             match self.socket.read(&mut inp[filled..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
@@ -152,7 +153,7 @@ impl TlsStream {
                 self.read_again = !drained || (self.eof && plain > 0);
                 break;
             }
-            if used == 0 && filled == inp.len() {
+            if filled == inp.len() {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "TLS record larger than the read buffer"));
             }
         }
@@ -263,6 +264,12 @@ impl TlsStream {
         }
         CIPHER.with_borrow_mut(|cipher| {
             let (taken, made) = self.encrypt(slices, cipher)?;
+            if !self.outgoing.is_empty() {
+                // rustls' own records go first (rare: see `encrypt`).
+                self.outgoing.extend_from_slice(&cipher[..made]);
+                let _ = self.flush_pending();
+                return Ok(taken);
+            }
             let mut written = 0;
             while written < made {
                 match self.socket.write(&cipher[written..made]) {
@@ -282,13 +289,23 @@ impl TlsStream {
 
     /// Encrypts from `slices` into `cipher`; returns (plaintext taken, ciphertext made).
     fn encrypt(&mut self, slices: &[IoSlice<'_>], cipher: &mut Vec<u8>) -> io::Result<(usize, usize)> {
-        let status = self.conn.process_tls_records(&mut self.incoming);
-        // Whole records are processed on read: only a partial one can be left here.
-        let discard = status.discard;
-        let mut traffic = match status.state {
-            Ok(ConnectionState::WriteTraffic(traffic)) => traffic,
-            Ok(_) => return Err(io::ErrorKind::WouldBlock.into()),
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+        // Whole records are processed on read, so only a partial one is left here; but
+        // rustls may have a handshake message of its own to send first (a KeyUpdate once
+        // a key has encrypted enough records): it goes to `outgoing`, ahead of these.
+        let (mut traffic, discard) = loop {
+            let status = self.conn.process_tls_records(&mut self.incoming);
+            let discard = status.discard;
+            match status.state {
+                Ok(ConnectionState::WriteTraffic(traffic)) => break (traffic, discard),
+                Ok(ConnectionState::EncodeTlsData(mut data)) => {
+                    encode(&mut self.outgoing, |buf| data.encode(buf).map_err(encode_room))?
+                }
+                Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
+                // The handshake is not done (or we closed): nothing may be sent yet.
+                Ok(_) => return Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            self.incoming.drain(..discard);
         };
         let mut gather = [0u8; MAX_RECORD];
         let (mut taken, mut made) = (0, 0);
