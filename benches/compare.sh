@@ -300,6 +300,9 @@ if [ "$CALLGRIND" = 1 ] && command -v valgrind >/dev/null; then
     if [ "$QUICK" = 0 ]; then
         measure_counts callgrind echo_65536 echo messages 2000 1000 "${WS[@]}" -- echo --conns 100 --size 65536
         measure_counts callgrind bcast_1000x1 broadcast deliveries 60 30 "${WS[@]}" -- broadcast --subscribers 1000 --publishers 1
+        # Rooms: 100 rooms (not 1,000: 10,000 handshakes under valgrind take minutes for
+        # tokio-tungstenite); per delivery it is the same work.
+        measure_counts callgrind rooms_100x10 rooms deliveries 2000 1000 "${WS[@]}" -- rooms --rooms 100 --members 10 --publishers 10 --window 10
     fi
 elif [ "$CALLGRIND" = 1 ]; then
     log "valgrind not found (apt-get install valgrind): no instruction counts"
@@ -310,6 +313,7 @@ if [ "$STRACE" = 1 ] && command -v strace >/dev/null; then
     if [ "$QUICK" = 0 ]; then
         measure_counts strace echo_65536 echo messages 2000 1000 "${WS[@]}" -- echo --conns 100 --size 65536
         measure_counts strace bcast_1000x10 broadcast deliveries 400 200 "${WS[@]}" tcp -- broadcast --subscribers 1000 --publishers 10
+        measure_counts strace rooms_1000x10 rooms deliveries 2000 1000 "${WS[@]}" -- rooms --rooms 1000 --members 10 --publishers 10 --window 10
     fi
 elif [ "$STRACE" = 1 ]; then
     log "strace not found (apt-get install strace): no syscall counts"

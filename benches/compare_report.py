@@ -148,6 +148,8 @@ if counts:
         ("strace", "echo_20", "syscalls per echoed 20 B message"),
         ("strace", "echo_65536", "syscalls per echoed 64 KiB message"),
         ("strace", "bcast_1000x10", "syscalls per delivery (1,000 subscribers, 10 publishers)"),
+        ("callgrind", "rooms_100x10", "user-space instructions per delivery (rooms, 100 x 10 members)"),
+        ("strace", "rooms_1000x10", "syscalls per delivery (rooms, 1,000 x 10 members)"),
     ]
     for tool, id_, what in rows:
         vals = {s: counts.get((tool, id_, s)) for s in SERVERS}

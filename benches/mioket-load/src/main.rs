@@ -59,8 +59,8 @@ Options:
                          to create [default: 10000]
   --members M            rooms: members per room, its publisher's connection included
                          [default: 10]
-  --window W             rooms: messages each publisher keeps in flight, at most one per
-                         room [default: 10]
+  --window W             rooms: messages each publisher keeps in flight, into its rooms in
+                         turn (more than one per room only beyond R / P) [default: 10]
   --inflight K           connect, and connection setup: handshakes in flight [default: 64]
   --messages M           stop early after M echoes, M published messages or M handshakes
   --server-pid PID       read the server's CPU time and RSS from /proc/PID
@@ -115,7 +115,7 @@ struct Args {
     rooms: Option<usize>,
     room_base: String,
     members: usize,
-    /// Rooms: messages each publisher keeps in flight (at most one per room).
+    /// Rooms: messages each publisher keeps in flight.
     window: usize,
     inflight: usize,
     messages: Option<u64>,
@@ -234,7 +234,6 @@ fn parse_args() -> Result<Args, String> {
     if a.workload == Workload::Rooms {
         a.size = a.size.max(ROOMS_HEAD);
         a.publishers = a.publishers.clamp(1, a.rooms.unwrap_or(1));
-        a.window = a.window.min(a.rooms.unwrap_or(1).div_ceil(a.publishers));
     }
     if a.rooms.is_some() && a.raw {
         return Err("--raw has no request path: rooms need the HTTP upgrade".into());
@@ -514,6 +513,8 @@ struct Client {
     waiting: bool,
     /// Messages published (a publisher's connection; in rooms: to this room).
     seq: u64,
+    /// Rooms: this publishing connection's messages that have not come back yet.
+    in_flight: u32,
     got_close: bool,
     /// Rooms by path: the room this connection joined (0 without --rooms).
     room: u32,
@@ -530,10 +531,11 @@ const BCAST_HEAD: usize = 24;
 const ROOMS_HEAD: usize = 28;
 
 /// A rooms publisher: its publishing connections (client index and room), one per room
-/// it owns (rooms p, p + P, p + 2P, ...), in the order it publishes through them: those
-/// with no message in flight, the one whose message came back last at the end.
+/// it owns (rooms p, p + P, p + 2P, ...), which it publishes through in turn, and the
+/// next one.
 struct RoomPub {
-    ready: VecDeque<(usize, u32)>,
+    conns: Vec<(usize, u32)>,
+    next: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -647,7 +649,7 @@ impl Gen {
             Workload::Connect | Workload::EmptyRooms => 0,
         };
         let room_pubs = match a.workload {
-            Workload::Rooms => (0..a.publishers).map(|_| RoomPub { ready: VecDeque::new() }).collect(),
+            Workload::Rooms => (0..a.publishers).map(|_| RoomPub { conns: Vec::new(), next: 0 }).collect(),
             _ => Vec::new(),
         };
         let setup_deadline = now + a.setup_timeout;
@@ -724,7 +726,7 @@ impl Gen {
                 Role::Publisher(self.publishers.len() as u32 - 1)
             } else if self.a.workload == Workload::Rooms && n < self.a.rooms.unwrap_or(0) {
                 let p = n % self.a.publishers;
-                self.room_pubs[p].ready.push_back((idx, room));
+                self.room_pubs[p].conns.push((idx, room));
                 Role::Publisher(p as u32)
             } else {
                 Role::Plain
@@ -741,6 +743,7 @@ impl Gen {
                 sent_at: now,
                 waiting: false,
                 seq: 0,
+                in_flight: 0,
                 got_close: false,
                 room,
                 last_seq: 0,
@@ -780,9 +783,11 @@ impl Gen {
             }
             self.free.push(idx);
             // A rooms publisher goes on through its connections in its other rooms.
-            if let (Workload::Rooms, Role::Publisher(id), true) = (self.a.workload, client.role, client.waiting) {
+            if let (Workload::Rooms, Role::Publisher(id)) = (self.a.workload, client.role) {
                 if self.running() {
-                    self.publish_room(id as usize, Instant::now());
+                    for _ in 0..client.in_flight {
+                        self.publish_room(id as usize, Instant::now());
+                    }
                 }
             }
         }
@@ -997,16 +1002,23 @@ impl Gen {
         self.c.messages += 1;
     }
 
-    /// Rooms: publisher `p` publishes into its next room without a message in flight
-    /// (its rooms in turn), through its connection there, and writes it at once.
+    /// Rooms: publisher `p` publishes into its next room (its rooms in turn) through its
+    /// connection there, and writes it at once.
     fn publish_room(&mut self, p: usize, now: Instant) {
-        while let Some((idx, room)) = self.room_pubs[p].ready.pop_front() {
+        let n = self.room_pubs[p].conns.len();
+        for _ in 0..n {
+            let k = self.room_pubs[p].next;
+            self.room_pubs[p].next = (k + 1) % n;
+            let (idx, room) = self.room_pubs[p].conns[k];
             // A connection that failed may have left its slot to another one.
-            let usable = self.clients[idx].as_ref().is_some_and(|c| {
-                c.role == Role::Publisher(p as u32) && c.room == room && c.phase == Phase::Open && !c.waiting
-            });
+            let usable = self.clients[idx]
+                .as_ref()
+                .is_some_and(|c| c.role == Role::Publisher(p as u32) && c.room == room && c.phase == Phase::Open);
             if usable {
                 self.send_stamped(idx, room as usize, now);
+                if let Some(c) = self.clients[idx].as_mut() {
+                    c.in_flight += 1;
+                }
                 self.flush(idx);
                 return;
             }
@@ -1118,10 +1130,10 @@ impl Gen {
                             self.c.deliveries += 1;
                             self.hist.record(now_ns.saturating_sub(ts));
                         }
-                        if client.role == Role::Publisher(id) && client.waiting && seq == client.seq {
-                            client.waiting = false;
-                            let room = client.room;
-                            self.room_pubs[id as usize].ready.push_back((idx, room));
+                        // Its own messages come back to a publishing connection in order.
+                        if client.role == Role::Publisher(id) && client.in_flight > 0 {
+                            client.in_flight -= 1;
+                            client.waiting = client.in_flight > 0;
                             if limit.is_some_and(|m| self.c.messages >= m) {
                                 if sending {
                                     self.reached_limit(now);
