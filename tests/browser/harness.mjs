@@ -3,8 +3,9 @@
 // and wait for page conditions with a bound and a useful message on timeout.
 // Nothing here contacts any address but 127.0.0.1.
 
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -26,8 +27,27 @@ process.on('exit', () => {
 });
 
 /**
+ * A self-signed P-256 certificate for localhost and 127.0.0.1, valid for a day, made with
+ * openssl in a fresh temporary folder: `{ cert, key, remove() }` (PEM file paths).
+ */
+export function makeCertificate() {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'mioket-tls-'));
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  execFileSync(
+    'openssl',
+    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1', '-days', '1',
+      '-keyout', key, '-out', cert],
+    { stdio: ['ignore', 'ignore', 'pipe'], timeout: WAIT_MS },
+  );
+  return { cert, key, remove: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/**
  * Starts mioket on 127.0.0.1 (port 0 unless given) and resolves once it has printed
- * its `listening on ws://HOST:PORT` line.
+ * its `listening on ws://HOST:PORT` line (`wss://` with --tls-cert/--tls-key: then
+ * `http` and `ws` below are https:// and wss:// URLs).
  */
 export async function startServer(args = [], { port = 0 } = {}) {
   if (!existsSync(mioketBin)) {
@@ -56,10 +76,10 @@ export async function startServer(args = [], { port = 0 } = {}) {
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (chunk) => {
       out += chunk;
-      const m = /listening on ws:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      const m = /listening on (wss?):\/\/127\.0\.0\.1:(\d+)/.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve(Number(m[1]));
+        resolve({ tls: m[1] === 'wss', port: Number(m[2]) });
       }
     });
     child.once('error', (e) => fail(e.message));
@@ -67,10 +87,12 @@ export async function startServer(args = [], { port = 0 } = {}) {
   });
   child.stdout.resume();
 
+  const s = listening.tls ? 's' : '';
   return {
-    port: listening,
-    http: `http://127.0.0.1:${listening}`,
-    ws: `ws://127.0.0.1:${listening}/`,
+    port: listening.port,
+    tls: listening.tls,
+    http: `http${s}://127.0.0.1:${listening.port}`,
+    ws: `ws${s}://127.0.0.1:${listening.port}/`,
     stderr: () => stderr,
     /** SIGTERM, then SIGKILL if it has not exited within the wait bound. */
     async stop() {
@@ -188,9 +210,12 @@ export function waitForOnline(page, n) {
   return waitFor(page, `${n} online`, (n) => document.getElementById('online').dataset.online === String(n), n);
 }
 
-/** A Node client (the `ws` package): an implementation independent of the browser's. */
-export async function nodeClient(url) {
-  const ws = new WebSocket(url);
+/**
+ * A Node client (the `ws` package): an implementation independent of the browser's.
+ * `options` go to the `ws` constructor (e.g. `{ ca }` to trust a test certificate for wss://).
+ */
+export async function nodeClient(url, options = {}) {
+  const ws = new WebSocket(url, options);
   const messages = [];
   const waiters = [];
   ws.on('message', (data, isBinary) => {
