@@ -35,6 +35,7 @@
 pub(crate) mod api;
 pub mod app;
 pub mod config;
+pub mod deflate;
 pub mod error;
 pub mod frame;
 pub mod handshake;
