@@ -20,12 +20,14 @@
 //! timestamp bytes of a broadcast are re-masked. Payload bytes are never copied or
 //! unmasked on receipt: only the first few bytes of each message are looked at.
 //! Unexpected text frames (a welcome, history replay) are skipped and pings answered.
-//! Only loopback (127.0.0.0/8) targets are accepted.
+//! Only loopback (127.0.0.0/8) targets are accepted. A `wss://` URL runs every workload
+//! over TLS (rustls, see `tls.rs`).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
@@ -33,6 +35,7 @@ use mio::{Events, Interest, Poll, Token};
 use procfs::rss_bytes;
 
 mod procfs;
+mod tls;
 
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> Option<f64> {
@@ -46,7 +49,10 @@ Usage: mioket-load WORKLOAD [OPTIONS]
   WORKLOAD is echo, broadcast, rooms, connect, idle or empty-rooms.
 
 Options:
-  --url ws://127.0.0.1:PORT/PATH  server to load; loopback addresses only [default: ws://127.0.0.1:8765/]
+  --url ws://127.0.0.1:PORT/PATH  server to load; loopback addresses only; wss:// for TLS
+                         [default: ws://127.0.0.1:8765/]
+  --tls-ca FILE          wss://: check the server's certificate against this PEM file
+                         [default: no check of the certificate]
   --duration SECS        measured time [default: 5]
   --conns C              echo: connections [default: 100]; idle: connections to hold [default: 10000]
   --size S               message size in bytes [default: 20 for echo, 32 for broadcast (at
@@ -127,6 +133,8 @@ struct Args {
     hold: Duration,
     label: String,
     quiet: bool,
+    /// wss://: the TLS client configuration.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -174,7 +182,9 @@ fn parse_args() -> Result<Args, String> {
         hold: Duration::ZERO,
         label: "server".into(),
         quiet: false,
+        tls: None,
     };
+    let mut tls_ca = None;
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
         let secs = |v: String| -> Result<Duration, String> {
@@ -207,11 +217,18 @@ fn parse_args() -> Result<Args, String> {
             "--hold" => a.hold = secs(value()?)?,
             "--label" => a.label = value()?,
             "--quiet" => a.quiet = true,
+            "--tls-ca" => tls_ca = Some(value()?),
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
     }
-    let rest = url.strip_prefix("ws://").ok_or("--url must start with ws://")?;
+    let rest = match url.strip_prefix("wss://") {
+        Some(rest) => {
+            a.tls = Some(tls::config(tls_ca.as_deref())?);
+            rest
+        }
+        None => url.strip_prefix("ws://").ok_or("--url must start with ws:// or wss://")?,
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -237,6 +254,9 @@ fn parse_args() -> Result<Args, String> {
     }
     if a.rooms.is_some() && a.raw {
         return Err("--raw has no request path: rooms need the HTTP upgrade".into());
+    }
+    if a.tls.is_some() && (a.raw || a.workload == Workload::EmptyRooms) {
+        return Err("wss:// is for the WebSocket workloads but empty-rooms, without --raw".into());
     }
     // The rooms' paths go under the --url path (its query, if any, is not kept).
     let base = a.path.split('?').next().unwrap_or("");
@@ -501,6 +521,8 @@ enum Out {
 
 struct Client {
     stream: TcpStream,
+    /// wss://: the TLS session over `stream`.
+    tls: Option<Box<rustls::ClientConnection>>,
     phase: Phase,
     role: Role,
     /// The HTTP response head, while handshaking.
@@ -731,8 +753,26 @@ impl Gen {
             } else {
                 Role::Plain
             };
+            let session = match &self.a.tls {
+                Some(config) => {
+                    let host = self.a.host.rsplit_once(':').map_or(self.a.host.as_str(), |(h, _)| h);
+                    match tls::connect(config, host.trim_start_matches('[').trim_end_matches(']')) {
+                        Ok(session) => Some(Box::new(session)),
+                        Err(e) => {
+                            self.c.failed += 1;
+                            self.started += 1;
+                            if self.c.failed <= 3 {
+                                eprintln!("mioket-load: TLS: {e}");
+                            }
+                            continue;
+                        }
+                    }
+                }
+                None => None,
+            };
             let mut client = Client {
                 stream,
+                tls: session,
                 phase: Phase::Connecting,
                 role,
                 head: Vec::new(),
@@ -832,7 +872,11 @@ impl Gen {
     fn read(&mut self, idx: usize, now: Instant, hup: bool) -> bool {
         loop {
             let Some(client) = self.clients[idx].as_mut() else { return false };
-            let n = match client.stream.read(&mut self.scratch) {
+            let read = match &mut client.tls {
+                Some(session) => tls::read(session, &mut client.stream, &mut self.scratch),
+                None => client.stream.read(&mut self.scratch),
+            };
+            let n = match read {
                 Ok(0) => {
                     let clean = client.got_close;
                     self.on_end(idx, clean);
@@ -899,13 +943,25 @@ impl Gen {
 
     fn flush(&mut self, idx: usize) {
         let Some(client) = self.clients[idx].as_mut() else { return };
+        if let Some(session) = &mut client.tls {
+            // What rustls sends by itself (the handshake, alerts), even with nothing queued.
+            match tls::send_pending(session, &mut client.stream) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => return self.drop_client(idx, true),
+            }
+        }
         while let Some(front) = client.out.front() {
             let bytes: &[u8] = match front {
                 Out::Template(i) => &self.templates[*i],
                 Out::Static(s) => s,
                 Out::Bytes(b) => b,
             };
-            match client.stream.write(&bytes[client.out_off..]) {
+            let written = match &mut client.tls {
+                Some(session) => tls::write(session, &mut client.stream, &bytes[client.out_off..]),
+                None => client.stream.write(&bytes[client.out_off..]),
+            };
+            match written {
                 Ok(0) => return self.drop_client(idx, true),
                 Ok(n) => {
                     client.out_off += n;
