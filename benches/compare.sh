@@ -3,7 +3,10 @@
 # tokio-tungstenite and fastwebsockets (benches/peers, one current-thread runtime each)
 # and a plain TCP relay (the physical-limit proxy), driven by mioket-load.
 # Rooms (rooms by request path) run against mioket and the two WebSocket peers only:
-# plain TCP has no path.
+# plain TCP has no path. TLS (the tls_* workloads): mioket with --tls-cert/--tls-key and
+# tokio-tungstenite over tokio-rustls (tt-tls-server), each beside its plaintext self in
+# the same rotation, with a certificate made for the run (openssl; the load generator
+# checks it with --tls-ca).
 #
 #   benches/compare.sh            full run (about 20 minutes on 2 cores, builds included)
 #   benches/compare.sh --quick    about 4 minutes
@@ -78,7 +81,7 @@ if [ "$BUILD" = 1 ]; then
     log "building the peers (benches/peers, release)"
     cargo build --release --quiet --manifest-path "$ROOT/benches/peers/Cargo.toml" --target-dir "$PEERS_TARGET" || exit 1
 fi
-for b in "$BIN/mioket" "$BIN/mioket-load" "$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay"; do
+for b in "$BIN/mioket" "$BIN/mioket-load" "$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay" "$PBIN/tt-tls-server"; do
     [ -x "$b" ] || { echo "compare.sh: missing $b (build first)" >&2; exit 1; }
 done
 
@@ -87,6 +90,17 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null
 FD_LIMIT=$(ulimit -n)
 IDLE_MAX=$(( FD_LIMIT - 64 ))
 [ "$IDLE_MAX" -gt 50000 ] && IDLE_MAX=50000
+
+# TLS: a P-256 certificate for 127.0.0.1 (not a CA: the load generator checks it as its
+# own trust anchor).
+TLS_CERT=$OUT/tls-cert.pem
+TLS_KEY=$OUT/tls-key.pem
+if ! openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -addext basicConstraints=critical,CA:FALSE \
+    -days 1 -keyout "$TLS_KEY" -out "$TLS_CERT" 2>/dev/null; then
+    log "openssl could not make a certificate: no TLS workloads"
+    TLS_CERT=""
+fi
 
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
     PIN_SERVER=(taskset -c 0); PIN_LOAD=(taskset -c 1)
@@ -108,7 +122,11 @@ server_cmd() { # name mode
                 # messages count.
                 CMD=("$exe" --mode broadcast --welcome '' --history 0 --port 0 --max-connections 60000)
             fi ;;
+        mioket-tls)
+            server_cmd mioket "$2"
+            CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY") ;;
         tungstenite) CMD=("$PBIN/tt-server" --mode "$2") ;;
+        tungstenite-tls) CMD=("$PBIN/tt-tls-server" --mode "$2" --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY") ;;
         fastwebsockets) CMD=("$PBIN/fws-server" --mode "$2") ;;
         tcp) CMD=("$PBIN/tcp-relay" --mode "$2") ;;
     esac
@@ -165,6 +183,15 @@ ROOMS_MEMORY=(
     "idle_rooms_10000|rooms|idle --conns 10000 --rooms 1000 --settle 1|$WS_ONLY"
     "empty_rooms|rooms|empty-rooms --rooms 10000|mioket,candidate"
 )
+# TLS: each workload on mioket and tokio-tungstenite, plain and over TLS, in one rotation.
+TLS_SERVERS=(mioket mioket-tls tungstenite tungstenite-tls)
+TLS=(
+    "tls_echo_20|echo|echo --conns 100 --size 20"
+    "tls_bcast_1000x1|broadcast|broadcast --subscribers 1000 --publishers 1"
+    "tls_bcast_1000x10|broadcast|broadcast --subscribers 1000 --publishers 10"
+)
+TLS_EXTRA=("tls_idle_10000|echo|idle --conns 10000 --settle 1")
+if [ -z "$TLS_CERT" ]; then TLS=(); TLS_EXTRA=(); fi
 if [ "$QUICK" = 1 ]; then
     EXTRA=("idle_10000|echo|idle --conns 10000 --settle 1" "${ROOMS_MEMORY[@]}")
 else
@@ -186,12 +213,13 @@ SERVERS=(mioket fastwebsockets tungstenite tcp)
 run_one() { # rep server id mode args...
     local rep=$1 server=$2 id=$3 mode=$4
     shift 4
-    local raw=() dur=$DURATION
+    local raw=() dur=$DURATION url="ws://127.0.0.1"
     [ "$server" = tcp ] && raw=(--raw)
-    case "$id" in idle_*) dur=$IDLE_HOLD ;; esac
+    case "$server" in *-tls) url="wss://127.0.0.1"; raw=(--tls-ca "$TLS_CERT") ;; esac
+    case "$id" in idle_*|tls_idle_*) dur=$IDLE_HOLD ;; esac
     start_server "$server" "$mode" "${PIN_SERVER[@]}" || return
     local line
-    line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "ws://127.0.0.1:$PORT/" \
+    line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "$url:$PORT/" \
         --duration "$dur" --server-pid "$SP" --label "$server" --quiet 2>>"$OUT/load.err")
     stop_server
     if [ -n "$line" ]; then
@@ -208,8 +236,9 @@ run_set() { # rep workloads...
     for w in "$@"; do
         IFS='|' read -r id mode args only <<< "$w"
         if [ -n "$ONLY" ] && [[ "$ONLY" != *",$id,"* ]]; then continue; fi
-        local servers=()
-        for s in "${SERVERS[@]}"; do
+        local servers=() pool=("${SERVERS[@]}")
+        [[ "$id" == tls_* ]] && pool=("${TLS_SERVERS[@]}")
+        for s in "${pool[@]}"; do
             if [ -z "$only" ] || [[ ",$only," == *",$s,"* ]]; then servers+=("$s"); fi
         done
         local n=${#servers[@]}
@@ -227,10 +256,10 @@ run_set() { # rep workloads...
 if [ "$LOADS" = 1 ]; then
     for rep in $(seq 1 "$REPS"); do
         log "repetition $rep of $REPS (core workloads, ${DURATION}s each)"
-        run_set "$rep" "${CORE[@]}"
+        run_set "$rep" "${CORE[@]}" "${TLS[@]}"
     done
     log "extra workloads (once)"
-    run_set 1 "${EXTRA[@]}"
+    run_set 1 "${EXTRA[@]}" "${TLS_EXTRA[@]}"
 fi
 
 # Counts: the difference of two runs (M1 and M2 messages) over the difference of

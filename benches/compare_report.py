@@ -136,6 +136,39 @@ for id_ in ORDER:
         print(f"| {label} | {what} | {cells} | {ratio(vals['mioket'], vals['fastwebsockets'])} |")
         label = ""
 
+TLS_LABELS = {
+    "tls_echo_20": "echo, 100 conns x 20 B",
+    "tls_bcast_1000x1": "broadcast, 1,000 subscribers, 1 publisher",
+    "tls_bcast_1000x10": "broadcast, 1,000 subscribers, 10 publishers",
+    "tls_idle_10000": "idle, 10,000 connections",
+}
+TLS_METRICS = {
+    "echo": [("msgs_per_s", "messages/s"), ("p99_us", "round trip p99 (us)"), ("server_cpu_us_per_msg", "server CPU us/message")],
+    "bcast": [
+        ("deliveries_per_s", "deliveries/s"),
+        ("p99_us", "delivery latency p99 (us)"),
+        ("server_cpu_us_per_delivery", "server CPU us/delivery"),
+        ("loadgen_busy_pct", "load generator CPU (% of a core)"),
+    ],
+    "idle": [("opened", "connections held"), ("rss_per_conn_end", "RSS B/conn at the end of the hold")],
+}
+if any(id_.startswith("tls_") for id_, _ in runs):
+    print("\n## TLS (wss://): each server plain and over TLS in the same rotation\n")
+    print("mioket with --tls-cert/--tls-key (rustls 0.23, ring); tokio-tungstenite over tokio-rustls")
+    print("(tt-tls-server, the same rustls and provider). A P-256 certificate made for the run; the")
+    print("load generator (rustls client) checks it.\n")
+    print("| workload | measure | mioket ws | mioket wss | wss / ws | tokio-tungstenite ws | tokio-tungstenite wss | wss / ws | mioket wss / tokio-tungstenite wss |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for id_, label in TLS_LABELS.items():
+        if not any((id_, s) in runs for s in ("mioket-tls", "tungstenite-tls")):
+            continue
+        n = max(len(runs.get((id_, s), [])) for s in ("mioket", "mioket-tls", "tungstenite", "tungstenite-tls"))
+        label += f" ({n} runs)" if n > 1 else ""
+        for key, what in TLS_METRICS[id_.split("_")[1]]:
+            m, mt, t, tt = (median(id_, s, key) for s in ("mioket", "mioket-tls", "tungstenite", "tungstenite-tls"))
+            print(f"| {label} | {what} | {fmt(m)} | {fmt(mt)} | {ratio(mt, m)} | {fmt(t)} | {fmt(tt)} | {ratio(tt, t)} | {ratio(mt, tt)} |")
+            label = ""
+
 if counts:
     print("\n## Counts (deterministic: difference of two runs with different message counts)\n")
     print("| measure | " + " | ".join(NAMES[s] for s in SERVERS) + " | mioket / fastwebsockets |")
@@ -211,4 +244,12 @@ for id_ in ("idle_rooms_10000", "idle_room1_10000"):
 m = median("empty_rooms", "mioket", "rss_per_room")
 if m is not None:
     target("an empty room without history", f"{fmt(m)} B/room", "<= 1 KiB RSS", m <= 1024)
+for pubs in ("1", "10"):
+    id_ = f"tls_bcast_1000x{pubs}"
+    m, t = median(id_, "mioket-tls", "deliveries_per_s"), median(id_, "tungstenite-tls", "deliveries_per_s")
+    if m is not None:
+        target(f"TLS broadcast 1,000 x {pubs}: deliveries/s", f"{fmt(m)} vs {fmt(t)} ({ratio(m, t)})", ">= 1.5x tokio-tungstenite + tokio-rustls", None if t is None else m >= 1.5 * t)
+m, t = median("tls_idle_10000", "mioket-tls", "rss_per_conn_end"), median("tls_idle_10000", "tungstenite-tls", "rss_per_conn_end")
+if m is not None:
+    target("TLS idle memory, 10,000 connections", f"{fmt(m)} vs {fmt(t)} B/conn", "less than tokio-tungstenite + tokio-rustls; <= 4 KiB", None if t is None else m < t and m <= 4096)
 target("allocations: broadcast 1 whatever N, small echo 0", "tests/allocations.rs (cargo test)", "exact counts asserted", None)
