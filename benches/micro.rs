@@ -47,9 +47,9 @@ fn mask(c: &mut Criterion) {
 fn header(c: &mut Criterion) {
     let mut g = c.benchmark_group("header");
     let cases: [(&str, Header); 3] = [
-        ("small_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 20 }),
-        ("16bit_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1024 }),
-        ("64bit_masked", Header { fin: true, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1 << 20 }),
+        ("small_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 20 }),
+        ("16bit_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1024 }),
+        ("64bit_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1 << 20 }),
     ];
     for (name, h) in cases {
         let mut bytes = [0u8; MAX_HEADER_LEN];

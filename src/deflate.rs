@@ -15,7 +15,7 @@ use std::cell::RefCell;
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
-use crate::frame::{encode_header, server_header, Opcode, MAX_HEADER_LEN};
+use crate::frame::{encode_header, server_header, Header, Opcode, MAX_HEADER_LEN};
 
 /// The 4 bytes a sync flush ends with: stripped by the sender, put back by the
 /// receiver (RFC 7692 7.2.1, 7.2.2).
@@ -211,8 +211,7 @@ impl Compressor {
             return None;
         }
         let mut header = [0u8; MAX_HEADER_LEN];
-        let n = encode_header(&server_header(opcode, len), &mut header);
-        header[0] |= RSV1;
+        let n = encode_header(&Header { compressed: true, ..server_header(opcode, len) }, &mut header);
         let start = MAX_HEADER_LEN - n;
         self.buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..n]);
         Some(&self.buf[start..])

@@ -9,7 +9,8 @@ use crate::frame::CloseCode;
 /// A WebSocket peer broke a rule of RFC 6455 (or one of our limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PeerError {
-    /// RFC 6455 5.2: RSV1-3 must be 0 unless an extension says otherwise (we negotiate none).
+    /// RFC 6455 5.2: RSV1-3 must be 0 unless an extension says otherwise (RSV1 is
+    /// permessage-deflate's, on the first frame of a message, once negotiated).
     ReservedBits,
     /// RFC 6455 5.2: opcodes 3-7 and 0xB-0xF are reserved.
     ReservedOpcode,
@@ -35,13 +36,15 @@ pub enum PeerError {
     MessageTooBig,
     /// The message has more fragments than the limit allows.
     TooManyFragments,
+    /// RFC 7692: a compressed message that is not a DEFLATE stream.
+    BadCompressedData,
 }
 
 impl PeerError {
     /// The close code that answers this fault (RFC 6455 7.4.1).
     pub fn close_code(self) -> CloseCode {
         match self {
-            PeerError::InvalidUtf8 => CloseCode::INVALID_DATA,
+            PeerError::InvalidUtf8 | PeerError::BadCompressedData => CloseCode::INVALID_DATA,
             PeerError::MessageTooBig | PeerError::TooManyFragments => CloseCode::TOO_BIG,
             _ => CloseCode::PROTOCOL_ERROR,
         }
@@ -63,6 +66,7 @@ impl PeerError {
             PeerError::InvalidUtf8 => "invalid UTF-8",
             PeerError::MessageTooBig => "message too big",
             PeerError::TooManyFragments => "too many fragments",
+            PeerError::BadCompressedData => "invalid compressed data",
         }
     }
 }

@@ -44,6 +44,8 @@ impl Opcode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub fin: bool,
+    /// RSV1: the message this frame starts is compressed (permessage-deflate, RFC 7692).
+    pub compressed: bool,
     pub opcode: Opcode,
     pub mask: Option<[u8; 4]>,
     pub len: u64,
@@ -70,11 +72,17 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, PeerError> {
     let (Some(&b0), Some(&b1)) = (buf.first(), buf.get(1)) else {
         return Ok(None);
     };
-    // RFC 6455 5.2: RSV1-3 must be 0 when no extension is negotiated.
-    if b0 & 0x70 != 0 {
+    // RFC 6455 5.2: RSV2 and RSV3 must be 0 (no extension we speak uses them); RSV1
+    // is permessage-deflate's, which the connection judges (negotiated, first frame).
+    if b0 & 0x30 != 0 {
         return Err(PeerError::ReservedBits);
     }
+    let compressed = b0 & 0x40 != 0;
     let opcode = Opcode::from_bits(b0 & 0x0F).ok_or(PeerError::ReservedOpcode)?;
+    // RFC 7692 6.1: control frames are never compressed.
+    if compressed && opcode.is_control() {
+        return Err(PeerError::ReservedBits);
+    }
     let fin = b0 & 0x80 != 0;
     let masked = b1 & 0x80 != 0;
     let (len, mut n) = match b1 & 0x7F {
@@ -112,12 +120,12 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(Header, usize)>, PeerError> {
     } else {
         None
     };
-    Ok(Some((Header { fin, opcode, mask, len }, n)))
+    Ok(Some((Header { fin, compressed, opcode, mask, len }, n)))
 }
 
 /// Writes `header` in its shortest form; returns how many bytes it took.
 pub fn encode_header(header: &Header, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
-    out[0] = (u8::from(header.fin) << 7) | header.opcode.bits();
+    out[0] = (u8::from(header.fin) << 7) | (u8::from(header.compressed) << 6) | header.opcode.bits();
     let mask_bit = if header.mask.is_some() { 0x80 } else { 0 };
     let mut n = match header.len {
         len @ 0..=125 => {
@@ -144,7 +152,7 @@ pub fn encode_header(header: &Header, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
 
 /// The header of an unmasked, final server frame.
 pub fn server_header(opcode: Opcode, len: usize) -> Header {
-    Header { fin: true, opcode, mask: None, len: len as u64 }
+    Header { fin: true, compressed: false, opcode, mask: None, len: len as u64 }
 }
 
 /// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
@@ -165,6 +173,9 @@ impl CloseCode {
     pub const POLICY: CloseCode = CloseCode(1008);
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// RFC 6455 7.4.1 (IANA registry): try again later; mioket sends it when a message
+    /// cannot be published now (the Redis backplane is unavailable).
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
 
     /// RFC 6455 7.4: whether a peer may put this code in a close frame. 1004-1006 and
     /// 1015 are reserved; 1012-1014 are registered with IANA; 3000-4999 belong to
@@ -195,14 +206,16 @@ mod tests {
             Just(Opcode::Pong),
         ];
         let lens = prop_oneof![0u64..=125, 126u64..=0xFFFF, 0x1_0000u64..(1 << 63)];
-        (any::<bool>(), opcodes, any::<Option<[u8; 4]>>(), lens).prop_map(|(fin, opcode, mask, len)| {
-            if opcode.is_control() {
-                // RFC 6455 5.5: the only control headers that exist.
-                Header { fin: true, opcode, mask, len: len % 126 }
-            } else {
-                Header { fin, opcode, mask, len }
-            }
-        })
+        (any::<bool>(), any::<bool>(), opcodes, any::<Option<[u8; 4]>>(), lens).prop_map(
+            |(fin, compressed, opcode, mask, len)| {
+                if opcode.is_control() {
+                    // RFC 6455 5.5, RFC 7692 6.1: the only control headers that exist.
+                    Header { fin: true, compressed: false, opcode, mask, len: len % 126 }
+                } else {
+                    Header { fin, compressed, opcode, mask, len }
+                }
+            },
+        )
     }
 
     proptest! {
@@ -233,7 +246,7 @@ mod tests {
         let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         let (h, n) = parse_header(&bytes).unwrap().unwrap();
         assert_eq!(n, 6);
-        assert_eq!(h, Header { fin: true, opcode: Opcode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), len: 5 });
+        assert_eq!(h, Header { fin: true, compressed: false, opcode: Opcode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), len: 5 });
     }
 
     #[test]
@@ -253,10 +266,14 @@ mod tests {
         assert!(parse_header(&full).unwrap().is_some());
     }
 
-    // RFC 6455 5.2
+    // RFC 6455 5.2, RFC 7692 6.1
     #[test]
     fn reserved_bits_and_opcodes_are_protocol_errors() {
-        assert_eq!(parse_header(&[0xC1, 0x80]), Err(PeerError::ReservedBits));
+        assert_eq!(parse_header(&[0xA1, 0x80]), Err(PeerError::ReservedBits));
+        assert_eq!(parse_header(&[0x91, 0x80]), Err(PeerError::ReservedBits));
+        assert_eq!(parse_header(&[0xC9, 0x80]), Err(PeerError::ReservedBits), "a compressed ping");
+        // RSV1 on a data frame is the connection's to judge.
+        assert!(parse_header(&[0xC1, 0x00]).unwrap().unwrap().0.compressed);
         assert_eq!(parse_header(&[0x83, 0x80]), Err(PeerError::ReservedOpcode));
         assert_eq!(parse_header(&[0x8B, 0x80]), Err(PeerError::ReservedOpcode));
     }
@@ -279,7 +296,7 @@ mod tests {
     fn encode_uses_the_shortest_length_form() {
         let mut out = [0; MAX_HEADER_LEN];
         for (len, want) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
-            let n = encode_header(&Header { fin: true, opcode: Opcode::Binary, mask: None, len }, &mut out);
+            let n = encode_header(&Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: None, len }, &mut out);
             assert_eq!(n, want, "len {len}");
         }
     }

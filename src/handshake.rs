@@ -4,6 +4,7 @@
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+use crate::deflate;
 use crate::error::HandshakeError;
 
 /// Request heads beyond this many bytes are answered with 431.
@@ -60,8 +61,8 @@ pub struct Upgrade<'a> {
     pub query: &'a str,
     /// Some `Sec-WebSocket-Protocol` line offers `mioket.v1`.
     pub offers_v1: bool,
-    /// The first `Sec-WebSocket-Extensions` line offered, as sent (not negotiated yet).
-    pub extensions: Option<&'a [u8]>,
+    /// The first valid permessage-deflate offer of the `Sec-WebSocket-Extensions` lines.
+    pub deflate: Option<deflate::Agreement>,
 }
 
 /// Finds the end of the head (the byte after the empty line that ends it), looking
@@ -172,7 +173,11 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         path,
         query,
         offers_v1: seen.offers_v1,
-        extensions: seen.extensions,
+        deflate: seen.extensions.then(|| {
+            let lines = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+            deflate::negotiate(lines.map(|h| h.value))
+        })
+        .flatten(),
     }))
 }
 
@@ -199,7 +204,8 @@ struct Seen<'a> {
     keys: usize,
     origin: Option<&'a [u8]>,
     offers_v1: bool,
-    extensions: Option<&'a [u8]>,
+    /// Some `Sec-WebSocket-Extensions` line is there (read again when it is).
+    extensions: bool,
 }
 
 impl<'a> Seen<'a> {
@@ -235,7 +241,7 @@ impl<'a> Seen<'a> {
                     seen.offers_v1 |=
                         h.value.split(|&b| b == b',').any(|t| trim(t) == crate::v1::SUBPROTOCOL.as_bytes())
                 }
-                24 if is("sec-websocket-extensions") => _ = seen.extensions.get_or_insert(h.value),
+                24 if is("sec-websocket-extensions") => seen.extensions = true,
                 _ => {}
             }
         }
@@ -273,17 +279,29 @@ pub fn accept_key(key: &[u8]) -> [u8; 28] {
 }
 
 /// Writes the 101 answer into `out` (at least `MAX_SWITCHING_PROTOCOLS_LEN` bytes),
-/// naming the chosen subprotocol if any; returns its length (129 without one).
-pub fn write_switching_protocols(accept: &[u8; 28], subprotocol: Option<&str>, out: &mut [u8]) -> usize {
+/// naming the chosen subprotocol and extensions if any; returns its length (129
+/// without either).
+pub fn write_switching_protocols(
+    accept: &[u8; 28],
+    subprotocol: Option<&str>,
+    extensions: Option<&str>,
+    out: &mut [u8],
+) -> usize {
     let (protocol_line, protocol): (&[u8], &[u8]) = match subprotocol {
         Some(p) => (b"\r\nSec-WebSocket-Protocol: ", p.as_bytes()),
         None => (b"", b""),
     };
-    let parts: [&[u8]; 5] = [
+    let (extensions_line, extensions): (&[u8], &[u8]) = match extensions {
+        Some(e) => (b"\r\nSec-WebSocket-Extensions: ", e.as_bytes()),
+        None => (b"", b""),
+    };
+    let parts: [&[u8]; 7] = [
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
         accept,
         protocol_line,
         protocol,
+        extensions_line,
+        extensions,
         b"\r\n\r\n",
     ];
     let mut n = 0;
@@ -296,8 +314,9 @@ pub fn write_switching_protocols(accept: &[u8; 28], subprotocol: Option<&str>, o
 
 /// The length of the 101 answer without a subprotocol.
 pub const SWITCHING_PROTOCOLS_LEN: usize = 129;
-/// Room for the 101 answer with a subprotocol of up to 64 bytes.
-pub const MAX_SWITCHING_PROTOCOLS_LEN: usize = SWITCHING_PROTOCOLS_LEN + 26 + 64;
+/// Room for the 101 answer with a subprotocol of up to 64 bytes and extensions of up
+/// to 128.
+pub const MAX_SWITCHING_PROTOCOLS_LEN: usize = SWITCHING_PROTOCOLS_LEN + 26 + 64 + 28 + 128;
 
 /// A refusal: status line, a plain-text reason, and `Connection: close`.
 pub fn error_response(err: HandshakeError) -> Vec<u8> {
@@ -372,13 +391,13 @@ mod tests {
         let req = with_version("13");
         let Ok(Request::Upgrade(Upgrade { accept, .. })) = parse_request(req.as_bytes(), &[]) else { panic!() };
         let mut out = [0u8; 256];
-        let n = write_switching_protocols(&accept, None, &mut out);
+        let n = write_switching_protocols(&accept, None, None, &mut out);
         assert_eq!(n, SWITCHING_PROTOCOLS_LEN);
         assert_eq!(
             std::str::from_utf8(&out[..n]).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
-        let n = write_switching_protocols(&accept, Some("mioket.v1"), &mut out);
+        let n = write_switching_protocols(&accept, Some("mioket.v1"), None, &mut out);
         assert_eq!(
             std::str::from_utf8(&out[..n]).unwrap(),
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Protocol: mioket.v1\r\n\r\n"
@@ -394,10 +413,17 @@ mod tests {
         let Ok(Request::Upgrade(upgrade)) = parse_request(req.as_bytes(), &[]) else { panic!() };
         assert_eq!((upgrade.path, upgrade.query), ("/chat", ""));
         assert!(upgrade.offers_v1);
-        assert_eq!(upgrade.extensions, Some(&b"permessage-deflate; client_max_window_bits"[..]));
+        assert!(upgrade.deflate.is_some_and(|d| d.compress_to_peer()));
         let plain = with_version("13");
         let Ok(Request::Upgrade(upgrade)) = parse_request(plain.as_bytes(), &[]) else { panic!() };
-        assert_eq!((upgrade.offers_v1, upgrade.extensions), (false, None));
+        assert_eq!((upgrade.offers_v1, upgrade.deflate), (false, None));
+        // Every extensions line counts; a declined offer leaves the next.
+        let two = upgrade_with(
+            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; bogus\r\n\
+             Sec-WebSocket-Extensions: x-other, permessage-deflate; server_max_window_bits=9\r\n",
+        );
+        let Ok(Request::Upgrade(upgrade)) = parse_request(two.as_bytes(), &[]) else { panic!() };
+        assert!(upgrade.deflate.is_some_and(|d| !d.compress_to_peer()));
         // Any line, any place in the list; tokens compare exactly.
         for (lines, offered) in [
             ("Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Protocol: x, mioket.v1\r\n", true),

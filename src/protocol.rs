@@ -20,6 +20,7 @@ use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use crate::config::Limits;
+use crate::deflate;
 use crate::error::{HandshakeError, PeerError};
 use crate::frame::{parse_header, CloseCode, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::handshake::{self, BodyLength, Method, Request, MAX_HEAD};
@@ -77,6 +78,8 @@ pub struct UpgradeRequest {
     pub path: String,
     pub query: String,
     pub offers_v1: bool,
+    /// The permessage-deflate offer accepted, if any (the application may decline it).
+    pub deflate: Option<deflate::Agreement>,
 }
 
 /// A plain HTTP request, no longer borrowing its head.
@@ -107,6 +110,7 @@ impl From<Request<'_>> for Asked {
                     path: upgrade.path.to_string(),
                     query: upgrade.query.to_string(),
                     offers_v1: upgrade.offers_v1,
+                    deflate: upgrade.deflate,
                 },
             },
             Request::Http(http) => Asked::Http(Box::new(HttpRequest {
@@ -164,7 +168,20 @@ struct Heartbeat {
 struct Reader {
     stash: [u8; MAX_HEADER_LEN],
     stash_len: u8,
+    /// permessage-deflate as negotiated (it fits in the stash's padding).
+    deflate: Deflate,
     partial: Option<Box<Partial>>,
+}
+
+/// permessage-deflate on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Deflate {
+    Off,
+    /// The peer may compress; we send uncompressed (it asked for a smaller window
+    /// than the one we compress with).
+    InflateOnly,
+    /// Both ways.
+    Both,
 }
 
 #[derive(Default)]
@@ -175,6 +192,9 @@ struct Partial {
     message: Option<Assembly>,
     /// Its bytes so far, followed by those of an unfinished control frame.
     payload: Vec<u8>,
+    /// A compressed message's bytes, inflated into `payload` once whole (kept with its
+    /// capacity, like `payload`, while the connection is busy).
+    compressed: Vec<u8>,
     utf8: Utf8Validator,
     /// `payload` was handed out as an event; clear it before reading on.
     delivered: bool,
@@ -204,6 +224,8 @@ struct Assembly {
     opcode: Opcode,
     len: usize,
     fragments: u32,
+    /// RSV1 on its first frame: its bytes are DEFLATE, inflated when it is whole.
+    compressed: bool,
 }
 
 enum Delivery {
@@ -223,7 +245,7 @@ impl Conn {
     pub fn new(now: Instant, limits: &Limits) -> Conn {
         Conn {
             state: State::Handshaking { head: Vec::new(), deadline: limits.handshake_timeout.map(|t| now + t) },
-            reader: Reader { stash: [0; MAX_HEADER_LEN], stash_len: 0, partial: None },
+            reader: Reader { stash: [0; MAX_HEADER_LEN], stash_len: 0, deflate: Deflate::Off, partial: None },
             out: OutQueue::default(),
             fault: None,
             first_close: None,
@@ -317,12 +339,24 @@ impl Conn {
 
     // Commands: what the application decides.
 
-    /// Accepts the pending upgrade with the subprotocol chosen (if any): queues the
-    /// 101 answer and opens the connection.
-    pub fn accept(&mut self, subprotocol: Option<&str>, now: Instant, limits: &Limits) {
+    /// Accepts the pending upgrade with the subprotocol and the permessage-deflate
+    /// agreement chosen (if any): queues the 101 answer and opens the connection.
+    pub fn accept(
+        &mut self,
+        subprotocol: Option<&str>,
+        deflate: Option<deflate::Agreement>,
+        now: Instant,
+        limits: &Limits,
+    ) {
         if let State::Upgrading { accept } = self.state {
             let mut answer = [0u8; handshake::MAX_SWITCHING_PROTOCOLS_LEN];
-            let n = handshake::write_switching_protocols(&accept, subprotocol, &mut answer);
+            let extensions = deflate.map(|d| d.response());
+            let n = handshake::write_switching_protocols(&accept, subprotocol, extensions.as_deref(), &mut answer);
+            self.reader.deflate = match deflate {
+                None => Deflate::Off,
+                Some(d) if d.compress_to_peer() => Deflate::Both,
+                Some(_) => Deflate::InflateOnly,
+            };
             self.out.push_committed(Chunk::Owned(answer[..n].to_vec()));
             let heartbeat = Heartbeat { next_ping: limits.ping_interval.map(|t| now + t), seq: 0, waiting: None };
             self.state = State::Open { heartbeat };
@@ -435,6 +469,12 @@ impl Conn {
 
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
+    }
+
+    /// Whether this peer takes compressed messages (permessage-deflate negotiated with
+    /// a window we compress with).
+    pub fn takes_compressed(&self) -> bool {
+        self.reader.deflate == Deflate::Both
     }
 
     pub fn is_closed(&self) -> bool {
@@ -590,7 +630,7 @@ impl Conn {
                         p.frame = None;
                     }
                     let result = match kind {
-                        PayloadKind::Data if open => p.take_payload(chunk, fin),
+                        PayloadKind::Data if open => p.take_payload(chunk, fin, limits),
                         // Closing: the rest of a message is read past, never delivered.
                         PayloadKind::Data | PayloadKind::Skip => Ok(None),
                         PayloadKind::Control { opcode, start } => {
@@ -786,7 +826,17 @@ impl Reader {
         pos: &mut usize,
         limits: &Limits,
     ) -> Result<Option<Delivery>, PeerError> {
-        let too_big = |so_far: usize| header.len > (limits.max_message - so_far) as u64;
+        // RFC 7692 6.1: RSV1 only once negotiated, and only on a message's first frame.
+        if header.compressed && (self.deflate == Deflate::Off || header.opcode == Opcode::Continuation) {
+            return Err(PeerError::ReservedBits);
+        }
+        // A compressed message's bytes are bounded too (by a little more than the
+        // limit: incompressible data grows by a few bytes per 64 KiB); what counts is
+        // the inflated size, checked as it inflates.
+        let compressed = header.compressed
+            || self.partial.as_deref().and_then(|p| p.message.as_ref()).is_some_and(|m| m.compressed);
+        let max = if compressed { limits.max_message + limits.max_message / 1024 + 64 } else { limits.max_message };
+        let too_big = |so_far: usize| header.len > (max - so_far) as u64;
         let message = self.partial.as_deref_mut().and_then(|p| p.message.as_mut());
         match (message, header.opcode) {
             (None, Opcode::Continuation) => return Err(PeerError::UnexpectedContinuation),
@@ -811,13 +861,20 @@ impl Reader {
                     *pos = end;
                     let payload = &mut input[start..end];
                     apply_mask(payload, key, 0);
+                    if header.compressed {
+                        // Inflated into the connection's buffer, straight from the input.
+                        let p = self.partial();
+                        p.inflate_from(payload, opcode, limits)?;
+                        p.delivered = true;
+                        return Ok(Some(Delivery::Assembled { opcode }));
+                    }
                     if opcode == Opcode::Text && std::str::from_utf8(payload).is_err() {
                         return Err(PeerError::InvalidUtf8);
                     }
                     return Ok(Some(Delivery::InPlace { opcode, start, end }));
                 }
                 let p = self.partial();
-                p.message = Some(Assembly { opcode, len, fragments: 1 });
+                p.message = Some(Assembly { opcode, len, fragments: 1, compressed: header.compressed });
                 p.utf8.reset();
             }
         }
@@ -829,23 +886,48 @@ impl Reader {
 
 impl Partial {
     /// Adds unmasked payload to the message; returns its opcode when `fin` completes it.
-    fn take_payload(&mut self, chunk: &[u8], fin: bool) -> Result<Option<Opcode>, PeerError> {
+    fn take_payload(&mut self, chunk: &[u8], fin: bool, limits: &Limits) -> Result<Option<Opcode>, PeerError> {
         let Some(message) = &self.message else { return Ok(None) };
         let opcode = message.opcode;
-        if opcode == Opcode::Text {
-            // RFC 6455 8.1: fail as soon as the text cannot be valid UTF-8.
-            self.utf8.feed(chunk).map_err(|_| PeerError::InvalidUtf8)?;
-            if fin {
-                self.utf8.finish().map_err(|_| PeerError::InvalidUtf8)?;
+        if message.compressed {
+            self.compressed.extend_from_slice(chunk);
+            if !fin {
+                return Ok(None);
             }
-        }
-        self.payload.extend_from_slice(chunk);
-        if !fin {
-            return Ok(None);
+            let compressed = std::mem::take(&mut self.compressed);
+            let result = self.inflate_from(&compressed, opcode, limits);
+            self.compressed = compressed;
+            self.compressed.clear();
+            result?;
+        } else {
+            if opcode == Opcode::Text {
+                // RFC 6455 8.1: fail as soon as the text cannot be valid UTF-8.
+                self.utf8.feed(chunk).map_err(|_| PeerError::InvalidUtf8)?;
+                if fin {
+                    self.utf8.finish().map_err(|_| PeerError::InvalidUtf8)?;
+                }
+            }
+            self.payload.extend_from_slice(chunk);
+            if !fin {
+                return Ok(None);
+            }
         }
         self.message = None;
         self.delivered = true;
         Ok(Some(opcode))
+    }
+
+    /// A whole compressed message, inflated into `payload` within the message limit
+    /// (RFC 7692 7.2.2), then checked as text if it is text.
+    fn inflate_from(&mut self, compressed: &[u8], opcode: Opcode, limits: &Limits) -> Result<(), PeerError> {
+        deflate::inflate(compressed, &mut self.payload, limits.max_message).map_err(|err| match err {
+            deflate::InflateError::TooBig => PeerError::MessageTooBig,
+            deflate::InflateError::Corrupt => PeerError::BadCompressedData,
+        })?;
+        if opcode == Opcode::Text && std::str::from_utf8(&self.payload).is_err() {
+            return Err(PeerError::InvalidUtf8);
+        }
+        Ok(())
     }
 }
 

@@ -65,7 +65,7 @@ fn feed_chunks(conn: &mut Conn, chunks: &[&[u8]], now: Instant) -> Vec<Ev> {
             });
             match event {
                 Some(Ev::Upgrade) => {
-                    conn.accept(None, now, &limits);
+                    conn.accept(None, None, now, &limits);
                     events.push(Ev::Upgrade);
                 }
                 Some(e) => events.push(e),
@@ -463,7 +463,7 @@ mod limits {
         let mut conn = Conn::new(now, &limits);
         let mut request = UPGRADE.to_vec();
         assert!(matches!(conn.handle_input(&mut request, now, &limits).1, Some(Event::UpgradeRequest(_))));
-        conn.accept(None, now, &limits);
+        conn.accept(None, None, now, &limits);
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'a'; 8]), now, &limits), Ok(()), "the 101 does not count");
         assert_eq!(conn.send(Chunk::frame(Opcode::Text, &[b'b'; 8]), now, &limits), Err(OverLimit));
         let bytes = output(&mut conn);
@@ -568,7 +568,7 @@ mod heartbeat {
         let mut conn = Conn::new(now, &limits);
         let mut buf = UPGRADE.to_vec();
         conn.handle_input(&mut buf, now, &limits);
-        conn.accept(None, now, &limits);
+        conn.accept(None, None, now, &limits);
         assert_eq!(conn.poll_timeout(), None);
     }
 }

@@ -36,7 +36,9 @@ pub fn check_frame_header(data: &[u8]) {
     // The fields, read again the slow way.
     assert_eq!(h.fin, data[0] & 0x80 != 0);
     assert_eq!(h.opcode.bits(), data[0] & 0x0F);
-    assert_eq!(data[0] & 0x70, 0, "reserved bits accepted");
+    assert_eq!(data[0] & 0x30, 0, "RSV2 or RSV3 accepted");
+    assert_eq!(h.compressed, data[0] & 0x40 != 0);
+    assert!(!(h.compressed && h.opcode.is_control()), "a compressed control frame accepted");
     let (len, len_bytes) = match data[1] & 0x7F {
         126 => (data[2..4].iter().fold(0u64, |a, &b| a << 8 | u64::from(b)), 2),
         127 => (data[2..10].iter().fold(0u64, |a, &b| a << 8 | u64::from(b)), 8),
@@ -101,13 +103,15 @@ fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, 
             // base64 of a 20-byte SHA-1: 27 alphabet characters and one '='.
             assert!(accept[..27].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'), "{accept:?}");
             assert_eq!(accept[27], b'=');
-            let mut answer = [0u8; 256];
+            let mut answer = [0u8; handshake::MAX_SWITCHING_PROTOCOLS_LEN];
             assert_eq!(
-                handshake::write_switching_protocols(accept, None, &mut answer),
+                handshake::write_switching_protocols(accept, None, None, &mut answer),
                 handshake::SWITCHING_PROTOCOLS_LEN
             );
-            let with_protocol = handshake::write_switching_protocols(accept, Some("mioket.v1"), &mut answer);
-            assert!(with_protocol <= handshake::MAX_SWITCHING_PROTOCOLS_LEN);
+            let extensions = upgrade.deflate.map(|d| d.response());
+            let longest =
+                handshake::write_switching_protocols(accept, Some("mioket.v1"), extensions.as_deref(), &mut answer);
+            assert!(longest <= handshake::MAX_SWITCHING_PROTOCOLS_LEN);
         }
         Ok(Request::Http(http)) => assert!(!http.target.is_empty()),
         Err(err) => {
@@ -345,7 +349,7 @@ impl<'a> Script<'a> {
             frame.extend_from_slice(&len.to_be_bytes());
         } else {
             let mut header = [0u8; MAX_HEADER_LEN];
-            let hdr = Header { fin, opcode: Opcode::Binary, mask: None, len };
+            let hdr = Header { fin, compressed: false, opcode: Opcode::Binary, mask: None, len };
             let used = encode_header(&hdr, &mut header);
             frame.push(mask_bit | header[1]);
             frame.extend_from_slice(&header[2..used]);
@@ -470,7 +474,7 @@ impl<'a> Script<'a> {
                 if self.refuse_upgrade {
                     self.conn.refuse(HandshakeError::ServerFull, self.now);
                 } else {
-                    self.conn.accept(None, self.now, &self.limits);
+                    self.conn.accept(None, None, self.now, &self.limits);
                     self.accepted = true;
                 }
             }
