@@ -620,3 +620,104 @@ fn byte_at_a_time_gives_the_same_events_and_bytes() {
     assert_eq!(feed_chunks(&mut single, &pieces, now), want_events);
     assert_eq!(output(&mut single), want_out);
 }
+
+/// RFC 7692: permessage-deflate on a connection that negotiated it.
+mod permessage_deflate {
+    use super::*;
+    use std::io::Write;
+
+    fn open_deflate_conn() -> (Conn, Instant) {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let request = String::from_utf8(UPGRADE.to_vec())
+            .unwrap()
+            .replace("\r\n\r\n", "\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n");
+        let mut bytes = request.into_bytes();
+        let (_, event) = conn.handle_input(&mut bytes, now, &limits());
+        let Some(Event::UpgradeRequest(request)) = event else { panic!("{event:?}") };
+        assert!(request.deflate.is_some());
+        conn.accept(None, request.deflate, now, &limits());
+        let head = String::from_utf8(output(&mut conn)).unwrap();
+        assert!(head.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ));
+        assert!(conn.takes_compressed());
+        (conn, now)
+    }
+
+    /// DEFLATE as a browser sends it: sync flush, the 4-byte tail stripped.
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.flush().unwrap();
+        let mut out = encoder.get_ref().clone();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// A masked frame with RSV1 set.
+    fn compressed(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut bytes = frame(fin, opcode, payload);
+        bytes[0] |= 0x40;
+        bytes
+    }
+
+    #[test]
+    fn a_compressed_message_is_delivered_inflated_whole_or_in_fragments_and_plain_ones_too() {
+        let (mut conn, now) = open_deflate_conn();
+        let hello = deflated(b"Hello, compressed world");
+        let mut bytes = compressed(true, 1, &hello);
+        bytes.extend(text("plain still works"));
+        // Fragments: RSV1 on the first only, a ping between them.
+        let big = deflated(&[b'z'; 900]);
+        let (a, b) = big.split_at(big.len() / 2);
+        bytes.extend(compressed(false, 2, a));
+        bytes.extend(frame(true, 9, b"p"));
+        bytes.extend(frame(true, 0, b));
+        let want = vec![
+            msg(Opcode::Text, b"Hello, compressed world"),
+            msg(Opcode::Text, b"plain still works"),
+            msg(Opcode::Binary, &[b'z'; 900]),
+        ];
+        assert_eq!(feed(&mut conn, &bytes, now), want);
+        // The same bytes in any chunking give the same messages.
+        let (mut conn, now) = open_deflate_conn();
+        let pieces: Vec<&[u8]> = bytes.chunks(3).collect();
+        assert_eq!(feed_chunks(&mut conn, &pieces, now), want);
+    }
+
+    #[test]
+    fn rsv1_without_the_extension_or_on_a_continuation_fails_with_1002() {
+        let (mut plain, now) = open_conn();
+        assert_eq!(feed(&mut plain, &compressed(true, 1, &deflated(b"x")), now), vec![]);
+        assert_eq!(output(&mut plain), close_frame(1002, "reserved bits set"));
+        let (mut conn, now) = open_deflate_conn();
+        let mut bytes = compressed(false, 1, &deflated(b"ab"));
+        bytes.extend(compressed(true, 0, b""));
+        assert_eq!(feed(&mut conn, &bytes, now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1002, "reserved bits set"));
+    }
+
+    #[test]
+    fn a_message_that_inflates_past_the_limit_fails_with_1009() {
+        // limits(): 1,000 bytes; 100 KiB of zeros deflate to a few hundred bytes.
+        let (mut conn, now) = open_deflate_conn();
+        let bomb = deflated(&vec![0u8; 100 << 10]);
+        assert!(bomb.len() < 1000);
+        assert_eq!(feed(&mut conn, &compressed(true, 2, &bomb), now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1009, "message too big"));
+        // Exactly the limit inflates.
+        let (mut conn, now) = open_deflate_conn();
+        assert_eq!(feed(&mut conn, &compressed(true, 2, &deflated(&[1; 1000])), now), vec![msg(Opcode::Binary, &[1; 1000])]);
+    }
+
+    #[test]
+    fn bad_deflate_data_fails_with_1007_and_so_does_inflated_text_that_is_not_utf8() {
+        let (mut conn, now) = open_deflate_conn();
+        assert_eq!(feed(&mut conn, &compressed(true, 2, &[0xff, 0xff, 0xff]), now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1007, "invalid compressed data"));
+        let (mut conn, now) = open_deflate_conn();
+        assert_eq!(feed(&mut conn, &compressed(true, 1, &deflated(&[0xc3, 0x28])), now), vec![]);
+        assert_eq!(output(&mut conn), close_frame(1007, "invalid UTF-8"));
+    }
+}
