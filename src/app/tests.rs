@@ -366,4 +366,5 @@ mod memory_back {
     }
 }
 
+mod deflate;
 mod rooms;
