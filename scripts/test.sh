@@ -3,7 +3,8 @@
 # test: unit, property and wire-level tests with the fuzz-corpus replay
 # (cargo test over the workspace: the server, benches/mioket-load and tests/support),
 # Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
-# Installs what it needs (a Python venv for kosoku, npm packages, Debian's chromium).
+# Installs what it needs (a Python venv for kosoku, npm packages, Debian's chromium and
+# redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +27,15 @@ for crate in fuzz benches/peers; do
     cargo fmt --manifest-path "$crate/Cargo.toml" --check
     cargo clippy --manifest-path "$crate/Cargo.toml" --all-targets -- -D warnings
 done
+
+# The backplane tests (tests/redis.rs) start a real redis-server of their own.
+if ! command -v redis-server >/dev/null; then
+    echo "== installing redis-server (apt-get)"
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get -o DPkg::Lock::Timeout=600 update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get -o DPkg::Lock::Timeout=600 install -y redis-server
+fi
 
 echo "== cargo test"
 cargo test --release --workspace --all-targets

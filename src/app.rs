@@ -212,12 +212,16 @@ pub struct App<T> {
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
+    /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
+    backplane: Option<crate::backplane::Backplane>,
 /// (its peer address).
 impl<T: fmt::Display> App<T> {
     pub fn new(config: Config) -> App<T> {
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
         // A history replay must fit a new client's queue beside live traffic.
         let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
+        let backplane =
+            redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
         let rooms = Rooms::new(RoomLimits {
             max_rooms: config.max_rooms,
             ttl: config.room_ttl,
@@ -246,6 +250,7 @@ impl<T: fmt::Display> App<T> {
     }
 
     pub fn config(&self) -> &Config {
+            backplane,
         &self.config
     }
 
@@ -276,6 +281,8 @@ impl<T: fmt::Display> App<T> {
 
     /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
     /// `write_now` is the runtime's non-blocking write for write-through; it returns
+            // --redis: a client whose join waits for Redis is not read meanwhile.
+            && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
     /// how many bytes the socket took.
     pub fn handle_input(
         &mut self,
@@ -323,6 +330,10 @@ impl<T: fmt::Display> App<T> {
                     // Straight from the read buffer to the socket: no copy, no
                     // allocation. Only what the socket does not take is queued.
                     let mut header = [0u8; MAX_HEADER_LEN];
+            // --redis: a client whose join waits for Redis has its input held until its welcome.
+            if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
+                continue;
+            }
                     let n = encode_header(&server_header(opcode, payload.len()), &mut header);
                     let rest = write_through(&mut client.io, [&header[..n], payload], &mut write_now, metrics);
                     client.conn.finish_write_through(rest);
@@ -378,6 +389,14 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         if self.open >= self.config.max_connections || self.lifecycle != Lifecycle::Serving {
+                    if let Some(bp) = self.backplane.as_mut() {
+                        let name = rooms.get(room).map_or("", |r| r.name());
+                        let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
+                        if bp.publish(name, opcode, payload, origin).is_err() {
+                            client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
+                        }
+                        continue;
+                    }
             client.conn.refuse(HandshakeError::ServerFull, now);
             return;
         }
@@ -449,6 +468,9 @@ impl<T: fmt::Display> App<T> {
                     send(&mut client.conn, frame);
                 }
             }
+        if self.defer_join(id, room_id, resume, now) {
+            return;
+        }
             return;
         }
         let (recovered, replay) = match resume {
@@ -610,6 +632,10 @@ impl<T: fmt::Display> App<T> {
             let Some(frame) = frame else { continue };
             for member in room.topic.members(audience) {
                 // Members closing (slow consumers, stop) get nothing more.
+        if let (Some(_), Some((id, ack))) = (&self.backplane, origin) {
+            let origin = crate::backplane::Origin::Client { id, ack: ack.map(Into::into), v1: true };
+            return self.publish_to_redis(room, payload, origin, now);
+        }
                 let Some(recipient) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
                 if recipient.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
                     metrics.fanout_deliveries += 1;
@@ -634,26 +660,30 @@ impl<T: fmt::Display> App<T> {
             _ if operator && !matches!(path, "/metrics" | "/healthz") => http::not_found(),
             "/metrics" | "/healthz" if operator_here && !get => api::method_not_allowed("GET"),
             "/metrics" if operator_here => {
-                let body = self.metrics.render(&self.gauges());
+                let mut body = self.metrics.render(&self.gauges());
+                self.render_backplane(&mut body);
                 http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes())
             }
             "/healthz" if operator_here && self.lifecycle != Lifecycle::Serving => {
                 http::response(503, http::TEXT, b"shutting down\n")
             }
-            "/healthz" if operator_here => http::response(200, http::TEXT, b"ok\n"),
+            "/healthz" if operator_here => {
+                http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes())
+            }
             _ => match api::route(path) {
-                Some(route) => self.answer_api(route, request, now),
+                Some(route) => self.answer_api(id, route, request, now),
                 None if get => http::answer(path),
                 None => api::method_not_allowed("GET"),
             },
         };
-        if let Some(client) = self.clients.get_mut(id) {
+        // Empty: answered later (an API publish waiting for Redis).
+        if let Some(client) = self.clients.get_mut(id).filter(|_| !answer.is_empty()) {
             client.conn.respond(Chunk::Owned(answer), now);
         }
     }
 
     /// The HTTP API (docs/protocol.md): off (404) without a token and in echo mode.
-    fn answer_api(&mut self, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Vec<u8> {
         let Some(token) = self.config.api_token.as_deref().filter(|_| self.config.mode == Mode::Broadcast) else {
             return http::not_found();
         };
@@ -676,13 +706,13 @@ impl<T: fmt::Display> App<T> {
                 api::rooms(&list)
             }
             (api::Route::Rooms, _) => api::method_not_allowed("GET"),
-            (api::Route::Messages(room), Method::Post) => self.api_publish(room, request, now),
+            (api::Route::Messages(room), Method::Post) => self.api_publish(id, room, request, now),
             (api::Route::Messages(_), _) => api::method_not_allowed("POST"),
             (api::Route::Unknown, _) => http::not_found(),
         }
     }
 
-    fn api_publish(&mut self, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
         match request.body_length {
             BodyLength::None | BodyLength::Unknown => return api::error(411, "Content-Length required"),
             BodyLength::Length(n) if n > self.config.limits.max_message as u64 => {
@@ -733,6 +763,9 @@ impl<T: fmt::Display> App<T> {
             }
         }
         g
+        if self.backplane.is_some() {
+            return self.api_publish_to_redis(id, &name, payload);
+        }
     }
 
     /// The peer ended its side of the stream (or the socket failed).
@@ -853,10 +886,7 @@ impl<T: fmt::Display> App<T> {
     /// When rooms next need `handle_housekeeping`: a presence update is owed, or an
     /// empty room's time is up.
     pub fn poll_housekeeping(&self) -> Option<Instant> {
-        match (self.presence_at, self.rooms.poll_expiry()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.presence_at, self.rooms.poll_expiry(), self.poll_touch()].into_iter().flatten().min()
     }
 
     /// Tells rooms' v1 members who is online (one shared envelope per room whose count
@@ -895,6 +925,7 @@ impl<T: fmt::Display> App<T> {
                 queue_flush(&mut self.dirty, id, client);
             }
         }
+        self.touch(now);
     }
 
     /// Logs and counts why a client is ending, and removes it once closed.
@@ -954,6 +985,7 @@ fn write_through<T>(
     let written = write_now(io, parts);
     metrics.bytes_written += written as u64;
     metrics.messages_out += 1;
+        self.forget_in_backplane(id);
     Chunk::rest_of(parts, written)
 }
 
@@ -1004,3 +1036,4 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
 
 #[cfg(test)]
 mod tests;
+mod redis;

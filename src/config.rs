@@ -83,6 +83,12 @@ pub struct Config {
     /// both or neither; SIGHUP reloads them.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
+    pub redis: Option<crate::backplane::RedisUrl>,
+    /// Messages at most waiting for Redis on this node; beyond it publishes are refused.
+    pub redis_outbox: usize,
+    /// SO_REUSEPORT on the main port: several processes listen on one port.
+    pub reuse_port: bool,
 }
 
 impl Config {
@@ -93,7 +99,8 @@ impl Config {
         format!(
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
-             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={}",
+             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} redis={} \
+             redis-outbox={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -111,6 +118,9 @@ impl Config {
             self.max_rooms,
             self.max_rooms_per_connection,
             if self.api_token.is_some() { "on" } else { "off" },
+            self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
+            self.redis_outbox,
+            self.reuse_port,
         )
     }
 }
@@ -119,6 +129,7 @@ pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
+pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
 
 impl Default for Config {
     fn default() -> Self {
@@ -138,6 +149,9 @@ impl Default for Config {
             api_token: None,
             tls_cert: None,
             tls_key: None,
+            redis: None,
+            redis_outbox: DEFAULT_REDIS_OUTBOX,
+            reuse_port: false,
         }
     }
 }
@@ -224,6 +238,15 @@ struct Args {
     /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; e.g. privkey.pem); SIGHUP reloads both
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Share rooms with other mioket processes through this Redis (redis://HOST:PORT[/DB]) [default: off]
+    #[arg(long, value_name = "URL", value_parser = crate::backplane::RedisUrl::parse)]
+    redis: Option<crate::backplane::RedisUrl>,
+    /// Messages at most waiting for Redis on this node; beyond it publishes are refused
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_REDIS_OUTBOX, value_parser = positive)]
+    redis_outbox: usize,
+    /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
+    #[arg(long)]
+    reuse_port: bool,
 }
 
 /// Parses the whole command line, program name first. `--help` and `--version` also
@@ -264,6 +287,9 @@ where
         api_token: args.api_token.filter(|t| !t.is_empty()),
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
+        redis: args.redis,
+        redis_outbox: args.redis_outbox,
+        reuse_port: args.reuse_port,
     })
 }
 

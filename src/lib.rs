@@ -20,6 +20,9 @@
 //!   and the embedded pages), [`frame`], [`mask`], [`utf8`] (RFC 6455 framing,
 //!   masking, incremental UTF-8), [`error`] (peer faults with their close codes and
 //!   HTTP statuses).
+//! - [`backplane`]: the Redis backplane (`--redis`): rooms shared by many processes,
+//!   numbered by Redis; a sans-I/O half for the application and a link (two threads)
+//!   for the runtime.
 //! - [`config`]: `Config` and `Limits`, the command line; [`metrics`]: counters and
 //!   the Prometheus text; `memory`: giving freed heap pages back to the system.
 //!
@@ -34,6 +37,7 @@
 
 pub(crate) mod api;
 pub mod app;
+pub mod backplane;
 pub mod config;
 pub mod deflate;
 pub mod error;

@@ -127,6 +127,14 @@ impl<M: Weight + Clone> Topic<M> {
     pub fn drop_oldest(&mut self) -> usize {
         self.history.drop_oldest()
     }
+
+    /// Forgets the history and goes on numbering after `last_seq` (a backplane's mirror
+    /// taking the numbers another process gave).
+    pub fn restart(&mut self, last_seq: Seq) {
+        self.history.frames.clear();
+        self.history.bytes = 0;
+        self.history.last_seq = last_seq;
+    }
 }
 
 /// Dense membership: `ids[i]` is a member and `owners[i]` the slot that points at `i`.

@@ -265,6 +265,21 @@ impl Rooms {
         seq
     }
 
+    /// With a backplane: the room as Redis has it. Takes Redis's epoch (16 hex digits;
+    /// anything else keeps ours), forgets the history, and numbers on after `last_seq`;
+    /// the caller publishes the kept messages that follow it.
+    pub fn restart(&mut self, id: RoomId, epoch: &str, last_seq: Seq) {
+        let Some(room) = self.rooms.get_mut(id as usize) else { return };
+        if let Ok(epoch) = <[u8; 16]>::try_from(epoch.as_bytes()) {
+            if epoch.iter().all(u8::is_ascii_hexdigit) {
+                room.epoch = epoch;
+            }
+        }
+        self.history_bytes -= room.topic.history().bytes();
+        room.topic.restart(last_seq);
+        self.unlink(id);
+    }
+
     /// When the next empty room expires.
     pub fn poll_expiry(&self) -> Option<Instant> {
         self.expiring.peek().map(|Reverse((at, _, _))| *at)

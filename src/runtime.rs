@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::app::{App, Listener, Stop};
+use crate::backplane::link::Link;
 use crate::config::{Config, Mode};
 use crate::memory;
 use crate::tls;
@@ -25,6 +26,8 @@ use crate::transport::Transport;
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
+/// The Redis link's waker (--redis): events from Redis are waiting.
+const BACKPLANE: Token = Token(usize::MAX - 4);
 /// One read's worth: shared by all clients, never per connection. Large enough that
 /// a 64 KiB message with its header arrives whole and is unmasked in place.
 const READ_CHUNK: usize = 256 * 1024;
@@ -76,6 +79,8 @@ pub struct Server {
     /// With --tls-cert/--tls-key: what new connections on the main port get (SIGHUP
     /// replaces it; connections keep the one they started with).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// --redis: the threads that talk to Redis (src/backplane/link.rs).
+    backplane: Option<Link>,
 }
 
 impl Server {
@@ -84,13 +89,13 @@ impl Server {
     /// which and why, on one line).
     pub fn bind(config: Config) -> io::Result<Server> {
         let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut listener = listen(resolve((config.host.as_str(), config.port))?)?;
+        let mut listener = listen(resolve((config.host.as_str(), config.port))?, config.reuse_port)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => {
-                let mut l = listen(resolve(addr.as_str())?)?;
+                let mut l = listen(resolve(addr.as_str())?, false)?;
                 poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
                 Some(l)
             }
@@ -100,13 +105,21 @@ impl Server {
         let mut signals =
             if tls.is_some() { Signals::new([SIGINT, SIGTERM, SIGHUP])? } else { Signals::new([SIGINT, SIGTERM])? };
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
+        let app = App::new(config);
+        let backplane = match app.backplane_settings() {
+            Some(settings) => {
+                let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
+                Some(Link::start(settings.clone(), waker)?)
+            }
+            None => None,
+        };
         Ok(Server {
             poll,
             listener: Some(listener),
             metrics_listener,
             signals,
             local_addr,
-            app: App::new(config),
+            app,
             timers: BinaryHeap::new(),
             backlog: Vec::new(),
             flushing: Vec::new(),
@@ -115,6 +128,7 @@ impl Server {
             last_exhaustion_log: None,
             started: Instant::now(),
             tls,
+            backplane,
         })
     }
 
@@ -156,7 +170,11 @@ impl Server {
                 self.accept_paused_until = None;
                 self.accept_all(now);
             }
+            self.pump_backplane(now);
             self.flush_dirty(&mut events);
+            // Publishes read during the flush's looks for input go now, not after the
+            // next poll.
+            self.pump_backplane(now);
             if self.app.poll_trim(now).is_some_and(|t| t <= now) {
                 memory::give_back();
                 self.app.handle_trimmed(now);
@@ -177,6 +195,9 @@ impl Server {
                 LISTENER => self.accept_all(now),
                 METRICS_LISTENER => self.accept_metrics(now),
                 SIGNALS => self.on_signals(now),
+                // Also drained once per iteration; here too, since a look for input
+                // during a long flush may take the waker's one event.
+                BACKPLANE => self.pump_backplane(now),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read_client(id, event.is_read_closed(), now);
@@ -186,6 +207,18 @@ impl Server {
                     }
                 }
             }
+        }
+    }
+
+    /// --redis: hands what Redis said to the application, and what it asks of Redis
+    /// (everything this iteration queued: one batch, one write) to the link.
+    fn pump_backplane(&mut self, now: Instant) {
+        let Some(link) = &self.backplane else { return };
+        while let Ok(event) = link.events.try_recv() {
+            self.app.handle_backplane(event, now);
+        }
+        if let Some(outbox) = self.app.backplane_outbox().filter(|o| !o.is_empty()) {
+            link.send(std::mem::take(outbox));
         }
     }
 
@@ -484,10 +517,12 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
 /// 128, which drops SYNs in a burst; the kernel caps this at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
+    // --reuse-port: the kernel spreads new connections over every process on the port.
+    socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;

@@ -73,10 +73,12 @@ pub enum OpError {
     AlreadyJoined,
     TooManyRooms,
     RoomLimit,
+    /// The Redis backplane (`--redis`) cannot take the op now.
+    BackplaneUnavailable,
 }
 
 impl OpError {
-    pub const ALL: [OpError; 9] = [
+    pub const ALL: [OpError; 10] = [
         OpError::InvalidJson,
         OpError::UnknownOp,
         OpError::InvalidField,
@@ -86,6 +88,7 @@ impl OpError {
         OpError::AlreadyJoined,
         OpError::TooManyRooms,
         OpError::RoomLimit,
+        OpError::BackplaneUnavailable,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -99,6 +102,7 @@ impl OpError {
             OpError::AlreadyJoined => "already joined",
             OpError::TooManyRooms => "too many rooms",
             OpError::RoomLimit => "room limit reached",
+            OpError::BackplaneUnavailable => "backplane unavailable",
         }
     }
 }

@@ -5,6 +5,7 @@
 //!   hand, independently of the server's `frame.rs` and `mask.rs`: a bug there must not
 //!   be mirrored here.
 //! - [`procfs`]: a process's RSS, CPU time and sockets from /proc.
+//! - [`redis`]: a real `redis-server` for the backplane tests, on a free port.
 //! - [`conn`]: open `Conn`s through the library's public API (allocation test, benches).
 //! - [`fuzz_checks`], [`fuzz_rooms`]: what the fuzz targets (fuzz/) check on each
 //!   input; the stable test tests/fuzz_replay.rs replays the corpora through the same
@@ -19,6 +20,7 @@ pub mod frames;
 pub mod fuzz_checks;
 pub mod fuzz_rooms;
 pub mod procfs;
+pub mod redis;
 pub mod server;
 
 pub use frames::*;

@@ -1,0 +1,433 @@
+//! The application's side of the Redis backplane (`--redis`, src/backplane.rs).
+//!
+//! With a backplane a publish does not fan out at once: it goes to Redis, which numbers
+//! it, and the fan-out happens when it comes back from the subscription (our own
+//! messages included), so every node delivers a room's messages in Redis's order with
+//! Redis's seqs. Each node's `Rooms` is a mirror of the rooms it has members in: a
+//! room is joined only once the mirror holds Redis's state (a fetch: epoch, seq and the
+//! kept messages), and the joining client's input is held back until its welcome. Live
+//! messages that come while a room is fetched are buffered and delivered after it,
+//! skipping the seqs the fetch already gave; a gap in the seqs (a lost subscription)
+//! is filled from the room's stream. A room whose Redis state does not continue its
+//! mirror (Redis lost data) closes its members with 1013: on their resume they are
+//! told `"recovered":false`.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use super::{encode, queue_flush, App, Role};
+use crate::api;
+use crate::backplane::{Backplane, Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
+use crate::frame::CloseCode;
+use crate::outqueue::Chunk;
+use crate::pubsub::Audience;
+use crate::rooms::RoomId;
+use crate::v1::{OpError, Payload, Resume};
+
+/// Rooms per touch command.
+const TOUCH_BATCH: usize = 512;
+
+pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
+    let url = config.redis.clone()?;
+    Some(Settings {
+        url,
+        outbox: config.redis_outbox,
+        history: config.history,
+        ttl: config.room_ttl.max(Duration::from_secs(1)),
+    })
+}
+
+impl<T: fmt::Display> App<T> {
+    /// The backplane's settings, when it is on (`--redis`, broadcast mode).
+    pub fn backplane_settings(&self) -> Option<&Settings> {
+        self.backplane.as_ref().map(|bp| &bp.settings)
+    }
+
+    /// Commands for Redis, for the runtime to hand to the link (and empty).
+    pub fn backplane_outbox(&mut self) -> Option<&mut Vec<Command>> {
+        self.backplane.as_mut().map(|bp| &mut bp.outbox)
+    }
+
+    /// What the link reports.
+    pub fn handle_backplane(&mut self, event: Event, now: Instant) {
+        self.now = now;
+        let Some(bp) = self.backplane.as_mut() else { return };
+        match event {
+            Event::Commands(up) => {
+                if bp.commands_up && !up {
+                    bp.stats.disconnects += 1;
+                }
+                bp.commands_up = up;
+                self.resync_all();
+            }
+            Event::Subscribed(up) => {
+                if bp.subscribed && !up {
+                    bp.stats.disconnects += 1;
+                    // Messages may be missed from now on: rooms read their stream again
+                    // once the subscription is back.
+                    for sync in bp.rooms.values_mut() {
+                        if sync.state == SyncState::Synced {
+                            sync.state = SyncState::Unsynced;
+                        }
+                    }
+                }
+                bp.subscribed = up;
+                self.resync_all();
+            }
+            Event::Published { req, result } => {
+                bp.in_flight = bp.in_flight.saturating_sub(1);
+                match result {
+                    Ok((_, seq)) => {
+                        // A client's publish is acked with its delivery here; an API
+                        // request is answered now.
+                        if matches!(bp.pending.get(&req), Some(Origin::Api { .. })) {
+                            if let Some(Origin::Api { id, room }) = bp.take_pending(req) {
+                                self.respond_later(id, api::published(&room, seq), now);
+                            }
+                        }
+                    }
+                    Err(()) => {
+                        if let Some(origin) = bp.take_pending(req) {
+                            bp.stats.failed += 1;
+                            self.publish_refused(origin, now);
+                        }
+                    }
+                }
+            }
+            Event::Fetched { req, result } => self.fetched(req, result, now),
+            Event::Live { room, epoch, message } => {
+                bp.stats.live_messages += 1;
+                self.live(&room, epoch, message, now);
+            }
+            Event::RoundTrip { commands, took } => {
+                bp.stats.round_trips += 1;
+                bp.stats.commands += commands as u64;
+                bp.stats.latency_sum += took;
+                bp.stats.latency_max = bp.stats.latency_max.max(took);
+            }
+        }
+    }
+
+    /// Once Redis is reachable again: rooms with members (or joins waiting) that may
+    /// have missed messages read their stream; the others are fetched on their next join.
+    fn resync_all(&mut self) {
+        let App { backplane, rooms, .. } = self;
+        let Some(bp) = backplane.as_mut().filter(|bp| bp.is_up()) else { return };
+        let mut fetch = Vec::new();
+        for (&id, sync) in &mut bp.rooms {
+            let Some(room) = rooms.get(id).filter(|r| r.generation() == sync.generation) else { continue };
+            if sync.state == SyncState::Unsynced && (room.topic.member_count() > 0 || !sync.joiners.is_empty()) {
+                sync.state = SyncState::Fetching;
+                let since = if sync.known { room.topic.last_seq() } else { 0 };
+                fetch.push((id, sync.generation, room.name().to_string(), since));
+            }
+        }
+        for (id, generation, name, since) in fetch {
+            bp.fetch(id, generation, &name, since);
+        }
+        bp.next_touch.get_or_insert(self.now);
+    }
+
+    /// A publish from a WebSocket client (`origin`) with a backplane: sent to Redis,
+    /// or refused (v1: an error envelope; plain: close 1013).
+    pub(super) fn publish_to_redis(&mut self, room: RoomId, payload: Payload<'_>, origin: Origin, now: Instant) {
+        let Some(bp) = self.backplane.as_mut() else { return };
+        let Some(name) = self.rooms.get(room).map(|r| r.name()) else { return };
+        let (opcode, bytes) = (payload.opcode(), payload.bytes());
+        if bp.publish(name, opcode, bytes, origin.clone()).is_err() {
+            self.publish_refused(origin, now);
+        }
+    }
+
+    /// An API publish with a backplane: answered when Redis has numbered it (an empty
+    /// answer now means "later"), or 503 at once.
+    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Vec<u8> {
+        let Some(bp) = self.backplane.as_mut() else { return api::error(503, "backplane unavailable") };
+        let origin = Origin::Api { id, room: name.into() };
+        match bp.publish(name, payload.opcode(), payload.bytes(), origin) {
+            Ok(()) => {
+                self.metrics.api_publishes += 1;
+                Vec::new()
+            }
+            Err(Refused::Unavailable) => api::error(503, "backplane unavailable"),
+            Err(Refused::OutboxFull) => api::error(503, "backplane unavailable: too many messages waiting for Redis"),
+        }
+    }
+
+    fn respond_later(&mut self, id: usize, answer: Vec<u8>, now: Instant) {
+        if let Some(client) = self.clients.get_mut(id) {
+            client.conn.respond(Chunk::Owned(answer), now);
+        }
+        self.after_activity(id);
+    }
+
+    /// Tells a publisher that its message was not published.
+    fn publish_refused(&mut self, origin: Origin, now: Instant) {
+        match origin {
+            Origin::Api { id, .. } => self.respond_later(id, api::error(503, "backplane unavailable"), now),
+            Origin::Client { id, ack, v1: true } => {
+                self.refuse_op(id, OpError::BackplaneUnavailable, ack.as_deref(), now);
+                self.after_activity(id);
+            }
+            Origin::Client { id, v1: false, .. } => {
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+                }
+                self.after_activity(id);
+            }
+        }
+    }
+
+    /// With a backplane, a join waits until the room's mirror holds Redis's state:
+    /// true when this one waits (or was refused because Redis is unreachable).
+    pub(super) fn defer_join(&mut self, id: usize, room: RoomId, resume: Option<&Resume<'_>>, now: Instant) -> bool {
+        let App { backplane, rooms, .. } = self;
+        let Some(bp) = backplane.as_mut() else { return false };
+        let Some(r) = rooms.get(room) else { return false };
+        let generation = r.generation();
+        if bp.is_synced(room, generation) {
+            return false;
+        }
+        let (name, last) = (r.name().to_string(), r.topic.last_seq());
+        let up = bp.is_up();
+        let sync = bp.sync(room, generation);
+        if sync.known {
+            // The mirror held Redis's state and is catching up (or waits for Redis):
+            // the join is served from it now; what it missed reaches every member,
+            // this one included, in order, when its stream is read.
+            if sync.state == SyncState::Unsynced && up {
+                sync.state = SyncState::Fetching;
+                bp.fetch(room, generation, &name, last);
+            }
+            return false;
+        }
+        if !up {
+            self.refuse_join(id, now);
+            return true;
+        }
+        let resume = resume.map(|r| Resume { since: r.since, epoch: r.epoch.as_ref().map(|e| e.to_string().into()) });
+        let sync = bp.sync(room, generation);
+        sync.joiners.push((id, resume));
+        if sync.state != SyncState::Fetching {
+            sync.state = SyncState::Fetching;
+            bp.fetch(room, generation, &name, 0);
+        }
+        bp.held.entry(id).or_default();
+        true
+    }
+
+    /// A join that cannot be done now: a client in no room is closed (1013), one in
+    /// other rooms gets an error envelope.
+    fn refuse_join(&mut self, id: usize, now: Instant) {
+        let in_rooms = matches!(self.clients.get(id).map(|c| &c.role), Some(Role::WebSocket(s)) if s.count() > 0);
+        if in_rooms {
+            self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
+        } else if let Some(client) = self.clients.get_mut(id) {
+            client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+        }
+    }
+
+    /// Acts on a client's held input, in order, until it is held again (another join
+    /// that waits).
+    fn release(&mut self, id: usize, now: Instant) {
+        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)) else { return };
+        // A flush, even of nothing, is where the runtime resumes a paused reader.
+        if let Some(client) = self.clients.get_mut(id) {
+            queue_flush(&mut self.dirty, id, client);
+        }
+        let mut rest = held.drain(..);
+        while let Some((opcode, bytes)) = rest.next() {
+            if !self.clients.contains(id) {
+                return;
+            }
+            let v1 = match &self.clients[id].role {
+                Role::WebSocket(session) => session.v1,
+                Role::Pending => return,
+            };
+            if v1 {
+                self.handle_v1(id, opcode, &bytes, now);
+            } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
+                self.publish_to_redis(room, Payload::of(opcode, &bytes), Origin::Client { id, ack: None, v1 }, now);
+            }
+            if let Some(again) = self.backplane.as_mut().and_then(|bp| bp.held.get_mut(&id)) {
+                again.extend(rest);
+                return;
+            }
+        }
+    }
+
+    /// A room's state from Redis: fill the mirror's gap (or start it afresh), welcome
+    /// the joins that waited, then deliver what came live meanwhile.
+    fn fetched(&mut self, req: u64, result: Result<Fetched, ()>, now: Instant) {
+        let Some(bp) = self.backplane.as_mut() else { return };
+        let Some((room, generation)) = bp.fetches.remove(&req) else { return };
+        let alive = self.rooms.get(room).is_some_and(|r| r.generation() == generation);
+        let sync = bp.sync(room, generation);
+        let joiners = std::mem::take(&mut sync.joiners);
+        let buffer = std::mem::take(&mut sync.buffer);
+        let fetched = match result {
+            Ok(fetched) if alive => fetched,
+            _ => {
+                sync.state = SyncState::Unsynced;
+                debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
+                for (id, _) in joiners {
+                    self.refuse_join(id, now);
+                    self.release(id, now);
+                    self.after_activity(id);
+                }
+                return;
+            }
+        };
+        let known = sync.known;
+        sync.known = true;
+        let Some(r) = self.rooms.get(room) else { return };
+        let last = r.topic.last_seq();
+        let first = fetched.entries.first().map_or(fetched.seq + 1, |m| m.seq);
+        let contiguous = fetched.entries.iter().enumerate().all(|(i, m)| m.seq == first + i as u64)
+            && fetched.entries.last().is_none_or(|m| m.seq == fetched.seq);
+        let continues = known && fetched.epoch == r.epoch() && fetched.seq >= last && contiguous && first <= last + 1;
+        if continues {
+            let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
+            if let Some(bp) = self.backplane.as_mut() {
+                bp.stats.gaps_filled += missed.len() as u64;
+            }
+            for message in missed {
+                self.deliver(room, message, now);
+            }
+        } else {
+            if known {
+                warn!("backplane: room {:?} lost messages in Redis; its members are closed (1013)", r.name());
+                if let Some(bp) = self.backplane.as_mut() {
+                    bp.stats.rooms_lost += 1;
+                }
+                self.close_members(room, now);
+            }
+            let keep = if contiguous && !fetched.entries.is_empty() { fetched.entries } else { Vec::new() };
+            let base = keep.first().map_or(fetched.seq, |m| m.seq - 1);
+            self.rooms.restart(room, &fetched.epoch, base);
+            for message in keep {
+                let stored =
+                    encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
+                self.rooms.publish(room, &stored);
+            }
+        }
+        if let Some(bp) = self.backplane.as_mut() {
+            bp.sync(room, generation).state = SyncState::Synced;
+        }
+        for (id, resume) in joiners {
+            if self.clients.contains(id) {
+                self.join(id, room, resume.as_ref(), now);
+                self.release(id, now);
+                self.after_activity(id);
+            }
+        }
+        let name = self.rooms.get(room).map(|r| r.name().to_string()).unwrap_or_default();
+        for (epoch, message) in buffer {
+            self.live(&name, epoch, message, now);
+        }
+    }
+
+    /// A message from the subscription.
+    fn live(&mut self, name: &str, epoch: String, message: Message, now: Instant) {
+        let App { backplane, rooms, .. } = self;
+        let Some(bp) = backplane.as_mut() else { return };
+        // Rooms without a mirror here have nobody to deliver to.
+        let Some(room) = rooms.find(name) else { return };
+        let Some(r) = rooms.get(room) else { return };
+        let (generation, last) = (r.generation(), r.topic.last_seq());
+        let same_epoch = epoch == r.epoch();
+        let sync = bp.sync(room, generation);
+        match sync.state {
+            SyncState::Fetching => sync.buffer.push((epoch, message)),
+            SyncState::Unsynced => {}
+            SyncState::Synced if same_epoch && message.seq <= last => bp.stats.duplicates += 1,
+            SyncState::Synced if same_epoch && message.seq == last + 1 => self.deliver(room, message, now),
+            SyncState::Synced => {
+                // A gap, or a new epoch: the stream says what happened.
+                sync.state = SyncState::Fetching;
+                sync.buffer.push((epoch, message));
+                bp.fetch(room, generation, name, last);
+            }
+        }
+    }
+
+    /// Fans a message numbered by Redis out to the room's members here; our own
+    /// publisher gets its ack first.
+    fn deliver(&mut self, room: RoomId, message: Message, now: Instant) {
+        let origin = self.backplane.as_mut().and_then(|bp| {
+            let req = bp.own_request(&message.origin)?;
+            matches!(bp.pending.get(&req), Some(Origin::Client { .. })).then(|| bp.take_pending(req)).flatten()
+        });
+        let stored = encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
+        match origin {
+            Some(Origin::Client { id, ack, .. }) => {
+                self.fan_out(room, stored, Some((id, ack.as_deref())), now);
+            }
+            _ => {
+                self.fan_out(room, stored, None, now);
+            }
+        }
+    }
+
+    /// Closes every member of a room with 1013, so that they resume (and learn that
+    /// messages may be lost).
+    fn close_members(&mut self, room: RoomId, now: Instant) {
+        let Some(r) = self.rooms.get(room) else { return };
+        let members: Vec<usize> = r.topic.members(Audience::Plain).chain(r.topic.members(Audience::V1)).collect();
+        for id in members {
+            if let Some(client) = self.clients.get_mut(id) {
+                client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
+            }
+            self.after_activity(id);
+        }
+    }
+
+    /// When the backplane next wants `touch`.
+    pub(super) fn poll_touch(&self) -> Option<Instant> {
+        self.backplane.as_ref().filter(|bp| bp.is_up()).and_then(|bp| bp.next_touch)
+    }
+
+    /// Keeps the rooms with members here alive in Redis, and forgets the mirror state
+    /// of rooms that are gone.
+    pub(super) fn touch(&mut self, now: Instant) {
+        let App { backplane, rooms, .. } = self;
+        let Some(bp) = backplane.as_mut() else { return };
+        if bp.next_touch.is_none_or(|t| t > now) {
+            return;
+        }
+        bp.next_touch = Some(now + (bp.settings.ttl / 3).max(Duration::from_millis(300)));
+        let names: Vec<Box<str>> =
+            rooms.iter().filter(|r| r.topic.member_count() > 0).map(|r| r.name().into()).collect();
+        for chunk in names.chunks(TOUCH_BATCH) {
+            bp.outbox.push(Command::Touch { rooms: chunk.to_vec() });
+        }
+        bp.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+    }
+
+    /// The /healthz line and the /metrics lines of the backplane.
+    pub(super) fn backplane_health(&self) -> &'static str {
+        self.backplane.as_ref().map_or("", Backplane::health)
+    }
+
+    pub(super) fn render_backplane(&self, out: &mut String) {
+        if let Some(bp) = &self.backplane {
+            bp.render(out);
+        }
+    }
+
+    /// A client is gone.
+    pub(super) fn forget_in_backplane(&mut self, id: usize) {
+        if let Some(bp) = self.backplane.as_mut() {
+            bp.forget(id);
+        }
+    }
+}
+
+fn payload_of(message: &Message) -> Payload<'_> {
+    match std::str::from_utf8(&message.payload) {
+        Ok(text) if !message.binary => Payload::Text(text),
+        _ => Payload::Binary(&message.payload),
+    }
+}

@@ -1,0 +1,424 @@
+//! The Redis backplane (`--redis`) with a real `redis-server` and several mioket
+//! processes: rooms shared across nodes with Redis's numbering, resume on another node,
+//! the API, and faults (Redis killed and restarted, Redis paused, a node killed).
+//!
+//! scripts/test.sh installs redis-server; without it these tests say so and pass.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::redis::{redis_available, RedisServer};
+use common::*;
+use serde_json::{json, Value};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+fn node(redis: &RedisServer, extra: &[&str]) -> Server {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--api-token", "t", "--ping-interval", "0", "--welcome", "hi"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn connect_v1(server: &Server, path: &str) -> Ws {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mioket.v1".parse().unwrap());
+    let (ws, _) = tungstenite::client(request, stream).expect("handshake");
+    ws
+}
+
+fn connect_plain(server: &Server, path: &str) -> Ws {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    tungstenite::client(format!("ws://{}{path}", server.addr), stream).expect("handshake").0
+}
+
+/// The next envelope other than presence.
+fn envelope(ws: &mut Ws) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&text(ws)).expect("JSON");
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+fn welcome(ws: &mut Ws) -> Value {
+    let w = envelope(ws);
+    assert_eq!(w["type"], "welcome", "{w}");
+    w
+}
+
+fn publish(ws: &mut Ws, data: &str, id: &str) {
+    send_text(ws, &json!({"op": "publish", "data": data, "id": id}).to_string());
+}
+
+/// Messages as (seq, data), and the other envelopes seen on the way.
+type Collected = (Vec<(u64, String)>, Vec<Value>);
+
+/// Reads envelopes until `count` messages came; returns them as (seq, data), and the
+/// acks and errors seen on the way.
+fn collect(ws: &mut Ws, count: usize) -> Collected {
+    let (mut messages, mut others) = (Vec::new(), Vec::new());
+    while messages.len() < count {
+        let v = envelope(ws);
+        if v["type"] == "message" {
+            messages.push((v["seq"].as_u64().unwrap(), v["data"].as_str().unwrap_or_default().to_string()));
+        } else {
+            others.push(v);
+        }
+    }
+    (messages, others)
+}
+
+fn http(addr: std::net::SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn api_post(server: &Server, room: &str, body: &str) -> (u16, String) {
+    http(
+        server.addr,
+        &format!(
+            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn healthz(server: &Server) -> String {
+    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
+}
+
+fn wait_backplane_up(servers: &[&Server]) {
+    for s in servers {
+        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
+        assert!(up.is_some(), "backplane up: {}", healthz(s));
+    }
+}
+
+fn assert_gap_free(seqs: &[(u64, String)], from: u64) {
+    for (i, (seq, _)) in seqs.iter().enumerate() {
+        assert_eq!(*seq, from + i as u64, "gap-free and duplicate-free: {seqs:?}");
+    }
+}
+
+macro_rules! need_redis {
+    () => {
+        if !redis_available() {
+            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+            return;
+        }
+    };
+}
+
+/// Members on every node, publishers on every node at once: every member gets the very
+/// same sequence, 1..=N without a gap or a duplicate, and acks carry Redis's seqs.
+fn nodes_share_a_room(nodes: usize) {
+    let redis = RedisServer::start(false);
+    let servers: Vec<Server> = (0..nodes).map(|_| node(&redis, &[])).collect();
+    wait_backplane_up(&servers.iter().collect::<Vec<_>>());
+    const PER_PUBLISHER: usize = 60;
+    let total = PER_PUBLISHER * nodes;
+    let mut readers: Vec<JoinHandle<Collected>> = Vec::new();
+    for server in &servers {
+        let mut member = connect_v1(server, "/shared");
+        welcome(&mut member);
+        readers.push(std::thread::spawn(move || collect(&mut member, total)));
+        let mut plain = connect_plain(server, "/shared");
+        assert_eq!(text(&mut plain), "hi");
+        readers.push(std::thread::spawn(move || {
+            let got = (0..total).map(|_| (0, text(&mut plain))).collect();
+            (got, Vec::new())
+        }));
+    }
+    let publishers: Vec<JoinHandle<Collected>> = servers
+        .iter()
+        .enumerate()
+        .map(|(n, server)| {
+            let mut ws = connect_v1(server, "/shared");
+            welcome(&mut ws);
+            std::thread::spawn(move || {
+                for i in 0..PER_PUBLISHER {
+                    publish(&mut ws, &format!("n{n}-{i}"), &format!("{n}-{i}"));
+                }
+                collect(&mut ws, total)
+            })
+        })
+        .collect();
+    let mut sequences = Vec::new();
+    for handle in publishers {
+        let (messages, others) = handle.join().unwrap();
+        let acks: Vec<&Value> = others.iter().filter(|v| v["type"] == "ack").collect();
+        assert_eq!(acks.len(), PER_PUBLISHER, "{others:?}");
+        for ack in acks {
+            // The ack names the seq that the message has for everyone.
+            let seq = ack["seq"].as_u64().unwrap();
+            let id = ack["id"].as_str().unwrap();
+            let (n, i) = id.split_once('-').unwrap();
+            assert_eq!(messages[seq as usize - 1].1, format!("n{n}-{i}"));
+        }
+        sequences.push(messages);
+    }
+    let mut plain = Vec::new();
+    for (i, handle) in readers.into_iter().enumerate() {
+        let (messages, _) = handle.join().unwrap();
+        if i % 2 == 0 {
+            sequences.push(messages);
+        } else {
+            plain.push(messages.into_iter().map(|(_, d)| d).collect::<Vec<_>>());
+        }
+    }
+    assert_gap_free(&sequences[0], 1);
+    for s in &sequences {
+        assert_eq!(s, &sequences[0], "every v1 member saw the same sequence");
+    }
+    let datas: Vec<String> = sequences[0].iter().map(|(_, d)| d.clone()).collect();
+    for p in &plain {
+        assert_eq!(p, &datas, "plain members too");
+    }
+    // Each publisher's messages in the order it sent them.
+    for n in 0..nodes {
+        let mine: Vec<&String> = datas.iter().filter(|d| d.starts_with(&format!("n{n}-"))).collect();
+        let sent: Vec<String> = (0..PER_PUBLISHER).map(|i| format!("n{n}-{i}")).collect();
+        assert_eq!(mine, sent.iter().collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn two_nodes_share_a_room() {
+    need_redis!();
+    nodes_share_a_room(2);
+}
+
+#[test]
+fn three_nodes_share_a_room() {
+    need_redis!();
+    nodes_share_a_room(3);
+}
+
+#[test]
+fn a_client_resumes_on_another_node_and_the_api_reaches_every_node() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    wait_backplane_up(&[&a, &b]);
+    let mut on_a = connect_v1(&a, "/lobby");
+    let w = welcome(&mut on_a);
+    let epoch = w["epoch"].as_str().unwrap().to_string();
+    let mut on_b = connect_v1(&b, "/lobby");
+    let wb = welcome(&mut on_b);
+    assert_eq!(wb["epoch"], w["epoch"], "one epoch for the room on every node");
+    // The API on A reaches members on B.
+    for i in 1..=3 {
+        let (status, body) = api_post(&a, "lobby", &format!("m{i}"));
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["seq"], i);
+    }
+    assert_eq!(collect(&mut on_b, 3).0, vec![(1, "m1".into()), (2, "m2".into()), (3, "m3".into())]);
+    assert_eq!(collect(&mut on_a, 3).0.last().unwrap().0, 3);
+    drop(on_a);
+    // Missed while away, published on B.
+    for i in 4..=6 {
+        publish(&mut on_b, &format!("m{i}"), &format!("b{i}"));
+    }
+    collect(&mut on_b, 3);
+    let mut back = connect_v1(&b, &format!("/lobby?since=3&epoch={epoch}"));
+    let w = welcome(&mut back);
+    assert_eq!(w["recovered"], true, "{w}");
+    assert_eq!(w["seq"], 6);
+    assert_eq!(collect(&mut back, 3).0, vec![(4, "m4".into()), (5, "m5".into()), (6, "m6".into())]);
+    // And on a third node that never had the room.
+    let c = node(&redis, &[]);
+    wait_backplane_up(&[&c]);
+    let mut on_c = connect_v1(&c, &format!("/lobby?since=5&epoch={epoch}"));
+    let w = welcome(&mut on_c);
+    assert_eq!((w["recovered"].clone(), w["seq"].clone()), (json!(true), json!(6)));
+    assert_eq!(collect(&mut on_c, 1).0, vec![(6, "m6".into())]);
+    let mut stranger = connect_v1(&c, "/lobby?since=2&epoch=0000000000000000");
+    assert_eq!(welcome(&mut stranger)["recovered"], false);
+    assert_eq!(collect(&mut stranger, 6).0.len(), 6, "the whole history");
+}
+
+#[test]
+fn redis_killed_and_restarted_with_persistence_loses_nothing_acknowledged() {
+    need_redis!();
+    let mut redis = RedisServer::start(true);
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    wait_backplane_up(&[&a, &b]);
+    let mut pub_a = connect_v1(&a, "/p");
+    let epoch = welcome(&mut pub_a)["epoch"].as_str().unwrap().to_string();
+    for i in 1..=5 {
+        publish(&mut pub_a, &format!("m{i}"), &format!("a{i}"));
+    }
+    let (got, acks) = collect(&mut pub_a, 5);
+    assert_eq!(acks.len(), 5);
+    assert_gap_free(&got, 1);
+    let mut plain_b = connect_plain(&b, "/p");
+    assert_eq!(text(&mut plain_b), "hi");
+    for i in 1..=5 {
+        assert_eq!(text(&mut plain_b), format!("m{i}"));
+    }
+
+    redis.kill();
+    // The subscription sees it at once (the command connection at its next use).
+    let down = wait_until(Duration::from_secs(10), || (!healthz(&a).contains("backplane: up")).then_some(()));
+    assert!(down.is_some(), "{}", healthz(&a));
+    // Refused, never dropped quietly: an error envelope, a 1013 close, a 503.
+    publish(&mut pub_a, "lost?", "x1");
+    let e = envelope(&mut pub_a);
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_str(), e["reason"].as_str()),
+        (Some("error"), Some("x1"), Some("backplane unavailable"))
+    );
+    assert_eq!(api_post(&b, "p", "nope").0, 503);
+    send_text(&mut plain_b, "plain");
+    match next_message(&mut plain_b) {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1013),
+        other => panic!("expected close 1013, got {other:?}"),
+    }
+    // Local service goes on: pages, health, joins of rooms the node mirrors.
+    assert!(healthz(&b).starts_with("ok"));
+    let mut joiner = connect_v1(&a, "/p");
+    assert_eq!(welcome(&mut joiner)["seq"], 5);
+
+    redis.restart();
+    wait_backplane_up(&[&a, &b]);
+    publish(&mut pub_a, "m6", "a6");
+    let (got, acks) = collect(&mut pub_a, 1);
+    assert_eq!(got, vec![(6, "m6".to_string())], "numbering goes on: {acks:?}");
+    let mut resumed = connect_v1(&b, &format!("/p?since=0&epoch={epoch}"));
+    let w = welcome(&mut resumed);
+    assert_eq!(w["recovered"], true, "{w}");
+    let (all, _) = collect(&mut resumed, 6);
+    assert_gap_free(&all, 1);
+    assert_eq!(all.last().unwrap().1, "m6");
+}
+
+#[test]
+fn redis_restarted_without_its_data_tells_clients() {
+    need_redis!();
+    let mut redis = RedisServer::start(false);
+    let a = node(&redis, &[]);
+    wait_backplane_up(&[&a]);
+    let mut ws = connect_v1(&a, "/gone");
+    let epoch = welcome(&mut ws)["epoch"].as_str().unwrap().to_string();
+    publish(&mut ws, "m1", "1");
+    collect(&mut ws, 1);
+    redis.restart();
+    // The room's state is gone from Redis: the member is closed (1013) to resume...
+    let close = loop {
+        match next_message(&mut ws) {
+            Message::Close(frame) => break frame,
+            _ => continue,
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1013));
+    // ... and learns that it may have missed messages.
+    let mut back = connect_v1(&a, &format!("/gone?since=1&epoch={epoch}"));
+    let w = welcome(&mut back);
+    assert_eq!(w["recovered"], false, "{w}");
+    assert_ne!(w["epoch"].as_str().unwrap(), epoch);
+}
+
+#[test]
+fn redis_paused_for_two_seconds_delays_or_refuses_but_loses_nothing() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let (a, b) = (node(&redis, &["--redis-outbox", "20"]), node(&redis, &[]));
+    wait_backplane_up(&[&a, &b]);
+    let mut reader = connect_v1(&b, "/pause");
+    welcome(&mut reader);
+    let mut writer = connect_v1(&a, "/pause");
+    welcome(&mut writer);
+    let rss_before = procfs::rss_bytes(a.child.id());
+    redis.signal("-STOP");
+    let paused = Instant::now();
+    for i in 0..50 {
+        publish(&mut writer, &format!("m{i}"), &format!("{i}"));
+    }
+    // The node keeps serving while Redis is paused.
+    let t = Instant::now();
+    assert!(healthz(&a).starts_with("ok"));
+    assert!(t.elapsed() < Duration::from_millis(500), "health answered in {:?}", t.elapsed());
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
+    redis.signal("-CONT");
+    // Every publish is acked or refused; every acked one is delivered, in order.
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    let mut delivered = Vec::new();
+    while acked.len() + refused < 50 || delivered.len() < acked.len() {
+        let v = envelope(&mut writer);
+        match v["type"].as_str() {
+            Some("ack") => acked.push(v["seq"].as_u64().unwrap()),
+            Some("error") => {
+                assert_eq!(v["reason"], "backplane unavailable");
+                refused += 1;
+            }
+            Some("message") => delivered.push(v["seq"].as_u64().unwrap()),
+            _ => {}
+        }
+    }
+    assert!(acked.len() >= 20, "the outbox's worth went through: {} acked", acked.len());
+    assert!(refused > 0, "beyond --redis-outbox publishes are refused");
+    let (on_b, _) = collect(&mut reader, acked.len());
+    assert_gap_free(&on_b, 1);
+    let rss_after = procfs::rss_bytes(a.child.id());
+    assert!(rss_after < rss_before + (16 << 20), "memory bounded: {rss_before} -> {rss_after}");
+}
+
+#[test]
+fn a_node_killed_leaves_the_others_serving_and_its_clients_resume_elsewhere() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let (mut a, b) = (node(&redis, &[]), node(&redis, &[]));
+    wait_backplane_up(&[&a, &b]);
+    let mut on_a = connect_v1(&a, "/k");
+    let epoch = welcome(&mut on_a)["epoch"].as_str().unwrap().to_string();
+    let mut on_b = connect_v1(&b, "/k");
+    welcome(&mut on_b);
+    publish(&mut on_b, "m1", "1");
+    collect(&mut on_a, 1);
+    collect(&mut on_b, 1);
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    publish(&mut on_b, "m2", "2");
+    assert_eq!(collect(&mut on_b, 1).0, vec![(2, "m2".into())]);
+    let mut moved = connect_v1(&b, &format!("/k?since=1&epoch={epoch}"));
+    let w = welcome(&mut moved);
+    assert_eq!(w["recovered"], true);
+    assert_eq!(collect(&mut moved, 1).0, vec![(2, "m2".into())]);
+}
+
+#[test]
+fn reuse_port_lets_two_nodes_listen_on_one_port() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let a = node(&redis, &["--reuse-port"]);
+    let port = a.addr.port().to_string();
+    let url = redis.url();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_mioket"));
+    command.args(["--host", "127.0.0.1", "--port", &port, "--reuse-port", "--redis", &url]);
+    let b = Server::spawn(command);
+    assert_eq!(a.addr, b.addr);
+    wait_backplane_up(&[&a, &b]);
+    // Without the flag the port is taken.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mioket"))
+        .args(["--host", "127.0.0.1", "--port", &port])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success());
+}

@@ -1,0 +1,103 @@
+//! A real `redis-server` for the backplane tests (`--redis`): started on a free
+//! 127.0.0.1 port in a temporary directory, stopped (and the directory removed) when
+//! dropped. It can be killed and started again on the same port and directory (with
+//! persistence on, its data comes back), and paused with SIGSTOP.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+    persistent: bool,
+}
+
+/// Whether `redis-server` can be run here (scripts/test.sh installs it).
+pub fn redis_available() -> bool {
+    Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
+impl RedisServer {
+    /// Starts Redis; `persistent`: an append-only file synced on every write, so that
+    /// a kill loses nothing it acknowledged.
+    pub fn start(persistent: bool) -> RedisServer {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("mioket-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = RedisServer { child: None, port, dir, persistent };
+        redis.launch();
+        redis
+    }
+
+    fn launch(&mut self) {
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", "", "--daemonize", "no"])
+            .args(["--protected-mode", "no", "--logfile", "redis.log"])
+            .arg("--dir")
+            .arg(&self.dir);
+        if self.persistent {
+            command.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start redis-server");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(10);
+        while self.ping().is_none() {
+            assert!(Instant::now() < end, "redis-server did not answer PING");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    fn ping(&self) -> Option<()> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+        s.write_all(b"PING\r\n").ok()?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).ok()?;
+        (&buf == b"+PONG\r\n").then_some(())
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and directory (after `kill`).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill").args([signal, &self.pid().to_string()]).status().unwrap();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A paused server must go on to die.
+            self.signal("-CONT");
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
