@@ -47,9 +47,18 @@ fn mask(c: &mut Criterion) {
 fn header(c: &mut Criterion) {
     let mut g = c.benchmark_group("header");
     let cases: [(&str, Header); 3] = [
-        ("small_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 20 }),
-        ("16bit_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1024 }),
-        ("64bit_masked", Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1 << 20 }),
+        (
+            "small_masked",
+            Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 20 },
+        ),
+        (
+            "16bit_masked",
+            Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1024 },
+        ),
+        (
+            "64bit_masked",
+            Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: Some([1, 2, 3, 4]), len: 1 << 20 },
+        ),
     ];
     for (name, h) in cases {
         let mut bytes = [0u8; MAX_HEADER_LEN];
@@ -196,9 +205,41 @@ fn broadcast(c: &mut Criterion) {
     g.finish();
 }
 
+/// permessage-deflate: the extra CPU of one message compressed (once per broadcast, in
+/// shared mode) and inflated, against copying it (what a plain frame costs), for a chat
+/// line at the default --deflate-min-size and a JSON document.
+fn deflate(c: &mut Criterion) {
+    let mut g = c.benchmark_group("deflate");
+    let line = r#"{"type":"message","room":"lobby","seq":4242,"data":"see you at the meeting tomorrow morning, and thanks for the update on the release: we should ship it on thursday if the tests pass"}"#;
+    let mut document = String::from("[");
+    for i in 0..60 {
+        document.push_str(&format!(
+            r#"{{"id":{i},"user":"user{}","score":{},"tags":["news","chat"],"active":true}},"#,
+            i * 7,
+            i * 13
+        ));
+    }
+    document.push(']');
+    let mut compressor = mioket::deflate::Compressor::default();
+    for (name, payload) in [("chat_256B", &line.repeat(2)[..256]), ("json_4KiB", &document[..4096])] {
+        g.throughput(Throughput::Bytes(payload.len() as u64));
+        g.bench_function(BenchmarkId::new("copy", name), |b| b.iter(|| black_box(payload.as_bytes().to_vec())));
+        g.bench_function(BenchmarkId::new("compress", name), |b| {
+            b.iter(|| black_box(compressor.frame(Opcode::Text, black_box(payload.as_bytes())).map(|f| f.len())))
+        });
+        let frame = compressor.frame(Opcode::Text, payload.as_bytes()).expect("it shrinks").to_vec();
+        let body = &frame[if frame[1] & 0x7F == 126 { 4 } else { 2 }..];
+        let mut out = Vec::new();
+        g.bench_function(BenchmarkId::new("inflate", name), |b| {
+            b.iter(|| mioket::deflate::inflate(black_box(body), &mut out, 1 << 20).map(|()| out.len()))
+        });
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = quick();
-    targets = mask, header, utf8, receive, broadcast
+    targets = mask, header, utf8, receive, broadcast, deflate
 }
 criterion_main!(benches);

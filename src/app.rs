@@ -20,7 +20,8 @@ use log::{debug, info, warn};
 use slab::Slab;
 
 use crate::api;
-use crate::config::{Config, Mode};
+use crate::config::{Config, DeflateMode, Mode};
+use crate::deflate::Compressor;
 use crate::error::HandshakeError;
 use crate::frame::{encode_header, server_header, server_payload, CloseCode, Opcode, MAX_HEADER_LEN};
 use crate::handshake::{self, BodyLength, Method};
@@ -194,6 +195,8 @@ pub struct App<T> {
     /// The welcome as a plain frame.
     welcome: Option<Rc<[u8]>>,
     envelopes: Envelopes,
+    /// permessage-deflate's one compressor: a message is compressed once, whoever gets it.
+    compressor: Compressor,
     /// A v1 message's bytes, copied out of its connection to be parsed while the
     /// application writes to that same connection. Reused.
     scratch: Vec<u8>,
@@ -209,19 +212,19 @@ pub struct App<T> {
     released: usize,
     last_trim: Option<Instant>,
     pub metrics: Metrics,
+    /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
+    backplane: Option<crate::backplane::Backplane>,
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
-    /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
-    backplane: Option<crate::backplane::Backplane>,
 /// (its peer address).
 impl<T: fmt::Display> App<T> {
     pub fn new(config: Config) -> App<T> {
+        let backplane =
+            redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
         // A history replay must fit a new client's queue beside live traffic.
         let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
-        let backplane =
-            redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
         let rooms = Rooms::new(RoomLimits {
             max_rooms: config.max_rooms,
             ttl: config.room_ttl,
@@ -237,6 +240,7 @@ impl<T: fmt::Display> App<T> {
             rooms,
             welcome,
             envelopes: Envelopes::default(),
+            compressor: Compressor::default(),
             scratch: Vec::new(),
             presence_at: None,
             last_presence: None,
@@ -246,11 +250,11 @@ impl<T: fmt::Display> App<T> {
             released: 0,
             last_trim: None,
             metrics: Metrics::default(),
+            backplane,
         }
     }
 
     pub fn config(&self) -> &Config {
-            backplane,
         &self.config
     }
 
@@ -277,12 +281,12 @@ impl<T: fmt::Display> App<T> {
         self.clients
             .get(id)
             .is_some_and(|c| !c.conn.is_closed() && c.conn.queue_memory() <= self.config.limits.max_backpressure / 2)
+            // --redis: a client whose join waits for Redis is not read meanwhile.
+            && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
     }
 
     /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
     /// `write_now` is the runtime's non-blocking write for write-through; it returns
-            // --redis: a client whose join waits for Redis is not read meanwhile.
-            && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
     /// how many bytes the socket took.
     pub fn handle_input(
         &mut self,
@@ -297,11 +301,12 @@ impl<T: fmt::Display> App<T> {
         let mut http_request = None;
         let mut pos = 0;
         while pos < total {
-            let App { clients, config, echo_history, rooms, envelopes, scratch, metrics, .. } = self;
+            let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
             let limits = &config.limits;
             let Some(client) = clients.get_mut(id) else { break };
             // Asked before the input: the message it yields borrows the Conn.
             let can_write_through = client.conn.can_write_through();
+            let takes_compressed = client.conn.takes_compressed();
             let (used, event) = client.conn.handle_input(&mut input[pos..], now, limits);
             pos += used;
             let Some(event) = event else {
@@ -325,15 +330,30 @@ impl<T: fmt::Display> App<T> {
             metrics.messages_in += 1;
             metrics.message_bytes_in += payload.len() as u64;
             let Role::WebSocket(session) = &client.role else { continue };
+            // --redis: a client whose join waits for Redis has its input held until its welcome.
+            if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
+                continue;
+            }
+            // permessage-deflate: an echo that shrinks goes back compressed.
+            let compressed =
+                (config.mode == Mode::Echo && takes_compressed && payload.len() >= config.deflate_min_size)
+                    .then(|| compressor.frame(opcode, payload))
+                    .flatten();
+            if let Some(frame) = compressed {
+                metrics.compressed_frames += 1;
+                if config.history > 0 {
+                    echo_history.push(&shared_message(opcode, payload));
+                }
+                if client.conn.send(Chunk::Owned(frame.to_vec()), now, limits).is_ok() {
+                    metrics.messages_out += 1;
+                }
+                continue;
+            }
             match config.mode {
                 Mode::Echo if config.history == 0 && can_write_through && payload.len() >= WRITE_THROUGH_MIN => {
                     // Straight from the read buffer to the socket: no copy, no
                     // allocation. Only what the socket does not take is queued.
                     let mut header = [0u8; MAX_HEADER_LEN];
-            // --redis: a client whose join waits for Redis has its input held until its welcome.
-            if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
-                continue;
-            }
                     let n = encode_header(&server_header(opcode, payload.len()), &mut header);
                     let rest = write_through(&mut client.io, [&header[..n], payload], &mut write_now, metrics);
                     client.conn.finish_write_through(rest);
@@ -369,6 +389,14 @@ impl<T: fmt::Display> App<T> {
                 Mode::Broadcast => {
                     // A plain client is always in its one room.
                     let Some(room) = session.first_room() else { continue };
+                    if let Some(bp) = self.backplane.as_mut() {
+                        let name = rooms.get(room).map_or("", |r| r.name());
+                        let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
+                        if bp.publish(name, opcode, payload, origin).is_err() {
+                            client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
+                        }
+                        continue;
+                    }
                     let stored = encode(rooms, envelopes, room, Payload::of(opcode, payload), config.history > 0);
                     self.fan_out(room, stored, Some((id, None)), now);
                 }
@@ -389,19 +417,15 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         if self.open >= self.config.max_connections || self.lifecycle != Lifecycle::Serving {
-                    if let Some(bp) = self.backplane.as_mut() {
-                        let name = rooms.get(room).map_or("", |r| r.name());
-                        let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
-                        if bp.publish(name, opcode, payload, origin).is_err() {
-                            client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
-                        }
-                        continue;
-                    }
             client.conn.refuse(HandshakeError::ServerFull, now);
             return;
         }
+        let deflate = request.deflate.filter(|_| self.config.deflate == DeflateMode::Shared);
+        if deflate.is_some() {
+            self.metrics.deflate_connections += 1;
+        }
         if self.config.mode == Mode::Echo {
-            client.conn.accept(None, now, &self.config.limits);
+            client.conn.accept(None, deflate, now, &self.config.limits);
             client.role = Role::WebSocket(Session::new(false, (NO_ROOM, 0)));
             self.open += 1;
             self.metrics.upgrades += 1;
@@ -432,7 +456,7 @@ impl<T: fmt::Display> App<T> {
                 return;
             }
         };
-        client.conn.accept(v1.then_some(v1::SUBPROTOCOL), now, &self.config.limits);
+        client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
         let generation = self.rooms.get(room).map_or(0, |r| r.generation());
         client.role = Role::WebSocket(Session::new(v1, (room, generation)));
         self.open += 1;
@@ -444,6 +468,9 @@ impl<T: fmt::Display> App<T> {
     /// the replay its resume asks for, a plain one the welcome text and the history.
     /// All in this one step, so no live message slips between.
     fn join(&mut self, id: usize, room_id: RoomId, resume: Option<&Resume<'_>>, now: Instant) {
+        if self.defer_join(id, room_id, resume, now) {
+            return;
+        }
         let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
         let Some(client) = clients.get_mut(id) else { return };
         let Role::WebSocket(session) = &mut client.role else { return };
@@ -468,9 +495,6 @@ impl<T: fmt::Display> App<T> {
                     send(&mut client.conn, frame);
                 }
             }
-        if self.defer_join(id, room_id, resume, now) {
-            return;
-        }
             return;
         }
         let (recovered, replay) = match resume {
@@ -608,6 +632,10 @@ impl<T: fmt::Display> App<T> {
     /// Publishes to a room: numbered, kept, and sent to every member in the encoding
     /// it speaks. `origin` is the publishing client and the id to ack, if any.
     fn publish(&mut self, room: RoomId, payload: Payload<'_>, origin: Option<(usize, Option<&str>)>, now: Instant) {
+        if let (Some(_), Some((id, ack))) = (&self.backplane, origin) {
+            let origin = crate::backplane::Origin::Client { id, ack: ack.map(Into::into), v1: true };
+            return self.publish_to_redis(room, payload, origin, now);
+        }
         let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
         self.fan_out(room, stored, origin, now);
     }
@@ -616,7 +644,7 @@ impl<T: fmt::Display> App<T> {
     /// every member. The publisher first: its ack (before its own copy), and its flush
     /// early, so that it can send its next message while the others are written.
     fn fan_out(&mut self, room_id: RoomId, stored: Stored, origin: Option<(usize, Option<&str>)>, now: Instant) -> Seq {
-        let App { clients, rooms, envelopes, config, dirty, metrics, .. } = self;
+        let App { clients, rooms, envelopes, compressor, config, dirty, metrics, .. } = self;
         let limits = &config.limits;
         let seq = rooms.publish(room_id, &stored);
         let Some(room) = rooms.get(room_id) else { return seq };
@@ -630,13 +658,17 @@ impl<T: fmt::Display> App<T> {
         }
         for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::V1, &stored.v1)] {
             let Some(frame) = frame else { continue };
+            // permessage-deflate: compressed once, for the first member that takes it.
+            let mut compressed = Lazy::NotYet;
             for member in room.topic.members(audience) {
                 // Members closing (slow consumers, stop) get nothing more.
-        if let (Some(_), Some((id, ack))) = (&self.backplane, origin) {
-            let origin = crate::backplane::Origin::Client { id, ack: ack.map(Into::into), v1: true };
-            return self.publish_to_redis(room, payload, origin, now);
-        }
                 let Some(recipient) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
+                let frame = match recipient.conn.takes_compressed() {
+                    true => compressed
+                        .get(|| compress(compressor, frame, config.deflate_min_size, metrics))
+                        .unwrap_or(frame),
+                    false => frame,
+                };
                 if recipient.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
                     metrics.fanout_deliveries += 1;
                     metrics.messages_out += 1;
@@ -731,6 +763,9 @@ impl<T: fmt::Display> App<T> {
                 Err(_) => return api::error(400, "a text body must be UTF-8"),
             }
         };
+        if self.backplane.is_some() {
+            return self.api_publish_to_redis(id, &name, payload);
+        }
         let Ok(room) = self.rooms.find_or_create(&name, now) else {
             return api::error(503, "too many rooms");
         };
@@ -763,9 +798,6 @@ impl<T: fmt::Display> App<T> {
             }
         }
         g
-        if self.backplane.is_some() {
-            return self.api_publish_to_redis(id, &name, payload);
-        }
     }
 
     /// The peer ended its side of the stream (or the socket failed).
@@ -893,6 +925,7 @@ impl<T: fmt::Display> App<T> {
     /// changed), and frees rooms that have been empty for --room-ttl.
     pub fn handle_housekeeping(&mut self, now: Instant) {
         self.now = now;
+        self.touch(now);
         if self.presence_at.is_some_and(|t| t <= now) {
             self.presence_at = None;
             self.last_presence = Some(now);
@@ -925,7 +958,6 @@ impl<T: fmt::Display> App<T> {
                 queue_flush(&mut self.dirty, id, client);
             }
         }
-        self.touch(now);
     }
 
     /// Logs and counts why a client is ending, and removes it once closed.
@@ -953,6 +985,7 @@ impl<T: fmt::Display> App<T> {
     /// Forgets a closed client; dropping its `T` closes its socket.
     fn remove(&mut self, id: usize) {
         let Some(client) = self.clients.try_remove(id) else { return };
+        self.forget_in_backplane(id);
         let memory = client.conn.queue_memory();
         if memory >= LARGE_QUEUE {
             self.released += memory;
@@ -985,7 +1018,6 @@ fn write_through<T>(
     let written = write_now(io, parts);
     metrics.bytes_written += written as u64;
     metrics.messages_out += 1;
-        self.forget_in_backplane(id);
     Chunk::rest_of(parts, written)
 }
 
@@ -1017,6 +1049,36 @@ fn encode(rooms: &Rooms, envelopes: &mut Envelopes, room_id: RoomId, payload: Pa
     }
 }
 
+/// A value made on first need, at most once.
+enum Lazy<T> {
+    NotYet,
+    Made(Option<T>),
+}
+
+impl<T> Lazy<T> {
+    fn get(&mut self, make: impl FnOnce() -> Option<T>) -> Option<&T> {
+        if let Lazy::NotYet = self {
+            *self = Lazy::Made(make());
+        }
+        match self {
+            Lazy::Made(value) => value.as_ref(),
+            Lazy::NotYet => None,
+        }
+    }
+}
+
+/// A whole frame of ours, compressed (RSV1) into one shared allocation, if it is long
+/// enough to be worth it and shrinks.
+fn compress(compressor: &mut Compressor, frame: &[u8], min_size: usize, metrics: &mut Metrics) -> Option<Rc<[u8]>> {
+    let (opcode, payload) = server_payload(frame)?;
+    if payload.len() < min_size {
+        return None;
+    }
+    let compressed = Rc::from(compressor.frame(opcode, payload)?);
+    metrics.compressed_frames += 1;
+    Some(compressed)
+}
+
 /// The plain frame of a message kept only as a v1 envelope.
 fn plain_of(stored: &Stored) -> Option<Rc<[u8]>> {
     let (opcode, payload) = v1::payload_of_envelope(stored.v1.as_deref()?)?;
@@ -1034,6 +1096,6 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
     }
 }
 
+mod redis;
 #[cfg(test)]
 mod tests;
-mod redis;

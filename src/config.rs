@@ -15,6 +15,16 @@ pub enum Mode {
     Echo,
 }
 
+/// permessage-deflate (RFC 7692).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeflateMode {
+    /// Accept offers; each message compressed once, the same frame to every
+    /// recipient (no context takeover, no compressor per connection).
+    Shared,
+    /// Decline every offer.
+    Off,
+}
+
 /// The limits and timers every connection obeys. Passed by reference to the
 /// protocol core so that no connection carries its own copy.
 #[derive(Clone, Debug, PartialEq)]
@@ -79,6 +89,9 @@ pub struct Config {
     pub max_rooms_per_connection: usize,
     /// The bearer token of the HTTP API; `None` turns the API off.
     pub api_token: Option<String>,
+    pub deflate: DeflateMode,
+    /// Messages shorter than this go uncompressed (they barely shrink alone).
+    pub deflate_min_size: usize,
     /// TLS (wss:// and https:// on the main port): a PEM certificate chain and its key,
     /// both or neither; SIGHUP reloads them.
     pub tls_cert: Option<PathBuf>,
@@ -99,8 +112,8 @@ impl Config {
         format!(
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
-             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} redis={} \
-             redis-outbox={} reuse-port={}",
+             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
+             deflate-min-size={} redis={} redis-outbox={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -118,6 +131,8 @@ impl Config {
             self.max_rooms,
             self.max_rooms_per_connection,
             if self.api_token.is_some() { "on" } else { "off" },
+            if self.deflate == DeflateMode::Shared { "shared" } else { "off" },
+            self.deflate_min_size,
             self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
             self.redis_outbox,
             self.reuse_port,
@@ -130,6 +145,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
+/// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
+/// saves too few bytes for its CPU.
+pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 256;
 
 impl Default for Config {
     fn default() -> Self {
@@ -147,6 +165,8 @@ impl Default for Config {
             max_rooms: DEFAULT_MAX_ROOMS,
             max_rooms_per_connection: 64,
             api_token: None,
+            deflate: DeflateMode::Shared,
+            deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
             tls_cert: None,
             tls_key: None,
             redis: None,
@@ -232,6 +252,12 @@ struct Args {
     /// Serve GET /metrics and /healthz on ADDR (host:port) instead of the main port [default: on the main port]
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// permessage-deflate: shared (each message compressed once for every recipient) or off
+    #[arg(long, value_name = "shared|off", default_value = "shared", hide_possible_values = true)]
+    deflate: DeflateMode,
+    /// Messages shorter than this are sent uncompressed
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
+    deflate_min_size: usize,
     /// Serve wss:// and https:// with this PEM certificate chain (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -285,6 +311,8 @@ where
         max_rooms: args.max_rooms,
         max_rooms_per_connection: args.max_rooms_per_connection,
         api_token: args.api_token.filter(|t| !t.is_empty()),
+        deflate: args.deflate,
+        deflate_min_size: args.deflate_min_size,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         redis: args.redis,

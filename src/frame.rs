@@ -246,7 +246,10 @@ mod tests {
         let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
         let (h, n) = parse_header(&bytes).unwrap().unwrap();
         assert_eq!(n, 6);
-        assert_eq!(h, Header { fin: true, compressed: false, opcode: Opcode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), len: 5 });
+        assert_eq!(
+            h,
+            Header { fin: true, compressed: false, opcode: Opcode::Text, mask: Some([0x37, 0xfa, 0x21, 0x3d]), len: 5 }
+        );
     }
 
     #[test]
@@ -296,7 +299,10 @@ mod tests {
     fn encode_uses_the_shortest_length_form() {
         let mut out = [0; MAX_HEADER_LEN];
         for (len, want) in [(0u64, 2), (125, 2), (126, 4), (65535, 4), (65536, 10)] {
-            let n = encode_header(&Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: None, len }, &mut out);
+            let n = encode_header(
+                &Header { fin: true, compressed: false, opcode: Opcode::Binary, mask: None, len },
+                &mut out,
+            );
             assert_eq!(n, want, "len {len}");
         }
     }

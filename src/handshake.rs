@@ -173,11 +173,13 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         path,
         query,
         offers_v1: seen.offers_v1,
-        deflate: seen.extensions.then(|| {
-            let lines = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
-            deflate::negotiate(lines.map(|h| h.value))
-        })
-        .flatten(),
+        deflate: seen
+            .extensions
+            .then(|| {
+                let lines = req.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
+                deflate::negotiate(lines.map(|h| h.value))
+            })
+            .flatten(),
     }))
 }
 

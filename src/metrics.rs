@@ -66,6 +66,10 @@ pub struct Metrics {
     pub resumes: [u64; 2],
     pub presence_updates: u64,
     pub api_publishes: u64,
+    /// permessage-deflate: connections that negotiated it, and compressed frames made
+    /// (one per message, however many recipients share it).
+    pub deflate_connections: u64,
+    pub compressed_frames: u64,
     iterations: u64,
     iteration_buckets: [u64; ITERATION_BUCKETS_US.len()],
     iteration_sum: Duration,
@@ -195,6 +199,18 @@ impl Metrics {
             self.presence_updates,
         );
         counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
+        counter(
+            o,
+            "mioket_deflate_connections_total",
+            "WebSockets that negotiated permessage-deflate.",
+            self.deflate_connections,
+        );
+        counter(
+            o,
+            "mioket_compressed_frames_total",
+            "Compressed frames made (one per message, shared by its recipients).",
+            self.compressed_frames,
+        );
         family(o, "mioket_loop_iteration_seconds", "histogram", "Time the event loop spent working per iteration.");
         let mut cumulative = 0;
         for (bound, n) in ITERATION_BUCKETS_US.iter().zip(self.iteration_buckets) {

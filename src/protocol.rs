@@ -833,8 +833,8 @@ impl Reader {
         // A compressed message's bytes are bounded too (by a little more than the
         // limit: incompressible data grows by a few bytes per 64 KiB); what counts is
         // the inflated size, checked as it inflates.
-        let compressed = header.compressed
-            || self.partial.as_deref().and_then(|p| p.message.as_ref()).is_some_and(|m| m.compressed);
+        let compressed =
+            header.compressed || self.partial.as_deref().and_then(|p| p.message.as_ref()).is_some_and(|m| m.compressed);
         let max = if compressed { limits.max_message + limits.max_message / 1024 + 64 } else { limits.max_message };
         let too_big = |so_far: usize| header.len > (max - so_far) as u64;
         let message = self.partial.as_deref_mut().and_then(|p| p.message.as_mut());

@@ -708,7 +708,10 @@ mod permessage_deflate {
         assert_eq!(output(&mut conn), close_frame(1009, "message too big"));
         // Exactly the limit inflates.
         let (mut conn, now) = open_deflate_conn();
-        assert_eq!(feed(&mut conn, &compressed(true, 2, &deflated(&[1; 1000])), now), vec![msg(Opcode::Binary, &[1; 1000])]);
+        assert_eq!(
+            feed(&mut conn, &compressed(true, 2, &deflated(&[1; 1000])), now),
+            vec![msg(Opcode::Binary, &[1; 1000])]
+        );
     }
 
     #[test]
