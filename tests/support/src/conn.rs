@@ -21,7 +21,7 @@ pub fn open_conn(now: Instant, limits: &Limits) -> Conn {
     let mut request = UPGRADE.to_vec();
     let (_, event) = conn.handle_input(&mut request, now, limits);
     assert!(matches!(event, Some(Event::UpgradeRequest(_))));
-    conn.accept(None, now, limits);
+    conn.accept(None, None, now, limits);
     assert!(conn.is_open());
     drain(&mut conn);
     conn
