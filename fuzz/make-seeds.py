@@ -98,3 +98,27 @@ rooms("resume-after-reconnect", 0b0000011, step(CONNECT, V1_A) + step(OP, 0, 0) 
 rooms("api-and-http", 0b0000001, step(CONNECT, V1_A) + step(API, 0, 5, b"hello") + step(API, 0, 4, b"nope") + step(HTTP, 1) + step(HTTP, 2) + step(HTTP, 3) + step(HTTP, 0, 18, b"GET /x HTTP/1.1\r\n\r\n"))
 rooms("ttl-and-room-limit", 0b0000100, step(CONNECT, V1_A) + step(CONNECT, V1_B) + step(CONNECT, 2 * 2) + step(END, 0, 0) + step(TIME, 0, 30) + step(CONNECT, 5 * 2 + 1) + step(CONNECT, 4 * 2))
 rooms("raw-bytes-into-a-v1-client", 0b0000001, step(CONNECT, V1_A) + step(RAW, 0, 6, bytes([0x81, 0x80, 1, 2, 3, 4])) + step(RAW, 0, 3, b"\x89\x80\x00"))
+
+# conn with permessage-deflate offered (byte 2 bit 7): operation 9 sends compressed messages.
+DEFLATE = 0x80
+COMPRESSED = 9
+def compressed(flags, data, copies=0):
+    return bytes([COMPRESSED, flags, len(data)]) + data + bytes([copies, 0x11, 0x22])
+conn("deflate-text-whole-and-fragmented", compressed(0, b"hello deflate ") + compressed(0b1110, b"fragmented with a ping ", 40) + FEED_ALL + DRAIN_ALL, first=UPGRADE | ECHO | DEFLATE)
+conn("deflate-binary-bomb-past-the-limit", compressed(1, b"\x00" * 200, 255) + FEED_ALL + DRAIN_ALL, first=UPGRADE | DEFLATE)
+conn("deflate-garbage-and-rsv1-on-continuation", compressed(0x10, b"\xff\xfe\xfd not deflate") + compressed(0x22, b"rsv1 again on the continuation", 3) + FEED_ALL + DRAIN_ALL, first=UPGRADE | DEFLATE)
+conn("rsv1-without-the-extension", raw(bytes([0xC1, 0x81]) + KEY + mask(b"x")) + FEED_ALL + DRAIN_ALL)
+
+# inflate: byte 0 picks the limit (0, 100, 4096, 1 MiB); then a compressed message.
+import zlib
+def deflate_raw(data, level=6):
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    return out[:-4] if out.endswith(b"\x00\x00\xff\xff") else out
+write("inflate", "rfc-hello", bytes([1]) + bytes.fromhex("f248cdc9c90700"))
+write("inflate", "rfc-hello-bfinal", bytes([1]) + bytes.fromhex("f348cdc9c90700"))
+write("inflate", "rfc-stored-block", bytes([1]) + bytes.fromhex("000500faff48656c6c6f00"))
+write("inflate", "json-document", bytes([2]) + deflate_raw(b'{"id":1,"tags":["a","b"],"text":"again and again"}' * 20))
+write("inflate", "bomb-past-4-kib", bytes([2]) + deflate_raw(b"\x00" * 100000, 9))
+write("inflate", "exactly-100", bytes([1]) + deflate_raw(b"x" * 100))
+write("inflate", "garbage", bytes([3]) + b"\xff\xff\xff\xff not deflate")

@@ -51,3 +51,8 @@ fn conn_corpus_replays() {
 fn rooms_corpus_replays() {
     replay("rooms", test_support::fuzz_rooms::run_rooms);
 }
+
+#[test]
+fn inflate_corpus_replays() {
+    replay("inflate", checks::check_inflate);
+}

@@ -3,5 +3,5 @@
 //! `tests/fuzz_replay.rs` in the main crate replays the corpora through the very same
 //! checks on stable.
 
-pub use test_support::fuzz_checks::{check_frame_header, check_handshake, run_conn};
+pub use test_support::fuzz_checks::{check_frame_header, check_handshake, check_inflate, run_conn};
 pub use test_support::fuzz_rooms::run_rooms;

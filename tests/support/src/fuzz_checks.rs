@@ -143,7 +143,10 @@ pub(crate) fn check_http_response(bytes: &[u8], statuses: &[u16]) {
 //           close_timeout (5); allowed origins (6); refuse the upgrade with 503 (7)
 //   byte 2  what the peer sends first (bits 0-1): the RFC upgrade request, the same
 //           with `Origin: http://good.example`, a plain GET, or nothing;
-//           echo every message back like `--mode echo` (bit 2)
+//           echo every message back like `--mode echo` (bit 2); the upgrade offers
+//           permessage-deflate (bit 7: then a tenth operation sends compressed
+//           messages; without it the operations are as they were, so older inputs
+//           keep their meaning)
 //   then operations, each chosen by one byte (see `Script::step`).
 
 const MAX_MESSAGE: [usize; 8] = [1, 3, 16, 125, 126, 300, 1000, 70_000];
@@ -164,6 +167,8 @@ const PLAIN_GET: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
 const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
 /// The Sec-WebSocket-Accept for the RFC key (RFC 6455 1.3).
 const RFC_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+const DEFLATE_OFFER: &[u8] = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+const RFC_101_DEFLATE: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n\r\n";
 /// Our own small outputs: a control frame (2 + 125), the 101 answer (129). An HTTP
 /// refusal (under 300 bytes) is only ever queued alone.
 const SMALL: usize = 129;
@@ -205,6 +210,8 @@ struct Script<'a> {
     limits: Limits,
     refuse_upgrade: bool,
     echo: bool,
+    /// The upgrade offers permessage-deflate (and the connection accepts it).
+    deflate: bool,
     conn: Conn,
     now: Instant,
     /// Peer bytes not yet handed to `handle_input`.
@@ -244,12 +251,18 @@ impl<'a> Script<'a> {
             close_timeout: ms((t & 0x20 == 0).then_some(2000)),
             allowed_origins: if t & 0x40 != 0 { vec!["http://good.example".into()] } else { Vec::new() },
         };
-        let pending = match first & 3 {
+        let mut pending = match first & 3 {
             0 => RFC_UPGRADE,
             1 => RFC_UPGRADE_WITH_ORIGIN,
             2 => PLAIN_GET,
             _ => b"",
-        };
+        }
+        .to_vec();
+        let deflate = first & 0x80 != 0 && first & 3 < 2;
+        if deflate {
+            pending.truncate(pending.len() - 2);
+            pending.extend_from_slice(DEFLATE_OFFER);
+        }
         let start = Instant::now();
         Script {
             input,
@@ -257,8 +270,9 @@ impl<'a> Script<'a> {
             limits,
             refuse_upgrade: t & 0x80 != 0,
             echo: first & 4 != 0,
+            deflate,
             now: start,
-            pending: pending.to_vec(),
+            pending,
             written: Vec::new(),
             accepted: false,
             answered_http: false,
@@ -274,7 +288,8 @@ impl<'a> Script<'a> {
 
     /// One operation, chosen by the next byte.
     fn step(&mut self) {
-        match self.input.byte() % 10 {
+        let operations = if self.deflate { 11 } else { 10 };
+        match self.input.byte() % operations {
             // Raw peer bytes, up to 255 of them.
             0 => {
                 let n = usize::from(self.input.byte());
@@ -312,6 +327,7 @@ impl<'a> Script<'a> {
                 self.drain(if n == 0 { usize::MAX } else { n });
             }
             8 => self.conn.handle_eof(),
+            9 => self.peer_compressed_message(),
             // A 1 KiB header line: a few of them pass the 8 KiB head limit (431).
             _ => {
                 self.pending.extend_from_slice(b"X-Pad: ");
@@ -359,6 +375,41 @@ impl<'a> Script<'a> {
         }
         frame.extend(payload.iter().enumerate().map(|(i, b)| if masked { b ^ key[i % 4] } else { *b }));
         self.pending.extend_from_slice(&frame);
+    }
+
+    /// A message compressed as a browser would (DEFLATE, sync flush, tail stripped),
+    /// RSV1 on its first frame, in up to 4 fragments with a ping between two of them;
+    /// or (one flag) raw bytes that are not DEFLATE at all, or RSV1 on a continuation.
+    fn peer_compressed_message(&mut self) {
+        let h = self.input.byte();
+        let n = usize::from(self.input.byte());
+        let raw = self.input.take(n);
+        // Repeated input inflates large: 1 to 256 copies.
+        let data: Vec<u8> = raw.repeat(usize::from(self.input.byte()) + 1);
+        let text = h & 1 == 0;
+        let data = if text { String::from_utf8_lossy(&data).into_owned().into_bytes() } else { data };
+        let body = if h & 0x10 != 0 { raw.to_vec() } else { deflated(&data) };
+        let pieces = usize::from(h >> 1 & 3) + 1;
+        let size = body.len() / pieces + 1;
+        let key = [self.input.byte(), 7, self.input.byte(), 9];
+        for (i, piece) in body.chunks(size).enumerate() {
+            let last = (i + 1) * size >= body.len();
+            let opcode = if i > 0 {
+                0x0
+            } else if text {
+                0x1
+            } else {
+                0x2
+            };
+            let rsv1 = if i == 0 || h & 0x20 != 0 { 0x40 } else { 0 };
+            self.pending.extend(client_frame(u8::from(last) << 7 | rsv1 | opcode, piece, key));
+            if i == 0 && h & 0x08 != 0 {
+                self.pending.extend(client_frame(0x89, b"p", key));
+            }
+        }
+        if body.is_empty() {
+            self.pending.extend(client_frame(0xC0 | if text { 1 } else { 2 }, &[], key));
+        }
     }
 
     /// A masked client close frame with a code from a list and a reason.
@@ -474,7 +525,11 @@ impl<'a> Script<'a> {
                 if self.refuse_upgrade {
                     self.conn.refuse(HandshakeError::ServerFull, self.now);
                 } else {
-                    self.conn.accept(None, None, self.now, &self.limits);
+                    let deflate = self.deflate.then(|| {
+                        mioket::deflate::negotiate([&b"permessage-deflate; client_max_window_bits"[..]])
+                            .expect("a valid offer")
+                    });
+                    self.conn.accept(None, deflate, self.now, &self.limits);
                     self.accepted = true;
                 }
             }
@@ -538,13 +593,14 @@ impl<'a> Script<'a> {
         let written = &self.written[..];
         if self.accepted {
             // Our 101 first (and the RFC key's accept value), then frames only.
-            let Some(frames) = written.strip_prefix(RFC_101) else {
+            let answer = if self.deflate { RFC_101_DEFLATE } else { RFC_101 };
+            let Some(frames) = written.strip_prefix(answer) else {
                 panic!(
                     "an accepted upgrade must be answered with 101 first: {:02x?}",
                     &written[..written.len().min(160)]
                 );
             };
-            let expected = naive_messages(&self.peer_stream);
+            let expected = naive_messages(&self.peer_stream, self.deflate);
             assert!(
                 expected.starts_with(&self.delivered),
                 "delivered messages differ from a naive decoding of the peer's bytes"
@@ -563,6 +619,34 @@ impl<'a> Script<'a> {
             check_http_response(written, statuses);
         }
     }
+}
+
+/// DEFLATE the way a browser sends it: sync flush, the 4-byte tail stripped.
+fn deflated(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
+    let _ = encoder.write_all(data);
+    let _ = encoder.flush();
+    let mut out = encoder.get_ref().clone();
+    if out.ends_with(&[0, 0, 0xff, 0xff]) {
+        out.truncate(out.len() - 4);
+    }
+    out
+}
+
+/// A client frame (payloads up to 64 KiB) masked with `key`.
+fn client_frame(first_byte: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
+    let mut frame = vec![first_byte];
+    match payload.len() {
+        len @ 0..=125 => frame.push(0x80 | len as u8),
+        len => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len.min(0xFFFF) as u16).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().take(0xFFFF).enumerate().map(|(i, b)| b ^ key[i % 4]));
+    frame
 }
 
 /// Our frames after the 101: unmasked, final, valid opcodes, UTF-8 text, close
@@ -603,11 +687,15 @@ pub(crate) fn check_server_frames(mut bytes: &[u8]) -> (Option<u16>, Vec<Vec<u8>
 
 /// A lenient, slow reading of a client's frames: unmasked byte by byte, data frames
 /// joined until FIN, control frames skipped, stopping at a close or at anything it
-/// cannot read. Wherever `Conn` delivers messages, they must be these, in order.
-fn naive_messages(mut bytes: &[u8]) -> Vec<(Opcode, Vec<u8>)> {
+/// cannot read. With permessage-deflate, a message whose first frame has RSV1 is
+/// inflated by flate2's streaming decoder (a path the server does not use); without
+/// it, RSV1 ends the reading. Wherever `Conn` delivers messages, they must be these,
+/// in order.
+fn naive_messages(mut bytes: &[u8], deflate: bool) -> Vec<(Opcode, Vec<u8>)> {
     let be = |b: Option<&[u8]>| b.map(|b| b.iter().fold(0u64, |a, &x| a << 8 | u64::from(x)));
     let mut messages = Vec::new();
     let mut message: Option<(Opcode, Vec<u8>)> = None;
+    let mut compressed = false;
     while let (Some(&b0), Some(&b1)) = (bytes.first(), bytes.get(1)) {
         let (len, mut at) = match b1 & 0x7F {
             126 => (be(bytes.get(2..4)), 4),
@@ -628,13 +716,78 @@ fn naive_messages(mut bytes: &[u8]) -> Vec<(Opcode, Vec<u8>)> {
             0x8 => break,
             0x9 | 0xA => {}
             opcode => {
+                if b0 & 0x40 != 0 {
+                    if !deflate || message.is_some() {
+                        break;
+                    }
+                    compressed = true;
+                }
                 let started = if opcode == 1 { Opcode::Text } else { Opcode::Binary };
                 message.get_or_insert_with(|| (started, Vec::new())).1.extend(payload);
                 if b0 & 0x80 != 0 {
-                    messages.extend(message.take());
+                    let Some((opcode, mut body)) = message.take() else { break };
+                    if std::mem::take(&mut compressed) {
+                        body.extend_from_slice(&[0, 0, 0xff, 0xff]);
+                        let mut inflated = Vec::new();
+                        let mut decoder = flate2::read::DeflateDecoder::new(&body[..]);
+                        if std::io::Read::read_to_end(&mut decoder, &mut inflated).is_err() && inflated.is_empty() {
+                            break;
+                        }
+                        body = inflated;
+                    }
+                    messages.push((opcode, body));
                 }
             }
         }
     }
     messages
+}
+
+// ---------------------------------------------------------------------------
+// inflate: permessage-deflate's inflating and compressing on arbitrary bytes.
+//
+// Input layout: byte 0 picks the message limit (`INFLATE_LIMITS`); the rest is a
+// compressed message as a peer would send it (the 4-byte tail stripped), and also,
+// as plain data, a message for our compressor.
+
+const INFLATE_LIMITS: [usize; 4] = [0, 100, 4096, 1 << 20];
+
+/// `inflate` never panics and never holds more than the limit plus one byte; what it
+/// accepts is what flate2's streaming decoder reads from the same bytes; and whatever
+/// our compressor makes inflates back to its input.
+pub fn check_inflate(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else { return };
+    let limit = INFLATE_LIMITS[usize::from(selector & 3)];
+    let mut out = Vec::new();
+    let result = mioket::deflate::inflate(body, &mut out, limit);
+    assert!(out.capacity() <= (limit + 1).max(1024), "{} bytes held for a limit of {limit}", out.capacity());
+    let mut framed = body.to_vec();
+    framed.extend_from_slice(&[0, 0, 0xff, 0xff]);
+    let mut reference = Vec::new();
+    let decoder = flate2::read::DeflateDecoder::new(&framed[..]);
+    let read = std::io::Read::read_to_end(&mut std::io::Read::take(decoder, limit as u64 + 1), &mut reference);
+    match result {
+        Ok(()) => {
+            assert!(out.len() <= limit);
+            assert!(read.is_ok() || !reference.is_empty() || out.is_empty(), "we inflated what flate2 refuses");
+            assert_eq!(out, reference, "inflated bytes differ from flate2's reading");
+        }
+        Err(mioket::deflate::InflateError::TooBig) => {
+            assert!(reference.len() > limit, "TooBig, but flate2 reads only {} bytes", reference.len());
+        }
+        Err(mioket::deflate::InflateError::Corrupt) => {}
+    }
+    let mut compressor = mioket::deflate::Compressor::default();
+    if let Some(frame) = compressor.frame(Opcode::Binary, body) {
+        let (header, n) = {
+            let mut plain = frame.to_vec();
+            assert_eq!(plain[0], 0xC2, "FIN, RSV1, binary");
+            plain[0] = 0x82;
+            parse_header(&plain).expect("a frame").expect("a whole header")
+        };
+        assert!((header.len as usize) < body.len(), "a compressed frame only when it shrinks");
+        let mut back = Vec::new();
+        mioket::deflate::inflate(&frame[n..], &mut back, body.len()).expect("our frames inflate");
+        assert_eq!(back, body);
+    }
 }
