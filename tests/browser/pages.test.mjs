@@ -100,6 +100,42 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
     }
   });
 
+  test('Chromium negotiates permessage-deflate and the chat works compressed', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    // Every socket a page opens, kept where the test can read its negotiated extensions.
+    for (const p of [a, b]) {
+      await p.addInitScript(() => {
+        const Native = window.WebSocket;
+        window.__sockets = [];
+        window.WebSocket = class extends Native {
+          constructor(...args) {
+            super(...args);
+            window.__sockets.push(this);
+          }
+        };
+      });
+    }
+    await openChat(a, s.http + '/?room=deflate');
+    await openChat(b, s.http + '/?room=deflate');
+    for (const p of [a, b]) {
+      const extensions = await p.evaluate(() => window.__sockets.at(-1).extensions);
+      assert.match(extensions, /^permessage-deflate/, 'Chromium offered it and the server accepted');
+      assert.match(extensions, /server_no_context_takeover/);
+    }
+    // Long enough to be sent compressed (over --deflate-min-size), both ways.
+    const line = 'a line long enough to be compressed on its way to every page. '.repeat(8).trim();
+    await say(a, line);
+    await waitForRow(b, 'live', line);
+    await waitForRow(a, 'you', line);
+    const metrics = await (await fetch(s.http + '/metrics')).text();
+    const compressed = Number(/^mioket_compressed_frames_total (\d+)$/m.exec(metrics)[1]);
+    assert.ok(compressed >= 1, `the server compressed the broadcast (${compressed} frames)`);
+    assert.match(metrics, /^mioket_deflate_connections_total 2$/m);
+    for (const p of [a, b]) assertNothingRan(p);
+  });
+
   test('a page opened later shows the welcome, then the history in order', { timeout: TEST_MS }, async () => {
     const s = await server([]);
     const c = await client(s.ws);
