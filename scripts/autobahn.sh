@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Autobahn|Testsuite cases 1-10 against `mioket --mode echo`, through the kosoku
-# runner (PyPI), twice: over ws:// and over wss:// (--tls-cert/--tls-key with a
+# Autobahn|Testsuite against `mioket --mode echo`, through the kosoku runner (PyPI):
+# cases 1-10 and the permessage-deflate cases 12 and 13 over ws://, and 1-10 over wss:// (--tls-cert/--tls-key with a
 # self-signed certificate made here with openssl). kosoku speaks only ws://, so the
 # wss run goes through scripts/tls-relay.py, a TLS client that checks the certificate
 # and passes each read on as it comes. Each run fails when any case is not OK (but for
@@ -14,6 +14,27 @@ venv=target/autobahn-venv
 if [ ! -x "$venv/bin/kosoku" ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install --quiet kosoku
+fi
+# kosoku 0.1.0 sometimes hands a case 12/13 text message to the case as a str
+# decoded byte for byte (latin-1) rather than as bytes (seen for uncompressed echoes
+# and for the non-ASCII HTML data set), and case12_x_x.py then hashes that str
+# (TypeError: "Strings must be encoded before hashing": the case ends as ERROR).
+# Python websockets and Chromium read the same frames fine. Turning the str back into
+# its bytes restores the case's own strict check (length and SHA-1 of the echoed
+# bytes). Idempotent.
+case12=$(echo "$venv"/lib/python3*/site-packages/kosoku/cases/case12_x_x.py)
+if ! grep -q "isinstance(msg, str)" "$case12"; then
+    python3 - "$case12" <<'PY'
+import sys
+path = sys.argv[1]
+text = open(path).read()
+old = "def onMessage(self, msg, binary):\n   m = hashlib.sha1()"
+new = ("def onMessage(self, msg, binary):\n   if isinstance(msg, str):\n"
+       "      msg = msg.encode('latin-1')\n   m = hashlib.sha1()")
+assert old in text, "kosoku's case12_x_x.py changed: check the workaround"
+open(path, "w").write(text.replace(old, new))
+PY
+    rm -rf "$(dirname "$case12")/__pycache__"
 fi
 cargo build --release --quiet
 
@@ -31,11 +52,13 @@ wait_for() {
     sed -n "s|^$2||p" "$1" | head -n 1
 }
 
-# run NAME REPORT ADDR: runs the cases against ADDR and judges the report.
+# run NAME REPORT ADDR [CASE GROUP]...: runs cases 1-10 and the given groups against
+# ADDR and judges the report.
 run() {
     local name=$1 report=$2 addr=$3 cases=()
+    shift 3
     rm -rf "$report"
-    for c in 1 2 3 4 5 6 7 9 10; do cases+=(-i "$c.*"); done
+    for c in 1 2 3 4 5 6 7 9 10 "$@"; do cases+=(-i "$c.*"); done
     # kosoku exits non-zero when a case fails: the judge below says which, from the report.
     timeout 900 "$venv/bin/kosoku" -p 4 -o "$report" "${cases[@]}" "$addr" || true
     python3 - "$name" "$report/index.json" <<'PY'
@@ -52,7 +75,7 @@ for agent, cases in results.items():
         if not (r["behavior"] == "OK" or known) or r["behaviorClose"] not in ("OK", "INFORMATIONAL"):
             bad.append(f'{case}: {r["behavior"]} / close {r["behaviorClose"]}')
 total = sum(counts.values())
-print(f"autobahn 1-10 over {name}:", ", ".join(f"{n} {b}" for b, n in counts.most_common()), f"({total} cases)")
+print(f"autobahn over {name}:", ", ".join(f"{n} {b}" for b, n in counts.most_common()), f"({total} cases)")
 for line in bad:
     print("  FAILED", line)
 print(f"autobahn {name}: {total - len(bad)} passed, {len(bad)} failed")
@@ -68,7 +91,7 @@ pids+=($!)
 addr=$(wait_for "$work/ws.log" "listening on ws://")
 [ -n "$addr" ] || { echo "autobahn: server did not start"; exit 1; }
 status=0
-run ws target/autobahn "$addr" || status=1
+run ws target/autobahn "$addr" 12 13 || status=1
 
 # wss://: a certificate for this run, the server with it, the relay in front.
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use common::redis::{redis_available, RedisServer};
 use common::*;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
 fn node(redis: &RedisServer, extra: &[&str]) -> Server {
@@ -22,21 +21,6 @@ fn node(redis: &RedisServer, extra: &[&str]) -> Server {
     let mut args = vec!["--redis", url.as_str(), "--api-token", "t", "--ping-interval", "0", "--welcome", "hi"];
     args.extend_from_slice(extra);
     Server::start(&args)
-}
-
-fn connect_v1(server: &Server, path: &str) -> Ws {
-    let stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
-    request.headers_mut().insert("Sec-WebSocket-Protocol", "mioket.v1".parse().unwrap());
-    let (ws, _) = tungstenite::client(request, stream).expect("handshake");
-    ws
-}
-
-fn connect_plain(server: &Server, path: &str) -> Ws {
-    let stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    tungstenite::client(format!("ws://{}{path}", server.addr), stream).expect("handshake").0
 }
 
 /// The next envelope other than presence.

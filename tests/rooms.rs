@@ -4,33 +4,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
-
-/// A client on `path` (with its query) offering `mioket.v1`; the server must pick it.
-fn connect_v1(server: &Server, path: &str) -> Ws {
-    let stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
-    request.headers_mut().insert("Sec-WebSocket-Protocol", "chat, mioket.v1".parse().unwrap());
-    let (ws, response) = tungstenite::client(request, stream).expect("handshake");
-    assert_eq!(response.headers().get("Sec-WebSocket-Protocol").unwrap(), "mioket.v1");
-    ws
-}
-
-/// A plain client on `path`.
-fn connect_plain(server: &Server, path: &str) -> Ws {
-    let stream = TcpStream::connect(server.addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (ws, response) = tungstenite::client(format!("ws://{}{path}", server.addr), stream).expect("handshake");
-    assert!(response.headers().get("Sec-WebSocket-Protocol").is_none());
-    ws
-}
 
 /// The next envelope, skipping presence updates unless asked for.
 fn envelope(ws: &mut Ws) -> Value {

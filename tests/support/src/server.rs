@@ -91,6 +91,27 @@ pub fn connect(server: &Server) -> Ws {
     ws
 }
 
+/// A plain client (no subprotocol) on `path` (with its query).
+pub fn connect_plain(server: &Server, path: &str) -> Ws {
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let (ws, response) = tungstenite::client(format!("ws://{}{path}", server.addr), stream).expect("handshake");
+    assert!(response.headers().get("Sec-WebSocket-Protocol").is_none());
+    ws
+}
+
+/// A client on `path` offering `mioket.v1` (after another protocol); the server must pick it.
+pub fn connect_v1(server: &Server, path: &str) -> Ws {
+    use tungstenite::client::IntoClientRequest;
+    let stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut request = format!("ws://{}{path}", server.addr).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "chat, mioket.v1".parse().unwrap());
+    let (ws, response) = tungstenite::client(request, stream).expect("handshake");
+    assert_eq!(response.headers().get("Sec-WebSocket-Protocol").unwrap(), "mioket.v1");
+    ws
+}
+
 /// Reads the next data message (pings are answered by tungstenite as it reads).
 pub fn next_message(ws: &mut Ws) -> Message {
     loop {
