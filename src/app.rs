@@ -12,6 +12,7 @@
 //! own data as an opaque `T`, and the one write it may ask for (write-through) goes
 //! through a closure the runtime gives.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -58,27 +59,14 @@ pub enum Listener {
 }
 
 /// What a connection turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     /// Before its request is answered (or a plain HTTP request).
     Pending,
-    /// An accepted WebSocket, counted in `App::open`.
-    WebSocket(Session),
-}
-
-/// An accepted WebSocket's place in the rooms (none in echo mode). Every connection
-/// holds one, so it is small: 32 bytes, and no heap for a client in one room.
-struct Session {
-    /// Speaks `mioket.v1` (else plain).
-    v1: bool,
-    /// The path's room and its generation (`NO_ROOM` in echo mode), kept after a
-    /// `leave` so that a later `join` of the same room makes it the default again.
-    home: (RoomId, u32),
-    /// The rooms it is in: the first inline (a plain client is in exactly one; `NO_ROOM`
-    /// when none), a v1 client's other joins beside it.
-    first: Joined,
-    // A thin pointer (8 bytes; a Vec takes 24) on every connection, used by few.
-    #[allow(clippy::box_collection)]
-    more: Option<Box<Vec<Joined>>>,
+    /// An accepted WebSocket (counted in `App::open`) without a subprotocol.
+    Plain,
+    /// An accepted WebSocket speaking `mioket.v1`.
+    V1,
 }
 
 const NO_ROOM: RoomId = RoomId::MAX;
@@ -89,11 +77,33 @@ struct Joined {
     key: MemberKey,
 }
 
-impl Session {
-    fn new(v1: bool, home: (RoomId, u32)) -> Session {
-        Session { v1, home, first: Joined { room: NO_ROOM, key: MemberKey::NONE }, more: None }
-    }
+const NOT_JOINED: Joined = Joined { room: NO_ROOM, key: MemberKey::NONE };
 
+/// A v1 client's rooms beyond its first, and its path's room while it is out of it
+/// (so that joining it again makes it the default again). Few clients have one: they
+/// live beside the clients (`App::extras`), not in each.
+#[derive(Default)]
+struct Extra {
+    home: Option<(RoomId, u32)>,
+    more: Vec<Joined>,
+}
+
+impl Extra {
+    fn is_empty(&self) -> bool {
+        self.home.is_none() && self.more.is_empty()
+    }
+}
+
+/// An accepted WebSocket's rooms, read from its client and its extra.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    v1: bool,
+    first: Joined,
+    first_is_home: bool,
+    extra: Option<&'a Extra>,
+}
+
+impl Session<'_> {
     fn audience(&self) -> Audience {
         if self.v1 {
             Audience::V1
@@ -104,7 +114,7 @@ impl Session {
 
     fn rooms(&self) -> impl Iterator<Item = Joined> + '_ {
         let first = Some(self.first).filter(|j| j.room != NO_ROOM);
-        first.into_iter().chain(self.more.iter().flat_map(|more| more.iter().copied()))
+        first.into_iter().chain(self.extra.iter().flat_map(|e| e.more.iter().copied()))
     }
 
     fn find(&self, room: RoomId) -> Option<Joined> {
@@ -120,46 +130,24 @@ impl Session {
         Some(self.first.room).filter(|&room| room != NO_ROOM)
     }
 
-    /// The path's room while the client is in it.
-    fn home_room(&self, rooms: &Rooms) -> Option<RoomId> {
-        let (room, generation) = self.home;
-        let alive = rooms.get(room).is_some_and(|r| r.generation() == generation);
-        (alive && self.find(room).is_some()).then_some(room)
-    }
-
-    fn add(&mut self, joined: Joined, rooms: &Rooms) {
-        let (home, generation) = self.home;
-        let is_home = joined.room == home && rooms.get(home).is_some_and(|r| r.generation() == generation);
-        let more_empty = self.more.as_ref().is_none_or(|more| more.is_empty());
-        if self.first.room == NO_ROOM && (is_home || more_empty) {
-            self.first = joined;
-        } else {
-            self.more.get_or_insert_with(Box::default).push(joined);
-        }
-    }
-
-    fn remove(&mut self, room: RoomId) -> Option<Joined> {
-        if self.first.room == room && room != NO_ROOM {
-            let first = self.first;
-            self.first.room = NO_ROOM;
-            return Some(first);
-        }
-        let more = self.more.as_mut()?;
-        let i = more.iter().position(|j| j.room == room)?;
-        let found = more.swap_remove(i);
-        if more.is_empty() {
-            self.more = None;
-        }
-        Some(found)
+    /// The path's room while the client is in it (the default of v1 ops).
+    fn home_room(&self) -> Option<RoomId> {
+        self.first_is_home.then_some(self.first.room).filter(|&room| room != NO_ROOM)
     }
 }
 
-/// One connection as the application sees it.
+/// One connection as the application sees it. Every connection holds one, so its
+/// own fields take 16 bytes: an idle client is the Conn, the runtime's data and these.
 pub struct Client<T> {
     pub conn: Conn,
     /// The runtime's own data for this client (its socket, its timer).
     pub io: T,
+    /// An accepted WebSocket's first room (`NOT_JOINED`: none): a plain client's one
+    /// room, a v1 client's path's room; more rooms are in its `Extra`.
+    first: Joined,
     role: Role,
+    /// `first` is the path's room; before the upgrade's join: the next join is.
+    first_is_home: bool,
     listener: Listener,
     /// Queued in `App::dirty` for a flush.
     flush_queued: bool,
@@ -195,6 +183,8 @@ pub struct App<T> {
     /// The welcome as a plain frame.
     welcome: Option<Rc<[u8]>>,
     envelopes: Envelopes,
+    /// v1 clients' rooms beyond their first, by client id.
+    extras: HashMap<usize, Extra>,
     /// permessage-deflate's one compressor: a message is compressed once, whoever gets it.
     compressor: Compressor,
     /// A v1 message's bytes, copied out of its connection to be parsed while the
@@ -240,6 +230,7 @@ impl<T: fmt::Display> App<T> {
             rooms,
             welcome,
             envelopes: Envelopes::default(),
+            extras: HashMap::new(),
             compressor: Compressor::default(),
             scratch: Vec::new(),
             presence_at: None,
@@ -272,7 +263,16 @@ impl<T: fmt::Display> App<T> {
             return Err((io, handshake::error_response(HandshakeError::ServerFull)));
         }
         let conn = Conn::new(now, &self.config.limits);
-        Ok(self.clients.insert(Client { conn, io, role: Role::Pending, listener, flush_queued: false }))
+        let client = Client {
+            conn,
+            io,
+            first: NOT_JOINED,
+            role: Role::Pending,
+            first_is_home: false,
+            listener,
+            flush_queued: false,
+        };
+        Ok(self.clients.insert(client))
     }
 
     /// Whether to read on from `id`: an echo client that does not read its answers,
@@ -329,7 +329,10 @@ impl<T: fmt::Display> App<T> {
             };
             metrics.messages_in += 1;
             metrics.message_bytes_in += payload.len() as u64;
-            let Role::WebSocket(session) = &client.role else { continue };
+            let role = client.role;
+            if role == Role::Pending {
+                continue;
+            }
             // --redis: a client whose join waits for Redis has its input held until its welcome.
             if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
                 continue;
@@ -377,7 +380,7 @@ impl<T: fmt::Display> App<T> {
                         metrics.messages_out += 1;
                     }
                 }
-                Mode::Broadcast if session.v1 => {
+                Mode::Broadcast if role == Role::V1 => {
                     // Copied out: the op is parsed and acted on while this client's
                     // Conn (which the payload borrows) gets answers.
                     scratch.clear();
@@ -388,7 +391,10 @@ impl<T: fmt::Display> App<T> {
                 }
                 Mode::Broadcast => {
                     // A plain client is always in its one room.
-                    let Some(room) = session.first_room() else { continue };
+                    let room = client.first.room;
+                    if room == NO_ROOM {
+                        continue;
+                    }
                     if let Some(bp) = self.backplane.as_mut() {
                         let name = rooms.get(room).map_or("", |r| r.name());
                         let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
@@ -426,7 +432,7 @@ impl<T: fmt::Display> App<T> {
         }
         if self.config.mode == Mode::Echo {
             client.conn.accept(None, deflate, now, &self.config.limits);
-            client.role = Role::WebSocket(Session::new(false, (NO_ROOM, 0)));
+            client.role = Role::Plain;
             self.open += 1;
             self.metrics.upgrades += 1;
             let history = self.echo_history.iter().map(|(_, frame)| frame);
@@ -457,8 +463,9 @@ impl<T: fmt::Display> App<T> {
             }
         };
         client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
-        let generation = self.rooms.get(room).map_or(0, |r| r.generation());
-        client.role = Role::WebSocket(Session::new(v1, (room, generation)));
+        client.role = if v1 { Role::V1 } else { Role::Plain };
+        // The join that follows (now, or once a backplane has the room) is the path's.
+        client.first_is_home = true;
         self.open += 1;
         self.metrics.upgrades += 1;
         self.join(id, room, resume.as_ref(), now);
@@ -471,12 +478,12 @@ impl<T: fmt::Display> App<T> {
         if self.defer_join(id, room_id, resume, now) {
             return;
         }
+        let Some(v1) = self.session(id).map(|s| s.v1) else { return };
+        let audience = if v1 { Audience::V1 } else { Audience::Plain };
+        let Some(key) = self.rooms.join(room_id, id, audience) else { return };
+        self.add_membership(id, Joined { room: room_id, key });
         let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
         let Some(client) = clients.get_mut(id) else { return };
-        let Role::WebSocket(session) = &mut client.role else { return };
-        let Some(key) = rooms.join(room_id, id, session.audience()) else { return };
-        session.add(Joined { room: room_id, key }, rooms);
-        let v1 = session.v1;
         self.presence_at.get_or_insert(presence_time(self.last_presence, now));
         let Some(room) = rooms.get(room_id) else { return };
         let history = room.topic.history();
@@ -538,7 +545,7 @@ impl<T: fmt::Display> App<T> {
     /// path's room.
     fn handle_v1(&mut self, id: usize, opcode: Opcode, message: &[u8], now: Instant) {
         if opcode == Opcode::Binary {
-            match self.session(id).and_then(|s| s.home_room(&self.rooms)) {
+            match self.session(id).and_then(|s| s.home_room()) {
                 Some(room) => self.publish(room, Payload::Binary(message), Some((id, None)), now),
                 None => self.refuse_op(id, OpError::NotJoined, None, now),
             }
@@ -575,18 +582,70 @@ impl<T: fmt::Display> App<T> {
         }
     }
 
-    fn session(&self, id: usize) -> Option<&Session> {
-        match &self.clients.get(id)?.role {
-            Role::WebSocket(session) => Some(session),
-            Role::Pending => None,
+    /// An accepted WebSocket's rooms.
+    fn session(&self, id: usize) -> Option<Session<'_>> {
+        let client = self.clients.get(id)?;
+        (client.role != Role::Pending).then(|| Session {
+            v1: client.role == Role::V1,
+            first: client.first,
+            first_is_home: client.first_is_home,
+            extra: self.extras.get(&id),
+        })
+    }
+
+    /// Records that `id` is in a room now (it joined). Its path's room is its first;
+    /// the path's room joined again after a leave becomes its first again.
+    fn add_membership(&mut self, id: usize, joined: Joined) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        let alive =
+            |(room, generation): (RoomId, u32)| self.rooms.get(room).is_some_and(|r| r.generation() == generation);
+        let extra = self.extras.entry(id).or_default();
+        let back_home = extra.home.is_some_and(|home| home.0 == joined.room && alive(home));
+        if back_home {
+            extra.home = None;
+            if client.first.room != NO_ROOM {
+                extra.more.push(client.first);
+            }
+            client.first = joined;
+            client.first_is_home = true;
+        } else if client.first.room == NO_ROOM {
+            // The upgrade's join keeps `first_is_home` as admit set it.
+            client.first = joined;
+        } else {
+            extra.more.push(joined);
         }
+        if extra.is_empty() {
+            self.extras.remove(&id);
+        }
+    }
+
+    /// Records that `id` left `room`; returns its membership, if it was in it.
+    fn remove_membership(&mut self, id: usize, room: RoomId) -> Option<Joined> {
+        let client = self.clients.get_mut(id)?;
+        if client.first.room == room && room != NO_ROOM {
+            let joined = client.first;
+            if client.first_is_home {
+                let generation = self.rooms.get(room).map_or(0, |r| r.generation());
+                self.extras.entry(id).or_default().home = Some((room, generation));
+            }
+            client.first = NOT_JOINED;
+            client.first_is_home = false;
+            return Some(joined);
+        }
+        let extra = self.extras.get_mut(&id)?;
+        let i = extra.more.iter().position(|j| j.room == room)?;
+        let joined = extra.more.swap_remove(i);
+        if extra.is_empty() {
+            self.extras.remove(&id);
+        }
+        Some(joined)
     }
 
     /// The room an op names (or the path's room), if the client is in it.
     fn joined_room(&self, id: usize, name: Option<&str>) -> Result<RoomId, OpError> {
         let session = self.session(id).ok_or(OpError::NotJoined)?;
         match name {
-            None => session.home_room(&self.rooms).ok_or(OpError::NotJoined),
+            None => session.home_room().ok_or(OpError::NotJoined),
             Some(name) => {
                 rooms::check_name(name).map_err(|_| OpError::InvalidRoomName)?;
                 let room = self.rooms.find(name).ok_or(OpError::NotJoined)?;
@@ -610,10 +669,8 @@ impl<T: fmt::Display> App<T> {
     }
 
     fn leave(&mut self, id: usize, room: RoomId, now: Instant) {
-        let Some(client) = self.clients.get_mut(id) else { return };
-        let Role::WebSocket(session) = &mut client.role else { return };
-        let audience = session.audience();
-        if let Some(joined) = session.remove(room) {
+        let Some(audience) = self.session(id).map(|s| s.audience()) else { return };
+        if let Some(joined) = self.remove_membership(id, room) {
             self.rooms.leave(joined.room, joined.key, audience, now);
             self.presence_at.get_or_insert(presence_time(self.last_presence, now));
         }
@@ -990,13 +1047,20 @@ impl<T: fmt::Display> App<T> {
         if memory >= LARGE_QUEUE {
             self.released += memory;
         }
-        if let Role::WebSocket(session) = &client.role {
+        let extra = self.extras.remove(&id);
+        if client.role != Role::Pending {
+            let session = Session {
+                v1: client.role == Role::V1,
+                first: client.first,
+                first_is_home: false,
+                extra: extra.as_ref(),
+            };
             // The time of the last event is close enough for a room's TTL.
             let now = self.now;
             for joined in session.rooms() {
                 self.rooms.leave(joined.room, joined.key, session.audience(), now);
             }
-            if session.first_room().is_some() || session.more.is_some() {
+            if session.count() > 0 {
                 self.presence_at.get_or_insert(presence_time(self.last_presence, now));
             }
             self.open -= 1;

@@ -544,10 +544,12 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
 mod tests {
     use super::*;
 
-    /// Every connection holds one: most of the 320 B budget of RSS per idle connection
-    /// in a room (the Conn 176 B, the runtime's Io 32 B, the room Session 32 B).
+    /// Every connection holds one: most of an idle connection's RSS (246 B before
+    /// rooms, 256 B the budget with permessage-deflate negotiated). The Conn 176 B,
+    /// the client's room and flags 16 B, and the runtime's Io (16 B in a release
+    /// build; mio's debug builds add 8 to a socket).
     #[test]
     fn a_client_stays_within_its_share_of_the_idle_budget() {
-        assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 248);
+        assert!(std::mem::size_of::<crate::app::Client<Io>>() <= 192 + std::mem::size_of::<Io>());
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, queue_flush, App, Role};
+use super::{encode, queue_flush, App};
 use crate::api;
 use crate::backplane::{Backplane, Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
@@ -221,7 +221,7 @@ impl<T: fmt::Display> App<T> {
     /// A join that cannot be done now: a client in no room is closed (1013), one in
     /// other rooms gets an error envelope.
     fn refuse_join(&mut self, id: usize, now: Instant) {
-        let in_rooms = matches!(self.clients.get(id).map(|c| &c.role), Some(Role::WebSocket(s)) if s.count() > 0);
+        let in_rooms = self.session(id).is_some_and(|s| s.count() > 0);
         if in_rooms {
             self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
         } else if let Some(client) = self.clients.get_mut(id) {
@@ -242,10 +242,7 @@ impl<T: fmt::Display> App<T> {
             if !self.clients.contains(id) {
                 return;
             }
-            let v1 = match &self.clients[id].role {
-                Role::WebSocket(session) => session.v1,
-                Role::Pending => return,
-            };
+            let Some(v1) = self.session(id).map(|s| s.v1) else { return };
             if v1 {
                 self.handle_v1(id, opcode, &bytes, now);
             } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
