@@ -180,3 +180,147 @@ impl ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mio::{Events, Interest, Poll, Token};
+    use rustls::pki_types::PrivateKeyDer;
+    use std::path::PathBuf;
+    use std::time::{Duration, Instant};
+
+    /// A certificate for 127.0.0.1 made by openssl (as compare.sh makes it), in a fresh folder.
+    fn certificate(name: &str) -> (PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("mioket-load-tls-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        let status = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE", "-days", "1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl (needed to make the test certificate)");
+        assert!(status.success(), "openssl req failed");
+        (cert, key)
+    }
+
+    /// A blocking rustls server on 127.0.0.1 that echoes `total` bytes of one client, then
+    /// sends close_notify and closes.
+    fn echo_server(cert: &PathBuf, key: &PathBuf, total: usize) -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let chain = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let Ok((sock, _)) = listener.accept() else { return };
+            sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let (mut buf, mut echoed) = (vec![0u8; 70_000], 0);
+            while echoed < total {
+                match tls.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if tls.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                        echoed += n;
+                    }
+                }
+            }
+            tls.conn.send_close_notify();
+            let _ = tls.flush();
+        });
+        (addr, thread)
+    }
+
+    /// Sends `total` bytes through `write` and reads their echo through `read` on an
+    /// edge-triggered mio loop that stops reading at a short read, as mioket-load does:
+    /// if a short read left data behind, the echo would stall and the deadline fail it.
+    fn echo_through(config: &Arc<ClientConfig>, addr: std::net::SocketAddr, total: usize) -> io::Result<Vec<u8>> {
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut sock = TcpStream::connect(addr)?;
+        let mut tls = connect(config, "127.0.0.1")?;
+        let mut poll = Poll::new()?;
+        poll.registry().register(&mut sock, Token(0), Interest::READABLE | Interest::WRITABLE)?;
+        let mut events = Events::with_capacity(8);
+        let (mut sent, mut got, mut ended) = (0, Vec::new(), false);
+        let mut buf = vec![0u8; 256 * 1024];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ended {
+            assert!(Instant::now() < deadline, "stalled: sent {sent}, got {} of {total}", got.len());
+            poll.poll(&mut events, Some(Duration::from_millis(500)))?;
+            if events.is_empty() {
+                continue; // nothing happened: no read, no write (edge-triggered, as mioket-load)
+            }
+            // Reads until a short read (drained) or WouldBlock.
+            loop {
+                match read(&mut tls, &mut sock, &mut buf) {
+                    Ok(0) => {
+                        ended = true;
+                        break;
+                    }
+                    Ok(n) => {
+                        got.extend_from_slice(&buf[..n]);
+                        if n < buf.len() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            // Writes in pieces of up to 50,000 bytes until WouldBlock, then what rustls holds.
+            while sent < total {
+                match write(&mut tls, &mut sock, &data[sent..total.min(sent + 50_000)]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            match send_pending(&mut tls, &mut sock) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        assert!(got == data, "the echo differs ({} of {total} bytes)", got.len());
+        Ok(got)
+    }
+
+    #[test]
+    fn echoes_arrive_whole_through_tls_on_an_edge_triggered_loop() {
+        let (cert, key) = certificate("echo");
+        let total = 3 * 1024 * 1024 + 17;
+        for ca in [None, Some(cert.to_str().unwrap())] {
+            let (addr, server) = echo_server(&cert, &key, total);
+            echo_through(&config(ca).unwrap(), addr, total).unwrap();
+            server.join().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(cert.parent().unwrap());
+    }
+
+    #[test]
+    fn a_certificate_from_another_ca_is_refused() {
+        let (cert, key) = certificate("served");
+        let (other, _) = certificate("other");
+        let (addr, server) = echo_server(&cert, &key, 1);
+        let err = echo_through(&config(Some(other.to_str().unwrap())).unwrap(), addr, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+        server.join().unwrap();
+        for dir in [cert.parent().unwrap(), other.parent().unwrap()] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
