@@ -34,6 +34,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use procfs::rss_bytes;
 
+mod corpus;
+mod deflate;
 mod procfs;
 mod tls;
 
@@ -71,6 +73,11 @@ Options:
   --messages M           stop early after M echoes, M published messages or M handshakes
   --server-pid PID       read the server's CPU time and RSS from /proc/PID
   --settle SECS          pause after setup before measuring [default: 0.3; idle: 1]
+  --warmup SECS          broadcast: publish this long before the measured window, which
+                         then counts what arrives within it (steady state: servers that set
+                         up per-connection state on the first messages, such as compressors,
+                         have it by then, and latencies of seconds do not cut the count)
+                         [default: 0: the window counts messages sent within it]
   --setup-timeout SECS   give up opening connections after this long [default: 60]
   --raw                  plain TCP: no HTTP upgrade, and masked frames may come back (for a
                          TCP echo server: the load generator's own limit)
@@ -79,6 +86,17 @@ Options:
                          28,000 ephemeral ports]
   --hold SECS            after the report, keep the connections open this long (so a
                          tracer can stop before teardown) [default: 0]
+  --deflate              offer permessage-deflate (client_no_context_takeover;
+                         client_max_window_bits), check the 101's answer, inflate what
+                         comes compressed, compress what we send (broadcast) when it shrinks;
+                         report bytes on the wire against inflated bytes
+  --send-plain           with --deflate: send every message uncompressed
+  --inflate-every        with --deflate: inflate every copy of a message compressed without
+                         context, even bytes inflated just before [default: a copy whose
+                         bytes equal one of the last 64 inflated takes its result]
+  --corpus chat|json     broadcast: payloads are the stamp and then a document of the corpus
+                         (chat lines of 60-200 B, JSON documents of 1-16 KiB) instead of
+                         --size bytes of filler
   --label NAME           name of the server, copied into the output
   --quiet                only the JSON line
 ";
@@ -135,6 +153,16 @@ struct Args {
     quiet: bool,
     /// wss://: the TLS client configuration.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// Offer permessage-deflate.
+    deflate: bool,
+    /// With `deflate`: send uncompressed.
+    send_plain: bool,
+    /// With `deflate`: inflate every copy of a broadcast, even bytes seen before.
+    inflate_every: bool,
+    /// Broadcast: publishing before the measured window.
+    warmup: Duration,
+    /// Broadcast payloads from a corpus.
+    corpus: Option<corpus::Kind>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -183,6 +211,11 @@ fn parse_args() -> Result<Args, String> {
         label: "server".into(),
         quiet: false,
         tls: None,
+        deflate: false,
+        send_plain: false,
+        inflate_every: false,
+        warmup: Duration::ZERO,
+        corpus: None,
     };
     let mut tls_ca = None;
     while let Some(flag) = it.next() {
@@ -209,6 +242,7 @@ fn parse_args() -> Result<Args, String> {
             "--messages" => a.messages = Some(num(value()?)?),
             "--server-pid" => a.server_pid = Some(num(value()?)? as u32),
             "--settle" => a.settle = secs(value()?)?,
+            "--warmup" => a.warmup = secs(value()?)?,
             "--setup-timeout" => a.setup_timeout = secs(value()?)?,
             "--raw" => a.raw = true,
             "--source-addrs" => {
@@ -218,6 +252,13 @@ fn parse_args() -> Result<Args, String> {
             "--label" => a.label = value()?,
             "--quiet" => a.quiet = true,
             "--tls-ca" => tls_ca = Some(value()?),
+            "--deflate" => a.deflate = true,
+            "--send-plain" => a.send_plain = true,
+            "--inflate-every" => a.inflate_every = true,
+            "--corpus" => {
+                let v = value()?;
+                a.corpus = Some(corpus::Kind::parse(&v).ok_or_else(|| format!("unknown corpus {v:?} (chat or json)"))?);
+            }
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown option {other:?}")),
         }
@@ -255,6 +296,12 @@ fn parse_args() -> Result<Args, String> {
     if a.rooms.is_some() && a.raw {
         return Err("--raw has no request path: rooms need the HTTP upgrade".into());
     }
+    if a.deflate && a.raw {
+        return Err("--deflate needs the HTTP upgrade: not with --raw".into());
+    }
+    if a.corpus.is_some() && a.workload != Workload::Broadcast {
+        return Err("--corpus is for the broadcast workload".into());
+    }
     if a.tls.is_some() && (a.raw || a.workload == Workload::EmptyRooms) {
         return Err("wss:// is for the WebSocket workloads but empty-rooms, without --raw".into());
     }
@@ -264,11 +311,12 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// The HTTP upgrade request for `path`.
-fn upgrade_request(path: &str, host: &str) -> Vec<u8> {
+/// The HTTP upgrade request for `path`, offering permessage-deflate if `deflate`.
+fn upgrade_request(path: &str, host: &str, deflate: bool) -> Vec<u8> {
+    let ext = if deflate { format!("Sec-WebSocket-Extensions: {}\r\n", deflate::OFFER) } else { String::new() };
     format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{ext}\r\n"
     )
     .into_bytes()
 }
@@ -285,8 +333,13 @@ const OP_PONG: u8 = 10;
 
 /// A final, masked client frame.
 fn masked_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    masked_frame_with(0x80 | opcode, payload)
+}
+
+/// A masked client frame whose first byte is `first` (FIN, RSV1, opcode).
+fn masked_frame_with(first: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::with_capacity(payload.len() + 14);
-    f.push(0x80 | opcode);
+    f.push(first);
     match payload.len() {
         n @ 0..=125 => f.push(0x80 | n as u8),
         n @ 126..=0xFFFF => {
@@ -317,14 +370,121 @@ fn payload_start(frame: &[u8]) -> usize {
 const HEAD: usize = 125;
 
 enum Ev {
-    Message { opcode: u8, len: u64, head: [u8; HEAD], head_len: usize },
-    Ping { payload: [u8; HEAD], len: usize },
+    /// A data message: its (inflated) length and first bytes; whether it came
+    /// compressed, its bytes on the wire (frame headers included) and, for a compressed
+    /// one when asked (`Inflate::crc_from`), the CRC-32 of its inflated bytes from there.
+    Message {
+        opcode: u8,
+        len: u64,
+        head: [u8; HEAD],
+        head_len: usize,
+        compressed: bool,
+        wire: u64,
+        body_crc: Option<u32>,
+    },
+    Ping {
+        payload: [u8; HEAD],
+        len: usize,
+    },
     Close,
+}
+
+/// What every parser shares for compressed messages: the inflater of servers that
+/// compress each message on its own, and the inflated bytes of the message at hand.
+struct Inflate {
+    shared: flate2::Decompress,
+    out: Vec<u8>,
+    /// Corpus runs: the CRC-32 of an inflated message from this offset (after the stamp).
+    crc_from: Option<usize>,
+    /// Messages compressed on their own (no context) that were inflated lately: a
+    /// broadcast sends the same compressed bytes to every member, and the same bytes
+    /// inflate to the same message, so a copy whose bytes equal one of these (compared
+    /// whole) takes its result instead of inflating again. Without this the load
+    /// generator, inflating every copy, is slower than the server it measures
+    /// (`--inflate-every` turns it off).
+    memo: Vec<Memo>,
+    memo_next: usize,
+    memo_on: bool,
+    /// Inflate calls made, and copies answered from `memo`.
+    inflated: u64,
+    memo_hits: u64,
+}
+
+/// A compressed message (without the tail) and what it inflated to.
+struct Memo {
+    z: Vec<u8>,
+    len: u64,
+    head: [u8; HEAD],
+    head_len: usize,
+    crc: Option<u32>,
+}
+
+/// An inflated message: its length, first bytes (and how many) and CRC from `crc_from`.
+type Inflated = (u64, [u8; HEAD], usize, Option<u32>);
+
+/// Inflated messages remembered (more than the messages a broadcast run has in flight).
+const MEMO: usize = 64;
+
+impl Inflate {
+    fn new(crc_from: Option<usize>, memo_on: bool) -> Inflate {
+        Inflate {
+            shared: flate2::Decompress::new(false),
+            out: Vec::new(),
+            crc_from,
+            memo: Vec::new(),
+            memo_next: 0,
+            memo_on,
+            inflated: 0,
+            memo_hits: 0,
+        }
+    }
+
+    /// Inflates a message (with `own`, the connection's inflater that keeps its window,
+    /// else the shared one reset first): its length, first bytes and CRC.
+    fn message(&mut self, own: Option<&mut flate2::Decompress>, z: &mut Vec<u8>) -> Result<Inflated, &'static str> {
+        let memo = own.is_none() && self.memo_on;
+        if memo {
+            if let Some(m) = self.memo.iter().find(|m| m.z == *z) {
+                self.memo_hits += 1;
+                return Ok((m.len, m.head, m.head_len, m.crc));
+            }
+        }
+        let compressed_len = z.len();
+        match own {
+            Some(d) => deflate::inflate(d, false, z, &mut self.out)?,
+            None => deflate::inflate(&mut self.shared, true, z, &mut self.out)?,
+        }
+        self.inflated += 1;
+        let mut head = [0u8; HEAD];
+        let head_len = self.out.len().min(HEAD);
+        head[..head_len].copy_from_slice(&self.out[..head_len]);
+        let crc = self.crc_from.filter(|&f| self.out.len() >= f).map(|f| crc32fast::hash(&self.out[f..]));
+        let len = self.out.len() as u64;
+        if memo {
+            let m = Memo { z: z[..compressed_len].to_vec(), len, head, head_len, crc };
+            if self.memo.len() < MEMO {
+                self.memo.push(m);
+            } else {
+                self.memo[self.memo_next] = m;
+                self.memo_next = (self.memo_next + 1) % MEMO;
+            }
+        }
+        Ok((len, head, head_len, crc))
+    }
 }
 
 /// Incremental frame parser for server frames; in --raw mode frames may be masked.
 #[derive(Default)]
 struct Parser {
+    /// permessage-deflate was agreed: RSV1 may start a data message.
+    deflate: bool,
+    /// The server keeps its window between messages: this connection's own inflater.
+    own: Option<Box<flate2::Decompress>>,
+    /// The message at hand came with RSV1: its payload is collected in `zbuf`.
+    compressed: bool,
+    zbuf: Vec<u8>,
+    /// Bytes of the message at hand on the wire, frame headers included.
+    msg_wire: u64,
     hdr: [u8; 14],
     hdr_len: usize,
     in_frame: bool,
@@ -340,7 +500,7 @@ struct Parser {
 }
 
 impl Parser {
-    fn feed(&mut self, mut data: &[u8], out: &mut Vec<Ev>) -> Result<(), &'static str> {
+    fn feed(&mut self, mut data: &[u8], out: &mut Vec<Ev>, inf: &mut Inflate) -> Result<(), &'static str> {
         while !data.is_empty() || (self.in_frame && self.remaining == 0) {
             if !self.in_frame {
                 let need = |h: &[u8], have: usize| -> usize {
@@ -369,6 +529,7 @@ impl Parser {
                 let h = &self.hdr;
                 self.fin = h[0] & 0x80 != 0;
                 self.opcode = h[0] & 0x0F;
+                let rsv = h[0] & 0x70;
                 let (len, mut at) = match h[1] & 0x7F {
                     126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
                     127 => (u64::from_be_bytes(h[2..10].try_into().unwrap()), 10),
@@ -386,22 +547,35 @@ impl Parser {
                 self.in_frame = true;
                 self.remaining = len;
                 self.frame_off = 0;
+                // RSV1 only with permessage-deflate, on a message's first frame.
+                if rsv != 0 && (rsv != deflate::RSV1 || !self.deflate || !matches!(self.opcode, OP_TEXT | OP_BINARY)) {
+                    return Err("RSV bits that no agreed extension defines");
+                }
                 match self.opcode {
                     0 => {}
                     OP_TEXT | OP_BINARY => {
                         self.msg_opcode = self.opcode;
                         self.msg_len = 0;
+                        self.msg_wire = 0;
                         self.head.clear();
+                        self.compressed = rsv != 0;
+                        self.zbuf.clear();
                     }
                     OP_CLOSE | OP_PING | OP_PONG => self.ctrl.clear(),
                     _ => return Err("unknown opcode"),
+                }
+                if self.opcode < 8 {
+                    self.msg_wire += at as u64;
                 }
             }
             let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len());
             let (chunk, rest) = data.split_at(n);
             let control = self.opcode >= 8;
+            if !control && self.compressed {
+                self.zbuf.extend_from_slice(chunk);
+            }
             let keep = if control { &mut self.ctrl } else { &mut self.head };
-            let room = HEAD.saturating_sub(keep.len()).min(chunk.len());
+            let room = if !control && self.compressed { 0 } else { HEAD.saturating_sub(keep.len()).min(chunk.len()) };
             if room > 0 {
                 let from = keep.len();
                 keep.extend_from_slice(&chunk[..room]);
@@ -415,6 +589,7 @@ impl Parser {
             self.frame_off += n as u64;
             if !control {
                 self.msg_len += n as u64;
+                self.msg_wire += n as u64;
             }
             data = rest;
             if self.remaining == 0 {
@@ -427,6 +602,18 @@ impl Parser {
                     }
                     OP_CLOSE => out.push(Ev::Close),
                     OP_PONG => {}
+                    _ if self.fin && self.compressed => {
+                        let (len, head, head_len, body_crc) = inf.message(self.own.as_deref_mut(), &mut self.zbuf)?;
+                        out.push(Ev::Message {
+                            opcode: self.msg_opcode,
+                            len,
+                            head,
+                            head_len,
+                            compressed: true,
+                            wire: self.msg_wire,
+                            body_crc,
+                        });
+                    }
                     _ if self.fin => {
                         buf[..self.head.len()].copy_from_slice(&self.head);
                         out.push(Ev::Message {
@@ -434,6 +621,9 @@ impl Parser {
                             len: self.msg_len,
                             head: buf,
                             head_len: self.head.len(),
+                            compressed: false,
+                            wire: self.msg_wire,
+                            body_crc: None,
                         });
                     }
                     _ => {}
@@ -542,6 +732,8 @@ struct Client {
     room: u32,
     /// Rooms: the highest room sequence number received (to count gaps).
     last_seq: u64,
+    /// --deflate, a broadcast publisher: compresses what it sends.
+    deflater: Option<Box<deflate::Deflater>>,
 }
 
 /// The broadcast stamp at the start of every payload: send time (ns since start),
@@ -589,6 +781,17 @@ struct Counters {
     gaps: u64,
     /// Rooms: messages that came after a later one of the same room, or twice.
     reordered: u64,
+    /// Counted messages (deliveries, echoes): bytes on the wire (frame headers and
+    /// payloads as received), inflated payload bytes, how many came compressed.
+    wire_bytes: u64,
+    payload_bytes: u64,
+    compressed: u64,
+    /// Connections whose 101 agreed to permessage-deflate.
+    deflate_conns: u64,
+    /// Corpus runs: messages whose inflated bytes or length are not what was sent.
+    bad_payloads: u64,
+    /// Messages we sent compressed.
+    sent_compressed: u64,
 }
 
 struct Gen {
@@ -626,6 +829,15 @@ struct Gen {
     rss_open: Option<u64>,
     /// Source addresses 127.0.0.1 .. 127.0.0.N that connections take in turn.
     source_addrs: u8,
+    inflate: Inflate,
+    corpus: Option<corpus::Corpus>,
+    /// The first agreement a 101 gave (--deflate).
+    agreement: Option<deflate::Agreement>,
+    /// Bytes read from the sockets when the window opened and when it closed.
+    bytes_in_start: u64,
+    bytes_in_end: Option<u64>,
+    /// --warmup: when the measured window opens (its CPU and byte counts start then).
+    window_opens: Option<Instant>,
 }
 
 impl Gen {
@@ -662,7 +874,7 @@ impl Gen {
             }
             Workload::Connect | Workload::Idle | Workload::EmptyRooms => {}
         }
-        let request = upgrade_request(&a.path, &a.host);
+        let request = upgrade_request(&a.path, &a.host, a.deflate);
         let close_frame = masked_frame(OP_CLOSE, &1000u16.to_be_bytes());
         let target = match a.workload {
             Workload::Echo | Workload::Idle => a.conns,
@@ -677,6 +889,7 @@ impl Gen {
         let setup_deadline = now + a.setup_timeout;
         let source_addrs = a.source_addrs.unwrap_or(target.div_ceil(CONNS_PER_SOURCE).clamp(1, 254) as u8);
         let pid = a.server_pid;
+        let corpus = a.corpus.map(corpus::Corpus::new);
         Ok(Gen {
             poll: Poll::new()?,
             clients: Vec::new(),
@@ -707,6 +920,12 @@ impl Gen {
             rss_start: pid.and_then(rss_bytes),
             rss_open: None,
             source_addrs,
+            inflate: Inflate::new(corpus.as_ref().map(|_| BCAST_HEAD), !a.inflate_every),
+            corpus,
+            agreement: None,
+            bytes_in_start: 0,
+            bytes_in_end: None,
+            window_opens: None,
             a,
         })
     }
@@ -787,6 +1006,7 @@ impl Gen {
                 got_close: false,
                 room,
                 last_seq: 0,
+                deflater: None,
             };
             if let Err(e) =
                 self.poll.registry().register(&mut client.stream, Token(idx), Interest::READABLE | Interest::WRITABLE)
@@ -852,9 +1072,11 @@ impl Gen {
             } else {
                 client.phase = Phase::Handshaking;
                 let request = match self.a.rooms {
-                    Some(_) => {
-                        Out::Bytes(upgrade_request(&format!("{}{}", self.a.room_base, client.room), &self.a.host))
-                    }
+                    Some(_) => Out::Bytes(upgrade_request(
+                        &format!("{}{}", self.a.room_base, client.room),
+                        &self.a.host,
+                        self.a.deflate,
+                    )),
                     None => Out::Static(self.request),
                 };
                 client.out.push_back(request);
@@ -916,18 +1138,43 @@ impl Gen {
                     return false;
                 }
                 data = (end - before)..n;
+                if self.a.deflate {
+                    match deflate::parse_answer(&client.head[..end]) {
+                        Ok(Some(agreement)) => {
+                            client.parser.deflate = true;
+                            client.parser.own = deflate::own_inflater(&agreement);
+                            let sends = self.a.workload == Workload::Broadcast && !self.a.send_plain;
+                            if sends && matches!(client.role, Role::Publisher(_)) {
+                                client.deflater = Some(Box::new(deflate::Deflater::new(&agreement)));
+                            }
+                            self.c.deflate_conns += 1;
+                            self.agreement.get_or_insert(agreement);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            if self.c.failed < 3 {
+                                eprintln!("mioket-load: bad permessage-deflate answer: {e}");
+                            }
+                            self.drop_client(idx, true);
+                            return false;
+                        }
+                    }
+                }
                 client.head = Vec::new();
                 self.connecting -= 1;
                 self.on_open(idx, now);
             }
             let Some(client) = self.clients[idx].as_mut() else { return false };
             let mut evs = std::mem::take(&mut self.evs);
-            let parsed = client.parser.feed(&self.scratch[data], &mut evs);
+            let parsed = client.parser.feed(&self.scratch[data], &mut evs, &mut self.inflate);
             for ev in evs.drain(..) {
                 self.on_frame(idx, ev, now);
             }
             self.evs = evs;
-            if parsed.is_err() {
+            if let Err(e) = parsed {
+                if self.c.errors < 3 {
+                    eprintln!("mioket-load: bad frame from the server: {e}");
+                }
                 self.drop_client(idx, true);
                 return false;
             }
@@ -1045,6 +1292,35 @@ impl Gen {
         client.seq += 1;
         client.sent_at = now;
         client.waiting = true;
+        if self.a.workload == Workload::Broadcast && (self.corpus.is_some() || client.deflater.is_some()) {
+            // A payload of its own: the stamp, then the corpus document (or the filler),
+            // compressed when agreed and smaller.
+            let mut payload = Vec::with_capacity(self.a.size.max(BCAST_HEAD + 16 * 1024));
+            payload.extend_from_slice(&ts.to_le_bytes());
+            payload.extend_from_slice(&(template as u32).to_le_bytes());
+            payload.extend_from_slice(&self.nonce.to_le_bytes());
+            payload.extend_from_slice(&client.seq.to_le_bytes());
+            match &self.corpus {
+                Some(c) => payload.extend_from_slice(&c.docs[c.index(template as u32, client.seq)]),
+                None => {
+                    let t = &self.templates[template];
+                    let p = payload_start(t);
+                    let filler = t[p + BCAST_HEAD..].iter().enumerate().map(|(i, b)| b ^ KEY[(BCAST_HEAD + i) & 3]);
+                    payload.extend(filler);
+                }
+            }
+            let mut z = Vec::new();
+            let shrank = client.deflater.as_mut().is_some_and(|d| d.compress(&payload, &mut z));
+            let frame = if shrank {
+                self.c.sent_compressed += 1;
+                masked_frame_with(0x80 | deflate::RSV1 | OP_BINARY, &z)
+            } else {
+                masked_frame(OP_BINARY, &payload)
+            };
+            client.out.push_back(Out::Bytes(frame));
+            self.c.messages += 1;
+            return;
+        }
         let t = &mut self.templates[template];
         let p = payload_start(t);
         // Payload offsets 0..8 and 16..24 are multiples of 4: the key starts at KEY[0].
@@ -1090,6 +1366,7 @@ impl Gen {
         let running = self.counting();
         let sending = self.running();
         let window_start = self.ns_since_epoch(self.window_start);
+        let warm = !self.a.warmup.is_zero();
         let now_ns = self.ns_since_epoch(now);
         let limit = self.a.messages;
         let Some(client) = self.clients[idx].as_mut() else { return };
@@ -1112,11 +1389,14 @@ impl Gen {
                     self.on_end(idx, true);
                 }
             }
-            Ev::Message { opcode, len, head, head_len } => {
-                if opcode == OP_TEXT || len != size {
+            Ev::Message { opcode, len, head, head_len, compressed, wire, body_crc } => {
+                // Corpus payloads vary in length: the stamp's nonce tells ours apart.
+                let expected = self.corpus.is_some() || len == size;
+                if opcode == OP_TEXT || !expected {
                     self.c.skipped_text += 1;
                     return;
                 }
+                let mut counted = false;
                 match self.a.workload {
                     Workload::Echo => {
                         if !client.waiting {
@@ -1124,6 +1404,7 @@ impl Gen {
                         }
                         client.waiting = false;
                         if running {
+                            counted = true;
                             self.hist.record(now.duration_since(client.sent_at).as_nanos() as u64);
                             self.c.messages += 1;
                             if limit.is_some_and(|m| self.c.messages >= m) {
@@ -1144,7 +1425,17 @@ impl Gen {
                             self.c.skipped_text += 1;
                             return;
                         }
-                        if running && ts >= window_start {
+                        if let Some(corpus) = &self.corpus {
+                            let doc = corpus.index(id, seq);
+                            let ok = len == (BCAST_HEAD + corpus.docs[doc].len()) as u64
+                                && body_crc.is_none_or(|crc| crc == corpus.crcs[doc]);
+                            self.c.bad_payloads += u64::from(!ok);
+                        }
+                        // After a warm-up: what arrives within the window; else what was
+                        // sent within it.
+                        let in_window = if warm { now_ns >= window_start } else { ts >= window_start };
+                        if running && in_window {
+                            counted = true;
                             self.c.deliveries += 1;
                             self.hist.record(now_ns.saturating_sub(ts));
                         }
@@ -1183,6 +1474,7 @@ impl Gen {
                         }
                         client.last_seq = client.last_seq.max(seq);
                         if running && ts >= window_start {
+                            counted = true;
                             self.c.deliveries += 1;
                             self.hist.record(now_ns.saturating_sub(ts));
                         }
@@ -1201,6 +1493,11 @@ impl Gen {
                     }
                     _ => {}
                 }
+                if counted {
+                    self.c.wire_bytes += wire;
+                    self.c.payload_bytes += len;
+                    self.c.compressed += u64::from(compressed);
+                }
             }
         }
     }
@@ -1217,10 +1514,13 @@ impl Gen {
     }
 
     fn start_window(&mut self, now: Instant) {
-        self.window_start = now;
-        self.stage = Stage::Run(now + self.a.duration);
-        self.cpu_start = self.a.server_pid.and_then(cpu_seconds);
-        self.self_cpu_start = cpu_seconds(std::process::id());
+        // A warm-up publishes from now on but counts only what is sent from `opens`.
+        let warmup = if self.a.workload == Workload::Broadcast { self.a.warmup } else { Duration::ZERO };
+        let opens = now + warmup;
+        self.window_start = opens;
+        self.stage = Stage::Run(opens + self.a.duration);
+        self.window_opens = Some(opens);
+        self.open_window(now);
         match self.a.workload {
             Workload::Echo => {
                 for idx in 0..self.clients.len() {
@@ -1247,6 +1547,16 @@ impl Gen {
         }
     }
 
+    /// Starts the window's CPU and byte counts once it is open.
+    fn open_window(&mut self, now: Instant) {
+        if self.window_opens.is_some_and(|t| now >= t) {
+            self.window_opens = None;
+            self.bytes_in_start = self.c.bytes_in;
+            self.cpu_start = self.a.server_pid.and_then(cpu_seconds);
+            self.self_cpu_start = cpu_seconds(std::process::id());
+        }
+    }
+
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(4096);
         if self.a.workload == Workload::Connect {
@@ -1254,6 +1564,10 @@ impl Gen {
         }
         loop {
             let now = Instant::now();
+            self.open_window(now);
+            if self.window_end.is_some() && self.bytes_in_end.is_none() {
+                self.bytes_in_end = Some(self.c.bytes_in);
+            }
             match self.stage {
                 Stage::Setup => {
                     let settled =
@@ -1399,6 +1713,58 @@ impl Gen {
         if !matches!(a.workload, Workload::Idle | Workload::EmptyRooms) {
             let _ = write!(j, ",\"p50_us\":{p50:.1},\"p99_us\":{p99:.1}");
         }
+        let mut deflate_line = String::new();
+        if matches!(a.workload, Workload::Echo | Workload::Broadcast | Workload::Rooms) {
+            // Bytes of the counted messages: on the wire (frame headers included) and
+            // inflated; the socket bytes read while the window was open (all frames).
+            let c = &self.c;
+            let ratio = c.wire_bytes as f64 / c.payload_bytes.max(1) as f64;
+            let socket = self.bytes_in_end.unwrap_or(c.bytes_in) - self.bytes_in_start;
+            let _ = write!(
+                j,
+                ",\"wire_bytes\":{},\"payload_bytes\":{},\"ratio\":{ratio:.4},\"socket_bytes\":{socket}",
+                c.wire_bytes, c.payload_bytes
+            );
+            if let Some(corpus) = &self.corpus {
+                let _ = write!(
+                    j,
+                    ",\"corpus\":\"{}\",\"doc_mean_bytes\":{:.0},\"bad_payloads\":{}",
+                    corpus.kind.name(),
+                    corpus.mean_len(),
+                    c.bad_payloads
+                );
+            }
+            if a.deflate {
+                let g = self.agreement.unwrap_or_default();
+                let _ = write!(
+                    j,
+                    ",\"deflate\":true,\"deflate_conns\":{},\"server_no_context_takeover\":{},\"client_no_context_takeover\":{},\"compressed\":{},\"sent_compressed\":{},\"inflated\":{},\"inflate_memo_hits\":{}",
+                    c.deflate_conns,
+                    g.server_no_context_takeover,
+                    g.client_no_context_takeover,
+                    c.compressed,
+                    c.sent_compressed,
+                    self.inflate.inflated,
+                    self.inflate.memo_hits
+                );
+            }
+            if a.deflate || self.corpus.is_some() {
+                deflate_line = format!(
+                    ", wire {:.1}% of the payload ({} of {} B{})",
+                    100.0 * ratio,
+                    c.wire_bytes,
+                    c.payload_bytes,
+                    if a.deflate {
+                        format!(", {} of {} conns compressed", c.deflate_conns, c.opened)
+                    } else {
+                        String::new()
+                    }
+                );
+                if c.bad_payloads > 0 {
+                    deflate_line.push_str(&format!(", {} BAD PAYLOADS", c.bad_payloads));
+                }
+            }
+        }
         if let Some(cpu) = server_cpu {
             let _ = write!(j, ",\"server_cpu_s\":{cpu:.2}");
             if count > 0 {
@@ -1450,7 +1816,7 @@ impl Gen {
             String::new()
         };
         eprintln!(
-            "{} {}{}: {what}{cpu_line}{rss_line}{gen_line}{errs}",
+            "{} {}{}: {what}{cpu_line}{rss_line}{deflate_line}{gen_line}{errs}",
             a.workload.name(),
             a.label,
             if a.raw { " (raw)" } else { "" }
@@ -1580,6 +1946,51 @@ fn connect_from(server: SocketAddr, sources: u8, n: usize) -> io::Result<TcpStre
 mod tests {
     use super::*;
 
+    fn inflate() -> Inflate {
+        Inflate::new(None, true)
+    }
+
+    #[test]
+    fn compressed_messages_inflate_in_any_pieces() {
+        let mut msg = vec![7u8; BCAST_HEAD];
+        msg.extend_from_slice(&corpus::Corpus::new(corpus::Kind::Json).docs[20]);
+        let n = msg.len() as u64;
+        let mut z = Vec::new();
+        assert!(deflate::Deflater::new(&deflate::Agreement::default()).compress(&msg, &mut z));
+        // Two fragments (RSV1 on the first only) with a ping between, then the same whole.
+        let mut stream = vec![0x40 | OP_BINARY, 126];
+        stream.extend_from_slice(&(100u16).to_be_bytes());
+        stream.extend_from_slice(&z[..100]);
+        stream.extend_from_slice(&[0x89, 1, 5]);
+        stream.push(0x80);
+        stream.push(126);
+        stream.extend_from_slice(&((z.len() - 100) as u16).to_be_bytes());
+        stream.extend_from_slice(&z[100..]);
+        stream.extend_from_slice(&[0x80 | 0x40 | OP_BINARY, 126]);
+        stream.extend_from_slice(&(z.len() as u16).to_be_bytes());
+        stream.extend_from_slice(&z);
+        for cut in [1, 7, 100, stream.len()] {
+            let mut p = Parser { deflate: true, ..Parser::default() };
+            let mut inf = inflate();
+            inf.crc_from = Some(BCAST_HEAD);
+            let mut evs = Vec::new();
+            for piece in stream.chunks(cut) {
+                p.feed(piece, &mut evs, &mut inf).unwrap();
+            }
+            assert_eq!(evs.len(), 3, "cut {cut}");
+            let crc = crc32fast::hash(&msg[BCAST_HEAD..]);
+            let wire = [8 + z.len() as u64, 4 + z.len() as u64];
+            for (ev, wire) in [&evs[1], &evs[2]].into_iter().zip(wire) {
+                assert!(
+                    matches!(ev, Ev::Message { len, compressed: true, body_crc: Some(c), wire: w, head, .. } if *len == n && *c == crc && *w == wire && head[..HEAD] == msg[..HEAD])
+                );
+            }
+        }
+        // RSV1 without the agreement is an error.
+        let mut p = Parser::default();
+        assert!(p.feed(&stream[stream.len() - z.len() - 4..], &mut Vec::new(), &mut inflate()).is_err());
+    }
+
     #[test]
     fn parser_reads_frames_in_any_pieces() {
         let mut stream = vec![0x81, 3, b'h', b'i', b'!', 0x89, 2, 7, 8];
@@ -1590,7 +2001,7 @@ mod tests {
             let mut p = Parser::default();
             let mut evs = Vec::new();
             for piece in stream.chunks(cut) {
-                p.feed(piece, &mut evs).unwrap();
+                p.feed(piece, &mut evs, &mut inflate()).unwrap();
             }
             assert_eq!(evs.len(), 4, "cut {cut}");
             assert!(matches!(evs[0], Ev::Message { opcode: OP_TEXT, len: 3, head_len: 3, .. }));
@@ -1604,7 +2015,7 @@ mod tests {
     fn masked_frames_unmask_their_head() {
         let mut p = Parser::default();
         let mut evs = Vec::new();
-        p.feed(&masked_frame(OP_BINARY, b"abcdef"), &mut evs).unwrap();
+        p.feed(&masked_frame(OP_BINARY, b"abcdef"), &mut evs, &mut inflate()).unwrap();
         assert!(matches!(evs[0], Ev::Message { head, head_len: 6, .. } if &head[..6] == b"abcdef"));
     }
 
