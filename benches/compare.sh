@@ -22,6 +22,11 @@
 # Instructions per message come from callgrind (the difference of two runs with
 # different message counts, so start-up and connection set-up cancel out); syscalls
 # per message from strace -c -f the same way; server CPU from /proc/PID/stat.
+# permessage-deflate (the deflate_* workloads): broadcast of JSON documents and of chat
+# lines with the load generator's --deflate, against mioket (shared mode, and with
+# --deflate off or --deflate-min-size 0 beside it), Node's ws with perMessageDeflate and
+# Python's websockets (benches/peers/node, benches/peers/python; npm and pip install them
+# under target/ when node and python3 are there).
 # Results: DIR/results.jsonl, DIR/counts.jsonl and the markdown table DIR/report.md.
 set -uo pipefail
 
@@ -125,6 +130,14 @@ server_cmd() { # name mode
         mioket-tls)
             server_cmd mioket "$2"
             CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY") ;;
+        mioket-nodeflate)
+            server_cmd mioket "$2"
+            CMD+=(--deflate off) ;;
+        mioket-min0)
+            server_cmd mioket "$2"
+            CMD+=(--deflate-min-size 0) ;;
+        node-ws) CMD=(env NODE_PATH="$NODE_DIR/node_modules" node "$ROOT/benches/peers/node/broadcast.js" --port 0) ;;
+        python-websockets) CMD=("$PY_VENV/bin/python" "$ROOT/benches/peers/python/broadcast.py" --port 0) ;;
         tungstenite) CMD=("$PBIN/tt-server" --mode "$2") ;;
         tungstenite-tls) CMD=("$PBIN/tt-tls-server" --mode "$2" --tls-cert "$TLS_CERT" --tls-key "$TLS_KEY") ;;
         fastwebsockets) CMD=("$PBIN/fws-server" --mode "$2") ;;
@@ -175,6 +188,8 @@ CORE=(
     "bcast_1000x1|broadcast|broadcast --subscribers 1000 --publishers 1"
     "bcast_1000x10|broadcast|broadcast --subscribers 1000 --publishers 10"
     "rooms_1000x10|rooms|rooms --rooms 1000 --members 10 --publishers 10 --window 10|$WS_ONLY"
+    # Saturating: 1,000 in flight per publisher, about 10 per room (members get several).
+    "rooms_1000x10_w1000|rooms|rooms --rooms 1000 --members 10 --publishers 10 --window 1000|$WS_ONLY"
     "connect|echo|connect --inflight 64"
 )
 # Memory of rooms: idle connections spread over rooms by path (every server), and the
@@ -192,6 +207,44 @@ TLS=(
 )
 TLS_EXTRA=("tls_idle_10000|echo|idle --conns 10000 --settle 1")
 if [ -z "$TLS_CERT" ]; then TLS=(); TLS_EXTRA=(); fi
+# permessage-deflate: broadcast of JSON documents (1-16 KiB) and chat lines (60-200 B),
+# compressed; a warm-up of 2 s first (the peers make a compressor per connection on its
+# first message) and a window of at least 6 s counting what arrives (their latency is
+# seconds). mioket-nodeflate: --deflate off; mioket-min0: --deflate-min-size 0.
+NODE_DIR=$TARGET/peers-node
+PY_VENV=$TARGET/peers-venv
+DEFLATE_SERVERS=(mioket mioket-nodeflate mioket-min0 node-ws python-websockets)
+DEFLATE=(
+    "deflate_json_1000x10|broadcast|broadcast --subscribers 1000 --publishers 10 --deflate --corpus json --warmup 2|mioket,mioket-nodeflate,node-ws,python-websockets"
+    "deflate_chat_1000x10|broadcast|broadcast --subscribers 1000 --publishers 10 --deflate --corpus chat --warmup 2|mioket,mioket-min0"
+)
+if [ "$LOADS" = 1 ] && { [ -z "$ONLY" ] || [[ "$ONLY" == *",deflate_"* ]]; }; then
+    if command -v node >/dev/null && command -v npm >/dev/null; then
+        if [ "$BUILD" = 1 ] || [ ! -d "$NODE_DIR/node_modules/ws" ]; then
+            log "installing the Node peer (npm: ws) in $NODE_DIR"
+            mkdir -p "$NODE_DIR" && cp "$ROOT/benches/peers/node/package.json" "$NODE_DIR/" &&
+                (cd "$NODE_DIR" && npm install --no-audit --no-fund --silent) >> "$OUT/install.log" 2>&1
+        fi
+    fi
+    if command -v python3 >/dev/null; then
+        if [ "$BUILD" = 1 ] || [ ! -x "$PY_VENV/bin/python" ]; then
+            log "installing the Python peer (pip: websockets) in $PY_VENV"
+            { [ -x "$PY_VENV/bin/python" ] || python3 -m venv "$PY_VENV"; } >> "$OUT/install.log" 2>&1 &&
+                "$PY_VENV/bin/pip" install -q -r "$ROOT/benches/peers/python/requirements.txt" >> "$OUT/install.log" 2>&1
+        fi
+    fi
+    keep=()
+    for s in "${DEFLATE_SERVERS[@]}"; do
+        case "$s" in
+            node-ws) [ -d "$NODE_DIR/node_modules/ws" ] || { log "no Node ws (see $OUT/install.log): deflate without it"; continue; } ;;
+            python-websockets) "$PY_VENV/bin/python" -c 'import websockets' 2>/dev/null || { log "no Python websockets (see $OUT/install.log): deflate without it"; continue; } ;;
+        esac
+        keep+=("$s")
+    done
+    DEFLATE_SERVERS=("${keep[@]}")
+else
+    DEFLATE=()
+fi
 if [ "$QUICK" = 1 ]; then
     EXTRA=("idle_10000|echo|idle --conns 10000 --settle 1" "${ROOMS_MEMORY[@]}")
 else
@@ -216,7 +269,7 @@ run_one() { # rep server id mode args...
     local raw=() dur=$DURATION url="ws://127.0.0.1"
     [ "$server" = tcp ] && raw=(--raw)
     case "$server" in *-tls) url="wss://127.0.0.1"; raw=(--tls-ca "$TLS_CERT") ;; esac
-    case "$id" in idle_*|tls_idle_*) dur=$IDLE_HOLD ;; esac
+    case "$id" in idle_*|tls_idle_*) dur=$IDLE_HOLD ;; deflate_*) [ "$dur" -lt 6 ] && dur=6 ;; esac
     start_server "$server" "$mode" "${PIN_SERVER[@]}" || return
     local line
     line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "$url:$PORT/" \
@@ -224,7 +277,7 @@ run_one() { # rep server id mode args...
     stop_server
     if [ -n "$line" ]; then
         echo "{\"id\":\"$id\",\"rep\":$rep,\"server\":\"$server\",\"result\":$line}" >> "$OUT/results.jsonl"
-        log "$id $server: $(echo "$line" | grep -oE '"(msgs_per_s|deliveries_per_s|handshakes_per_s|rss_per_conn_end|rss_per_room|p99_us|misroutes|gaps)":[0-9.]+' | tr '\n' ' ')"
+        log "$id $server: $(echo "$line" | grep -oE '"(msgs_per_s|deliveries_per_s|handshakes_per_s|rss_per_conn_end|rss_per_room|p99_us|misroutes|gaps|ratio)":[0-9.]+' | tr '\n' ' ')"
     else
         log "$id $server: no result (see $OUT/load.err)"
     fi
@@ -238,6 +291,7 @@ run_set() { # rep workloads...
         if [ -n "$ONLY" ] && [[ "$ONLY" != *",$id,"* ]]; then continue; fi
         local servers=() pool=("${SERVERS[@]}")
         [[ "$id" == tls_* ]] && pool=("${TLS_SERVERS[@]}")
+        [[ "$id" == deflate_* ]] && pool=("${DEFLATE_SERVERS[@]}")
         for s in "${pool[@]}"; do
             if [ -z "$only" ] || [[ ",$only," == *",$s,"* ]]; then servers+=("$s"); fi
         done
@@ -256,7 +310,7 @@ run_set() { # rep workloads...
 if [ "$LOADS" = 1 ]; then
     for rep in $(seq 1 "$REPS"); do
         log "repetition $rep of $REPS (core workloads, ${DURATION}s each)"
-        run_set "$rep" "${CORE[@]}" "${TLS[@]}"
+        run_set "$rep" "${CORE[@]}" "${TLS[@]}" "${DEFLATE[@]}"
     done
     log "extra workloads (once)"
     run_set 1 "${EXTRA[@]}" "${TLS_EXTRA[@]}"

@@ -39,6 +39,12 @@ def value(r, key):
     """A field of a result; loadgen_busy_pct is derived (load generator CPU over wall time)."""
     if key == "loadgen_busy_pct":
         return 100 * r["loadgen_cpu_s"] / r["seconds"] if r.get("loadgen_cpu_s") is not None and r.get("seconds") else None
+    if key == "server_busy_pct":
+        return 100 * r["server_cpu_s"] / r["seconds"] if r.get("server_cpu_s") is not None and r.get("seconds") else None
+    if key == "rss_end_mib":
+        return r["rss_end"] / 2**20 if r.get("rss_end") is not None else None
+    if key == "compressed_pct":
+        return 100 * r["compressed"] / r["deliveries"] if r.get("compressed") is not None and r.get("deliveries") else None
     return r.get(key)
 
 
@@ -78,6 +84,7 @@ LABELS = {
     "bcast_10000x1": "broadcast, 10,000 subscribers, 1 publisher",
     "bcast_10000x10": "broadcast, 10,000 subscribers, 10 publishers",
     "rooms_1000x10": "rooms, 1,000 rooms x 10 members, 10 publishers x 10 in flight",
+    "rooms_1000x10_w1000": "rooms, 1,000 rooms x 10 members, 10 publishers x 1,000 in flight (saturating)",
     "connect": "connect (open, upgrade, close), 64 in flight",
     "idle_10000": "idle, 10,000 connections",
     "idle_max": "idle, as many connections as the fd limit allows",
@@ -169,6 +176,55 @@ if any(id_.startswith("tls_") for id_, _ in runs):
             print(f"| {label} | {what} | {fmt(m)} | {fmt(mt)} | {ratio(mt, m)} | {fmt(t)} | {fmt(tt)} | {ratio(tt, t)} | {ratio(mt, tt)} |")
             label = ""
 
+DEFLATE_LABELS = {
+    "deflate_json_1000x10": "broadcast, 1,000 subscribers, 10 publishers, JSON documents of 1-16 KiB",
+    "deflate_chat_1000x10": "broadcast, 1,000 subscribers, 10 publishers, chat lines of 60-200 B",
+}
+DEFLATE_SERVERS = ["mioket", "mioket-nodeflate", "mioket-min0", "node-ws", "python-websockets"]
+DEFLATE_NAMES = {
+    "mioket": "mioket (shared)",
+    "mioket-nodeflate": "mioket --deflate off",
+    "mioket-min0": "mioket --deflate-min-size 0",
+    "node-ws": "Node ws (perMessageDeflate)",
+    "python-websockets": "Python websockets",
+}
+DEFLATE_METRICS = [
+    ("deliveries_per_s", "deliveries/s", None),
+    ("server_cpu_us_per_delivery", "server CPU us/delivery", None),
+    ("server_busy_pct", "server CPU (% of a core)", None),
+    ("p50_us", "delivery latency p50 (us)", None),
+    ("p99_us", "delivery latency p99 (us)", None),
+    ("ratio", "bytes on the wire / payload bytes", 3),
+    ("compressed_pct", "deliveries that came compressed (%)", None),
+    ("rss_end_mib", "server RSS at the end (MiB)", 1),
+    ("loadgen_busy_pct", "load generator CPU (% of a core)", None),
+    ("bad_payloads", "payloads not as sent (worst run)", 0),
+]
+WORST.add("bad_payloads")
+if any(id_.startswith("deflate_") for id_, _ in runs):
+    print("\n## permessage-deflate: compressed broadcast\n")
+    print("mioket-load --deflate (offers permessage-deflate; client_no_context_takeover;")
+    print("client_max_window_bits, inflates what comes compressed, compresses what it publishes) with")
+    print("--corpus json or chat; a 2 s warm-up, then a window that counts what arrives in it. mioket in")
+    print("shared mode (no context takeover, one compression per message for every recipient, messages")
+    print("under 256 B plain); Node ws 8 and Python websockets compress per connection with context")
+    print("takeover. Bytes on the wire: frame bytes (headers included) over inflated payload bytes.\n")
+    present = [s for s in DEFLATE_SERVERS if any((id_, s) in runs for id_ in DEFLATE_LABELS)]
+    print("| workload | measure | " + " | ".join(DEFLATE_NAMES[s] for s in present) + " | mioket / Node ws | mioket / Python websockets |")
+    print("|---|---|" + "---|" * len(present) + "---|---|")
+    for id_, label in DEFLATE_LABELS.items():
+        if not any((id_, s) in runs for s in present):
+            continue
+        n = max(len(runs.get((id_, s), [])) for s in present)
+        label += f" ({n} runs)" if n > 1 else ""
+        for key, what, digits in DEFLATE_METRICS:
+            vals = {s: median(id_, s, key) for s in present}
+            cells = " | ".join(fmt(vals[s], digits) if (id_, s) in runs else "" for s in present)
+            m = vals.get("mioket")
+            r = [ratio(m, vals.get(p)) if key == "deliveries_per_s" else "" for p in ("node-ws", "python-websockets")]
+            print(f"| {label} | {what} | {cells} | {r[0]} | {r[1]} |")
+            label = ""
+
 if counts:
     print("\n## Counts (deterministic: difference of two runs with different message counts)\n")
     print("| measure | " + " | ".join(NAMES[s] for s in SERVERS) + " | mioket / fastwebsockets |")
@@ -252,4 +308,20 @@ for pubs in ("1", "10"):
 m, t = median("tls_idle_10000", "mioket-tls", "rss_per_conn_end"), median("tls_idle_10000", "tungstenite-tls", "rss_per_conn_end")
 if m is not None:
     target("TLS idle memory, 10,000 connections", f"{fmt(m)} vs {fmt(t)} B/conn", "less than tokio-tungstenite + tokio-rustls; <= 4 KiB", None if t is None else m < t and m <= 4096)
+id_ = "rooms_1000x10_w1000"
+m, f = median(id_, "mioket", "deliveries_per_s"), median(id_, "fastwebsockets", "deliveries_per_s")
+if m is not None:
+    target("rooms 1,000 x 10, saturating (1,000 in flight per publisher): deliveries/s", f"{fmt(m)} vs {fmt(f)} ({ratio(m, f)})", ">= 2.0x fastwebsockets", None if f is None else m >= 2.0 * f)
+id_ = "deflate_json_1000x10"
+m = median(id_, "mioket", "ratio")
+if m is not None:
+    target("permessage-deflate, JSON 1-16 KiB: bytes on the wire (shared mode)", f"{100 * m:.1f} % of the payload", "<= 40 %", m <= 0.40)
+    m = median(id_, "mioket", "deliveries_per_s")
+    for peer in ("node-ws", "python-websockets"):
+        p = median(id_, peer, "deliveries_per_s")
+        target(f"permessage-deflate broadcast 1,000 x 10, JSON: deliveries/s vs {DEFLATE_NAMES[peer]}", f"{fmt(m)} vs {fmt(p)} ({ratio(m, p)})", ">= 3x", None if m is None or p is None else m >= 3 * p)
+m = median("deflate_chat_1000x10", "mioket", "ratio")
+if m is not None:
+    z = median("deflate_chat_1000x10", "mioket-min0", "ratio")
+    target("permessage-deflate, chat 60-200 B: bytes on the wire", f"{100 * m:.1f} % (--deflate-min-size 0: {'–' if z is None else f'{100 * z:.1f} %'})", "reported, no target", None)
 target("allocations: broadcast 1 whatever N, small echo 0", "tests/allocations.rs (cargo test)", "exact counts asserted", None)
