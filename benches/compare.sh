@@ -7,6 +7,11 @@
 # tokio-tungstenite over tokio-rustls (tt-tls-server), each beside its plaintext self in
 # the same rotation, with a certificate made for the run (openssl; the load generator
 # checks it with --tls-ca).
+# Backplane (the backplane_* workloads, when redis-server is installed): broadcast against
+# one mioket node without Redis, one with --redis and two with --redis sharing one port
+# (--reuse-port), through a redis-server started for the run on a free 127.0.0.1 port
+# (no persistence) and stopped at the end; Redis's side from each node's /metrics and
+# Redis's INFO.
 #
 #   benches/compare.sh            full run (about 20 minutes on 2 cores, builds included)
 #   benches/compare.sh --quick    about 4 minutes
@@ -27,7 +32,8 @@
 # --deflate off or --deflate-min-size 0 beside it), Node's ws with perMessageDeflate and
 # Python's websockets (benches/peers/node, benches/peers/python; npm and pip install them
 # under target/ when node and python3 are there).
-# Results: DIR/results.jsonl, DIR/counts.jsonl and the markdown table DIR/report.md.
+# Results: DIR/results.jsonl, DIR/counts.jsonl (DIR/backplane.jsonl: the backplane's
+# counters) and the markdown table DIR/report.md.
 set -uo pipefail
 
 QUICK=0
@@ -52,7 +58,7 @@ while [ $# -gt 0 ]; do
         --only) ONLY=",$2,"; shift ;;
         --candidate) CANDIDATE=$(cd "$(dirname "$2")" && pwd)/$(basename "$2"); shift ;;
         --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -69,6 +75,7 @@ mkdir -p "$OUT/callgrind"
 rm -rf "$OUT/src-snapshot" && cp -r "$ROOT/src" "$OUT/src-snapshot"
 : > "$OUT/results.jsonl"
 : > "$OUT/counts.jsonl"
+: > "$OUT/backplane.jsonl"
 : > "$OUT/server.err"
 START=$(date +%s)
 
@@ -121,6 +128,10 @@ server_cmd() { # name mode
             [ "$1" = candidate ] && exe=$CANDIDATE
             if [ "$2" = echo ]; then
                 CMD=("$exe" --mode echo --port 0 --max-connections 60000)
+            elif [ "$2" = backplane ]; then
+                # The backplane workloads keep the default history (100): with --redis
+                # every publish then also XADDs to the room's stream, as in production.
+                CMD=("$exe" --mode broadcast --welcome '' --port 0 --max-connections 60000)
             else
                 # Broadcast and rooms (mioket's broadcast mode is rooms by path). No
                 # welcome and no history: the peers send neither, and only live
@@ -130,6 +141,12 @@ server_cmd() { # name mode
         mioket-tls)
             server_cmd mioket "$2"
             CMD+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY") ;;
+        mioket-redis|mioket-redis2)
+            # A backplane node: its /metrics on a port of its own (with --reuse-port the
+            # main port reaches either node).
+            server_cmd mioket "$2"
+            CMD+=(--redis "redis://127.0.0.1:$REDIS_PORT/0" --metrics-listen "127.0.0.1:$(free_port)")
+            [ "$1" = mioket-redis2 ] && CMD+=(--reuse-port) ;;
         mioket-nodeflate)
             server_cmd mioket "$2"
             CMD+=(--deflate off) ;;
@@ -145,7 +162,12 @@ server_cmd() { # name mode
     esac
 }
 
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
 SP=""
+SP2=""
 PORT=""
 start_server() { # name mode [wrapper words...]
     local name=$1 mode=$2
@@ -164,20 +186,61 @@ start_server() { # name mode [wrapper words...]
         log "server $name did not start"
         return 1
     fi
+    if [ "$name" = mioket-redis2 ]; then
+        # The second node on the first one's port (both with --reuse-port): the kernel
+        # spreads the load generator's connections over the two.
+        local cmd2=() prev=""
+        for w in "${CMD[@]}"; do
+            if [ "$prev" = --port ]; then cmd2+=("$PORT")
+            elif [ "$prev" = --metrics-listen ]; then cmd2+=("127.0.0.1:$(free_port)")
+            else cmd2+=("$w"); fi
+            prev=$w
+        done
+        : > "$OUT/server2.out"
+        RUST_LOG=warn "$@" "${cmd2[@]}" > "$OUT/server2.out" 2>>"$OUT/server.err" &
+        SP2=$!
+        for _ in $(seq 300); do
+            grep -q listening "$OUT/server2.out" 2>/dev/null && break
+            kill -0 "$SP2" 2>/dev/null || break
+            sleep 0.05
+        done
+        grep -q listening "$OUT/server2.out" || { log "second node of $name did not start"; return 1; }
+    fi
 }
 
 stop_server() {
-    [ -n "$SP" ] || return 0
-    kill -TERM "$SP" 2>/dev/null
+    local p
+    for p in $SP $SP2; do
+        kill -TERM "$p" 2>/dev/null
+        for _ in $(seq 100); do
+            kill -0 "$p" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -KILL "$p" 2>/dev/null
+        wait "$p" 2>/dev/null
+    done
+    SP=""
+    SP2=""
+}
+
+# The backplane's Redis: started below when a backplane workload will run.
+REDIS_PID=""
+REDIS_PORT=""
+REDIS_DIR=""
+stop_redis() {
+    [ -n "$REDIS_PID" ] || return 0
+    kill -TERM "$REDIS_PID" 2>/dev/null
     for _ in $(seq 100); do
-        kill -0 "$SP" 2>/dev/null || break
+        kill -0 "$REDIS_PID" 2>/dev/null || break
         sleep 0.05
     done
-    kill -KILL "$SP" 2>/dev/null
-    wait "$SP" 2>/dev/null
-    SP=""
+    kill -KILL "$REDIS_PID" 2>/dev/null
+    wait "$REDIS_PID" 2>/dev/null
+    REDIS_PID=""
+    rm -rf "$REDIS_DIR"
 }
 trap 'stop_server; exit 130' INT TERM
+trap 'stop_server; stop_redis' EXIT
 
 # Workloads: id, server mode, mioket-load arguments[, servers (default: all)].
 # Server mode rooms: mioket in broadcast mode, the peers with --mode rooms.
@@ -207,6 +270,38 @@ TLS=(
 )
 TLS_EXTRA=("tls_idle_10000|echo|idle --conns 10000 --settle 1")
 if [ -z "$TLS_CERT" ]; then TLS=(); TLS_EXTRA=(); fi
+# Backplane: broadcast through Redis (one node with --redis, two sharing one port) beside
+# one node without Redis, in one rotation. Redis is pinned with the servers (CPU 0).
+BACKPLANE_SERVERS=(mioket mioket-redis mioket-redis2)
+BACKPLANE=(
+    "backplane_100x10|backplane|broadcast --subscribers 100 --publishers 10"
+    "backplane_1000x10|backplane|broadcast --subscribers 1000 --publishers 10"
+)
+if [ "$LOADS" = 1 ] && { [ -z "$ONLY" ] || [[ "$ONLY" == *",backplane_"* ]]; }; then
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
+        REDIS_DIR=$(mktemp -d)
+        REDIS_PORT=$(free_port)
+        "${PIN_SERVER[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" \
+            --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
+        REDIS_PID=$!
+        for _ in $(seq 100); do
+            [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+            sleep 0.05
+        done
+        if [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
+            log "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on 127.0.0.1:$REDIS_PORT"
+        else
+            log "redis-server did not start (see $OUT/redis.log): no backplane workloads"
+            stop_redis
+            BACKPLANE=()
+        fi
+    else
+        log "redis-server not found (apt-get install redis-server): no backplane workloads"
+        BACKPLANE=()
+    fi
+else
+    BACKPLANE=()
+fi
 # permessage-deflate: broadcast of JSON documents (1-16 KiB) and chat lines (60-200 B),
 # compressed; a warm-up of 2 s first (the peers make a compressor per connection on its
 # first message) and a window of at least 6 s counting what arrives (their latency is
@@ -270,10 +365,23 @@ run_one() { # rep server id mode args...
     [ "$server" = tcp ] && raw=(--raw)
     case "$server" in *-tls) url="wss://127.0.0.1"; raw=(--tls-ca "$TLS_CERT") ;; esac
     case "$id" in idle_*|tls_idle_*) dur=$IDLE_HOLD ;; deflate_*) [ "$dur" -lt 6 ] && dur=6 ;; esac
-    start_server "$server" "$mode" "${PIN_SERVER[@]}" || return
-    local line
+    if [[ "$server" == mioket-redis* ]]; then
+        # Every backplane run starts from an empty Redis with zeroed statistics.
+        redis-cli -p "$REDIS_PORT" flushall > /dev/null
+        redis-cli -p "$REDIS_PORT" config resetstat > /dev/null
+    fi
+    start_server "$server" "$mode" "${PIN_SERVER[@]}" || { stop_server; return; }
+    local line t0 c0 s0
+    t0=$(date +%s%N); c0=$(cpu_ticks $SP $SP2 $REDIS_PID); s0=$(grep -E '^cpu[01] ' /proc/stat)
     line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" "$@" "${raw[@]}" --url "$url:$PORT/" \
         --duration "$dur" --server-pid "$SP" --label "$server" --quiet 2>>"$OUT/load.err")
+    if [[ "$id" == backplane_* ]]; then
+        # CPU 0's share taken by the nodes and Redis from the load generator's start to its
+        # end (connection set-up included).
+        local busy
+        busy=$(( ($(cpu_ticks $SP $SP2 $REDIS_PID) - c0) * 100000000000000 / CLK_TCK / ($(date +%s%N) - t0) ))
+        backplane_stats "$rep" "$server" "$id" "$busy" "$s0" "$(grep -E '^cpu[01] ' /proc/stat)"
+    fi
     stop_server
     if [ -n "$line" ]; then
         echo "{\"id\":\"$id\",\"rep\":$rep,\"server\":\"$server\",\"result\":$line}" >> "$OUT/results.jsonl"
@@ -281,6 +389,66 @@ run_one() { # rep server id mode args...
     else
         log "$id $server: no result (see $OUT/load.err)"
     fi
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { # pids...: utime + stime of all their threads, in clock ticks
+    local p t=0
+    for p in "$@"; do
+        [ -r "/proc/$p/stat" ] && t=$(( t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}') ))
+    done
+    echo "$t"
+}
+
+backplane_stats() { # rep server id busy% stat0 stat1: each node's mioket_backplane_* counters, Redis's INFO
+    local rep=$1 server=$2 id=$3 busy=$4 stat0=$5 stat1=$6 f nodes=()
+    for f in "$OUT/server.out" "$OUT/server2.out"; do
+        [ "$server" = mioket ] && continue
+        [ "$server" = mioket-redis ] && [ "$f" = "$OUT/server2.out" ] && continue
+        local mport
+        mport=$(tr '\0' ' ' < "/proc/$([ "$f" = "$OUT/server.out" ] && echo "$SP" || echo "$SP2")/cmdline" | grep -o -- '--metrics-listen 127.0.0.1:[0-9]*' | grep -o '[0-9]*$')
+        nodes+=("$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" | grep '^mioket_backplane_' | tr '\n' ';')")
+    done
+    local info
+    info=$(redis-cli -p "$REDIS_PORT" info commandstats; redis-cli -p "$REDIS_PORT" info stats; redis-cli -p "$REDIS_PORT" info cpu)
+    python3 - "$id" "$rep" "$server" "$busy" "$stat0" "$stat1" "$info" "${nodes[@]}" >> "$OUT/backplane.jsonl" <<'PY'
+import json, sys
+id_, rep, server, busy, stat0, stat1, info, *nodes = sys.argv[1:]
+def cpus(text):  # /proc/stat lines of cpu0 and cpu1: (busy, total) jiffies
+    out = {}
+    for line in text.splitlines():
+        name, *v = line.split()
+        v = [int(x) for x in v[:8]]
+        out[name] = (sum(v) - v[3] - v[4], sum(v))
+    return out
+a, b = cpus(stat0), cpus(stat1)
+# How busy each CPU was over the run, all processes of the machine included.
+machine = {f"{c}_busy_pct": round(100 * (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1]), 1) for c in a if c in b}
+def metrics(text):
+    m = {}
+    for line in text.split(";"):
+        k, _, v = line.rpartition(" ")
+        if k:
+            m[k] = float(v)
+    return {
+        "publishes": m.get("mioket_backplane_publishes_total"),
+        "round_trips": m.get("mioket_backplane_round_trips_total"),
+        "commands": m.get("mioket_backplane_commands_total"),
+        "rtt_sum_s": m.get("mioket_backplane_round_trip_seconds_sum"),
+        "refused": sum(v for k, v in m.items() if k.startswith("mioket_backplane_refusals_total")),
+    }
+redis = {}
+for line in info.splitlines():
+    k, _, v = line.strip().partition(":")
+    if k.startswith("cmdstat_"):
+        f = dict(kv.split("=") for kv in v.split(","))
+        redis[k] = {"calls": int(f["calls"]), "usec": int(f["usec"])}
+    elif k in ("total_commands_processed", "total_reads_processed", "total_writes_processed"):
+        redis[k] = int(v)
+    elif k in ("used_cpu_sys", "used_cpu_user"):
+        redis[k] = float(v)
+print(json.dumps({"id": id_, "rep": int(rep), "server": server, "servers_cpu_pct": int(busy) / 1000, **machine, "nodes": [metrics(n) for n in nodes], "redis": redis}))
+PY
 }
 
 run_set() { # rep workloads...
@@ -292,6 +460,7 @@ run_set() { # rep workloads...
         local servers=() pool=("${SERVERS[@]}")
         [[ "$id" == tls_* ]] && pool=("${TLS_SERVERS[@]}")
         [[ "$id" == deflate_* ]] && pool=("${DEFLATE_SERVERS[@]}")
+        [[ "$id" == backplane_* ]] && pool=("${BACKPLANE_SERVERS[@]}")
         for s in "${pool[@]}"; do
             if [ -z "$only" ] || [[ ",$only," == *",$s,"* ]]; then servers+=("$s"); fi
         done
@@ -310,7 +479,7 @@ run_set() { # rep workloads...
 if [ "$LOADS" = 1 ]; then
     for rep in $(seq 1 "$REPS"); do
         log "repetition $rep of $REPS (core workloads, ${DURATION}s each)"
-        run_set "$rep" "${CORE[@]}" "${TLS[@]}" "${DEFLATE[@]}"
+        run_set "$rep" "${CORE[@]}" "${TLS[@]}" "${DEFLATE[@]}" "${BACKPLANE[@]}"
     done
     log "extra workloads (once)"
     run_set 1 "${EXTRA[@]}" "${TLS_EXTRA[@]}"

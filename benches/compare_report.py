@@ -176,6 +176,82 @@ if any(id_.startswith("tls_") for id_, _ in runs):
             print(f"| {label} | {what} | {fmt(m)} | {fmt(mt)} | {ratio(mt, m)} | {fmt(t)} | {fmt(tt)} | {ratio(tt, t)} | {ratio(mt, tt)} |")
             label = ""
 
+# Backplane: per-run counters of the nodes (their /metrics) and of Redis (INFO), by (id, server).
+backplane = defaultdict(list)
+try:
+    for line in open(f"{out}/backplane.jsonl"):
+        if line.strip():
+            b = json.loads(line)
+            backplane[(b["id"], b["server"])].append(b)
+except FileNotFoundError:
+    pass
+
+
+def bp_median(id_, server, f):
+    """Median over runs of f(run), a value derived from one run's counters (None skipped)."""
+    vals = []
+    for b in backplane.get((id_, server), []):
+        try:
+            v = f(b)
+        except (KeyError, TypeError, ZeroDivisionError):
+            v = None
+        if v is not None:
+            vals.append(v)
+    return statistics.median(vals) if vals else None
+
+
+def bp_sum(b, key):
+    return sum(n[key] for n in b["nodes"])
+
+
+BP_LABELS = {"backplane_100x10": "broadcast, 100 subscribers, 10 publishers", "backplane_1000x10": "broadcast, 1,000 subscribers, 10 publishers"}
+BP_SERVERS = ("mioket", "mioket-redis", "mioket-redis2")
+if any((id_, s) in runs for id_ in BP_LABELS for s in BP_SERVERS[1:]):
+    print("\n## Backplane: one node without Redis, one node with --redis, two nodes with --redis (--reuse-port)\n")
+    print("mioket --welcome '' (history 100, so each publish also XADDs to the room's stream); a")
+    print("redis-server 7 started for the run (no persistence), flushed before each run. The nodes and")
+    print("Redis share CPU 0, the load generator has CPU 1 (their CPU: from the load generator's start to")
+    print("its end, set-up included). Round trips and commands from the nodes'")
+    print("/metrics (summed over the nodes, whole run), script calls and their time from Redis's INFO.\n")
+    print("| workload | measure | one node | one node + Redis | two nodes + Redis |")
+    print("|---|---|---|---|---|")
+    for id_, label in BP_LABELS.items():
+        if not any((id_, s) in runs for s in BP_SERVERS):
+            continue
+        n = max(len(runs.get((id_, s), [])) for s in BP_SERVERS)
+        label += f" ({n} runs)" if n > 1 else ""
+        d = [median(id_, s, "deliveries_per_s") for s in BP_SERVERS]
+        p50 = [median(id_, s, "p50_us") for s in BP_SERVERS]
+        p99 = [median(id_, s, "p99_us") for s in BP_SERVERS]
+        busy = [median(id_, s, "loadgen_busy_pct") for s in BP_SERVERS]
+        rows = [
+            ("deliveries/s", [fmt(v) for v in d]),
+            ("deliveries/s against one node", ["1.00x"] + [ratio(v, d[0]) for v in d[1:]]),
+            ("delivery latency p50 (us)", [fmt(v) for v in p50]),
+            ("delivery latency p99 (us)", [fmt(v) for v in p99]),
+            ("added p99 against one node (us)", ["–"] + [fmt(None if v is None or p99[0] is None else v - p99[0]) for v in p99[1:]]),
+            ("load generator CPU (% of a core)", [fmt(v) for v in busy]),
+            ("nodes + Redis CPU (% of a core)", [fmt(bp_median(id_, s, lambda b: b["servers_cpu_pct"])) for s in BP_SERVERS]),
+            ("CPU 0 / CPU 1 busy, every process of the machine (%)", [f"{fmt(bp_median(id_, s, lambda b: b['cpu0_busy_pct']))} / {fmt(bp_median(id_, s, lambda b: b['cpu1_busy_pct']))}" for s in BP_SERVERS]),
+        ]
+        bp_rows = [
+            ("Redis round trips per published message", lambda b: bp_sum(b, "round_trips") / bp_sum(b, "publishes"), 3),
+            ("commands sent per published message", lambda b: bp_sum(b, "commands") / bp_sum(b, "publishes"), 3),
+            ("EVALSHA calls in Redis per published message", lambda b: b["redis"]["cmdstat_evalsha"]["calls"] / bp_sum(b, "publishes"), 3),
+            ("mean round trip (us)", lambda b: 1e6 * bp_sum(b, "rtt_sum_s") / bp_sum(b, "round_trips"), None),
+            ("Redis time per script call (us)", lambda b: b["redis"]["cmdstat_evalsha"]["usec"] / b["redis"]["cmdstat_evalsha"]["calls"], None),
+            ("publishes refused (worst run)", None, 0),
+        ]
+        for what, f, digits in bp_rows:
+            if f is None:
+                vals = [max((bp_sum(b, "refused") for b in backplane.get((id_, s), [])), default=None) for s in BP_SERVERS[1:]]
+            else:
+                vals = [bp_median(id_, s, f) for s in BP_SERVERS[1:]]
+            rows.append((what, ["–"] + [fmt(v, digits) for v in vals]))
+        for what, cells in rows:
+            print(f"| {label} | {what} | " + " | ".join(cells) + " |")
+            label = ""
+
 DEFLATE_LABELS = {
     "deflate_json_1000x10": "broadcast, 1,000 subscribers, 10 publishers, JSON documents of 1-16 KiB",
     "deflate_chat_1000x10": "broadcast, 1,000 subscribers, 10 publishers, chat lines of 60-200 B",
