@@ -267,3 +267,51 @@ export async function nodeClient(url, options = {}) {
       }),
   };
 }
+
+/** The server's default welcome text, and the time one test may take. */
+export const WELCOME = "Welcome! You're now in the broadcast room.";
+export const TEST_MS = 120_000;
+
+/**
+ * One browser for a test file, and what its tests open, closed at the end of the file
+ * even when a test fails half way: `later(fn)` runs fn then; `page(options)`,
+ * `server(args, options)` and `client(url)` are newPage, startServer and nodeClient
+ * whose ends are registered with it. Call once, at the top of a test file.
+ */
+export function suite({ before, after }) {
+  let browser;
+  const cleanups = [];
+  const later = (fn) => cleanups.push(fn);
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    for (const fn of cleanups.reverse()) await fn().catch(() => {});
+    await browser?.close();
+  });
+  return {
+    later,
+    async page(options) {
+      const p = await newPage(browser, options);
+      later(() => p.context().close());
+      return p;
+    },
+    async server(args, options) {
+      const s = await startServer(args, options);
+      later(() => s.stop());
+      return s;
+    },
+    async client(url) {
+      const c = await nodeClient(url);
+      later(() => c.close());
+      return c;
+    },
+  };
+}
+
+/** Types into the message box and sends with Enter, as a person would. */
+export async function say(p, text) {
+  await p.fill('#text', text);
+  await p.press('#text', 'Enter');
+}
+

@@ -8,61 +8,22 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { pathToFileURL } from 'node:url';
 import {
+  TEST_MS,
+  WELCOME,
   artifactsDir,
   clientFile,
-  launchBrowser,
-  newPage,
-  nodeClient,
   openChat,
   rowsOf,
-  startServer,
+  say,
   stateOf,
+  suite,
   waitFor,
   waitForRow,
   waitForOnline,
   waitForState,
 } from './harness.mjs';
 
-const WELCOME = "Welcome! You're now in the broadcast room.";
-const TEST_MS = 120_000;
-
-let browser;
-const cleanups = [];
-/** Runs fn at the end of the suite, even when a test fails half way. */
-const later = (fn) => cleanups.push(fn);
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
-  await browser?.close();
-});
-
-async function server(args, options) {
-  const s = await startServer(args, options);
-  later(() => s.stop());
-  return s;
-}
-
-async function page(options) {
-  const p = await newPage(browser, options);
-  later(() => p.context().close());
-  return p;
-}
-
-async function client(url) {
-  const c = await nodeClient(url);
-  later(() => c.close());
-  return c;
-}
-
-/** Types into the message box and sends with Enter, as a person would. */
-async function say(p, text) {
-  await p.fill('#text', text);
-  await p.press('#text', 'Enter');
-}
+const { page, server, client } = suite({ before, after });
 
 function assertNothingRan(p) {
   assert.deepEqual(p.errors, [], 'page errors');

@@ -7,46 +7,29 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import {
-  launchBrowser,
+  TEST_MS,
+  WELCOME,
   makeCertificate,
-  newPage,
   nodeClient,
   openChat,
   rowsOf,
+  say,
   startServer,
   stateOf,
+  suite,
   waitForOnline,
   waitForRow,
 } from './harness.mjs';
 
-const WELCOME = "Welcome! You're now in the broadcast room.";
-const TEST_MS = 120_000;
-
-let browser;
-const cleanups = [];
-const later = (fn) => cleanups.push(fn);
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
-  await browser?.close();
-});
+const suiteTools = suite({ before, after });
+const { later } = suiteTools;
 
 async function page(options) {
-  const p = await newPage(browser, options);
-  later(() => p.context().close());
+  const p = await suiteTools.page(options);
   // Every WebSocket the page opens, as Chromium reports it (independent of the page's own view).
   p.sockets = [];
   p.on('websocket', (ws) => p.sockets.push(ws.url()));
   return p;
-}
-
-async function say(p, text) {
-  await p.fill('#text', text);
-  await p.press('#text', 'Enter');
 }
 
 test('the chat page over https://: two pages chat through wss://', { timeout: TEST_MS }, async () => {
