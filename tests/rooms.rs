@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -40,24 +40,13 @@ fn quiet(ws: &mut Ws, wait: Duration) -> bool {
     result
 }
 
-/// One HTTP request on its own connection; the whole answer (the server closes).
-fn http(server: &Server, request: &str) -> (u16, String) {
-    let mut s = raw(server);
-    s.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).unwrap();
-    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
-
 fn post(server: &Server, room: &str, token: &str, content_type: &str, body: &str) -> (u16, String) {
     let request = format!(
         "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    http(server, &request)
+    http(server.addr, &request)
 }
 
 mod rooms_by_path {
@@ -261,7 +250,7 @@ mod resume {
             assert_eq!(welcome["recovered"], false, "{query}");
             assert_eq!(seqs_after_welcome(&mut b, 3), vec![4, 5, 6], "{query}");
         }
-        let (status, body) = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (status, body) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(status, 200);
         assert!(body.contains("mioket_resumes_total{outcome=\"not_recovered\"} 4"), "{body}");
     }
@@ -279,7 +268,7 @@ mod resume {
         drop(b);
         // Gone after it: a new room, a new epoch, seqs from 1.
         let gone = wait_until(Duration::from_secs(5), || {
-            let (_, body) = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+            let (_, body) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
             body.lines().any(|l| l == "mioket_rooms 0").then_some(())
         });
         assert!(gone.is_some(), "the empty room was not freed");
@@ -304,7 +293,7 @@ mod resume {
             send_text(&mut new, &big);
             text(&mut new);
         }
-        let (_, body) = http(&server, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (_, body) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
         let bytes: usize = body.lines().find_map(|l| l.strip_prefix("mioket_history_bytes ")).unwrap().parse().unwrap();
         assert!(bytes <= 8192, "{bytes}");
         // 10 frames of 1,004 bytes: the least recently used room gave its 2 oldest, the
@@ -340,7 +329,7 @@ mod api {
         assert_eq!(next_message(&mut plain), Message::binary(vec![1u8, 2]));
         assert_eq!(envelope(&mut v1)["b64"], "AQI=");
         let (status, body) =
-            http(&server, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n");
+            http(server.addr, "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n");
         assert_eq!(status, 200);
         let rooms: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(rooms.as_array().unwrap().len(), 1);
@@ -364,19 +353,19 @@ mod api {
         assert_eq!(post(&server, "x%00", "s3cret", "text/plain", "no").0, 400);
         assert_eq!(post(&server, "x", "s3cret", "text/plain", &"y".repeat(1001)).0, 413);
         let no_length = "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n";
-        assert_eq!(http(&server, no_length).0, 411);
+        assert_eq!(http(server.addr, no_length).0, 411);
         let chunked = "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nno\r\n0\r\n\r\n";
-        assert_eq!(http(&server, chunked).0, 411);
-        assert_eq!(http(&server, "GET /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n").0, 401);
+        assert_eq!(http(server.addr, chunked).0, 411);
+        assert_eq!(http(server.addr, "GET /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n").0, 401);
         assert_eq!(
-            http(&server, "DELETE /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n").0,
+            http(server.addr, "DELETE /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\r\n").0,
             405
         );
         assert!(quiet(&mut member, Duration::from_millis(300)), "nothing was published");
         // Without a token there is no API.
         let off = Server::start(&[]);
         assert_eq!(post(&off, "x", "", "text/plain", "no").0, 404);
-        assert_eq!(http(&off, "GET /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
+        assert_eq!(http(off.addr, "GET /api/rooms HTTP/1.1\r\nHost: x\r\n\r\n").0, 404);
     }
 
     #[test]

@@ -153,6 +153,19 @@ pub fn raw_upgraded(server: &Server) -> TcpStream {
     s
 }
 
+/// One HTTP request on a connection of its own to `addr`; the answer's status and body
+/// (the server closes after answering).
+pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 /// Reads an HTTP response head byte by byte (so nothing after it is consumed).
 pub fn read_head(s: &mut TcpStream) -> String {
     let mut head = Vec::new();
