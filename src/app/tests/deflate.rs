@@ -23,8 +23,8 @@ fn join(app: &mut App<Peer>, deflate: bool, now: Instant) -> (usize, String) {
 
 /// One server frame: (RSV1, opcode bits, payload), inflated when RSV1 is set.
 fn read_frame(bytes: &[u8]) -> (bool, u8, Vec<u8>) {
-    let compressed = bytes[0] & 0x40 != 0;
-    let (header, n) = crate::frame::parse_header(&[&[bytes[0] & !0x40], &bytes[1..]].concat()).unwrap().unwrap();
+    let (header, n) = crate::frame::parse_header(bytes).unwrap().unwrap();
+    let compressed = header.compressed;
     let payload = &bytes[n..n + header.len as usize];
     assert_eq!(n + payload.len(), bytes.len(), "one frame");
     if !compressed {

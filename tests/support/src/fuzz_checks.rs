@@ -16,6 +16,8 @@ use mioket::handshake::{self, Request};
 use mioket::outqueue::{shared_message, Chunk};
 use mioket::protocol::{Conn, Event};
 
+use crate::frames::masked_with_key;
+
 // ---------------------------------------------------------------------------
 // frame_header: parse_header on arbitrary bytes.
 
@@ -402,13 +404,13 @@ impl<'a> Script<'a> {
                 0x2
             };
             let rsv1 = if i == 0 || h & 0x20 != 0 { 0x40 } else { 0 };
-            self.pending.extend(client_frame(u8::from(last) << 7 | rsv1 | opcode, piece, key));
+            self.pending.extend(masked_with_key(u8::from(last) << 7 | rsv1 | opcode, piece, key));
             if i == 0 && h & 0x08 != 0 {
-                self.pending.extend(client_frame(0x89, b"p", key));
+                self.pending.extend(masked_with_key(0x89, b"p", key));
             }
         }
         if body.is_empty() {
-            self.pending.extend(client_frame(0xC0 | if text { 1 } else { 2 }, &[], key));
+            self.pending.extend(masked_with_key(0xC0 | if text { 1 } else { 2 }, &[], key));
         }
     }
 
@@ -642,21 +644,6 @@ fn deflated(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A client frame (payloads up to 64 KiB) masked with `key`.
-fn client_frame(first_byte: u8, payload: &[u8], key: [u8; 4]) -> Vec<u8> {
-    let mut frame = vec![first_byte];
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len.min(0xFFFF) as u16).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&key);
-    frame.extend(payload.iter().take(0xFFFF).enumerate().map(|(i, b)| b ^ key[i % 4]));
-    frame
-}
-
 /// Our frames after the 101: unmasked, final, valid opcodes, UTF-8 text, close
 /// frames with a valid code and a UTF-8 reason, and nothing after a close.
 /// Returns the close frame's code (1005 for an empty one), if there is one, and
@@ -797,12 +784,9 @@ pub fn check_inflate(data: &[u8]) {
     }
     let mut compressor = mioket::deflate::Compressor::default();
     if let Some(frame) = compressor.frame(Opcode::Binary, body) {
-        let (header, n) = {
-            let mut plain = frame.to_vec();
-            assert_eq!(plain[0], 0xC2, "FIN, RSV1, binary");
-            plain[0] = 0x82;
-            parse_header(&plain).expect("a frame").expect("a whole header")
-        };
+        assert_eq!(frame[0], 0xC2, "FIN, RSV1, binary");
+        let (header, n) = parse_header(frame).expect("a frame").expect("a whole header");
+        assert!(header.compressed);
         assert!((header.len as usize) < body.len(), "a compressed frame only when it shrinks");
         let mut back = Vec::new();
         mioket::deflate::inflate(&frame[n..], &mut back, body.len()).expect("our frames inflate");
