@@ -12,6 +12,7 @@
 //! own data as an opaque `T`, and the one write it may ask for (write-through) goes
 //! through a closure the runtime gives.
 
+use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
@@ -716,13 +717,14 @@ impl<T: fmt::Display> App<T> {
         for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::V1, &stored.v1)] {
             let Some(frame) = frame else { continue };
             // permessage-deflate: compressed once, for the first member that takes it.
-            let mut compressed = Lazy::NotYet;
+            let compressed = OnceCell::new();
             for member in room.topic.members(audience) {
                 // Members closing (slow consumers, stop) get nothing more.
                 let Some(recipient) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
                 let frame = match recipient.conn.takes_compressed() {
                     true => compressed
-                        .get(|| compress(compressor, frame, config.deflate_min_size, metrics))
+                        .get_or_init(|| compress(compressor, frame, config.deflate_min_size, metrics))
+                        .as_ref()
                         .unwrap_or(frame),
                     false => frame,
                 };
@@ -1110,24 +1112,6 @@ fn encode(rooms: &Rooms, envelopes: &mut Envelopes, room_id: RoomId, payload: Pa
     Stored {
         plain: plain.then(|| shared_message(payload.opcode(), payload.bytes())),
         v1: has_v1.then(|| envelopes.message(room.json_name(), seq, payload)),
-    }
-}
-
-/// A value made on first need, at most once.
-enum Lazy<T> {
-    NotYet,
-    Made(Option<T>),
-}
-
-impl<T> Lazy<T> {
-    fn get(&mut self, make: impl FnOnce() -> Option<T>) -> Option<&T> {
-        if let Lazy::NotYet = self {
-            *self = Lazy::Made(make());
-        }
-        match self {
-            Lazy::Made(value) => value.as_ref(),
-            Lazy::NotYet => None,
-        }
     }
 }
 

@@ -361,18 +361,8 @@ impl Envelopes {
     }
 
     fn number(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let mut i = digits.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            digits[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.buf.extend_from_slice(&digits[i..]);
+        // Writing to a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut self.buf, &n);
     }
 
     fn string(&mut self, s: &str) {
