@@ -264,6 +264,9 @@ mod tests {
             if events.is_empty() {
                 continue; // nothing happened: no read, no write (edge-triggered, as mioket-load)
             }
+            // As mioket-load: the end of stream that came with the data brings no new
+            // edge, so then a short read does not mean drained.
+            let hup = events.iter().any(|e| e.is_read_closed() || e.is_error());
             // Reads until a short read (drained) or WouldBlock.
             loop {
                 match read(&mut tls, &mut sock, &mut buf) {
@@ -273,7 +276,7 @@ mod tests {
                     }
                     Ok(n) => {
                         got.extend_from_slice(&buf[..n]);
-                        if n < buf.len() {
+                        if n < buf.len() && !hup {
                             break;
                         }
                     }
