@@ -740,6 +740,22 @@ struct Client {
 /// publisher id, run nonce (history from other runs is ignored), sequence number.
 const BCAST_HEAD: usize = 24;
 
+/// A broadcast stamp read back from the head of a payload (at least `BCAST_HEAD` bytes).
+struct Stamp {
+    ts: u64,
+    id: u32,
+    nonce: u32,
+    seq: u64,
+}
+
+impl Stamp {
+    fn read(head: &[u8]) -> Stamp {
+        let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
+        Stamp { ts: u64_at(0), id: u32_at(8), nonce: u32_at(12), seq: u64_at(16) }
+    }
+}
+
 /// The rooms stamp: the broadcast stamp (its sequence number counts the messages of
 /// the room), then the room number.
 const ROOMS_HEAD: usize = 28;
@@ -1417,10 +1433,7 @@ impl Gen {
                         }
                     }
                     Workload::Broadcast if head_len >= BCAST_HEAD => {
-                        let ts = u64::from_le_bytes(head[0..8].try_into().unwrap());
-                        let id = u32::from_le_bytes(head[8..12].try_into().unwrap());
-                        let nonce = u32::from_le_bytes(head[12..16].try_into().unwrap());
-                        let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
+                        let Stamp { ts, id, nonce, seq } = Stamp::read(&head);
                         if nonce != self.nonce {
                             self.c.skipped_text += 1;
                             return;
@@ -1451,10 +1464,7 @@ impl Gen {
                         }
                     }
                     Workload::Rooms if head_len >= ROOMS_HEAD => {
-                        let ts = u64::from_le_bytes(head[0..8].try_into().unwrap());
-                        let id = u32::from_le_bytes(head[8..12].try_into().unwrap());
-                        let nonce = u32::from_le_bytes(head[12..16].try_into().unwrap());
-                        let seq = u64::from_le_bytes(head[16..24].try_into().unwrap());
+                        let Stamp { ts, id, nonce, seq } = Stamp::read(&head);
                         let room = u32::from_le_bytes(head[24..28].try_into().unwrap());
                         if nonce != self.nonce {
                             self.c.skipped_text += 1;
