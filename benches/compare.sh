@@ -169,6 +169,14 @@ free_port() {
 SP=""
 SP2=""
 PORT=""
+wait_listening() { # FILE PID: until the server's listening line, its exit, or 15 s
+    for _ in $(seq 300); do
+        grep -q listening "$1" 2>/dev/null && break
+        kill -0 "$2" 2>/dev/null || break
+        sleep 0.05
+    done
+}
+
 start_server() { # name mode [wrapper words...]
     local name=$1 mode=$2
     shift 2
@@ -176,11 +184,7 @@ start_server() { # name mode [wrapper words...]
     : > "$OUT/server.out"
     RUST_LOG=warn "$@" "${CMD[@]}" > "$OUT/server.out" 2>>"$OUT/server.err" &
     SP=$!
-    for _ in $(seq 300); do
-        grep -q listening "$OUT/server.out" 2>/dev/null && break
-        kill -0 "$SP" 2>/dev/null || break
-        sleep 0.05
-    done
+    wait_listening "$OUT/server.out" "$SP"
     PORT=$(grep -o '[0-9]*$' "$OUT/server.out" | head -1)
     if [ -z "$PORT" ]; then
         log "server $name did not start"
@@ -199,11 +203,7 @@ start_server() { # name mode [wrapper words...]
         : > "$OUT/server2.out"
         RUST_LOG=warn "$@" "${cmd2[@]}" > "$OUT/server2.out" 2>>"$OUT/server.err" &
         SP2=$!
-        for _ in $(seq 300); do
-            grep -q listening "$OUT/server2.out" 2>/dev/null && break
-            kill -0 "$SP2" 2>/dev/null || break
-            sleep 0.05
-        done
+        wait_listening "$OUT/server2.out" "$SP2"
         grep -q listening "$OUT/server2.out" || { log "second node of $name did not start"; return 1; }
     fi
 }
