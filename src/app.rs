@@ -445,18 +445,7 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         let v1 = request.offers_v1;
-        let joining = rooms::room_from_path(&request.path)
-            .map_err(|_| HandshakeError::BadRoomName)
-            .and_then(|name| {
-                // Plain clients know no seqs: they get the whole history, as always.
-                let resume = if v1 { Resume::from_query(&request.query) } else { Ok(None) };
-                Ok((name, resume.map_err(|_| HandshakeError::BadResume)?))
-            })
-            .and_then(|(name, resume)| {
-                let room = self.rooms.find_or_create(&name, now).map_err(|_| HandshakeError::RoomLimit)?;
-                Ok((room, resume))
-            });
-        let (room, resume) = match joining {
+        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, now) {
             Ok(joining) => joining,
             Err(err) => {
                 client.conn.refuse(err, now);
@@ -1093,6 +1082,23 @@ fn queue_flush<T>(dirty: &mut Vec<usize>, id: usize, client: &mut Client<T>) {
         client.flush_queued = true;
         dirty.push(id);
     }
+}
+
+/// The room an upgrade's path names (made if there is none yet) and the resume its
+/// query asks for.
+fn room_of_upgrade(
+    rooms: &mut Rooms,
+    request: &UpgradeRequest,
+    now: Instant,
+) -> Result<(RoomId, Option<Resume<'static>>), HandshakeError> {
+    let name = rooms::room_from_path(&request.path).map_err(|_| HandshakeError::BadRoomName)?;
+    // Plain clients know no seqs: they get the whole history, as always.
+    let resume = match request.offers_v1 {
+        true => Resume::from_query(&request.query).map_err(|_| HandshakeError::BadResume)?,
+        false => None,
+    };
+    let room = rooms.find_or_create(&name, now).map_err(|_| HandshakeError::RoomLimit)?;
+    Ok((room, resume))
 }
 
 /// When rooms may next tell their presence: now, or a second after they last did.
