@@ -455,11 +455,8 @@ impl Backplane {
 
 /// 16 random lowercase hex digits (a node's name, an epoch offered to Redis).
 pub fn random_hex() -> String {
-    let bits = getrandom::u64().unwrap_or_else(|_| {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        now.as_nanos() as u64 ^ u64::from(std::process::id()).rotate_left(40)
-    });
-    format!("{bits:016x}")
+    // Made as a room's epoch is: hex digits only, so always UTF-8.
+    String::from_utf8_lossy(&crate::rooms::new_epoch()).into_owned()
 }
 
 #[cfg(test)]

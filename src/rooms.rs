@@ -396,8 +396,8 @@ impl Rooms {
     }
 }
 
-/// 16 random lowercase hex digits.
-fn new_epoch() -> [u8; 16] {
+/// 16 random lowercase hex digits (a room's epoch; also the backplane's node names).
+pub(crate) fn new_epoch() -> [u8; 16] {
     let bits = getrandom::u64().unwrap_or_else(|_| {
         // No system randomness: the clock still makes epochs that differ across runs.
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
