@@ -101,9 +101,9 @@ impl Server {
             }
             None => None,
         };
-        // SIGHUP reloads the certificate; without TLS it keeps its default (it ends us).
-        let mut signals =
-            if tls.is_some() { Signals::new([SIGINT, SIGTERM, SIGHUP])? } else { Signals::new([SIGINT, SIGTERM])? };
+        // SIGHUP reloads the certificate; without TLS it is ignored (its default would end
+        // us, and a renewal hook may send it to every mioket).
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
         let app = App::new(config);
         let backplane = match app.backplane_settings() {
@@ -468,7 +468,10 @@ impl Server {
     fn on_signals(&mut self, now: Instant) {
         let mut signals: Vec<i32> = self.signals.pending().collect();
         if signals.contains(&SIGHUP) {
-            self.reload_tls();
+            match self.tls {
+                Some(_) => self.reload_tls(),
+                None => info!("SIGHUP: no TLS certificate to reload, ignored"),
+            }
             signals.retain(|&s| s != SIGHUP);
         }
         let Some(&signal) = signals.first() else { return };

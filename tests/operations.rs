@@ -201,3 +201,20 @@ fn logs_one_line_per_rejection_and_never_echo_peer_bytes_raw() {
     assert_eq!(log.lines().filter(|l| l.contains("rejected")).count(), 3, "{log}");
     assert!(!log.contains('\x1b'), "peer bytes printed raw: {log:?}");
 }
+
+/// Issue 19, finding 12: `kill -HUP` (a certificate renewal hook) must not end a server
+/// without TLS.
+#[test]
+fn sighup_without_tls_is_ignored_and_the_server_goes_on() {
+    let server = Server::start(&["--mode", "echo"]);
+    let mut before = connect(&server);
+    let status = std::process::Command::new("kill").args(["-HUP", &server.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut server = server;
+    assert!(server.child.try_wait().unwrap().is_none(), "SIGHUP ended the server");
+    for ws in [&mut before, &mut connect(&server)] {
+        send_text(ws, "still here");
+        assert_eq!(text(ws), "still here");
+    }
+}
