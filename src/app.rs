@@ -199,6 +199,8 @@ pub struct App<T> {
     lifecycle: Lifecycle,
     /// Clients with output to flush, in the order they got it (a broadcast's sender first).
     dirty: Vec<usize>,
+    /// What every client's `Conn::unfinished_memory` adds up to (see `track_unfinished`).
+    unfinished: usize,
     /// Memory freed by large queues since the last trim, and when that was.
     released: usize,
     last_trim: Option<Instant>,
@@ -239,6 +241,7 @@ impl<T: fmt::Display> App<T> {
             now: Instant::now(),
             lifecycle: Lifecycle::Serving,
             dirty: Vec::new(),
+            unfinished: 0,
             released: 0,
             last_trim: None,
             metrics: Metrics::default(),
@@ -299,7 +302,7 @@ impl<T: fmt::Display> App<T> {
         let total = input.len();
         self.now = now;
         self.metrics.bytes_read += total as u64;
-        let mut http_request = None;
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         let mut pos = 0;
         while pos < total {
             let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
@@ -321,9 +324,8 @@ impl<T: fmt::Display> App<T> {
                     self.admit(id, &request, now);
                     continue;
                 }
-                // Answered below, once the borrows of this loop are over.
                 Event::HttpRequest(request) => {
-                    http_request = Some(request);
+                    self.answer_http(id, request, now);
                     continue;
                 }
                 Event::Message { opcode, payload } => (opcode, payload),
@@ -409,9 +411,7 @@ impl<T: fmt::Display> App<T> {
                 }
             }
         }
-        if let Some(request) = http_request {
-            self.answer_http(id, &request, now);
-        }
+        self.track_unfinished(id, held, now);
         self.after_activity(id);
     }
 
@@ -728,9 +728,14 @@ impl<T: fmt::Display> App<T> {
     }
 
     /// A plain HTTP request: the pages, /metrics and /healthz where they are served,
-    /// and the API.
-    fn answer_http(&mut self, id: usize, request: &HttpRequest, now: Instant) {
-        self.metrics.http_requests += 1;
+    /// and the API. Judged from the head alone (route, method, token, declared length)
+    /// before any body byte is read; a publish's body is read only then, and the
+    /// request comes back with it.
+    fn answer_http(&mut self, id: usize, request: Box<HttpRequest>, now: Instant) {
+        // Counted once: a request whose body was read comes back with it.
+        if request.body.is_empty() {
+            self.metrics.http_requests += 1;
+        }
         let Some(listener) = self.clients.get(id).map(|c| c.listener) else { return };
         let operator = listener == Listener::Operator;
         let operator_here = operator || self.config.metrics_listen.is_none();
@@ -751,14 +756,18 @@ impl<T: fmt::Display> App<T> {
                 http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes())
             }
             _ => match api::route(path) {
-                Some(route) => self.answer_api(id, route, request, now),
+                Some(route) => self.answer_api(id, route, &request, now),
                 None if get => http::answer(path),
                 None => api::method_not_allowed("GET"),
             },
         };
-        // Empty: answered later (an API publish waiting for Redis).
-        if let Some(client) = self.clients.get_mut(id).filter(|_| !answer.is_empty()) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        let body_unread = matches!(request.body_length, BodyLength::Length(n) if n > request.body.len() as u64);
+        // Empty: answered later (an API publish waiting for its body, or for Redis).
+        if !answer.is_empty() {
             client.conn.respond(Chunk::Owned(answer), now);
+        } else if body_unread {
+            client.conn.read_body(request, &self.config.limits);
         }
     }
 
@@ -793,16 +802,20 @@ impl<T: fmt::Display> App<T> {
     }
 
     fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
-        match request.body_length {
+        let length = match request.body_length {
             BodyLength::None | BodyLength::Unknown => return api::error(411, "Content-Length required"),
             BodyLength::Length(n) if n > self.config.limits.max_message as u64 => {
                 return api::error(413, "body over --max-message")
             }
-            BodyLength::Length(_) => {}
-        }
+            BodyLength::Length(n) => n,
+        };
         let Ok(name) = rooms::decode_name(encoded_room) else {
             return api::error(400, "invalid room name");
         };
+        // The head passed: the body is read next (`answer_http`), then this again.
+        if (request.body.len() as u64) < length {
+            return Vec::new();
+        }
         let payload = if api::is_binary(request.content_type.as_deref()) {
             Payload::Binary(&request.body)
         } else {
@@ -850,18 +863,22 @@ impl<T: fmt::Display> App<T> {
 
     /// The peer ended its side of the stream (or the socket failed).
     pub fn handle_eof(&mut self, id: usize) {
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_eof();
         }
+        self.track_unfinished(id, held, self.now);
         self.after_activity(id);
     }
 
     /// `id`'s deadline (from `poll_timeout`) has come.
     pub fn handle_timeout(&mut self, id: usize, now: Instant) {
         self.now = now;
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_timeout(now, &self.config.limits);
         }
+        self.track_unfinished(id, held, now);
         self.after_activity(id);
     }
 
@@ -919,9 +936,11 @@ impl<T: fmt::Display> App<T> {
         self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
         let ids: Vec<usize> = self.clients.iter().map(|(id, _)| id).collect();
         for id in ids {
+            let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode::GOING_AWAY, "server shutting down", now, &self.config.limits);
             }
+            self.track_unfinished(id, held, now);
             self.after_activity(id);
         }
         Stop::Closing
@@ -997,6 +1016,35 @@ impl<T: fmt::Display> App<T> {
         }
     }
 
+    /// Keeps `unfinished` the sum of every client's `Conn::unfinished_memory` after
+    /// something that may have changed `id`'s, which held `held` before. Over
+    /// `--max-unfinished-memory` the largest holder gives its buffers back (an
+    /// unfinished message is refused with 1013, a body with 503) until it is under:
+    /// with many connections each holding part of a large message, memory stays
+    /// within the budget instead of `--max-connections` x `--max-message`.
+    fn track_unfinished(&mut self, id: usize, held: usize, now: Instant) {
+        let after = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        self.unfinished = (self.unfinished + after).saturating_sub(held);
+        while self.unfinished > self.config.max_unfinished_memory {
+            // A scan, only while over the budget: every turn frees a holder's bytes.
+            let largest = self.clients.iter().map(|(i, c)| (c.conn.unfinished_memory(), i)).max();
+            let Some((held, largest)) = largest.filter(|&(held, _)| held > 0) else { break };
+            let client = &mut self.clients[largest];
+            if client.conn.shed_unfinished(now, &self.config.limits) {
+                self.metrics.unfinished_refused += 1;
+                warn!("refusing {}: its unfinished input is the largest over --max-unfinished-memory", client.io);
+            }
+            let freed = held - client.conn.unfinished_memory();
+            if freed == 0 {
+                break;
+            }
+            self.unfinished -= freed;
+            if largest != id {
+                self.after_activity(largest);
+            }
+        }
+    }
+
     /// After anything happened to a client: settle it, and schedule a flush if it
     /// has something to write.
     fn after_activity(&mut self, id: usize) {
@@ -1033,6 +1081,7 @@ impl<T: fmt::Display> App<T> {
     /// Forgets a closed client; dropping its `T` closes its socket.
     fn remove(&mut self, id: usize) {
         let Some(client) = self.clients.try_remove(id) else { return };
+        self.unfinished = self.unfinished.saturating_sub(client.conn.unfinished_memory());
         self.forget_in_backplane(id);
         let memory = client.conn.queue_memory();
         if memory >= LARGE_QUEUE {

@@ -83,6 +83,9 @@ pub struct Config {
     pub limits: Limits,
     /// Bytes all rooms' histories keep together.
     pub history_memory: usize,
+    /// Bytes all connections may hold in unfinished messages and request bodies
+    /// together; beyond it the largest holder is refused.
+    pub max_unfinished_memory: usize,
     /// How long a room without members is kept.
     pub room_ttl: Duration,
     pub max_rooms: usize,
@@ -112,7 +115,7 @@ impl Config {
         format!(
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
-             history-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
+             history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
              deflate-min-size={} redis={} redis-outbox={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
@@ -127,6 +130,7 @@ impl Config {
             l.allowed_origins,
             self.metrics_listen.as_deref().unwrap_or("main port"),
             self.history_memory,
+            self.max_unfinished_memory,
             secs(Some(self.room_ttl)),
             self.max_rooms,
             self.max_rooms_per_connection,
@@ -143,6 +147,7 @@ impl Config {
 pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
+pub const DEFAULT_MAX_UNFINISHED_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
 /// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
@@ -161,6 +166,7 @@ impl Default for Config {
             metrics_listen: None,
             limits: Limits::default(),
             history_memory: DEFAULT_HISTORY_MEMORY,
+            max_unfinished_memory: DEFAULT_MAX_UNFINISHED_MEMORY,
             room_ttl: Duration::from_secs(300),
             max_rooms: DEFAULT_MAX_ROOMS,
             max_rooms_per_connection: 64,
@@ -211,6 +217,9 @@ struct Args {
     /// Bytes all rooms' histories keep together; beyond it the oldest messages of the least recently used rooms go first
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HISTORY_MEMORY)]
     history_memory: usize,
+    /// Bytes all connections may hold in unfinished messages and request bodies together; beyond it the largest holder is refused (1013 or 503)
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UNFINISHED_MEMORY, value_parser = positive)]
+    max_unfinished_memory: usize,
     /// Keep a room without members this long (so clients can resume), then free it
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
     room_ttl: std::option::Option<Duration>,
@@ -307,6 +316,7 @@ where
             allowed_origins: args.allowed_origins,
         },
         history_memory: args.history_memory,
+        max_unfinished_memory: args.max_unfinished_memory,
         room_ttl: args.room_ttl.unwrap_or_default(),
         max_rooms: args.max_rooms,
         max_rooms_per_connection: args.max_rooms_per_connection,

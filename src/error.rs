@@ -94,6 +94,8 @@ pub enum HandshakeError {
     MissingHost,
     /// RFC 9112 3.2: more than one Host header.
     DuplicateHost,
+    /// More than one `Authorization` line: which token counts would be a guess.
+    DuplicateAuthorization,
     /// A GET upgrade with `Content-Length` > 0 or `Transfer-Encoding`: its body
     /// would be read as frames.
     UpgradeWithBody,
@@ -141,6 +143,7 @@ impl HandshakeError {
             HandshakeError::OldHttp => "a WebSocket upgrade needs HTTP/1.1",
             HandshakeError::MissingHost => "missing Host header",
             HandshakeError::DuplicateHost => "more than one Host header",
+            HandshakeError::DuplicateAuthorization => "more than one Authorization header",
             HandshakeError::UpgradeWithBody => "a WebSocket upgrade must not have a body",
             HandshakeError::NotWebSocketUpgrade => "Upgrade header must be websocket",
             HandshakeError::MissingConnectionUpgrade => "Connection header must contain upgrade",

@@ -39,6 +39,8 @@ pub struct Http<'a> {
     pub authorization: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
     pub body: BodyLength,
+    /// `Expect: 100-continue`: the client waits for a 100 before it sends the body.
+    pub expect_continue: bool,
 }
 
 /// What the head says of a body.
@@ -118,6 +120,9 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         0 | 1 => {}
         _ => return Err(HandshakeError::DuplicateHost),
     }
+    if seen.authorizations > 1 {
+        return Err(HandshakeError::DuplicateAuthorization);
+    }
     let target = origin_form(path);
     if !seen.upgrade {
         let method = match method {
@@ -130,8 +135,9 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
             (Some(length), false) => BodyLength::Length(parse_length(length)?),
             (None, false) => BodyLength::None,
         };
-        let (authorization, content_type) = (seen.authorization, seen.content_type);
-        return Ok(Request::Http(Http { method, target, authorization, content_type, body }));
+        let (authorization, content_type, expect_continue) =
+            (seen.authorization, seen.content_type, seen.expect_continue);
+        return Ok(Request::Http(Http { method, target, authorization, content_type, body, expect_continue }));
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
     if method != "GET" {
@@ -199,7 +205,9 @@ struct Seen<'a> {
     /// `Transfer-Encoding` is present.
     chunked: bool,
     authorization: Option<&'a [u8]>,
+    authorizations: usize,
     content_type: Option<&'a [u8]>,
+    expect_continue: bool,
     version: Option<&'a [u8]>,
     versions: usize,
     key: Option<&'a [u8]>,
@@ -218,13 +226,17 @@ impl<'a> Seen<'a> {
             match h.name.len() {
                 4 if is("host") => seen.hosts += 1,
                 6 if is("origin") => _ = seen.origin.get_or_insert(h.value),
+                6 if is("expect") => seen.expect_continue |= has_token(h.value, "100-continue"),
                 7 if is("upgrade") => {
                     seen.upgrade = true;
                     seen.upgrade_websocket |= has_token(h.value, "websocket");
                 }
                 10 if is("connection") => seen.connection_upgrade |= has_token(h.value, "upgrade"),
                 12 if is("content-type") => _ = seen.content_type.get_or_insert(h.value),
-                13 if is("authorization") => _ = seen.authorization.get_or_insert(h.value),
+                13 if is("authorization") => {
+                    seen.authorization.get_or_insert(h.value);
+                    seen.authorizations += 1;
+                }
                 14 if is("content-length") => {
                     let first = *seen.content_length.get_or_insert(h.value);
                     seen.conflicting_lengths |= trim(first) != trim(h.value);
@@ -335,6 +347,7 @@ pub fn error_response(err: HandshakeError) -> Vec<u8> {
 
 pub fn status_text(status: u16) -> &'static str {
     match status {
+        100 => "Continue",
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
@@ -502,7 +515,8 @@ mod tests {
                 target: "/index.html?x=1",
                 authorization: None,
                 content_type: None,
-                body: BodyLength::None
+                body: BodyLength::None,
+                expect_continue: false
             }))
         );
     }
@@ -574,7 +588,8 @@ mod tests {
                 target: "/",
                 authorization: None,
                 content_type: None,
-                body: BodyLength::None
+                body: BodyLength::None,
+                expect_continue: false
             }))
         );
         let resp = String::from_utf8(error_response(HandshakeError::DuplicateHost)).unwrap();
@@ -613,5 +628,19 @@ mod tests {
             assert_eq!(find_head_end(&head[..end], from), Some(end), "from {from}");
         }
         assert_eq!(find_head_end(&head[..end - 1], 0), None);
+    }
+
+    #[test]
+    fn two_authorization_lines_get_400_and_expect_100_continue_is_seen() {
+        let two = b"POST /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n\r\n";
+        assert_eq!(parse_request(two, &[]), Err(HandshakeError::DuplicateAuthorization));
+        let resp = String::from_utf8(error_response(HandshakeError::DuplicateAuthorization)).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 400 Bad Request\r\n") && resp.ends_with("more than one Authorization header\n")
+        );
+        let expect = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(parse_request(expect, &[]), Ok(Request::Http(Http { expect_continue: true, .. }))));
+        let other = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 3\r\n\r\n";
+        assert!(matches!(parse_request(other, &[]), Ok(Request::Http(Http { expect_continue: false, .. }))));
     }
 }

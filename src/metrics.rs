@@ -66,6 +66,8 @@ pub struct Metrics {
     pub resumes: [u64; 2],
     pub presence_updates: u64,
     pub api_publishes: u64,
+    /// Unfinished messages and request bodies refused over --max-unfinished-memory.
+    pub unfinished_refused: u64,
     /// permessage-deflate: connections that negotiated it, and compressed frames made
     /// (one per message, however many recipients share it).
     pub deflate_connections: u64,
@@ -199,6 +201,12 @@ impl Metrics {
             self.presence_updates,
         );
         counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
+        counter(
+            o,
+            "mioket_unfinished_refused_total",
+            "Unfinished messages (1013) and request bodies (503) refused over --max-unfinished-memory.",
+            self.unfinished_refused,
+        );
         counter(
             o,
             "mioket_deflate_connections_total",

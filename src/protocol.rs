@@ -7,6 +7,9 @@
 //!
 //! - Handshaking: collecting the HTTP request head.
 //! - Upgrading: a valid upgrade waits for the server to `accept` or `refuse` it.
+//! - Judging: a plain HTTP request's head waits for the server: `respond`, or
+//!   `read_body` (then Body, and Answering once the body is whole). No body byte is
+//!   read before the head has passed routing and the token.
 //! - Answering: a plain HTTP request waits for the server's `respond`.
 //! - Open: frames flow.
 //! - Closing: we sent a close frame and wait for the peer's.
@@ -24,6 +27,7 @@ use crate::deflate;
 use crate::error::{HandshakeError, PeerError};
 use crate::frame::{parse_header, CloseCode, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use crate::handshake::{self, BodyLength, Method, Request, MAX_HEAD};
+use crate::http;
 use crate::mask::apply_mask;
 use crate::outqueue::{Chunk, OutQueue, OverLimit};
 use crate::utf8::Utf8Validator;
@@ -36,8 +40,9 @@ pub const HTTP_LINGER: Duration = Duration::from_secs(2);
 pub enum Event<'a> {
     /// A valid WebSocket upgrade: the server calls `accept` or `refuse`.
     UpgradeRequest(UpgradeRequest),
-    /// A plain HTTP request, with its body if it has one within `max_message`: the
-    /// server answers with `respond`.
+    /// A plain HTTP request: first its head alone (the body empty), which the server
+    /// answers with `respond` or asks the body of with `read_body`; then, if asked,
+    /// again with its whole body.
     HttpRequest(Box<HttpRequest>),
     /// A complete text or binary message.
     Message { opcode: Opcode, payload: &'a [u8] },
@@ -91,8 +96,10 @@ pub struct HttpRequest {
     pub authorization: Option<Vec<u8>>,
     pub content_type: Option<Vec<u8>>,
     pub body_length: BodyLength,
-    /// The body, read when its length is at most `max_message` (else empty).
+    /// The body, once the server asked for it with `read_body` (else empty).
     pub body: Vec<u8>,
+    /// `Expect: 100-continue`: `read_body` answers 100 first.
+    pub expect_continue: bool,
 }
 
 /// What a request asked for, no longer borrowing the head.
@@ -120,6 +127,7 @@ impl From<Request<'_>> for Asked {
                 content_type: http.content_type.map(<[u8]>::to_vec),
                 body_length: http.body,
                 body: Vec::new(),
+                expect_continue: http.expect_continue,
             })),
         }
     }
@@ -128,6 +136,11 @@ impl From<Request<'_>> for Asked {
 enum State {
     Handshaking {
         head: Vec<u8>,
+        deadline: Option<Instant>,
+    },
+    /// A plain request's head waits for `respond` or `read_body` (like Upgrading, the
+    /// server decides at once; the deadline is the one a body will have).
+    Judging {
         deadline: Option<Instant>,
     },
     /// A request's body is arriving (`need` more bytes), under the handshake's deadline.
@@ -264,9 +277,9 @@ impl Conn {
     ) -> (usize, Option<Event<'a>>) {
         match self.state {
             State::Handshaking { .. } => self.read_head(input, now, limits),
-            State::Body { .. } => self.read_body(input),
+            State::Body { .. } => self.collect_body(input),
             State::Upgrading { .. } => (0, None),
-            State::Answering => (input.len(), None),
+            State::Judging { .. } | State::Answering => (input.len(), None),
             State::Open { .. } | State::Closing { .. } => {
                 let (used, delivery) = self.read_frames(input, now, limits);
                 let input: &'a [u8] = input;
@@ -369,11 +382,28 @@ impl Conn {
         self.respond(Chunk::Owned(handshake::error_response(err)), now);
     }
 
+    /// Reads the body of a request whose head `handle_input` gave (it must declare a
+    /// length, at most `max_message`); the request comes back whole as another
+    /// `Event::HttpRequest`. `Expect: 100-continue` is answered first.
+    pub fn read_body(&mut self, request: Box<HttpRequest>, limits: &Limits) {
+        let State::Judging { deadline } = self.state else { return };
+        let BodyLength::Length(need) = request.body_length else { return };
+        let Some(need) = usize::try_from(need).ok().filter(|&n| n > 0 && n <= limits.max_message) else { return };
+        if request.expect_continue {
+            self.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+        }
+        self.state = State::Body { request, need, deadline };
+    }
+
     /// Answers a plain HTTP request with `response` and ends the connection.
     pub fn respond(&mut self, response: Chunk, now: Instant) {
         if matches!(
             self.state,
-            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering
+            State::Handshaking { .. }
+                | State::Judging { .. }
+                | State::Body { .. }
+                | State::Upgrading { .. }
+                | State::Answering
         ) {
             self.out.push(response);
             self.state = State::Draining { deadline: Some(now + HTTP_LINGER), write_shut: false, linger: true };
@@ -421,11 +451,45 @@ impl Conn {
                 self.first_close.get_or_insert(FirstClose { code, by_peer: false });
                 self.state = State::Closing { deadline: limits.close_timeout.map(|t| now + t) };
             }
-            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering => {
-                self.state = State::Closed
-            }
+            State::Handshaking { .. }
+            | State::Judging { .. }
+            | State::Body { .. }
+            | State::Upgrading { .. }
+            | State::Answering => self.state = State::Closed,
             State::Closing { .. } | State::Draining { .. } | State::Closed => {}
         }
+    }
+
+    /// Frees what `unfinished_memory` counts, when unfinished input over all
+    /// connections is over its budget: buffers kept for a next message are given
+    /// back; a message still arriving is refused (1013) and the rest of it read past;
+    /// a body still arriving is refused (503). Whether it refused anything.
+    pub fn shed_unfinished(&mut self, now: Instant, limits: &Limits) -> bool {
+        const BUSY: &str = "server busy: too much input held unfinished";
+        if let State::Body { .. } = self.state {
+            self.respond(Chunk::Owned(http::response(503, http::TEXT, format!("{BUSY}\n").as_bytes())), now);
+            return true;
+        }
+        let refused = self.is_open() && self.reader.partial.as_deref().is_some_and(|p| p.message.is_some());
+        if refused {
+            self.close(CloseCode::TRY_AGAIN_LATER, BUSY, now, limits);
+        }
+        let Some(p) = self.reader.partial.as_deref_mut() else { return refused };
+        p.message = None;
+        p.compressed = Vec::new();
+        match p.frame.as_mut().map(|f| &mut f.kind) {
+            Some(kind @ PayloadKind::Data) => *kind = PayloadKind::Skip,
+            // A control frame's few bytes may still be arriving: they are kept.
+            Some(PayloadKind::Control { start, .. }) => {
+                p.payload.drain(..*start);
+                p.payload.shrink_to_fit();
+                *start = 0;
+                return refused;
+            }
+            _ => {}
+        }
+        p.payload = Vec::new();
+        refused
     }
 
     // Output: what the connection wants, through poll_*.
@@ -441,7 +505,7 @@ impl Conn {
                 (Some(p), Some((_, w))) => Some(p.min(w)),
                 (p, w) => p.or(w.map(|w| w.1)),
             },
-            State::Upgrading { .. } | State::Answering | State::Closed => None,
+            State::Upgrading { .. } | State::Judging { .. } | State::Answering | State::Closed => None,
         }
     }
 
@@ -469,6 +533,18 @@ impl Conn {
 
     pub fn is_open(&self) -> bool {
         matches!(self.state, State::Open { .. })
+    }
+
+    /// Bytes held for input that is not whole yet: an unfinished message's buffers
+    /// (kept with their capacity while the connection is busy) and a request body
+    /// being read. Bounded over all connections by `--max-unfinished-memory`.
+    pub fn unfinished_memory(&self) -> usize {
+        let body = match &self.state {
+            State::Body { request, .. } => request.body.capacity(),
+            _ => 0,
+        };
+        let partial = self.reader.partial.as_deref().map_or(0, |p| p.payload.capacity() + p.compressed.capacity());
+        body + partial
     }
 
     /// Whether this peer takes compressed messages (permessage-deflate negotiated with
@@ -503,9 +579,11 @@ impl Conn {
     /// Where the connection is in its life, for metrics.
     pub fn phase(&self) -> Phase {
         match self.state {
-            State::Handshaking { .. } | State::Body { .. } | State::Upgrading { .. } | State::Answering => {
-                Phase::Handshaking
-            }
+            State::Handshaking { .. }
+            | State::Judging { .. }
+            | State::Body { .. }
+            | State::Upgrading { .. }
+            | State::Answering => Phase::Handshaking,
             State::Open { .. } => Phase::Open,
             State::Closing { .. } | State::Draining { .. } | State::Closed => Phase::Closing,
         }
@@ -524,7 +602,7 @@ impl Conn {
         if before == 0 {
             if let Some(end) = handshake::find_head_end(&input[..input.len().min(MAX_HEAD)], 0) {
                 let request = handshake::parse_request(&input[..end], &limits.allowed_origins).map(Asked::from);
-                return self.on_request(request, end, input.len(), deadline, now, limits);
+                return self.on_request(request, end, input.len(), deadline, now);
             }
         }
         let take = input.len().min(MAX_HEAD + 1 - before);
@@ -532,7 +610,7 @@ impl Conn {
         match handshake::find_head_end(head, before) {
             Some(end) if end <= MAX_HEAD => {
                 let request = handshake::parse_request(&head[..end], &limits.allowed_origins).map(Asked::from);
-                self.on_request(request, end - before, input.len(), deadline, now, limits)
+                self.on_request(request, end - before, input.len(), deadline, now)
             }
             Some(_) => self.refuse_all(HandshakeError::HeadTooLarge, input.len(), now),
             None if head.len() > MAX_HEAD => self.refuse_all(HandshakeError::HeadTooLarge, input.len(), now),
@@ -552,25 +630,18 @@ impl Conn {
         all: usize,
         deadline: Option<Instant>,
         now: Instant,
-        limits: &Limits,
     ) -> (usize, Option<Event<'static>>) {
         match request {
             Ok(Asked::Upgrade { accept, request }) => {
                 self.state = State::Upgrading { accept };
                 (used, Some(Event::UpgradeRequest(request)))
             }
-            // A body within the message limit is read before the request is handed on
-            // (a larger one is refused unread: its length is only declared).
-            Ok(Asked::Http(request)) => match request.body_length {
-                BodyLength::Length(n) if request.method == Method::Post && n > 0 && n <= limits.max_message as u64 => {
-                    self.state = State::Body { request, need: n as usize, deadline };
-                    (used, None)
-                }
-                _ => {
-                    self.state = State::Answering;
-                    (all, Some(Event::HttpRequest(request)))
-                }
-            },
+            // The head alone is judged (route, token, declared length): a body is read
+            // only once the server asks for it with `read_body`.
+            Ok(Asked::Http(request)) => {
+                self.state = State::Judging { deadline };
+                (used, Some(Event::HttpRequest(request)))
+            }
             Err(err) => self.refuse_all(err, all, now),
         }
     }
@@ -581,7 +652,7 @@ impl Conn {
     }
 
     /// Collects a request body; the whole request is the event.
-    fn read_body(&mut self, input: &[u8]) -> (usize, Option<Event<'static>>) {
+    fn collect_body(&mut self, input: &[u8]) -> (usize, Option<Event<'static>>) {
         let State::Body { request, need, .. } = &mut self.state else { return (0, None) };
         let take = input.len().min(*need);
         request.body.extend_from_slice(&input[..take]);

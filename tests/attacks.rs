@@ -1585,3 +1585,138 @@ mod soak {
         println!("soak passed");
     }
 }
+
+/// Issue 19, finding 10: request bodies and unfinished messages have one global bound.
+/// An answer judged from the head alone comes before any body byte is read; what
+/// connections hold unfinished stays within --max-unfinished-memory (64 MiB by
+/// default) instead of --max-connections x --max-message.
+mod unfinished_input {
+    use super::*;
+
+    const ATTACKERS: usize = 200;
+    /// Of each 1 MiB declared, what an attacker sends (and never the rest).
+    const SENT: usize = 900 * 1024;
+    /// RSS over the budget that allocator slack, the read buffer and 200 sockets' state may take.
+    const MARGIN: u64 = 40 * MIB;
+
+    fn publish_head(token: &str, length: u64) -> String {
+        format!(
+            "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n"
+        )
+    }
+
+    /// Writes `n` bytes (each write bounded in time; a server that stops reading or
+    /// closes ends it early, which is fine here).
+    fn send_bytes(s: &mut TcpStream, n: usize) {
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if s.write_all(&chunk[..k]).is_err() {
+                return;
+            }
+            left -= k;
+        }
+    }
+
+    #[test]
+    fn bodies_that_will_be_refused_are_answered_from_the_head_and_never_held() {
+        // The API off (404), then on with a wrong token (401).
+        for (args, status) in [(&[][..], 404), (&["--api-token", "s3cret"][..], 401)] {
+            let server = Server::start(args);
+            let pid = server.child.id();
+            let before = rss_bytes(pid);
+            let sampler = RssSampler::start(pid);
+            let started = Instant::now();
+            let mut conns: Vec<TcpStream> = (0..ATTACKERS)
+                .map(|_| {
+                    let mut s = TcpStream::connect(server.addr).unwrap();
+                    s.write_all(publish_head("wrong", MIB).as_bytes()).unwrap();
+                    s.write_all(&[b'x'; 1000]).unwrap();
+                    s
+                })
+                .collect();
+            for s in &mut conns {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let head = read_head(s);
+                assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head:?}");
+            }
+            let answered = started.elapsed();
+            // The rest of each body comes after its answer: read past, never kept.
+            for s in &mut conns {
+                send_bytes(s, MIB as usize - 1000);
+            }
+            let peak = sampler.peak();
+            println!(
+                "{ATTACKERS} bodies refused with {status} in {answered:?}; RSS {:.1} -> peak {:.1} MiB",
+                mib(before),
+                mib(peak)
+            );
+            assert!(answered < Duration::from_secs(3), "answered in {answered:?}, not from the head");
+            assert!(peak < before + 20 * MIB, "RSS grew by {:.1} MiB", mib(peak - before));
+        }
+    }
+
+    #[test]
+    fn partial_messages_stay_within_the_budget_the_largest_refused_and_an_echo_goes_on() {
+        let server = Server::start(&["--mode", "echo"]);
+        let pid = server.child.id();
+        let before = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        let mut attackers: Vec<TcpStream> = (0..ATTACKERS)
+            .map(|_| {
+                let mut s = raw_upgraded(&server);
+                s.write_all(&header(0x82, MIB)).unwrap();
+                send_bytes(&mut s, SENT);
+                s
+            })
+            .collect();
+        let mut client = raw_upgraded(&server);
+        raw_echo(&mut client, "still served").unwrap();
+        let peak = sampler.peak();
+        let refused = metric(&metrics(server.addr), "mioket_unfinished_refused_total").unwrap_or(0.0);
+        println!(
+            "{ATTACKERS} partial 1 MiB messages: RSS {:.1} -> peak {:.1} MiB, {refused} refused",
+            mib(before),
+            mib(peak)
+        );
+        assert!(peak < before + 64 * MIB + MARGIN, "RSS grew by {:.1} MiB", mib(peak - before));
+        assert!(refused >= 100.0, "{refused} refused");
+        let closed =
+            attackers.iter_mut().filter_map(|s| close_code_within(s, Duration::from_millis(100))).collect::<Vec<_>>();
+        assert!(closed.contains(&1013) && closed.iter().all(|&c| c == 1013), "{closed:?}");
+    }
+
+    #[test]
+    fn partial_bodies_with_the_token_stay_within_the_budget_and_a_publish_goes_on() {
+        let server = Server::start(&["--api-token", "s3cret", "--welcome", ""]);
+        let pid = server.child.id();
+        let mut member = connect_plain(&server, "/x");
+        let before = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        let mut senders: Vec<TcpStream> = (0..ATTACKERS)
+            .map(|_| {
+                let mut s = TcpStream::connect(server.addr).unwrap();
+                s.write_all(publish_head("s3cret", MIB).as_bytes()).unwrap();
+                send_bytes(&mut s, SENT);
+                s
+            })
+            .collect();
+        let (status, _) = http(server.addr, &format!("{}hello", publish_head("s3cret", 5)));
+        let peak = sampler.peak();
+        println!("{ATTACKERS} partial 1 MiB bodies: RSS {:.1} -> peak {:.1} MiB", mib(before), mib(peak));
+        assert_eq!(status, 200);
+        assert_eq!(next_message(&mut member), tungstenite::Message::text("hello"));
+        assert!(peak < before + 64 * MIB + MARGIN, "RSS grew by {:.1} MiB", mib(peak - before));
+        let busy = senders
+            .iter_mut()
+            .filter(|s| s.set_read_timeout(Some(Duration::from_millis(100))).is_ok())
+            .filter_map(|s| {
+                let mut answer = [0u8; 12];
+                s.read_exact(&mut answer).ok().map(|()| answer)
+            })
+            .collect::<Vec<_>>();
+        assert!(busy.len() >= 100 && busy.iter().all(|a| a == b"HTTP/1.1 503"), "{} answered", busy.len());
+    }
+}

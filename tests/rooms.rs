@@ -383,3 +383,39 @@ mod api {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
+
+/// Issue 19, finding 12: what an API request's head alone decides.
+mod api_heads {
+    use super::*;
+
+    #[test]
+    fn expect_100_continue_is_answered_once_the_head_passed_and_two_authorizations_get_400() {
+        let server = Server::start(&["--welcome", "", "--api-token", "s3cret"]);
+        let mut member = connect_plain(&server, "/x");
+        let head = |token: &str| {
+            format!(
+                "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Expect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+            )
+        };
+        // The client waits for the 100 before it sends the body (curl waits 1 s for it).
+        let mut s = raw(&server);
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.write_all(head("s3cret").as_bytes()).unwrap();
+        assert_eq!(read_head(&mut s), "HTTP/1.1 100 Continue\r\n\r\n");
+        s.write_all(b"hello").unwrap();
+        let answer = String::from_utf8(read_to_end(&mut s)).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert_eq!(next_message(&mut member), Message::text("hello"));
+        // A head that does not pass gets its answer at once, and no 100.
+        let mut s = raw(&server);
+        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.write_all(head("wrong").as_bytes()).unwrap();
+        assert!(read_head(&mut s).starts_with("HTTP/1.1 401 Unauthorized\r\n"));
+        // Two Authorization lines: which one counts would be a guess.
+        let two = "POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\n\
+                   Authorization: Bearer s3cret\r\nContent-Length: 2\r\n\r\nno";
+        assert_eq!(http(server.addr, two), (400, "more than one Authorization header\n".to_string()));
+        assert!(quiet(&mut member, Duration::from_millis(300)), "nothing more was published");
+    }
+}

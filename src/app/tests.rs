@@ -368,3 +368,81 @@ mod memory_back {
 
 mod deflate;
 mod rooms;
+
+/// Issue 19, finding 10: HTTP judged from the head; unfinished input within one budget.
+mod unfinished_input {
+    use super::*;
+
+    fn api(max_unfinished_memory: usize) -> App<Peer> {
+        let limits = Limits { max_message: 100_000, ..Limits::default() };
+        App::new(Config { api_token: Some("s3cret".into()), max_unfinished_memory, limits, ..config(Mode::Broadcast) })
+    }
+
+    fn publish_head(token: &str, length: usize) -> String {
+        format!("POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {length}\r\n\r\n")
+    }
+
+    /// Whether the app's sum is what the connections hold.
+    fn sum_holds(app: &App<Peer>) -> bool {
+        app.unfinished == app.clients.iter().map(|(_, c)| c.conn.unfinished_memory()).sum::<usize>()
+    }
+
+    #[test]
+    fn a_refused_head_is_answered_before_its_body_and_only_a_passed_one_reads_it() {
+        let now = Instant::now();
+        let mut app = api(1 << 20);
+        let wrong = connect(&mut app, Listener::Main, now);
+        feed(&mut app, wrong, publish_head("nope", 50_000).as_bytes(), now);
+        let answer = String::from_utf8(flush(&mut app).remove(&wrong).unwrap()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+        feed(&mut app, wrong, &[b'a'; 50_000], now);
+        assert_eq!(app.clients[wrong].conn.unfinished_memory(), 0, "a refused body is read past");
+        let right = connect(&mut app, Listener::Main, now);
+        feed(&mut app, right, publish_head("s3cret", 5).as_bytes(), now);
+        assert!(flush(&mut app).remove(&right).is_none(), "waits for its body");
+        feed(&mut app, right, b"hello", now);
+        let answer = String::from_utf8(flush(&mut app).remove(&right).unwrap()).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 ") && answer.ends_with(r#"{"room":"x","seq":1}"#), "{answer}");
+        assert_eq!(app.metrics.http_requests, 2, "a request read in two steps is one request");
+        assert!(sum_holds(&app));
+    }
+
+    #[test]
+    fn over_the_budget_the_largest_holder_is_refused_and_the_others_go_on() {
+        let now = Instant::now();
+        let mut app = api(100_000);
+        let (small, _) = upgraded(&mut app, now);
+        let (large, _) = upgraded(&mut app, now);
+        let body = connect(&mut app, Listener::Main, now);
+        feed(&mut app, body, publish_head("s3cret", 90_000).as_bytes(), now);
+        feed(&mut app, body, &[b'b'; 20_000], now);
+        let small_frame = frame(true, 2, &[1; 30_000]);
+        let large_frame = frame(true, 2, &[2; 90_000]);
+        feed(&mut app, small, &small_frame[..25_000], now);
+        feed(&mut app, large, &large_frame[..40_000], now);
+        assert!(app.unfinished <= 100_000 && sum_holds(&app));
+        assert!(app.clients[large].conn.is_open() && app.metrics.unfinished_refused == 0);
+        // The large message grows past the budget: it goes, the others stay.
+        feed(&mut app, large, &large_frame[40_000..70_000], now);
+        assert!(app.unfinished <= 100_000 && sum_holds(&app));
+        assert_eq!(app.metrics.unfinished_refused, 1);
+        let out = flush(&mut app);
+        assert!(out[&large].ends_with(&close_frame(1013, "server busy: too much input held unfinished")));
+        assert!(app.clients[small].conn.is_open());
+        // Then the body grows largest: refused with 503.
+        feed(&mut app, body, &[b'b'; 60_000], now);
+        assert!(app.unfinished <= 100_000 && sum_holds(&app));
+        let out = String::from_utf8(flush(&mut app).remove(&body).unwrap()).unwrap();
+        assert!(
+            out.starts_with("HTTP/1.1 503 ") && out.ends_with("server busy: too much input held unfinished\n"),
+            "{out}"
+        );
+        // The small message completes; closing everyone leaves nothing counted.
+        feed(&mut app, small, &small_frame[25_000..], now);
+        app.handle_stop_signal(now);
+        for id in [small, large, body] {
+            app.handle_eof(id);
+        }
+        assert!(sum_holds(&app));
+    }
+}

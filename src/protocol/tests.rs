@@ -724,3 +724,92 @@ mod permessage_deflate {
         assert_eq!(output(&mut conn), close_frame(1007, "invalid UTF-8"));
     }
 }
+
+/// Issue 19, finding 10: a plain request's body is read only once the server asks,
+/// and what a connection holds unfinished can be given back.
+mod unfinished_input {
+    use super::*;
+
+    const POST: &[u8] = b"POST /api/rooms/x/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 600\r\n\r\n";
+
+    /// The request a `handle_input` call gives, and how many bytes it used.
+    fn head_event(conn: &mut Conn, input: &mut [u8], now: Instant) -> (usize, Box<HttpRequest>) {
+        match conn.handle_input(input, now, &limits()) {
+            (used, Some(Event::HttpRequest(request))) => (used, request),
+            (used, other) => panic!("{used} {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_is_handed_on_at_its_head_and_a_body_not_asked_for_is_never_kept() {
+        let now = Instant::now();
+        let mut conn = Conn::new(now, &limits());
+        let mut input = [POST, &[b'a'; 300][..]].concat();
+        let (used, request) = head_event(&mut conn, &mut input, now);
+        assert_eq!((used, request.body.len(), request.body_length), (POST.len(), 0, BodyLength::Length(600)));
+        conn.respond(Chunk::Static(b"HTTP/1.1 401 Unauthorized\r\n\r\n"), now);
+        // The body that follows is read past, and nothing of it is kept.
+        assert_eq!(conn.handle_input(&mut input[used..], now, &limits()), (300, None));
+        assert_eq!(conn.handle_input(&mut [b'b'; 300], now, &limits()), (300, None));
+        assert_eq!(conn.unfinished_memory(), 0);
+        assert_eq!(output(&mut conn), b"HTTP/1.1 401 Unauthorized\r\n\r\n");
+    }
+
+    #[test]
+    fn a_body_asked_for_comes_back_whole_after_a_100_continue_if_expected() {
+        let now = Instant::now();
+        for expect in [false, true] {
+            let mut conn = Conn::new(now, &limits());
+            let head = if expect {
+                String::from_utf8(POST.to_vec()).unwrap().replace("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n")
+            } else {
+                String::from_utf8(POST.to_vec()).unwrap()
+            };
+            let mut input = head.into_bytes();
+            let (_, request) = head_event(&mut conn, &mut input, now);
+            assert_eq!(request.expect_continue, expect);
+            conn.read_body(request, &limits());
+            let continued: &[u8] = if expect { b"HTTP/1.1 100 Continue\r\n\r\n" } else { b"" };
+            assert_eq!(output(&mut conn), continued);
+            assert_eq!(conn.handle_input(&mut [b'a'; 250], now, &limits()), (250, None));
+            assert!(conn.unfinished_memory() >= 250, "a body being read counts");
+            let mut rest = [b'b'; 400];
+            let (used, request) = head_event(&mut conn, &mut rest, now);
+            assert_eq!((used, request.body.len()), (400, 600), "the bytes after the body are not read");
+            assert_eq!(conn.unfinished_memory(), 0);
+        }
+    }
+
+    #[test]
+    fn shedding_refuses_an_unfinished_message_with_1013_and_reads_past_its_rest() {
+        let (mut conn, now) = open_conn();
+        let whole = frame(true, 2, &[7; 900]);
+        assert_eq!(feed(&mut conn, &whole[..500], now), vec![]);
+        assert!(conn.unfinished_memory() >= 400);
+        assert!(conn.shed_unfinished(now, &limits()));
+        assert_eq!(conn.unfinished_memory(), 0);
+        assert_eq!(output(&mut conn), close_frame(1013, "server busy: too much input held unfinished"));
+        assert_eq!(feed(&mut conn, &whole[500..], now), vec![], "the rest is read past, never delivered");
+        assert_eq!(conn.unfinished_memory(), 0);
+    }
+
+    #[test]
+    fn shedding_keeps_a_control_frame_arriving_and_only_gives_back_the_buffers_of_a_finished_message() {
+        let (mut conn, now) = open_conn();
+        // A finished message leaves its buffer behind: given back, nothing refused.
+        let one = frame(true, 2, &[1; 300]);
+        feed(&mut conn, &one[..100], now);
+        assert_eq!(feed(&mut conn, &one[100..], now), vec![msg(Opcode::Binary, &[1; 300])]);
+        assert!(conn.unfinished_memory() > 0);
+        assert!(!conn.shed_unfinished(now, &limits()));
+        assert_eq!((conn.unfinished_memory(), conn.is_open()), (0, true));
+        // A fragment, then half a close frame: the close's bytes survive the shedding.
+        feed(&mut conn, &frame(false, 1, &[b'a'; 200]), now);
+        let close = frame(true, 8, &[0x03, 0xe8, b'b', b'y', b'e']);
+        feed(&mut conn, &close[..8], now);
+        assert!(conn.shed_unfinished(now, &limits()));
+        assert_eq!(output(&mut conn), close_frame(1013, "server busy: too much input held unfinished"));
+        feed(&mut conn, &close[8..], now);
+        assert!(conn.poll_write_shutdown(), "the peer's close reply ends the closing handshake");
+    }
+}
