@@ -409,6 +409,10 @@ impl<T: fmt::Display> App<T> {
                 }
             }
         }
+        // A large message buffer (an inflated message) goes back now, not when idle.
+        if let Some(client) = self.clients.get_mut(id) {
+            self.released += client.conn.end_input();
+        }
         if let Some(request) = http_request {
             self.answer_http(id, &request, now);
         }

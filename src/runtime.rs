@@ -32,6 +32,8 @@ const BACKPLANE: Token = Token(usize::MAX - 4);
 /// a 64 KiB message with its header arrives whole and is unmasked in place.
 const READ_CHUNK: usize = 256 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
+/// What its compressed messages inflate to counts too, in the Conn
+/// (`protocol::INFLATE_BUDGET`): once that is spent, it is read again next iteration.
 const READ_BUDGET: usize = READ_CHUNK;
 const MAX_IOVECS: usize = 64;
 /// Clients flushed between two looks for new input during a long flush.
@@ -315,6 +317,7 @@ impl Server {
         // Most reads leave the deadline as it was: then the timer heap has it already.
         let deadline_before = self.app.poll_timeout(id);
         let mut budget = READ_BUDGET;
+        let mut turn_started = false;
         loop {
             // Backpressure on reading: a client whose queue is long stops being read
             // until it drains (and a closed one is not read at all).
@@ -325,6 +328,22 @@ impl Server {
                 break;
             }
             let Some(client) = self.app.client_mut(id) else { return };
+            if !std::mem::replace(&mut turn_started, true) {
+                // Input held back last turn (its inflate budget spent) goes first.
+                let held = client.conn.start_turn(&mut self.scratch);
+                if held > 0 {
+                    self.app
+                        .handle_input(id, &mut self.scratch[..held], now, |io, parts| io.transport.write_now(parts));
+                    budget = budget.saturating_sub(held);
+                    continue;
+                }
+            }
+            if client.conn.holds_input() || budget == 0 {
+                // Its turn is over; what it sent meanwhile waits in the socket, and
+                // no new edge may come for it: read on next iteration.
+                self.backlog.push(id);
+                break;
+            }
             let result = client.io.transport.read(&mut self.scratch);
             // TLS may stop short of what the socket holds (or hold plaintext back).
             let read_again = client.io.transport.read_again();
@@ -336,12 +355,10 @@ impl Server {
                 Ok(n) => {
                     self.app.handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
                     budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        self.backlog.push(id);
-                        break;
-                    }
                     // A short read drained the socket: the next arrival is a new edge.
-                    if n < self.scratch.len() && !peer_closed && !read_again {
+                    // (Input held back is not drained: the check above sees it.)
+                    let drained = n < self.scratch.len() && !peer_closed && !read_again;
+                    if drained && !self.app.client_mut(id).is_some_and(|c| c.conn.holds_input()) {
                         break;
                     }
                 }

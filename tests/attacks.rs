@@ -217,6 +217,175 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
+mod inflation {
+    use super::*;
+
+    const FLOOD: Duration = Duration::from_secs(4);
+    const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+    /// A raw connection past the 101, permessage-deflate agreed.
+    fn upgraded_deflating(server: &Server) -> TcpStream {
+        let mut s = raw(server);
+        s.write_all(UPGRADE.replace("\r\n\r\n", &format!("\r\n{OFFER}\r\n")).as_bytes()).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.contains("permessage-deflate"), "{head}");
+        s
+    }
+
+    /// `data` deflated the way browsers send it (sync flush, tail stripped).
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap();
+        encoder.flush().unwrap();
+        let mut out = encoder.get_ref().clone();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// The p99 of `samples` (sorted in place).
+    fn p99(samples: &mut [Duration]) -> Duration {
+        samples.sort();
+        samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+    }
+
+    /// Finding 5 of issue 19: the read budget counted wire bytes, so a frame of 1 KiB
+    /// that inflates to 1 MiB cost a thousand times its share of the loop; one client
+    /// sending them at full speed held the loop and another's echo took up to a second.
+    #[test]
+    fn one_client_sending_1_kib_frames_that_inflate_to_1_mib_leaves_anothers_echo_p99_under_50_ms() {
+        let server = Server::start(&[
+            "--mode",
+            "echo",
+            "--welcome",
+            "",
+            "--history",
+            "0",
+            "--ping-interval",
+            "0",
+            "--max-message",
+            "2097152",
+        ]);
+        let (pid, port) = (server.child.id(), server.addr.port());
+        let mut other = raw_upgraded(&server);
+        raw_echo(&mut other, "warm up").unwrap();
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+
+        let bomb = deflated(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 1100, "{} bytes", bomb.len());
+        let frame = masked(0xC2, &bomb);
+        let mut attacker = upgraded_deflating(&server);
+        // Its echoes (compressed again, about as small) are read, so that backpressure
+        // does not pause it: the loop's fairness alone must keep the other client served.
+        let mut reader = attacker.try_clone().unwrap();
+        let drain = thread::spawn(move || {
+            reader.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let (mut buf, mut got) = (vec![0u8; 64 * 1024], 0usize);
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            got
+        });
+        let flood = thread::spawn(move || {
+            let batch = frame.repeat(64);
+            attacker.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+            let (start, mut sent) = (Instant::now(), 0usize);
+            while start.elapsed() < FLOOD {
+                match attacker.write(&batch[sent % batch.len()..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            (attacker, sent / frame.len())
+        });
+
+        let (mut rtts, mut peak_kernel) = (Vec::new(), SocketMemory::default());
+        let end = Instant::now() + FLOOD;
+        while Instant::now() < end {
+            let t = Instant::now();
+            raw_echo(&mut other, "still here").unwrap();
+            rtts.push(t.elapsed());
+            if rtts.len() % 20 == 0 {
+                let m = socket_memory(port).unwrap_or_default();
+                peak_kernel.total = peak_kernel.total.max(m.total);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let (attacker, frames_sent) = flood.join().unwrap();
+        let peak = sampler.peak();
+        let p99 = p99(&mut rtts);
+        eprintln!(
+            "{frames_sent} frames of {} B (1 MiB inflated) sent; {} echoes, p99 {p99:?}, slowest {:?}; RSS {:.1} MiB at \
+             start, peak {:.1}; kernel socket memory peak {:.1} MiB",
+            bomb.len(),
+            rtts.len(),
+            rtts.last().unwrap(),
+            mib(start_rss),
+            mib(peak),
+            mib(peak_kernel.total)
+        );
+        assert!(frames_sent > 200, "the attacker sent only {frames_sent} frames");
+        assert!(p99 < Duration::from_millis(50), "echo p99 {p99:?} while another client inflated at full speed");
+        // The inflate buffers go back at once: a few messages' worth, not one per frame.
+        assert!(peak < start_rss + 16 * MIB, "RSS peaked at {:.1} MiB (start {:.1})", mib(peak), mib(start_rss));
+        assert!(peak_kernel.total < 16 * MIB, "kernel socket memory peaked at {:.1} MiB", mib(peak_kernel.total));
+        drop(attacker);
+        drain.join().unwrap();
+        raw_echo(&mut other, "after").unwrap();
+    }
+
+    /// Finding 5 of issue 19, its memory half: 100 frames inflating to 1 MiB each, at
+    /// once on 100 connections, took RSS from 4 to 106 MB, each connection keeping its
+    /// inflated 1 MiB until it was next idle. The buffers go back as each message is
+    /// handled.
+    #[test]
+    fn a_hundred_connections_inflating_1_mib_at_once_give_their_buffers_back() {
+        const CLIENTS: usize = 100;
+        let server = Server::start(&[
+            "--mode",
+            "echo",
+            "--welcome",
+            "",
+            "--history",
+            "0",
+            "--ping-interval",
+            "0",
+            "--max-message",
+            "2097152",
+        ]);
+        let pid = server.child.id();
+        let frame = masked(0xC2, &deflated(&vec![7u8; 1 << 20]));
+        let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| upgraded_deflating(&server)).collect();
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        for s in &mut clients {
+            s.write_all(&frame).unwrap();
+        }
+        // Every echo back (compressed again): every message was handled.
+        for s in &mut clients {
+            let (first, _) = read_frame(s).unwrap();
+            assert_eq!(first, 0xC2);
+        }
+        let settled = wait_until(Duration::from_secs(3), || {
+            let rss = rss_bytes(pid);
+            (rss < start_rss + 16 * MIB).then_some(rss)
+        });
+        let peak = sampler.peak();
+        let now = rss_bytes(pid);
+        eprintln!("RSS {:.1} MiB at start, peak {:.1}, {:.1} after the echoes", mib(start_rss), mib(peak), mib(now));
+        assert!(
+            settled.is_some(),
+            "RSS still {:.1} MiB after {CLIENTS} inflated messages (start {:.1})",
+            mib(now),
+            mib(start_rss)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------
 
 mod slow_handshakes {
