@@ -91,13 +91,14 @@ impl Server {
     /// which and why, on one line).
     pub fn bind(config: Config) -> io::Result<Server> {
         let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut listener = listen(resolve((config.host.as_str(), config.port))?, config.reuse_port)?;
+        let mut listener =
+            listen(resolve((config.host.as_str(), config.port))?, config.reuse_port, config.send_buffer)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => {
-                let mut l = listen(resolve(addr.as_str())?, false)?;
+                let mut l = listen(resolve(addr.as_str())?, false, 0)?;
                 poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
                 Some(l)
             }
@@ -534,12 +535,20 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
 /// 128, which drops SYNs in a burst; the kernel caps this at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
 
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// `send_buffer`: SO_SNDBUF, which accepted connections inherit from the listener (one
+/// setsockopt in all, none per accept); 0 leaves the kernel's autotuning.
+fn listen(addr: SocketAddr, reuse_port: bool, send_buffer: usize) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // --reuse-port: the kernel spreads new connections over every process on the port.
     socket.set_reuse_port(reuse_port)?;
+    // --send-buffer: a client that does not read pins at most this (doubled) in the
+    // kernel, a history replay included; the rest waits in its queue, which is bounded
+    // and shares the replay's chunks.
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;

@@ -386,6 +386,68 @@ mod inflation {
     }
 }
 
+mod replay_memory {
+    use super::*;
+
+    /// Finding 7 of issue 19: a history replay was written as fast as the kernel took
+    /// it, and with the send buffer autotuned up to tcp_wmem's 4 MiB each upgrade that
+    /// never read pinned its whole replay (1.8 MB) in kernel memory, which RSS does
+    /// not show. The send buffer is bounded now (--send-buffer): what the socket does
+    /// not take waits in the replay's shared chunks.
+    #[test]
+    fn upgrades_that_never_read_a_large_history_hold_bounded_kernel_memory() {
+        const UPGRADES: usize = 60;
+        let server =
+            Server::start(&["--welcome", "", "--history", "2", "--max-message", "1048576", "--ping-interval", "0"]);
+        let (pid, port) = (server.child.id(), server.addr.port());
+        let message = vec![b'h'; 900_000];
+        // Two 900 kB messages in the room's history, sent by a client that reads them back.
+        let mut publisher = raw_upgraded(&server);
+        for _ in 0..2 {
+            publisher.write_all(&masked(0x82, &message)).unwrap();
+            let (first, payload) = read_frame(&mut publisher).unwrap();
+            assert_eq!((first, payload.len()), (0x82, message.len()));
+        }
+        let start_rss = rss_bytes(pid);
+        let mut idle = Vec::new();
+        for _ in 0..UPGRADES {
+            let mut s = raw(&server);
+            s.write_all(UPGRADE.as_bytes()).unwrap();
+            idle.push(s);
+        }
+        // Let the server write what the sockets take.
+        thread::sleep(Duration::from_millis(1500));
+        let kernel = socket_memory(port).expect("ss");
+        let rss = rss_bytes(pid);
+        eprintln!(
+            "{} sockets: kernel memory {:.1} MiB in all, {:.0} KiB at most on one, send buffer (tb) {} KiB; RSS {:.1} -> \
+             {:.1} MiB",
+            kernel.sockets,
+            mib(kernel.total),
+            kernel.max as f64 / 1024.0,
+            kernel.max_sndbuf / 1024,
+            mib(start_rss),
+            mib(rss)
+        );
+        assert!(kernel.sockets > UPGRADES, "{kernel:?}");
+        // The documented bound (README, Limits): --send-buffer's 128 KiB, doubled by
+        // Linux, of send queue per connection (and a little slack for the socket's own).
+        const BOUND: u64 = 2 * 128 * 1024 + 32 * 1024;
+        assert_eq!(kernel.max_sndbuf, 2 * 128 * 1024, "the effective send buffer (tb)");
+        assert!(kernel.max <= BOUND, "one socket holds {} KiB", kernel.max / 1024);
+        assert!(kernel.total <= (UPGRADES as u64 + 1) * BOUND, "{kernel:?}");
+        // What the kernel did not take costs the server no copy: the replay's chunks are shared.
+        assert!(rss < start_rss + 16 * MIB, "RSS {:.1} MiB (start {:.1})", mib(rss), mib(start_rss));
+        // They still get the whole replay once they read.
+        let s = &mut idle[0];
+        let _ = read_head(s);
+        for _ in 0..2 {
+            let (first, payload) = read_frame(s).unwrap();
+            assert_eq!((first, payload.len()), (0x82, message.len()));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 
 mod slow_handshakes {
@@ -1623,6 +1685,10 @@ mod soak {
         let port = server.addr.port();
         let base_sockets = socket_fds(pid);
         let start_rss = rss_bytes(pid);
+        // Kernel memory of the server's sockets (ss -tm: receive + send queues), which
+        // RSS does not show.
+        let kernel = || socket_memory(port).map_or(0, |m| m.total);
+        let start_kernel = kernel();
         let cpu_start = cpu_time(pid);
         println!(
             "soak: {secs} s, {clients} clients, seed {seed:#x}, server pid {pid} on {}; start RSS {:.1} MiB, {base_sockets} sockets",
@@ -1634,22 +1700,32 @@ mod soak {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(start_rss));
         let peak_sockets = Arc::new(AtomicUsize::new(0));
+        let peak_kernel = Arc::new(AtomicU64::new(start_kernel));
         let sampler = {
             let (stop, peak, peak_sockets, stats) = (stop.clone(), peak.clone(), peak_sockets.clone(), stats.clone());
+            let peak_kernel = peak_kernel.clone();
             let began = Instant::now();
             thread::spawn(move || {
                 let mut next_report = Duration::from_secs(30);
+                let mut samples = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let rss = rss_bytes(pid);
                     peak.fetch_max(rss, Ordering::Relaxed);
+                    // ss costs a process: every 5th sample (2 a second).
+                    samples += 1;
+                    if samples % 5 == 1 {
+                        peak_kernel.fetch_max(socket_memory(port).map_or(0, |m| m.total), Ordering::Relaxed);
+                    }
                     let sockets = socket_fds(pid).saturating_sub(base_sockets);
                     peak_sockets.fetch_max(sockets, Ordering::Relaxed);
                     if began.elapsed() >= next_report {
                         next_report += Duration::from_secs(30);
                         println!(
-                            "  {:>4.0} s: RSS {:.1} MiB, {sockets} client sockets, {} connections, {} sent, {} received, {} errors",
+                            "  {:>4.0} s: RSS {:.1} MiB, kernel socket memory {:.1} MiB, {sockets} client sockets, {} \
+                             connections, {} sent, {} received, {} errors",
                             began.elapsed().as_secs_f64(),
                             mib(rss),
+                            mib(socket_memory(port).map_or(0, |m| m.total)),
                             stats.connections.load(Ordering::Relaxed),
                             stats.sent.load(Ordering::Relaxed),
                             stats.received.load(Ordering::Relaxed),
@@ -1682,6 +1758,7 @@ mod soak {
         stop.store(true, Ordering::Relaxed);
         sampler.join().unwrap();
         let end_rss = rss_bytes(pid);
+        let end_kernel = kernel();
         let left_sockets = socket_fds(pid).saturating_sub(base_sockets);
         let ss_left = ss_count(port);
         let m = metrics(server.addr);
@@ -1709,6 +1786,12 @@ mod soak {
         }
         println!("  server CPU         {cpu:.1?}");
         println!("  RSS start/peak/end {:.1} / {:.1} / {:.1} MiB", mib(start_rss), mib(peak), mib(end_rss));
+        println!(
+            "  kernel socket mem  {:.1} / {:.1} / {:.1} MiB (ss -tm: receive + send queues of the port's sockets)",
+            mib(start_kernel),
+            mib(peak_kernel.load(Ordering::Relaxed)),
+            mib(end_kernel)
+        );
         println!(
             "  client sockets     peak {}, left {left_sockets} (/proc/{pid}/fd), ss: {ss_left:?}",
             peak_sockets.load(Ordering::Relaxed)
