@@ -6,9 +6,10 @@
 # (the server's /proc/PID/fd holds no client socket, `ss` shows none, /metrics
 # counts none) and the server's RSS must be back near its start.
 #
-# It prints the figures (start/peak/end RSS, connections made by kind, messages sent
-# and received, errors, the server's own counters) and exits non-zero if connections
-# leak, RSS stays high or a client saw an unexpected answer.
+# It prints the figures (start/peak/end RSS, and beside it the kernel memory of the
+# server's sockets from `ss -tm`, which RSS does not show; connections made by kind,
+# messages sent and received, errors, the server's own counters) and exits non-zero if
+# connections leak, RSS stays high or a client saw an unexpected answer.
 #
 # Usage: scripts/soak.sh [MINUTES]          (fractions allowed: 0.5)
 # Environment: SOAK_CLIENTS (concurrent clients, 48), SOAK_SEED (a number, to

@@ -289,6 +289,17 @@ impl<T: fmt::Display> App<T> {
             && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
     }
 
+    /// A new turn of the loop for `id` (`Conn::start_turn`): the input it held back
+    /// last turn is copied into `buf`, for `handle_input` first. Returns how many bytes.
+    pub fn start_turn(&mut self, id: usize, buf: &mut [u8]) -> usize {
+        let Some(client) = self.clients.get_mut(id) else { return 0 };
+        let held = client.conn.unfinished_memory();
+        let n = client.conn.start_turn(buf);
+        // Held input counts in the unfinished budget until it is handed back.
+        self.unfinished -= held.saturating_sub(client.conn.unfinished_memory()).min(self.unfinished);
+        n
+    }
+
     /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
     /// `write_now` is the runtime's non-blocking write for write-through; it returns
     /// how many bytes the socket took.
@@ -410,6 +421,10 @@ impl<T: fmt::Display> App<T> {
                     self.fan_out(room, stored, Some((id, None)), now);
                 }
             }
+        }
+        // A large message buffer (an inflated message) goes back now, not when idle.
+        if let Some(client) = self.clients.get_mut(id) {
+            self.released += client.conn.end_input();
         }
         self.track_unfinished(id, held, now);
         self.after_activity(id);

@@ -95,6 +95,9 @@ pub struct Config {
     pub deflate: DeflateMode,
     /// Messages shorter than this go uncompressed (they barely shrink alone).
     pub deflate_min_size: usize,
+    /// SO_SNDBUF of the main port's connections: bounds the kernel memory a client
+    /// that does not read can pin (Linux doubles it); 0 leaves the kernel's autotuning.
+    pub send_buffer: usize,
     /// TLS (wss:// and https:// on the main port): a PEM certificate chain and its key,
     /// both or neither; SIGHUP reloads them.
     pub tls_cert: Option<PathBuf>,
@@ -116,7 +119,7 @@ impl Config {
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
              history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
-             deflate-min-size={} redis={} redis-outbox={} reuse-port={}",
+             deflate-min-size={} send-buffer={} redis={} redis-outbox={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -137,6 +140,7 @@ impl Config {
             if self.api_token.is_some() { "on" } else { "off" },
             if self.deflate == DeflateMode::Shared { "shared" } else { "off" },
             self.deflate_min_size,
+            self.send_buffer,
             self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
             self.redis_outbox,
             self.reuse_port,
@@ -153,6 +157,10 @@ pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
 /// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
 /// saves too few bytes for its CPU.
 pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 256;
+/// Linux doubles it: 256 KiB of kernel send queue per connection at most, where
+/// autotuning let a client that does not read pin up to tcp_wmem's 4 MiB. Chosen by
+/// measurement (README, Limits): no echo or broadcast figure gets worse.
+pub const DEFAULT_SEND_BUFFER: usize = 128 << 10;
 
 impl Default for Config {
     fn default() -> Self {
@@ -173,6 +181,7 @@ impl Default for Config {
             api_token: None,
             deflate: DeflateMode::Shared,
             deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
+            send_buffer: DEFAULT_SEND_BUFFER,
             tls_cert: None,
             tls_key: None,
             redis: None,
@@ -267,6 +276,9 @@ struct Args {
     /// Messages shorter than this are sent uncompressed
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
     deflate_min_size: usize,
+    /// Kernel send buffer (SO_SNDBUF) of each connection on the main port, which Linux doubles: bounds the kernel memory a client that does not read can pin; 0 leaves it to the kernel's autotuning
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SEND_BUFFER)]
+    send_buffer: usize,
     /// Serve wss:// and https:// with this PEM certificate chain (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -323,6 +335,7 @@ where
         api_token: args.api_token.filter(|t| !t.is_empty()),
         deflate: args.deflate,
         deflate_min_size: args.deflate_min_size,
+        send_buffer: args.send_buffer,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
         redis: args.redis,

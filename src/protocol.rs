@@ -35,6 +35,15 @@ use crate::utf8::Utf8Validator;
 /// How long we wait for a client to close after an HTTP answer.
 pub const HTTP_LINGER: Duration = Duration::from_secs(2);
 
+/// Bytes a connection may inflate per turn of the loop (`start_turn`): the loop's
+/// fairness budget counts what compressed messages cost, not only their wire bytes (a
+/// 1 KiB frame can inflate to 1 MiB). Past it, the rest of the input is held for the
+/// next turn. A message is never cut: one larger than this still inflates whole.
+pub const INFLATE_BUDGET: usize = 256 * 1024;
+/// A message buffer larger than this is given back once its message is handled (a 64
+/// KiB message, grown by doubling, keeps its buffer; an inflated 1 MiB one does not).
+const KEEP_BUFFER: usize = 128 * 1024;
+
 /// What a `handle_input` call produced for the application to act on.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -211,6 +220,11 @@ struct Partial {
     utf8: Utf8Validator,
     /// `payload` was handed out as an event; clear it before reading on.
     delivered: bool,
+    /// Bytes inflated in this turn of the loop (see `INFLATE_BUDGET`).
+    inflated: usize,
+    /// Input held back once the turn's inflate budget was spent: at most one read's
+    /// worth, handed in again first next turn (`start_turn`).
+    unread: Vec<u8>,
 }
 
 struct PayloadLeft {
@@ -310,6 +324,44 @@ impl Conn {
         self.out.advance(n);
     }
 
+    /// A new turn of the loop for this connection: its inflate budget is whole again,
+    /// and input held back last turn is copied into `buf`, to be handed to
+    /// `handle_input` before anything new is read. Returns how many bytes.
+    pub fn start_turn(&mut self, buf: &mut [u8]) -> usize {
+        let Some(p) = self.reader.partial.as_deref_mut() else { return 0 };
+        p.inflated = 0;
+        let n = p.unread.len().min(buf.len());
+        buf[..n].copy_from_slice(&p.unread[..n]);
+        p.unread.drain(..n);
+        if p.unread.is_empty() {
+            p.unread = Vec::new();
+        }
+        n
+    }
+
+    /// Input is held back (this turn's inflate budget is spent): read nothing more
+    /// from this connection until its next `start_turn`.
+    pub fn holds_input(&self) -> bool {
+        self.reader.partial.as_deref().is_some_and(|p| !p.unread.is_empty())
+    }
+
+    /// The application is done with the events of one input: a large message buffer
+    /// (an inflated message, a big fragmented one) is given back now rather than kept
+    /// until the connection is next idle. Returns the bytes freed.
+    pub fn end_input(&mut self) -> usize {
+        match self.reader.partial.as_deref_mut() {
+            // Holding a message handed out, or nothing (no message or frame under way).
+            Some(p)
+                if p.payload.capacity() > KEEP_BUFFER
+                    && (p.delivered || (p.message.is_none() && p.frame.is_none())) =>
+            {
+                p.delivered = false;
+                std::mem::take(&mut p.payload).capacity()
+            }
+            _ => 0,
+        }
+    }
+
     /// Acts on time: drops a stalled handshake, pings, gives up on a missing pong
     /// or close reply. Safe to call at any time.
     pub fn handle_timeout(&mut self, now: Instant, limits: &Limits) {
@@ -337,7 +389,12 @@ impl Conn {
                     self.send_control(Opcode::Ping, &seq.to_be_bytes());
                 }
                 // An idle connection keeps no buffers.
-                if self.reader.partial.as_deref().is_some_and(|p| p.message.is_none() && p.frame.is_none()) {
+                if self
+                    .reader
+                    .partial
+                    .as_deref()
+                    .is_some_and(|p| p.message.is_none() && p.frame.is_none() && p.unread.is_empty())
+                {
                     self.reader.partial = None;
                 }
                 self.out.shrink_if_empty();
@@ -470,13 +527,17 @@ impl Conn {
             self.respond(Chunk::Owned(http::response(503, http::TEXT, format!("{BUSY}\n").as_bytes())), now);
             return true;
         }
-        let refused = self.is_open() && self.reader.partial.as_deref().is_some_and(|p| p.message.is_some());
+        let refused = self.is_open()
+            && self.reader.partial.as_deref().is_some_and(|p| p.message.is_some() || !p.unread.is_empty());
         if refused {
             self.close(CloseCode::TRY_AGAIN_LATER, BUSY, now, limits);
         }
         let Some(p) = self.reader.partial.as_deref_mut() else { return refused };
         p.message = None;
         p.compressed = Vec::new();
+        // Input held past the inflate budget is dropped with the refusal (what follows
+        // it no longer parses: the connection ends at its first fault or its close).
+        p.unread = Vec::new();
         match p.frame.as_mut().map(|f| &mut f.kind) {
             Some(kind @ PayloadKind::Data) => *kind = PayloadKind::Skip,
             // A control frame's few bytes may still be arriving: they are kept.
@@ -543,7 +604,11 @@ impl Conn {
             State::Body { request, .. } => request.body.capacity(),
             _ => 0,
         };
-        let partial = self.reader.partial.as_deref().map_or(0, |p| p.payload.capacity() + p.compressed.capacity());
+        let partial = self
+            .reader
+            .partial
+            .as_deref()
+            .map_or(0, |p| p.payload.capacity() + p.compressed.capacity() + p.unread.capacity());
         body + partial
     }
 
@@ -679,6 +744,12 @@ impl Conn {
         let mut pos = 0;
         loop {
             if !matches!(self.state, State::Open { .. } | State::Closing { .. }) {
+                return (input.len(), None);
+            }
+            // This turn's inflating is done: the rest waits for the next turn, so that
+            // one connection's compressed messages cannot hold the loop.
+            if let Some(p) = self.reader.partial.as_deref_mut().filter(|p| p.inflated >= INFLATE_BUDGET) {
+                p.unread.extend_from_slice(&input[pos..]);
                 return (input.len(), None);
             }
             let open = matches!(self.state, State::Open { .. });
@@ -967,8 +1038,10 @@ impl Partial {
             }
             let compressed = std::mem::take(&mut self.compressed);
             let result = self.inflate_from(&compressed, opcode, limits);
-            self.compressed = compressed;
-            self.compressed.clear();
+            if compressed.capacity() <= KEEP_BUFFER {
+                self.compressed = compressed;
+                self.compressed.clear();
+            }
             result?;
         } else {
             if opcode == Opcode::Text {
@@ -995,6 +1068,7 @@ impl Partial {
             deflate::InflateError::TooBig => PeerError::MessageTooBig,
             deflate::InflateError::Corrupt => PeerError::BadCompressedData,
         })?;
+        self.inflated += self.payload.len();
         if opcode == Opcode::Text && std::str::from_utf8(&self.payload).is_err() {
             return Err(PeerError::InvalidUtf8);
         }

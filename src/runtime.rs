@@ -32,6 +32,8 @@ const BACKPLANE: Token = Token(usize::MAX - 4);
 /// a 64 KiB message with its header arrives whole and is unmasked in place.
 const READ_CHUNK: usize = 256 * 1024;
 /// Bytes read from one client per loop iteration, so a firehose cannot starve the rest.
+/// What its compressed messages inflate to counts too, in the Conn
+/// (`protocol::INFLATE_BUDGET`): once that is spent, it is read again next iteration.
 const READ_BUDGET: usize = READ_CHUNK;
 const MAX_IOVECS: usize = 64;
 /// Clients flushed between two looks for new input during a long flush.
@@ -89,13 +91,14 @@ impl Server {
     /// which and why, on one line).
     pub fn bind(config: Config) -> io::Result<Server> {
         let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let mut listener = listen(resolve((config.host.as_str(), config.port))?, config.reuse_port)?;
+        let mut listener =
+            listen(resolve((config.host.as_str(), config.port))?, config.reuse_port, config.send_buffer)?;
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let metrics_listener = match &config.metrics_listen {
             Some(addr) => {
-                let mut l = listen(resolve(addr.as_str())?, false)?;
+                let mut l = listen(resolve(addr.as_str())?, false, 0)?;
                 poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
                 Some(l)
             }
@@ -315,6 +318,7 @@ impl Server {
         // Most reads leave the deadline as it was: then the timer heap has it already.
         let deadline_before = self.app.poll_timeout(id);
         let mut budget = READ_BUDGET;
+        let mut turn_started = false;
         loop {
             // Backpressure on reading: a client whose queue is long stops being read
             // until it drains (and a closed one is not read at all).
@@ -324,7 +328,23 @@ impl Server {
                 }
                 break;
             }
+            if !std::mem::replace(&mut turn_started, true) {
+                // Input held back last turn (its inflate budget spent) goes first.
+                let held = self.app.start_turn(id, &mut self.scratch);
+                if held > 0 {
+                    self.app
+                        .handle_input(id, &mut self.scratch[..held], now, |io, parts| io.transport.write_now(parts));
+                    budget = budget.saturating_sub(held);
+                    continue;
+                }
+            }
             let Some(client) = self.app.client_mut(id) else { return };
+            if client.conn.holds_input() || budget == 0 {
+                // Its turn is over; what it sent meanwhile waits in the socket, and
+                // no new edge may come for it: read on next iteration.
+                self.backlog.push(id);
+                break;
+            }
             let result = client.io.transport.read(&mut self.scratch);
             // TLS may stop short of what the socket holds (or hold plaintext back).
             let read_again = client.io.transport.read_again();
@@ -336,12 +356,10 @@ impl Server {
                 Ok(n) => {
                     self.app.handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
                     budget = budget.saturating_sub(n);
-                    if budget == 0 {
-                        self.backlog.push(id);
-                        break;
-                    }
                     // A short read drained the socket: the next arrival is a new edge.
-                    if n < self.scratch.len() && !peer_closed && !read_again {
+                    // (Input held back is not drained: the check above sees it.)
+                    let drained = n < self.scratch.len() && !peer_closed && !read_again;
+                    if drained && !self.app.client_mut(id).is_some_and(|c| c.conn.holds_input()) {
                         break;
                     }
                 }
@@ -520,12 +538,20 @@ fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String
 /// 128, which drops SYNs in a burst; the kernel caps this at net.core.somaxconn.
 const LISTEN_BACKLOG: i32 = 4096;
 
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+/// `send_buffer`: SO_SNDBUF, which accepted connections inherit from the listener (one
+/// setsockopt in all, none per accept); 0 leaves the kernel's autotuning.
+fn listen(addr: SocketAddr, reuse_port: bool, send_buffer: usize) -> io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     // --reuse-port: the kernel spreads new connections over every process on the port.
     socket.set_reuse_port(reuse_port)?;
+    // --send-buffer: a client that does not read pins at most this (doubled) in the
+    // kernel, a history replay included; the rest waits in its queue, which is bounded
+    // and shares the replay's chunks.
+    if send_buffer > 0 {
+        socket.set_send_buffer_size(send_buffer)?;
+    }
     socket.bind(&addr.into())?;
     socket.listen(LISTEN_BACKLOG)?;
     socket.set_nonblocking(true)?;

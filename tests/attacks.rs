@@ -217,6 +217,237 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / MIB as f64
 }
 
+mod inflation {
+    use super::*;
+
+    const FLOOD: Duration = Duration::from_secs(4);
+    const OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n";
+
+    /// A raw connection past the 101, permessage-deflate agreed.
+    fn upgraded_deflating(server: &Server) -> TcpStream {
+        let mut s = raw(server);
+        s.write_all(UPGRADE.replace("\r\n\r\n", &format!("\r\n{OFFER}\r\n")).as_bytes()).unwrap();
+        let head = read_head(&mut s);
+        assert!(head.contains("permessage-deflate"), "{head}");
+        s
+    }
+
+    /// `data` deflated the way browsers send it (sync flush, tail stripped).
+    fn deflated(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).unwrap();
+        encoder.flush().unwrap();
+        let mut out = encoder.get_ref().clone();
+        out.truncate(out.len() - 4);
+        out
+    }
+
+    /// The p99 of `samples` (sorted in place).
+    fn p99(samples: &mut [Duration]) -> Duration {
+        samples.sort();
+        samples[(samples.len() * 99 / 100).min(samples.len() - 1)]
+    }
+
+    /// Finding 5 of issue 19: the read budget counted wire bytes, so a frame of 1 KiB
+    /// that inflates to 1 MiB cost a thousand times its share of the loop; one client
+    /// sending them at full speed held the loop and another's echo took up to a second.
+    #[test]
+    fn one_client_sending_1_kib_frames_that_inflate_to_1_mib_leaves_anothers_echo_p99_under_50_ms() {
+        let server = Server::start(&[
+            "--mode",
+            "echo",
+            "--welcome",
+            "",
+            "--history",
+            "0",
+            "--ping-interval",
+            "0",
+            "--max-message",
+            "2097152",
+        ]);
+        let (pid, port) = (server.child.id(), server.addr.port());
+        let mut other = raw_upgraded(&server);
+        raw_echo(&mut other, "warm up").unwrap();
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+
+        let bomb = deflated(&vec![0u8; 1 << 20]);
+        assert!(bomb.len() < 1100, "{} bytes", bomb.len());
+        let frame = masked(0xC2, &bomb);
+        let mut attacker = upgraded_deflating(&server);
+        // Its echoes (compressed again, about as small) are read, so that backpressure
+        // does not pause it: the loop's fairness alone must keep the other client served.
+        let mut reader = attacker.try_clone().unwrap();
+        let drain = thread::spawn(move || {
+            reader.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let (mut buf, mut got) = (vec![0u8; 64 * 1024], 0usize);
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got += n;
+            }
+            got
+        });
+        let flood = thread::spawn(move || {
+            let batch = frame.repeat(64);
+            attacker.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+            let (start, mut sent) = (Instant::now(), 0usize);
+            while start.elapsed() < FLOOD {
+                match attacker.write(&batch[sent % batch.len()..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            (attacker, sent / frame.len())
+        });
+
+        let (mut rtts, mut peak_kernel) = (Vec::new(), SocketMemory::default());
+        let end = Instant::now() + FLOOD;
+        while Instant::now() < end {
+            let t = Instant::now();
+            raw_echo(&mut other, "still here").unwrap();
+            rtts.push(t.elapsed());
+            if rtts.len() % 20 == 0 {
+                let m = socket_memory(port).unwrap_or_default();
+                peak_kernel.total = peak_kernel.total.max(m.total);
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        let (attacker, frames_sent) = flood.join().unwrap();
+        let peak = sampler.peak();
+        let p99 = p99(&mut rtts);
+        eprintln!(
+            "{frames_sent} frames of {} B (1 MiB inflated) sent; {} echoes, p99 {p99:?}, slowest {:?}; RSS {:.1} MiB at \
+             start, peak {:.1}; kernel socket memory peak {:.1} MiB",
+            bomb.len(),
+            rtts.len(),
+            rtts.last().unwrap(),
+            mib(start_rss),
+            mib(peak),
+            mib(peak_kernel.total)
+        );
+        assert!(frames_sent > 200, "the attacker sent only {frames_sent} frames");
+        assert!(p99 < Duration::from_millis(50), "echo p99 {p99:?} while another client inflated at full speed");
+        // The inflate buffers go back at once: a few messages' worth, not one per frame.
+        assert!(peak < start_rss + 16 * MIB, "RSS peaked at {:.1} MiB (start {:.1})", mib(peak), mib(start_rss));
+        assert!(peak_kernel.total < 16 * MIB, "kernel socket memory peaked at {:.1} MiB", mib(peak_kernel.total));
+        drop(attacker);
+        drain.join().unwrap();
+        raw_echo(&mut other, "after").unwrap();
+    }
+
+    /// Finding 5 of issue 19, its memory half: 100 frames inflating to 1 MiB each, at
+    /// once on 100 connections, took RSS from 4 to 106 MB, each connection keeping its
+    /// inflated 1 MiB until it was next idle. The buffers go back as each message is
+    /// handled.
+    #[test]
+    fn a_hundred_connections_inflating_1_mib_at_once_give_their_buffers_back() {
+        const CLIENTS: usize = 100;
+        let server = Server::start(&[
+            "--mode",
+            "echo",
+            "--welcome",
+            "",
+            "--history",
+            "0",
+            "--ping-interval",
+            "0",
+            "--max-message",
+            "2097152",
+        ]);
+        let pid = server.child.id();
+        let frame = masked(0xC2, &deflated(&vec![7u8; 1 << 20]));
+        let mut clients: Vec<TcpStream> = (0..CLIENTS).map(|_| upgraded_deflating(&server)).collect();
+        let start_rss = rss_bytes(pid);
+        let sampler = RssSampler::start(pid);
+        for s in &mut clients {
+            s.write_all(&frame).unwrap();
+        }
+        // Every echo back (compressed again): every message was handled.
+        for s in &mut clients {
+            let (first, _) = read_frame(s).unwrap();
+            assert_eq!(first, 0xC2);
+        }
+        let settled = wait_until(Duration::from_secs(3), || {
+            let rss = rss_bytes(pid);
+            (rss < start_rss + 16 * MIB).then_some(rss)
+        });
+        let peak = sampler.peak();
+        let now = rss_bytes(pid);
+        eprintln!("RSS {:.1} MiB at start, peak {:.1}, {:.1} after the echoes", mib(start_rss), mib(peak), mib(now));
+        assert!(
+            settled.is_some(),
+            "RSS still {:.1} MiB after {CLIENTS} inflated messages (start {:.1})",
+            mib(now),
+            mib(start_rss)
+        );
+    }
+}
+
+mod replay_memory {
+    use super::*;
+
+    /// Finding 7 of issue 19: a history replay was written as fast as the kernel took
+    /// it, and with the send buffer autotuned up to tcp_wmem's 4 MiB each upgrade that
+    /// never read pinned its whole replay (1.8 MB) in kernel memory, which RSS does
+    /// not show. The send buffer is bounded now (--send-buffer): what the socket does
+    /// not take waits in the replay's shared chunks.
+    #[test]
+    fn upgrades_that_never_read_a_large_history_hold_bounded_kernel_memory() {
+        const UPGRADES: usize = 60;
+        let server =
+            Server::start(&["--welcome", "", "--history", "2", "--max-message", "1048576", "--ping-interval", "0"]);
+        let (pid, port) = (server.child.id(), server.addr.port());
+        let message = vec![b'h'; 900_000];
+        // Two 900 kB messages in the room's history, sent by a client that reads them back.
+        let mut publisher = raw_upgraded(&server);
+        for _ in 0..2 {
+            publisher.write_all(&masked(0x82, &message)).unwrap();
+            let (first, payload) = read_frame(&mut publisher).unwrap();
+            assert_eq!((first, payload.len()), (0x82, message.len()));
+        }
+        let start_rss = rss_bytes(pid);
+        let mut idle = Vec::new();
+        for _ in 0..UPGRADES {
+            let mut s = raw(&server);
+            s.write_all(UPGRADE.as_bytes()).unwrap();
+            idle.push(s);
+        }
+        // Let the server write what the sockets take.
+        thread::sleep(Duration::from_millis(1500));
+        let kernel = socket_memory(port).expect("ss");
+        let rss = rss_bytes(pid);
+        eprintln!(
+            "{} sockets: kernel memory {:.1} MiB in all, {:.0} KiB at most on one, send buffer (tb) {} KiB; RSS {:.1} -> \
+             {:.1} MiB",
+            kernel.sockets,
+            mib(kernel.total),
+            kernel.max as f64 / 1024.0,
+            kernel.max_sndbuf / 1024,
+            mib(start_rss),
+            mib(rss)
+        );
+        assert!(kernel.sockets > UPGRADES, "{kernel:?}");
+        // The documented bound (README, Limits): --send-buffer's 128 KiB, doubled by
+        // Linux, of send queue per connection (and a little slack for the socket's own).
+        const BOUND: u64 = 2 * 128 * 1024 + 32 * 1024;
+        assert_eq!(kernel.max_sndbuf, 2 * 128 * 1024, "the effective send buffer (tb)");
+        assert!(kernel.max <= BOUND, "one socket holds {} KiB", kernel.max / 1024);
+        assert!(kernel.total <= (UPGRADES as u64 + 1) * BOUND, "{kernel:?}");
+        // What the kernel did not take costs the server no copy: the replay's chunks are shared.
+        assert!(rss < start_rss + 16 * MIB, "RSS {:.1} MiB (start {:.1})", mib(rss), mib(start_rss));
+        // They still get the whole replay once they read.
+        let s = &mut idle[0];
+        let _ = read_head(s);
+        for _ in 0..2 {
+            let (first, payload) = read_frame(s).unwrap();
+            assert_eq!((first, payload.len()), (0x82, message.len()));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------
 
 mod slow_handshakes {
@@ -1454,6 +1685,10 @@ mod soak {
         let port = server.addr.port();
         let base_sockets = socket_fds(pid);
         let start_rss = rss_bytes(pid);
+        // Kernel memory of the server's sockets (ss -tm: receive + send queues), which
+        // RSS does not show.
+        let kernel = || socket_memory(port).map_or(0, |m| m.total);
+        let start_kernel = kernel();
         let cpu_start = cpu_time(pid);
         println!(
             "soak: {secs} s, {clients} clients, seed {seed:#x}, server pid {pid} on {}; start RSS {:.1} MiB, {base_sockets} sockets",
@@ -1465,22 +1700,32 @@ mod soak {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(start_rss));
         let peak_sockets = Arc::new(AtomicUsize::new(0));
+        let peak_kernel = Arc::new(AtomicU64::new(start_kernel));
         let sampler = {
             let (stop, peak, peak_sockets, stats) = (stop.clone(), peak.clone(), peak_sockets.clone(), stats.clone());
+            let peak_kernel = peak_kernel.clone();
             let began = Instant::now();
             thread::spawn(move || {
                 let mut next_report = Duration::from_secs(30);
+                let mut samples = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let rss = rss_bytes(pid);
                     peak.fetch_max(rss, Ordering::Relaxed);
+                    // ss costs a process: every 5th sample (2 a second).
+                    samples += 1;
+                    if samples % 5 == 1 {
+                        peak_kernel.fetch_max(socket_memory(port).map_or(0, |m| m.total), Ordering::Relaxed);
+                    }
                     let sockets = socket_fds(pid).saturating_sub(base_sockets);
                     peak_sockets.fetch_max(sockets, Ordering::Relaxed);
                     if began.elapsed() >= next_report {
                         next_report += Duration::from_secs(30);
                         println!(
-                            "  {:>4.0} s: RSS {:.1} MiB, {sockets} client sockets, {} connections, {} sent, {} received, {} errors",
+                            "  {:>4.0} s: RSS {:.1} MiB, kernel socket memory {:.1} MiB, {sockets} client sockets, {} \
+                             connections, {} sent, {} received, {} errors",
                             began.elapsed().as_secs_f64(),
                             mib(rss),
+                            mib(socket_memory(port).map_or(0, |m| m.total)),
                             stats.connections.load(Ordering::Relaxed),
                             stats.sent.load(Ordering::Relaxed),
                             stats.received.load(Ordering::Relaxed),
@@ -1513,6 +1758,7 @@ mod soak {
         stop.store(true, Ordering::Relaxed);
         sampler.join().unwrap();
         let end_rss = rss_bytes(pid);
+        let end_kernel = kernel();
         let left_sockets = socket_fds(pid).saturating_sub(base_sockets);
         let ss_left = ss_count(port);
         let m = metrics(server.addr);
@@ -1540,6 +1786,12 @@ mod soak {
         }
         println!("  server CPU         {cpu:.1?}");
         println!("  RSS start/peak/end {:.1} / {:.1} / {:.1} MiB", mib(start_rss), mib(peak), mib(end_rss));
+        println!(
+            "  kernel socket mem  {:.1} / {:.1} / {:.1} MiB (ss -tm: receive + send queues of the port's sockets)",
+            mib(start_kernel),
+            mib(peak_kernel.load(Ordering::Relaxed)),
+            mib(end_kernel)
+        );
         println!(
             "  client sockets     peak {}, left {left_sockets} (/proc/{pid}/fd), ss: {ss_left:?}",
             peak_sockets.load(Ordering::Relaxed)

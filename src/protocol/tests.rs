@@ -714,6 +714,50 @@ mod permessage_deflate {
         );
     }
 
+    /// Issue 19, finding 5: the loop's fairness budget counts inflated bytes. Once a
+    /// turn's share is inflated, the rest of the input is held (no message cut, none
+    /// lost, none reordered) and handed in again at the next turn; a large inflated
+    /// buffer is given back as soon as its message is handled.
+    #[test]
+    fn past_the_inflate_budget_input_waits_for_the_next_turn_and_big_buffers_go_back() {
+        let (mut conn, now) = open_deflate_conn();
+        let limits = Limits { max_message: 1 << 20, ..limits() };
+        let each = INFLATE_BUDGET / 2 + 1;
+        let mut bytes = Vec::new();
+        for i in 0..5u8 {
+            bytes.extend(compressed(true, 2, &deflated(&vec![i; each])));
+        }
+        bytes.extend(text("plain"));
+        let (mut got, mut turns, mut input) = (Vec::new(), 0, bytes.clone());
+        loop {
+            turns += 1;
+            let mut pos = 0;
+            while pos < input.len() {
+                let (used, event) = conn.handle_input(&mut input[pos..], now, &limits);
+                pos += used;
+                match event {
+                    Some(Event::Message { opcode, payload }) => got.push((opcode, payload.len(), payload[0])),
+                    Some(other) => panic!("{other:?}"),
+                    None => assert!(used > 0, "no progress"),
+                }
+            }
+            let freed = conn.end_input();
+            if !conn.holds_input() {
+                break;
+            }
+            assert!(freed > KEEP_BUFFER, "the inflated buffer goes back at once ({freed} B)");
+            let mut buf = vec![0u8; bytes.len()];
+            let held = conn.start_turn(&mut buf);
+            assert!(held > 0 && !conn.holds_input(), "start_turn hands all of it back");
+            input = buf[..held].to_vec();
+        }
+        let mut want: Vec<(Opcode, usize, u8)> = (0..5u8).map(|i| (Opcode::Binary, each, i)).collect();
+        want.push((Opcode::Text, 5, b'p'));
+        assert_eq!(got, want);
+        // Two messages per turn: the second passes the budget, the rest waits.
+        assert_eq!(turns, 3);
+    }
+
     #[test]
     fn bad_deflate_data_fails_with_1007_and_so_does_inflated_text_that_is_not_utf8() {
         let (mut conn, now) = open_deflate_conn();

@@ -478,9 +478,21 @@ impl<'a> Script<'a> {
         self.sent.push(frame.to_vec());
     }
 
+    /// One turn of the server's loop for this connection: input held back last turn
+    /// (its inflate budget spent) first, then `chunk`.
+    fn feed(&mut self, chunk: Vec<u8>) {
+        let mut held = if self.conn.holds_input() { vec![0u8; 256 << 10] } else { Vec::new() };
+        let n = self.conn.start_turn(&mut held);
+        if n > 0 {
+            held.truncate(n);
+            self.feed_bytes(held, false);
+        }
+        self.feed_bytes(chunk, true);
+    }
+
     /// Hands `chunk` to `handle_input` until it is used up, acting on events the way the
-    /// server does.
-    fn feed(&mut self, mut chunk: Vec<u8>) {
+    /// server does. `new`: the peer's bytes, not ones held back and handed in again.
+    fn feed_bytes(&mut self, mut chunk: Vec<u8>, new: bool) {
         // `handle_input` unmasks in place: keep the bytes as the peer sent them.
         let original = chunk.clone();
         let mut pos = 0;
@@ -520,7 +532,7 @@ impl<'a> Script<'a> {
                     self.delivered.push((opcode, payload.to_vec()));
                 }
             }
-            if was_accepted {
+            if was_accepted && new {
                 self.peer_stream.extend_from_slice(&original[pos..pos + used]);
             }
             if upgrade {
@@ -583,6 +595,10 @@ impl<'a> Script<'a> {
     fn finish(mut self) {
         let rest = std::mem::take(&mut self.pending);
         self.feed(rest);
+        // Turns until nothing is held back.
+        while self.conn.holds_input() {
+            self.feed(Vec::new());
+        }
         self.check_step();
         loop {
             let before = self.written.len();

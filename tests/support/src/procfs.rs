@@ -1,4 +1,5 @@
-//! A process's figures from Linux /proc, zero once it is gone.
+//! A process's figures from Linux /proc, zero once it is gone; and the kernel memory
+//! of a port's sockets, from `ss -tm` (RSS does not show it).
 //!
 //! `rss_bytes` and `cpu_time` are a twin of benches/mioket-load/src/procfs.rs (a few
 //! lines kept twice on purpose: the tests must not depend on the load generator, nor
@@ -42,6 +43,49 @@ pub fn socket_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// Kernel memory of the server side of a port's connections, from `ss -Htmn` (the
+/// `skmem` of each): what RSS does not show, charged to the host's `tcp_mem`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketMemory {
+    /// Connected sockets (not listening, not in TIME-WAIT) whose local port is the port.
+    pub sockets: usize,
+    /// The sum of their receive and send queues: `r` (rmem_alloc) + `w` (wmem_queued).
+    pub total: u64,
+    /// The largest of one socket's `r` + `w`.
+    pub max: u64,
+    /// The largest send buffer (`tb`, the effective SO_SNDBUF: Linux doubles what is set).
+    pub max_sndbuf: u64,
+}
+
+/// `None` if `ss` cannot be run.
+pub fn socket_memory(port: u16) -> Option<SocketMemory> {
+    let filter = format!("( sport = :{port} )");
+    let out = std::process::Command::new("ss")
+        .args(["-Htmn", "state", "connected", "exclude", "time-wait", &filter])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    Some(parse_skmem(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Sums the `skmem:(r..,rb..,t..,tb..,f..,w..,..)` fields of `ss -m` output.
+fn parse_skmem(text: &str) -> SocketMemory {
+    let mut memory = SocketMemory::default();
+    for fields in text.split("skmem:(").skip(1).map(|rest| rest.split(')').next().unwrap_or("")) {
+        let field = |name: &str| -> u64 {
+            let value =
+                fields.split(',').find_map(|f| f.strip_prefix(name).filter(|v| v.bytes().all(|b| b.is_ascii_digit())));
+            value.and_then(|v| v.parse().ok()).unwrap_or(0)
+        };
+        let queued = field("r") + field("w");
+        memory.sockets += 1;
+        memory.total += queued;
+        memory.max = memory.max.max(queued);
+        memory.max_sndbuf = memory.max_sndbuf.max(field("tb"));
+    }
+    memory
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +101,14 @@ mod tests {
         let _listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         assert_eq!(socket_fds(pid), before + 1);
         assert_eq!((rss_bytes(u32::MAX), cpu_time(u32::MAX), socket_fds(u32::MAX)), (0, Duration::ZERO, 0));
+    }
+
+    #[test]
+    fn skmem_fields_are_summed_per_socket() {
+        let text = "ESTAB 0 0 127.0.0.1:80 127.0.0.1:5000\n\t skmem:(r10,rb131072,t0,tb2626560,f0,w1800,o0,bl0,d0)\n\
+                    ESTAB 0 0 127.0.0.1:80 127.0.0.1:5001\n\t skmem:(r0,rb131072,t5,tb262144,f4096,w200,o0,bl0,d0)\n";
+        let m = parse_skmem(text);
+        assert_eq!(m, SocketMemory { sockets: 2, total: 2010, max: 1810, max_sndbuf: 2626560 });
+        assert_eq!(parse_skmem(""), SocketMemory::default());
     }
 }
