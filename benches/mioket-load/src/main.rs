@@ -30,13 +30,17 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use histogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use procfs::rss_bytes;
+use stamp::{run_nonce, Stamp, BCAST_HEAD, ROOMS_HEAD};
 
 mod corpus;
 mod deflate;
+mod histogram;
 mod procfs;
+mod stamp;
 mod tls;
 
 /// utime + stime of a process, in seconds.
@@ -635,56 +639,6 @@ impl Parser {
 }
 
 // ---------------------------------------------------------------------------
-// Latency histogram: 32 sub-buckets per power of two (about 3% precision).
-
-struct Histogram {
-    counts: Vec<u64>,
-    total: u64,
-}
-
-impl Histogram {
-    /// Indices of values up to u64::MAX: 64 exact ones, then 32 per power of two.
-    const BUCKETS: usize = 59 * 32 + 32;
-
-    fn new() -> Self {
-        Histogram { counts: vec![0; Self::BUCKETS], total: 0 }
-    }
-    fn index(v: u64) -> usize {
-        if v < 64 {
-            return v as usize;
-        }
-        let e = 63 - v.leading_zeros() as usize;
-        (e - 5) * 32 + (v >> (e - 5)) as usize
-    }
-    fn value(i: usize) -> u64 {
-        if i < 64 {
-            return i as u64;
-        }
-        let e = i / 32 + 4;
-        let m = (i - (e - 5) * 32) as u64;
-        (m << (e - 5)) + ((1u64 << (e - 5)) >> 1)
-    }
-    fn record(&mut self, ns: u64) {
-        self.counts[Self::index(ns)] += 1;
-        self.total += 1;
-    }
-    fn quantile(&self, q: f64) -> u64 {
-        if self.total == 0 {
-            return 0;
-        }
-        let want = ((self.total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (i, c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= want {
-                return Self::value(i);
-            }
-        }
-        0
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Connections
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -735,30 +689,6 @@ struct Client {
     /// --deflate, a broadcast publisher: compresses what it sends.
     deflater: Option<Box<deflate::Deflater>>,
 }
-
-/// The broadcast stamp at the start of every payload: send time (ns since start),
-/// publisher id, run nonce (history from other runs is ignored), sequence number.
-const BCAST_HEAD: usize = 24;
-
-/// A broadcast stamp read back from the head of a payload (at least `BCAST_HEAD` bytes).
-struct Stamp {
-    ts: u64,
-    id: u32,
-    nonce: u32,
-    seq: u64,
-}
-
-impl Stamp {
-    fn read(head: &[u8]) -> Stamp {
-        let u32_at = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
-        let u64_at = |i: usize| u64::from(u32_at(i)) | u64::from(u32_at(i + 4)) << 32;
-        Stamp { ts: u64_at(0), id: u32_at(8), nonce: u32_at(12), seq: u64_at(16) }
-    }
-}
-
-/// The rooms stamp: the broadcast stamp (its sequence number counts the messages of
-/// the room), then the room number.
-const ROOMS_HEAD: usize = 28;
 
 /// A rooms publisher: its publishing connections (client index and room), one per room
 /// it owns (rooms p, p + P, p + 2P, ...), which it publishes through in turn, and the
@@ -1923,12 +1853,6 @@ fn empty_rooms(a: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// A number that differs from run to run (tells this run's messages and rooms apart).
-fn run_nonce() -> u32 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    (std::process::id() ^ t.subsec_nanos() ^ t.as_secs() as u32).wrapping_mul(0x9E37_79B9) | 1
-}
-
 /// Connections per source address before the next one is used: each 127.0.0.x has
 /// about 28,000 ephemeral ports toward one server port.
 const CONNS_PER_SOURCE: usize = 25_000;
@@ -2027,19 +1951,5 @@ mod tests {
         let mut evs = Vec::new();
         p.feed(&masked_frame(OP_BINARY, b"abcdef"), &mut evs, &mut inflate()).unwrap();
         assert!(matches!(evs[0], Ev::Message { head, head_len: 6, .. } if &head[..6] == b"abcdef"));
-    }
-
-    #[test]
-    fn histogram_quantiles_are_close() {
-        let mut h = Histogram::new();
-        for v in 1..=100_000u64 {
-            h.record(v);
-        }
-        let p50 = h.quantile(0.5) as f64;
-        assert!((p50 - 50_000.0).abs() / 50_000.0 < 0.04, "{p50}");
-        for i in 0..Histogram::BUCKETS {
-            assert_eq!(Histogram::index(Histogram::value(i)), i);
-        }
-        assert_eq!(Histogram::index(u64::MAX), Histogram::BUCKETS - 1);
     }
 }
