@@ -10,9 +10,9 @@ use mio::{Interest, Token};
 
 use crate::args::Workload;
 use crate::frame::upgrade_request;
+use crate::generator::{Gen, Stage};
 use crate::parser::Parser;
 use crate::{deflate, tls};
-use crate::{Gen, Stage};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Phase {

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use crate::args::{Args, Workload};
+use crate::generator::Gen;
 use crate::procfs::rss_bytes;
 use crate::stamp::run_nonce;
-use crate::Gen;
 
 /// empty-rooms: what an empty room costs the server. Two runs of the connect workload
 /// (open, upgrade, close; --inflight at a time) against the same server: first N

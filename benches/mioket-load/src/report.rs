@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use crate::args::Workload;
+use crate::generator::Gen;
 use crate::procfs::{self, rss_bytes};
-use crate::Gen;
 
 /// utime + stime of a process, in seconds.
 pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {

@@ -6,9 +6,9 @@ use crate::args::Workload;
 use crate::client::{Out, Phase, Role};
 use crate::deflate;
 use crate::frame::{masked_frame, masked_frame_with, payload_start, KEY, OP_BINARY, OP_PONG, OP_TEXT};
+use crate::generator::{Gen, Stage};
 use crate::parser::Ev;
 use crate::stamp::{Stamp, BCAST_HEAD, ROOMS_HEAD};
-use crate::{Gen, Stage};
 
 /// A rooms publisher: its publishing connections (client index and room), one per room
 /// it owns (rooms p, p + P, p + 2P, ...), which it publishes through in turn, and the
