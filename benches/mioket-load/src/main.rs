@@ -22,6 +22,12 @@
 //! Unexpected text frames (a welcome, history replay) are skipped and pings answered.
 //! Only loopback (127.0.0.0/8) targets are accepted. A `wss://` URL runs every workload
 //! over TLS (rustls, see `tls.rs`).
+//!
+//! Modules: `args` (the command line), `generator` (the run's state, stages and loop),
+//! `client` (a connection: setup, read and write loop), `workloads` (what each workload
+//! sends and does with what comes back), `empty_rooms`, `report` (the JSON line and the
+//! summary), `frame` (client frames), `parser` (server frames, inflating), `stamp` (the
+//! payload stamps), `histogram` (latencies); `corpus`, `deflate`, `procfs` and `tls`.
 
 use args::{parse_args, Workload, USAGE};
 use empty_rooms::empty_rooms;
