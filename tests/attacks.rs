@@ -783,19 +783,23 @@ mod backpressure {
         let sampler = RssSampler::start(pid);
         let start = Instant::now();
 
+        // received[reader][sender]: a sender waits until every fast reader has its
+        // messages but WINDOW (a lagging reader holds every sender back, so a fast
+        // reader's queue never passes the limit, whatever the kernel buffers).
+        let received: Arc<Vec<Vec<AtomicUsize>>> =
+            Arc::new((0..SENDERS).map(|_| (0..SENDERS).map(|_| AtomicUsize::new(0)).collect()).collect());
         let handles: Vec<_> = fast
             .into_iter()
             .enumerate()
             .map(|(me, mut reader)| {
                 let mut writer = reader.try_clone().unwrap();
                 writer.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                let own_received = Arc::new(AtomicUsize::new(0));
-                let own = own_received.clone();
+                let (own, counts) = (received.clone(), received.clone());
                 let writer = thread::spawn(move || {
                     for seq in 0..PER_SENDER {
                         // Flow control: never more than WINDOW of our own messages in flight.
                         let end = Instant::now() + Duration::from_secs(20);
-                        while own.load(Ordering::Acquire) + WINDOW <= seq {
+                        while own.iter().map(|r| r[me].load(Ordering::Acquire)).min().unwrap() + WINDOW <= seq {
                             assert!(Instant::now() < end, "sender {me}: no echo of {seq} for 20 s");
                             thread::sleep(Duration::from_micros(200));
                         }
@@ -816,9 +820,7 @@ mod backpressure {
                         let seq = u32::from_be_bytes(payload[1..5].try_into().unwrap());
                         assert_eq!(seq, next[from], "client {me}: messages from {from} out of order or lost");
                         next[from] += 1;
-                        if from == me {
-                            own_received.fetch_add(1, Ordering::Release);
-                        }
+                        counts[me][from].fetch_add(1, Ordering::Release);
                     }
                 });
                 (writer, reader)

@@ -138,6 +138,7 @@ pub(crate) struct Parser {
 }
 
 impl Parser {
+    #[inline]
     pub(crate) fn feed(&mut self, mut data: &[u8], out: &mut Vec<Ev>, inf: &mut Inflate) -> Result<(), &'static str> {
         while !data.is_empty() || (self.in_frame && self.remaining == 0) {
             if !self.in_frame {
