@@ -19,7 +19,7 @@ use log::{debug, warn};
 
 use super::{encode, queue_flush, App};
 use crate::api;
-use crate::backplane::{Backplane, Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
+use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -34,7 +34,9 @@ pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     Some(Settings {
         url,
         outbox: config.redis_outbox,
+        outbox_bytes: config.redis_outbox_bytes,
         history: config.history,
+        history_bytes: config.history_memory,
         ttl: config.room_ttl.max(Duration::from_secs(1)),
     })
 }
@@ -62,6 +64,13 @@ impl<T: fmt::Display> App<T> {
                 bp.commands_up = up;
                 self.resync_all();
             }
+            Event::Fetches(up) => {
+                if bp.fetches_up && !up {
+                    bp.stats.disconnects += 1;
+                }
+                bp.fetches_up = up;
+                self.resync_all();
+            }
             Event::Subscribed(up) => {
                 if bp.subscribed && !up {
                     bp.stats.disconnects += 1;
@@ -76,8 +85,8 @@ impl<T: fmt::Display> App<T> {
                 bp.subscribed = up;
                 self.resync_all();
             }
-            Event::Published { req, result } => {
-                bp.in_flight = bp.in_flight.saturating_sub(1);
+            Event::Published { req, room, result } => {
+                bp.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
                 match result {
                     Ok((_, seq)) => {
                         // A client's publish is acked with its delivery here; an API
@@ -91,7 +100,7 @@ impl<T: fmt::Display> App<T> {
                     Err(()) => {
                         if let Some(origin) = bp.take_pending(req) {
                             bp.stats.failed += 1;
-                            self.publish_refused(origin, now);
+                            self.publish_refused(origin, true, now);
                         }
                     }
                 }
@@ -100,6 +109,15 @@ impl<T: fmt::Display> App<T> {
             Event::Live { room, epoch, message } => {
                 bp.stats.live_messages += 1;
                 self.live(&room, epoch, message, now);
+            }
+            Event::Evicting(policy) => {
+                if let Some(policy) = &policy {
+                    warn!(
+                        "backplane: Redis's maxmemory-policy is {policy}: it evicts keys, so rooms may vanish \
+                         (members closed 1013, resumes not recovered); set it to noeviction"
+                    );
+                }
+                bp.evicting = policy;
             }
             Event::RoundTrip { commands, took } => {
                 bp.stats.round_trips += 1;
@@ -136,8 +154,8 @@ impl<T: fmt::Display> App<T> {
         let Some(bp) = self.backplane.as_mut() else { return };
         let Some(name) = self.rooms.get(room).map(|r| r.name()) else { return };
         let (opcode, bytes) = (payload.opcode(), payload.bytes());
-        if bp.publish(name, opcode, bytes, origin.clone()).is_err() {
-            self.publish_refused(origin, now);
+        if bp.publish(name, opcode, bytes, origin.clone(), now).is_err() {
+            self.publish_refused(origin, false, now);
         }
     }
 
@@ -146,7 +164,7 @@ impl<T: fmt::Display> App<T> {
     pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Vec<u8> {
         let Some(bp) = self.backplane.as_mut() else { return api::error(503, "backplane unavailable") };
         let origin = Origin::Api { id, room: name.into() };
-        match bp.publish(name, payload.opcode(), payload.bytes(), origin) {
+        match bp.publish(name, payload.opcode(), payload.bytes(), origin, self.now) {
             Ok(()) => {
                 self.metrics.api_publishes += 1;
                 Vec::new()
@@ -163,17 +181,20 @@ impl<T: fmt::Display> App<T> {
         self.after_activity(id);
     }
 
-    /// Tells a publisher that its message was not published.
-    fn publish_refused(&mut self, origin: Origin, now: Instant) {
+    /// Tells a publisher that its message was refused: not published, or (`sent`: it
+    /// went to Redis and no answer or live copy came back) perhaps published.
+    fn publish_refused(&mut self, origin: Origin, sent: bool, now: Instant) {
+        let reason =
+            if sent { "backplane unavailable (the message may have been published)" } else { "backplane unavailable" };
         match origin {
-            Origin::Api { id, .. } => self.respond_later(id, api::error(503, "backplane unavailable"), now),
+            Origin::Api { id, .. } => self.respond_later(id, api::error(503, reason), now),
             Origin::Client { id, ack, v1: true } => {
                 self.refuse_op(id, OpError::BackplaneUnavailable, ack.as_deref(), now);
                 self.after_activity(id);
             }
             Origin::Client { id, v1: false, .. } => {
                 if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+                    client.conn.close(CloseCode::TRY_AGAIN_LATER, reason, now, &self.config.limits);
                 }
                 self.after_activity(id);
             }
@@ -208,13 +229,12 @@ impl<T: fmt::Display> App<T> {
             return true;
         }
         let resume = resume.map(|r| Resume { since: r.since, epoch: r.epoch.as_ref().map(|e| e.to_string().into()) });
+        bp.wait(id, room, generation, resume);
         let sync = bp.sync(room, generation);
-        sync.joiners.push((id, resume));
         if sync.state != SyncState::Fetching {
             sync.state = SyncState::Fetching;
             bp.fetch(room, generation, &name, 0);
         }
-        bp.held.entry(id).or_default();
         true
     }
 
@@ -232,7 +252,9 @@ impl<T: fmt::Display> App<T> {
     /// Acts on a client's held input, in order, until it is held again (another join
     /// that waits).
     fn release(&mut self, id: usize, now: Instant) {
-        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)) else { return };
+        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)).map(|h| h.input) else {
+            return;
+        };
         // A flush, even of nothing, is where the runtime resumes a paused reader.
         if let Some(client) = self.clients.get_mut(id) {
             queue_flush(&mut self.dirty, id, client);
@@ -249,7 +271,7 @@ impl<T: fmt::Display> App<T> {
                 self.publish_to_redis(room, Payload::of(opcode, &bytes), Origin::Client { id, ack: None, v1 }, now);
             }
             if let Some(again) = self.backplane.as_mut().and_then(|bp| bp.held.get_mut(&id)) {
-                again.extend(rest);
+                again.input.extend(rest);
                 return;
             }
         }
@@ -381,14 +403,47 @@ impl<T: fmt::Display> App<T> {
         }
     }
 
-    /// When the backplane next wants `touch`.
+    /// When the backplane next wants `touch` (or has a late publish to look for).
     pub(super) fn poll_touch(&self) -> Option<Instant> {
-        self.backplane.as_ref().filter(|bp| bp.is_up()).and_then(|bp| bp.next_touch)
+        let bp = self.backplane.as_ref()?;
+        let touch = bp.next_touch.filter(|_| bp.is_up());
+        [touch, bp.poll_overdue()].into_iter().flatten().min()
+    }
+
+    /// Publishes Redis numbered whose live copy is late (a subscription that lost it
+    /// without noticing): their rooms' streams are read, as for a gap; one still not
+    /// delivered after that is refused, saying that it may have been published.
+    fn look_for_late(&mut self, now: Instant) {
+        let Some(bp) = self.backplane.as_mut() else { return };
+        for (req, accepted) in bp.overdue(now) {
+            let Some(bp) = self.backplane.as_mut() else { return };
+            if accepted.looked_up {
+                if let Some(origin) = bp.take_pending(req) {
+                    bp.stats.failed += 1;
+                    self.publish_refused(origin, true, now);
+                }
+                continue;
+            }
+            let Some(room) = self.rooms.find(&accepted.room) else { continue };
+            let Some(r) = self.rooms.get(room) else { continue };
+            let (generation, last) = (r.generation(), r.topic.last_seq());
+            let up = bp.is_up();
+            let sync = bp.sync(room, generation);
+            if accepted.seq > last && sync.state == SyncState::Synced && up {
+                sync.state = SyncState::Fetching;
+                bp.stats.late_lookups += 1;
+                bp.fetch(room, generation, &accepted.room, last);
+            }
+        }
     }
 
     /// Keeps the rooms with members here alive in Redis, and forgets the mirror state
     /// of rooms that are gone.
     pub(super) fn touch(&mut self, now: Instant) {
+        if self.backplane.is_none() {
+            return;
+        }
+        self.look_for_late(now);
         let App { backplane, rooms, .. } = self;
         let Some(bp) = backplane.as_mut() else { return };
         if bp.next_touch.is_none_or(|t| t > now) {
@@ -404,13 +459,13 @@ impl<T: fmt::Display> App<T> {
     }
 
     /// The /healthz line and the /metrics lines of the backplane.
-    pub(super) fn backplane_health(&self) -> &'static str {
-        self.backplane.as_ref().map_or("", Backplane::health)
+    pub(super) fn backplane_health(&self) -> String {
+        self.backplane.as_ref().map_or(String::new(), |bp| bp.health(self.now))
     }
 
     pub(super) fn render_backplane(&self, out: &mut String) {
         if let Some(bp) = &self.backplane {
-            bp.render(out);
+            bp.render(out, self.now);
         }
     }
 
