@@ -99,7 +99,11 @@ fn pump(n: u64, mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
         match from.read(&mut buf) {
             Ok(0) => break,
             Ok(len) => {
-                if to.write_all(&buf[..len]).is_err() {
+                // A read that was under way when the stall began is held too.
+                while n < shared.stalled_below.load(Ordering::SeqCst) && n >= shared.cut_below.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if n < shared.cut_below.load(Ordering::SeqCst) || to.write_all(&buf[..len]).is_err() {
                     break;
                 }
             }
