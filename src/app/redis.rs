@@ -483,3 +483,117 @@ fn payload_of(message: &Message) -> Payload<'_> {
         _ => Payload::Binary(&message.payload),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use super::*;
+    use crate::backplane::LATE;
+    use crate::config::{Config, Mode};
+    use crate::protocol::tests::{text, UPGRADE};
+
+    const EPOCH: &str = "00000000000000e0";
+
+    fn app() -> App<&'static str> {
+        let url = crate::backplane::RedisUrl::parse("redis://127.0.0.1").unwrap();
+        let config =
+            Config { mode: Mode::Broadcast, welcome: None, history: 10, redis: Some(url), ..Config::default() };
+        let mut app = App::new(config);
+        let now = Instant::now();
+        for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {
+            app.handle_backplane(event, now);
+        }
+        app
+    }
+
+    /// Everything queued for client `id` (every socket takes everything).
+    fn written(app: &mut App<&'static str>, id: usize) -> Vec<u8> {
+        let mut dirty = Vec::new();
+        app.drain_dirty_into(&mut dirty);
+        let mut out = Vec::new();
+        for d in dirty {
+            let Some(client) = app.start_flush(d) else { continue };
+            let before = client.conn.queue_memory();
+            let mut bytes = Vec::new();
+            while client.conn.has_output() {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = client.conn.poll_transmit(&mut slices);
+                let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                client.conn.handle_written(chunk.len());
+                bytes.extend(chunk);
+            }
+            let n = bytes.len();
+            app.finish_flush(d, before, n);
+            if d == id {
+                out = bytes;
+            }
+        }
+        out
+    }
+
+    fn commands(app: &mut App<&'static str>) -> Vec<Command> {
+        std::mem::take(app.backplane_outbox().unwrap())
+    }
+
+    /// A plain client in room "chat", its join's fetch answered (an empty room).
+    fn member(app: &mut App<&'static str>, now: Instant) -> usize {
+        let id = app.connect("peer", crate::app::Listener::Main, now).ok().unwrap();
+        app.handle_input(id, &mut UPGRADE.to_vec(), now, |_, _| 0);
+        let [Command::Fetch { req, .. }] = commands(app)[..] else { panic!("a fetch") };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 0, entries: Vec::new() };
+        app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, now);
+        written(app, id);
+        id
+    }
+
+    /// Sends "hello"; Redis numbers it 1 and its live copy never comes.
+    fn publish_lost_live(app: &mut App<&'static str>, id: usize, now: Instant) -> (u64, Box<str>) {
+        app.handle_input(id, &mut text("hello"), now, |_, _| 0);
+        let [Command::Publish { req, ref room, ref origin, .. }] = commands(app)[..] else { panic!("a publish") };
+        let room = room.clone();
+        app.handle_backplane(Event::Published { req, room: room.clone(), result: Ok((EPOCH.into(), 1)) }, now);
+        assert!(written(app, id).is_empty(), "delivered (and acked) with its live copy only");
+        (req, origin.clone())
+    }
+
+    /// Finding 1: a publish Redis numbered whose live copy is lost (a subscription dead
+    /// without knowing) is looked for in its room's stream and delivered.
+    #[test]
+    fn a_numbered_publish_whose_live_copy_is_late_is_read_from_the_stream() {
+        let t0 = Instant::now();
+        let mut app = app();
+        let id = member(&mut app, t0);
+        let (_, origin) = publish_lost_live(&mut app, id, t0);
+        app.handle_housekeeping(t0 + LATE / 2);
+        assert!(commands(&mut app).iter().all(|c| !matches!(c, Command::Fetch { .. })));
+        assert_eq!(app.poll_housekeeping(), Some(t0 + LATE));
+        app.handle_housekeeping(t0 + LATE);
+        let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
+        let Some(Command::Fetch { req, since: 0, .. }) = fetch else { panic!("the room's stream read: {fetch:?}") };
+        let message = Message { seq: 1, binary: false, payload: b"hello".to_vec(), origin };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 1, entries: vec![message] };
+        app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, t0 + LATE);
+        assert_eq!(written(&mut app, id), b"\x81\x05hello");
+        // Delivered: nothing more to look for, nothing refused later.
+        app.handle_housekeeping(t0 + LATE * 3);
+        assert!(written(&mut app, id).is_empty());
+    }
+
+    /// And one that cannot be found either is refused, saying it may have been published.
+    #[test]
+    fn a_numbered_publish_never_delivered_is_refused_as_perhaps_published() {
+        let t0 = Instant::now();
+        let mut app = app();
+        let id = member(&mut app, t0);
+        publish_lost_live(&mut app, id, t0);
+        app.handle_housekeeping(t0 + LATE);
+        let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
+        let Some(Command::Fetch { req, .. }) = fetch else { panic!("a fetch") };
+        app.handle_backplane(Event::Fetched { req, result: Err(()) }, t0 + LATE);
+        app.handle_housekeeping(t0 + LATE * 2);
+        let out = written(&mut app, id);
+        assert_eq!(&out[..4], b"\x88\x3d\x03\xf5", "close 1013: {out:?}");
+        assert!(out.ends_with(b"(the message may have been published)"), "{out:?}");
+    }
+}
