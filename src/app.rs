@@ -412,7 +412,7 @@ impl<T: fmt::Display> App<T> {
                     if let Some(bp) = self.backplane.as_mut() {
                         let name = rooms.get(room).map_or("", |r| r.name());
                         let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
-                        if bp.publish(name, opcode, payload, origin).is_err() {
+                        if bp.publish(name, opcode, payload, origin, now).is_err() {
                             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
                         }
                         continue;

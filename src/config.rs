@@ -106,6 +106,8 @@ pub struct Config {
     pub redis: Option<crate::backplane::RedisUrl>,
     /// Messages at most waiting for Redis on this node; beyond it publishes are refused.
     pub redis_outbox: usize,
+    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused.
+    pub redis_outbox_bytes: usize,
     /// SO_REUSEPORT on the main port: several processes listen on one port.
     pub reuse_port: bool,
 }
@@ -119,7 +121,7 @@ impl Config {
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
              history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
-             deflate-min-size={} send-buffer={} redis={} redis-outbox={} reuse-port={}",
+             deflate-min-size={} send-buffer={} redis={} redis-outbox={} redis-outbox-bytes={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -143,6 +145,7 @@ impl Config {
             self.send_buffer,
             self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
             self.redis_outbox,
+            self.redis_outbox_bytes,
             self.reuse_port,
         )
     }
@@ -154,6 +157,7 @@ pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_UNFINISHED_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
 pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
+pub const DEFAULT_REDIS_OUTBOX_BYTES: usize = 64 << 20;
 /// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
 /// saves too few bytes for its CPU.
 pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 256;
@@ -186,6 +190,7 @@ impl Default for Config {
             tls_key: None,
             redis: None,
             redis_outbox: DEFAULT_REDIS_OUTBOX,
+            redis_outbox_bytes: DEFAULT_REDIS_OUTBOX_BYTES,
             reuse_port: false,
         }
     }
@@ -291,6 +296,9 @@ struct Args {
     /// Messages at most waiting for Redis on this node; beyond it publishes are refused
     #[arg(long, value_name = "N", default_value_t = DEFAULT_REDIS_OUTBOX, value_parser = positive)]
     redis_outbox: usize,
+    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_REDIS_OUTBOX_BYTES, value_parser = positive)]
+    redis_outbox_bytes: usize,
     /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
     #[arg(long)]
     reuse_port: bool,
@@ -340,6 +348,7 @@ where
         tls_key: args.tls_key,
         redis: args.redis,
         redis_outbox: args.redis_outbox,
+        redis_outbox_bytes: args.redis_outbox_bytes,
         reuse_port: args.reuse_port,
     })
 }
