@@ -578,10 +578,20 @@ impl<T: fmt::Display> App<T> {
                 self.metrics.ops[2] += 1;
                 self.joined_room(id, room.as_deref()).map(|room| self.leave(id, room, now))
             }
+            Op::Ping { id: op_id } => {
+                self.metrics.ops[3] += 1;
+                let pong = self.envelopes.pong(op_id.as_deref());
+                if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.send(pong, now, &self.config.limits).is_ok() {
+                        self.metrics.messages_out += 1;
+                    }
+                }
+                Ok(())
+            }
         };
         if let Err(err) = result {
             let op_id = match &op {
-                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } => id.as_deref(),
+                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } | Op::Ping { id } => id.as_deref(),
             };
             self.refuse_op(id, err, op_id, now);
         }

@@ -61,7 +61,7 @@ pub struct Metrics {
     pub http_requests: u64,
     /// mioket.v1 ops by kind (`Op::index`), refused ops by reason (`OpError as usize`),
     /// resumes by outcome (recovered, not).
-    pub ops: [u64; 3],
+    pub ops: [u64; 4],
     pub op_errors: [u64; OpError::ALL.len()],
     pub resumes: [u64; 2],
     pub presence_updates: u64,
@@ -90,7 +90,7 @@ pub struct Gauges {
 }
 
 /// The labels of `Metrics::ops`.
-pub const OP_KINDS: [&str; 3] = ["publish", "join", "leave"];
+pub const OP_KINDS: [&str; 4] = ["publish", "join", "leave", "ping"];
 
 impl Metrics {
     pub fn reject(&mut self, why: Rejection) {

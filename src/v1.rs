@@ -110,9 +110,25 @@ impl OpError {
 /// A client's op, borrowing from its frame where JSON escapes allow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Op<'a> {
-    Publish { room: Option<Cow<'a, str>>, payload: OwnedPayload<'a>, id: Option<Cow<'a, str>> },
-    Join { room: Cow<'a, str>, resume: Option<Resume<'a>>, id: Option<Cow<'a, str>> },
-    Leave { room: Option<Cow<'a, str>>, id: Option<Cow<'a, str>> },
+    Publish {
+        room: Option<Cow<'a, str>>,
+        payload: OwnedPayload<'a>,
+        id: Option<Cow<'a, str>>,
+    },
+    Join {
+        room: Cow<'a, str>,
+        resume: Option<Resume<'a>>,
+        id: Option<Cow<'a, str>>,
+    },
+    Leave {
+        room: Option<Cow<'a, str>>,
+        id: Option<Cow<'a, str>>,
+    },
+    /// A heartbeat: answered with `pong`, so a client can tell a live link from a dead
+    /// one (WebSocket pings are invisible to browser JavaScript).
+    Ping {
+        id: Option<Cow<'a, str>>,
+    },
 }
 
 /// A publish's payload: text as JSON gave it, binary decoded from base64.
@@ -224,6 +240,7 @@ pub fn parse_op(text: &str) -> Result<Op<'_>, (OpError, Option<String>)> {
             None => fail(OpError::InvalidField),
         },
         "leave" => Ok(Op::Leave { room, id }),
+        "ping" => Ok(Op::Ping { id }),
         _ => fail(OpError::UnknownOp),
     }
 }
@@ -242,7 +259,7 @@ fn classify(text: &str, err: serde_json::Error) -> (OpError, Option<String>) {
         Some(_) => return (OpError::InvalidId, None),
     };
     match object.get("op").and_then(|op| op.as_str()) {
-        Some("publish" | "join" | "leave") => (OpError::InvalidField, id),
+        Some("publish" | "join" | "leave" | "ping") => (OpError::InvalidField, id),
         _ => (OpError::UnknownOp, id),
     }
 }
@@ -322,6 +339,18 @@ impl Envelopes {
         self.push(room.as_bytes());
         self.push(b",\"seq\":");
         self.number(seq);
+        self.push(b"}");
+        Chunk::Owned(self.finish().to_vec())
+    }
+
+    /// `{"type":"pong","id":ID}` (`id` null when the ping had none).
+    pub fn pong(&mut self, id: Option<&str>) -> Chunk {
+        self.start();
+        self.push(b"{\"type\":\"pong\",\"id\":");
+        match id {
+            Some(id) => self.string(id),
+            None => self.push(b"null"),
+        }
         self.push(b"}");
         Chunk::Owned(self.finish().to_vec())
     }

@@ -102,6 +102,22 @@ mod v1 {
     use super::*;
 
     #[test]
+    fn a_ping_op_is_answered_with_a_pong_carrying_its_id() {
+        let server = Server::start(&["--welcome", "", "--history", "0"]);
+        let mut v1 = connect_v1(&server, "/lobby");
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
+        send(&mut v1, json!({"op":"ping","id":"hb-1"}));
+        assert_eq!(envelope(&mut v1), json!({"type":"pong","id":"hb-1"}));
+        send(&mut v1, json!({"op":"ping"}));
+        assert_eq!(envelope(&mut v1), json!({"type":"pong","id":null}));
+        // A ping is no publish: the room's seq has not moved.
+        let mut other = connect_v1(&server, "/lobby");
+        assert_eq!(envelope(&mut other)["seq"], 0);
+        let (_, metrics) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(metrics.contains("mioket_ops_total{op=\"ping\"} 2"), "{metrics}");
+    }
+
+    #[test]
     fn welcome_history_acks_and_interop_with_plain_clients() {
         let server = Server::start(&["--welcome", "hello there", "--history", "10"]);
         let mut plain = connect_plain(&server, "/lobby");

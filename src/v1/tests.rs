@@ -109,6 +109,8 @@ fn ops_parse_with_their_defaults() {
     );
     assert_eq!(parse_op(r#"{"op":"join","room":""}"#), Ok(Op::Join { room: "".into(), resume: None, id: None }));
     assert_eq!(parse_op(r#"{"op":"leave"}"#), Ok(Op::Leave { room: None, id: None }));
+    assert_eq!(parse_op(r#"{"op":"ping","id":"h"}"#), Ok(Op::Ping { id: Some("h".into()) }));
+    assert_eq!(parse_op(r#"{"op":"ping"}"#), Ok(Op::Ping { id: None }));
 }
 
 #[test]
