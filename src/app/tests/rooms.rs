@@ -207,14 +207,15 @@ fn every_bad_op_gets_its_error_and_changes_nothing() {
     }
     feed(&mut app, a, &text("{\"op\":"), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":null,"reason":"invalid json"})]);
-    // Three rooms exist at most: a, full1, and one more.
-    send_op(&mut app, a, json!({"op":"join","room":"c","id":"9"}), now);
-    assert_eq!(received(&mut app, a)[0]["type"], "welcome");
-    send_op(&mut app, a, json!({"op":"leave","room":"c"}), now);
+    // Three rooms exist at most: a, full1, and one more, each with a member (an empty
+    // room would make room).
+    let (c, _) = join_at(&mut app, "/c", false, now);
+    flush(&mut app);
     send_op(&mut app, a, json!({"op":"join","room":"d","id":"10"}), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":"10","reason":"room limit reached"})]);
     send_op(&mut app, a, json!({"op":"join","room":"c","id":"11"}), now);
     assert_eq!(received(&mut app, a)[0]["type"], "welcome");
+    let _ = c;
     send_op(&mut app, a, json!({"op":"join","room":"full1","id":"12"}), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":"12","reason":"too many rooms"})]);
     assert!(app.clients[a].conn.is_open());
@@ -228,6 +229,38 @@ fn every_bad_op_gets_its_error_and_changes_nothing() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
+}
+
+#[test]
+fn join_and_leave_churn_keeps_no_room_and_new_rooms_are_bounded_per_second() {
+    let t0 = Instant::now();
+    let mut app = App::new(Config { welcome: None, max_rooms: 10, rooms_per_second: 5, ..rooms_config() });
+    let (a, _) = join_at(&mut app, "/a", true, t0);
+    let churn = |app: &mut App<Peer>, from: usize, now: Instant| {
+        let mut reasons = Vec::new();
+        for i in from..from + 8 {
+            send_op(app, a, json!({"op":"join","room":format!("r{i}")}), now);
+            send_op(app, a, json!({"op":"leave","room":format!("r{i}")}), now);
+            reasons.extend(received(app, a).iter().map(|f| f["reason"].as_str().unwrap_or("welcome").to_string()));
+        }
+        reasons
+    };
+    // Five new rooms in a second, then `too many new rooms`; none is kept once left.
+    let mut expected = vec!["welcome"; 5];
+    expected.extend(["too many new rooms", "room not joined"].repeat(3));
+    assert_eq!(churn(&mut app, 0, t0), expected);
+    assert_eq!(app.rooms.len(), 1, "only the path's room, which has a member");
+    assert_eq!(app.rooms.expired, 5);
+    // An existing room is not a new one.
+    join_at(&mut app, "/b", false, t0);
+    send_op(&mut app, a, json!({"op":"join","room":"b"}), t0);
+    send_op(&mut app, a, json!({"op":"leave","room":"b"}), t0);
+    assert_eq!(received(&mut app, a)[0]["type"], "welcome");
+    // A second later, five more.
+    assert_eq!(churn(&mut app, 100, t0 + Duration::from_secs(1)), expected);
+    // Others still make rooms: the table never filled.
+    let (_, out) = join_at(&mut app, "/fresh", false, t0 + Duration::from_secs(1));
+    assert!(out.starts_with(b"HTTP/1.1 101 "));
 }
 
 #[test]
@@ -523,6 +556,13 @@ mod model {
         members: usize,
     }
 
+    /// A room that never had a message is freed when its last member leaves.
+    fn forget_if_unused(room: &mut ModelRoom) {
+        if room.members == 0 && room.last == 0 {
+            *room = ModelRoom::default();
+        }
+    }
+
     struct Client {
         id: Option<usize>,
         /// Rooms it is in now.
@@ -583,6 +623,7 @@ mod model {
                         }
                         clients[c].joined.retain(|&j| j != r);
                         rooms[r].members -= 1;
+                        forget_if_unused(&mut rooms[r]);
                         (c, text(&json!({"op":"leave","room":ROOMS[r]}).to_string()), None)
                     }
                     Step::Publish(c, r) => {
@@ -597,6 +638,7 @@ mod model {
                         let Some(id) = clients[c].id.take() else { continue };
                         for r in clients[c].joined.drain(..) {
                             rooms[r].members -= 1;
+                            forget_if_unused(&mut rooms[r]);
                         }
                         app.handle_eof(id);
                         (c, Vec::new(), None)
