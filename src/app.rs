@@ -85,7 +85,9 @@ const NOT_JOINED: Joined = Joined { room: NO_ROOM, key: MemberKey::NONE };
 /// live beside the clients (`App::extras`), not in each.
 #[derive(Default)]
 struct Extra {
-    home: Option<(RoomId, u32)>,
+    /// By name: a room freed and made again (one that never had a message goes when
+    /// its last member leaves) is still the path's.
+    home: Option<Box<str>>,
     more: Vec<Joined>,
 }
 
@@ -597,10 +599,9 @@ impl<T: fmt::Display> App<T> {
     /// the path's room joined again after a leave becomes its first again.
     fn add_membership(&mut self, id: usize, joined: Joined) {
         let Some(client) = self.clients.get_mut(id) else { return };
-        let alive =
-            |(room, generation): (RoomId, u32)| self.rooms.get(room).is_some_and(|r| r.generation() == generation);
+        let name = self.rooms.get(joined.room).map(|r| r.name());
         let extra = self.extras.entry(id).or_default();
-        let back_home = extra.home.is_some_and(|home| home.0 == joined.room && alive(home));
+        let back_home = extra.home.is_some() && extra.home.as_deref() == name;
         if back_home {
             extra.home = None;
             if client.first.room != NO_ROOM {
@@ -625,8 +626,8 @@ impl<T: fmt::Display> App<T> {
         if client.first.room == room && room != NO_ROOM {
             let joined = client.first;
             if client.first_is_home {
-                let generation = self.rooms.get(room).map_or(0, |r| r.generation());
-                self.extras.entry(id).or_default().home = Some((room, generation));
+                let name = self.rooms.get(room).map_or("", |r| r.name());
+                self.extras.entry(id).or_default().home = Some(name.into());
             }
             client.first = NOT_JOINED;
             client.first_is_home = false;

@@ -232,6 +232,21 @@ fn every_bad_op_gets_its_error_and_changes_nothing() {
 }
 
 #[test]
+fn the_paths_room_is_the_default_again_after_a_rejoin_even_if_it_was_freed_meanwhile() {
+    let now = Instant::now();
+    let mut app = App::new(Config { welcome: None, ..rooms_config() });
+    let (a, _) = join_at(&mut app, "/h", true, now);
+    // Never had a message: freed when a leaves, made again (a new epoch) by the join.
+    send_op(&mut app, a, json!({"op":"leave"}), now);
+    assert_eq!(app.rooms.find("h"), None);
+    send_op(&mut app, a, json!({"op":"join","room":"h"}), now);
+    send_op(&mut app, a, json!({"op":"publish","data":"x","id":"p"}), now);
+    let got = received(&mut app, a);
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[1], json!({"type":"ack","id":"p","room":"h","seq":1}));
+}
+
+#[test]
 fn join_and_leave_churn_keeps_no_room_and_new_rooms_are_bounded_per_second() {
     let t0 = Instant::now();
     let mut app = App::new(Config { welcome: None, max_rooms: 10, rooms_per_second: 5, ..rooms_config() });
