@@ -181,7 +181,8 @@ impl Metrics {
         family(o, "mioket_rooms", "gauge", "Rooms now (with members, or empty and kept for --room-ttl).");
         let _ = writeln!(o, "mioket_rooms {}", g.rooms);
         counter(o, "mioket_rooms_created_total", "Rooms created.", g.rooms_created);
-        counter(o, "mioket_rooms_expired_total", "Empty rooms freed after --room-ttl.", g.rooms_expired);
+        let freed = "Empty rooms freed: after --room-ttl, at once if they never had a message, or for a new room.";
+        counter(o, "mioket_rooms_expired_total", freed, g.rooms_expired);
         family(o, "mioket_ops_total", "counter", "mioket.v1 ops received, by kind.");
         for (kind, n) in OP_KINDS.iter().zip(self.ops) {
             let _ = writeln!(o, "mioket_ops_total{{op=\"{kind}\"}} {n}");

@@ -75,10 +75,14 @@ pub enum OpError {
     RoomLimit,
     /// The Redis backplane (`--redis`) cannot take the op now.
     BackplaneUnavailable,
+    /// The message's envelope would pass `--max-message` (see `envelope_payload_len`).
+    MessageTooBig,
+    /// A `join` that would make more than `--rooms-per-second` new rooms in a second.
+    TooManyNewRooms,
 }
 
 impl OpError {
-    pub const ALL: [OpError; 10] = [
+    pub const ALL: [OpError; 12] = [
         OpError::InvalidJson,
         OpError::UnknownOp,
         OpError::InvalidField,
@@ -89,6 +93,8 @@ impl OpError {
         OpError::TooManyRooms,
         OpError::RoomLimit,
         OpError::BackplaneUnavailable,
+        OpError::MessageTooBig,
+        OpError::TooManyNewRooms,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -103,6 +109,8 @@ impl OpError {
             OpError::TooManyRooms => "too many rooms",
             OpError::RoomLimit => "room limit reached",
             OpError::BackplaneUnavailable => "backplane unavailable",
+            OpError::MessageTooBig => "message too big",
+            OpError::TooManyNewRooms => "too many new rooms",
         }
     }
 }
@@ -407,6 +415,31 @@ impl Envelopes {
         let start = MAX_HEADER_LEN - n;
         self.buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..n]);
         &self.buf[start..]
+    }
+}
+
+/// What a `message` envelope frame adds at most to its payload's JSON (the text
+/// escaped, or the bytes in base64, without quotes): the frame header, the fixed
+/// fields, a room name of at most `rooms::MAX_NAME` bytes as JSON (each byte escaped
+/// to 2 at worst, control characters are not allowed), a 20-digit seq, the quotes.
+/// 10 (header) + 25 + 258 (room) + 38 (seq, field name, quotes, `}`) = 331, rounded up.
+pub const ENVELOPE_OVERHEAD: usize = 512;
+
+/// The length of a payload inside a `message` envelope, without its quotes: text
+/// JSON-escaped (`"` and `\` 2 bytes, a control character 2 or 6), bytes in base64.
+/// Counted without encoding, so that a publish checks its envelope's size before it
+/// makes one: a frame to a v1 member is at most this plus `ENVELOPE_OVERHEAD`.
+pub fn envelope_payload_len(payload: Payload<'_>) -> usize {
+    match payload {
+        Payload::Text(text) => text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum(),
+        Payload::Binary(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(usize::MAX),
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, queue_flush, App};
+use super::{encode, fits_envelope, queue_flush, App, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
@@ -267,6 +267,11 @@ impl<T: fmt::Display> App<T> {
             let Some(v1) = self.session(id).map(|s| s.v1) else { return };
             if v1 {
                 self.handle_v1(id, opcode, &bytes, now);
+            } else if !fits_envelope(&self.config, Payload::of(opcode, &bytes)) {
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.close(CloseCode::TOO_BIG, TOO_BIG_FOR_ENVELOPE, now, &self.config.limits);
+                }
+                return;
             } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
                 self.publish_to_redis(room, Payload::of(opcode, &bytes), Origin::Client { id, ack: None, v1 }, now);
             }
