@@ -468,9 +468,11 @@ class Client:
                     return
                 if code in TERMINAL:
                     raise TERMINAL[code](self._last_reason, code)
-                if code in RETRY_WITH_NEW_TOKEN and last_code not in RETRY_WITH_NEW_TOKEN:
+                if code in RETRY_WITH_NEW_TOKEN and (
+                    last_code not in RETRY_WITH_NEW_TOKEN or self._was_stable
+                ):
                     last_code = code
-                    continue  # a new token, at once (once; then with backoff)
+                    continue  # a new token, at once (a 4001 again soon after: backoff)
                 last_code = code
                 self._set_state("disconnected")
                 await self._sleep(self.backoff.next())
@@ -486,10 +488,12 @@ class Client:
             self._finish(closed)
 
     _last_reason = ""
+    _was_stable = False
 
     async def _attempt(self) -> int | None:
         """One connection: open it, serve it until it ends; return its close code."""
         self._last_reason = ""
+        self._was_stable = False
         try:
             token = await self._fetch_token()
         except ClosedError:
@@ -527,7 +531,8 @@ class Client:
         try:
             await self._serve(ws)
         finally:
-            if self._clock() - opened >= self.stable_after:
+            self._was_stable = self._clock() - opened >= self.stable_after
+            if self._was_stable:
                 self.backoff.reset()
         self._last_reason = ws.close_reason or ""
         return ws.close_code
