@@ -228,7 +228,12 @@ class Client:
         #: The error that stopped the client, once ``closed``.
         self.error: ClosedError | None = None
 
-        self._rooms: dict[str, Room] = {self.path_room: Room(self, self.path_room)}
+        path_room = Room(self, self.path_room)
+        query = dict(parse_qsl(parts.query))
+        if "epoch" in query:  # a position the application kept, in the URL
+            path_room.epoch = query["epoch"]
+            path_room.seq = int(query.get("since", "0"))
+        self._rooms: dict[str, Room] = {self.path_room: path_room}
         self._ws: ClientConnection | None = None
         self._connected = asyncio.Event()
         self._state_changed = asyncio.Event()
@@ -314,6 +319,8 @@ class Client:
         if self.state == "closed":
             assert self.error is not None
             raise self.error
+        if (since is None) != (epoch is None):
+            raise ValueError("since and epoch go together (a seq names a message only in its epoch)")
         room = self._rooms.get(name)
         if room is not None and room._wanted:
             return room
@@ -444,8 +451,6 @@ class Client:
         query = [(k, v) for k, v in parse_qsl(self._parts.query) if k not in ("since", "epoch")]
         if room.epoch is not None:
             query += [("since", str(room.seq)), ("epoch", room.epoch)]
-        elif any(k in ("since", "epoch") for k, _ in parse_qsl(self._parts.query)):
-            return self.url
         return urlunsplit(self._parts._replace(query=urlencode(query)))
 
     async def _fetch_token(self) -> str | None:
@@ -543,12 +548,17 @@ class Client:
         self.connections += 1
         heartbeat = loop.create_task(self._heartbeat(ws))
         try:
-            for room in list(self._rooms.values()):
-                if room.name == self.path_room:
-                    if not room._wanted:
-                        await ws.send(json.dumps({"op": "leave", "room": room.name}))
-                elif room._wanted:
-                    await ws.send(json.dumps(self._join_op(room)))
+            # rejoin every room with its position; rooms joined meanwhile (while a send
+            # waited) are picked up by the next round; none can slip in after the last
+            done: set[str] = set()
+            while todo := [r for r in self._rooms.values() if r.name not in done]:
+                for room in todo:
+                    done.add(room.name)
+                    if room.name == self.path_room:
+                        if not room._wanted:
+                            await ws.send(json.dumps({"op": "leave", "room": room.name}))
+                    elif room._wanted:
+                        await ws.send(json.dumps(self._join_op(room)))
             self._ws = ws
             self._set_state("connected")
             self._connected.set()

@@ -124,3 +124,32 @@ async def test_a_joined_room_resumes_with_the_join_op() -> None:
                 await out.publish("n4")
                 assert (await news.get()).seq == 4
                 assert news._queue.empty()
+
+
+async def test_a_position_kept_by_the_application_resumes_in_join_and_url() -> None:
+    async with asyncio.timeout(LIMIT):
+        async with mioket_server() as server:
+            async with mioket_client.connect(server.url("news"), **FAST) as writer:
+                out = await writer.join("news")
+                for i in range(1, 5):
+                    await out.publish(f"n{i}")
+                epoch = out.epoch
+                assert epoch is not None
+                # join op: since 2 of the right epoch -> 3, 4 and recovered
+                async with mioket_client.connect(server.url("home"), **FAST) as client:
+                    news = await client.join("news", since=2, epoch=epoch)
+                    got = [await news.get() for _ in range(2)]
+                    assert [m.seq for m in got] == [3, 4] and news.recovered is True
+                    stale = await client.join("stale", since=7, epoch="0123456789abcdef")
+                    assert stale.recovered is False  # a gap: another epoch
+                # the URL's room: the position in the query
+                url = f"{server.url('news')}?since=3&epoch={epoch}"
+                async with mioket_client.connect(url, **FAST) as client:
+                    news = await client.join("news")
+                    got = await news.get()
+                    assert (got.seq, got.data) == (4, "n4") and news.recovered is True
+                async with mioket_client.connect(f"{server.url('news')}?since=3&epoch=ffffffffffffffff", **FAST) as client:
+                    news = await client.join("news")
+                    gap = await news.get()
+                    assert gap == Gap("news", epoch, "ffffffffffffffff", 3)
+                    assert [(await news.get()).seq for _ in range(4)] == [1, 2, 3, 4]
