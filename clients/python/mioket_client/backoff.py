@@ -29,7 +29,7 @@ class Backoff:
 
     def cap(self, attempt: int) -> float:
         """The upper bound of the delay of attempt ``attempt``."""
-        return min(self.maximum, self.initial * 2 ** min(attempt, 64))
+        return min(self.maximum, self.initial * 2.0 ** min(attempt, 64))
 
     def next(self) -> float:
         """The delay before the next attempt; counts the attempt."""

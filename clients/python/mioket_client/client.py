@@ -430,7 +430,8 @@ class Client:
                     await ws.send(json.dumps(op))
                 except ConnectionClosed:
                     raise Disconnected("connection lost before the ack") from None
-                return await fut
+                answer: dict[str, Any] = await fut
+                return answer
         except TimeoutError:
             raise PublishTimeout(f"no answer in {timeout} s") from None
         finally:

@@ -8,7 +8,14 @@ import pytest
 
 import mioket_client
 from conftest import LIMIT, mioket_server, tcp_proxy, wait_until
-from mioket_client import Backoff, Disconnected, Message, PublishTimeout, ServerError
+from mioket_client import (
+    Backoff,
+    Disconnected,
+    Message,
+    ProtocolError,
+    PublishTimeout,
+    ServerError,
+)
 
 FAST = {"backoff": Backoff(initial=0.02, maximum=0.1), "heartbeat": 30}
 
@@ -92,3 +99,10 @@ async def test_leave_ends_the_iteration_and_stops_the_messages() -> None:
                 assert again is not news
                 got = [await again.get() for _ in range(2)]  # a fresh join: the history
                 assert [m.data for m in got] == ["a", "b"]
+
+
+async def test_a_server_without_mioket_v1_is_a_protocol_error() -> None:
+    async with asyncio.timeout(LIMIT):
+        async with mioket_server("--mode", "echo") as server:
+            with pytest.raises(ProtocolError):
+                await mioket_client.connect(server.url(), heartbeat=30)
