@@ -85,7 +85,9 @@ const NOT_JOINED: Joined = Joined { room: NO_ROOM, key: MemberKey::NONE };
 /// live beside the clients (`App::extras`), not in each.
 #[derive(Default)]
 struct Extra {
-    home: Option<(RoomId, u32)>,
+    /// By name: a room freed and made again (one that never had a message goes when
+    /// its last member leaves) is still the path's.
+    home: Option<Box<str>>,
     more: Vec<Joined>,
 }
 
@@ -186,6 +188,8 @@ pub struct App<T> {
     envelopes: Envelopes,
     /// v1 clients' rooms beyond their first, by client id.
     extras: HashMap<usize, Extra>,
+    /// v1 clients that made rooms by `join`: when their window began, rooms made in it.
+    new_rooms: HashMap<usize, (Instant, usize)>,
     /// permessage-deflate's one compressor: a message is compressed once, whoever gets it.
     compressor: Compressor,
     /// A v1 message's bytes, copied out of its connection to be parsed while the
@@ -234,6 +238,7 @@ impl<T: fmt::Display> App<T> {
             welcome,
             envelopes: Envelopes::default(),
             extras: HashMap::new(),
+            new_rooms: HashMap::new(),
             compressor: Compressor::default(),
             scratch: Vec::new(),
             presence_at: None,
@@ -409,10 +414,14 @@ impl<T: fmt::Display> App<T> {
                     if room == NO_ROOM {
                         continue;
                     }
+                    if !fits_envelope(config, Payload::of(opcode, payload)) {
+                        client.conn.close(CloseCode::TOO_BIG, TOO_BIG_FOR_ENVELOPE, now, limits);
+                        continue;
+                    }
                     if let Some(bp) = self.backplane.as_mut() {
                         let name = rooms.get(room).map_or("", |r| r.name());
                         let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
-                        if bp.publish(name, opcode, payload, origin).is_err() {
+                        if bp.publish(name, opcode, payload, origin, now).is_err() {
                             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
                         }
                         continue;
@@ -550,9 +559,12 @@ impl<T: fmt::Display> App<T> {
     /// path's room.
     fn handle_v1(&mut self, id: usize, opcode: Opcode, message: &[u8], now: Instant) {
         if opcode == Opcode::Binary {
-            match self.session(id).and_then(|s| s.home_room()) {
+            let published = match self.session(id).and_then(|s| s.home_room()) {
                 Some(room) => self.publish(room, Payload::Binary(message), Some((id, None)), now),
-                None => self.refuse_op(id, OpError::NotJoined, None, now),
+                None => Err(OpError::NotJoined),
+            };
+            if let Err(err) = published {
+                self.refuse_op(id, err, None, now);
             }
             return;
         }
@@ -565,9 +577,9 @@ impl<T: fmt::Display> App<T> {
         let result = match &op {
             Op::Publish { room, payload, id: op_id } => {
                 self.metrics.ops[0] += 1;
-                self.joined_room(id, room.as_deref()).map(|room| {
+                self.joined_room(id, room.as_deref()).and_then(|room| {
                     let ack = op_id.as_deref();
-                    self.publish(room, payload.as_payload(), Some((id, ack)), now);
+                    self.publish(room, payload.as_payload(), Some((id, ack)), now)
                 })
             }
             Op::Join { room, resume, .. } => {
@@ -578,10 +590,20 @@ impl<T: fmt::Display> App<T> {
                 self.metrics.ops[2] += 1;
                 self.joined_room(id, room.as_deref()).map(|room| self.leave(id, room, now))
             }
+            Op::Ping { id: op_id } => {
+                self.metrics.ops[3] += 1;
+                let pong = self.envelopes.pong(op_id.as_deref());
+                if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.send(pong, now, &self.config.limits).is_ok() {
+                        self.metrics.messages_out += 1;
+                    }
+                }
+                Ok(())
+            }
         };
         if let Err(err) = result {
             let op_id = match &op {
-                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } => id.as_deref(),
+                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } | Op::Ping { id } => id.as_deref(),
             };
             self.refuse_op(id, err, op_id, now);
         }
@@ -602,10 +624,9 @@ impl<T: fmt::Display> App<T> {
     /// the path's room joined again after a leave becomes its first again.
     fn add_membership(&mut self, id: usize, joined: Joined) {
         let Some(client) = self.clients.get_mut(id) else { return };
-        let alive =
-            |(room, generation): (RoomId, u32)| self.rooms.get(room).is_some_and(|r| r.generation() == generation);
+        let name = self.rooms.get(joined.room).map(|r| r.name());
         let extra = self.extras.entry(id).or_default();
-        let back_home = extra.home.is_some_and(|home| home.0 == joined.room && alive(home));
+        let back_home = extra.home.is_some() && extra.home.as_deref() == name;
         if back_home {
             extra.home = None;
             if client.first.room != NO_ROOM {
@@ -630,8 +651,8 @@ impl<T: fmt::Display> App<T> {
         if client.first.room == room && room != NO_ROOM {
             let joined = client.first;
             if client.first_is_home {
-                let generation = self.rooms.get(room).map_or(0, |r| r.generation());
-                self.extras.entry(id).or_default().home = Some((room, generation));
+                let name = self.rooms.get(room).map_or("", |r| r.name());
+                self.extras.entry(id).or_default().home = Some(name.into());
             }
             client.first = NOT_JOINED;
             client.first_is_home = false;
@@ -668,9 +689,27 @@ impl<T: fmt::Display> App<T> {
         if session.count() >= self.config.max_rooms_per_connection {
             return Err(OpError::TooManyRooms);
         }
+        if self.rooms.find(name).is_none() && !self.take_new_room(id, now) {
+            return Err(OpError::TooManyNewRooms);
+        }
         let room = self.rooms.find_or_create(name, now).map_err(|_| OpError::RoomLimit)?;
         self.join(id, room, resume, now);
         Ok(())
+    }
+
+    /// Counts a room `id` makes by `join`: at most `--rooms-per-second` in a second
+    /// (a window from the first of them), so that one connection cannot churn the
+    /// room table. False when this one is over.
+    fn take_new_room(&mut self, id: usize, now: Instant) -> bool {
+        let window = self.new_rooms.entry(id).or_insert((now, 0));
+        if now >= window.0 + Duration::from_secs(1) {
+            *window = (now, 0);
+        }
+        if window.1 >= self.config.rooms_per_second {
+            return false;
+        }
+        window.1 += 1;
+        true
     }
 
     fn leave(&mut self, id: usize, room: RoomId, now: Instant) {
@@ -693,13 +732,25 @@ impl<T: fmt::Display> App<T> {
 
     /// Publishes to a room: numbered, kept, and sent to every member in the encoding
     /// it speaks. `origin` is the publishing client and the id to ack, if any.
-    fn publish(&mut self, room: RoomId, payload: Payload<'_>, origin: Option<(usize, Option<&str>)>, now: Instant) {
+    /// Refused when its envelope would pass --max-message.
+    fn publish(
+        &mut self,
+        room: RoomId,
+        payload: Payload<'_>,
+        origin: Option<(usize, Option<&str>)>,
+        now: Instant,
+    ) -> Result<(), OpError> {
+        if !fits_envelope(&self.config, payload) {
+            return Err(OpError::MessageTooBig);
+        }
         if let (Some(_), Some((id, ack))) = (&self.backplane, origin) {
             let origin = crate::backplane::Origin::Client { id, ack: ack.map(Into::into), v1: true };
-            return self.publish_to_redis(room, payload, origin, now);
+            self.publish_to_redis(room, payload, origin, now);
+            return Ok(());
         }
         let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
         self.fan_out(room, stored, origin, now);
+        Ok(())
     }
 
     /// Keeps a message encoded by `encode` in its room's history and queues it to
@@ -824,8 +875,9 @@ impl<T: fmt::Display> App<T> {
             }
             BodyLength::Length(n) => n,
         };
-        let Ok(name) = rooms::decode_name(encoded_room) else {
-            return api::error(400, "invalid room name");
+        let name = match rooms::decode_name(encoded_room) {
+            Ok(name) => name,
+            Err(why) => return api::error(400, why.reason()),
         };
         // The head passed: the body is read next (`answer_http`), then this again.
         if (request.body.len() as u64) < length {
@@ -839,6 +891,9 @@ impl<T: fmt::Display> App<T> {
                 Err(_) => return api::error(400, "a text body must be UTF-8"),
             }
         };
+        if !fits_envelope(&self.config, payload) {
+            return api::error(413, TOO_BIG_FOR_ENVELOPE);
+        }
         if self.backplane.is_some() {
             return self.api_publish_to_redis(id, &name, payload);
         }
@@ -1103,6 +1158,7 @@ impl<T: fmt::Display> App<T> {
             self.released += memory;
         }
         let extra = self.extras.remove(&id);
+        self.new_rooms.remove(&id);
         if client.role != Role::Pending {
             let session = Session {
                 v1: client.role == Role::V1,
@@ -1155,7 +1211,7 @@ fn room_of_upgrade(
     request: &UpgradeRequest,
     now: Instant,
 ) -> Result<(RoomId, Option<Resume<'static>>), HandshakeError> {
-    let name = rooms::room_from_path(&request.path).map_err(|_| HandshakeError::BadRoomName)?;
+    let name = rooms::room_from_path(&request.path).map_err(HandshakeError::BadRoomName)?;
     // Plain clients know no seqs: they get the whole history, as always.
     let resume = match request.offers_v1 {
         true => Resume::from_query(&request.query).map_err(|_| HandshakeError::BadResume)?,
@@ -1168,6 +1224,16 @@ fn room_of_upgrade(
 /// When rooms may next tell their presence: now, or a second after they last did.
 fn presence_time(last: Option<Instant>, now: Instant) -> Instant {
     last.map_or(now, |t| (t + PRESENCE_EVERY).max(now))
+}
+
+/// The 1009 close reason, and the API's 413 body, of a message whose envelope is too big.
+const TOO_BIG_FOR_ENVELOPE: &str = "message too big: its mioket.v1 envelope would pass --max-message";
+
+/// Whether a message's mioket.v1 envelope stays within --max-message (plus
+/// `v1::ENVELOPE_OVERHEAD`). Checked on every publish, whoever is in the room: the
+/// history replays it to v1 members who join later.
+fn fits_envelope(config: &Config, payload: Payload<'_>) -> bool {
+    v1::envelope_payload_len(payload) <= config.limits.max_message
 }
 
 /// A message in the encodings its room needs now: plain for plain members, a v1

@@ -90,6 +90,8 @@ pub struct Config {
     pub room_ttl: Duration,
     pub max_rooms: usize,
     pub max_rooms_per_connection: usize,
+    /// New rooms one mioket.v1 connection may make by `join` in a second.
+    pub rooms_per_second: usize,
     /// The bearer token of the HTTP API; `None` turns the API off.
     pub api_token: Option<String>,
     pub deflate: DeflateMode,
@@ -106,6 +108,8 @@ pub struct Config {
     pub redis: Option<crate::backplane::RedisUrl>,
     /// Messages at most waiting for Redis on this node; beyond it publishes are refused.
     pub redis_outbox: usize,
+    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused.
+    pub redis_outbox_bytes: usize,
     /// SO_REUSEPORT on the main port: several processes listen on one port.
     pub reuse_port: bool,
 }
@@ -118,8 +122,9 @@ impl Config {
         format!(
             "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
-             history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} api={} deflate={} \
-             deflate-min-size={} send-buffer={} redis={} redis-outbox={} reuse-port={}",
+             history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} \
+             rooms-per-second={} api={} deflate={} deflate-min-size={} send-buffer={} redis={} redis-outbox={} \
+             redis-outbox-bytes={} reuse-port={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -137,12 +142,14 @@ impl Config {
             secs(Some(self.room_ttl)),
             self.max_rooms,
             self.max_rooms_per_connection,
+            self.rooms_per_second,
             if self.api_token.is_some() { "on" } else { "off" },
             if self.deflate == DeflateMode::Shared { "shared" } else { "off" },
             self.deflate_min_size,
             self.send_buffer,
             self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
             self.redis_outbox,
+            self.redis_outbox_bytes,
             self.reuse_port,
         )
     }
@@ -153,7 +160,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_UNFINISHED_MEMORY: usize = 64 << 20;
 pub const DEFAULT_MAX_ROOMS: usize = 100_000;
+pub const DEFAULT_ROOMS_PER_SECOND: usize = 100;
 pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
+pub const DEFAULT_REDIS_OUTBOX_BYTES: usize = 64 << 20;
 /// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
 /// saves too few bytes for its CPU.
 pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 256;
@@ -178,6 +187,7 @@ impl Default for Config {
             room_ttl: Duration::from_secs(300),
             max_rooms: DEFAULT_MAX_ROOMS,
             max_rooms_per_connection: 64,
+            rooms_per_second: DEFAULT_ROOMS_PER_SECOND,
             api_token: None,
             deflate: DeflateMode::Shared,
             deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
@@ -186,6 +196,7 @@ impl Default for Config {
             tls_key: None,
             redis: None,
             redis_outbox: DEFAULT_REDIS_OUTBOX,
+            redis_outbox_bytes: DEFAULT_REDIS_OUTBOX_BYTES,
             reuse_port: false,
         }
     }
@@ -232,12 +243,15 @@ struct Args {
     /// Keep a room without members this long (so clients can resume), then free it
     #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
     room_ttl: std::option::Option<Duration>,
-    /// Rooms at most; an upgrade that would create one more gets 503
+    /// Rooms at most; when full, a new room frees the empty room emptied longest ago, and with none an upgrade that would create one more gets 503
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROOMS, value_parser = positive)]
     max_rooms: usize,
     /// Rooms one mioket.v1 connection may be in, its path's room included
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
     max_rooms_per_connection: usize,
+    /// New rooms one mioket.v1 connection may make by join in a second (`too many new rooms` beyond)
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_ROOMS_PER_SECOND, value_parser = positive)]
+    rooms_per_second: usize,
     /// Turn the HTTP API on with this bearer token (docs/protocol.md) [default: off]
     #[arg(long, value_name = "TOKEN", env = "MIOKET_API_TOKEN", hide_env_values = true)]
     api_token: Option<String>,
@@ -291,6 +305,9 @@ struct Args {
     /// Messages at most waiting for Redis on this node; beyond it publishes are refused
     #[arg(long, value_name = "N", default_value_t = DEFAULT_REDIS_OUTBOX, value_parser = positive)]
     redis_outbox: usize,
+    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_REDIS_OUTBOX_BYTES, value_parser = positive)]
+    redis_outbox_bytes: usize,
     /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
     #[arg(long)]
     reuse_port: bool,
@@ -332,6 +349,7 @@ where
         room_ttl: args.room_ttl.unwrap_or_default(),
         max_rooms: args.max_rooms,
         max_rooms_per_connection: args.max_rooms_per_connection,
+        rooms_per_second: args.rooms_per_second,
         api_token: args.api_token.filter(|t| !t.is_empty()),
         deflate: args.deflate,
         deflate_min_size: args.deflate_min_size,
@@ -340,6 +358,7 @@ where
         tls_key: args.tls_key,
         redis: args.redis,
         redis_outbox: args.redis_outbox,
+        redis_outbox_bytes: args.redis_outbox_bytes,
         reuse_port: args.reuse_port,
     })
 }

@@ -113,8 +113,8 @@ pub enum HandshakeError {
     ServerFull,
     /// A plain request with a method other than GET or POST.
     MethodNotAllowed,
-    /// The upgrade's path does not name a valid room (docs/protocol.md).
-    BadRoomName,
+    /// The upgrade's path does not name a valid room (docs/protocol.md), and why.
+    BadRoomName(InvalidName),
     /// The upgrade's `since` is not a non-negative integer.
     BadResume,
     /// The upgrade would create a room beyond `--max-rooms`.
@@ -152,12 +152,44 @@ impl HandshakeError {
             HandshakeError::OriginRefused => "origin not allowed",
             HandshakeError::ServerFull => "too many connections, try again later",
             HandshakeError::MethodNotAllowed => "method not allowed",
-            HandshakeError::BadRoomName => {
-                "invalid room name: the path must be UTF-8 of at most 128 bytes, without control characters \
-                 or bad percent escapes"
-            }
+            HandshakeError::BadRoomName(why) => why.reason(),
             HandshakeError::BadResume => "invalid since: must be a non-negative integer",
             HandshakeError::RoomLimit => "too many rooms, try again later",
+        }
+    }
+}
+
+/// Why a room name is refused (docs/protocol.md, "Rooms by path"; checked in
+/// `rooms::check_name`): the 400's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvalidName {
+    /// A request target without a leading `/` (`GET lobby`, `GET *`) is not a path.
+    NotAPath,
+    /// A `%` not followed by two hex digits, or bytes that are not UTF-8 once decoded.
+    BadEscape,
+    TooLong,
+    /// A control character (C0, DEL, C1).
+    Control,
+    /// A format character (bidirectional controls, zero-width characters, U+FEFF, ...)
+    /// or a line or paragraph separator: invisible, so two names would look the same.
+    Invisible,
+    /// Not in Unicode NFC: `café` has one spelling, not two.
+    NotNfc,
+    /// An empty, `.` or `..` segment (`//lobby`, `/./lobby`, `/lobby/`), which a proxy
+    /// that normalises paths would route elsewhere.
+    DotOrEmptySegment,
+}
+
+impl InvalidName {
+    pub fn reason(self) -> &'static str {
+        match self {
+            InvalidName::NotAPath => "invalid room name: the request target must be a path starting with /",
+            InvalidName::BadEscape => "invalid room name: a bad percent escape, or not UTF-8",
+            InvalidName::TooLong => "invalid room name: longer than 128 bytes",
+            InvalidName::Control => "invalid room name: a control character",
+            InvalidName::Invisible => "invalid room name: a format (bidirectional, zero-width) or separator character",
+            InvalidName::NotNfc => "invalid room name: not in Unicode NFC",
+            InvalidName::DotOrEmptySegment => "invalid room name: an empty, . or .. segment",
         }
     }
 }

@@ -61,7 +61,7 @@ pub struct Metrics {
     pub http_requests: u64,
     /// mioket.v1 ops by kind (`Op::index`), refused ops by reason (`OpError as usize`),
     /// resumes by outcome (recovered, not).
-    pub ops: [u64; 3],
+    pub ops: [u64; 4],
     pub op_errors: [u64; OpError::ALL.len()],
     pub resumes: [u64; 2],
     pub presence_updates: u64,
@@ -90,7 +90,7 @@ pub struct Gauges {
 }
 
 /// The labels of `Metrics::ops`.
-pub const OP_KINDS: [&str; 3] = ["publish", "join", "leave"];
+pub const OP_KINDS: [&str; 4] = ["publish", "join", "leave", "ping"];
 
 impl Metrics {
     pub fn reject(&mut self, why: Rejection) {
@@ -181,7 +181,8 @@ impl Metrics {
         family(o, "mioket_rooms", "gauge", "Rooms now (with members, or empty and kept for --room-ttl).");
         let _ = writeln!(o, "mioket_rooms {}", g.rooms);
         counter(o, "mioket_rooms_created_total", "Rooms created.", g.rooms_created);
-        counter(o, "mioket_rooms_expired_total", "Empty rooms freed after --room-ttl.", g.rooms_expired);
+        let freed = "Empty rooms freed: after --room-ttl, at once if they never had a message, or for a new room.";
+        counter(o, "mioket_rooms_expired_total", freed, g.rooms_expired);
         family(o, "mioket_ops_total", "counter", "mioket.v1 ops received, by kind.");
         for (kind, n) in OP_KINDS.iter().zip(self.ops) {
             let _ = writeln!(o, "mioket_ops_total{{op=\"{kind}\"}} {n}");

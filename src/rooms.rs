@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
+pub use crate::error::InvalidName;
 use crate::pubsub::{Audience, ClientId, MemberKey, Seq, Topic, Weight};
 
 /// A room's index in `Rooms`; valid while the room lives (see `Room::generation`).
@@ -23,17 +24,13 @@ pub const MAX_NAME: usize = 128;
 
 const NONE: RoomId = RoomId::MAX;
 
-/// A room name that the protocol does not allow (docs/protocol.md, "Rooms by path").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct InvalidName;
-
 /// A room would be one beyond `--max-rooms`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RoomLimit;
 
 /// The room a request path names: the path without its leading `/`, percent-decoded.
 pub fn room_from_path(path: &str) -> Result<Cow<'_, str>, InvalidName> {
-    let encoded = path.strip_prefix('/').unwrap_or(path);
+    let encoded = path.strip_prefix('/').ok_or(InvalidName::NotAPath)?;
     decode_name(encoded)
 }
 
@@ -44,20 +41,64 @@ pub fn decode_name(encoded: &str) -> Result<Cow<'_, str>, InvalidName> {
     for (i, _) in bytes.iter().enumerate().filter(|(_, &b)| b == b'%') {
         let hex = |j: usize| bytes.get(j).is_some_and(u8::is_ascii_hexdigit);
         if !(hex(i + 1) && hex(i + 2)) {
-            return Err(InvalidName);
+            return Err(InvalidName::BadEscape);
         }
     }
-    let name = percent_encoding::percent_decode_str(encoded).decode_utf8().map_err(|_| InvalidName)?;
+    let name = percent_encoding::percent_decode_str(encoded).decode_utf8().map_err(|_| InvalidName::BadEscape)?;
     check_name(&name)?;
     Ok(name)
 }
 
-/// At most `MAX_NAME` bytes of UTF-8 without a control character.
+/// At most `MAX_NAME` bytes of UTF-8 in NFC, without a control or an invisible
+/// character, and, unless it is `""` (the default room), made of `/`-separated
+/// segments that are neither empty nor `.` or `..`. One name, one look, one path.
 pub fn check_name(name: &str) -> Result<(), InvalidName> {
-    if name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(InvalidName);
+    if name.len() > MAX_NAME {
+        return Err(InvalidName::TooLong);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(InvalidName::Control);
+    }
+    if name.chars().any(is_invisible) {
+        return Err(InvalidName::Invisible);
+    }
+    if !unicode_normalization::is_nfc(name) {
+        return Err(InvalidName::NotNfc);
+    }
+    if !name.is_empty() && name.split('/').any(|segment| matches!(segment, "" | "." | "..")) {
+        return Err(InvalidName::DotOrEmptySegment);
     }
     Ok(())
+}
+
+/// Unicode's format characters (general category Cf, Unicode 16: bidirectional
+/// controls, zero-width joiners and spaces, U+FEFF, tags, ...) and the line and
+/// paragraph separators (Zl, Zp).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{AD}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61C}'
+            | '\u{6DD}'
+            | '\u{70F}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8E2}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{110CD}'
+            | '\u{13430}'..='\u{1343F}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0001}'
+            | '\u{E0020}'..='\u{E007F}'
+    )
 }
 
 /// A kept message: the encodings made when it was published (at least one). A join
@@ -148,6 +189,8 @@ pub struct Rooms {
     presence: Vec<RoomId>,
     generations: u32,
     pub created: u64,
+    /// Rooms freed: after their TTL, at once when they never had a message, or to
+    /// make room for a new one.
     pub expired: u64,
 }
 
@@ -172,13 +215,17 @@ impl Rooms {
         self.by_name.get(name).copied()
     }
 
-    /// The room named `name`, made (empty, with a new epoch) if there is none.
+    /// The room named `name`, made (empty, with a new epoch) if there is none. With
+    /// `--max-rooms` rooms, the empty room that would expire first (emptied longest
+    /// ago) is freed to make room; only a table of rooms with members refuses.
     pub fn find_or_create(&mut self, name: &str, now: Instant) -> Result<RoomId, RoomLimit> {
         if let Some(id) = self.find(name) {
             return Ok(id);
         }
         if self.rooms.len() >= self.limits.max_rooms {
-            return Err(RoomLimit);
+            let oldest = self.next_expiring(None).ok_or(RoomLimit)?;
+            self.free(oldest);
+            self.expired += 1;
         }
         self.generations = self.generations.wrapping_add(1);
         let room = Room {
@@ -235,6 +282,12 @@ impl Rooms {
         let Some(room) = self.rooms.get_mut(id as usize) else { return };
         room.topic.leave(key, audience);
         if room.topic.member_count() == 0 {
+            if room.topic.last_seq() == 0 {
+                // Never had a message: nothing to resume, so nothing to keep.
+                self.free(id);
+                self.expired += 1;
+                return;
+            }
             self.became_empty(id, now);
         }
         self.presence_changed(id, false);
@@ -288,9 +341,21 @@ impl Rooms {
     /// Frees the rooms that have been empty for the TTL; returns how many.
     pub fn expire(&mut self, now: Instant) -> usize {
         let mut freed = 0;
+        while let Some(id) = self.next_expiring(Some(now)) {
+            self.free(id);
+            freed += 1;
+        }
+        self.expired += freed as u64;
+        freed
+    }
+
+    /// Takes the empty room that expires first off the heap, if its deadline is at
+    /// most `until` (`None`: whenever it is); the caller frees it. Entries of rooms
+    /// gone or joined again are dropped on the way.
+    fn next_expiring(&mut self, until: Option<Instant>) -> Option<RoomId> {
         while let Some(&Reverse((at, id, generation))) = self.expiring.peek() {
-            if at > now {
-                break;
+            if until.is_some_and(|until| at > until) {
+                return None;
             }
             self.expiring.pop();
             let Some(room) = self.rooms.get_mut(id as usize).filter(|r| r.generation == generation) else {
@@ -299,19 +364,16 @@ impl Rooms {
             room.expiry_queued = false;
             match room.empty_since {
                 Some(since) if room.topic.member_count() == 0 => {
-                    if since + self.limits.ttl <= now {
-                        self.free(id);
-                        freed += 1;
-                    } else {
-                        // Emptied again since this entry was made: wait for its new deadline.
-                        self.became_empty(id, since);
+                    if since + self.limits.ttl <= until.unwrap_or(at) {
+                        return Some(id);
                     }
+                    // Emptied again since this entry was made: wait for its new deadline.
+                    self.became_empty(id, since);
                 }
                 _ => {}
             }
         }
-        self.expired += freed as u64;
-        freed
+        None
     }
 
     /// Rooms whose member count changed since their last presence, each once, with the
@@ -354,6 +416,14 @@ impl Rooms {
         if !room.expiry_queued {
             room.expiry_queued = true;
             self.expiring.push(Reverse((since + self.limits.ttl, id, room.generation)));
+        }
+        // Entries of rooms freed before their deadline (never used, or to make room)
+        // would pile up for a TTL: past twice the rooms, keep only the live ones.
+        if self.expiring.len() > 2 * self.rooms.len() + 64 {
+            let rooms = &self.rooms;
+            self.expiring.retain(|Reverse((_, id, generation))| {
+                rooms.get(*id as usize).is_some_and(|r| r.generation == *generation && r.expiry_queued)
+            });
         }
     }
 

@@ -75,10 +75,14 @@ pub enum OpError {
     RoomLimit,
     /// The Redis backplane (`--redis`) cannot take the op now.
     BackplaneUnavailable,
+    /// The message's envelope would pass `--max-message` (see `envelope_payload_len`).
+    MessageTooBig,
+    /// A `join` that would make more than `--rooms-per-second` new rooms in a second.
+    TooManyNewRooms,
 }
 
 impl OpError {
-    pub const ALL: [OpError; 10] = [
+    pub const ALL: [OpError; 12] = [
         OpError::InvalidJson,
         OpError::UnknownOp,
         OpError::InvalidField,
@@ -89,6 +93,8 @@ impl OpError {
         OpError::TooManyRooms,
         OpError::RoomLimit,
         OpError::BackplaneUnavailable,
+        OpError::MessageTooBig,
+        OpError::TooManyNewRooms,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -103,6 +109,8 @@ impl OpError {
             OpError::TooManyRooms => "too many rooms",
             OpError::RoomLimit => "room limit reached",
             OpError::BackplaneUnavailable => "backplane unavailable",
+            OpError::MessageTooBig => "message too big",
+            OpError::TooManyNewRooms => "too many new rooms",
         }
     }
 }
@@ -110,9 +118,25 @@ impl OpError {
 /// A client's op, borrowing from its frame where JSON escapes allow.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Op<'a> {
-    Publish { room: Option<Cow<'a, str>>, payload: OwnedPayload<'a>, id: Option<Cow<'a, str>> },
-    Join { room: Cow<'a, str>, resume: Option<Resume<'a>>, id: Option<Cow<'a, str>> },
-    Leave { room: Option<Cow<'a, str>>, id: Option<Cow<'a, str>> },
+    Publish {
+        room: Option<Cow<'a, str>>,
+        payload: OwnedPayload<'a>,
+        id: Option<Cow<'a, str>>,
+    },
+    Join {
+        room: Cow<'a, str>,
+        resume: Option<Resume<'a>>,
+        id: Option<Cow<'a, str>>,
+    },
+    Leave {
+        room: Option<Cow<'a, str>>,
+        id: Option<Cow<'a, str>>,
+    },
+    /// A heartbeat: answered with `pong`, so a client can tell a live link from a dead
+    /// one (WebSocket pings are invisible to browser JavaScript).
+    Ping {
+        id: Option<Cow<'a, str>>,
+    },
 }
 
 /// A publish's payload: text as JSON gave it, binary decoded from base64.
@@ -224,6 +248,7 @@ pub fn parse_op(text: &str) -> Result<Op<'_>, (OpError, Option<String>)> {
             None => fail(OpError::InvalidField),
         },
         "leave" => Ok(Op::Leave { room, id }),
+        "ping" => Ok(Op::Ping { id }),
         _ => fail(OpError::UnknownOp),
     }
 }
@@ -242,7 +267,7 @@ fn classify(text: &str, err: serde_json::Error) -> (OpError, Option<String>) {
         Some(_) => return (OpError::InvalidId, None),
     };
     match object.get("op").and_then(|op| op.as_str()) {
-        Some("publish" | "join" | "leave") => (OpError::InvalidField, id),
+        Some("publish" | "join" | "leave" | "ping") => (OpError::InvalidField, id),
         _ => (OpError::UnknownOp, id),
     }
 }
@@ -326,6 +351,18 @@ impl Envelopes {
         Chunk::Owned(self.finish().to_vec())
     }
 
+    /// `{"type":"pong","id":ID}` (`id` null when the ping had none).
+    pub fn pong(&mut self, id: Option<&str>) -> Chunk {
+        self.start();
+        self.push(b"{\"type\":\"pong\",\"id\":");
+        match id {
+            Some(id) => self.string(id),
+            None => self.push(b"null"),
+        }
+        self.push(b"}");
+        Chunk::Owned(self.finish().to_vec())
+    }
+
     /// `{"type":"presence",...}`, shared by the room's v1 members.
     pub fn presence(&mut self, room: &str, online: usize) -> Rc<[u8]> {
         self.start();
@@ -378,6 +415,31 @@ impl Envelopes {
         let start = MAX_HEADER_LEN - n;
         self.buf[start..MAX_HEADER_LEN].copy_from_slice(&header[..n]);
         &self.buf[start..]
+    }
+}
+
+/// What a `message` envelope frame adds at most to its payload's JSON (the text
+/// escaped, or the bytes in base64, without quotes): the frame header, the fixed
+/// fields, a room name of at most `rooms::MAX_NAME` bytes as JSON (each byte escaped
+/// to 2 at worst, control characters are not allowed), a 20-digit seq, the quotes.
+/// 10 (header) + 25 + 258 (room) + 38 (seq, field name, quotes, `}`) = 331, rounded up.
+pub const ENVELOPE_OVERHEAD: usize = 512;
+
+/// The length of a payload inside a `message` envelope, without its quotes: text
+/// JSON-escaped (`"` and `\` 2 bytes, a control character 2 or 6), bytes in base64.
+/// Counted without encoding, so that a publish checks its envelope's size before it
+/// makes one: a frame to a v1 member is at most this plus `ENVELOPE_OVERHEAD`.
+pub fn envelope_payload_len(payload: Payload<'_>) -> usize {
+    match payload {
+        Payload::Text(text) => text
+            .bytes()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\x08' | b'\t' | b'\n' | b'\x0c' | b'\r' => 2,
+                0..=0x1f => 6,
+                _ => 1,
+            })
+            .sum(),
+        Payload::Binary(bytes) => base64::encoded_len(bytes.len(), true).unwrap_or(usize::MAX),
     }
 }
 

@@ -9,14 +9,19 @@ mod common;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::proxy::Proxy;
 use common::redis::{redis_available, RedisServer};
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
 fn node(redis: &RedisServer, extra: &[&str]) -> Server {
-    let url = redis.url();
-    let mut args = vec!["--redis", url.as_str(), "--api-token", "t", "--ping-interval", "0", "--welcome", "hi"];
+    node_at(&redis.url(), extra)
+}
+
+/// A node with its Redis at `url` (e.g. behind a fault proxy).
+fn node_at(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--redis", url, "--api-token", "t", "--ping-interval", "0", "--welcome", "hi"];
     args.extend_from_slice(extra);
     Server::start(&args)
 }
@@ -392,4 +397,339 @@ fn reuse_port_lets_two_nodes_listen_on_one_port() {
         .status()
         .unwrap();
     assert!(!status.success());
+}
+
+/// The mioket_* value of a metric line (no labels).
+fn metric(server: &Server, name: &str) -> f64 {
+    let body = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1;
+    let line = body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {body}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Outcome of each publish id: its ack's seq, or the error's reason; and the
+/// messages delivered, by seq.
+type Outcomes = (std::collections::HashMap<String, Result<u64, String>>, Vec<(u64, String)>);
+
+/// Reads until every id has an ack or an error and every acked seq was delivered.
+fn outcomes(ws: &mut Ws, ids: &[String], limit: Duration) -> Outcomes {
+    let end = Instant::now() + limit;
+    let (mut answers, mut delivered) = (std::collections::HashMap::new(), Vec::new());
+    loop {
+        let acked_delivered = answers
+            .values()
+            .filter_map(|a: &Result<u64, String>| a.as_ref().ok())
+            .all(|seq| delivered.iter().any(|(s, _)| s == seq));
+        if answers.len() == ids.len() && acked_delivered {
+            return (answers, delivered);
+        }
+        assert!(
+            Instant::now() < end,
+            "unanswered after {limit:?}: {} of {} answered; {answers:?}",
+            answers.len(),
+            ids.len()
+        );
+        let v = envelope(ws);
+        match v["type"].as_str() {
+            Some("ack") => {
+                answers.insert(v["id"].as_str().unwrap().to_string(), Ok(v["seq"].as_u64().unwrap()));
+            }
+            Some("error") => {
+                answers.insert(v["id"].as_str().unwrap().to_string(), Err(v["reason"].as_str().unwrap().to_string()));
+            }
+            Some("message") => delivered.push((v["seq"].as_u64().unwrap(), v["data"].as_str().unwrap().to_string())),
+            _ => {}
+        }
+    }
+}
+
+/// Finding 1: a network fault that sends no reset (a proxy that keeps both sockets
+/// open and stops forwarding) left the subscription on a dead socket for good while
+/// /healthz said up, and publishes got no ack, no error and no delivery. Now every
+/// connection is PINGed when idle and dead after 3 s of silence: health says so at
+/// once, and every publish is delivered or refused.
+#[test]
+fn a_silent_link_is_noticed_and_every_publish_is_delivered_or_refused() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let proxy = Proxy::start(format!("127.0.0.1:{}", redis.port).parse().unwrap());
+    let a = node_at(&proxy.redis_url(), &[]);
+    wait_backplane_up(&[&a]);
+    let mut ws = connect_v1(&a, "/silent");
+    welcome(&mut ws);
+    publish(&mut ws, "before", "b0");
+    assert_eq!(collect(&mut ws, 1).0, vec![(1, "before".into())]);
+    ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+
+    proxy.stall();
+    let stalled = Instant::now();
+    // An API publish sent into the silence: refused, saying it may have gone through.
+    let addr = a.addr;
+    let api = std::thread::spawn(move || {
+        let body = "api";
+        http(
+            addr,
+            &format!(
+                "POST /api/rooms/silent/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    });
+    let mut ids = Vec::new();
+    let mut noticed = None;
+    while stalled.elapsed() < Duration::from_secs(9) {
+        let id = format!("p{}", ids.len());
+        publish(&mut ws, &format!("m-{id}"), &id);
+        ids.push(id);
+        if noticed.is_none() && !healthz(&a).contains("backplane: up") {
+            noticed = Some(stalled.elapsed());
+            assert_eq!(metric(&a, "mioket_backplane_up"), 0.0);
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let noticed = noticed.expect("/healthz said up all along");
+    assert!(noticed < Duration::from_secs(5), "noticed after {noticed:?}");
+    let (status, body) = api.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("may have been published"), "{body}");
+
+    // Every publish answered; every acked one delivered, once, in order.
+    let (answers, delivered) = outcomes(&mut ws, &ids, Duration::from_secs(20));
+    let acked = answers.values().filter(|a| a.is_ok()).count();
+    assert!(acked > 0, "publishes go through again once the links are new: {answers:?}");
+    for a in answers.values() {
+        if let Err(reason) = a {
+            assert_eq!(reason, "backplane unavailable");
+        }
+    }
+    let mut seqs: Vec<u64> = delivered.iter().map(|(s, _)| *s).collect();
+    let n = seqs.len();
+    seqs.dedup();
+    assert_eq!(seqs.len(), n, "no duplicate: {delivered:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert!(wait_until(Duration::from_secs(10), || healthz(&a).contains("backplane: up").then_some(())).is_some());
+}
+
+/// Finding 2: replies were parsed in quadratic time on the one command connection, so
+/// joining a room with 100 MB in Redis froze every other room's publishes for 35 s.
+/// Now a fetch reads at most --history-memory bytes, on a connection of its own, and
+/// replies are scanned once.
+#[test]
+fn a_fat_rooms_join_does_not_hold_other_rooms_publishes() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    // 100 messages of 1 MB, written straight into the room's stream.
+    redis.command(&[b"HSET", b"mioket:{fat}:meta", b"epoch", b"00000000000000fa", b"seq", b"100"]);
+    let data = vec![b'x'; 1_000_000];
+    for seq in 1..=100 {
+        let id = format!("{seq}-0");
+        let reply =
+            redis.command(&[b"XADD", b"mioket:{fat}:stream", id.as_bytes(), b"k", b"t", b"o", b"", b"d", &data]);
+        assert_eq!(reply, id);
+    }
+    let a = node(&redis, &[]);
+    wait_backplane_up(&[&a]);
+    let mut thin = connect_v1(&a, "/thin");
+    welcome(&mut thin);
+    let mut round_trip = |i: usize| {
+        let t = Instant::now();
+        publish(&mut thin, "x", &format!("{i}"));
+        let (_, acks) = collect(&mut thin, 1);
+        assert_eq!(acks.len(), 1);
+        t.elapsed()
+    };
+    let mut before: Vec<Duration> = (0..30).map(&mut round_trip).collect();
+    before.sort();
+
+    let addr = a.addr;
+    let joined = std::thread::spawn(move || {
+        let t = Instant::now();
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut request =
+            tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}/fat")).unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "mioket.v1".parse().unwrap());
+        let mut config = tungstenite::protocol::WebSocketConfig::default();
+        config.max_message_size = Some(16 << 20);
+        config.max_frame_size = Some(16 << 20);
+        let (mut ws, _) = tungstenite::client::client_with_config(request, stream, Some(config)).unwrap();
+        let w = welcome(&mut ws);
+        let replayed = collect(&mut ws, 1).0;
+        (t.elapsed(), w, replayed)
+    });
+    let mut during = Vec::new();
+    let started = Instant::now();
+    while !joined.is_finished() && started.elapsed() < Duration::from_secs(60) {
+        during.push(round_trip(during.len() + 100));
+    }
+    let (took, w, replayed) = joined.join().unwrap();
+    assert_eq!(w["seq"], 100, "{w}");
+    assert!(replayed[0].0 > 1, "at most --history-memory bytes fetched: {:?}", replayed[0].0);
+    assert!(took < Duration::from_secs(20), "the join took {took:?}");
+    during.sort();
+    let median = |v: &[Duration]| v[v.len() / 2];
+    eprintln!(
+        "round trips before: median {:?} max {:?}; during the join ({took:?}, {} publishes): median {:?} max {:?}",
+        median(&before),
+        before.last().unwrap(),
+        during.len(),
+        during.first().map(|_| median(&during)),
+        during.last()
+    );
+    if let Some(max) = during.last() {
+        // Generous (a shared machine), far below the seconds of a held link.
+        assert!(median(&during) < median(&before) + Duration::from_millis(50), "{during:?}");
+        assert!(*max < Duration::from_millis(500), "{during:?}");
+    }
+}
+
+/// Finding 3: the list of clients waiting for a room's first fetch kept the ids of
+/// clients that were gone, and the slab reuses ids: the next client was joined to the
+/// first one's room when the fetch came back.
+#[test]
+fn a_client_that_takes_a_gone_joiners_id_is_not_joined_to_its_room() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let a = node(&redis, &["--ping-interval", "0.3", "--ping-timeout", "0.3"]);
+    wait_backplane_up(&[&a]);
+    // Redis paused: the secret room's fetch stays in flight.
+    redis.signal("-STOP");
+    let paused = Instant::now();
+    let gone = connect_v1(&a, "/secret-7f3a9c");
+    // It answers no ping: cut (1011) within 0.6 s, its join still waiting.
+    std::thread::sleep(Duration::from_millis(900));
+    let mut b = connect_v1(&a, "/public");
+    redis.signal("-CONT");
+    assert!(paused.elapsed() < Duration::from_secs(2), "paused for {:?}", paused.elapsed());
+    drop(gone);
+    let w = welcome(&mut b);
+    assert_eq!(w["room"], "public", "{w}");
+    assert_eq!(metric(&a, "mioket_heartbeat_timeouts_total"), 1.0, "the first client was cut");
+    let mut secret = connect_v1(&a, "/secret-7f3a9c");
+    welcome(&mut secret);
+    publish(&mut secret, "secret message", "s1");
+    collect(&mut secret, 1);
+    let mut public = connect_v1(&a, "/public");
+    welcome(&mut public);
+    publish(&mut public, "public message", "p1");
+    // B sees the public room's message, and nothing of the secret room before it.
+    let v = envelope(&mut b);
+    assert_eq!((v["type"].as_str(), v["room"].as_str()), (Some("message"), Some("public")), "{v}");
+    assert_eq!(v["data"], "public message");
+}
+
+/// Finding 8: a room's stream was trimmed by count only (107 MB in Redis for a 2 MB
+/// node history). Now it keeps --history-memory bytes of payload at most; and a Redis
+/// whose maxmemory-policy evicts keys (rooms) is reported.
+#[test]
+fn a_rooms_stream_is_bounded_in_bytes_and_an_evicting_redis_is_reported() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    assert_eq!(redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"allkeys-lru"]), "+OK");
+    let a = node(&redis, &["--history", "1000", "--history-memory", "300000"]);
+    let health = wait_until(Duration::from_secs(15), || {
+        let h = healthz(&a);
+        h.contains("backplane: up").then_some(h)
+    })
+    .expect("backplane up");
+    assert!(health.contains("maxmemory-policy allkeys-lru evicts keys"), "{health}");
+    let mut ws = connect_v1(&a, "/capped");
+    welcome(&mut ws);
+    let big = "y".repeat(50_000);
+    for i in 0..20 {
+        publish(&mut ws, &big, &format!("{i}"));
+    }
+    let (got, _) = collect(&mut ws, 20);
+    assert_gap_free(&got, 1);
+    let len: usize = redis.command(&[b"XLEN", b"mioket:{capped}:stream"]).trim_start_matches(':').parse().unwrap();
+    assert!((1..=6).contains(&len), "300000 bytes hold 6 messages of 50000, the stream kept {len}");
+    let bytes: usize = redis.command(&[b"HGET", b"mioket:{capped}:meta", b"bytes"]).parse().unwrap();
+    assert_eq!(bytes, len * 50_000);
+    // A node that joins later gets what the stream kept.
+    let b = node(&redis, &["--history", "1000"]);
+    wait_backplane_up(&[&b]);
+    let mut late = connect_v1(&b, "/capped");
+    assert_eq!(welcome(&mut late)["seq"], 20);
+    assert_eq!(collect(&mut late, len).0.first().unwrap().0, 21 - len as u64);
+    // With the default policy, no warning.
+    assert_eq!(redis.command(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]), "+OK");
+    let c = node(&redis, &[]);
+    wait_backplane_up(&[&c]);
+    assert!(!healthz(&c).contains("maxmemory-policy"));
+}
+
+/// Finding 9: --redis-outbox counted messages only (4096 of up to 1 MiB: 4 GiB), and
+/// while Redis did not answer /healthz said up. Now the outbox is bounded in bytes too
+/// (--redis-outbox-bytes, 64 MiB by default) and late replies degrade health at once.
+#[test]
+fn the_outbox_is_bounded_in_bytes_and_late_replies_degrade_health() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let a = node(&redis, &[]);
+    wait_backplane_up(&[&a]);
+    let mut ws = connect_v1(&a, "/outbox");
+    welcome(&mut ws);
+    let rss_before = procfs::rss_bytes(a.child.id());
+    redis.signal("-STOP");
+    let paused = Instant::now();
+    let big = "z".repeat(900_000);
+    let ids: Vec<String> = (0..300).map(|i| format!("{i}")).collect();
+    for id in &ids {
+        publish(&mut ws, &big, id);
+    }
+    let rss_paused = procfs::rss_bytes(a.child.id());
+    let late =
+        wait_until(Duration::from_secs(5), || (!healthz(&a).contains("backplane: up")).then(|| paused.elapsed()));
+    let late = late.expect("/healthz said up while Redis did not answer");
+    assert!(paused.elapsed() < Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(paused.elapsed()));
+    redis.signal("-CONT");
+    ws.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (answers, _) = outcomes(&mut ws, &ids, Duration::from_secs(30));
+    let refused = answers.values().filter(|a| a.is_err()).count();
+    eprintln!("RSS {rss_before} -> {rss_paused} while paused; health not up after {late:?}; {refused} of 300 refused");
+    assert!(refused >= 200, "beyond 64 MiB waiting, publishes are refused: {refused} of 300");
+    assert!(rss_paused < rss_before + (128 << 20), "memory bounded: {rss_before} -> {rss_paused}");
+}
+
+/// Redis paused longer than the reply timeout (3 s): the publishes waiting are refused
+/// (they may have been published), none acked is lost or doubled, and the node comes
+/// back by itself.
+#[test]
+fn redis_paused_beyond_the_reply_timeout_loses_nothing_acknowledged() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    wait_backplane_up(&[&a, &b]);
+    let mut reader = connect_v1(&b, "/long");
+    welcome(&mut reader);
+    let mut writer = connect_v1(&a, "/long");
+    welcome(&mut writer);
+    writer.get_ref().set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    redis.signal("-STOP");
+    let paused = Instant::now();
+    let mut ids = Vec::new();
+    while paused.elapsed() < Duration::from_secs(6) {
+        let id = format!("{}", ids.len());
+        publish(&mut writer, &format!("m{id}"), &id);
+        ids.push(id);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!healthz(&a).contains("backplane: up"), "{}", healthz(&a));
+    redis.signal("-CONT");
+    wait_backplane_up(&[&a, &b]);
+    publish(&mut writer, "after", "after");
+    ids.push("after".into());
+    let (answers, delivered) = outcomes(&mut writer, &ids, Duration::from_secs(20));
+    assert!(answers["after"].is_ok(), "{answers:?}");
+    let mut acked: Vec<u64> = answers.values().filter_map(|a| a.as_ref().ok().copied()).collect();
+    acked.sort_unstable();
+    let seqs: Vec<u64> = delivered.iter().map(|(s, _)| *s).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "once each, in order: {seqs:?}");
+    for seq in &acked {
+        assert!(seqs.contains(seq), "acked {seq} delivered: {seqs:?}");
+    }
+    // The reader on the other node got the same messages, gap-free.
+    let (on_b, _) = collect(&mut reader, seqs.len());
+    assert_gap_free(&on_b, 1);
+    assert_eq!(on_b.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
 }

@@ -102,6 +102,22 @@ mod v1 {
     use super::*;
 
     #[test]
+    fn a_ping_op_is_answered_with_a_pong_carrying_its_id() {
+        let server = Server::start(&["--welcome", "", "--history", "0"]);
+        let mut v1 = connect_v1(&server, "/lobby");
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
+        send(&mut v1, json!({"op":"ping","id":"hb-1"}));
+        assert_eq!(envelope(&mut v1), json!({"type":"pong","id":"hb-1"}));
+        send(&mut v1, json!({"op":"ping"}));
+        assert_eq!(envelope(&mut v1), json!({"type":"pong","id":null}));
+        // A ping is no publish: the room's seq has not moved.
+        let mut other = connect_v1(&server, "/lobby");
+        assert_eq!(envelope(&mut other)["seq"], 0);
+        let (_, metrics) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(metrics.contains("mioket_ops_total{op=\"ping\"} 2"), "{metrics}");
+    }
+
+    #[test]
     fn welcome_history_acks_and_interop_with_plain_clients() {
         let server = Server::start(&["--welcome", "hello there", "--history", "10"]);
         let mut plain = connect_plain(&server, "/lobby");
@@ -417,5 +433,201 @@ mod api_heads {
                    Authorization: Bearer s3cret\r\nContent-Length: 2\r\n\r\nno";
         assert_eq!(http(server.addr, two), (400, "more than one Authorization header\n".to_string()));
         assert!(quiet(&mut member, Duration::from_millis(300)), "nothing more was published");
+    }
+}
+
+/// Issue 19: rooms that look the same, envelopes past --max-message, one connection
+/// filling the room table.
+mod hardening {
+    use super::*;
+
+    /// The answer to an upgrade whose request target is `target`.
+    fn upgrade_answer(server: &Server, target: &str) -> String {
+        let mut s = raw(server);
+        s.write_all(UPGRADE.replacen("GET / ", &format!("GET {target} "), 1).as_bytes()).unwrap();
+        read_head(&mut s)
+    }
+
+    #[test]
+    fn names_that_look_the_same_invisible_characters_dot_segments_and_non_paths_get_400_with_the_reason() {
+        let server = Server::start(&["--welcome", "", "--api-token", "t"]);
+        for (target, reason) in [
+            ("/cafe%CC%81", "not in Unicode NFC"),
+            ("/a%E2%80%AEb", "format"),
+            ("/a%E2%80%8Bb", "format"),
+            ("/%EF%BB%BFlobby", "format"),
+            ("/a%E2%81%A6b", "format"),
+            ("//lobby", "segment"),
+            ("/./lobby", "segment"),
+            ("/../lobby", "segment"),
+            ("/a/./b", "segment"),
+            ("/lobby/", "segment"),
+            ("/a%2F%2Fb", "segment"),
+            ("lobby", "must be a path"),
+            ("*", "must be a path"),
+        ] {
+            let mut s = raw(&server);
+            s.write_all(UPGRADE.replacen("GET / ", &format!("GET {target} "), 1).as_bytes()).unwrap();
+            let answer = String::from_utf8_lossy(&read_to_end(&mut s)).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{target}: {answer}");
+            assert!(answer.contains("invalid room name") && answer.contains(reason), "{target}: {answer}");
+        }
+        // The NFC spelling, the default room and dots inside a segment are rooms.
+        for target in ["/caf%C3%A9", "/", "/a.b/...", "/v1.2"] {
+            assert!(upgrade_answer(&server, target).starts_with("HTTP/1.1 101 "), "{target}");
+        }
+        // The same rule for a join and for the API.
+        let mut v1 = connect_v1(&server, "/home");
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
+        for room in ["cafe\u{301}", "a\u{202e}b", "\u{feff}x", "/lobby", "a/../b", "a/"] {
+            send(&mut v1, json!({"op":"join","room":room,"id":"j"}));
+            assert_eq!(envelope(&mut v1), json!({"type":"error","id":"j","reason":"invalid room name"}), "{room:?}");
+        }
+        for (room, status) in [("cafe%CC%81", 400), ("a%E2%80%8Db", 400), ("a/./b", 400), ("a%2F", 400), ("", 200)] {
+            let (got, body) = post(&server, room, "t", "text/plain", "hi");
+            assert_eq!(got, status, "{room:?}: {body}");
+            if status == 400 {
+                assert!(body.starts_with("invalid room name: "), "{body}");
+            }
+        }
+    }
+
+    /// Every frame until a text frame equal to `end`; panics on a close.
+    fn until(ws: &mut Ws, end: &str) -> Vec<Message> {
+        let mut got = Vec::new();
+        loop {
+            let message = next_message(ws);
+            assert!(!matches!(message, Message::Close(_)), "closed: {message:?} after {} frames", got.len());
+            let last = message.to_text().is_ok_and(|t| t.contains(end));
+            got.push(message);
+            if last {
+                return got;
+            }
+        }
+    }
+
+    fn close_code(ws: &mut Ws) -> u16 {
+        match next_message(ws) {
+            Message::Close(Some(frame)) => frame.code.into(),
+            other => {
+                panic!("expected a close, got a {:?} message of {} bytes", other.to_text().map(|_| "text"), other.len())
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_whose_envelope_passes_max_message_is_refused_everywhere_and_never_kept() {
+        const MAX: usize = 1 << 20;
+        let server = Server::start(&["--welcome", "", "--api-token", "t", "--max-message", &MAX.to_string()]);
+        let mut members = [connect_v1(&server, "/big"), connect_v1(&server, "/big")];
+        let epoch = envelope(&mut members[0])["epoch"].as_str().unwrap().to_string();
+        assert_eq!(envelope(&mut members[1])["type"], "welcome");
+        let mut kept = connect_plain(&server, "/big");
+        send_text(&mut kept, "kept");
+        // Plain clients: 1 MiB of U+0001 (6 MiB escaped), 600 kB of `"` (1.2 MB): 1009.
+        for payload in ["\u{1}".repeat(MAX), "\"".repeat(600_000)] {
+            let mut plain = connect_plain(&server, "/big");
+            assert_eq!(text(&mut plain), "kept", "the history");
+            send_text(&mut plain, &payload);
+            assert_eq!(close_code(&mut plain), 1009);
+        }
+        // A v1 binary frame of 900 kB is 1.2 MB in base64: an error, the connection stays.
+        let mut v1 = connect_v1(&server, "/big");
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
+        assert_eq!(envelope(&mut v1)["data"], "kept");
+        v1.send(Message::binary(vec![7u8; 900_000])).unwrap();
+        assert_eq!(envelope(&mut v1), json!({"type":"error","id":null,"reason":"message too big"}));
+        send(&mut v1, json!({"op":"publish","b64":"AAEC","id":"small"}));
+        assert_eq!(envelope(&mut v1)["type"], "ack", "still open");
+        // The API: 413.
+        let (status, body) = post(&server, "big", "t", "text/plain", &"\"".repeat(600_000));
+        assert_eq!(status, 413, "{body}");
+        assert!(body.contains("message too big"), "{body}");
+        send_text(&mut kept, "end");
+        // No member got more than the two small messages and the end, each small.
+        for member in &mut members {
+            let got = until(member, "\"end\"");
+            let sizes: Vec<usize> = got.iter().map(|m| m.len()).collect();
+            assert!(sizes.iter().all(|&n| n <= MAX + 512), "{sizes:?}");
+            let data: Vec<Value> = got
+                .iter()
+                .map(|m| serde_json::from_str::<Value>(m.to_text().unwrap()).unwrap())
+                .filter(|v| v["type"] == "message")
+                .map(|v| v["seq"].clone())
+                .collect();
+            assert_eq!(data, vec![json!(1), json!(2), json!(3)]);
+        }
+        // The history holds none of it: a resume from 0 replays exactly seqs 1..3.
+        let mut late = connect_v1(&server, &format!("/big?since=0&epoch={epoch}"));
+        let welcome = envelope(&mut late);
+        assert_eq!((welcome["seq"].clone(), welcome["recovered"].clone()), (json!(3), json!(true)));
+        let replay: Vec<Value> = (0..3).map(|_| envelope(&mut late)["seq"].clone()).collect();
+        assert_eq!(replay, vec![json!(1), json!(2), json!(3)]);
+        assert!(quiet(&mut late, Duration::from_millis(300)));
+    }
+
+    /// One v1 connection joins and leaves `count` new rooms (publishing in each when
+    /// `publish`), in batches, each batch ended by an acked publish in its home.
+    fn churn(ws: &mut Ws, from: usize, count: usize, publish: bool) {
+        for batch in (from..from + count).collect::<Vec<_>>().chunks(250) {
+            for i in batch {
+                let room = format!("churn{i}");
+                send(ws, json!({"op":"join","room":room}));
+                if publish {
+                    send(ws, json!({"op":"publish","room":room,"data":"x"}));
+                }
+                send(ws, json!({"op":"leave","room":room}));
+            }
+            let marker = format!("batch{}", batch[0]);
+            send(ws, json!({"op":"publish","data":"m","id":marker}));
+            while envelope(ws)["id"] != marker {}
+        }
+    }
+
+    #[test]
+    fn join_and_leave_churn_from_one_connection_leaves_others_able_to_make_rooms() {
+        let server = Server::start(&[
+            "--welcome",
+            "",
+            "--api-token",
+            "t",
+            "--max-rooms",
+            "1000",
+            "--rooms-per-second",
+            "1000000",
+        ]);
+        let mut attacker = connect_v1(&server, "/home");
+        assert_eq!(envelope(&mut attacker)["type"], "welcome");
+        let started = Instant::now();
+        churn(&mut attacker, 0, 3000, false);
+        // Rooms that never had a message are freed at once: the table is as it was.
+        assert!(upgrade_answer(&server, "/fresh").starts_with("HTTP/1.1 101 "));
+        assert_eq!(post(&server, "fresh-api", "t", "text/plain", "hi").0, 200);
+        // Rooms with a history are kept, but a full table frees the empty room emptied longest ago.
+        churn(&mut attacker, 3000, 3000, true);
+        assert!(upgrade_answer(&server, "/fresh2").starts_with("HTTP/1.1 101 "));
+        assert_eq!(post(&server, "fresh-api2", "t", "text/plain", "hi").0, 200);
+        assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn one_connection_makes_at_most_rooms_per_second_new_rooms() {
+        let server = Server::start(&["--welcome", "", "--rooms-per-second", "10"]);
+        let mut v1 = connect_v1(&server, "/home");
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
+        // 40 joins at once (all handled within far less than a second).
+        for i in 0..40 {
+            send(&mut v1, json!({"op":"join","room":format!("new{i}"),"id":i.to_string()}));
+        }
+        let answers: Vec<Value> = (0..40).map(|_| envelope(&mut v1)).collect();
+        let refused = answers.iter().filter(|a| a["reason"] == "too many new rooms").count();
+        let welcomed = answers.iter().filter(|a| a["type"] == "welcome").count();
+        assert_eq!(welcomed + refused, 40, "{answers:?}");
+        assert!(answers[..10].iter().all(|a| a["type"] == "welcome"), "{answers:?}");
+        assert!(refused >= 20, "{refused} refused");
+        // Joining an existing room is not limited.
+        let _other = connect_plain(&server, "/existing");
+        send(&mut v1, json!({"op":"join","room":"existing"}));
+        assert_eq!(envelope(&mut v1)["type"], "welcome");
     }
 }

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, queue_flush, App};
+use super::{encode, fits_envelope, queue_flush, App, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
-use crate::backplane::{Backplane, Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
+use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -34,7 +34,9 @@ pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     Some(Settings {
         url,
         outbox: config.redis_outbox,
+        outbox_bytes: config.redis_outbox_bytes,
         history: config.history,
+        history_bytes: config.history_memory,
         ttl: config.room_ttl.max(Duration::from_secs(1)),
     })
 }
@@ -62,6 +64,13 @@ impl<T: fmt::Display> App<T> {
                 bp.commands_up = up;
                 self.resync_all();
             }
+            Event::Fetches(up) => {
+                if bp.fetches_up && !up {
+                    bp.stats.disconnects += 1;
+                }
+                bp.fetches_up = up;
+                self.resync_all();
+            }
             Event::Subscribed(up) => {
                 if bp.subscribed && !up {
                     bp.stats.disconnects += 1;
@@ -76,8 +85,8 @@ impl<T: fmt::Display> App<T> {
                 bp.subscribed = up;
                 self.resync_all();
             }
-            Event::Published { req, result } => {
-                bp.in_flight = bp.in_flight.saturating_sub(1);
+            Event::Published { req, room, result } => {
+                bp.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
                 match result {
                     Ok((_, seq)) => {
                         // A client's publish is acked with its delivery here; an API
@@ -91,7 +100,7 @@ impl<T: fmt::Display> App<T> {
                     Err(()) => {
                         if let Some(origin) = bp.take_pending(req) {
                             bp.stats.failed += 1;
-                            self.publish_refused(origin, now);
+                            self.publish_refused(origin, true, now);
                         }
                     }
                 }
@@ -100,6 +109,15 @@ impl<T: fmt::Display> App<T> {
             Event::Live { room, epoch, message } => {
                 bp.stats.live_messages += 1;
                 self.live(&room, epoch, message, now);
+            }
+            Event::Evicting(policy) => {
+                if let Some(policy) = &policy {
+                    warn!(
+                        "backplane: Redis's maxmemory-policy is {policy}: it evicts keys, so rooms may vanish \
+                         (members closed 1013, resumes not recovered); set it to noeviction"
+                    );
+                }
+                bp.evicting = policy;
             }
             Event::RoundTrip { commands, took } => {
                 bp.stats.round_trips += 1;
@@ -136,8 +154,8 @@ impl<T: fmt::Display> App<T> {
         let Some(bp) = self.backplane.as_mut() else { return };
         let Some(name) = self.rooms.get(room).map(|r| r.name()) else { return };
         let (opcode, bytes) = (payload.opcode(), payload.bytes());
-        if bp.publish(name, opcode, bytes, origin.clone()).is_err() {
-            self.publish_refused(origin, now);
+        if bp.publish(name, opcode, bytes, origin.clone(), now).is_err() {
+            self.publish_refused(origin, false, now);
         }
     }
 
@@ -146,7 +164,7 @@ impl<T: fmt::Display> App<T> {
     pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Vec<u8> {
         let Some(bp) = self.backplane.as_mut() else { return api::error(503, "backplane unavailable") };
         let origin = Origin::Api { id, room: name.into() };
-        match bp.publish(name, payload.opcode(), payload.bytes(), origin) {
+        match bp.publish(name, payload.opcode(), payload.bytes(), origin, self.now) {
             Ok(()) => {
                 self.metrics.api_publishes += 1;
                 Vec::new()
@@ -163,17 +181,20 @@ impl<T: fmt::Display> App<T> {
         self.after_activity(id);
     }
 
-    /// Tells a publisher that its message was not published.
-    fn publish_refused(&mut self, origin: Origin, now: Instant) {
+    /// Tells a publisher that its message was refused: not published, or (`sent`: it
+    /// went to Redis and no answer or live copy came back) perhaps published.
+    fn publish_refused(&mut self, origin: Origin, sent: bool, now: Instant) {
+        let reason =
+            if sent { "backplane unavailable (the message may have been published)" } else { "backplane unavailable" };
         match origin {
-            Origin::Api { id, .. } => self.respond_later(id, api::error(503, "backplane unavailable"), now),
+            Origin::Api { id, .. } => self.respond_later(id, api::error(503, reason), now),
             Origin::Client { id, ack, v1: true } => {
                 self.refuse_op(id, OpError::BackplaneUnavailable, ack.as_deref(), now);
                 self.after_activity(id);
             }
             Origin::Client { id, v1: false, .. } => {
                 if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+                    client.conn.close(CloseCode::TRY_AGAIN_LATER, reason, now, &self.config.limits);
                 }
                 self.after_activity(id);
             }
@@ -208,13 +229,12 @@ impl<T: fmt::Display> App<T> {
             return true;
         }
         let resume = resume.map(|r| Resume { since: r.since, epoch: r.epoch.as_ref().map(|e| e.to_string().into()) });
+        bp.wait(id, room, generation, resume);
         let sync = bp.sync(room, generation);
-        sync.joiners.push((id, resume));
         if sync.state != SyncState::Fetching {
             sync.state = SyncState::Fetching;
             bp.fetch(room, generation, &name, 0);
         }
-        bp.held.entry(id).or_default();
         true
     }
 
@@ -232,7 +252,9 @@ impl<T: fmt::Display> App<T> {
     /// Acts on a client's held input, in order, until it is held again (another join
     /// that waits).
     fn release(&mut self, id: usize, now: Instant) {
-        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)) else { return };
+        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)).map(|h| h.input) else {
+            return;
+        };
         // A flush, even of nothing, is where the runtime resumes a paused reader.
         if let Some(client) = self.clients.get_mut(id) {
             queue_flush(&mut self.dirty, id, client);
@@ -245,11 +267,16 @@ impl<T: fmt::Display> App<T> {
             let Some(v1) = self.session(id).map(|s| s.v1) else { return };
             if v1 {
                 self.handle_v1(id, opcode, &bytes, now);
+            } else if !fits_envelope(&self.config, Payload::of(opcode, &bytes)) {
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.close(CloseCode::TOO_BIG, TOO_BIG_FOR_ENVELOPE, now, &self.config.limits);
+                }
+                return;
             } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
                 self.publish_to_redis(room, Payload::of(opcode, &bytes), Origin::Client { id, ack: None, v1 }, now);
             }
             if let Some(again) = self.backplane.as_mut().and_then(|bp| bp.held.get_mut(&id)) {
-                again.extend(rest);
+                again.input.extend(rest);
                 return;
             }
         }
@@ -381,14 +408,47 @@ impl<T: fmt::Display> App<T> {
         }
     }
 
-    /// When the backplane next wants `touch`.
+    /// When the backplane next wants `touch` (or has a late publish to look for).
     pub(super) fn poll_touch(&self) -> Option<Instant> {
-        self.backplane.as_ref().filter(|bp| bp.is_up()).and_then(|bp| bp.next_touch)
+        let bp = self.backplane.as_ref()?;
+        let touch = bp.next_touch.filter(|_| bp.is_up());
+        [touch, bp.poll_overdue()].into_iter().flatten().min()
+    }
+
+    /// Publishes Redis numbered whose live copy is late (a subscription that lost it
+    /// without noticing): their rooms' streams are read, as for a gap; one still not
+    /// delivered after that is refused, saying that it may have been published.
+    fn look_for_late(&mut self, now: Instant) {
+        let Some(bp) = self.backplane.as_mut() else { return };
+        for (req, accepted) in bp.overdue(now) {
+            let Some(bp) = self.backplane.as_mut() else { return };
+            if accepted.looked_up {
+                if let Some(origin) = bp.take_pending(req) {
+                    bp.stats.failed += 1;
+                    self.publish_refused(origin, true, now);
+                }
+                continue;
+            }
+            let Some(room) = self.rooms.find(&accepted.room) else { continue };
+            let Some(r) = self.rooms.get(room) else { continue };
+            let (generation, last) = (r.generation(), r.topic.last_seq());
+            let up = bp.is_up();
+            let sync = bp.sync(room, generation);
+            if accepted.seq > last && sync.state == SyncState::Synced && up {
+                sync.state = SyncState::Fetching;
+                bp.stats.late_lookups += 1;
+                bp.fetch(room, generation, &accepted.room, last);
+            }
+        }
     }
 
     /// Keeps the rooms with members here alive in Redis, and forgets the mirror state
     /// of rooms that are gone.
     pub(super) fn touch(&mut self, now: Instant) {
+        if self.backplane.is_none() {
+            return;
+        }
+        self.look_for_late(now);
         let App { backplane, rooms, .. } = self;
         let Some(bp) = backplane.as_mut() else { return };
         if bp.next_touch.is_none_or(|t| t > now) {
@@ -404,13 +464,13 @@ impl<T: fmt::Display> App<T> {
     }
 
     /// The /healthz line and the /metrics lines of the backplane.
-    pub(super) fn backplane_health(&self) -> &'static str {
-        self.backplane.as_ref().map_or("", Backplane::health)
+    pub(super) fn backplane_health(&self) -> String {
+        self.backplane.as_ref().map_or(String::new(), |bp| bp.health(self.now))
     }
 
     pub(super) fn render_backplane(&self, out: &mut String) {
         if let Some(bp) = &self.backplane {
-            bp.render(out);
+            bp.render(out, self.now);
         }
     }
 
@@ -426,5 +486,119 @@ fn payload_of(message: &Message) -> Payload<'_> {
     match std::str::from_utf8(&message.payload) {
         Ok(text) if !message.binary => Payload::Text(text),
         _ => Payload::Binary(&message.payload),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::IoSlice;
+
+    use super::*;
+    use crate::backplane::LATE;
+    use crate::config::{Config, Mode};
+    use crate::protocol::tests::{text, UPGRADE};
+
+    const EPOCH: &str = "00000000000000e0";
+
+    fn app() -> App<&'static str> {
+        let url = crate::backplane::RedisUrl::parse("redis://127.0.0.1").unwrap();
+        let config =
+            Config { mode: Mode::Broadcast, welcome: None, history: 10, redis: Some(url), ..Config::default() };
+        let mut app = App::new(config);
+        let now = Instant::now();
+        for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {
+            app.handle_backplane(event, now);
+        }
+        app
+    }
+
+    /// Everything queued for client `id` (every socket takes everything).
+    fn written(app: &mut App<&'static str>, id: usize) -> Vec<u8> {
+        let mut dirty = Vec::new();
+        app.drain_dirty_into(&mut dirty);
+        let mut out = Vec::new();
+        for d in dirty {
+            let Some(client) = app.start_flush(d) else { continue };
+            let before = client.conn.queue_memory();
+            let mut bytes = Vec::new();
+            while client.conn.has_output() {
+                let mut slices = [IoSlice::new(&[]); 64];
+                let n = client.conn.poll_transmit(&mut slices);
+                let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
+                client.conn.handle_written(chunk.len());
+                bytes.extend(chunk);
+            }
+            let n = bytes.len();
+            app.finish_flush(d, before, n);
+            if d == id {
+                out = bytes;
+            }
+        }
+        out
+    }
+
+    fn commands(app: &mut App<&'static str>) -> Vec<Command> {
+        std::mem::take(app.backplane_outbox().unwrap())
+    }
+
+    /// A plain client in room "chat", its join's fetch answered (an empty room).
+    fn member(app: &mut App<&'static str>, now: Instant) -> usize {
+        let id = app.connect("peer", crate::app::Listener::Main, now).ok().unwrap();
+        app.handle_input(id, &mut UPGRADE.to_vec(), now, |_, _| 0);
+        let [Command::Fetch { req, .. }] = commands(app)[..] else { panic!("a fetch") };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 0, entries: Vec::new() };
+        app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, now);
+        written(app, id);
+        id
+    }
+
+    /// Sends "hello"; Redis numbers it 1 and its live copy never comes.
+    fn publish_lost_live(app: &mut App<&'static str>, id: usize, now: Instant) -> (u64, Box<str>) {
+        app.handle_input(id, &mut text("hello"), now, |_, _| 0);
+        let [Command::Publish { req, ref room, ref origin, .. }] = commands(app)[..] else { panic!("a publish") };
+        let room = room.clone();
+        app.handle_backplane(Event::Published { req, room: room.clone(), result: Ok((EPOCH.into(), 1)) }, now);
+        assert!(written(app, id).is_empty(), "delivered (and acked) with its live copy only");
+        (req, origin.clone())
+    }
+
+    /// Finding 1: a publish Redis numbered whose live copy is lost (a subscription dead
+    /// without knowing) is looked for in its room's stream and delivered.
+    #[test]
+    fn a_numbered_publish_whose_live_copy_is_late_is_read_from_the_stream() {
+        let t0 = Instant::now();
+        let mut app = app();
+        let id = member(&mut app, t0);
+        let (_, origin) = publish_lost_live(&mut app, id, t0);
+        app.handle_housekeeping(t0 + LATE / 2);
+        assert!(commands(&mut app).iter().all(|c| !matches!(c, Command::Fetch { .. })));
+        assert_eq!(app.poll_housekeeping(), Some(t0 + LATE));
+        app.handle_housekeeping(t0 + LATE);
+        let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
+        let Some(Command::Fetch { req, since: 0, .. }) = fetch else { panic!("the room's stream read: {fetch:?}") };
+        let message = Message { seq: 1, binary: false, payload: b"hello".to_vec(), origin };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 1, entries: vec![message] };
+        app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, t0 + LATE);
+        assert_eq!(written(&mut app, id), b"\x81\x05hello");
+        // Delivered: nothing more to look for, nothing refused later.
+        app.handle_housekeeping(t0 + LATE * 3);
+        assert!(written(&mut app, id).is_empty());
+    }
+
+    /// And one that cannot be found either is refused, saying it may have been published.
+    #[test]
+    fn a_numbered_publish_never_delivered_is_refused_as_perhaps_published() {
+        let t0 = Instant::now();
+        let mut app = app();
+        let id = member(&mut app, t0);
+        publish_lost_live(&mut app, id, t0);
+        app.handle_housekeeping(t0 + LATE);
+        let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
+        let Some(Command::Fetch { req, .. }) = fetch else { panic!("a fetch") };
+        app.handle_backplane(Event::Fetched { req, result: Err(()) }, t0 + LATE);
+        app.handle_housekeeping(t0 + LATE * 2);
+        let out = written(&mut app, id);
+        assert_eq!(&out[..4], b"\x88\x3d\x03\xf5", "close 1013: {out:?}");
+        assert!(out.ends_with(b"(the message may have been published)"), "{out:?}");
     }
 }

@@ -4,12 +4,17 @@
 //! - The command thread takes every command queued since its last write, writes them
 //!   in one `write` (pipelining: under load, many messages per round trip), reads their
 //!   replies in order, and hands the outcomes back.
+//! - The fetch thread does the same for fetches (rooms' states, at most
+//!   `--history-memory` bytes each) on a connection of its own, so that a large room's
+//!   fetch never holds other rooms' publishes.
 //! - The subscription thread SUBSCRIBEs to the nodes' channel and hands back every
-//!   message it gets.
+//!   message it gets. It PINGs when nothing came for `PING_EVERY`, so a link that went
+//!   silent (no reset: a stalled proxy, a dead host) is noticed within `REPLY_TIMEOUT`.
 //!
-//! Both reconnect with a backoff (50 ms doubling to 2 s) and say when they are up or
-//! down; a command whose connection fails is answered as failed, never dropped. Each
-//! batch of events ends with a `Waker::wake`, so the loop picks them up at once.
+//! All reconnect with a backoff (50 ms doubling to 2 s) and say when they are up or
+//! down; a command whose connection fails, or gets no reply for `REPLY_TIMEOUT`, is
+//! answered as failed, never dropped. Each batch of events ends with a `Waker::wake`,
+//! so the loop picks them up at once.
 
 use std::io::{self, BufWriter, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -26,19 +31,38 @@ use super::{Command, Event, Fetched, Message, Settings};
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// A Redis that answers nothing for this long is taken as gone (a pause shorter than
-/// this, such as a SIGSTOP of a few seconds, only delays the replies).
-const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A Redis that sends nothing for this long is taken as gone (a pause shorter than
+/// this only delays the replies; a longer one fails the publishes waiting: refused).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Messages per piece of a room's fetch (each piece is one XREVRANGE: Redis serves
+/// other connections between pieces).
+const FETCH_PIECE: usize = 16;
+/// The subscription PINGs when it heard nothing for this long.
+pub const PING_EVERY: Duration = Duration::from_secs(1);
 
 /// Numbers a message, keeps it in the room's stream and tells every node, atomically.
 /// KEYS: meta hash, stream. ARGV: epoch offered, history, ttl ms, channel, origin,
-/// kind (t/b), payload, room. The stream's ids are `seq-0`, so XRANGE reads by seq.
+/// kind (t/b), payload, room, history bytes. The stream's ids are `seq-0`, so XRANGE
+/// reads by seq. The stream keeps at most `history` messages and `history bytes` of
+/// payload (the meta hash counts them; the newest message always stays).
 const PUBLISH: &str = r"
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], seq .. '-0', 'k', ARGV[6], 'o', ARGV[5], 'd', ARGV[7])
+  redis.call('XADD', KEYS[2], seq .. '-0', 'k', ARGV[6], 'o', ARGV[5], 'd', ARGV[7])
+  local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[7])
+  local len = redis.call('XLEN', KEYS[2])
+  while len > 1 and (len > tonumber(ARGV[2]) or bytes > tonumber(ARGV[9])) do
+    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+    local size = 0
+    for i = 1, #oldest[2], 2 do
+      if oldest[2][i] == 'd' then size = #oldest[2][i + 1] end
+    end
+    redis.call('XDEL', KEYS[2], oldest[1])
+    bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -size)
+    len = len - 1
+  end
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -46,9 +70,12 @@ redis.call('PUBLISH', ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .
 return {epoch, seq}
 ";
 
-/// A room's epoch (made with the one offered if the room is new) and seq, and its
-/// kept messages after `since`. KEYS: meta hash, stream. ARGV: epoch offered, since,
-/// history, ttl ms.
+/// A room's epoch (made with the one offered if the room is new), its seq, and the
+/// first seq to read from its stream for the messages kept after `since` (0: none).
+/// KEYS: meta hash, stream. ARGV: epoch offered, since, history, ttl ms. The messages
+/// are read by the link, newest first, in pieces (plain XREVRANGEs, not Lua: copying
+/// a large stream through Lua held Redis for most of a second), until
+/// `--history-memory` bytes.
 const FETCH: &str = r"
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -56,11 +83,8 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local start = math.max(tonumber(ARGV[2]) + 1, seq - tonumber(ARGV[3]) + 1)
-local entries = {}
-if tonumber(ARGV[3]) > 0 and start <= seq then
-  entries = redis.call('XRANGE', KEYS[2], start .. '-0', '+')
-end
-return {epoch, seq, entries}
+if tonumber(ARGV[3]) == 0 or start > seq then start = 0 end
+return {epoch, seq, start}
 ";
 
 /// Keeps rooms alive for another TTL. KEYS: the rooms' keys. ARGV: ttl ms.
@@ -86,27 +110,40 @@ fn stream_key(room: &str) -> Vec<u8> {
 /// The loop's end of the link.
 pub struct Link {
     commands: Sender<Vec<Command>>,
+    fetches: Sender<Vec<Command>>,
     pub events: Receiver<Event>,
 }
 
 impl Link {
-    /// Starts both threads. `waker` wakes the loop when events are there.
+    /// Starts the three threads. `waker` wakes the loop when events are there.
     pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Link> {
         let (commands, command_rx) = mpsc::channel();
+        let (fetches, fetch_rx) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();
-        let (s, tx, w) = (settings.clone(), event_tx.clone(), Arc::clone(&waker));
-        std::thread::Builder::new()
-            .name("redis-commands".into())
-            .spawn(move || CommandThread { settings: s, rx: command_rx, events: tx, waker: w }.run())?;
+        let pokes = vec![commands.clone(), fetches.clone()];
+        for (name, rx, fetches) in [("redis-commands", command_rx, false), ("redis-fetches", fetch_rx, true)] {
+            let (s, tx, w, pokes) = (settings.clone(), event_tx.clone(), Arc::clone(&waker), pokes.clone());
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || CommandThread { settings: s, rx, events: tx, waker: w, fetches, pokes }.run())?;
+        }
         std::thread::Builder::new()
             .name("redis-subscription".into())
-            .spawn(move || subscription_thread(&settings, &event_tx, &waker))?;
-        Ok(Link { commands, events })
+            .spawn(move || subscription_thread(&settings, &event_tx, &waker, &pokes))?;
+        Ok(Link { commands, fetches, events })
     }
 
-    /// Hands a batch of commands to the command thread.
+    /// Hands a batch of commands to the threads: fetches to the fetch thread, the rest
+    /// to the command thread.
     pub fn send(&self, batch: Vec<Command>) {
-        let _ = self.commands.send(batch);
+        let (fetches, commands): (Vec<Command>, Vec<Command>) =
+            batch.into_iter().partition(|c| matches!(c, Command::Fetch { .. }));
+        if !fetches.is_empty() {
+            let _ = self.fetches.send(fetches);
+        }
+        if !commands.is_empty() {
+            let _ = self.commands.send(commands);
+        }
     }
 }
 
@@ -126,11 +163,20 @@ fn connect(settings: &Settings) -> io::Result<TcpStream> {
     Err(last)
 }
 
-/// Reads whole replies from a blocking stream.
+/// Reads whole replies from a blocking stream, in time linear in their size: the
+/// scanner goes on where it stopped, reads grow with the reply, each reply is parsed
+/// (copied) once.
 struct Replies {
     stream: TcpStream,
     buf: Vec<u8>,
     start: usize,
+    scanner: resp::Scanner,
+}
+
+impl Replies {
+    fn new(stream: TcpStream) -> Replies {
+        Replies { stream, buf: Vec::new(), start: 0, scanner: resp::Scanner::default() }
+    }
 }
 
 impl Replies {
@@ -138,37 +184,44 @@ impl Replies {
     fn batch(&mut self, out: &mut Vec<Reply>) -> io::Result<()> {
         out.push(self.next()?);
         loop {
-            match resp::parse(&self.buf[self.start..]) {
-                Ok(Some((reply, used))) => {
-                    self.start += used;
-                    out.push(reply);
-                }
-                Ok(None) => return Ok(()),
-                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis")),
+            let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis");
+            match self.scanner.scan(&self.buf[self.start..]).map_err(|_| malformed())? {
+                Some(end) => match resp::parse(&self.buf[self.start..self.start + end]) {
+                    Ok(Some((reply, used))) if used == end => {
+                        self.start += end;
+                        out.push(reply);
+                    }
+                    _ => return Err(malformed()),
+                },
+                None => return Ok(()),
             }
         }
     }
 
     fn next(&mut self) -> io::Result<Reply> {
+        let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis");
         loop {
-            match resp::parse(&self.buf[self.start..]) {
-                Ok(Some((reply, used))) => {
-                    self.start += used;
-                    if self.start == self.buf.len() {
-                        self.buf.clear();
-                        self.start = 0;
-                    }
-                    return Ok(reply);
+            if let Some(end) = self.scanner.scan(&self.buf[self.start..]).map_err(|_| malformed())? {
+                let whole = &self.buf[self.start..self.start + end];
+                let reply = match resp::parse(whole) {
+                    Ok(Some((reply, used))) if used == end => reply,
+                    _ => return Err(malformed()),
+                };
+                self.start += end;
+                if self.start == self.buf.len() {
+                    self.buf.clear();
+                    self.start = 0;
                 }
-                Ok(None) => {}
-                Err(_) => return Err(io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis")),
+                return Ok(reply);
             }
+            // The scanner's position is relative to `start`: moving the bytes keeps it.
             if self.start > 0 {
                 self.buf.drain(..self.start);
                 self.start = 0;
             }
+            // Reads grow with what is already there (64 KiB to 16 MiB at a time).
             let len = self.buf.len();
-            self.buf.resize(len + 64 * 1024, 0);
+            self.buf.resize(len + len.clamp(64 << 10, 16 << 20), 0);
             let n = loop {
                 match self.stream.read(&mut self.buf[len..]) {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -201,6 +254,18 @@ struct CommandThread {
     rx: Receiver<Vec<Command>>,
     events: Sender<Event>,
     waker: Arc<Waker>,
+    /// Which connection this is, in the up/down events: commands, or fetches.
+    fetches: bool,
+    /// The command and fetch threads, poked when a connection is lost.
+    pokes: Vec<Sender<Vec<Command>>>,
+}
+
+/// One connection was lost: the others check theirs at once (an empty batch makes them
+/// PING), so that a Redis restarted quickly is not taken as up on a dead connection.
+fn poke(pokes: &[Sender<Vec<Command>>]) {
+    for p in pokes {
+        let _ = p.send(Vec::new());
+    }
 }
 
 struct Shas {
@@ -219,6 +284,10 @@ impl CommandThread {
         self.waker.wake().is_ok()
     }
 
+    fn state(&self, up: bool) -> [Event; 1] {
+        [if self.fetches { Event::Fetches(up) } else { Event::Commands(up) }]
+    }
+
     fn run(self) {
         let mut backoff = BACKOFF_MIN;
         let mut was_up = None;
@@ -228,14 +297,17 @@ impl CommandThread {
                     info!("backplane: connected to {}", self.settings.url);
                     backoff = BACKOFF_MIN;
                     was_up = Some(true);
-                    if !self.emit([Event::Commands(true)]) {
+                    if !self.emit(self.state(true)) {
                         return;
                     }
                     match self.serve(replies, &shas) {
                         Ok(()) => return,
-                        Err(e) => warn!("backplane: lost the Redis connection: {e}"),
+                        Err(e) => {
+                            warn!("backplane: lost the Redis connection: {e}");
+                            poke(&self.pokes);
+                        }
                     }
-                    if !self.emit([Event::Commands(false)]) {
+                    if !self.emit(self.state(false)) {
                         return;
                     }
                 }
@@ -243,7 +315,7 @@ impl CommandThread {
                     if was_up != Some(false) {
                         warn!("backplane: cannot reach {}: {e}", self.settings.url);
                         was_up = Some(false);
-                        if !self.emit([Event::Commands(false)]) {
+                        if !self.emit(self.state(false)) {
                             return;
                         }
                     }
@@ -269,20 +341,92 @@ impl CommandThread {
 
     fn open(&self) -> io::Result<(Replies, Shas)> {
         let stream = connect(&self.settings)?;
-        let mut replies = Replies { stream: stream.try_clone()?, buf: Vec::new(), start: 0 };
+        let mut replies = Replies::new(stream.try_clone()?);
         let mut out = Vec::new();
         let db = self.settings.url.db.to_string();
         command(&mut out, &[b"SELECT", db.as_bytes()]);
         for script in [PUBLISH, FETCH, TOUCH] {
             command(&mut out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
         }
+        command(&mut out, &[b"CONFIG", b"GET", b"maxmemory-policy"]);
         (&stream).write_all(&out)?;
         expect_ok(replies.next()?)?;
         let mut sha = || -> io::Result<Vec<u8>> {
             expect_ok(replies.next()?)?.as_bytes().map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha"))
         };
         let shas = Shas { publish: sha()?, fetch: sha()?, touch: sha()? };
+        // A policy that evicts keys destroys rooms (volatile-* ones too: rooms have
+        // TTLs). CONFIG may be refused (a hosted Redis): then nothing is known.
+        let policy = replies.next()?;
+        let policy =
+            policy.as_array().and_then(|kv| kv.get(1)?.as_bytes()).map(|p| String::from_utf8_lossy(p).into_owned());
+        if !self.fetches {
+            let evicting = policy.filter(|p| p != "noeviction");
+            if !self.emit([Event::Evicting(evicting)]) {
+                return Err(io::Error::other("the loop is gone"));
+            }
+        }
         Ok((replies, shas))
+    }
+
+    /// A room's state: its epoch and seq (the fetch script), then its kept messages
+    /// after `since`, newest first in pieces until `--history-memory` bytes (at least
+    /// one message), given oldest first. `None`: Redis's answer was not one.
+    fn fetch(
+        &self,
+        writer: &mut BufWriter<TcpStream>,
+        replies: &mut Replies,
+        shas: &Shas,
+        room: &str,
+        since: u64,
+    ) -> io::Result<Option<Fetched>> {
+        let (meta, stream) = (meta_key(room), stream_key(room));
+        let (epoch, since) = (super::random_hex(), since.to_string());
+        let history = self.settings.history.to_string();
+        let ttl = self.settings.ttl.as_millis().max(1000).to_string();
+        let mut out = Vec::new();
+        let args: [&[u8]; 9] = [
+            b"EVALSHA",
+            &shas.fetch,
+            b"2",
+            &meta,
+            &stream,
+            epoch.as_bytes(),
+            since.as_bytes(),
+            history.as_bytes(),
+            ttl.as_bytes(),
+        ];
+        command(&mut out, &args);
+        writer.write_all(&out)?;
+        writer.flush()?;
+        let Some((epoch, seq, start)) = parse_head(&expect_ok(replies.next()?)?) else { return Ok(None) };
+        let (mut newest, mut bytes, mut top) = (Vec::new(), 0, seq);
+        let piece = FETCH_PIECE.to_string();
+        'pieces: while start > 0 && top >= start {
+            out.clear();
+            let (from, to) = (format!("{top}-0"), format!("{start}-0"));
+            command(&mut out, &[b"XREVRANGE", &stream, from.as_bytes(), to.as_bytes(), b"COUNT", piece.as_bytes()]);
+            writer.write_all(&out)?;
+            writer.flush()?;
+            let Some(entries) = parse_entries(&expect_ok(replies.next()?)?) else { return Ok(None) };
+            let last = entries.len() < FETCH_PIECE;
+            for message in entries {
+                if message.seq == 0 || message.seq > top {
+                    return Ok(None);
+                }
+                if !newest.is_empty() && bytes + message.payload.len() > self.settings.history_bytes {
+                    break 'pieces;
+                }
+                bytes += message.payload.len();
+                top = message.seq - 1;
+                newest.push(message);
+            }
+            if last {
+                break;
+            }
+        }
+        newest.reverse();
+        Ok(Some(Fetched { epoch, seq, entries: newest }))
     }
 
     /// Pipelines until the connection fails (`Err`) or the loop is gone (`Ok`).
@@ -291,15 +435,48 @@ impl CommandThread {
         let mut out = Vec::new();
         let channel = channel(&self.settings);
         let history = self.settings.history.to_string();
+        let history_bytes = self.settings.history_bytes.to_string();
         let ttl = self.settings.ttl.as_millis().max(1000).to_string();
         loop {
-            let Ok(mut batch) = self.rx.recv() else { return Ok(()) };
+            // An idle connection is checked with a PING (and at once when another was
+            // lost: a poke): a dead one is noticed before the next command needs it.
+            let mut batch = match self.rx.recv_timeout(PING_EVERY) {
+                Ok(batch) => batch,
+                Err(RecvTimeoutError::Timeout) => Vec::new(),
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            };
             loop {
                 match self.rx.try_recv() {
                     Ok(more) => batch.extend(more),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Ok(()),
                 }
+            }
+            if batch.is_empty() {
+                out.clear();
+                command(&mut out, &[b"PING"]);
+                writer.write_all(&out)?;
+                writer.flush()?;
+                expect_ok(replies.next()?)?;
+                continue;
+            }
+            if self.fetches {
+                // One room at a time, each read in pieces.
+                for (i, c) in batch.iter().enumerate() {
+                    let Command::Fetch { req, room, since } = c else { continue };
+                    match self.fetch(&mut writer, &mut replies, shas, room, *since) {
+                        Ok(fetched) => {
+                            if !self.emit([Event::Fetched { req: *req, result: fetched.ok_or(()) }]) {
+                                return Ok(());
+                            }
+                        }
+                        Err(e) => {
+                            self.emit(batch[i..].iter().filter_map(failed));
+                            return Err(e);
+                        }
+                    }
+                }
+                continue;
             }
             let started = Instant::now();
             for c in &batch {
@@ -324,27 +501,13 @@ impl CommandThread {
                                 kind,
                                 payload,
                                 room.as_bytes(),
+                                history_bytes.as_bytes(),
                             ],
                         );
                     }
-                    Command::Fetch { room, since, .. } => {
-                        let epoch = super::random_hex();
-                        let since = since.to_string();
-                        command(
-                            &mut out,
-                            &[
-                                b"EVALSHA",
-                                &shas.fetch,
-                                b"2",
-                                &meta_key(room),
-                                &stream_key(room),
-                                epoch.as_bytes(),
-                                since.as_bytes(),
-                                history.as_bytes(),
-                                ttl.as_bytes(),
-                            ],
-                        );
-                    }
+                    // Fetches go to the fetch thread (`Link::send`); a stray one
+                    // keeps the replies in step and is answered as failed.
+                    Command::Fetch { .. } => command(&mut out, &[b"PING"]),
                     Command::Touch { rooms } => {
                         let keys: Vec<Vec<u8>> = rooms.iter().flat_map(|r| [meta_key(r), stream_key(r)]).collect();
                         let count = keys.len().to_string();
@@ -393,29 +556,34 @@ fn failed(c: &Command) -> Option<Event> {
 
 fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
     match c {
-        Command::Publish { req, .. } => {
+        Command::Publish { req, room, .. } => {
             let result = reply.and_then(|r| {
                 let items = r.as_array()?;
                 let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
                 let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
                 Some((epoch, seq))
             });
-            Some(Event::Published { req: *req, result: result.ok_or(()) })
+            Some(Event::Published { req: *req, room: room.clone(), result: result.ok_or(()) })
         }
-        Command::Fetch { req, .. } => {
-            let result = reply.and_then(|r| parse_fetched(&r));
-            Some(Event::Fetched { req: *req, result: result.ok_or(()) })
-        }
+        // Fetches are read by `CommandThread::fetch`; this is their failure.
+        Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
         Command::Touch { .. } => None,
     }
 }
 
-fn parse_fetched(reply: &Reply) -> Option<Fetched> {
+/// The fetch script's answer: the room's epoch, seq and the first seq to read.
+fn parse_head(reply: &Reply) -> Option<(String, u64, u64)> {
     let items = reply.as_array()?;
     let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
     let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
+    let start = u64::try_from(items.get(2)?.as_int()?).ok()?;
+    Some((epoch, seq, start))
+}
+
+/// Stream entries (an XRANGE's answer) as messages.
+fn parse_entries(reply: &Reply) -> Option<Vec<Message>> {
     let mut entries = Vec::new();
-    for entry in items.get(2)?.as_array()? {
+    for entry in reply.as_array()? {
         let [id, fields] = entry.as_array()? else { return None };
         let id = std::str::from_utf8(id.as_bytes()?).ok()?;
         let seq = id.split_once('-')?.0.parse().ok()?;
@@ -433,7 +601,7 @@ fn parse_fetched(reply: &Reply) -> Option<Fetched> {
         }
         entries.push(message);
     }
-    Some(Fetched { epoch, seq, entries })
+    Some(entries)
 }
 
 /// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
@@ -449,16 +617,17 @@ pub fn parse_live(bytes: &[u8]) -> Option<(String, String, Message)> {
     Some((room, epoch, Message { seq, binary: kind == b'b', payload: payload.to_vec(), origin }))
 }
 
-fn subscription_thread(settings: &Settings, events: &Sender<Event>, waker: &Waker) {
+fn subscription_thread(settings: &Settings, events: &Sender<Event>, waker: &Waker, pokes: &[Sender<Vec<Command>>]) {
     let channel = channel(settings);
     let mut backoff = BACKOFF_MIN;
     let mut was_up = None;
     loop {
         let result = (|| -> io::Result<()> {
             let stream = connect(settings)?;
-            // Quiet rooms send nothing for long: no timeout on this connection's reads.
-            stream.set_read_timeout(None)?;
-            let mut replies = Replies { stream: stream.try_clone()?, buf: Vec::new(), start: 0 };
+            // Quiet rooms send nothing for long: a PING after `PING_EVERY` of silence
+            // (a subscribed connection answers it too), and dead after `REPLY_TIMEOUT`.
+            stream.set_read_timeout(Some(PING_EVERY))?;
+            let mut replies = Replies::new(stream.try_clone()?);
             let mut out = Vec::new();
             command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
             (&stream).write_all(&out)?;
@@ -469,9 +638,22 @@ fn subscription_thread(settings: &Settings, events: &Sender<Event>, waker: &Wake
                 return Ok(());
             }
             let mut batch = Vec::new();
+            let mut heard = Instant::now();
+            let mut ping = Vec::new();
+            command(&mut ping, &[b"PING"]);
             loop {
                 batch.clear();
-                replies.batch(&mut batch)?;
+                match replies.batch(&mut batch) {
+                    Ok(()) => heard = Instant::now(),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        if heard.elapsed() >= REPLY_TIMEOUT {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to PING"));
+                        }
+                        (&stream).write_all(&ping)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
                 for reply in &batch {
                     let Some([kind, _, payload]) = reply.as_array() else { continue };
                     if kind.as_bytes() != Some(b"message") {
@@ -496,6 +678,7 @@ fn subscription_thread(settings: &Settings, events: &Sender<Event>, waker: &Wake
             Err(e) => {
                 if was_up != Some(false) {
                     warn!("backplane: subscription lost: {e}");
+                    poke(pokes);
                     was_up = Some(false);
                     if events.send(Event::Subscribed(false)).is_err() || waker.wake().is_err() {
                         return;
@@ -535,14 +718,10 @@ mod tests {
                 ]),
             ])
         };
-        let reply = Reply::Array(vec![
-            Reply::Bulk(b"e".to_vec()),
-            Reply::Integer(3),
-            Reply::Array(vec![entry("2-0", "x"), entry("3-0", "y")]),
-        ]);
-        let f = parse_fetched(&reply).unwrap();
-        assert_eq!((f.epoch.as_str(), f.seq), ("e", 3));
-        assert_eq!(f.entries.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
-        assert!(f.entries[0].binary);
+        let head = Reply::Array(vec![Reply::Bulk(b"e".to_vec()), Reply::Integer(3), Reply::Integer(2)]);
+        assert_eq!(parse_head(&head), Some(("e".to_string(), 3, 2)));
+        let entries = parse_entries(&Reply::Array(vec![entry("2-0", "x"), entry("3-0", "y")])).unwrap();
+        assert_eq!(entries.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(entries[0].binary);
     }
 }

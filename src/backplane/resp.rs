@@ -96,6 +96,77 @@ fn parse_at(input: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usi
     }
 }
 
+/// Finds where one whole reply ends as its bytes come, without copying or
+/// allocating per element: each call goes on from where the last one stopped (bulk
+/// strings skipped by their length), so a reply read in many pieces is scanned once
+/// in all, then parsed (and its strings copied) once.
+#[derive(Debug, Default)]
+pub struct Scanner {
+    /// Where the next element starts.
+    pos: usize,
+    /// Elements still to come in each array opened (innermost last).
+    open: Vec<i64>,
+}
+
+impl Scanner {
+    /// The length of the whole reply at the start of `input` (the same input as at the
+    /// last call, longer), or `Ok(None)` while more bytes are needed. After `Some` the
+    /// scanner starts afresh, for the next reply.
+    pub fn scan(&mut self, input: &[u8]) -> Result<Option<usize>, Malformed> {
+        loop {
+            let Some(&kind) = input.get(self.pos) else { return Ok(None) };
+            let Some((line, after)) = line_at(input, self.pos + 1)? else { return Ok(None) };
+            match kind {
+                b'+' | b'-' | b':' => self.pos = after,
+                b'$' => {
+                    let len = number(line)?;
+                    if len == -1 {
+                        self.pos = after;
+                    } else {
+                        if !(0..=MAX_LEN).contains(&len) {
+                            return Err(Malformed);
+                        }
+                        let end = after + len as usize;
+                        let Some(tail) = input.get(end..end + 2) else { return Ok(None) };
+                        if tail != b"\r\n" {
+                            return Err(Malformed);
+                        }
+                        self.pos = end + 2;
+                    }
+                }
+                b'*' => {
+                    let len = number(line)?;
+                    if !(-1..=MAX_LEN).contains(&len) {
+                        return Err(Malformed);
+                    }
+                    self.pos = after;
+                    if len > 0 {
+                        if self.open.len() >= MAX_DEPTH {
+                            return Err(Malformed);
+                        }
+                        self.open.push(len);
+                        continue;
+                    }
+                }
+                _ => return Err(Malformed),
+            }
+            // One element done: it counts for the arrays it closes.
+            while let Some(left) = self.open.last_mut() {
+                *left -= 1;
+                if *left > 0 {
+                    break;
+                }
+                self.open.pop();
+            }
+            if self.open.is_empty() {
+                let end = self.pos;
+                self.pos = 0;
+                return Ok(Some(end));
+            }
+        }
+    }
+}
+
 /// The line starting at `pos` (without its CRLF) and where the next one starts.
 fn line_at(input: &[u8], pos: usize) -> Result<Option<(&[u8], usize)>, Malformed> {
     let Some(rest) = input.get(pos..) else { return Ok(None) };
@@ -175,6 +246,16 @@ mod tests {
     }
 
     #[test]
+    fn a_declared_length_is_not_allocated() {
+        // 2^40 bytes declared: refused before anything is read or reserved.
+        assert_eq!(Scanner::default().scan(b"$1099511627776\r\n"), Err(Malformed));
+        assert_eq!(parse(b"$1099511627776\r\n"), Err(Malformed));
+        // A large bulk string that is coming is waited for, its bytes skipped, not copied.
+        let mut scanner = Scanner::default();
+        assert_eq!(scanner.scan(b"*1\r\n$100000000\r\nab"), Ok(None));
+    }
+
+    #[test]
     fn bad_replies_are_malformed_not_panics() {
         for bad in [&b"?x\r\n"[..], b":x\r\n", b"$3\r\nabcde", b"$-5\r\n", b"+a\rb\r\n", b"*99999999999\r\n"] {
             assert_eq!(parse(bad), Err(Malformed), "{bad:?}");
@@ -194,9 +275,28 @@ mod tests {
             prop_assert_eq!(parse(&input), Ok(Some((expected, input.len()))));
         }
 
+        /// The scanner, fed a reply in any pieces, finds where it ends as parse does.
+        #[test]
+        fn the_scanner_agrees_with_parse(parts in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..20), 0..6), cuts in proptest::collection::vec(any::<usize>(), 0..8)) {
+            let mut input = Vec::new();
+            encode_command(&mut input, parts.iter().map(|p| &p[..]));
+            input.extend_from_slice(b"*2\r\n:1\r\n*1\r\n$-1\r\n+next\r\n");
+            let first = parse(&input).unwrap().unwrap().1;
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % input.len()).collect();
+            cuts.sort_unstable();
+            let mut scanner = Scanner::default();
+            for cut in cuts.into_iter().filter(|&c| c < first) {
+                prop_assert_eq!(scanner.scan(&input[..cut]), Ok(None));
+            }
+            prop_assert_eq!(scanner.scan(&input), Ok(Some(first)));
+            let second = first + parse(&input[first..]).unwrap().unwrap().1;
+            prop_assert_eq!(scanner.scan(&input[first..]).map(|e| e.map(|e| e + first)), Ok(Some(second)));
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = parse(&bytes);
+            let _ = Scanner::default().scan(&bytes);
         }
     }
 }

@@ -26,19 +26,122 @@ fn names_come_from_paths_percent_decoded_and_checked() {
     assert_eq!(room_from_path("/a%2Fb").as_deref(), Ok("a/b"));
     assert_eq!(room_from_path("/caf%C3%A9").as_deref(), Ok("café"));
     assert_eq!(room_from_path(&format!("/{}", "é".repeat(64))).map(|n| n.len()), Ok(128));
-    for bad in [
-        "/%zz",
-        "/%4",
-        "/%",
-        "/%FF",
-        "/a%00b",
-        "/a%0Ab",
-        "/%7F",
-        "/%C2%85",
-        &format!("/{}", "a".repeat(129)),
-        &format!("/{}", "%41".repeat(129)),
+    for (bad, why) in [
+        ("/%zz", InvalidName::BadEscape),
+        ("/%4", InvalidName::BadEscape),
+        ("/%", InvalidName::BadEscape),
+        ("/%FF", InvalidName::BadEscape),
+        ("/a%00b", InvalidName::Control),
+        ("/a%0Ab", InvalidName::Control),
+        ("/%7F", InvalidName::Control),
+        ("/%C2%85", InvalidName::Control),
+        (&format!("/{}", "a".repeat(129)), InvalidName::TooLong),
+        (&format!("/{}", "%41".repeat(129)), InvalidName::TooLong),
     ] {
-        assert_eq!(room_from_path(bad), Err(InvalidName), "{bad}");
+        assert_eq!(room_from_path(bad), Err(why), "{bad}");
+    }
+}
+
+#[test]
+fn names_have_one_spelling_no_invisible_characters_and_no_dot_or_empty_segments() {
+    // NFC is the one spelling: the decomposed é is refused, not a second room.
+    assert_eq!(room_from_path("/caf%C3%A9").as_deref(), Ok("café"));
+    assert_eq!(room_from_path("/cafe%CC%81"), Err(InvalidName::NotNfc));
+    assert_eq!(check_name("e\u{301}"), Err(InvalidName::NotNfc));
+    for c in ['\u{202E}', '\u{202A}', '\u{2066}', '\u{2069}', '\u{200E}', '\u{200F}', '\u{61C}'] {
+        assert_eq!(check_name(&format!("a{c}b")), Err(InvalidName::Invisible), "bidi {:04X}", c as u32);
+    }
+    for c in ['\u{200B}', '\u{200C}', '\u{200D}', '\u{2060}', '\u{FEFF}', '\u{AD}', '\u{E0041}', '\u{2028}'] {
+        assert_eq!(check_name(&format!("a{c}b")), Err(InvalidName::Invisible), "format {:04X}", c as u32);
+    }
+    assert_eq!(room_from_path("/a%E2%80%AEb"), Err(InvalidName::Invisible));
+    for bad in ["//lobby", "/./lobby", "/../lobby", "/a/./b", "/a/../b", "/a//b", "/lobby/", "/.", "/..", "/%2E/x"] {
+        assert_eq!(room_from_path(bad), Err(InvalidName::DotOrEmptySegment), "{bad}");
+    }
+    for bad in ["lobby", "*", "", "%2Flobby"] {
+        assert_eq!(room_from_path(bad), Err(InvalidName::NotAPath), "{bad:?}");
+    }
+    // Still fine: the default room, dots inside a segment, emoji with a variation selector.
+    for good in ["/", "/a.b", "/...", "/.hidden", "/a/b.c/d", "/%E2%9D%A4%EF%B8%8F"] {
+        assert!(room_from_path(good).is_ok(), "{good}");
+    }
+}
+
+/// A property of the validator: whatever it accepts is within the rules, reads back
+/// from its percent-encoded path, and stops being accepted when an invisible
+/// character, a decomposed accent or a dot segment gets in.
+mod name_rules {
+    use super::*;
+    use proptest::prelude::*;
+    use unicode_normalization::UnicodeNormalization;
+
+    fn piece() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9]{1,4}",
+            Just("/".to_string()),
+            Just(".".to_string()),
+            Just("é".to_string()),
+            Just("e\u{301}".to_string()),
+            Just("\u{202E}".to_string()),
+            Just("\u{200B}".to_string()),
+            Just("\u{FEFF}".to_string()),
+            Just("\u{1}".to_string()),
+            Just("%".to_string()),
+            Just("日本".to_string()),
+        ]
+    }
+
+    fn name() -> impl Strategy<Value = String> {
+        proptest::collection::vec(piece(), 0..12).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Names within the rules by construction: NFC segments, none empty, `.` or `..`.
+    fn valid_name() -> impl Strategy<Value = String> {
+        let segment = prop_oneof!["[a-z0-9é日本~-]{1,5}", "\\.[a-z][a-z.]{0,2}", "[a-z]\\.\\.?"];
+        proptest::collection::vec(segment, 0..5).prop_map(|segments| segments.join("/"))
+    }
+
+    fn encode(name: &str) -> String {
+        const KEEP: &percent_encoding::AsciiSet =
+            &percent_encoding::NON_ALPHANUMERIC.remove(b'/').remove(b'.').remove(b'-');
+        format!("/{}", percent_encoding::utf8_percent_encode(name, KEEP))
+    }
+
+    proptest! {
+        #[test]
+        fn accepted_names_keep_every_rule_and_read_back_from_their_path(name in name()) {
+            if check_name(&name).is_ok() {
+                prop_assert!(name.len() <= MAX_NAME);
+                prop_assert_eq!(name.nfc().collect::<String>(), name.clone());
+                prop_assert!(!name.chars().any(|c| c.is_control() || is_invisible(c)));
+                prop_assert!(name.is_empty() || name.split('/').all(|s| !s.is_empty() && s != "." && s != ".."));
+                let path = encode(&name);
+                let (from_path, decoded) = (room_from_path(&path), decode_name(&path[1..]));
+                prop_assert_eq!(from_path.as_deref(), Ok(name.as_str()));
+                prop_assert_eq!(decoded.as_deref(), Ok(name.as_str()));
+            } else {
+                prop_assert!(room_from_path(&encode(&name)).is_err());
+            }
+        }
+
+        #[test]
+        fn an_invisible_character_a_decomposed_accent_or_a_dot_segment_is_always_refused(
+            name in valid_name(), at in any::<prop::sample::Index>(), bad in 0usize..6,
+        ) {
+            prop_assert_eq!(check_name(&name), Ok(()), "{:?}", name);
+            let cut = name.char_indices().map(|(i, _)| i).chain([name.len()]).collect::<Vec<_>>();
+            let i = cut[at.index(cut.len())];
+            let (head, tail) = name.split_at(i);
+            let spoiled = match bad {
+                0 => format!("{head}\u{202E}{tail}"),
+                1 => format!("{head}\u{200D}{tail}"),
+                2 => format!("{head}\u{FEFF}{tail}"),
+                3 => format!("{name}e\u{301}"),
+                4 => format!("{head}/../{tail}"),
+                _ => format!("{name}/"),
+            };
+            prop_assert!(check_name(&spoiled).is_err(), "{:?}", spoiled);
+        }
     }
 }
 
@@ -63,8 +166,11 @@ fn a_room_is_made_once_with_a_fresh_epoch_and_found_by_name() {
 fn beyond_max_rooms_no_room_is_made() {
     let now = Instant::now();
     let mut rooms = Rooms::new(RoomLimits { max_rooms: 2, ..limits() });
-    rooms.find_or_create("a", now).unwrap();
-    rooms.find_or_create("b", now).unwrap();
+    // Rooms with a member (an empty one would make room, see below).
+    for (client, name) in ["a", "b"].into_iter().enumerate() {
+        let id = rooms.find_or_create(name, now).unwrap();
+        rooms.join(id, client, Audience::Plain).unwrap();
+    }
     assert_eq!(rooms.find_or_create("c", now), Err(RoomLimit));
     assert!(rooms.find_or_create("a", now).is_ok(), "an existing room is still found");
 }
@@ -100,6 +206,8 @@ fn a_room_emptied_again_waits_for_its_latest_deadline() {
     let ttl = Duration::from_secs(300);
     let mut rooms = Rooms::new(limits());
     let id = rooms.find_or_create("a", t0).unwrap();
+    // A message, so that the room is kept when empty.
+    rooms.publish(id, &stored(1));
     // Many joins and leaves: one expiry entry at a time.
     for i in 0..1000u64 {
         let key = rooms.join(id, 1, Audience::V1).unwrap();
@@ -171,4 +279,68 @@ fn presence_is_owed_only_to_v1_members_not_told_by_their_welcome() {
     assert_eq!(told(&mut rooms), Vec::<usize>::new());
     rooms.leave(id, first, Audience::V1, now);
     assert_eq!(told(&mut rooms), vec![2]);
+}
+
+#[test]
+fn a_room_that_never_had_a_message_is_freed_when_its_last_member_leaves() {
+    let now = Instant::now();
+    let mut rooms = Rooms::new(limits());
+    let id = rooms.find_or_create("a", now).unwrap();
+    let one = rooms.join(id, 1, Audience::V1).unwrap();
+    let two = rooms.join(id, 2, Audience::Plain).unwrap();
+    rooms.leave(id, one, Audience::V1, now);
+    assert_eq!(rooms.find("a"), Some(id), "a member is still in it");
+    rooms.leave(id, two, Audience::Plain, now);
+    assert_eq!((rooms.find("a"), rooms.len(), rooms.expired), (None, 0, 1));
+    // One that had a message is kept for its TTL (its history can be resumed).
+    let b = rooms.find_or_create("b", now).unwrap();
+    let key = rooms.join(b, 1, Audience::V1).unwrap();
+    rooms.publish(b, &stored(1));
+    rooms.leave(b, key, Audience::V1, now);
+    assert_eq!(rooms.find("b"), Some(b));
+}
+
+#[test]
+fn a_full_table_frees_the_empty_room_emptied_longest_ago_before_it_refuses() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let mut rooms = Rooms::new(RoomLimits { max_rooms: 3, ..limits() });
+    let made = |rooms: &mut Rooms, name: &str, left: Option<u64>| {
+        let id = rooms.find_or_create(name, t0).unwrap();
+        let key = rooms.join(id, 1, Audience::V1).unwrap();
+        rooms.publish(id, &stored(1));
+        if let Some(ms) = left {
+            rooms.leave(id, key, Audience::V1, at(ms));
+        }
+        id
+    };
+    let a = made(&mut rooms, "a", Some(20));
+    made(&mut rooms, "b", Some(10));
+    made(&mut rooms, "c", None);
+    // b was emptied first: it goes, with its history; a and c (a member) stay.
+    let d = rooms.find_or_create("d", at(30)).unwrap();
+    assert_eq!((rooms.find("b"), rooms.find("a"), rooms.len()), (None, Some(a), 3));
+    assert_eq!(rooms.history_totals(), (2, 2));
+    // a is joined again: its entry is skipped, and d (made, never joined) goes for e.
+    rooms.join(a, 2, Audience::Plain).unwrap();
+    let e = rooms.find_or_create("e", at(40)).unwrap();
+    assert_eq!((rooms.find("d"), rooms.find("a"), rooms.find("e")), (None, Some(a), Some(e)));
+    // With a member in every room, the table refuses.
+    rooms.join(e, 3, Audience::Plain).unwrap();
+    assert_eq!(rooms.find_or_create("f", at(50)), Err(RoomLimit));
+    assert_eq!((rooms.len(), rooms.expired), (3, 2));
+    let _ = d;
+}
+
+#[test]
+fn expiry_entries_of_rooms_freed_early_do_not_pile_up() {
+    let now = Instant::now();
+    let mut rooms = Rooms::new(limits());
+    for i in 0..10_000 {
+        let id = rooms.find_or_create(&format!("r{i}"), now).unwrap();
+        let key = rooms.join(id, 1, Audience::V1).unwrap();
+        rooms.leave(id, key, Audience::V1, now);
+    }
+    assert_eq!((rooms.len(), rooms.created, rooms.expired), (0, 10_000, 10_000));
+    assert!(rooms.expiring.len() <= 2 * rooms.len() + 65, "{} entries", rooms.expiring.len());
 }

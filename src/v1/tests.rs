@@ -109,6 +109,8 @@ fn ops_parse_with_their_defaults() {
     );
     assert_eq!(parse_op(r#"{"op":"join","room":""}"#), Ok(Op::Join { room: "".into(), resume: None, id: None }));
     assert_eq!(parse_op(r#"{"op":"leave"}"#), Ok(Op::Leave { room: None, id: None }));
+    assert_eq!(parse_op(r#"{"op":"ping","id":"h"}"#), Ok(Op::Ping { id: Some("h".into()) }));
+    assert_eq!(parse_op(r#"{"op":"ping"}"#), Ok(Op::Ping { id: None }));
 }
 
 #[test]
@@ -152,5 +154,55 @@ fn resume_from_the_query() {
     assert_eq!(Resume::from_query("since=3"), Ok(Some(Resume { since: 3, epoch: None })));
     for bad in ["since=", "since=-1", "since=x", "since=1e3", "since=99999999999999999999"] {
         assert_eq!(Resume::from_query(bad), Err(BadQuery), "{bad}");
+    }
+}
+
+mod envelope_size {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The worst room name: 128 bytes that each escape to 2 in JSON.
+    fn worst_room() -> String {
+        json_string(&"\"".repeat(crate::rooms::MAX_NAME))
+    }
+
+    #[test]
+    fn escaping_grows_quotes_and_backslashes_2x_and_control_characters_up_to_6x() {
+        assert_eq!(envelope_payload_len(Payload::Text("ab")), 2);
+        assert_eq!(envelope_payload_len(Payload::Text("\"\\")), 4);
+        assert_eq!(envelope_payload_len(Payload::Text("\n\t\r\u{8}\u{c}")), 10);
+        assert_eq!(envelope_payload_len(Payload::Text("\u{1}\u{1f}")), 12);
+        assert_eq!(envelope_payload_len(Payload::Text("é\u{7f}")), 3);
+        assert_eq!(envelope_payload_len(Payload::Binary(&[0; 3])), 4);
+        assert_eq!(envelope_payload_len(Payload::Binary(&[0; 4])), 8);
+        // A 1 MiB text of U+0001 is 6 MiB in an envelope.
+        assert_eq!(envelope_payload_len(Payload::Text(&"\u{1}".repeat(1 << 20))), 6 << 20);
+    }
+
+    proptest! {
+        /// The count is exactly serde_json's (the envelope's own encoder), and the frame
+        /// is never more than the count plus `ENVELOPE_OVERHEAD`, whatever the room and seq.
+        #[test]
+        fn the_counted_length_is_the_encoded_one_and_the_overhead_holds(
+            text in "(\\PC|[\\x00-\\x1f\"\\\\])*", bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let counted = envelope_payload_len(Payload::Text(&text));
+            prop_assert_eq!(counted, json_string(&text).len() - 2);
+            let mut e = Envelopes::default();
+            let room = worst_room();
+            for payload in [Payload::Text(&text), Payload::Binary(&bytes)] {
+                let frame = e.message(&room, Seq::MAX, payload);
+                prop_assert!(frame.len() <= envelope_payload_len(payload) + ENVELOPE_OVERHEAD);
+                prop_assert!(frame.len() + 200 > envelope_payload_len(payload) + ENVELOPE_OVERHEAD);
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_envelope_stays_within_the_overhead() {
+        // Past 65,535 bytes the frame header is its longest (10 bytes).
+        let text = "\"".repeat(70_000);
+        let frame = Envelopes::default().message(&worst_room(), Seq::MAX, Payload::Text(&text));
+        assert!(frame.len() <= envelope_payload_len(Payload::Text(&text)) + ENVELOPE_OVERHEAD);
     }
 }

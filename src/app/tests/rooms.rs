@@ -180,7 +180,7 @@ fn join_leave_and_publish_to_other_rooms() {
     send_op(&mut app, a, json!({"op":"publish","data":"back home"}), now);
     let got = received(&mut app, a);
     assert_eq!(got.last().unwrap(), &json!({"type":"message","room":"","seq":2,"data":"back home"}));
-    assert_eq!(app.metrics.ops, [4, 2, 2]);
+    assert_eq!(app.metrics.ops, [4, 2, 2, 0]);
 }
 
 #[test]
@@ -207,14 +207,15 @@ fn every_bad_op_gets_its_error_and_changes_nothing() {
     }
     feed(&mut app, a, &text("{\"op\":"), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":null,"reason":"invalid json"})]);
-    // Three rooms exist at most: a, full1, and one more.
-    send_op(&mut app, a, json!({"op":"join","room":"c","id":"9"}), now);
-    assert_eq!(received(&mut app, a)[0]["type"], "welcome");
-    send_op(&mut app, a, json!({"op":"leave","room":"c"}), now);
+    // Three rooms exist at most: a, full1, and one more, each with a member (an empty
+    // room would make room).
+    let (c, _) = join_at(&mut app, "/c", false, now);
+    flush(&mut app);
     send_op(&mut app, a, json!({"op":"join","room":"d","id":"10"}), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":"10","reason":"room limit reached"})]);
     send_op(&mut app, a, json!({"op":"join","room":"c","id":"11"}), now);
     assert_eq!(received(&mut app, a)[0]["type"], "welcome");
+    let _ = c;
     send_op(&mut app, a, json!({"op":"join","room":"full1","id":"12"}), now);
     assert_eq!(received(&mut app, a), vec![json!({"type":"error","id":"12","reason":"too many rooms"})]);
     assert!(app.clients[a].conn.is_open());
@@ -228,6 +229,53 @@ fn every_bad_op_gets_its_error_and_changes_nothing() {
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }
+}
+
+#[test]
+fn the_paths_room_is_the_default_again_after_a_rejoin_even_if_it_was_freed_meanwhile() {
+    let now = Instant::now();
+    let mut app = App::new(Config { welcome: None, ..rooms_config() });
+    let (a, _) = join_at(&mut app, "/h", true, now);
+    // Never had a message: freed when a leaves, made again (a new epoch) by the join.
+    send_op(&mut app, a, json!({"op":"leave"}), now);
+    assert_eq!(app.rooms.find("h"), None);
+    send_op(&mut app, a, json!({"op":"join","room":"h"}), now);
+    send_op(&mut app, a, json!({"op":"publish","data":"x","id":"p"}), now);
+    let got = received(&mut app, a);
+    assert_eq!(got[0]["type"], "welcome");
+    assert_eq!(got[1], json!({"type":"ack","id":"p","room":"h","seq":1}));
+}
+
+#[test]
+fn join_and_leave_churn_keeps_no_room_and_new_rooms_are_bounded_per_second() {
+    let t0 = Instant::now();
+    let mut app = App::new(Config { welcome: None, max_rooms: 10, rooms_per_second: 5, ..rooms_config() });
+    let (a, _) = join_at(&mut app, "/a", true, t0);
+    let churn = |app: &mut App<Peer>, from: usize, now: Instant| {
+        let mut reasons = Vec::new();
+        for i in from..from + 8 {
+            send_op(app, a, json!({"op":"join","room":format!("r{i}")}), now);
+            send_op(app, a, json!({"op":"leave","room":format!("r{i}")}), now);
+            reasons.extend(received(app, a).iter().map(|f| f["reason"].as_str().unwrap_or("welcome").to_string()));
+        }
+        reasons
+    };
+    // Five new rooms in a second, then `too many new rooms`; none is kept once left.
+    let mut expected = vec!["welcome"; 5];
+    expected.extend(["too many new rooms", "room not joined"].repeat(3));
+    assert_eq!(churn(&mut app, 0, t0), expected);
+    assert_eq!(app.rooms.len(), 1, "only the path's room, which has a member");
+    assert_eq!(app.rooms.expired, 5);
+    // An existing room is not a new one.
+    join_at(&mut app, "/b", false, t0);
+    send_op(&mut app, a, json!({"op":"join","room":"b"}), t0);
+    send_op(&mut app, a, json!({"op":"leave","room":"b"}), t0);
+    assert_eq!(received(&mut app, a)[0]["type"], "welcome");
+    // A second later, five more.
+    assert_eq!(churn(&mut app, 100, t0 + Duration::from_secs(1)), expected);
+    // Others still make rooms: the table never filled.
+    let (_, out) = join_at(&mut app, "/fresh", false, t0 + Duration::from_secs(1));
+    assert!(out.starts_with(b"HTTP/1.1 101 "));
 }
 
 #[test]
@@ -523,6 +571,13 @@ mod model {
         members: usize,
     }
 
+    /// A room that never had a message is freed when its last member leaves.
+    fn forget_if_unused(room: &mut ModelRoom) {
+        if room.members == 0 && room.last == 0 {
+            *room = ModelRoom::default();
+        }
+    }
+
     struct Client {
         id: Option<usize>,
         /// Rooms it is in now.
@@ -583,6 +638,7 @@ mod model {
                         }
                         clients[c].joined.retain(|&j| j != r);
                         rooms[r].members -= 1;
+                        forget_if_unused(&mut rooms[r]);
                         (c, text(&json!({"op":"leave","room":ROOMS[r]}).to_string()), None)
                     }
                     Step::Publish(c, r) => {
@@ -597,6 +653,7 @@ mod model {
                         let Some(id) = clients[c].id.take() else { continue };
                         for r in clients[c].joined.drain(..) {
                             rooms[r].members -= 1;
+                            forget_if_unused(&mut rooms[r]);
                         }
                         app.handle_eof(id);
                         (c, Vec::new(), None)

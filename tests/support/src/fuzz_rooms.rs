@@ -36,7 +36,7 @@ use crate::fuzz_checks::{check_http_response, check_server_frames};
 use mioket::frame::Opcode;
 
 const PATHS: [&str; 6] = ["/a", "/b", "/", "/a%2Fb", "/%zz", "/c%00"];
-const OPS: [&str; 10] = [
+const OPS: [&str; 11] = [
     r#"{"op":"publish","data":"x","id":"1"}"#,
     r#"{"op":"publish","room":"b","b64":"AAE=","id":"2"}"#,
     r#"{"op":"join","room":"b"}"#,
@@ -47,6 +47,7 @@ const OPS: [&str; 10] = [
     r#"{"op":"publish","data":"\ud83d\ude00","room":"a"}"#,
     r#"{"op":"join","room":"","since":0,"epoch":"x"}"#,
     "not json",
+    r#"{"op":"ping","id":"p"}"#,
 ];
 const HTTP: [&str; 4] = [
     "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n",
@@ -55,7 +56,7 @@ const HTTP: [&str; 4] = [
     "GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 ];
 const STATUSES: [u16; 12] = [200, 400, 401, 403, 404, 405, 411, 413, 426, 431, 503, 101];
-const TYPES: [&str; 6] = ["welcome", "message", "ack", "presence", "error", "x"];
+const TYPES: [&str; 7] = ["welcome", "message", "ack", "presence", "error", "pong", "x"];
 
 /// What a v1 client has seen of a room: the last seq, once known.
 #[derive(Default)]
@@ -272,6 +273,7 @@ fn check_client(c: &mut Client, mut bytes: &[u8], epoch: &mut String) {
                 seen.acked = Some(v["seq"].as_u64().expect("a seq"));
             }
             "error" => assert!(v["reason"].is_string()),
+            "pong" => assert!(v["id"].is_string() || v["id"].is_null()),
             _ => {}
         }
     }

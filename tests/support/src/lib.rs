@@ -6,6 +6,8 @@
 //!   be mirrored here.
 //! - [`procfs`]: a process's RSS, CPU time and sockets from /proc.
 //! - [`redis`]: a real `redis-server` for the backplane tests, on a free port.
+//! - [`proxy`]: a TCP relay that can stall (no forwarding, sockets kept open), resume
+//!   and cut its connections: network faults for the backplane tests.
 //! - [`conn`]: open `Conn`s through the library's public API (allocation test, benches).
 //! - [`fuzz_checks`], [`fuzz_rooms`]: what the fuzz targets (fuzz/) check on each
 //!   input; the stable test tests/fuzz_replay.rs replays the corpora through the same
@@ -20,6 +22,7 @@ pub mod frames;
 pub mod fuzz_checks;
 pub mod fuzz_rooms;
 pub mod procfs;
+pub mod proxy;
 pub mod redis;
 pub mod server;
 

@@ -86,6 +86,33 @@ impl RedisServer {
         self.launch();
     }
 
+    /// One command on a connection of its own; the reply's first line (`+OK`, `:3`,
+    /// `$5`, `*2`...), and a bulk string's body after it.
+    pub fn command(&self, args: &[&[u8]]) -> String {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&out).unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8];
+        while !reply.ends_with(b"\r\n") {
+            s.read_exact(&mut byte).unwrap();
+            reply.push(byte[0]);
+        }
+        let mut line = String::from_utf8_lossy(&reply[..reply.len() - 2]).into_owned();
+        if let Some(len) = line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            let mut body = vec![0u8; len + 2];
+            s.read_exact(&mut body).unwrap();
+            line = String::from_utf8_lossy(&body[..len]).into_owned();
+        }
+        line
+    }
+
     pub fn signal(&self, signal: &str) {
         Command::new("kill").args([signal, &self.pid().to_string()]).status().unwrap();
     }
