@@ -223,8 +223,9 @@ class Client:
         self.expires_in: float | None = None
         #: Connections opened so far (for diagnostics and tests).
         self.connections = 0
-        #: Heartbeat pings sent so far.
+        #: Heartbeat pings sent so far, and pongs received.
         self.pings_sent = 0
+        self.pongs = 0
         #: The error that stopped the client, once ``closed``.
         self.error: ClosedError | None = None
 
@@ -638,7 +639,9 @@ class Client:
                 room.online = env["online"]
         elif kind == "refreshed":
             self._on_expiry(env.get("expires_in"))
-        # "pong" and unknown types: only life
+        elif kind == "pong":
+            self.pongs += 1
+        # unknown types: only life
 
     def _answer(self, ident: Any, value: Any, error: BaseException | None) -> bool:
         entry = self._pending.get(ident) if isinstance(ident, str) else None

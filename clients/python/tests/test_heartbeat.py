@@ -22,9 +22,9 @@ async def test_dead_link_is_noticed_and_the_client_resumes() -> None:
             ) as client, mioket_client.connect(server.url(), heartbeat=30) as writer:
                 room = await client.join("lobby")
                 out = await writer.join("lobby")
-                # an idle but live link: pings are answered (today's server answers an
-                # unknown op with an error, which is life too) and nothing reconnects
-                await wait_until(lambda: client.pings_sent >= 3)
+                # an idle but live link: pings are answered with pongs (a server without
+                # the op answers an error, which is life too) and nothing reconnects
+                await wait_until(lambda: client.pongs >= 3)
                 assert client.connections == 1 and client.state == "connected"
                 proxy.freeze()
                 loop = asyncio.get_running_loop()
