@@ -2,8 +2,8 @@
 # Lints every crate (cargo fmt --check, cargo clippy -D warnings), then runs every
 # test: unit, property and wire-level tests with the fuzz-corpus replay
 # (cargo test over the workspace: the server, benches/mioket-load and tests/support),
-# Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
-# Installs what it needs (a Python venv for kosoku, npm packages, Debian's chromium and
+# the Python client's tests (pytest, in a venv under target/), Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
+# Installs what it needs (Python venvs for kosoku and the Python client, npm packages, Debian's chromium and
 # redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +39,17 @@ fi
 
 echo "== cargo test"
 cargo test --release --workspace --all-targets
+
+# The Python client (clients/python/) against the binary just built, in a venv of its own.
+echo "== python client"
+py_venv=target/py-client-venv
+if [ ! -x "$py_venv/bin/python" ]; then
+    python3 -m venv "$py_venv"
+fi
+"$py_venv/bin/pip" install --quiet --disable-pip-version-check "./clients/python[test]"
+# pytest's exit code 5 (no tests collected) fails the run like any other failure
+(cd clients/python && MIOKET_BIN="$OLDPWD/target/release/mioket" \
+    "$OLDPWD/$py_venv/bin/python" -m pytest -q -p no:cacheprovider)
 
 echo "== autobahn"
 bash scripts/autobahn.sh
