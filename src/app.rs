@@ -286,6 +286,7 @@ impl<T: fmt::Display> App<T> {
 
     /// Whether to read on from `id`: an echo client that does not read its answers,
     /// or a ping flood, stops being read while its queue holds over half the limit.
+    #[inline]
     pub fn wants_input(&self, id: usize) -> bool {
         self.clients
             .get(id)
@@ -296,8 +297,13 @@ impl<T: fmt::Display> App<T> {
 
     /// A new turn of the loop for `id` (`Conn::start_turn`): the input it held back
     /// last turn is copied into `buf`, for `handle_input` first. Returns how many bytes.
+    #[inline]
     pub fn start_turn(&mut self, id: usize, buf: &mut [u8]) -> usize {
         let Some(client) = self.clients.get_mut(id) else { return 0 };
+        if !client.conn.holds_input() {
+            // Only the inflate budget to renew: nothing held, nothing counted.
+            return client.conn.start_turn(buf);
+        }
         let held = client.conn.unfinished_memory();
         let n = client.conn.start_turn(buf);
         // Held input counts in the unfinished budget until it is handed back.
@@ -431,11 +437,14 @@ impl<T: fmt::Display> App<T> {
                 }
             }
         }
-        // A large message buffer (an inflated message) goes back now, not when idle.
         if let Some(client) = self.clients.get_mut(id) {
+            // A large message buffer (an inflated message) goes back now, not when idle.
             self.released += client.conn.end_input();
+            let after = client.conn.unfinished_memory();
+            if after != held {
+                self.unfinished_changed(id, held, after, now);
+            }
         }
-        self.track_unfinished(id, held, now);
         self.after_activity(id);
     }
 
@@ -797,6 +806,7 @@ impl<T: fmt::Display> App<T> {
     /// and the API. Judged from the head alone (route, method, token, declared length)
     /// before any body byte is read; a publish's body is read only then, and the
     /// request comes back with it.
+    #[inline(never)]
     fn answer_http(&mut self, id: usize, request: Box<HttpRequest>, now: Instant) {
         // Counted once: a request whose body was read comes back with it.
         if request.body.is_empty() {
@@ -1092,9 +1102,26 @@ impl<T: fmt::Display> App<T> {
     /// unfinished message is refused with 1013, a body with 503) until it is under:
     /// with many connections each holding part of a large message, memory stays
     /// within the budget instead of `--max-connections` x `--max-message`.
+    #[inline]
     fn track_unfinished(&mut self, id: usize, held: usize, now: Instant) {
         let after = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        if after != held {
+            self.unfinished_changed(id, held, after, now);
+        }
+    }
+
+    /// `id`'s unfinished input went from `held` to `after` bytes.
+    fn unfinished_changed(&mut self, id: usize, held: usize, after: usize, now: Instant) {
         self.unfinished = (self.unfinished + after).saturating_sub(held);
+        if self.unfinished > self.config.max_unfinished_memory {
+            self.shed_unfinished(id, now);
+        }
+    }
+
+    /// Over `--max-unfinished-memory`: the largest holders give their bytes back until
+    /// the total is under it again.
+    #[cold]
+    fn shed_unfinished(&mut self, id: usize, now: Instant) {
         while self.unfinished > self.config.max_unfinished_memory {
             // A scan, only while over the budget: every turn frees a holder's bytes.
             let largest = self.clients.iter().map(|(i, c)| (c.conn.unfinished_memory(), i)).max();
@@ -1184,6 +1211,7 @@ impl<T: fmt::Display> App<T> {
 /// Writes a frame (header and payload) straight to a client's socket; returns what
 /// the socket did not take, for `Conn::finish_write_through`. (The payload may borrow
 /// the `Conn`: the caller hands the rest over once it is copied out.)
+#[inline(always)]
 fn write_through<T>(
     io: &mut T,
     parts: [&[u8]; 2],

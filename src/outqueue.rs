@@ -86,6 +86,7 @@ impl Chunk {
     }
 
     /// What is left of `parts` once their first `written` bytes are sent; `None` if nothing.
+    #[inline]
     pub fn rest_of(parts: [&[u8]; 2], written: usize) -> Option<Chunk> {
         let [a, b] = parts;
         let rest_a = a.get(written..).unwrap_or_default();
@@ -109,6 +110,7 @@ impl Chunk {
         Chunk::frame(Opcode::Close, &[])
     }
 
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         match self {
             Chunk::Shared(b) => b,

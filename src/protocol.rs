@@ -327,6 +327,7 @@ impl Conn {
     /// A new turn of the loop for this connection: its inflate budget is whole again,
     /// and input held back last turn is copied into `buf`, to be handed to
     /// `handle_input` before anything new is read. Returns how many bytes.
+    #[inline]
     pub fn start_turn(&mut self, buf: &mut [u8]) -> usize {
         let Some(p) = self.reader.partial.as_deref_mut() else { return 0 };
         p.inflated = 0;
@@ -341,6 +342,7 @@ impl Conn {
 
     /// Input is held back (this turn's inflate budget is spent): read nothing more
     /// from this connection until its next `start_turn`.
+    #[inline]
     pub fn holds_input(&self) -> bool {
         self.reader.partial.as_deref().is_some_and(|p| !p.unread.is_empty())
     }
@@ -348,6 +350,7 @@ impl Conn {
     /// The application is done with the events of one input: a large message buffer
     /// (an inflated message, a big fragmented one) is given back now rather than kept
     /// until the connection is next idle. Returns the bytes freed.
+    #[inline]
     pub fn end_input(&mut self) -> usize {
         match self.reader.partial.as_deref_mut() {
             // Holding a message handed out, or nothing (no message or frame under way).
@@ -599,6 +602,7 @@ impl Conn {
     /// Bytes held for input that is not whole yet: an unfinished message's buffers
     /// (kept with their capacity while the connection is busy) and a request body
     /// being read. Bounded over all connections by `--max-unfinished-memory`.
+    #[inline]
     pub fn unfinished_memory(&self) -> usize {
         let body = match &self.state {
             State::Body { request, .. } => request.body.capacity(),

@@ -128,6 +128,7 @@ impl Transport {
 
     /// One non-blocking write of `parts`; returns how many bytes the socket took (0
     /// on any error: the next flush meets the error again and ends the client).
+    #[inline]
     pub fn write_now(&mut self, parts: [&[u8]; 2]) -> usize {
         let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
         loop {
