@@ -491,8 +491,6 @@ fn payload_of(message: &Message) -> Payload<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::IoSlice;
-
     use super::*;
     use crate::backplane::LATE;
     use crate::config::{Config, Mode};
@@ -514,27 +512,7 @@ mod tests {
 
     /// Everything queued for client `id` (every socket takes everything).
     fn written(app: &mut App<&'static str>, id: usize) -> Vec<u8> {
-        let mut dirty = Vec::new();
-        app.drain_dirty_into(&mut dirty);
-        let mut out = Vec::new();
-        for d in dirty {
-            let Some(client) = app.start_flush(d) else { continue };
-            let before = client.conn.queue_memory();
-            let mut bytes = Vec::new();
-            while client.conn.has_output() {
-                let mut slices = [IoSlice::new(&[]); 64];
-                let n = client.conn.poll_transmit(&mut slices);
-                let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
-                client.conn.handle_written(chunk.len());
-                bytes.extend(chunk);
-            }
-            let n = bytes.len();
-            app.finish_flush(d, before, n);
-            if d == id {
-                out = bytes;
-            }
-        }
-        out
+        crate::app::tests::flush(app).remove(&id).unwrap_or_default()
     }
 
     fn commands(app: &mut App<&'static str>) -> Vec<Command> {

@@ -49,7 +49,7 @@ fn upgraded(app: &mut App<Peer>, now: Instant) -> (usize, Vec<u8>) {
 
 /// What the runtime's flush does when every socket takes everything: each dirty
 /// client's bytes, and the order they were flushed in.
-fn flush_in_order(app: &mut App<Peer>) -> Vec<(usize, Vec<u8>)> {
+pub(super) fn flush_in_order<T: std::fmt::Display>(app: &mut App<T>) -> Vec<(usize, Vec<u8>)> {
     let mut dirty = Vec::new();
     app.drain_dirty_into(&mut dirty);
     let mut written = Vec::new();
@@ -74,7 +74,7 @@ fn flush_in_order(app: &mut App<Peer>) -> Vec<(usize, Vec<u8>)> {
     written
 }
 
-fn flush(app: &mut App<Peer>) -> HashMap<usize, Vec<u8>> {
+pub(super) fn flush<T: std::fmt::Display>(app: &mut App<T>) -> HashMap<usize, Vec<u8>> {
     flush_in_order(app).into_iter().collect()
 }
 
