@@ -233,6 +233,7 @@ function previousOf(p) {
  *   globalThis; nothing happens where there are none).
  *
  * Events: `state` (state, info), `connected`, `disconnected` ({code, reason}),
+ * `reconnecting` ({attempt, delay, code, reason}: the next attempt in `delay` seconds),
  * `closed` ({code, reason}), `error` (errors the server sent that no op owns).
  */
 export class Mioket extends Emitter {
@@ -605,7 +606,9 @@ export class Mioket extends Emitter {
     this.#setState('disconnected', info);
     if (!this.#wantConnected || this.state === 'closed') return;
     if (this.#isOffline()) return; // the `online` event brings it back
-    const delay = this.backoffDelay(this.#attempt++);
+    const attempt = this.#attempt++;
+    const delay = this.backoffDelay(attempt);
+    this.emit('reconnecting', { attempt, delay, ...info });
     this.#reconnectTimer = this.#clear(this.#reconnectTimer);
     this.#reconnectTimer = this.#timer(() => this.#open(), delay);
   }
