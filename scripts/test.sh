@@ -2,7 +2,8 @@
 # Lints every crate (cargo fmt --check, cargo clippy -D warnings), then runs every
 # test: unit, property and wire-level tests with the fuzz-corpus replay
 # (cargo test over the workspace: the server, benches/mioket-load and tests/support),
-# Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
+# the JavaScript client's tests (node --test), Autobahn|Testsuite 1-10, and the browser
+# tests in headless Chromium.
 # Installs what it needs (a Python venv for kosoku, npm packages, Debian's chromium and
 # redis-server).
 set -euo pipefail
@@ -39,6 +40,11 @@ fi
 
 echo "== cargo test"
 cargo test --release --workspace --all-targets
+
+# The JavaScript client (clients/js) against the release binary cargo test just built:
+# its only dependency is the `ws` package, for the tests (Node 20 has no global WebSocket).
+echo "== clients/js"
+(cd clients/js && npm ci --no-audit --no-fund && MIOKET_BIN="$PWD/../../target/release/mioket" npm test)
 
 echo "== autobahn"
 bash scripts/autobahn.sh
