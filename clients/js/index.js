@@ -224,7 +224,7 @@ function previousOf(p) {
  * - minDelay 0.5, maxDelay 20: the backoff bounds; stableAfter 10: a connection that lasted
  *   this long resets the backoff.
  * - heartbeat 10, heartbeatTimeout 5: ping after `heartbeat` without a frame, give the link
- *   up when still nothing came `heartbeatTimeout` later.
+ *   up when still nothing came `heartbeatTimeout` later; heartbeat 0 turns it off.
  * - publishTimeout 10: how long a publish waits for its ack.
  * - refreshMargin 10: refresh the token this long before it expires (at most a third of
  *   its lifetime).
@@ -262,6 +262,7 @@ export class Mioket extends Emitter {
   #wantConnected = false;
   #offline = false;
   #removeWindowListeners = null;
+  #expiredInARow = 0; // 4001 closes without a stable connection between them
 
   constructor(url, options = {}) {
     super();
@@ -414,7 +415,7 @@ export class Mioket extends Emitter {
     ws.binaryType = 'arraybuffer';
     // A handshake that hangs counts as a dead link too.
     this.#deadTimer = this.#clear(this.#deadTimer);
-    this.#deadTimer = this.#timer(() => {
+    if (this.#o.heartbeat > 0) this.#deadTimer = this.#timer(() => {
       this.#deadTimer = null;
       if (this.#ws === ws) this.#lost({ code: null, reason: 'connect timeout' });
     }, this.#o.heartbeat + this.#o.heartbeatTimeout);
@@ -466,6 +467,7 @@ export class Mioket extends Emitter {
   #alive() {
     this.#idleTimer = this.#clear(this.#idleTimer);
     this.#deadTimer = this.#clear(this.#deadTimer);
+    if (!(this.#o.heartbeat > 0)) return; // heartbeat 0: off
     const ws = this.#ws;
     this.#idleTimer = this.#timer(() => {
       this.#idleTimer = null;
@@ -522,7 +524,9 @@ export class Mioket extends Emitter {
       const ws = this.#ws;
       this.#stableTimer = this.#timer(() => {
         this.#stableTimer = null;
-        if (this.#ws === ws) this.#attempt = 0;
+        if (this.#ws !== ws) return;
+        this.#attempt = 0;
+        this.#expiredInARow = 0;
       }, this.#o.stableAfter);
     }
     const room = this.#rooms.get(w.room);
@@ -594,8 +598,9 @@ export class Mioket extends Emitter {
     this.#rejectSent(new PublishError('disconnected', 'the connection dropped before the ack'));
     if (CONNECT_CODES_TERMINAL.has(code)) return this.#finish({ code, reason });
     if (wasConnected) this.emit('disconnected', { code, reason });
-    if (code === CODE_TOKEN_EXPIRED && wasConnected) {
-      // The token expired: a new one (getToken runs for every connection), at once.
+    if (code === CODE_TOKEN_EXPIRED && wasConnected && this.#expiredInARow++ === 0) {
+      // The token expired: a new one (getToken runs for every connection), at once; a
+      // second 4001 before the connection was stable waits the backoff (no tight loop).
       this.#setState('disconnected', { code, reason });
       return this.#open();
     }

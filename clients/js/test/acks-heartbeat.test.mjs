@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Mioket, PublishError } from '../index.js';
-import { WAIT_MS, WebSocket, rawPublisher, startProxy, startServer, until, untilState } from './helpers.mjs';
+import { WAIT_MS, WebSocket, rawPublisher, startProxy, startServer, until, untilState } from '../support/helpers.mjs';
 
 let server;
 before(async () => {

@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { Mioket } from '../index.js';
-import { WAIT_MS, WebSocket, startProxy, startServer, until, untilState } from './helpers.mjs';
+import { WAIT_MS, WebSocket, startProxy, startServer, until, untilState } from '../support/helpers.mjs';
 
 /** Timers that run only when told: fire(pred) runs the first pending timer pred accepts. */
 function fakeTimers() {

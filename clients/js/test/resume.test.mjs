@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { after, before, test } from 'node:test';
 import { Mioket } from '../index.js';
-import { WebSocket, WAIT_MS, rawPublisher, startProxy, startServer, until, untilState } from './helpers.mjs';
+import { WebSocket, WAIT_MS, rawPublisher, startProxy, startServer, until, untilState } from '../support/helpers.mjs';
 
 const fast = { WebSocket, minDelay: 0.05, maxDelay: 0.2, random: () => 0.5 };
 let server;

@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import { WebSocketServer } from 'ws';
 import { Mioket, PublishError, Unauthorized } from '../index.js';
-import { WAIT_MS, WebSocket, until, untilState } from './helpers.mjs';
+import { WAIT_MS, WebSocket, until, untilState } from '../support/helpers.mjs';
 
 /**
  * A fake server on 127.0.0.1: `events` emits 'connection' ({ws, token, url}) and 'op'
@@ -98,7 +98,7 @@ test('a token for every connection; refreshed over the live connection before it
 test('4001: a new token and a reconnect at once, resuming; Authorization header on request', { timeout: WAIT_MS }, async () => {
   const fake = await fakeServer(() => ({ expires_in: 3600 }));
   const { getToken } = tokens();
-  const client = new Mioket(`${fake.url}/lobby`, { WebSocket, getToken, tokenIn: 'header', heartbeat: 60 });
+  const client = new Mioket(`${fake.url}/lobby`, { WebSocket, getToken, tokenIn: 'header', heartbeat: 60, minDelay: 0.01, maxDelay: 0.02 });
   const room = client.room('lobby');
   const got = [];
   room.on('message', (m) => got.push(m.seq));
@@ -118,6 +118,12 @@ test('4001: a new token and a reconnect at once, resuming; Authorization header 
   assert.equal(conn.url.searchParams.get('epoch'), 'e0e0e0e0e0e0e0e0');
   await untilState(client, 'connected');
   assert.equal(reconnecting, 0, 'no backoff wait');
+
+  // A second 4001 before the connection was stable waits the backoff: no tight loop.
+  const third = until(fake.events, 'connection', (c) => Boolean(c), 'the second reconnect');
+  conn.ws.close(4001, 'token expired');
+  assert.equal((await third).token, 'tok3');
+  assert.equal(reconnecting, 1, 'through the backoff');
   client.close();
   await fake.close();
 });

@@ -11,7 +11,7 @@ import WebSocket from 'ws';
 
 export { WebSocket };
 const here = path.dirname(fileURLToPath(import.meta.url));
-export const repoRoot = path.resolve(here, '../../..');
+export const repoRoot = path.resolve(here, '../../..'); // support/ -> clients/js -> clients -> repo
 export const mioketBin = path.resolve(repoRoot, process.env.MIOKET_BIN || 'target/release/mioket');
 
 /** Upper bound of any single wait in a test. */
