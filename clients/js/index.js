@@ -370,7 +370,16 @@ export class Mioket extends Emitter {
     return this.#offline || (nav && nav.onLine === false);
   }
 
-  async #open() {
+  // Opening never throws at its callers: an unexpected failure is told as an `error`
+  // event and retried like a failed connection.
+  #open() {
+    this.#openNow().catch((e) => {
+      this.emit('error', { reason: `connect failed: ${e?.message ?? e}`, id: null });
+      if (this.state === 'connecting') this.#retry({ code: null, reason: String(e?.message ?? e) });
+    });
+  }
+
+  async #openNow() {
     this.#reconnectTimer = null;
     if (!this.#wantConnected || this.state === 'closed') return;
     if (this.#isOffline()) {

@@ -1,5 +1,5 @@
-// Acks and the heartbeat against the real server: publishes resolve with the seq of their
-// ack (text and binary, also when made before the room was joined), reject when the
+// Acks, presence and the heartbeat against the real server: publishes resolve with the seq
+// of their ack (text and binary, also when made before the room was joined), reject when the
 // connection drops before the ack or on the timeout; a link that silently stops
 // forwarding (the proxy keeps both sockets open) is noticed within heartbeat +
 // heartbeatTimeout and healed by a reconnect that resumes; an idle link stays up.
@@ -31,6 +31,15 @@ test('publishes resolve with the seqs of their acks', { timeout: WAIT_MS }, asyn
   await until(room, 'message', () => got.length === 4, 'own copies');
   assert.deepEqual(got.map((m) => m.seq), [1, 2, 3, 4]);
   assert.deepEqual(got.map((m) => m.data), ['first', 'a', new Uint8Array([0, 1, 2]), 'c']);
+
+  // Presence: a second member is counted in its welcome and told to the first.
+  const told = until(room, 'presence', (p) => p?.online === 2, 'presence 2');
+  const other = new Mioket(`${server.url}/`, { WebSocket });
+  other.connect();
+  assert.deepEqual(await other.room('acks').presence(), { room: 'acks', online: 2 });
+  await told;
+  assert.deepEqual(await room.presence(), { room: 'acks', online: 2 });
+  other.close();
   client.close();
 });
 
