@@ -1,6 +1,7 @@
 // Resume against the real server: exactly-once delivery across connections cut by a TCP
-// proxy while another client publishes 1,000 messages, and `recovered:false` told (with a
-// `gap`) when the room's history is too short to fill what was missed.
+// proxy while another client publishes 1,000 messages, `recovered:false` told (with a
+// `gap`) when the room's history is too short to fill what was missed, and a room made
+// again after its TTL (a new epoch) told as a gap with its messages from seq 1.
 
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
@@ -117,4 +118,47 @@ test('recovered:false and a gap are told when the history is too short', { timeo
   reader.close();
   await proxy.close();
   await small.stop();
+});
+
+test('a room made again (new epoch) is told as a gap, and its messages from seq 1 delivered', { timeout: 2 * WAIT_MS }, async () => {
+  const ttl = await startServer(['--room-ttl', '1', '--api-token', 't', '--ping-interval', '0', '--welcome', '']);
+  const proxy = await startProxy(ttl.port);
+  const api = (method, path, body) =>
+    fetch(`${ttl.http}${path}`, { method, body, headers: { Authorization: 'Bearer t' } }).then((r) => r.json());
+  const reader = new Mioket(`${proxy.url}/`, fast);
+  const room = reader.room('ttl');
+  const got = [];
+  const gaps = [];
+  room.on('message', (m) => got.push([m.data, m.seq, m.epoch]));
+  room.on('gap', (g) => gaps.push(g));
+  reader.connect();
+  await room.presence();
+  await api('POST', '/api/rooms/ttl/messages', 'a1');
+  await api('POST', '/api/rooms/ttl/messages', 'a2');
+  await until(room, 'message', () => got.length === 2, 'a1, a2');
+  const first = room.epoch;
+
+  // Keep the reader out until the empty room was freed (--room-ttl 1), then make it again.
+  proxy.refuse(true);
+  proxy.cut();
+  await untilState(reader, 'disconnected');
+  const deadline = Date.now() + WAIT_MS;
+  while ((await api('GET', '/api/rooms')).some((r) => r.room === 'ttl')) {
+    assert.ok(Date.now() < deadline, 'the room was not freed');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  assert.equal((await api('POST', '/api/rooms/ttl/messages', 'b1')).seq, 1);
+  proxy.refuse(false);
+  await until(room, 'message', () => got.length === 3, 'b1');
+
+  assert.notEqual(room.epoch, first);
+  assert.deepEqual(got, [['a1', 1, first], ['a2', 2, first], ['b1', 1, room.epoch]]);
+  assert.equal(gaps.length, 1);
+  assert.deepEqual(
+    { reason: gaps[0].reason, previousEpoch: gaps[0].previousEpoch, previousSeq: gaps[0].previousSeq, epoch: gaps[0].epoch },
+    { reason: 'epoch', previousEpoch: first, previousSeq: 2, epoch: room.epoch },
+  );
+  reader.close();
+  await proxy.close();
+  await ttl.stop();
 });
