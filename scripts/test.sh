@@ -2,8 +2,10 @@
 # Lints every crate (cargo fmt --check, cargo clippy -D warnings), then runs every
 # test: unit, property and wire-level tests with the fuzz-corpus replay
 # (cargo test over the workspace: the server, benches/mioket-load and tests/support),
-# the Python client's tests (pytest, in a venv under target/), Autobahn|Testsuite 1-10, and the browser tests in headless Chromium.
-# Installs what it needs (Python venvs for kosoku and the Python client, npm packages, Debian's chromium and
+# the client libraries' tests (clients/js with node --test, clients/python with pytest in a
+# venv under target/), Autobahn|Testsuite 1-10 and 12-13, and the browser tests in headless
+# Chromium. Installs what it needs (Python venvs for kosoku and the Python client, npm
+# packages, Debian's chromium and
 # redis-server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +41,11 @@ fi
 
 echo "== cargo test"
 cargo test --release --workspace --all-targets
+
+# The JavaScript client (clients/js) against the release binary cargo test just built:
+# its only dependency is the `ws` package, for the tests (Node 20 has no global WebSocket).
+echo "== clients/js"
+(cd clients/js && npm ci --no-audit --no-fund && MIOKET_BIN="$PWD/../../target/release/mioket" npm test)
 
 # The Python client (clients/python/) against the binary just built, in a venv of its own.
 echo "== python client"
