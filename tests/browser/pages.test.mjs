@@ -276,6 +276,16 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
         send({ type: 'message', room: '', seq: ++seq, b64: 'AAEC' });
       });
     });
+    // Opened from disk, the page imports the client module from the server it talks to
+    // (browsers load no module from file://): the stand-in serves it as mioket does.
+    await p.route('http://localhost:8765/mioket-client.js', (route) =>
+      route.fulfill({
+        status: 200,
+        contentType: 'text/javascript; charset=utf-8',
+        headers: { 'access-control-allow-origin': '*' },
+        body: readFileSync(clientFile('js/index.js'), 'utf8'),
+      }),
+    );
     await openChat(p, pathToFileURL(clientFile('index.html')).href);
     assert.equal((await stateOf(p)).text, 'open — ws://localhost:8765/');
     assert.deepEqual(offered, ['mioket.v1']);
@@ -509,10 +519,29 @@ test('both pages use the shared script and style, which the server serves', asyn
     assert.match(html, /<link rel="stylesheet" href="mioket\.css">/, `${name} loads mioket.css`);
   }
   const srv = await server([]);
-  for (const [path, type] of [['/mioket.js', 'text/javascript'], ['/mioket.css', 'text/css']]) {
+  for (const [path, type, file] of [
+    ['/mioket.js', 'text/javascript', 'mioket.js'],
+    ['/mioket.css', 'text/css', 'mioket.css'],
+    ['/mioket-client.js', 'text/javascript', 'js/index.js'],
+  ]) {
     const res = await fetch(`http://127.0.0.1:${srv.port}${path}`);
     assert.equal(res.status, 200, path);
     assert.ok(res.headers.get('content-type').startsWith(type), path);
-    assert.equal(await res.text(), readFileSync(clientFile(path.slice(1)), 'utf8'));
+    assert.equal(await res.text(), readFileSync(clientFile(file), 'utf8'));
   }
+});
+
+test('the chat page is built on the client module: no connection logic of its own', () => {
+  const html = readFileSync(clientFile('index.html'), 'utf8');
+  assert.match(html, /import\(from\)/, 'it imports the module');
+  assert.match(html, /'mioket-client\.js'/);
+  assert.match(html, /new Mioket\(/);
+  // Resuming, reconnecting and heartbeats are the module's: the page builds no since/epoch
+  // URL, sets no reconnect timer, sends no op and parses no envelope itself.
+  for (const banned of [/['"`]since/, /searchParams\.set/, /keepConnected/, /setTimeout/, /JSON\.(parse|stringify)/, /\.send\(/, /op: '/, /b64/]) {
+    assert.doesNotMatch(html, banned);
+  }
+  // The old helper keeps only what the echo page uses.
+  const helper = readFileSync(clientFile('mioket.js'), 'utf8');
+  for (const gone of [/reconnect\(\)/, /drop\(\)/, /hold\(/]) assert.doesNotMatch(helper, gone);
 });
