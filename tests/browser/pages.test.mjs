@@ -483,6 +483,117 @@ describe('rooms and resuming (mioket.v1)', { timeout: TEST_MS * 5 }, () => {
   });
 });
 
+/** Polls `check` in Node until it is true, within the wait bound. */
+async function until(what, check, ms = 20_000) {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('the client module in the page (clients/js/index.js)', { timeout: TEST_MS * 2 }, () => {
+  test('a link that silently stops is noticed by the heartbeat; the page resumes where it was', { timeout: TEST_MS }, async () => {
+    // A scripted mioket.v1 stand-in (Playwright's routeWebSocket) that stops answering on
+    // its first connection: the browser sees an open socket, only the module's ping (after
+    // 10 s without a frame, given up 5 s later) can tell. The second connection must come
+    // with since/epoch of what the page was shown, and gets the missed message.
+    const s = await server([]);
+    const p = await page();
+    const epoch = '0123456789abcdef';
+    const conns = [];
+    await p.routeWebSocket(/^ws:\/\/localhost:9\/hb/, (ws) => {
+      const conn = { url: ws.url(), ops: [], at: Date.now(), closed: null };
+      conns.push(conn);
+      const send = (o) => ws.send(JSON.stringify(o));
+      ws.onClose((code) => (conn.closed = { code, at: Date.now() }));
+      ws.onMessage((m) => {
+        const op = JSON.parse(m);
+        conn.ops.push({ ...op, at: Date.now() });
+        if (conns.length > 1 && op.op === 'ping') send({ type: 'pong', id: op.id });
+      });
+      if (conns.length === 1) {
+        send({ type: 'welcome', room: 'hb', epoch, seq: 2, online: 1, text: 'stand-in' });
+        send({ type: 'message', room: 'hb', seq: 1, data: 'one' });
+        send({ type: 'message', room: 'hb', seq: 2, data: 'two' });
+      } else {
+        send({ type: 'welcome', room: 'hb', epoch, seq: 3, online: 1, text: 'stand-in again', recovered: true });
+        send({ type: 'message', room: 'hb', seq: 3, data: 'three, sent while the link was dead' });
+      }
+    });
+    await openChat(p, `${s.http}/?ws=${encodeURIComponent('ws://localhost:9/hb')}`);
+    assert.equal(conns[0].url, 'ws://localhost:9/hb');
+
+    await until('the heartbeat ping', () => conns[0].ops.some((o) => o.op === 'ping'));
+    const ping = conns[0].ops.find((o) => o.op === 'ping');
+    assert.match(ping.id, /^h-\d+$/);
+    assert.ok(ping.at - conns[0].at >= 9_000, 'the ping comes after about 10 s without a frame');
+    await until('the second connection', () => conns.length === 2);
+    const gaveUp = conns[1].at - ping.at;
+    assert.ok(gaveUp >= 4_500 && gaveUp <= 8_000, `given up 5 s after the ping, reconnected within the backoff (${gaveUp} ms)`);
+    assert.equal(conns[1].url, `ws://localhost:9/hb?since=2&epoch=${epoch}`);
+    await waitForRow(p, 'history', 'three, sent while the link was dead');
+    await waitForState(p, 'open', new RegExp(`^open — ws://localhost:9/hb\\?since=2&epoch=${epoch}$`));
+    assert.deepEqual(await messagesOf(p), [
+      ['welcome', 'stand-in'],
+      ['history', 'one'],
+      ['history', 'two'],
+      ['welcome', 'stand-in again'],
+      ['history', 'three, sent while the link was dead'],
+    ]);
+    assert.deepEqual(
+      (await rowsOf(p)).filter((r) => r.kind === 'info').map((r) => r.text),
+      ['connected', 'disconnected (heartbeat timeout)', 'connected'],
+    );
+    // What the page was shown is the module's bookkeeping: the client's room.
+    assert.deepEqual(await p.evaluate(() => window.mioketDebug.seen()), { room: 'hb', epoch, last: 3 });
+    assert.equal(await p.evaluate(() => window.mioketDebug.client().constructor.name), 'Mioket');
+    assertNothingRan(p);
+  });
+
+  test('while the browser is offline the page waits, and resumes when it is back', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    await a.addInitScript(() => {
+      const Native = window.WebSocket;
+      window.__opened = 0;
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          window.__opened++;
+        }
+      };
+    });
+    await openChat(a, `${s.http}/?room=lobby`);
+    await openChat(b, `${s.http}/?room=lobby`);
+    await say(b, 'before');
+    await waitForRow(a, 'live', 'before');
+
+    await a.context().setOffline(true);
+    await a.evaluate(() => window.mioketDebug.drop()); // if going offline did not already
+    await waitForState(a, 'closed', /^closed \(.+\) — offline: reconnecting when the network is back$/);
+    const opened = await a.evaluate(() => window.__opened);
+    for (let i = 1; i <= 3; i++) await say(b, `away ${i}`);
+    await waitForRow(b, 'you', 'away 3');
+    await a.waitForTimeout(1500); // longer than the first backoff (0.5-1 s)
+    assert.equal(await a.evaluate(() => window.__opened), opened, 'no attempt while offline');
+
+    await a.context().setOffline(false);
+    await waitForState(a, 'open', new RegExp(`^open — ${s.ws}lobby\\?since=1&epoch=[0-9a-f]{16}$`));
+    await waitForRow(a, 'history', 'away 3');
+    assert.deepEqual(await messagesOf(a), [
+      ['welcome', WELCOME],
+      ['live', 'before'],
+      ['welcome', WELCOME],
+      ['history', 'away 1'],
+      ['history', 'away 2'],
+      ['history', 'away 3'],
+    ]);
+    for (const p of [a, b]) assertNothingRan(p);
+  });
+});
+
 describe('echo page', { timeout: TEST_MS * 2 }, () => {
   test('a message round-trips against a --mode echo server, with its time', { timeout: TEST_MS }, async () => {
     const s = await server(['--mode', 'echo']);
