@@ -1,5 +1,5 @@
-// mioket's browser pages share this: where to connect, staying connected, and
-// formatting. Plain JavaScript, no build step; served by the server at /mioket.js
+// mioket's browser pages share this: where to connect, the echo page's connection,
+// and formatting. Plain JavaScript, no build step; served by the server at /mioket.js
 // and found beside the pages when they are opened from disk.
 'use strict';
 
@@ -13,33 +13,25 @@ function socketUrl() {
   return 'ws://localhost:8765/';
 }
 
-// Keeps one WebSocket open. After a drop it waits min(cap, base * 2^failures),
-// scaled by a random 50-100% so that many pages do not come back in lockstep.
-// `url` is a string, or a function called before every attempt (a page that resumes
-// puts what it has seen in the URL). `options.protocols` is offered in the handshake;
-// on.open(protocol) gets the one the server chose ('' for none).
-// The returned object sends, reconnects at once (reconnect: after a change of URL), and,
-// for tests, drop() closes the socket as a lost connection would (the usual backoff
-// follows) and hold(true) keeps the next attempt waiting until hold(false).
-function keepConnected(url, on, options = {}) {
+// Keeps one plain WebSocket open, for the echo page (a --mode echo server speaks no
+// mioket.v1; the chat page uses the client module, clients/js/index.js, instead).
+// After a drop it waits min(cap, base * 2^failures), scaled by a random 50-100% so that
+// many pages do not come back in lockstep. The returned object sends.
+function keepConnected(url, on) {
   const BASE_MS = 500, CAP_MS = 15000;
-  let ws = null, failures = 0, timer = 0, held = false, due = false;
+  let ws = null, failures = 0;
   function connect() {
-    timer = 0;
-    if (held) { due = true; return; }
-    let target = typeof url === 'function' ? url() : url;
-    on.state('connecting', failures ? `reconnecting to ${target} (attempt ${failures})…` : `connecting to ${target}…`);
+    on.state('connecting', failures ? `reconnecting to ${url} (attempt ${failures})…` : `connecting to ${url}…`);
     try {
-      ws = new WebSocket(target, options.protocols || []);
+      ws = new WebSocket(url);
     } catch (e) {
       ws = null;
-      on.state('closed', `cannot connect to ${target}: ${e.message}`);
+      on.state('closed', `cannot connect to ${url}: ${e.message}`);
       return;
     }
-    target = ws.url; // as the browser resolved it: ?ws= may be relative
-    if (typeof url !== 'function') url = target;
+    url = ws.url; // as the browser resolved it: ?ws= may be relative
     ws.binaryType = 'arraybuffer';
-    ws.onopen = () => { failures = 0; on.state('open', `open — ${target}`); on.open(ws.protocol); };
+    ws.onopen = () => { failures = 0; on.state('open', `open — ${url}`); on.open(); };
     ws.onmessage = (e) => on.message(e.data);
     ws.onclose = (e) => {
       ws = null;
@@ -48,7 +40,7 @@ function keepConnected(url, on, options = {}) {
       const why = e.reason ? `${e.code}, ${e.reason}` : `${e.code}`;
       on.state('closed', `closed (${why}) — reconnecting in ${(delay / 1000).toFixed(1)} s`);
       on.close(e);
-      timer = setTimeout(connect, delay);
+      setTimeout(connect, delay);
     };
   }
   connect();
@@ -57,23 +49,6 @@ function keepConnected(url, on, options = {}) {
       if (!ws || ws.readyState !== WebSocket.OPEN) return false;
       ws.send(data);
       return true;
-    },
-    reconnect() {
-      if (ws) {
-        ws.onopen = ws.onmessage = ws.onclose = null;
-        ws.close(1000);
-        ws = null;
-      }
-      clearTimeout(timer);
-      failures = 0;
-      connect();
-    },
-    drop() {
-      if (ws) ws.close();
-    },
-    hold(on) {
-      held = on;
-      if (!held && due) { due = false; connect(); }
     },
   };
 }

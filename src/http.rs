@@ -5,6 +5,12 @@ use crate::handshake::status_text;
 
 const HTML: &str = "text/html; charset=utf-8";
 pub const TEXT: &str = "text/plain; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The path of the JavaScript client (clients/js/index.js, an ES module). The chat page
+/// imports it from here; a page opened from disk imports it from the server it talks to
+/// (browsers load no module from file://), so it is served to any origin.
+pub const CLIENT_MODULE: &str = "/mioket-client.js";
 
 /// An embedded file by request path (the query string is ignored): its content type
 /// and bytes. Pages refer to the shared script and style relatively, so they also
@@ -14,8 +20,9 @@ pub fn page(path: &str) -> Option<(&'static str, &'static [u8])> {
     match path {
         "/" | "/index.html" => Some((HTML, include_bytes!("../clients/index.html"))),
         "/echo" | "/echo.html" => Some((HTML, include_bytes!("../clients/echo.html"))),
-        "/mioket.js" => Some(("text/javascript; charset=utf-8", include_bytes!("../clients/mioket.js"))),
+        "/mioket.js" => Some((JS, include_bytes!("../clients/mioket.js"))),
         "/mioket.css" => Some(("text/css; charset=utf-8", include_bytes!("../clients/mioket.css"))),
+        "/mioket-client.js" => Some((JS, include_bytes!("../clients/js/index.js"))),
         _ => None,
     }
 }
@@ -44,6 +51,9 @@ pub fn not_found() -> Vec<u8> {
 /// The answer to a plain GET.
 pub fn answer(path: &str) -> Vec<u8> {
     match page(path) {
+        Some((content_type, body)) if path.split('?').next() == Some(CLIENT_MODULE) => {
+            response_with(200, "Access-Control-Allow-Origin: *\r\n", content_type, body)
+        }
         Some((content_type, body)) => response(200, content_type, body),
         None => not_found(),
     }
@@ -62,5 +72,19 @@ mod tests {
         assert!(script.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/javascript"));
         assert!(String::from_utf8(answer("/mioket.css")).unwrap().contains("Content-Type: text/css"));
         assert!(String::from_utf8(answer("/nope")).unwrap().starts_with("HTTP/1.1 404 Not Found\r\n"));
+    }
+
+    #[test]
+    fn the_client_module_is_served_as_javascript_to_any_origin() {
+        for path in ["/mioket-client.js", "/mioket-client.js?v=1"] {
+            let module = String::from_utf8(answer(path)).unwrap();
+            assert!(module.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/javascript; charset=utf-8\r\n"));
+            assert!(module.contains("\r\nAccess-Control-Allow-Origin: *\r\n"), "{path}");
+            assert!(module.ends_with(include_str!("../clients/js/index.js")));
+            assert!(module.contains("export class Mioket"));
+        }
+        // The pages themselves stay same-origin only.
+        assert!(!String::from_utf8(answer("/")).unwrap().contains("Access-Control"));
+        assert!(!String::from_utf8(answer("/mioket.js")).unwrap().contains("Access-Control"));
     }
 }

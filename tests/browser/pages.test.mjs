@@ -276,6 +276,16 @@ describe('chat page', { timeout: TEST_MS * 8 }, () => {
         send({ type: 'message', room: '', seq: ++seq, b64: 'AAEC' });
       });
     });
+    // Opened from disk, the page imports the client module from the server it talks to
+    // (browsers load no module from file://): the stand-in serves it as mioket does.
+    await p.route('http://localhost:8765/mioket-client.js', (route) =>
+      route.fulfill({
+        status: 200,
+        contentType: 'text/javascript; charset=utf-8',
+        headers: { 'access-control-allow-origin': '*' },
+        body: readFileSync(clientFile('js/index.js'), 'utf8'),
+      }),
+    );
     await openChat(p, pathToFileURL(clientFile('index.html')).href);
     assert.equal((await stateOf(p)).text, 'open — ws://localhost:8765/');
     assert.deepEqual(offered, ['mioket.v1']);
@@ -473,6 +483,117 @@ describe('rooms and resuming (mioket.v1)', { timeout: TEST_MS * 5 }, () => {
   });
 });
 
+/** Polls `check` in Node until it is true, within the wait bound. */
+async function until(what, check, ms = 20_000) {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('the client module in the page (clients/js/index.js)', { timeout: TEST_MS * 2 }, () => {
+  test('a link that silently stops is noticed by the heartbeat; the page resumes where it was', { timeout: TEST_MS }, async () => {
+    // A scripted mioket.v1 stand-in (Playwright's routeWebSocket) that stops answering on
+    // its first connection: the browser sees an open socket, only the module's ping (after
+    // 10 s without a frame, given up 5 s later) can tell. The second connection must come
+    // with since/epoch of what the page was shown, and gets the missed message.
+    const s = await server([]);
+    const p = await page();
+    const epoch = '0123456789abcdef';
+    const conns = [];
+    await p.routeWebSocket(/^ws:\/\/localhost:9\/hb/, (ws) => {
+      const conn = { url: ws.url(), ops: [], at: Date.now(), closed: null };
+      conns.push(conn);
+      const send = (o) => ws.send(JSON.stringify(o));
+      ws.onClose((code) => (conn.closed = { code, at: Date.now() }));
+      ws.onMessage((m) => {
+        const op = JSON.parse(m);
+        conn.ops.push({ ...op, at: Date.now() });
+        if (conns.length > 1 && op.op === 'ping') send({ type: 'pong', id: op.id });
+      });
+      if (conns.length === 1) {
+        send({ type: 'welcome', room: 'hb', epoch, seq: 2, online: 1, text: 'stand-in' });
+        send({ type: 'message', room: 'hb', seq: 1, data: 'one' });
+        send({ type: 'message', room: 'hb', seq: 2, data: 'two' });
+      } else {
+        send({ type: 'welcome', room: 'hb', epoch, seq: 3, online: 1, text: 'stand-in again', recovered: true });
+        send({ type: 'message', room: 'hb', seq: 3, data: 'three, sent while the link was dead' });
+      }
+    });
+    await openChat(p, `${s.http}/?ws=${encodeURIComponent('ws://localhost:9/hb')}`);
+    assert.equal(conns[0].url, 'ws://localhost:9/hb');
+
+    await until('the heartbeat ping', () => conns[0].ops.some((o) => o.op === 'ping'));
+    const ping = conns[0].ops.find((o) => o.op === 'ping');
+    assert.match(ping.id, /^h-\d+$/);
+    assert.ok(ping.at - conns[0].at >= 9_000, 'the ping comes after about 10 s without a frame');
+    await until('the second connection', () => conns.length === 2);
+    const gaveUp = conns[1].at - ping.at;
+    assert.ok(gaveUp >= 4_500 && gaveUp <= 8_000, `given up 5 s after the ping, reconnected within the backoff (${gaveUp} ms)`);
+    assert.equal(conns[1].url, `ws://localhost:9/hb?since=2&epoch=${epoch}`);
+    await waitForRow(p, 'history', 'three, sent while the link was dead');
+    await waitForState(p, 'open', new RegExp(`^open — ws://localhost:9/hb\\?since=2&epoch=${epoch}$`));
+    assert.deepEqual(await messagesOf(p), [
+      ['welcome', 'stand-in'],
+      ['history', 'one'],
+      ['history', 'two'],
+      ['welcome', 'stand-in again'],
+      ['history', 'three, sent while the link was dead'],
+    ]);
+    assert.deepEqual(
+      (await rowsOf(p)).filter((r) => r.kind === 'info').map((r) => r.text),
+      ['connected', 'disconnected (heartbeat timeout)', 'connected'],
+    );
+    // What the page was shown is the module's bookkeeping: the client's room.
+    assert.deepEqual(await p.evaluate(() => window.mioketDebug.seen()), { room: 'hb', epoch, last: 3 });
+    assert.equal(await p.evaluate(() => window.mioketDebug.client().constructor.name), 'Mioket');
+    assertNothingRan(p);
+  });
+
+  test('while the browser is offline the page waits, and resumes when it is back', { timeout: TEST_MS }, async () => {
+    const s = await server([]);
+    const a = await page();
+    const b = await page();
+    await a.addInitScript(() => {
+      const Native = window.WebSocket;
+      window.__opened = 0;
+      window.WebSocket = class extends Native {
+        constructor(...args) {
+          super(...args);
+          window.__opened++;
+        }
+      };
+    });
+    await openChat(a, `${s.http}/?room=lobby`);
+    await openChat(b, `${s.http}/?room=lobby`);
+    await say(b, 'before');
+    await waitForRow(a, 'live', 'before');
+
+    await a.context().setOffline(true);
+    await a.evaluate(() => window.mioketDebug.drop()); // if going offline did not already
+    await waitForState(a, 'closed', /^closed \(.+\) — offline: reconnecting when the network is back$/);
+    const opened = await a.evaluate(() => window.__opened);
+    for (let i = 1; i <= 3; i++) await say(b, `away ${i}`);
+    await waitForRow(b, 'you', 'away 3');
+    await a.waitForTimeout(1500); // longer than the first backoff (0.5-1 s)
+    assert.equal(await a.evaluate(() => window.__opened), opened, 'no attempt while offline');
+
+    await a.context().setOffline(false);
+    await waitForState(a, 'open', new RegExp(`^open — ${s.ws}lobby\\?since=1&epoch=[0-9a-f]{16}$`));
+    await waitForRow(a, 'history', 'away 3');
+    assert.deepEqual(await messagesOf(a), [
+      ['welcome', WELCOME],
+      ['live', 'before'],
+      ['welcome', WELCOME],
+      ['history', 'away 1'],
+      ['history', 'away 2'],
+      ['history', 'away 3'],
+    ]);
+    for (const p of [a, b]) assertNothingRan(p);
+  });
+});
+
 describe('echo page', { timeout: TEST_MS * 2 }, () => {
   test('a message round-trips against a --mode echo server, with its time', { timeout: TEST_MS }, async () => {
     const s = await server(['--mode', 'echo']);
@@ -509,10 +630,29 @@ test('both pages use the shared script and style, which the server serves', asyn
     assert.match(html, /<link rel="stylesheet" href="mioket\.css">/, `${name} loads mioket.css`);
   }
   const srv = await server([]);
-  for (const [path, type] of [['/mioket.js', 'text/javascript'], ['/mioket.css', 'text/css']]) {
+  for (const [path, type, file] of [
+    ['/mioket.js', 'text/javascript', 'mioket.js'],
+    ['/mioket.css', 'text/css', 'mioket.css'],
+    ['/mioket-client.js', 'text/javascript', 'js/index.js'],
+  ]) {
     const res = await fetch(`http://127.0.0.1:${srv.port}${path}`);
     assert.equal(res.status, 200, path);
     assert.ok(res.headers.get('content-type').startsWith(type), path);
-    assert.equal(await res.text(), readFileSync(clientFile(path.slice(1)), 'utf8'));
+    assert.equal(await res.text(), readFileSync(clientFile(file), 'utf8'));
   }
+});
+
+test('the chat page is built on the client module: no connection logic of its own', () => {
+  const html = readFileSync(clientFile('index.html'), 'utf8');
+  assert.match(html, /import\(from\)/, 'it imports the module');
+  assert.match(html, /'mioket-client\.js'/);
+  assert.match(html, /new Mioket\(/);
+  // Resuming, reconnecting and heartbeats are the module's: the page builds no since/epoch
+  // URL, sets no reconnect timer, sends no op and parses no envelope itself.
+  for (const banned of [/['"`]since/, /searchParams\.set/, /keepConnected/, /setTimeout/, /JSON\.(parse|stringify)/, /\.send\(/, /op: '/, /b64/]) {
+    assert.doesNotMatch(html, banned);
+  }
+  // The old helper keeps only what the echo page uses.
+  const helper = readFileSync(clientFile('mioket.js'), 'utf8');
+  for (const gone of [/reconnect\(\)/, /drop\(\)/, /hold\(/]) assert.doesNotMatch(helper, gone);
 });
