@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
+use crate::config::RedisUrl;
 use crate::frame::Opcode;
 use crate::pubsub::Seq;
 use crate::rooms::RoomId;
@@ -25,45 +26,6 @@ use crate::v1::Resume;
 
 pub mod link;
 pub mod resp;
-
-/// `--redis redis://HOST:PORT[/DB]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RedisUrl {
-    pub host: String,
-    pub port: u16,
-    pub db: u32,
-}
-
-impl RedisUrl {
-    pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = url.strip_prefix("redis://").ok_or("must start with redis://")?;
-        let (authority, db) = match rest.split_once('/') {
-            Some((a, "")) => (a, 0),
-            Some((a, db)) => (a, db.parse().map_err(|_| "the database must be a number")?),
-            None => (rest, 0),
-        };
-        if authority.contains('@') {
-            return Err("credentials in the URL are not supported".into());
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse().map_err(|_| "the port must be a number")?)
-            }
-            _ => (authority, 6379),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err("no host".into());
-        }
-        Ok(RedisUrl { host: host.into(), port, db })
-    }
-}
-
-impl std::fmt::Display for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
-    }
-}
 
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]
@@ -600,17 +562,6 @@ pub fn random_hex() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redis_urls_parse() {
-        let u = RedisUrl::parse("redis://127.0.0.1:6380/2").unwrap();
-        assert_eq!(u, RedisUrl { host: "127.0.0.1".into(), port: 6380, db: 2 });
-        assert_eq!(RedisUrl::parse("redis://h").unwrap(), RedisUrl { host: "h".into(), port: 6379, db: 0 });
-        assert_eq!(RedisUrl::parse("redis://[::1]:7000/").unwrap().host, "::1");
-        for bad in ["http://h", "redis://", "redis://h:x", "redis://h/x", "redis://u:p@h"] {
-            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     fn settings(outbox: usize) -> Settings {
         Settings {

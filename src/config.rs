@@ -1,10 +1,14 @@
-//! Configuration: plain data with the documented defaults, and the command line parser.
+//! Configuration: plain data and the command line that fills it. Each flag is written
+//! once, as a field of `Config` or `Limits` (clap derive): its doc comment is its
+//! `--help` text, its attribute its default and parser; `Config::default()` is the
+//! configuration of the empty command line.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 
 /// What the server does with a message it receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -25,22 +29,82 @@ pub enum DeflateMode {
     Off,
 }
 
+/// `--redis redis://HOST:PORT[/DB]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub db: u32,
+}
+
+impl RedisUrl {
+    pub fn parse(url: &str) -> Result<RedisUrl, String> {
+        let rest = url.strip_prefix("redis://").ok_or("must start with redis://")?;
+        let (authority, db) = match rest.split_once('/') {
+            Some((a, "")) => (a, 0),
+            Some((a, db)) => (a, db.parse().map_err(|_| "the database must be a number")?),
+            None => (rest, 0),
+        };
+        if authority.contains('@') {
+            return Err("credentials in the URL are not supported".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                (h, p.parse().map_err(|_| "the port must be a number")?)
+            }
+            _ => (authority, 6379),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        Ok(RedisUrl { host: host.into(), port, db })
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+    }
+}
+
 /// The limits and timers every connection obeys. Passed by reference to the
 /// protocol core so that no connection carries its own copy.
-#[derive(Clone, Debug, PartialEq)]
+//
+// Each flag is written once, here and in `Config`: its doc comment is its `--help`
+// text, its attribute its default and parser. `--help` lists `--max-connections`
+// (a `Config` flag) between `--max-message` and `--max-backpressure`, so the flags
+// after it carry their place in the help by hand (clap numbers the flags from 0 in
+// the order they are declared, `Config`'s first); `tests/help.txt` guards the text.
+#[derive(Clone, Debug, PartialEq, clap::Args)]
 pub struct Limits {
-    /// Largest message, counted over all its fragments (close 1009 beyond it).
+    // Here and below, `std::option::Option` stops clap from reading `Option` as "the flag
+    // is optional": the value parser itself yields `None`, for 0 ("off").
+    /// Ping every open client this often; 0 turns pings off
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
+    pub ping_interval: std::option::Option<Duration>,
+    /// Close (1011) a client whose pong is this late; 0 waits forever
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
+    pub ping_timeout: std::option::Option<Duration>,
+    /// Largest message, over all its fragments (close 1009)
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = positive)]
     pub max_message: usize,
-    /// Most fragments in one message (close 1009 beyond it): floods of tiny or
-    /// empty fragments cost CPU even when they cost no memory.
+    /// Most fragments in one message (close 1009 beyond it): floods of tiny or empty
+    /// fragments cost CPU even when they cost no memory. Not a flag: it follows
+    /// `--max-message` (`Limits::fragments_for`, set by `Config::completed`).
+    #[arg(skip)]
     pub max_fragments: u32,
-    /// Queued outgoing bytes beyond which a client is a slow consumer (close 1008).
+    /// Queued outgoing bytes beyond which a client is a slow consumer and is closed (1008)
+    #[arg(long, value_name = "BYTES", default_value_t = 4 << 20, value_parser = positive, display_order = 16)]
     pub max_backpressure: usize,
-    pub ping_interval: Option<Duration>,
-    pub ping_timeout: Option<Duration>,
-    pub handshake_timeout: Option<Duration>,
-    pub close_timeout: Option<Duration>,
-    /// Accepted `Origin` values; empty accepts any Origin.
+    /// Drop a connection that has not finished its HTTP upgrade in this time; 0 turns it off
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, display_order = 17)]
+    pub handshake_timeout: std::option::Option<Duration>,
+    /// Wait this long for the peer's close reply and end of stream; 0 waits forever
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds, display_order = 18)]
+    pub close_timeout: std::option::Option<Duration>,
+    /// Accept only this Origin (repeatable); unset accepts any Origin
+    #[arg(long = "allowed-origin", value_name = "ORIGIN", display_order = 19)]
     pub allowed_origins: Vec<String>,
 }
 
@@ -53,66 +117,136 @@ impl Limits {
 }
 
 impl Default for Limits {
+    /// The limits of the empty command line.
     fn default() -> Self {
-        Limits {
-            max_message: 1 << 20,
-            max_fragments: Limits::fragments_for(1 << 20),
-            max_backpressure: 4 << 20,
-            ping_interval: Some(Duration::from_secs(10)),
-            ping_timeout: Some(Duration::from_secs(5)),
-            handshake_timeout: Some(Duration::from_secs(10)),
-            close_timeout: Some(Duration::from_secs(10)),
-            allowed_origins: Vec::new(),
-        }
+        Config::default().limits
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+/// The whole configuration: the command line as clap parses it (`parse_args`), and with
+/// no flag at all its defaults (`Config::default()`).
+#[derive(Clone, Debug, PartialEq, Parser)]
+#[command(
+    version,
+    about = "mioket: a WebSocket server (RFC 6455) on one mio event loop",
+    after_help = "SECS may be fractional (0.5). Logs go to stderr; RUST_LOG sets the level [default: info].",
+    // As before clap: a repeated flag's last value wins (clap 4 would refuse the repeat),
+    // and a value may start with '-' (a welcome text such as "-- hi --").
+    args_override_self = true,
+    allow_hyphen_values = true,
+    // Wrap to the terminal, and to 100 columns when there is none (a pipe).
+    max_term_width = 100
+)]
 pub struct Config {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on; 0 picks a free one
+    #[arg(long, default_value_t = 8765)]
     pub port: u16,
+    /// What to do with a message: broadcast it to every client, or echo it back to its sender
+    #[arg(long, value_name = "broadcast|echo", default_value = "broadcast", hide_possible_values = true)]
     pub mode: Mode,
-    /// Text sent to every new client first; `None` sends nothing.
-    pub welcome: Option<String>,
-    /// How many recent messages are replayed to a new client.
+    // The defaults of --welcome and --history depend on --mode (clap's
+    // `default_value_if`); their help says them. `None` sends nothing.
+    #[arg(
+        long,
+        value_name = "TEXT",
+        help = format!(
+            "Text message sent to each new client; '' sends none \
+             [default: {DEFAULT_WELCOME:?} in broadcast mode, none in echo mode]"
+        ),
+        default_value = DEFAULT_WELCOME,
+        default_value_if("mode", "echo", ""),
+        hide_default_value = true,
+        value_parser = text_or_none
+    )]
+    pub welcome: std::option::Option<String>,
+    /// Recent messages each room keeps and replays to new clients, after the welcome [default: 100 in broadcast mode, 0 in echo mode]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 100,
+        default_value_if("mode", "echo", "0"),
+        hide_default_value = true
+    )]
     pub history: usize,
-    /// Open WebSocket connections beyond which new upgrades get 503.
-    pub max_connections: usize,
-    /// Serve /metrics and /healthz on this address instead of the main port.
-    pub metrics_listen: Option<String>,
-    pub limits: Limits,
-    /// Bytes all rooms' histories keep together.
+    /// Bytes all rooms' histories keep together; beyond it the oldest messages of the least recently used rooms go first
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub history_memory: usize,
-    /// Bytes all connections may hold in unfinished messages and request bodies
-    /// together; beyond it the largest holder is refused.
+    /// Bytes all connections may hold in unfinished messages and request bodies together; beyond it the largest holder is refused (1013 or 503)
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = positive)]
     pub max_unfinished_memory: usize,
-    /// How long a room without members is kept.
+    /// Keep a room without members this long (so clients can resume), then free it
+    #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds_or_zero)]
     pub room_ttl: Duration,
+    /// Rooms at most; when full, a new room frees the empty room emptied longest ago, and with none an upgrade that would create one more gets 503
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = positive)]
     pub max_rooms: usize,
+    /// Rooms one mioket.v1 connection may be in, its path's room included
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
     pub max_rooms_per_connection: usize,
-    /// New rooms one mioket.v1 connection may make by `join` in a second.
+    /// New rooms one mioket.v1 connection may make by join in a second (`too many new rooms` beyond)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = positive)]
     pub rooms_per_second: usize,
-    /// The bearer token of the HTTP API; `None` turns the API off.
-    pub api_token: Option<String>,
+    // `None` (unset or '') turns the API off.
+    /// Turn the HTTP API on with this bearer token (docs/protocol.md) [default: off]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "MIOKET_API_TOKEN",
+        hide_env_values = true,
+        default_value = "",
+        hide_default_value = true,
+        value_parser = text_or_none
+    )]
+    pub api_token: std::option::Option<String>,
+    #[command(flatten)]
+    pub limits: Limits,
+    // Its place in --help: between --max-message and --max-backpressure (see `Limits`).
+    /// Open WebSockets beyond which upgrades get 503
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = positive, display_order = 15)]
+    pub max_connections: usize,
+    /// Serve GET /metrics and /healthz on ADDR (host:port) instead of the main port [default: on the main port]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// permessage-deflate: shared (each message compressed once for every recipient) or off
+    #[arg(long, value_name = "shared|off", default_value = "shared", hide_possible_values = true)]
     pub deflate: DeflateMode,
-    /// Messages shorter than this go uncompressed (they barely shrink alone).
+    // 256 chosen by measurement (benches/micro.rs, deflate group): below it a message
+    // alone saves too few bytes for its CPU.
+    /// Messages shorter than this are sent uncompressed
+    #[arg(long, value_name = "BYTES", default_value_t = 256)]
     pub deflate_min_size: usize,
-    /// SO_SNDBUF of the main port's connections: bounds the kernel memory a client
-    /// that does not read can pin (Linux doubles it); 0 leaves the kernel's autotuning.
+    // 128 KiB, which Linux doubles: 256 KiB of kernel send queue per connection at most,
+    // where autotuning let a client that does not read pin up to tcp_wmem's 4 MiB.
+    // Chosen by measurement (README, Limits): no echo or broadcast figure gets worse.
+    /// Kernel send buffer (SO_SNDBUF) of each connection on the main port, which Linux doubles: bounds the kernel memory a client that does not read can pin; 0 leaves it to the kernel's autotuning
+    #[arg(long, value_name = "BYTES", default_value_t = 128 << 10)]
     pub send_buffer: usize,
-    /// TLS (wss:// and https:// on the main port): a PEM certificate chain and its key,
-    /// both or neither; SIGHUP reloads them.
+    // TLS (wss:// and https:// on the main port): both or neither.
+    /// Serve wss:// and https:// with this PEM certificate chain (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; e.g. privkey.pem); SIGHUP reloads both
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
-    pub redis: Option<crate::backplane::RedisUrl>,
-    /// Messages at most waiting for Redis on this node; beyond it publishes are refused.
+    // The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
+    /// Share rooms with other mioket processes through this Redis (redis://HOST:PORT[/DB]) [default: off]
+    #[arg(long, value_name = "URL", value_parser = RedisUrl::parse)]
+    pub redis: Option<RedisUrl>,
+    /// Messages at most waiting for Redis on this node; beyond it publishes are refused
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = positive)]
     pub redis_outbox: usize,
-    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused.
+    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = positive)]
     pub redis_outbox_bytes: usize,
-    /// SO_REUSEPORT on the main port: several processes listen on one port.
+    /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
+    #[arg(long)]
     pub reuse_port: bool,
 }
+
+pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 
 impl Config {
     /// The effective configuration on one line, for the start-up log.
@@ -153,164 +287,26 @@ impl Config {
             self.reuse_port,
         )
     }
-}
 
-pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-pub const DEFAULT_HISTORY_MEMORY: usize = 64 << 20;
-pub const DEFAULT_MAX_UNFINISHED_MEMORY: usize = 64 << 20;
-pub const DEFAULT_MAX_ROOMS: usize = 100_000;
-pub const DEFAULT_ROOMS_PER_SECOND: usize = 100;
-pub const DEFAULT_REDIS_OUTBOX: usize = 4096;
-pub const DEFAULT_REDIS_OUTBOX_BYTES: usize = 64 << 20;
-/// Chosen by measurement (benches/micro.rs, deflate group): below this a message alone
-/// saves too few bytes for its CPU.
-pub const DEFAULT_DEFLATE_MIN_SIZE: usize = 256;
-/// Linux doubles it: 256 KiB of kernel send queue per connection at most, where
-/// autotuning let a client that does not read pin up to tcp_wmem's 4 MiB. Chosen by
-/// measurement (README, Limits): no echo or broadcast figure gets worse.
-pub const DEFAULT_SEND_BUFFER: usize = 128 << 10;
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            host: "127.0.0.1".into(),
-            port: 8765,
-            mode: Mode::Broadcast,
-            welcome: Some(DEFAULT_WELCOME.into()),
-            history: 100,
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            metrics_listen: None,
-            limits: Limits::default(),
-            history_memory: DEFAULT_HISTORY_MEMORY,
-            max_unfinished_memory: DEFAULT_MAX_UNFINISHED_MEMORY,
-            room_ttl: Duration::from_secs(300),
-            max_rooms: DEFAULT_MAX_ROOMS,
-            max_rooms_per_connection: 64,
-            rooms_per_second: DEFAULT_ROOMS_PER_SECOND,
-            api_token: None,
-            deflate: DeflateMode::Shared,
-            deflate_min_size: DEFAULT_DEFLATE_MIN_SIZE,
-            send_buffer: DEFAULT_SEND_BUFFER,
-            tls_cert: None,
-            tls_key: None,
-            redis: None,
-            redis_outbox: DEFAULT_REDIS_OUTBOX,
-            redis_outbox_bytes: DEFAULT_REDIS_OUTBOX_BYTES,
-            reuse_port: false,
-        }
+    /// What clap leaves to us: the limits that follow from others.
+    fn completed(mut self) -> Config {
+        self.limits.max_fragments = Limits::fragments_for(self.limits.max_message);
+        self
     }
 }
 
-/// The command line as clap sees it; `parse_args` turns it into a `Config`.
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "mioket: a WebSocket server (RFC 6455) on one mio event loop",
-    after_help = "SECS may be fractional (0.5). Logs go to stderr; RUST_LOG sets the level [default: info].",
-    // As before clap: a repeated flag's last value wins (clap 4 would refuse the repeat),
-    // and a value may start with '-' (a welcome text such as "-- hi --").
-    args_override_self = true,
-    allow_hyphen_values = true,
-    // Wrap to the terminal, and to 100 columns when there is none (a pipe).
-    max_term_width = 100
-)]
-struct Args {
-    /// Address to listen on
-    #[arg(long, default_value = "127.0.0.1")]
-    host: String,
-    /// Port to listen on; 0 picks a free one
-    #[arg(long, default_value_t = 8765)]
-    port: u16,
-    /// What to do with a message: broadcast it to every client, or echo it back to its sender
-    #[arg(long, value_name = "broadcast|echo", default_value = "broadcast", hide_possible_values = true)]
-    mode: Mode,
-    // No clap default: the defaults of --welcome and --history depend on --mode.
-    #[arg(long, value_name = "TEXT", help = format!(
-        "Text message sent to each new client; '' sends none \
-         [default: {DEFAULT_WELCOME:?} in broadcast mode, none in echo mode]"
-    ))]
-    welcome: Option<String>,
-    /// Recent messages each room keeps and replays to new clients, after the welcome [default: 100 in broadcast mode, 0 in echo mode]
-    #[arg(long, value_name = "N")]
-    history: Option<usize>,
-    /// Bytes all rooms' histories keep together; beyond it the oldest messages of the least recently used rooms go first
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_HISTORY_MEMORY)]
-    history_memory: usize,
-    /// Bytes all connections may hold in unfinished messages and request bodies together; beyond it the largest holder is refused (1013 or 503)
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_UNFINISHED_MEMORY, value_parser = positive)]
-    max_unfinished_memory: usize,
-    /// Keep a room without members this long (so clients can resume), then free it
-    #[arg(long, value_name = "SECS", default_value = "300", value_parser = seconds)]
-    room_ttl: std::option::Option<Duration>,
-    /// Rooms at most; when full, a new room frees the empty room emptied longest ago, and with none an upgrade that would create one more gets 503
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_ROOMS, value_parser = positive)]
-    max_rooms: usize,
-    /// Rooms one mioket.v1 connection may be in, its path's room included
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = positive)]
-    max_rooms_per_connection: usize,
-    /// New rooms one mioket.v1 connection may make by join in a second (`too many new rooms` beyond)
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_ROOMS_PER_SECOND, value_parser = positive)]
-    rooms_per_second: usize,
-    /// Turn the HTTP API on with this bearer token (docs/protocol.md) [default: off]
-    #[arg(long, value_name = "TOKEN", env = "MIOKET_API_TOKEN", hide_env_values = true)]
-    api_token: Option<String>,
-    // Here and below, `std::option::Option` stops clap from reading `Option` as "the flag
-    // is optional": the value parser itself yields `None`, for 0 ("off").
-    /// Ping every open client this often; 0 turns pings off
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
-    ping_interval: std::option::Option<Duration>,
-    /// Close (1011) a client whose pong is this late; 0 waits forever
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = seconds)]
-    ping_timeout: std::option::Option<Duration>,
-    /// Largest message, over all its fragments (close 1009)
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_message, value_parser = positive)]
-    max_message: usize,
-    /// Open WebSockets beyond which upgrades get 503
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_CONNECTIONS, value_parser = positive)]
-    max_connections: usize,
-    /// Queued outgoing bytes beyond which a client is a slow consumer and is closed (1008)
-    #[arg(long, value_name = "BYTES", default_value_t = Limits::default().max_backpressure, value_parser = positive)]
-    max_backpressure: usize,
-    /// Drop a connection that has not finished its HTTP upgrade in this time; 0 turns it off
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
-    handshake_timeout: std::option::Option<Duration>,
-    /// Wait this long for the peer's close reply and end of stream; 0 waits forever
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds)]
-    close_timeout: std::option::Option<Duration>,
-    /// Accept only this Origin (repeatable); unset accepts any Origin
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
-    allowed_origins: Vec<String>,
-    /// Serve GET /metrics and /healthz on ADDR (host:port) instead of the main port [default: on the main port]
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<String>,
-    /// permessage-deflate: shared (each message compressed once for every recipient) or off
-    #[arg(long, value_name = "shared|off", default_value = "shared", hide_possible_values = true)]
-    deflate: DeflateMode,
-    /// Messages shorter than this are sent uncompressed
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DEFLATE_MIN_SIZE)]
-    deflate_min_size: usize,
-    /// Kernel send buffer (SO_SNDBUF) of each connection on the main port, which Linux doubles: bounds the kernel memory a client that does not read can pin; 0 leaves it to the kernel's autotuning
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SEND_BUFFER)]
-    send_buffer: usize,
-    /// Serve wss:// and https:// with this PEM certificate chain (e.g. Let's Encrypt's fullchain.pem); needs --tls-key
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; e.g. privkey.pem); SIGHUP reloads both
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
-    /// Share rooms with other mioket processes through this Redis (redis://HOST:PORT[/DB]) [default: off]
-    #[arg(long, value_name = "URL", value_parser = crate::backplane::RedisUrl::parse)]
-    redis: Option<crate::backplane::RedisUrl>,
-    /// Messages at most waiting for Redis on this node; beyond it publishes are refused
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_REDIS_OUTBOX, value_parser = positive)]
-    redis_outbox: usize,
-    /// Payload bytes at most waiting for Redis on this node; beyond it publishes are refused
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_REDIS_OUTBOX_BYTES, value_parser = positive)]
-    redis_outbox_bytes: usize,
-    /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
-    #[arg(long)]
-    reuse_port: bool,
+impl Default for Config {
+    /// The configuration of the empty command line, whatever the environment says
+    /// (`MIOKET_API_TOKEN` is the command line's, not the default's). Parsed once.
+    fn default() -> Self {
+        static DEFAULT: OnceLock<Config> = OnceLock::new();
+        let parse = || {
+            let command = Config::command().mut_args(|arg| arg.env(None));
+            let matches = command.try_get_matches_from(["mioket"]).expect("the empty command line parses");
+            Config::from_arg_matches(&matches).expect("the defaults are valid").completed()
+        };
+        DEFAULT.get_or_init(parse).clone()
+    }
 }
 
 /// Parses the whole command line, program name first. `--help` and `--version` also
@@ -320,47 +316,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let args = Args::try_parse_from(args)?;
-    let broadcast = args.mode == Mode::Broadcast;
-    Ok(Config {
-        host: args.host,
-        port: args.port,
-        mode: args.mode,
-        welcome: match args.welcome {
-            Some(text) if text.is_empty() => None,
-            Some(text) => Some(text),
-            None => broadcast.then(|| DEFAULT_WELCOME.into()),
-        },
-        history: args.history.unwrap_or(if broadcast { 100 } else { 0 }),
-        max_connections: args.max_connections,
-        metrics_listen: args.metrics_listen,
-        limits: Limits {
-            max_message: args.max_message,
-            max_fragments: Limits::fragments_for(args.max_message),
-            max_backpressure: args.max_backpressure,
-            ping_interval: args.ping_interval,
-            ping_timeout: args.ping_timeout,
-            handshake_timeout: args.handshake_timeout,
-            close_timeout: args.close_timeout,
-            allowed_origins: args.allowed_origins,
-        },
-        history_memory: args.history_memory,
-        max_unfinished_memory: args.max_unfinished_memory,
-        room_ttl: args.room_ttl.unwrap_or_default(),
-        max_rooms: args.max_rooms,
-        max_rooms_per_connection: args.max_rooms_per_connection,
-        rooms_per_second: args.rooms_per_second,
-        api_token: args.api_token.filter(|t| !t.is_empty()),
-        deflate: args.deflate,
-        deflate_min_size: args.deflate_min_size,
-        send_buffer: args.send_buffer,
-        tls_cert: args.tls_cert,
-        tls_key: args.tls_key,
-        redis: args.redis,
-        redis_outbox: args.redis_outbox,
-        redis_outbox_bytes: args.redis_outbox_bytes,
-        reuse_port: args.reuse_port,
-    })
+    Config::try_parse_from(args).map(Config::completed)
 }
 
 /// A usage error as one line for stderr: clap's message and its tip (valid values,
@@ -379,6 +335,16 @@ fn positive(value: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(_) => Err("takes a whole number".into()),
     }
+}
+
+/// Text; '' means none.
+fn text_or_none(value: &str) -> Result<Option<String>, String> {
+    Ok((!value.is_empty()).then(|| value.into()))
+}
+
+/// Fractional seconds; 0 means zero.
+fn seconds_or_zero(value: &str) -> Result<Duration, String> {
+    seconds(value).map(Option::unwrap_or_default)
 }
 
 /// Fractional seconds; 0 means "off".
@@ -401,12 +367,59 @@ mod tests {
 
     #[test]
     fn clap_accepts_the_definition() {
-        <Args as clap::CommandFactory>::command().debug_assert();
+        Config::command().debug_assert();
     }
 
     #[test]
     fn the_flag_defaults_are_the_documented_defaults() {
         assert_eq!(run(&[]).unwrap(), Config::default());
+        // The values each flag has had since it was made, written out once more here to
+        // hold them still.
+        let limits = Limits {
+            max_message: 1 << 20,
+            max_fragments: Limits::fragments_for(1 << 20),
+            max_backpressure: 4 << 20,
+            ping_interval: Some(Duration::from_secs(10)),
+            ping_timeout: Some(Duration::from_secs(5)),
+            handshake_timeout: Some(Duration::from_secs(10)),
+            close_timeout: Some(Duration::from_secs(10)),
+            allowed_origins: Vec::new(),
+        };
+        let documented = Config {
+            host: "127.0.0.1".into(),
+            port: 8765,
+            mode: Mode::Broadcast,
+            welcome: Some(DEFAULT_WELCOME.into()),
+            history: 100,
+            max_connections: 10_000,
+            metrics_listen: None,
+            limits: limits.clone(),
+            history_memory: 64 << 20,
+            max_unfinished_memory: 64 << 20,
+            room_ttl: Duration::from_secs(300),
+            max_rooms: 100_000,
+            max_rooms_per_connection: 64,
+            rooms_per_second: 100,
+            api_token: None,
+            deflate: DeflateMode::Shared,
+            deflate_min_size: 256,
+            send_buffer: 128 << 10,
+            tls_cert: None,
+            tls_key: None,
+            redis: None,
+            redis_outbox: 4096,
+            redis_outbox_bytes: 64 << 20,
+            reuse_port: false,
+        };
+        assert_eq!(Config::default(), documented);
+        assert_eq!(Limits::default(), limits);
+    }
+
+    #[test]
+    fn the_help_is_the_documented_help() {
+        // `mioket --help` through a pipe, byte for byte: the flags' order, texts and defaults.
+        let help = Config::command().term_width(100).render_help().to_string();
+        assert_eq!(help, include_str!("../tests/help.txt"));
     }
 
     #[test]
@@ -434,6 +447,23 @@ mod tests {
         let c = run(&["--mode", "echo"]).unwrap();
         assert_eq!(c.welcome, None);
         assert_eq!(c.history, 0);
+        for args in [
+            &["--mode", "echo", "--welcome", "hi", "--history", "3"][..],
+            &["--history", "3", "--welcome=hi", "--mode=echo"],
+        ] {
+            let c = run(args).unwrap();
+            assert_eq!((c.welcome.as_deref(), c.history), (Some("hi"), 3), "{args:?}");
+        }
+        let c = run(&["--mode", "echo", "--mode", "broadcast"]).unwrap();
+        assert_eq!((c.welcome.as_deref(), c.history), (Some(DEFAULT_WELCOME), 100));
+    }
+
+    #[test]
+    fn an_empty_token_turns_the_api_off_and_zero_room_ttl_is_zero() {
+        let c = run(&["--api-token", "", "--room-ttl", "0"]).unwrap();
+        assert_eq!((c.api_token, c.room_ttl), (None, Duration::ZERO));
+        let c = run(&["--api-token", "t", "--room-ttl", "1.5"]).unwrap();
+        assert_eq!((c.api_token.as_deref(), c.room_ttl), (Some("t"), Duration::from_millis(1500)));
     }
 
     #[test]
@@ -463,12 +493,18 @@ mod tests {
             &["--max-message", "0"],
             &["--prot", "1"],
             &["extra"],
+            &["--tls-cert", "a"],
+            &["--redis", "http://x"],
+            &["--room-ttl", "x"],
+            &["--max-connections", "0"],
         ] {
             let err = run(args).unwrap_err();
             assert!(!err.contains('\n') && !err.is_empty(), "{args:?}: {err}");
         }
         assert!(run(&["--prot", "1"]).unwrap_err().contains("--port"), "suggests the similar flag");
         assert!(run(&["--mode", "chat"]).unwrap_err().contains("broadcast, echo"), "names the valid values");
+        assert!(run(&["--tls-cert", "a"]).unwrap_err().contains("--tls-key"), "names the missing flag");
+        assert!(run(&["--redis", "http://x"]).unwrap_err().contains("must start with redis://"), "gives the reason");
     }
 
     #[test]
@@ -483,6 +519,17 @@ mod tests {
         for flag in ["--help", "-h", "--version", "-V"] {
             let err = parse_args(["mioket", flag]).unwrap_err();
             assert!(!err.use_stderr(), "{flag}");
+        }
+    }
+
+    #[test]
+    fn redis_urls_parse() {
+        let u = RedisUrl::parse("redis://127.0.0.1:6380/2").unwrap();
+        assert_eq!(u, RedisUrl { host: "127.0.0.1".into(), port: 6380, db: 2 });
+        assert_eq!(RedisUrl::parse("redis://h").unwrap(), RedisUrl { host: "h".into(), port: 6379, db: 0 });
+        assert_eq!(RedisUrl::parse("redis://[::1]:7000/").unwrap().host, "::1");
+        for bad in ["http://h", "redis://", "redis://h:x", "redis://h/x", "redis://u:p@h"] {
+            assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
     }
 }

@@ -499,7 +499,7 @@ mod tests {
     const EPOCH: &str = "00000000000000e0";
 
     fn app() -> App<&'static str> {
-        let url = crate::backplane::RedisUrl::parse("redis://127.0.0.1").unwrap();
+        let url = crate::config::RedisUrl::parse("redis://127.0.0.1").unwrap();
         let config =
             Config { mode: Mode::Broadcast, welcome: None, history: 10, redis: Some(url), ..Config::default() };
         let mut app = App::new(config);
