@@ -1115,18 +1115,7 @@ impl<T: fmt::Display> App<T> {
     fn settle(&mut self, id: usize) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if let Some(fault) = client.conn.poll_fault() {
-            log_fault(&client.io, fault);
-            match fault {
-                Fault::Handshake(err) => self.metrics.reject(Rejection::of(err)),
-                Fault::HandshakeTimeout => self.metrics.reject(Rejection::HandshakeTimeout),
-                Fault::PongTimeout => self.metrics.heartbeat_timeouts += 1,
-                Fault::SlowConsumer => {
-                    self.metrics.slow_consumers += 1;
-                    // Its queue, about the limit, was just freed.
-                    self.released += self.config.limits.max_backpressure;
-                }
-                Fault::Peer(_) | Fault::CloseTimeout => {}
-            }
+            count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
         if client.conn.is_closed() {
             self.remove(id);
@@ -1180,6 +1169,24 @@ fn write_through<T>(
     metrics.bytes_written += written as u64;
     metrics.messages_out += 1;
     Chunk::rest_of(parts, written)
+}
+
+/// Logs and counts why a client is ending (`App::settle`).
+#[cold]
+#[inline(never)]
+fn count_fault<T: fmt::Display>(metrics: &mut Metrics, released: &mut usize, config: &Config, io: &T, fault: Fault) {
+    log_fault(io, fault);
+    match fault {
+        Fault::Handshake(err) => metrics.reject(Rejection::of(err)),
+        Fault::HandshakeTimeout => metrics.reject(Rejection::HandshakeTimeout),
+        Fault::PongTimeout => metrics.heartbeat_timeouts += 1,
+        Fault::SlowConsumer => {
+            metrics.slow_consumers += 1;
+            // Its queue, about the limit, was just freed.
+            *released += config.limits.max_backpressure;
+        }
+        Fault::Peer(_) | Fault::CloseTimeout => {}
+    }
 }
 
 /// Queues a client for this iteration's flush, once.

@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 
 use log::debug;
 
-use super::{queue_flush, App, LARGE_QUEUE};
+use super::{count_fault, queue_flush, App, LARGE_QUEUE};
 use crate::protocol::Conn;
 
 /// Chunks one writev takes at most.
@@ -140,10 +140,15 @@ impl<T: fmt::Display> App<T> {
         }
         self.metrics.bytes_written += total as u64;
         if memory_before >= LARGE_QUEUE {
-            let after = self.clients.get(id).map_or(0, |c| c.conn.queue_memory());
-            self.released += memory_before.saturating_sub(after);
+            self.released += memory_before.saturating_sub(client.conn.queue_memory());
         }
-        self.settle(id);
+        // Settled here (`App::settle`) without looking the client up again.
+        if let Some(fault) = client.conn.poll_fault() {
+            count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
+        }
+        if client.conn.is_closed() {
+            self.remove(id);
+        }
         total
     }
 }
