@@ -9,8 +9,9 @@
 //! signals and carries out what it asks: flush these clients (`drain_dirty_into`),
 //! wake this client at this time (`poll_timeout`), wake me then (`poll_housekeeping`),
 //! stop now (`poll_stop`). It never sees a socket: each client carries the runtime's
-//! own data as an opaque `T`, and the one write it may ask for (write-through) goes
-//! through a closure the runtime gives.
+//! own data as an opaque `T`; a flush writes through the runtime's `Transmit`
+//! (`app/output.rs`, the one way out), and a write-through through a closure the
+//! runtime gives. The runtime never touches a `Conn`.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
