@@ -15,7 +15,7 @@ use super::{count_fault, queue_flush, App, LARGE_QUEUE};
 use crate::protocol::Conn;
 
 /// Chunks one writev takes at most.
-pub const MAX_IOVECS: usize = 64;
+const MAX_IOVECS: usize = 64;
 
 /// How a flush writes one client's bytes: the runtime's sockets, or a test's sink.
 /// Any `FnMut(&mut T, &[IoSlice]) -> io::Result<usize>` is one, for a stream that
