@@ -9,8 +9,9 @@
 //! signals and carries out what it asks: flush these clients (`drain_dirty_into`),
 //! wake this client at this time (`poll_timeout`), wake me then (`poll_housekeeping`),
 //! stop now (`poll_stop`). It never sees a socket: each client carries the runtime's
-//! own data as an opaque `T`, and the one write it may ask for (write-through) goes
-//! through a closure the runtime gives.
+//! own data as an opaque `T`; a flush writes through the runtime's `Transmit`
+//! (`app/output.rs`, the one way out), and a write-through through a closure the
+//! runtime gives. The runtime never touches a `Conn`.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -142,9 +143,9 @@ impl Session<'_> {
 /// One connection as the application sees it. Every connection holds one, so its
 /// own fields take 16 bytes: an idle client is the Conn, the runtime's data and these.
 pub struct Client<T> {
-    pub conn: Conn,
+    conn: Conn,
     /// The runtime's own data for this client (its socket, its timer).
-    pub io: T,
+    io: T,
     /// An accepted WebSocket's first room (`NOT_JOINED`: none): a plain client's one
     /// room, a v1 client's path's room; more rooms are in its `Extra`.
     first: Joined,
@@ -256,10 +257,6 @@ impl<T: fmt::Display> App<T> {
 
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    pub fn client_mut(&mut self, id: usize) -> Option<&mut Client<T>> {
-        self.clients.get_mut(id)
     }
 
     /// A new TCP connection. Beyond max-connections plus the handshake slack it is
@@ -967,44 +964,6 @@ impl<T: fmt::Display> App<T> {
         self.clients.get(id).and_then(|c| c.conn.poll_timeout())
     }
 
-    /// The runtime is about to write `id`'s output: takes it off the dirty list and
-    /// lends the client, whose `conn.poll_transmit` gives the bytes.
-    pub fn start_flush(&mut self, id: usize) -> Option<&mut Client<T>> {
-        let client = self.clients.get_mut(id)?;
-        client.flush_queued = false;
-        Some(client)
-    }
-
-    /// After a flush of `id` whose queue held `memory_before` bytes: counts memory
-    /// given back, and settles the client (fan-out may have closed it as a slow
-    /// consumer without reading it).
-    pub fn finish_flush(&mut self, id: usize, memory_before: usize, bytes_written: usize) {
-        self.metrics.bytes_written += bytes_written as u64;
-        if memory_before >= LARGE_QUEUE {
-            let after = self.clients.get(id).map_or(0, |c| c.conn.queue_memory());
-            self.released += memory_before.saturating_sub(after);
-        }
-        self.settle(id);
-    }
-
-    /// Moves the clients to flush, in order, onto `out` (both vectors keep their
-    /// capacity: no allocation per loop iteration).
-    pub fn drain_dirty_into(&mut self, out: &mut Vec<usize>) {
-        out.append(&mut self.dirty);
-    }
-
-    /// Whether clients wait for a flush (for a flush that looks for new input as it goes).
-    pub fn has_dirty(&self) -> bool {
-        !self.dirty.is_empty()
-    }
-
-    /// `id`'s socket is writable again: its queue may move on.
-    pub fn handle_writable(&mut self, id: usize) {
-        if let Some(client) = self.clients.get_mut(id) {
-            queue_flush(&mut self.dirty, id, client);
-        }
-    }
-
     /// A stop signal (SIGINT, SIGTERM): the first closes every client with 1001 and
     /// waits close-timeout at most; a second stops now.
     pub fn handle_stop_signal(&mut self, now: Instant) -> Stop {
@@ -1157,18 +1116,7 @@ impl<T: fmt::Display> App<T> {
     fn settle(&mut self, id: usize) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if let Some(fault) = client.conn.poll_fault() {
-            log_fault(&client.io, fault);
-            match fault {
-                Fault::Handshake(err) => self.metrics.reject(Rejection::of(err)),
-                Fault::HandshakeTimeout => self.metrics.reject(Rejection::HandshakeTimeout),
-                Fault::PongTimeout => self.metrics.heartbeat_timeouts += 1,
-                Fault::SlowConsumer => {
-                    self.metrics.slow_consumers += 1;
-                    // Its queue, about the limit, was just freed.
-                    self.released += self.config.limits.max_backpressure;
-                }
-                Fault::Peer(_) | Fault::CloseTimeout => {}
-            }
+            count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
         if client.conn.is_closed() {
             self.remove(id);
@@ -1222,6 +1170,24 @@ fn write_through<T>(
     metrics.bytes_written += written as u64;
     metrics.messages_out += 1;
     Chunk::rest_of(parts, written)
+}
+
+/// Logs and counts why a client is ending (`App::settle`).
+#[cold]
+#[inline(never)]
+fn count_fault<T: fmt::Display>(metrics: &mut Metrics, released: &mut usize, config: &Config, io: &T, fault: Fault) {
+    log_fault(io, fault);
+    match fault {
+        Fault::Handshake(err) => metrics.reject(Rejection::of(err)),
+        Fault::HandshakeTimeout => metrics.reject(Rejection::HandshakeTimeout),
+        Fault::PongTimeout => metrics.heartbeat_timeouts += 1,
+        Fault::SlowConsumer => {
+            metrics.slow_consumers += 1;
+            // Its queue, about the limit, was just freed.
+            *released += config.limits.max_backpressure;
+        }
+        Fault::Peer(_) | Fault::CloseTimeout => {}
+    }
 }
 
 /// Queues a client for this iteration's flush, once.
@@ -1311,6 +1277,8 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
     }
 }
 
+mod output;
 mod redis;
+pub use output::{ClientIo, Transmit};
 #[cfg(test)]
 mod tests;

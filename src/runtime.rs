@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::app::{App, Listener, Stop};
+use crate::app::{App, Listener, Stop, Transmit};
 use crate::backplane::link::Link;
 use crate::config::{Config, Mode};
 use crate::memory;
@@ -35,7 +35,6 @@ const READ_CHUNK: usize = 256 * 1024;
 /// What its compressed messages inflate to counts too, in the Conn
 /// (`protocol::INFLATE_BUDGET`): once that is spent, it is read again next iteration.
 const READ_BUDGET: usize = READ_CHUNK;
-const MAX_IOVECS: usize = 64;
 /// Clients flushed between two looks for new input during a long flush.
 const FLUSH_POLL_EVERY: usize = 32;
 /// How long accepting pauses when we run out of file descriptors.
@@ -298,7 +297,7 @@ impl Server {
                 return;
             }
         };
-        let Some(client) = self.app.client_mut(id) else { return };
+        let Some(client) = self.app.client_io(id) else { return };
         // Both interests once, edge-triggered: no re-registration per write.
         if let Err(e) = client.io.transport.register(self.poll.registry(), Token(id)) {
             warn!("could not register {}: {e}", client.io);
@@ -323,8 +322,9 @@ impl Server {
             // Backpressure on reading: a client whose queue is long stops being read
             // until it drains (and a closed one is not read at all).
             if !self.app.wants_input(id) {
-                if let Some(client) = self.app.client_mut(id) {
-                    client.io.transport.set_read_paused(!client.conn.is_closed());
+                if let Some(client) = self.app.client_io(id) {
+                    let closed = client.is_closed();
+                    client.io.transport.set_read_paused(!closed);
                 }
                 break;
             }
@@ -338,8 +338,8 @@ impl Server {
                     continue;
                 }
             }
-            let Some(client) = self.app.client_mut(id) else { return };
-            if client.conn.holds_input() || budget == 0 {
+            let Some(client) = self.app.client_io(id) else { return };
+            if client.holds_input() || budget == 0 {
                 // Its turn is over; what it sent meanwhile waits in the socket, and
                 // no new edge may come for it: read on next iteration.
                 self.backlog.push(id);
@@ -359,7 +359,7 @@ impl Server {
                     // A short read drained the socket: the next arrival is a new edge.
                     // (Input held back is not drained: the check above sees it.)
                     let drained = n < self.scratch.len() && !peer_closed && !read_again;
-                    if drained && !self.app.client_mut(id).is_some_and(|c| c.conn.holds_input()) {
+                    if drained && !self.app.holds_input(id) {
                         break;
                     }
                 }
@@ -405,43 +405,14 @@ impl Server {
         self.flushing = dirty;
     }
 
-    /// Writes as much of the client's queue as the socket takes, in one writev per
-    /// up to 64 chunks; the rest waits for the next writable event.
+    /// Writes as much of the client's queue as the socket takes (`App::flush`); the
+    /// rest waits for the next writable event. Reading paused for its long queue
+    /// resumes once the queue is short again.
     fn flush(&mut self, id: usize) {
-        let Some(client) = self.app.start_flush(id) else { return };
-        let memory_before = client.conn.queue_memory();
-        // TLS records the socket did not take go first (a no-op for plain TCP).
-        client.io.transport.flush_pending();
-        let mut total = 0;
-        while client.conn.has_output() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = client.conn.poll_transmit(&mut slices);
-            match client.io.transport.write_vectored(&slices[..count]) {
-                Ok(0) => {
-                    client.conn.handle_eof();
-                    break;
-                }
-                Ok(written) => {
-                    total += written;
-                    client.conn.handle_written(written);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    debug!("write error on client {id}: {e}");
-                    client.conn.handle_eof();
-                    break;
-                }
-            }
-        }
-        // With TLS, only once its records are all sent (else the next writable event).
-        if client.conn.poll_write_shutdown() && client.io.transport.shutdown_write() {
-            client.conn.handle_write_shutdown();
-        }
-        let was_paused = client.io.transport.read_paused();
-        self.app.finish_flush(id, memory_before, total);
-        if was_paused && self.app.wants_input(id) {
-            if let Some(client) = self.app.client_mut(id) {
+        let mut sockets = Sockets { was_paused: false };
+        self.app.flush(id, &mut sockets);
+        if sockets.was_paused && self.app.wants_input(id) {
+            if let Some(client) = self.app.client_io(id) {
                 client.io.transport.set_read_paused(false);
             }
             self.backlog.push(id);
@@ -458,7 +429,7 @@ impl Server {
     fn reschedule(&mut self, id: usize) {
         let Some(deadline) = self.app.poll_timeout(id) else { return };
         let at = self.millis(deadline);
-        let Some(client) = self.app.client_mut(id) else { return };
+        let Some(client) = self.app.client_io(id) else { return };
         let timer_at = client.io.transport.timer_at();
         if timer_at == 0 || at < timer_at {
             client.io.transport.set_timer_at(at);
@@ -473,7 +444,7 @@ impl Server {
             }
             self.timers.pop();
             let millis = self.millis(at);
-            let Some(client) = self.app.client_mut(id) else { continue };
+            let Some(client) = self.app.client_io(id) else { continue };
             if client.io.transport.timer_at() != millis {
                 continue;
             }
@@ -508,6 +479,31 @@ impl Server {
                 self.reschedule(id);
             }
         }
+    }
+}
+
+/// A flush's way to the clients' sockets: the transport's own bytes first (TLS), then
+/// writevs; notes whether reading was paused, to resume it once the queue is short.
+struct Sockets {
+    was_paused: bool,
+}
+
+impl Transmit<Io> for Sockets {
+    #[inline]
+    fn start(&mut self, io: &mut Io) {
+        // TLS records the socket did not take go first (a no-op for plain TCP).
+        io.transport.flush_pending();
+        self.was_paused = io.transport.read_paused();
+    }
+
+    #[inline]
+    fn write(&mut self, io: &mut Io, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        io.transport.write_vectored(slices)
+    }
+
+    #[inline]
+    fn shutdown(&mut self, io: &mut Io) -> bool {
+        io.transport.shutdown_write()
     }
 }
 

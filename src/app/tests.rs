@@ -54,22 +54,15 @@ pub(super) fn flush_in_order<T: std::fmt::Display>(app: &mut App<T>) -> Vec<(usi
     app.drain_dirty_into(&mut dirty);
     let mut written = Vec::new();
     for &id in &dirty {
-        let Some(client) = app.start_flush(id) else { continue };
-        let before = client.conn.queue_memory();
+        if !app.clients.contains(id) {
+            continue;
+        }
         let mut bytes = Vec::new();
-        while client.conn.has_output() {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let n = client.conn.poll_transmit(&mut slices);
-            let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
-            client.conn.handle_written(chunk.len());
-            bytes.extend(chunk);
-        }
-        if client.conn.poll_write_shutdown() {
-            client.conn.handle_write_shutdown();
-        }
-        let n = bytes.len();
+        app.flush(id, &mut |_: &mut T, slices: &[IoSlice<'_>]| {
+            slices.iter().for_each(|s| bytes.extend_from_slice(s));
+            Ok(slices.iter().map(|s| s.len()).sum())
+        });
         written.push((id, bytes));
-        app.finish_flush(id, before, n);
     }
     written
 }
@@ -347,17 +340,10 @@ mod memory_back {
             let mut dirty = Vec::new();
             app.drain_dirty_into(&mut dirty);
             for &id in &dirty {
-                let Some(client) = app.start_flush(id) else { continue };
-                let before = client.conn.queue_memory();
-                let mut written = 0;
-                while id == sender && client.conn.has_output() {
-                    let mut slices = [IoSlice::new(&[]); 64];
-                    let n = client.conn.poll_transmit(&mut slices);
-                    let len: usize = slices[..n].iter().map(|s| s.len()).sum();
-                    client.conn.handle_written(len);
-                    written += len;
-                }
-                app.finish_flush(id, before, written);
+                app.flush(id, &mut |_: &mut Peer, slices: &[IoSlice<'_>]| match id == sender {
+                    true => Ok(slices.iter().map(|s| s.len()).sum()),
+                    false => Err(std::io::ErrorKind::WouldBlock.into()),
+                });
             }
         }
         assert_eq!(app.poll_trim(now), Some(now), "due at once");

@@ -515,7 +515,7 @@ mod api {
         let deadline = app.poll_timeout(slow).unwrap();
         assert_eq!(deadline, now + Duration::from_secs(10));
         app.handle_timeout(slow, deadline);
-        assert!(app.client_mut(slow).is_none());
+        assert!(app.client_io(slow).is_none());
         assert_eq!(app.metrics.rejected(Rejection::HandshakeTimeout), 1);
     }
 }

@@ -196,20 +196,14 @@ fn check_output(app: &mut App<NoSocket>, clients: &mut [Client], epoch: &mut Str
     let mut dirty = Vec::new();
     app.drain_dirty_into(&mut dirty);
     for id in dirty {
-        let Some(client) = app.start_flush(id) else { continue };
-        let before = client.conn.queue_memory();
+        if app.client_io(id).is_none() {
+            continue;
+        }
         let mut bytes = Vec::new();
-        while client.conn.has_output() {
-            let mut slices = [IoSlice::new(&[]); 64];
-            let n = client.conn.poll_transmit(&mut slices);
-            let chunk: Vec<u8> = slices[..n].iter().flat_map(|s| s.iter().copied()).collect();
-            client.conn.handle_written(chunk.len());
-            bytes.extend(chunk);
-        }
-        if client.conn.poll_write_shutdown() {
-            client.conn.handle_write_shutdown();
-        }
-        app.finish_flush(id, before, bytes.len());
+        app.flush(id, &mut |_: &mut NoSocket, slices: &[IoSlice<'_>]| {
+            slices.iter().for_each(|s| bytes.extend_from_slice(s));
+            Ok(slices.iter().map(|s| s.len()).sum())
+        });
         // Slab ids are reused: the newest client with this id is the one.
         let Some(c) = clients.iter_mut().rev().find(|c| c.id == id) else { continue };
         check_client(c, &bytes, epoch);
