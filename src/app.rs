@@ -15,6 +15,7 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +25,8 @@ use slab::Slab;
 use crate::api;
 use crate::config::{Config, DeflateMode, Mode};
 use crate::deflate::Compressor;
-use crate::error::HandshakeError;
 use crate::frame::{encode_header, server_header, server_payload, CloseCode, Opcode, MAX_HEADER_LEN};
-use crate::handshake::{self, BodyLength, Method};
+use crate::handshake::{BodyLength, Method};
 use crate::http;
 use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
@@ -139,6 +139,18 @@ impl Session<'_> {
     }
 }
 
+/// The runtime's own data for one client (its socket), as the application may ask
+/// of it: how the log names it, and the peer's address for an admission policy
+/// (asked only when a policy wants it: holding it on every connection would cost 32
+/// bytes of the idle budget, and the socket knows it anyway).
+pub trait ClientIo: fmt::Display {
+    /// The address the connection came from (not `X-Forwarded-For`); `None` where
+    /// there is no socket.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+}
+
 /// One connection as the application sees it. Every connection holds one, so its
 /// own fields take 16 bytes: an idle client is the Conn, the runtime's data and these.
 pub struct Client<T> {
@@ -215,7 +227,7 @@ pub struct App<T> {
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
 /// (its peer address).
-impl<T: fmt::Display> App<T> {
+impl<T: ClientIo> App<T> {
     pub fn new(config: Config) -> App<T> {
         let backplane =
             redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
@@ -269,7 +281,7 @@ impl<T: fmt::Display> App<T> {
         if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
             self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {io}: too many connections (503)");
-            return Err((io, handshake::error_response(HandshakeError::ServerFull)));
+            return Err((io, Refusal::ServerFull.response()));
         }
         let conn = Conn::new(now, &self.config.limits);
         let client = Client {
@@ -457,8 +469,7 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         if self.open >= self.config.max_connections || self.lifecycle != Lifecycle::Serving {
-            client.conn.refuse(HandshakeError::ServerFull, now);
-            return;
+            return self.refuse(id, Refusal::ServerFull, now);
         }
         let deflate = request.deflate.filter(|_| self.config.deflate == DeflateMode::Shared);
         if deflate.is_some() {
@@ -477,13 +488,10 @@ impl<T: fmt::Display> App<T> {
             }
             return;
         }
-        let v1 = request.offers_v1;
-        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, now) {
+        let v1 = request.offers(v1::SUBPROTOCOL);
+        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, v1, now) {
             Ok(joining) => joining,
-            Err(err) => {
-                client.conn.refuse(err, now);
-                return;
-            }
+            Err(refusal) => return self.refuse(id, refusal, now),
         };
         client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
         client.role = if v1 { Role::V1 } else { Role::Plain };
@@ -492,6 +500,17 @@ impl<T: fmt::Display> App<T> {
         self.open += 1;
         self.metrics.upgrades += 1;
         self.join(id, room, resume.as_ref(), now);
+    }
+
+    /// Refuses a valid upgrade: the answer, the log line and the count (the wire
+    /// layer's refusals are counted when their fault is polled).
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, id: usize, refusal: Refusal, now: Instant) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        info!("rejected {}: {refusal}", client.io);
+        self.metrics.reject(refusal.rejection());
+        client.conn.respond(Chunk::Owned(refusal.response()), now);
     }
 
     /// Puts `id` in `room`, then greets it: a v1 client gets the welcome envelope and
@@ -1237,15 +1256,16 @@ fn queue_flush<T>(dirty: &mut Vec<usize>, id: usize, client: &mut Client<T>) {
 fn room_of_upgrade(
     rooms: &mut Rooms,
     request: &UpgradeRequest,
+    v1: bool,
     now: Instant,
-) -> Result<(RoomId, Option<Resume<'static>>), HandshakeError> {
-    let name = rooms::room_from_path(&request.path).map_err(HandshakeError::BadRoomName)?;
+) -> Result<(RoomId, Option<Resume<'static>>), Refusal> {
+    let name = rooms::room_from_path(request.path()).map_err(Refusal::BadRoomName)?;
     // Plain clients know no seqs: they get the whole history, as always.
-    let resume = match request.offers_v1 {
-        true => Resume::from_query(&request.query).map_err(|_| HandshakeError::BadResume)?,
+    let resume = match v1 {
+        true => Resume::from_query(request.query()).map_err(|_| Refusal::BadResume)?,
         false => None,
     };
-    let room = rooms.find_or_create(&name, now).map_err(|_| HandshakeError::RoomLimit)?;
+    let room = rooms.find_or_create(&name, now).map_err(|_| Refusal::RoomLimit)?;
     Ok((room, resume))
 }
 
@@ -1312,5 +1332,8 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
 }
 
 mod redis;
+mod refusal;
+
+pub use refusal::Refusal;
 #[cfg(test)]
 mod tests;

@@ -22,7 +22,6 @@ impl Rejection {
     pub fn of(err: HandshakeError) -> Rejection {
         match err {
             HandshakeError::OriginRefused => Rejection::Origin,
-            HandshakeError::ServerFull | HandshakeError::RoomLimit => Rejection::OverMaxConnections,
             _ => Rejection::BadHandshake,
         }
     }

@@ -12,12 +12,11 @@
 //! mirror (Redis lost data) closes its members with 1013: on their resume they are
 //! told `"recovered":false`.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, fits_envelope, queue_flush, App, TOO_BIG_FOR_ENVELOPE};
+use super::{encode, fits_envelope, queue_flush, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
@@ -41,7 +40,7 @@ pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     })
 }
 
-impl<T: fmt::Display> App<T> {
+impl<T: ClientIo> App<T> {
     /// The backplane's settings, when it is on (`--redis`, broadcast mode).
     pub fn backplane_settings(&self) -> Option<&Settings> {
         self.backplane.as_ref().map(|bp| &bp.settings)
