@@ -139,6 +139,16 @@ impl Session<'_> {
     }
 }
 
+/// A plain HTTP request's answer: now, or not yet.
+pub(super) enum Answer {
+    /// These bytes, and the connection ends.
+    Now(Vec<u8>),
+    /// The head passed: read the body, then judge the whole request again.
+    ReadBody,
+    /// Given later by `respond_later` (an API publish waiting for Redis to number it).
+    Later,
+}
+
 /// The runtime's own data for one client (its socket), as the application may ask
 /// of it: how the log names it, and the peer's address for an admission policy
 /// (asked only when a policy wants it: holding it on every connection would cost 32
@@ -837,42 +847,40 @@ impl<T: ClientIo> App<T> {
         let path = request.target.split('?').next().unwrap_or_default();
         let get = request.method == Method::Get;
         let answer = match path {
-            _ if operator && !matches!(path, "/metrics" | "/healthz") => http::not_found(),
-            "/metrics" | "/healthz" if operator_here && !get => api::method_not_allowed("GET"),
+            _ if operator && !matches!(path, "/metrics" | "/healthz") => Answer::Now(http::not_found()),
+            "/metrics" | "/healthz" if operator_here && !get => Answer::Now(api::method_not_allowed("GET")),
             "/metrics" if operator_here => {
                 let mut body = self.metrics.render(&self.gauges());
                 self.render_backplane(&mut body);
-                http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes())
+                Answer::Now(http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes()))
             }
             "/healthz" if operator_here && self.lifecycle != Lifecycle::Serving => {
-                http::response(503, http::TEXT, b"shutting down\n")
+                Answer::Now(http::response(503, http::TEXT, b"shutting down\n"))
             }
             "/healthz" if operator_here => {
-                http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes())
+                Answer::Now(http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes()))
             }
             _ => match api::route(path) {
                 Some(route) => self.answer_api(id, route, &request, now),
-                None if get => http::answer(path),
-                None => api::method_not_allowed("GET"),
+                None if get => Answer::Now(http::answer(path)),
+                None => Answer::Now(api::method_not_allowed("GET")),
             },
         };
         let Some(client) = self.clients.get_mut(id) else { return };
-        let body_unread = matches!(request.body_length, BodyLength::Length(n) if n > request.body.len() as u64);
-        // Empty: answered later (an API publish waiting for its body, or for Redis).
-        if !answer.is_empty() {
-            client.conn.respond(Chunk::Owned(answer), now);
-        } else if body_unread {
-            client.conn.read_body(request, &self.config.limits);
+        match answer {
+            Answer::Now(answer) => client.conn.respond(Chunk::Owned(answer), now),
+            Answer::ReadBody => client.conn.read_body(request, &self.config.limits),
+            Answer::Later => {}
         }
     }
 
     /// The HTTP API (docs/protocol.md): off (404) without a token and in echo mode.
-    fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Answer {
         let Some(token) = self.config.api_token.as_deref().filter(|_| self.config.mode == Mode::Broadcast) else {
-            return http::not_found();
+            return Answer::Now(http::not_found());
         };
         if !api::authorized(request.authorization.as_deref(), token) {
-            return api::unauthorized();
+            return Answer::Now(api::unauthorized());
         }
         match (route, request.method) {
             (api::Route::Rooms, Method::Get) => {
@@ -887,52 +895,52 @@ impl<T: ClientIo> App<T> {
                         history: room.topic.history().len(),
                     })
                     .collect();
-                api::rooms(&list)
+                Answer::Now(api::rooms(&list))
             }
-            (api::Route::Rooms, _) => api::method_not_allowed("GET"),
+            (api::Route::Rooms, _) => Answer::Now(api::method_not_allowed("GET")),
             (api::Route::Messages(room), Method::Post) => self.api_publish(id, room, request, now),
-            (api::Route::Messages(_), _) => api::method_not_allowed("POST"),
-            (api::Route::Unknown, _) => http::not_found(),
+            (api::Route::Messages(_), _) => Answer::Now(api::method_not_allowed("POST")),
+            (api::Route::Unknown, _) => Answer::Now(http::not_found()),
         }
     }
 
-    fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Answer {
         let length = match request.body_length {
-            BodyLength::None | BodyLength::Unknown => return api::error(411, "Content-Length required"),
+            BodyLength::None | BodyLength::Unknown => return Answer::Now(api::error(411, "Content-Length required")),
             BodyLength::Length(n) if n > self.config.limits.max_message as u64 => {
-                return api::error(413, "body over --max-message")
+                return Answer::Now(api::error(413, "body over --max-message"))
             }
             BodyLength::Length(n) => n,
         };
         let name = match rooms::decode_name(encoded_room) {
             Ok(name) => name,
-            Err(why) => return api::error(400, why.reason()),
+            Err(why) => return Answer::Now(api::error(400, why.reason())),
         };
         // The head passed: the body is read next (`answer_http`), then this again.
         if (request.body.len() as u64) < length {
-            return Vec::new();
+            return Answer::ReadBody;
         }
         let payload = if api::is_binary(request.content_type.as_deref()) {
             Payload::Binary(&request.body)
         } else {
             match std::str::from_utf8(&request.body) {
                 Ok(text) => Payload::Text(text),
-                Err(_) => return api::error(400, "a text body must be UTF-8"),
+                Err(_) => return Answer::Now(api::error(400, "a text body must be UTF-8")),
             }
         };
         if !fits_envelope(&self.config, payload) {
-            return api::error(413, TOO_BIG_FOR_ENVELOPE);
+            return Answer::Now(api::error(413, TOO_BIG_FOR_ENVELOPE));
         }
         if self.backplane.is_some() {
             return self.api_publish_to_redis(id, &name, payload);
         }
         let Ok(room) = self.rooms.find_or_create(&name, now) else {
-            return api::error(503, "too many rooms");
+            return Answer::Now(api::error(503, "too many rooms"));
         };
         self.metrics.api_publishes += 1;
         let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
         let seq = self.fan_out(room, stored, None, now);
-        api::published(&name, seq)
+        Answer::Now(api::published(&name, seq))
     }
 
     fn gauges(&self) -> Gauges {

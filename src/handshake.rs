@@ -71,10 +71,11 @@ pub struct Upgrade {
 /// path did; it is bounded by the head (`MAX_HEAD`).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UpgradeRequest {
-    /// Path, query, offered subprotocols (joined by `,`), Authorization, Cookie (lines
-    /// joined by `; `), Origin: each ends where `ends` says.
+    /// The target (path, `?`, query) as sent; then, when there are some, the offered
+    /// subprotocols (joined by `,`), Authorization, Cookie (lines joined by `; `) and
+    /// Origin, each where `spans` says.
     text: Vec<u8>,
-    ends: [u32; 6],
+    spans: [(u32, u32); 6],
     /// Which of Authorization, Cookie and Origin were sent (bits 0, 1, 2).
     present: u8,
     /// The first valid permessage-deflate offer of the `Sec-WebSocket-Extensions` lines
@@ -127,60 +128,22 @@ impl UpgradeRequest {
     }
 
     fn part(&self, i: usize) -> &[u8] {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
-        &self.text[start..self.ends[i] as usize]
+        let (start, end) = self.spans[i];
+        &self.text[start as usize..end as usize]
     }
 
     fn header(&self, i: usize, bit: u8) -> Option<&[u8]> {
         (self.present & (1 << bit) != 0).then(|| self.part(i))
     }
 
-    /// Copies what the application may look at out of the head, in one buffer.
+    /// Copies what the application may look at out of the head: the target alone in
+    /// the usual case, one buffer in any case.
     fn new(target: &str, headers: &[httparse::Header<'_>], seen: &Seen<'_>) -> UpgradeRequest {
-        let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let origin = seen.origin.map(trim);
-        let authorization = seen.authorization;
-        let cap = target.len()
-            + seen.protocol_bytes
-            + authorization.map_or(0, <[u8]>::len)
-            + seen.cookie_bytes
-            + origin.map_or(0, <[u8]>::len);
-        let mut text = Vec::with_capacity(cap);
-        let mut ends = [0u32; 6];
-        text.extend_from_slice(path.as_bytes());
-        ends[PATH] = text.len() as u32;
-        text.extend_from_slice(query.as_bytes());
-        ends[QUERY] = text.len() as u32;
-        if seen.protocol_bytes > 0 {
-            for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-protocol")) {
-                for token in h.value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
-                    if text.len() > ends[QUERY] as usize {
-                        text.push(b',');
-                    }
-                    text.extend_from_slice(token);
-                }
-            }
-        }
-        ends[PROTOCOLS] = text.len() as u32;
-        text.extend_from_slice(authorization.unwrap_or_default());
-        ends[AUTHORIZATION] = text.len() as u32;
-        match seen.cookie {
-            Some(first) if seen.cookies == 1 => text.extend_from_slice(first),
-            Some(_) => {
-                for (i, h) in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("cookie")).enumerate() {
-                    if i > 0 {
-                        text.extend_from_slice(b"; ");
-                    }
-                    text.extend_from_slice(h.value);
-                }
-            }
-            None => {}
-        }
-        ends[COOKIE] = text.len() as u32;
-        text.extend_from_slice(origin.unwrap_or_default());
-        ends[ORIGIN] = text.len() as u32;
-        let present =
-            u8::from(authorization.is_some()) | u8::from(seen.cookie.is_some()) << 1 | u8::from(origin.is_some()) << 2;
+        let len = target.len() as u32;
+        let (path_end, query_start) = match memchr::memchr(b'?', target.as_bytes()) {
+            Some(i) => (i as u32, i as u32 + 1),
+            None => (len, len),
+        };
         let deflate = seen
             .extensions
             .then(|| {
@@ -188,7 +151,71 @@ impl UpgradeRequest {
                 deflate::negotiate(lines.map(|h| h.value))
             })
             .flatten();
-        UpgradeRequest { text, ends, present, deflate }
+        if seen.more_lines || seen.authorization.is_some() || seen.origin.is_some() {
+            return UpgradeRequest::with_lines(target, (path_end, query_start), headers, seen, deflate);
+        }
+        UpgradeRequest {
+            text: target.as_bytes().to_vec(),
+            spans: [(0, path_end), (query_start, len), (len, len), (len, len), (len, len), (len, len)],
+            present: 0,
+            deflate,
+        }
+    }
+
+    /// The target and the lines an application may decide on.
+    #[cold]
+    #[inline(never)]
+    fn with_lines(
+        target: &str,
+        (path_end, query_start): (u32, u32),
+        headers: &[httparse::Header<'_>],
+        seen: &Seen<'_>,
+        deflate: Option<deflate::Agreement>,
+    ) -> UpgradeRequest {
+        let is_protocol = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("sec-websocket-protocol");
+        let is_cookie = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("cookie");
+        let origin = seen.origin.map(trim);
+        let cap = target.len()
+            + headers.iter().filter(is_protocol).map(|h| h.value.len() + 1).sum::<usize>()
+            + seen.authorization.map_or(0, <[u8]>::len)
+            + headers.iter().filter(is_cookie).map(|h| h.value.len() + 2).sum::<usize>()
+            + origin.map_or(0, <[u8]>::len);
+        let mut text = Vec::with_capacity(cap);
+        text.extend_from_slice(target.as_bytes());
+        let span = |text: &mut Vec<u8>, fill: &mut dyn FnMut(&mut Vec<u8>)| {
+            let start = text.len() as u32;
+            fill(text);
+            (start, text.len() as u32)
+        };
+        let protocols = span(&mut text, &mut |text| {
+            for h in headers.iter().filter(is_protocol) {
+                for token in h.value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
+                    if text.len() > target.len() {
+                        text.push(b',');
+                    }
+                    text.extend_from_slice(token);
+                }
+            }
+        });
+        let authorization = span(&mut text, &mut |text| text.extend_from_slice(seen.authorization.unwrap_or_default()));
+        let cookie = span(&mut text, &mut |text| {
+            for (i, h) in headers.iter().filter(is_cookie).enumerate() {
+                if i > 0 {
+                    text.extend_from_slice(b"; ");
+                }
+                text.extend_from_slice(h.value);
+            }
+        });
+        let origin_span = span(&mut text, &mut |text| text.extend_from_slice(origin.unwrap_or_default()));
+        let len = target.len() as u32;
+        UpgradeRequest {
+            text,
+            spans: [(0, path_end), (query_start, len), protocols, authorization, cookie, origin_span],
+            present: u8::from(seen.authorization.is_some())
+                | u8::from(seen.cookie) << 1
+                | u8::from(origin.is_some()) << 2,
+            deflate,
+        }
     }
 }
 
@@ -325,12 +352,10 @@ struct Seen<'a> {
     key: Option<&'a [u8]>,
     keys: usize,
     origin: Option<&'a [u8]>,
-    /// The bytes of the `Sec-WebSocket-Protocol` lines (read again when there are some).
-    protocol_bytes: usize,
-    cookie: Option<&'a [u8]>,
-    cookies: usize,
-    /// The bytes of the `Cookie` lines and their `; ` separators.
-    cookie_bytes: usize,
+    /// Some `Cookie` line is there.
+    cookie: bool,
+    /// Some `Sec-WebSocket-Protocol` or `Cookie` line is there (read again when so).
+    more_lines: bool,
     /// Some `Sec-WebSocket-Extensions` line is there (read again when it is).
     extensions: bool,
 }
@@ -344,9 +369,8 @@ impl<'a> Seen<'a> {
                 4 if is("host") => seen.hosts += 1,
                 6 if is("origin") => _ = seen.origin.get_or_insert(h.value),
                 6 if is("cookie") => {
-                    seen.cookie.get_or_insert(h.value);
-                    seen.cookies += 1;
-                    seen.cookie_bytes += h.value.len() + 2;
+                    seen.cookie = true;
+                    seen.more_lines = true;
                 }
                 6 if is("expect") => seen.expect_continue |= has_token(h.value, "100-continue"),
                 7 if is("upgrade") => {
@@ -372,9 +396,8 @@ impl<'a> Seen<'a> {
                     seen.version.get_or_insert(h.value);
                     seen.versions += 1;
                 }
-                // RFC 6455 4.2.2: any line may offer subprotocols (a comma per token
-                // at most, so the joined list fits in the bytes counted).
-                22 if is("sec-websocket-protocol") => seen.protocol_bytes += h.value.len() + 1,
+                // RFC 6455 4.2.2: any line may offer subprotocols.
+                22 if is("sec-websocket-protocol") => seen.more_lines = true,
                 24 if is("sec-websocket-extensions") => seen.extensions = true,
                 _ => {}
             }

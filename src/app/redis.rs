@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, fits_envelope, queue_flush, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
+use super::{encode, fits_envelope, queue_flush, Answer, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
@@ -158,18 +158,20 @@ impl<T: ClientIo> App<T> {
         }
     }
 
-    /// An API publish with a backplane: answered when Redis has numbered it (an empty
-    /// answer now means "later"), or 503 at once.
-    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Vec<u8> {
-        let Some(bp) = self.backplane.as_mut() else { return api::error(503, "backplane unavailable") };
+    /// An API publish with a backplane: answered when Redis has numbered it, or 503
+    /// at once.
+    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Answer {
+        let Some(bp) = self.backplane.as_mut() else { return Answer::Now(api::error(503, "backplane unavailable")) };
         let origin = Origin::Api { id, room: name.into() };
         match bp.publish(name, payload.opcode(), payload.bytes(), origin, self.now) {
             Ok(()) => {
                 self.metrics.api_publishes += 1;
-                Vec::new()
+                Answer::Later
             }
-            Err(Refused::Unavailable) => api::error(503, "backplane unavailable"),
-            Err(Refused::OutboxFull) => api::error(503, "backplane unavailable: too many messages waiting for Redis"),
+            Err(Refused::Unavailable) => Answer::Now(api::error(503, "backplane unavailable")),
+            Err(Refused::OutboxFull) => {
+                Answer::Now(api::error(503, "backplane unavailable: too many messages waiting for Redis"))
+            }
         }
     }
 
