@@ -68,14 +68,14 @@ pub struct Upgrade {
 /// application picks one (or none) and names it in `Conn::accept`.
 ///
 /// One buffer holds the text parts, so a request costs one allocation as a bare
-/// path did; it is bounded by the head (`MAX_HEAD`).
+/// path did; it is bounded by the head (`MAX_HEAD`, so 16-bit offsets).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UpgradeRequest {
     /// The target (path, `?`, query) as sent; then, when there are some, the offered
     /// subprotocols (joined by `,`), Authorization, Cookie (lines joined by `; `) and
     /// Origin, each where `spans` says.
     text: Vec<u8>,
-    spans: [(u32, u32); 6],
+    spans: [(u16, u16); 6],
     /// Which of Authorization, Cookie and Origin were sent (bits 0, 1, 2).
     present: u8,
     /// The first valid permessage-deflate offer of the `Sec-WebSocket-Extensions` lines
@@ -139,9 +139,9 @@ impl UpgradeRequest {
     /// Copies what the application may look at out of the head: the target alone in
     /// the usual case, one buffer in any case.
     fn new(target: &str, headers: &[httparse::Header<'_>], seen: &Seen<'_>) -> UpgradeRequest {
-        let len = target.len() as u32;
+        let len = target.len() as u16;
         let (path_end, query_start) = match memchr::memchr(b'?', target.as_bytes()) {
-            Some(i) => (i as u32, i as u32 + 1),
+            Some(i) => (i as u16, i as u16 + 1),
             None => (len, len),
         };
         let deflate = seen
@@ -167,7 +167,7 @@ impl UpgradeRequest {
     #[inline(never)]
     fn with_lines(
         target: &str,
-        (path_end, query_start): (u32, u32),
+        (path_end, query_start): (u16, u16),
         headers: &[httparse::Header<'_>],
         seen: &Seen<'_>,
         deflate: Option<deflate::Agreement>,
@@ -183,9 +183,9 @@ impl UpgradeRequest {
         let mut text = Vec::with_capacity(cap);
         text.extend_from_slice(target.as_bytes());
         let span = |text: &mut Vec<u8>, fill: &mut dyn FnMut(&mut Vec<u8>)| {
-            let start = text.len() as u32;
+            let start = text.len() as u16;
             fill(text);
-            (start, text.len() as u32)
+            (start, text.len() as u16)
         };
         let protocols = span(&mut text, &mut |text| {
             for h in headers.iter().filter(is_protocol) {
@@ -207,7 +207,7 @@ impl UpgradeRequest {
             }
         });
         let origin_span = span(&mut text, &mut |text| text.extend_from_slice(origin.unwrap_or_default()));
-        let len = target.len() as u32;
+        let len = target.len() as u16;
         UpgradeRequest {
             text,
             spans: [(0, path_end), (query_start, len), protocols, authorization, cookie, origin_span],
@@ -251,6 +251,10 @@ pub fn check_start(head: &[u8]) -> Result<(), HandshakeError> {
 
 /// Parses and validates a complete request head (ending with `\r\n\r\n`).
 pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<Request<'a>, HandshakeError> {
+    // `Conn` never passes more; the request's offsets are 16-bit.
+    if head.len() > MAX_HEAD {
+        return Err(HandshakeError::HeadTooLarge);
+    }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
