@@ -109,7 +109,7 @@ struct Session<'a> {
 impl Session<'_> {
     fn audience(&self) -> Audience {
         if self.v1 {
-            Audience::V1
+            Audience::Enveloped
         } else {
             Audience::Plain
         }
@@ -531,7 +531,7 @@ impl<T: ClientIo> App<T> {
             return;
         }
         let Some(v1) = self.session(id).map(|s| s.v1) else { return };
-        let audience = if v1 { Audience::V1 } else { Audience::Plain };
+        let audience = if v1 { Audience::Enveloped } else { Audience::Plain };
         let Some(key) = self.rooms.join(room_id, id, audience) else { return };
         self.add_membership(id, Joined { room: room_id, key });
         let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
@@ -807,7 +807,7 @@ impl<T: ClientIo> App<T> {
                 queue_flush(dirty, publisher, client);
             }
         }
-        for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::V1, &stored.v1)] {
+        for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::Enveloped, &stored.v1)] {
             let Some(frame) = frame else { continue };
             // permessage-deflate: compressed once, for the first member that takes it.
             let compressed = OnceCell::new();
@@ -957,6 +957,7 @@ impl<T: ClientIo> App<T> {
             rooms: self.rooms.len(),
             rooms_created: self.rooms.created,
             rooms_expired: self.rooms.expired,
+            op_error_reasons: OpError::ALL.map(OpError::reason),
         };
         for (_, client) in &self.clients {
             match client.conn.phase() {
@@ -1107,7 +1108,7 @@ impl<T: ClientIo> App<T> {
             rooms.take_presence(|room| {
                 let frame = envelopes.presence(room.json_name(), room.topic.member_count());
                 metrics.presence_updates += 1;
-                for member in room.topic.members(Audience::V1) {
+                for member in room.topic.members(Audience::Enveloped) {
                     let Some(client) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
                     if client.conn.send(Chunk::Shared(Rc::clone(&frame)), now, &config.limits).is_ok() {
                         metrics.messages_out += 1;
@@ -1301,7 +1302,7 @@ fn fits_envelope(config: &Config, payload: Payload<'_>) -> bool {
 /// allocation per encoding made, whatever the room's size.
 fn encode(rooms: &Rooms, envelopes: &mut Envelopes, room_id: RoomId, payload: Payload<'_>, keep: bool) -> Stored {
     let Some(room) = rooms.get(room_id) else { return Stored { plain: None, v1: None } };
-    let has_v1 = room.topic.audience_count(Audience::V1) > 0;
+    let has_v1 = room.topic.audience_count(Audience::Enveloped) > 0;
     let plain = room.topic.audience_count(Audience::Plain) > 0 || (keep && !has_v1);
     let seq = room.topic.last_seq() + 1;
     Stored {

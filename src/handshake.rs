@@ -138,21 +138,26 @@ impl UpgradeRequest {
 
     /// Copies what the application may look at out of the head: the target alone in
     /// the usual case, one buffer in any case.
-    fn new(target: &str, headers: &[httparse::Header<'_>], seen: &Seen<'_>) -> UpgradeRequest {
+    fn new(
+        target: &str,
+        headers: &[httparse::Header<'_>],
+        extensions: bool,
+        lines: Option<Lines<'_>>,
+    ) -> UpgradeRequest {
         let len = target.len() as u16;
-        let (path_end, query_start) = match memchr::memchr(b'?', target.as_bytes()) {
+        // Targets are short: a plain scan beats memchr's dispatch.
+        let (path_end, query_start) = match target.bytes().position(|b| b == b'?') {
             Some(i) => (i as u16, i as u16 + 1),
             None => (len, len),
         };
-        let deflate = seen
-            .extensions
+        let deflate = extensions
             .then(|| {
                 let lines = headers.iter().filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"));
                 deflate::negotiate(lines.map(|h| h.value))
             })
             .flatten();
-        if seen.more_lines || seen.authorization.is_some() || seen.origin.is_some() {
-            return UpgradeRequest::with_lines(target, (path_end, query_start), headers, seen, deflate);
+        if let Some(lines) = lines {
+            return UpgradeRequest::with_lines(target, (path_end, query_start), headers, lines, deflate);
         }
         UpgradeRequest {
             text: target.as_bytes().to_vec(),
@@ -169,7 +174,7 @@ impl UpgradeRequest {
         target: &str,
         (path_end, query_start): (u16, u16),
         headers: &[httparse::Header<'_>],
-        seen: &Seen<'_>,
+        seen: Lines<'_>,
         deflate: Option<deflate::Agreement>,
     ) -> UpgradeRequest {
         let is_protocol = |h: &&httparse::Header<'_>| h.name.eq_ignore_ascii_case("sec-websocket-protocol");
@@ -329,7 +334,22 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
             return Err(HandshakeError::OriginRefused);
         }
     }
-    Ok(Request::Upgrade(Upgrade { accept: accept_key(key), request: UpgradeRequest::new(target, req.headers, &seen) }))
+    // The lines an application decides on, when there are some: the Seen itself stays
+    // in registers.
+    let lines = (seen.more_lines || seen.authorization.is_some() || seen.origin.is_some()).then_some(Lines {
+        authorization: seen.authorization,
+        cookie: seen.cookie,
+        origin: seen.origin,
+    });
+    let request = UpgradeRequest::new(target, req.headers, seen.extensions, lines);
+    Ok(Request::Upgrade(Upgrade { accept: accept_key(key), request }))
+}
+
+/// The single lines an upgrade keeps for the application.
+struct Lines<'a> {
+    authorization: Option<&'a [u8]>,
+    cookie: bool,
+    origin: Option<&'a [u8]>,
 }
 
 /// The header lines a handshake looks at, found in one pass over the head: each

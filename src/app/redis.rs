@@ -400,7 +400,8 @@ impl<T: ClientIo> App<T> {
     /// messages may be lost).
     fn close_members(&mut self, room: RoomId, now: Instant) {
         let Some(r) = self.rooms.get(room) else { return };
-        let members: Vec<usize> = r.topic.members(Audience::Plain).chain(r.topic.members(Audience::V1)).collect();
+        let members: Vec<usize> =
+            r.topic.members(Audience::Plain).chain(r.topic.members(Audience::Enveloped)).collect();
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
