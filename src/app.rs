@@ -16,6 +16,7 @@
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -25,9 +26,8 @@ use slab::Slab;
 use crate::api;
 use crate::config::{Config, DeflateMode, Mode};
 use crate::deflate::Compressor;
-use crate::error::HandshakeError;
 use crate::frame::{encode_header, server_header, server_payload, CloseCode, Opcode, MAX_HEADER_LEN};
-use crate::handshake::{self, BodyLength, Method};
+use crate::handshake::{BodyLength, Method};
 use crate::http;
 use crate::metrics::{Gauges, Metrics, Rejection};
 use crate::outqueue::{shared_message, Chunk};
@@ -110,7 +110,7 @@ struct Session<'a> {
 impl Session<'_> {
     fn audience(&self) -> Audience {
         if self.v1 {
-            Audience::V1
+            Audience::Enveloped
         } else {
             Audience::Plain
         }
@@ -137,6 +137,28 @@ impl Session<'_> {
     /// The path's room while the client is in it (the default of v1 ops).
     fn home_room(&self) -> Option<RoomId> {
         self.first_is_home.then_some(self.first.room).filter(|&room| room != NO_ROOM)
+    }
+}
+
+/// A plain HTTP request's answer: now, or not yet.
+pub(super) enum Answer {
+    /// These bytes, and the connection ends.
+    Now(Vec<u8>),
+    /// The head passed: read the body, then judge the whole request again.
+    ReadBody,
+    /// Given later by `respond_later` (an API publish waiting for Redis to number it).
+    Later,
+}
+
+/// The runtime's own data for one client (its socket), as the application may ask
+/// of it: how the log names it, and the peer's address for an admission policy
+/// (asked only when a policy wants it: holding it on every connection would cost 32
+/// bytes of the idle budget, and the socket knows it anyway).
+pub trait ClientIo: fmt::Display {
+    /// The address the connection came from (not `X-Forwarded-For`); `None` where
+    /// there is no socket.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
     }
 }
 
@@ -216,7 +238,7 @@ pub struct App<T> {
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
 /// (its peer address).
-impl<T: fmt::Display> App<T> {
+impl<T: ClientIo> App<T> {
     pub fn new(config: Config) -> App<T> {
         let backplane =
             redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
@@ -266,7 +288,7 @@ impl<T: fmt::Display> App<T> {
         if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
             self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {io}: too many connections (503)");
-            return Err((io, handshake::error_response(HandshakeError::ServerFull)));
+            return Err((io, Refusal::ServerFull.response()));
         }
         let conn = Conn::new(now, &self.config.limits);
         let client = Client {
@@ -454,8 +476,7 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         if self.open >= self.config.max_connections || self.lifecycle != Lifecycle::Serving {
-            client.conn.refuse(HandshakeError::ServerFull, now);
-            return;
+            return self.refuse(id, Refusal::ServerFull, now);
         }
         let deflate = request.deflate.filter(|_| self.config.deflate == DeflateMode::Shared);
         if deflate.is_some() {
@@ -474,13 +495,10 @@ impl<T: fmt::Display> App<T> {
             }
             return;
         }
-        let v1 = request.offers_v1;
-        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, now) {
+        let v1 = request.offers(v1::SUBPROTOCOL);
+        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, v1, now) {
             Ok(joining) => joining,
-            Err(err) => {
-                client.conn.refuse(err, now);
-                return;
-            }
+            Err(refusal) => return self.refuse(id, refusal, now),
         };
         client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
         client.role = if v1 { Role::V1 } else { Role::Plain };
@@ -491,6 +509,17 @@ impl<T: fmt::Display> App<T> {
         self.join(id, room, resume.as_ref(), now);
     }
 
+    /// Refuses a valid upgrade: the answer, the log line and the count (the wire
+    /// layer's refusals are counted when their fault is polled).
+    #[cold]
+    #[inline(never)]
+    fn refuse(&mut self, id: usize, refusal: Refusal, now: Instant) {
+        let Some(client) = self.clients.get_mut(id) else { return };
+        info!("rejected {}: {refusal}", client.io);
+        self.metrics.reject(refusal.rejection());
+        client.conn.respond(Chunk::Owned(refusal.response()), now);
+    }
+
     /// Puts `id` in `room`, then greets it: a v1 client gets the welcome envelope and
     /// the replay its resume asks for, a plain one the welcome text and the history.
     /// All in this one step, so no live message slips between.
@@ -499,7 +528,7 @@ impl<T: fmt::Display> App<T> {
             return;
         }
         let Some(v1) = self.session(id).map(|s| s.v1) else { return };
-        let audience = if v1 { Audience::V1 } else { Audience::Plain };
+        let audience = if v1 { Audience::Enveloped } else { Audience::Plain };
         let Some(key) = self.rooms.join(room_id, id, audience) else { return };
         self.add_membership(id, Joined { room: room_id, key });
         let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
@@ -775,7 +804,7 @@ impl<T: fmt::Display> App<T> {
                 queue_flush(dirty, publisher, client);
             }
         }
-        for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::V1, &stored.v1)] {
+        for (audience, frame) in [(Audience::Plain, &stored.plain), (Audience::Enveloped, &stored.v1)] {
             let Some(frame) = frame else { continue };
             // permessage-deflate: compressed once, for the first member that takes it.
             let compressed = OnceCell::new();
@@ -815,42 +844,40 @@ impl<T: fmt::Display> App<T> {
         let path = request.target.split('?').next().unwrap_or_default();
         let get = request.method == Method::Get;
         let answer = match path {
-            _ if operator && !matches!(path, "/metrics" | "/healthz") => http::not_found(),
-            "/metrics" | "/healthz" if operator_here && !get => api::method_not_allowed("GET"),
+            _ if operator && !matches!(path, "/metrics" | "/healthz") => Answer::Now(http::not_found()),
+            "/metrics" | "/healthz" if operator_here && !get => Answer::Now(api::method_not_allowed("GET")),
             "/metrics" if operator_here => {
                 let mut body = self.metrics.render(&self.gauges());
                 self.render_backplane(&mut body);
-                http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes())
+                Answer::Now(http::response(200, "text/plain; version=0.0.4; charset=utf-8", body.as_bytes()))
             }
             "/healthz" if operator_here && self.lifecycle != Lifecycle::Serving => {
-                http::response(503, http::TEXT, b"shutting down\n")
+                Answer::Now(http::response(503, http::TEXT, b"shutting down\n"))
             }
             "/healthz" if operator_here => {
-                http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes())
+                Answer::Now(http::response(200, http::TEXT, format!("ok\n{}", self.backplane_health()).as_bytes()))
             }
             _ => match api::route(path) {
                 Some(route) => self.answer_api(id, route, &request, now),
-                None if get => http::answer(path),
-                None => api::method_not_allowed("GET"),
+                None if get => Answer::Now(http::answer(path)),
+                None => Answer::Now(api::method_not_allowed("GET")),
             },
         };
         let Some(client) = self.clients.get_mut(id) else { return };
-        let body_unread = matches!(request.body_length, BodyLength::Length(n) if n > request.body.len() as u64);
-        // Empty: answered later (an API publish waiting for its body, or for Redis).
-        if !answer.is_empty() {
-            client.conn.respond(Chunk::Owned(answer), now);
-        } else if body_unread {
-            client.conn.read_body(request, &self.config.limits);
+        match answer {
+            Answer::Now(answer) => client.conn.respond(Chunk::Owned(answer), now),
+            Answer::ReadBody => client.conn.read_body(request, &self.config.limits),
+            Answer::Later => {}
         }
     }
 
     /// The HTTP API (docs/protocol.md): off (404) without a token and in echo mode.
-    fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Answer {
         let Some(token) = self.config.api_token.as_deref().filter(|_| self.config.mode == Mode::Broadcast) else {
-            return http::not_found();
+            return Answer::Now(http::not_found());
         };
         if !api::authorized(request.authorization.as_deref(), token) {
-            return api::unauthorized();
+            return Answer::Now(api::unauthorized());
         }
         match (route, request.method) {
             (api::Route::Rooms, Method::Get) => {
@@ -865,52 +892,52 @@ impl<T: fmt::Display> App<T> {
                         history: room.topic.history().len(),
                     })
                     .collect();
-                api::rooms(&list)
+                Answer::Now(api::rooms(&list))
             }
-            (api::Route::Rooms, _) => api::method_not_allowed("GET"),
+            (api::Route::Rooms, _) => Answer::Now(api::method_not_allowed("GET")),
             (api::Route::Messages(room), Method::Post) => self.api_publish(id, room, request, now),
-            (api::Route::Messages(_), _) => api::method_not_allowed("POST"),
-            (api::Route::Unknown, _) => http::not_found(),
+            (api::Route::Messages(_), _) => Answer::Now(api::method_not_allowed("POST")),
+            (api::Route::Unknown, _) => Answer::Now(http::not_found()),
         }
     }
 
-    fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Vec<u8> {
+    fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Answer {
         let length = match request.body_length {
-            BodyLength::None | BodyLength::Unknown => return api::error(411, "Content-Length required"),
+            BodyLength::None | BodyLength::Unknown => return Answer::Now(api::error(411, "Content-Length required")),
             BodyLength::Length(n) if n > self.config.limits.max_message as u64 => {
-                return api::error(413, "body over --max-message")
+                return Answer::Now(api::error(413, "body over --max-message"))
             }
             BodyLength::Length(n) => n,
         };
         let name = match rooms::decode_name(encoded_room) {
             Ok(name) => name,
-            Err(why) => return api::error(400, why.reason()),
+            Err(why) => return Answer::Now(api::error(400, why.reason())),
         };
         // The head passed: the body is read next (`answer_http`), then this again.
         if (request.body.len() as u64) < length {
-            return Vec::new();
+            return Answer::ReadBody;
         }
         let payload = if api::is_binary(request.content_type.as_deref()) {
             Payload::Binary(&request.body)
         } else {
             match std::str::from_utf8(&request.body) {
                 Ok(text) => Payload::Text(text),
-                Err(_) => return api::error(400, "a text body must be UTF-8"),
+                Err(_) => return Answer::Now(api::error(400, "a text body must be UTF-8")),
             }
         };
         if !fits_envelope(&self.config, payload) {
-            return api::error(413, TOO_BIG_FOR_ENVELOPE);
+            return Answer::Now(api::error(413, TOO_BIG_FOR_ENVELOPE));
         }
         if self.backplane.is_some() {
             return self.api_publish_to_redis(id, &name, payload);
         }
         let Ok(room) = self.rooms.find_or_create(&name, now) else {
-            return api::error(503, "too many rooms");
+            return Answer::Now(api::error(503, "too many rooms"));
         };
         self.metrics.api_publishes += 1;
         let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
         let seq = self.fan_out(room, stored, None, now);
-        api::published(&name, seq)
+        Answer::Now(api::published(&name, seq))
     }
 
     fn gauges(&self) -> Gauges {
@@ -927,6 +954,7 @@ impl<T: fmt::Display> App<T> {
             rooms: self.rooms.len(),
             rooms_created: self.rooms.created,
             rooms_expired: self.rooms.expired,
+            op_error_reasons: OpError::ALL.map(OpError::reason),
         };
         for (_, client) in &self.clients {
             match client.conn.phase() {
@@ -1039,7 +1067,7 @@ impl<T: fmt::Display> App<T> {
             rooms.take_presence(|room| {
                 let frame = envelopes.presence(room.json_name(), room.topic.member_count());
                 metrics.presence_updates += 1;
-                for member in room.topic.members(Audience::V1) {
+                for member in room.topic.members(Audience::Enveloped) {
                     let Some(client) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };
                     if client.conn.send(Chunk::Shared(Rc::clone(&frame)), now, &config.limits).is_ok() {
                         metrics.messages_out += 1;
@@ -1203,15 +1231,16 @@ fn queue_flush<T>(dirty: &mut Vec<usize>, id: usize, client: &mut Client<T>) {
 fn room_of_upgrade(
     rooms: &mut Rooms,
     request: &UpgradeRequest,
+    v1: bool,
     now: Instant,
-) -> Result<(RoomId, Option<Resume<'static>>), HandshakeError> {
-    let name = rooms::room_from_path(&request.path).map_err(HandshakeError::BadRoomName)?;
+) -> Result<(RoomId, Option<Resume<'static>>), Refusal> {
+    let name = rooms::room_from_path(request.path()).map_err(Refusal::BadRoomName)?;
     // Plain clients know no seqs: they get the whole history, as always.
-    let resume = match request.offers_v1 {
-        true => Resume::from_query(&request.query).map_err(|_| HandshakeError::BadResume)?,
+    let resume = match v1 {
+        true => Resume::from_query(request.query()).map_err(|_| Refusal::BadResume)?,
         false => None,
     };
-    let room = rooms.find_or_create(&name, now).map_err(|_| HandshakeError::RoomLimit)?;
+    let room = rooms.find_or_create(&name, now).map_err(|_| Refusal::RoomLimit)?;
     Ok((room, resume))
 }
 
@@ -1239,7 +1268,7 @@ fn fits_envelope(config: &Config, payload: Payload<'_>) -> bool {
 /// allocation per encoding made, whatever the room's size.
 fn encode(rooms: &Rooms, envelopes: &mut Envelopes, room_id: RoomId, payload: Payload<'_>, keep: bool) -> Stored {
     let Some(room) = rooms.get(room_id) else { return Stored { plain: None, v1: None } };
-    let has_v1 = room.topic.audience_count(Audience::V1) > 0;
+    let has_v1 = room.topic.audience_count(Audience::Enveloped) > 0;
     let plain = room.topic.audience_count(Audience::Plain) > 0 || (keep && !has_v1);
     let seq = room.topic.last_seq() + 1;
     Stored {
@@ -1279,6 +1308,9 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
 
 mod output;
 mod redis;
-pub use output::{ClientIo, Transmit};
+mod refusal;
+
+pub use output::{ClientView, Transmit};
+pub use refusal::Refusal;
 #[cfg(test)]
 mod tests;

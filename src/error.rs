@@ -1,10 +1,45 @@
 //! Faults of the peer: each variant is one rule the peer broke and knows its answer
 //! (a close code for frames, an HTTP status for handshakes). Our own I/O errors are
-//! `std::io::Error` and never mix with these.
+//! `std::io::Error` and never mix with these. This module imports no other: `frame`
+//! builds on it, not the other way round.
 
 use std::fmt;
 
-use crate::frame::CloseCode;
+/// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
+/// that are never sent but name what happened: 1005 (a close without a code) and
+/// 1006 (no close frame at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct CloseCode(pub u16);
+
+impl CloseCode {
+    pub const NORMAL: CloseCode = CloseCode(1000);
+    pub const GOING_AWAY: CloseCode = CloseCode(1001);
+    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
+    /// Never sent: the peer's close frame had no code.
+    pub const NO_STATUS: CloseCode = CloseCode(1005);
+    /// Never sent: the connection ended without a close frame.
+    pub const ABNORMAL: CloseCode = CloseCode(1006);
+    pub const INVALID_DATA: CloseCode = CloseCode(1007);
+    pub const POLICY: CloseCode = CloseCode(1008);
+    pub const TOO_BIG: CloseCode = CloseCode(1009);
+    pub const INTERNAL: CloseCode = CloseCode(1011);
+    /// RFC 6455 7.4.1 (IANA registry): try again later; mioket sends it when a message
+    /// cannot be published now (the Redis backplane is unavailable).
+    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
+
+    /// RFC 6455 7.4: whether a peer may put this code in a close frame. 1004-1006 and
+    /// 1015 are reserved; 1012-1014 are registered with IANA; 3000-4999 belong to
+    /// libraries and applications.
+    pub fn may_be_sent(self) -> bool {
+        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
+    }
+}
+
+impl std::fmt::Display for CloseCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// A WebSocket peer broke a rule of RFC 6455 (or one of our limits).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +112,9 @@ impl fmt::Display for PeerError {
     }
 }
 
-/// An HTTP request we will not upgrade; each knows its status and says why.
+/// An HTTP request the wire layer will not take (RFC 6455 4, RFC 9112, our head
+/// limits); each knows its status and says why. The application's own refusals
+/// (a full server, a bad room name, ...) are `app::Refusal`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandshakeError {
     /// The request head is over the size cap.
@@ -109,16 +146,8 @@ pub enum HandshakeError {
     BadKey,
     /// `Origin` is not on the `--allowed-origin` list.
     OriginRefused,
-    /// `--max-connections` WebSockets are already open.
-    ServerFull,
     /// A plain request with a method other than GET or POST.
     MethodNotAllowed,
-    /// The upgrade's path does not name a valid room (docs/protocol.md), and why.
-    BadRoomName(InvalidName),
-    /// The upgrade's `since` is not a non-negative integer.
-    BadResume,
-    /// The upgrade would create a room beyond `--max-rooms`.
-    RoomLimit,
 }
 
 impl HandshakeError {
@@ -128,7 +157,6 @@ impl HandshakeError {
             HandshakeError::NotGet | HandshakeError::MethodNotAllowed => 405,
             HandshakeError::UnsupportedVersion => 426,
             HandshakeError::OriginRefused => 403,
-            HandshakeError::ServerFull | HandshakeError::RoomLimit => 503,
             _ => 400,
         }
     }
@@ -150,11 +178,7 @@ impl HandshakeError {
             HandshakeError::UnsupportedVersion => "only Sec-WebSocket-Version 13 is supported",
             HandshakeError::BadKey => "Sec-WebSocket-Key must be 16 bytes in base64",
             HandshakeError::OriginRefused => "origin not allowed",
-            HandshakeError::ServerFull => "too many connections, try again later",
             HandshakeError::MethodNotAllowed => "method not allowed",
-            HandshakeError::BadRoomName(why) => why.reason(),
-            HandshakeError::BadResume => "invalid since: must be a non-negative integer",
-            HandshakeError::RoomLimit => "too many rooms, try again later",
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Frame headers, opcodes and close codes: RFC 6455 section 5, nothing else.
+//! Frame headers and opcodes: RFC 6455 section 5, nothing else. Close codes live
+//! with the faults that name them (`error`), re-exported here.
 
+pub use crate::error::CloseCode;
 use crate::error::PeerError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,42 +155,6 @@ pub fn encode_header(header: &Header, out: &mut [u8; MAX_HEADER_LEN]) -> usize {
 /// The header of an unmasked, final server frame.
 pub fn server_header(opcode: Opcode, len: usize) -> Header {
     Header { fin: true, compressed: false, opcode, mask: None, len: len as u64 }
-}
-
-/// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
-/// that are never sent but name what happened: 1005 (a close without a code) and
-/// 1006 (no close frame at all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct CloseCode(pub u16);
-
-impl CloseCode {
-    pub const NORMAL: CloseCode = CloseCode(1000);
-    pub const GOING_AWAY: CloseCode = CloseCode(1001);
-    pub const PROTOCOL_ERROR: CloseCode = CloseCode(1002);
-    /// Never sent: the peer's close frame had no code.
-    pub const NO_STATUS: CloseCode = CloseCode(1005);
-    /// Never sent: the connection ended without a close frame.
-    pub const ABNORMAL: CloseCode = CloseCode(1006);
-    pub const INVALID_DATA: CloseCode = CloseCode(1007);
-    pub const POLICY: CloseCode = CloseCode(1008);
-    pub const TOO_BIG: CloseCode = CloseCode(1009);
-    pub const INTERNAL: CloseCode = CloseCode(1011);
-    /// RFC 6455 7.4.1 (IANA registry): try again later; mioket sends it when a message
-    /// cannot be published now (the Redis backplane is unavailable).
-    pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);
-
-    /// RFC 6455 7.4: whether a peer may put this code in a close frame. 1004-1006 and
-    /// 1015 are reserved; 1012-1014 are registered with IANA; 3000-4999 belong to
-    /// libraries and applications.
-    pub fn may_be_sent(self) -> bool {
-        matches!(self.0, 1000..=1003 | 1007..=1014 | 3000..=4999)
-    }
-}
-
-impl std::fmt::Display for CloseCode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
 }
 
 #[cfg(test)]

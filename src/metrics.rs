@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::error::HandshakeError;
 use crate::frame::CloseCode;
-use crate::v1::OpError;
 
 /// Why a connection was refused or dropped before it became a WebSocket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,7 +21,6 @@ impl Rejection {
     pub fn of(err: HandshakeError) -> Rejection {
         match err {
             HandshakeError::OriginRefused => Rejection::Origin,
-            HandshakeError::ServerFull | HandshakeError::RoomLimit => Rejection::OverMaxConnections,
             _ => Rejection::BadHandshake,
         }
     }
@@ -62,7 +60,7 @@ pub struct Metrics {
     /// mioket.v1 ops by kind (`Op::index`), refused ops by reason (`OpError as usize`),
     /// resumes by outcome (recovered, not).
     pub ops: [u64; 4],
-    pub op_errors: [u64; OpError::ALL.len()],
+    pub op_errors: [u64; OP_ERROR_KINDS],
     pub resumes: [u64; 2],
     pub presence_updates: u64,
     pub api_publishes: u64,
@@ -87,7 +85,13 @@ pub struct Gauges {
     pub rooms: usize,
     pub rooms_created: u64,
     pub rooms_expired: u64,
+    /// The labels of `Metrics::op_errors`, given by the application (v1's refusal
+    /// reasons): metrics know no protocol.
+    pub op_error_reasons: [&'static str; OP_ERROR_KINDS],
 }
+
+/// How many reasons `Metrics::op_errors` counts by.
+pub const OP_ERROR_KINDS: usize = 12;
 
 /// The labels of `Metrics::ops`.
 pub const OP_KINDS: [&str; 4] = ["publish", "join", "leave", "ping"];
@@ -188,8 +192,8 @@ impl Metrics {
             let _ = writeln!(o, "mioket_ops_total{{op=\"{kind}\"}} {n}");
         }
         family(o, "mioket_op_errors_total", "counter", "mioket.v1 ops refused with an error, by reason.");
-        for (err, n) in OpError::ALL.iter().zip(self.op_errors) {
-            let _ = writeln!(o, "mioket_op_errors_total{{reason=\"{}\"}} {n}", err.reason());
+        for (reason, n) in g.op_error_reasons.iter().zip(self.op_errors) {
+            let _ = writeln!(o, "mioket_op_errors_total{{reason=\"{reason}\"}} {n}");
         }
         family(o, "mioket_resumes_total", "counter", "Resumes asked for, by outcome.");
         for (outcome, n) in ["recovered", "not_recovered"].iter().zip(self.resumes) {
@@ -256,6 +260,7 @@ mod tests {
             rooms: 2,
             rooms_created: 3,
             rooms_expired: 1,
+            op_error_reasons: ["x"; OP_ERROR_KINDS],
         }
     }
 

@@ -26,6 +26,7 @@ use crate::config::Limits;
 use crate::deflate;
 use crate::error::{HandshakeError, PeerError};
 use crate::frame::{parse_header, CloseCode, Header, Opcode, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+pub use crate::handshake::UpgradeRequest;
 use crate::handshake::{self, BodyLength, Method, Request, MAX_HEAD};
 use crate::http;
 use crate::mask::apply_mask;
@@ -85,17 +86,6 @@ pub struct FirstClose {
     pub by_peer: bool,
 }
 
-/// What a valid upgrade asks for, beyond the key.
-#[derive(Debug, PartialEq, Eq)]
-pub struct UpgradeRequest {
-    /// The path and query (`/lobby?since=4`), from the absolute form too.
-    pub path: String,
-    pub query: String,
-    pub offers_v1: bool,
-    /// The permessage-deflate offer accepted, if any (the application may decline it).
-    pub deflate: Option<deflate::Agreement>,
-}
-
 /// A plain HTTP request, no longer borrowing its head.
 #[derive(Debug, PartialEq, Eq)]
 pub struct HttpRequest {
@@ -120,15 +110,7 @@ enum Asked {
 impl From<Request<'_>> for Asked {
     fn from(request: Request<'_>) -> Asked {
         match request {
-            Request::Upgrade(upgrade) => Asked::Upgrade {
-                accept: upgrade.accept,
-                request: UpgradeRequest {
-                    path: upgrade.path.to_string(),
-                    query: upgrade.query.to_string(),
-                    offers_v1: upgrade.offers_v1,
-                    deflate: upgrade.deflate,
-                },
-            },
+            Request::Upgrade(upgrade) => Asked::Upgrade { accept: upgrade.accept, request: upgrade.request },
             Request::Http(http) => Asked::Http(Box::new(HttpRequest {
                 method: http.method,
                 target: http.target.to_string(),

@@ -39,8 +39,8 @@ pub struct MemberKey {
 pub enum Audience {
     /// The message as it was sent (a plain WebSocket client).
     Plain = 0,
-    /// The message in a `mioket.v1` envelope.
-    V1 = 1,
+    /// The message in an envelope (the application's protocol wraps it: `mioket.v1`).
+    Enveloped = 1,
 }
 
 /// What the history counts of a message against its byte bound.
@@ -276,12 +276,8 @@ impl<M: Weight + Clone> History<M> {
         self.bytes
     }
 
-    /// The seq of the newest message, kept or not; 0 before the first.
-    pub fn last_seq(&self) -> Seq {
-        self.last_seq
-    }
-
     /// The first seq still kept, if any.
+    #[cfg(test)]
     pub fn first_seq(&self) -> Option<Seq> {
         (!self.frames.is_empty()).then(|| self.next_kept())
     }

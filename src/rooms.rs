@@ -256,6 +256,7 @@ impl Rooms {
         self.rooms.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.rooms.is_empty()
     }
@@ -274,7 +275,7 @@ impl Rooms {
         let key = room.topic.join(client, audience);
         room.empty_since = None;
         self.touch(id);
-        self.presence_changed(id, audience == Audience::V1);
+        self.presence_changed(id, audience == Audience::Enveloped);
         Some(key)
     }
 
@@ -384,15 +385,11 @@ impl Rooms {
             let Some(room) = self.rooms.get_mut(id as usize) else { continue };
             room.presence_queued = false;
             let online = room.topic.member_count();
-            if online != room.presence_told && room.topic.audience_count(Audience::V1) > 0 {
+            if online != room.presence_told && room.topic.audience_count(Audience::Enveloped) > 0 {
                 tell(room);
             }
             room.presence_told = online;
         }
-    }
-
-    pub fn presence_pending(&self) -> bool {
-        !self.presence.is_empty()
     }
 
     /// The member count changed (`joined_v1`: by a v1 member's join, whose welcome
@@ -400,7 +397,7 @@ impl Rooms {
     /// presence: with none, the count is simply noted as told.
     fn presence_changed(&mut self, id: RoomId, joined_v1: bool) {
         if let Some(room) = self.rooms.get_mut(id as usize) {
-            let uninformed = room.topic.audience_count(Audience::V1) - usize::from(joined_v1);
+            let uninformed = room.topic.audience_count(Audience::Enveloped) - usize::from(joined_v1);
             if uninformed == 0 && !room.presence_queued {
                 room.presence_told = room.topic.member_count();
             } else if !room.presence_queued {

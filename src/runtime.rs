@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::app::{App, Listener, Stop, Transmit};
+use crate::app::{App, ClientIo, Listener, Stop, Transmit};
 use crate::backplane::link::Link;
 use crate::config::{Config, Mode};
 use crate::memory;
@@ -48,6 +48,12 @@ const EXHAUSTION_LOG_EVERY: Duration = Duration::from_secs(10);
 /// outgoing queue is long (resumed after a flush): 16 bytes in all.
 pub(crate) struct Io {
     transport: Transport,
+}
+
+impl ClientIo for Io {
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        self.transport.peer_addr().ok()
+    }
 }
 
 /// The log names a client by its peer address.

@@ -423,6 +423,7 @@ impl Envelopes {
 /// fields, a room name of at most `rooms::MAX_NAME` bytes as JSON (each byte escaped
 /// to 2 at worst, control characters are not allowed), a 20-digit seq, the quotes.
 /// 10 (header) + 25 + 258 (room) + 38 (seq, field name, quotes, `}`) = 331, rounded up.
+#[cfg(test)]
 pub const ENVELOPE_OVERHEAD: usize = 512;
 
 /// The length of a payload inside a `message` envelope, without its quotes: text

@@ -6,7 +6,6 @@
 //! The runtime never touches a `Conn`: for reading, it sees its own data and two facts
 //! of the connection (`client_io`).
 
-use std::fmt;
 use std::io::{self, IoSlice};
 
 use log::debug;
@@ -48,13 +47,13 @@ impl<T, F: FnMut(&mut T, &[IoSlice<'_>]) -> io::Result<usize>> Transmit<T> for F
 
 /// What the runtime may see of one client: its own data, and what it must know of the
 /// connection to read it.
-pub struct ClientIo<'a, T> {
+pub struct ClientView<'a, T> {
     /// The runtime's own data for this client (its socket, its timer).
     pub io: &'a mut T,
     conn: &'a Conn,
 }
 
-impl<T> ClientIo<'_, T> {
+impl<T> ClientView<'_, T> {
     /// Input held back (its inflate budget spent): this client's turn is over.
     #[inline]
     pub fn holds_input(&self) -> bool {
@@ -67,12 +66,12 @@ impl<T> ClientIo<'_, T> {
     }
 }
 
-impl<T: fmt::Display> App<T> {
+impl<T: super::ClientIo> App<T> {
     /// `id`'s runtime data, for its socket and timer.
     #[inline]
-    pub fn client_io(&mut self, id: usize) -> Option<ClientIo<'_, T>> {
+    pub fn client_io(&mut self, id: usize) -> Option<ClientView<'_, T>> {
         let client = self.clients.get_mut(id)?;
-        Some(ClientIo { io: &mut client.io, conn: &client.conn })
+        Some(ClientView { io: &mut client.io, conn: &client.conn })
     }
 
     /// Whether `id` holds input back (its turn is over until the next iteration).

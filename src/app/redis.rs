@@ -12,12 +12,11 @@
 //! mirror (Redis lost data) closes its members with 1013: on their resume they are
 //! told `"recovered":false`.
 
-use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, fits_envelope, queue_flush, App, TOO_BIG_FOR_ENVELOPE};
+use super::{encode, fits_envelope, queue_flush, Answer, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
 use crate::frame::CloseCode;
@@ -41,7 +40,7 @@ pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     })
 }
 
-impl<T: fmt::Display> App<T> {
+impl<T: ClientIo> App<T> {
     /// The backplane's settings, when it is on (`--redis`, broadcast mode).
     pub fn backplane_settings(&self) -> Option<&Settings> {
         self.backplane.as_ref().map(|bp| &bp.settings)
@@ -159,18 +158,20 @@ impl<T: fmt::Display> App<T> {
         }
     }
 
-    /// An API publish with a backplane: answered when Redis has numbered it (an empty
-    /// answer now means "later"), or 503 at once.
-    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Vec<u8> {
-        let Some(bp) = self.backplane.as_mut() else { return api::error(503, "backplane unavailable") };
+    /// An API publish with a backplane: answered when Redis has numbered it, or 503
+    /// at once.
+    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Answer {
+        let Some(bp) = self.backplane.as_mut() else { return Answer::Now(api::error(503, "backplane unavailable")) };
         let origin = Origin::Api { id, room: name.into() };
         match bp.publish(name, payload.opcode(), payload.bytes(), origin, self.now) {
             Ok(()) => {
                 self.metrics.api_publishes += 1;
-                Vec::new()
+                Answer::Later
             }
-            Err(Refused::Unavailable) => api::error(503, "backplane unavailable"),
-            Err(Refused::OutboxFull) => api::error(503, "backplane unavailable: too many messages waiting for Redis"),
+            Err(Refused::Unavailable) => Answer::Now(api::error(503, "backplane unavailable")),
+            Err(Refused::OutboxFull) => {
+                Answer::Now(api::error(503, "backplane unavailable: too many messages waiting for Redis"))
+            }
         }
     }
 
@@ -399,7 +400,8 @@ impl<T: fmt::Display> App<T> {
     /// messages may be lost).
     fn close_members(&mut self, room: RoomId, now: Instant) {
         let Some(r) = self.rooms.get(room) else { return };
-        let members: Vec<usize> = r.topic.members(Audience::Plain).chain(r.topic.members(Audience::V1)).collect();
+        let members: Vec<usize> =
+            r.topic.members(Audience::Plain).chain(r.topic.members(Audience::Enveloped)).collect();
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);

@@ -17,6 +17,10 @@ impl fmt::Display for Peer {
     }
 }
 
+impl ClientIo for Peer {}
+
+impl ClientIo for &'static str {}
+
 fn config(mode: Mode) -> Config {
     Config { mode, welcome: Some("hi".into()), history: 2, ..Config::default() }
 }
@@ -49,7 +53,7 @@ fn upgraded(app: &mut App<Peer>, now: Instant) -> (usize, Vec<u8>) {
 
 /// What the runtime's flush does when every socket takes everything: each dirty
 /// client's bytes, and the order they were flushed in.
-pub(super) fn flush_in_order<T: std::fmt::Display>(app: &mut App<T>) -> Vec<(usize, Vec<u8>)> {
+pub(super) fn flush_in_order<T: ClientIo>(app: &mut App<T>) -> Vec<(usize, Vec<u8>)> {
     let mut dirty = Vec::new();
     app.drain_dirty_into(&mut dirty);
     let mut written = Vec::new();
@@ -67,7 +71,7 @@ pub(super) fn flush_in_order<T: std::fmt::Display>(app: &mut App<T>) -> Vec<(usi
     written
 }
 
-pub(super) fn flush<T: std::fmt::Display>(app: &mut App<T>) -> HashMap<usize, Vec<u8>> {
+pub(super) fn flush<T: ClientIo>(app: &mut App<T>) -> HashMap<usize, Vec<u8>> {
     flush_in_order(app).into_iter().collect()
 }
 

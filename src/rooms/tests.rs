@@ -210,8 +210,8 @@ fn a_room_emptied_again_waits_for_its_latest_deadline() {
     rooms.publish(id, &stored(1));
     // Many joins and leaves: one expiry entry at a time.
     for i in 0..1000u64 {
-        let key = rooms.join(id, 1, Audience::V1).unwrap();
-        rooms.leave(id, key, Audience::V1, t0 + Duration::from_millis(i));
+        let key = rooms.join(id, 1, Audience::Enveloped).unwrap();
+        rooms.leave(id, key, Audience::Enveloped, t0 + Duration::from_millis(i));
     }
     assert_eq!(rooms.expiring.len(), 1);
     let last = t0 + Duration::from_millis(999);
@@ -264,10 +264,10 @@ fn presence_is_owed_only_to_v1_members_not_told_by_their_welcome() {
         counts
     };
     // Alone: its welcome told it.
-    let first = rooms.join(id, 1, Audience::V1).unwrap();
+    let first = rooms.join(id, 1, Audience::Enveloped).unwrap();
     assert_eq!(told(&mut rooms), Vec::<usize>::new());
     // A second v1 member: the first is owed a presence; many changes make one update.
-    rooms.join(id, 2, Audience::V1).unwrap();
+    rooms.join(id, 2, Audience::Enveloped).unwrap();
     let plain = rooms.join(id, 3, Audience::Plain).unwrap();
     rooms.leave(id, plain, Audience::Plain, now);
     rooms.join(id, 4, Audience::Plain).unwrap();
@@ -277,7 +277,7 @@ fn presence_is_owed_only_to_v1_members_not_told_by_their_welcome() {
     let fifth = rooms.join(id, 5, Audience::Plain).unwrap();
     rooms.leave(id, fifth, Audience::Plain, now);
     assert_eq!(told(&mut rooms), Vec::<usize>::new());
-    rooms.leave(id, first, Audience::V1, now);
+    rooms.leave(id, first, Audience::Enveloped, now);
     assert_eq!(told(&mut rooms), vec![2]);
 }
 
@@ -286,17 +286,17 @@ fn a_room_that_never_had_a_message_is_freed_when_its_last_member_leaves() {
     let now = Instant::now();
     let mut rooms = Rooms::new(limits());
     let id = rooms.find_or_create("a", now).unwrap();
-    let one = rooms.join(id, 1, Audience::V1).unwrap();
+    let one = rooms.join(id, 1, Audience::Enveloped).unwrap();
     let two = rooms.join(id, 2, Audience::Plain).unwrap();
-    rooms.leave(id, one, Audience::V1, now);
+    rooms.leave(id, one, Audience::Enveloped, now);
     assert_eq!(rooms.find("a"), Some(id), "a member is still in it");
     rooms.leave(id, two, Audience::Plain, now);
     assert_eq!((rooms.find("a"), rooms.len(), rooms.expired), (None, 0, 1));
     // One that had a message is kept for its TTL (its history can be resumed).
     let b = rooms.find_or_create("b", now).unwrap();
-    let key = rooms.join(b, 1, Audience::V1).unwrap();
+    let key = rooms.join(b, 1, Audience::Enveloped).unwrap();
     rooms.publish(b, &stored(1));
-    rooms.leave(b, key, Audience::V1, now);
+    rooms.leave(b, key, Audience::Enveloped, now);
     assert_eq!(rooms.find("b"), Some(b));
 }
 
@@ -307,10 +307,10 @@ fn a_full_table_frees_the_empty_room_emptied_longest_ago_before_it_refuses() {
     let mut rooms = Rooms::new(RoomLimits { max_rooms: 3, ..limits() });
     let made = |rooms: &mut Rooms, name: &str, left: Option<u64>| {
         let id = rooms.find_or_create(name, t0).unwrap();
-        let key = rooms.join(id, 1, Audience::V1).unwrap();
+        let key = rooms.join(id, 1, Audience::Enveloped).unwrap();
         rooms.publish(id, &stored(1));
         if let Some(ms) = left {
-            rooms.leave(id, key, Audience::V1, at(ms));
+            rooms.leave(id, key, Audience::Enveloped, at(ms));
         }
         id
     };
@@ -338,8 +338,8 @@ fn expiry_entries_of_rooms_freed_early_do_not_pile_up() {
     let mut rooms = Rooms::new(limits());
     for i in 0..10_000 {
         let id = rooms.find_or_create(&format!("r{i}"), now).unwrap();
-        let key = rooms.join(id, 1, Audience::V1).unwrap();
-        rooms.leave(id, key, Audience::V1, now);
+        let key = rooms.join(id, 1, Audience::Enveloped).unwrap();
+        rooms.leave(id, key, Audience::Enveloped, now);
     }
     assert_eq!((rooms.len(), rooms.created, rooms.expired), (0, 10_000, 10_000));
     assert!(rooms.expiring.len() <= 2 * rooms.len() + 65, "{} entries", rooms.expiring.len());

@@ -54,6 +54,8 @@ impl std::fmt::Display for NoSocket {
     }
 }
 
+impl mioket::app::ClientIo for NoSocket {}
+
 /// An `App` with `clients` upgraded WebSockets, their greetings flushed; returns
 /// their ids too.
 pub fn open_app(config: Config, clients: usize, now: Instant) -> (App<NoSocket>, Vec<usize>) {

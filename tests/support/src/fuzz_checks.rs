@@ -101,7 +101,7 @@ fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, 
         Ok(Request::Upgrade(upgrade)) => {
             let accept = &upgrade.accept;
             // The target split into path and query comes from the head.
-            assert!(upgrade.path.len() + upgrade.query.len() < head.len());
+            assert!(upgrade.request.path().len() + upgrade.request.query().len() < head.len());
             // base64 of a 20-byte SHA-1: 27 alphabet characters and one '='.
             assert!(accept[..27].iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/'), "{accept:?}");
             assert_eq!(accept[27], b'=');
@@ -110,7 +110,7 @@ fn check_request<'a>(head: &'a [u8], origins: &[String]) -> Result<Request<'a>, 
                 handshake::write_switching_protocols(accept, None, None, &mut answer),
                 handshake::SWITCHING_PROTOCOLS_LEN
             );
-            let extensions = upgrade.deflate.map(|d| d.response());
+            let extensions = upgrade.request.deflate.map(|d| d.response());
             let longest =
                 handshake::write_switching_protocols(accept, Some("mioket.v1"), extensions.as_deref(), &mut answer);
             assert!(longest <= handshake::MAX_SWITCHING_PROTOCOLS_LEN);
@@ -537,7 +537,7 @@ impl<'a> Script<'a> {
             }
             if upgrade {
                 if self.refuse_upgrade {
-                    self.conn.refuse(HandshakeError::ServerFull, self.now);
+                    self.conn.respond(Chunk::Owned(mioket::app::Refusal::ServerFull.response()), self.now);
                 } else {
                     let deflate = self.deflate.then(|| {
                         mioket::deflate::negotiate([&b"permessage-deflate; client_max_window_bits"[..]])
