@@ -36,6 +36,8 @@ use crate::pubsub::{Audience, History, MemberKey, Seq};
 use crate::rooms::{self, RoomId, RoomLimits, Rooms, Stored};
 use crate::v1::{self, Envelopes, Op, OpError, Payload, Resume, Welcome};
 
+use publish::{Outcome, Publish, Source, Target};
+
 /// Connections still in their handshake allowed beyond max-connections.
 pub const HANDSHAKE_SLACK: usize = 1024;
 /// An echo at least this large is written at once rather than copied into the queue:
@@ -439,20 +441,12 @@ impl<T: ClientIo> App<T> {
                     if room == NO_ROOM {
                         continue;
                     }
-                    if !fits_envelope(config, Payload::of(opcode, payload)) {
-                        client.conn.close(CloseCode::TOO_BIG, TOO_BIG_FOR_ENVELOPE, now, limits);
-                        continue;
-                    }
-                    if let Some(bp) = self.backplane.as_mut() {
-                        let name = rooms.get(room).map_or("", |r| r.name());
-                        let origin = crate::backplane::Origin::Client { id, ack: None, v1: false };
-                        if bp.publish(name, opcode, payload, origin, now).is_err() {
-                            client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, limits);
-                        }
-                        continue;
-                    }
-                    let stored = encode(rooms, envelopes, room, Payload::of(opcode, payload), config.history > 0);
-                    self.fan_out(room, stored, Some((id, None)), now);
+                    // The one way in, in two halves: the payload borrows this
+                    // client's Conn until `admit` is done with it.
+                    let source = Source::Plain(id);
+                    let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
+                    let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &p, now);
+                    let _ = self.conclude(source, admitted, now);
                 }
             }
         }
@@ -594,12 +588,13 @@ impl<T: ClientIo> App<T> {
     /// path's room.
     fn handle_v1(&mut self, id: usize, opcode: Opcode, message: &[u8], now: Instant) {
         if opcode == Opcode::Binary {
-            let published = match self.session(id).and_then(|s| s.home_room()) {
-                Some(room) => self.publish(room, Payload::Binary(message), Some((id, None)), now),
-                None => Err(OpError::NotJoined),
-            };
-            if let Err(err) = published {
-                self.refuse_op(id, err, None, now);
+            match self.session(id).and_then(|s| s.home_room()) {
+                Some(room) => {
+                    let source = Source::V1 { id, ack: None };
+                    let _ = self
+                        .publish(Publish { source, room: Target::Id(room), payload: Payload::Binary(message) }, now);
+                }
+                None => self.refuse_op(id, OpError::NotJoined, None, now),
             }
             return;
         }
@@ -612,9 +607,11 @@ impl<T: ClientIo> App<T> {
         let result = match &op {
             Op::Publish { room, payload, id: op_id } => {
                 self.metrics.ops[0] += 1;
-                self.joined_room(id, room.as_deref()).and_then(|room| {
-                    let ack = op_id.as_deref();
-                    self.publish(room, payload.as_payload(), Some((id, ack)), now)
+                self.joined_room(id, room.as_deref()).map(|room| {
+                    let source = Source::V1 { id, ack: op_id.as_deref() };
+                    // A refusal is told there (an error envelope with the op's id).
+                    let _ =
+                        self.publish(Publish { source, room: Target::Id(room), payload: payload.as_payload() }, now);
                 })
             }
             Op::Join { room, resume, .. } => {
@@ -765,29 +762,6 @@ impl<T: ClientIo> App<T> {
         }
     }
 
-    /// Publishes to a room: numbered, kept, and sent to every member in the encoding
-    /// it speaks. `origin` is the publishing client and the id to ack, if any.
-    /// Refused when its envelope would pass --max-message.
-    fn publish(
-        &mut self,
-        room: RoomId,
-        payload: Payload<'_>,
-        origin: Option<(usize, Option<&str>)>,
-        now: Instant,
-    ) -> Result<(), OpError> {
-        if !fits_envelope(&self.config, payload) {
-            return Err(OpError::MessageTooBig);
-        }
-        if let (Some(_), Some((id, ack))) = (&self.backplane, origin) {
-            let origin = crate::backplane::Origin::Client { id, ack: ack.map(Into::into), v1: true };
-            self.publish_to_redis(room, payload, origin, now);
-            return Ok(());
-        }
-        let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
-        self.fan_out(room, stored, origin, now);
-        Ok(())
-    }
-
     /// Keeps a message encoded by `encode` in its room's history and queues it to
     /// every member. The publisher first: its ack (before its own copy), and its flush
     /// early, so that it can send its next message while the others are written.
@@ -925,19 +899,13 @@ impl<T: ClientIo> App<T> {
                 Err(_) => return Answer::Now(api::error(400, "a text body must be UTF-8")),
             }
         };
-        if !fits_envelope(&self.config, payload) {
-            return Answer::Now(api::error(413, TOO_BIG_FOR_ENVELOPE));
+        match self.publish(Publish { source: Source::Api(id), room: Target::Named(&name), payload }, now) {
+            Ok(Outcome::Numbered(seq)) => Answer::Now(api::published(&name, seq)),
+            // Answered when Redis has numbered it (`app/redis.rs`).
+            Ok(Outcome::Sent) => Answer::Later,
+            // Answered already (`refuse_publish`).
+            Err(_) => Answer::Later,
         }
-        if self.backplane.is_some() {
-            return self.api_publish_to_redis(id, &name, payload);
-        }
-        let Ok(room) = self.rooms.find_or_create(&name, now) else {
-            return Answer::Now(api::error(503, "too many rooms"));
-        };
-        self.metrics.api_publishes += 1;
-        let stored = encode(&self.rooms, &mut self.envelopes, room, payload, self.config.history > 0);
-        let seq = self.fan_out(room, stored, None, now);
-        Answer::Now(api::published(&name, seq))
     }
 
     fn gauges(&self) -> Gauges {
@@ -1307,6 +1275,7 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
 }
 
 mod output;
+mod publish;
 mod redis;
 mod refusal;
 

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{encode, fits_envelope, queue_flush, Answer, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
+use super::publish::{self, Publish, Source, Target};
+use super::{encode, queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Command, Event, Fetched, Message, Origin, Refused, Settings, SyncState};
+use crate::backplane::{Command, Event, Fetched, Message, Origin, Settings, SyncState};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -99,7 +100,7 @@ impl<T: ClientIo> App<T> {
                     Err(()) => {
                         if let Some(origin) = bp.take_pending(req) {
                             bp.stats.failed += 1;
-                            self.publish_refused(origin, true, now);
+                            self.publish_lost(origin, now);
                         }
                     }
                 }
@@ -147,34 +148,6 @@ impl<T: ClientIo> App<T> {
         bp.next_touch.get_or_insert(self.now);
     }
 
-    /// A publish from a WebSocket client (`origin`) with a backplane: sent to Redis,
-    /// or refused (v1: an error envelope; plain: close 1013).
-    pub(super) fn publish_to_redis(&mut self, room: RoomId, payload: Payload<'_>, origin: Origin, now: Instant) {
-        let Some(bp) = self.backplane.as_mut() else { return };
-        let Some(name) = self.rooms.get(room).map(|r| r.name()) else { return };
-        let (opcode, bytes) = (payload.opcode(), payload.bytes());
-        if bp.publish(name, opcode, bytes, origin.clone(), now).is_err() {
-            self.publish_refused(origin, false, now);
-        }
-    }
-
-    /// An API publish with a backplane: answered when Redis has numbered it, or 503
-    /// at once.
-    pub(super) fn api_publish_to_redis(&mut self, id: usize, name: &str, payload: Payload<'_>) -> Answer {
-        let Some(bp) = self.backplane.as_mut() else { return Answer::Now(api::error(503, "backplane unavailable")) };
-        let origin = Origin::Api { id, room: name.into() };
-        match bp.publish(name, payload.opcode(), payload.bytes(), origin, self.now) {
-            Ok(()) => {
-                self.metrics.api_publishes += 1;
-                Answer::Later
-            }
-            Err(Refused::Unavailable) => Answer::Now(api::error(503, "backplane unavailable")),
-            Err(Refused::OutboxFull) => {
-                Answer::Now(api::error(503, "backplane unavailable: too many messages waiting for Redis"))
-            }
-        }
-    }
-
     fn respond_later(&mut self, id: usize, answer: Vec<u8>, now: Instant) {
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.respond(Chunk::Owned(answer), now);
@@ -182,24 +155,16 @@ impl<T: ClientIo> App<T> {
         self.after_activity(id);
     }
 
-    /// Tells a publisher that its message was refused: not published, or (`sent`: it
-    /// went to Redis and no answer or live copy came back) perhaps published.
-    fn publish_refused(&mut self, origin: Origin, sent: bool, now: Instant) {
-        let reason =
-            if sent { "backplane unavailable (the message may have been published)" } else { "backplane unavailable" };
-        match origin {
-            Origin::Api { id, .. } => self.respond_later(id, api::error(503, reason), now),
-            Origin::Client { id, ack, v1: true } => {
-                self.refuse_op(id, OpError::BackplaneUnavailable, ack.as_deref(), now);
-                self.after_activity(id);
-            }
-            Origin::Client { id, v1: false, .. } => {
-                if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.close(CloseCode::TRY_AGAIN_LATER, reason, now, &self.config.limits);
-                }
-                self.after_activity(id);
-            }
-        }
+    /// Tells a publisher that its message went to Redis and neither an answer nor
+    /// its live copy came back: perhaps published (`refuse_publish`, the one place).
+    fn publish_lost(&mut self, origin: Origin, now: Instant) {
+        let (id, source) = match &origin {
+            Origin::Api { id, .. } => (*id, Source::Api(*id)),
+            Origin::Client { id, ack, v1: true } => (*id, Source::V1 { id: *id, ack: ack.as_deref() }),
+            Origin::Client { id, v1: false, .. } => (*id, Source::Plain(*id)),
+        };
+        self.refuse_publish(source, publish::Refused::Lost, now);
+        self.after_activity(id);
     }
 
     /// With a backplane, a join waits until the room's mirror holds Redis's state:
@@ -268,13 +233,13 @@ impl<T: ClientIo> App<T> {
             let Some(v1) = self.session(id).map(|s| s.v1) else { return };
             if v1 {
                 self.handle_v1(id, opcode, &bytes, now);
-            } else if !fits_envelope(&self.config, Payload::of(opcode, &bytes)) {
-                if let Some(client) = self.clients.get_mut(id) {
-                    client.conn.close(CloseCode::TOO_BIG, TOO_BIG_FOR_ENVELOPE, now, &self.config.limits);
-                }
-                return;
             } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
-                self.publish_to_redis(room, Payload::of(opcode, &bytes), Origin::Client { id, ack: None, v1 }, now);
+                let p =
+                    Publish { source: Source::Plain(id), room: Target::Id(room), payload: Payload::of(opcode, &bytes) };
+                // Too big: closed, and nothing after it is read.
+                if self.publish(p, now) == Err(publish::Refused::TooBig) {
+                    return;
+                }
             }
             if let Some(again) = self.backplane.as_mut().and_then(|bp| bp.held.get_mut(&id)) {
                 again.input.extend(rest);
@@ -427,7 +392,7 @@ impl<T: ClientIo> App<T> {
             if accepted.looked_up {
                 if let Some(origin) = bp.take_pending(req) {
                     bp.stats.failed += 1;
-                    self.publish_refused(origin, true, now);
+                    self.publish_lost(origin, now);
                 }
                 continue;
             }

@@ -1,0 +1,207 @@
+//! One way in: every message that enters a room (a plain client's message, a v1
+//! `publish` or binary frame, an HTTP API publish, held input replayed once a join
+//! has Redis's state) becomes one `Publish` and goes through `admit`, where the size
+//! rule is written once (and where the permission check and the rate limit go
+//! next). Admitted, it is numbered here at once (`Admitted::Local`, fanned out by
+//! `App::conclude`) or sent to Redis and numbered later (`Admitted::Sent`). A
+//! refusal is told to its publisher in one place, `App::refuse_publish`, now or
+//! (Redis) later.
+
+use std::time::Instant;
+
+use super::{encode, fits_envelope, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
+use crate::api;
+use crate::backplane::{self, Backplane, Origin};
+use crate::config::Config;
+use crate::frame::CloseCode;
+use crate::outqueue::Chunk;
+use crate::pubsub::Seq;
+use crate::rooms::{RoomId, Rooms, Stored};
+use crate::v1::{Envelopes, OpError, Payload};
+
+/// Who published, which says how it is answered and how a refusal is told.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Source<'a> {
+    /// A plain WebSocket client: a refusal closes it (1009, 1013).
+    Plain(usize),
+    /// A v1 client, with the id to ack, if any: a refusal is an error envelope.
+    V1 { id: usize, ack: Option<&'a str> },
+    /// An HTTP API request: answered with the seq, or 413/503.
+    Api(usize),
+}
+
+impl<'a> Source<'a> {
+    /// The publisher `fan_out` acks and flushes first (an API request is answered
+    /// by its caller).
+    #[inline]
+    fn publisher(self) -> Option<(usize, Option<&'a str>)> {
+        match self {
+            Source::Plain(id) => Some((id, None)),
+            Source::V1 { id, ack } => Some((id, ack)),
+            Source::Api(_) => None,
+        }
+    }
+
+    /// What the backplane keeps to answer it once Redis has numbered it.
+    fn origin(self, room: &str) -> Origin {
+        match self {
+            Source::Plain(id) => Origin::Client { id, ack: None, v1: false },
+            Source::V1 { id, ack } => Origin::Client { id, ack: ack.map(Into::into), v1: true },
+            Source::Api(id) => Origin::Api { id, room: room.into() },
+        }
+    }
+}
+
+/// The room a publish goes to: one a client is in, or one an API request names
+/// (made here if there is none yet, and only when it is numbered here).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Target<'a> {
+    Id(RoomId),
+    Named(&'a str),
+}
+
+/// A message entering a room.
+pub(super) struct Publish<'a> {
+    pub source: Source<'a>,
+    pub room: Target<'a>,
+    pub payload: Payload<'a>,
+}
+
+/// An admitted publish: encoded for a room here, or sent to Redis.
+pub(super) enum Admitted {
+    Local(RoomId, Stored),
+    Sent,
+}
+
+/// What became of an admitted publish.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// Numbered here and delivered.
+    Numbered(Seq),
+    /// Sent to Redis: numbered, delivered and answered later (`app/redis.rs`).
+    Sent,
+}
+
+/// Why a publish was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// Its v1 envelope would pass --max-message.
+    TooBig,
+    /// An API publish to a room that would pass --max-rooms.
+    TooManyRooms,
+    /// The backplane took it not.
+    Backplane(backplane::Refused),
+    /// It went to Redis and neither an answer nor its live copy came back: perhaps
+    /// published.
+    Lost,
+}
+
+/// The one entry point's rules: the size rule, then here or to Redis. Over
+/// the fields it needs rather than the `App`: a plain client's payload still
+/// borrows its connection.
+#[inline]
+pub(super) fn admit(
+    config: &Config,
+    rooms: &mut Rooms,
+    envelopes: &mut Envelopes,
+    backplane: &mut Option<Backplane>,
+    p: &Publish<'_>,
+    now: Instant,
+) -> Result<Admitted, Refused> {
+    if !fits_envelope(config, p.payload) {
+        return Err(Refused::TooBig);
+    }
+    if let Some(bp) = backplane.as_mut() {
+        return send_to_redis(rooms, bp, p, now);
+    }
+    let room = match p.room {
+        Target::Id(room) => room,
+        Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
+    };
+    Ok(Admitted::Local(room, encode(rooms, envelopes, room, p.payload, config.history > 0)))
+}
+
+#[inline(never)]
+fn send_to_redis(rooms: &Rooms, bp: &mut Backplane, p: &Publish<'_>, now: Instant) -> Result<Admitted, Refused> {
+    let name = match p.room {
+        Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
+        Target::Named(name) => name,
+    };
+    let origin = p.source.origin(name);
+    bp.publish(name, p.payload.opcode(), p.payload.bytes(), origin, now).map_err(Refused::Backplane)?;
+    Ok(Admitted::Sent)
+}
+
+impl<T: ClientIo> App<T> {
+    /// The one way in: `admit`, then `conclude`.
+    pub(super) fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Outcome, Refused> {
+        let App { config, rooms, envelopes, backplane, .. } = self;
+        let admitted = admit(config, rooms, envelopes, backplane, &p, now);
+        self.conclude(p.source, admitted, now)
+    }
+
+    /// After `admit`: a local publish numbered and fanned out, a refusal told.
+    #[inline]
+    pub(super) fn conclude(
+        &mut self,
+        source: Source<'_>,
+        admitted: Result<Admitted, Refused>,
+        now: Instant,
+    ) -> Result<Outcome, Refused> {
+        let outcome = match admitted {
+            Ok(Admitted::Local(room, stored)) => Outcome::Numbered(self.fan_out(room, stored, source.publisher(), now)),
+            Ok(Admitted::Sent) => Outcome::Sent,
+            Err(why) => {
+                self.refuse_publish(source, why, now);
+                return Err(why);
+            }
+        };
+        if let Source::Api(_) = source {
+            self.metrics.api_publishes += 1;
+        }
+        Ok(outcome)
+    }
+
+    /// Tells a publisher that its message was refused, each source its way: a plain
+    /// client is closed, a v1 client gets an error envelope, an API request 413/503.
+    #[inline(never)]
+    pub(super) fn refuse_publish(&mut self, source: Source<'_>, why: Refused, now: Instant) {
+        let reason = match why {
+            Refused::TooBig => TOO_BIG_FOR_ENVELOPE,
+            Refused::TooManyRooms => "too many rooms",
+            Refused::Backplane(backplane::Refused::OutboxFull) if matches!(source, Source::Api(_)) => {
+                "backplane unavailable: too many messages waiting for Redis"
+            }
+            Refused::Backplane(_) => "backplane unavailable",
+            Refused::Lost => "backplane unavailable (the message may have been published)",
+        };
+        match source {
+            Source::Plain(id) => {
+                let code = if why == Refused::TooBig { CloseCode::TOO_BIG } else { CloseCode::TRY_AGAIN_LATER };
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.close(code, reason, now, &self.config.limits);
+                }
+            }
+            Source::V1 { id, ack } => {
+                let err = if why == Refused::TooBig { OpError::MessageTooBig } else { OpError::BackplaneUnavailable };
+                self.refuse_op(id, err, ack, now);
+            }
+            Source::Api(id) => {
+                let status = if why == Refused::TooBig { 413 } else { 503 };
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.respond(Chunk::Owned(api::error(status, reason)), now);
+                }
+            }
+        }
+        // A client's refusal by the backplane is acted on at once (as a late one).
+        if matches!(why, Refused::Backplane(_)) && !matches!(source, Source::Api(_)) {
+            self.after_activity(source_id(source));
+        }
+    }
+}
+
+fn source_id(source: Source<'_>) -> usize {
+    match source {
+        Source::Plain(id) | Source::V1 { id, .. } | Source::Api(id) => id,
+    }
+}
