@@ -458,6 +458,28 @@ mod api {
         assert_eq!(app.metrics.api_publishes, 3);
     }
 
+    /// The size rule is one (`app/publish.rs`), each source refused its way: a
+    /// binary message within --max-message whose base64 envelope is not.
+    #[test]
+    fn the_size_rule_refuses_every_source_its_way() {
+        let now = Instant::now();
+        let limits = crate::config::Limits { max_message: 1000, ..crate::config::Limits::default() };
+        let mut app = App::new(Config { limits, ..api_app().config });
+        let message = vec![7u8; 900];
+        let (plain, _) = join_at(&mut app, "/r", false, now);
+        let (v1, _) = join_at(&mut app, "/r", true, now);
+        flush(&mut app);
+        feed(&mut app, v1, &crate::protocol::tests::frame(true, 2, &message), now);
+        assert_eq!(received(&mut app, v1), vec![json!({"type":"error","id":null,"reason":"message too big"})]);
+        let answer = answer_of(&mut app, &post("r", "s3cret", "application/octet-stream", &message), now);
+        assert_eq!(status(&answer), 413, "{answer}");
+        feed(&mut app, plain, &crate::protocol::tests::frame(true, 2, &message), now);
+        let closed = flush(&mut app).remove(&plain).unwrap();
+        assert_eq!((closed[0], &closed[2..4]), (0x88, &1009u16.to_be_bytes()[..]), "a close with 1009");
+        assert_eq!(app.rooms.get(app.rooms.find("r").unwrap()).unwrap().topic.last_seq(), 0, "nothing was published");
+        assert_eq!(app.metrics.api_publishes, 0);
+    }
+
     #[test]
     fn every_refusal_has_its_status() {
         let now = Instant::now();
