@@ -324,8 +324,11 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         Some(key) if seen.keys == 1 => trim(key),
         _ => return Err(HandshakeError::BadKey),
     };
-    let decoded = base64::engine::general_purpose::STANDARD.decode(key).map_err(|_| HandshakeError::BadKey)?;
-    if decoded.len() != 16 {
+    // Decoded on the stack: a key that decodes to more than 16 bytes does not fit and
+    // is refused like a shorter one. (A heap Vec here was one more allocation per
+    // handshake, live while the request was built.)
+    let mut decoded = [0u8; 16];
+    if base64::engine::general_purpose::STANDARD.decode_slice(key, &mut decoded) != Ok(16) {
         return Err(HandshakeError::BadKey);
     }
     if !allowed_origins.is_empty() {
