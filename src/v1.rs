@@ -355,10 +355,7 @@ impl Envelopes {
     pub fn pong(&mut self, id: Option<&str>) -> Chunk {
         self.start();
         self.push(b"{\"type\":\"pong\",\"id\":");
-        match id {
-            Some(id) => self.string(id),
-            None => self.push(b"null"),
-        }
+        self.id_or_null(id);
         self.push(b"}");
         Chunk::Owned(self.finish().to_vec())
     }
@@ -377,14 +374,19 @@ impl Envelopes {
     pub fn error(&mut self, id: Option<&str>, err: OpError) -> Chunk {
         self.start();
         self.push(b"{\"type\":\"error\",\"id\":");
-        match id {
-            Some(id) => self.string(id),
-            None => self.push(b"null"),
-        }
+        self.id_or_null(id);
         self.push(b",\"reason\":\"");
         self.push(err.reason().as_bytes());
         self.push(b"\"}");
         Chunk::Owned(self.finish().to_vec())
+    }
+
+    /// An op's `id` as a JSON string, or `null` when it had none.
+    fn id_or_null(&mut self, id: Option<&str>) {
+        match id {
+            Some(id) => self.string(id),
+            None => self.push(b"null"),
+        }
     }
 
     /// Room for the longest header, then the JSON.

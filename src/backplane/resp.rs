@@ -59,21 +59,11 @@ fn parse_at(input: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usi
         b'+' => Ok(Some((Reply::Simple(text(line)?), after))),
         b'-' => Ok(Some((Reply::Error(text(line)?), after))),
         b':' => Ok(Some((Reply::Integer(number(line)?), after))),
-        b'$' => {
-            let len = number(line)?;
-            if len == -1 {
-                return Ok(Some((Reply::Nil, after)));
-            }
-            if !(0..=MAX_LEN).contains(&len) {
-                return Err(Malformed);
-            }
-            let end = after + len as usize;
-            let Some(tail) = input.get(end..end + 2) else { return Ok(None) };
-            if tail != b"\r\n" {
-                return Err(Malformed);
-            }
-            Ok(Some((Reply::Bulk(input[after..end].to_vec()), end + 2)))
-        }
+        b'$' => Ok(match bulk(input, line, after)? {
+            None => None,
+            Some(Bulk::Nil) => Some((Reply::Nil, after)),
+            Some(Bulk::Until(end)) => Some((Reply::Bulk(input[after..end].to_vec()), end + 2)),
+        }),
         b'*' => {
             let len = number(line)?;
             if len == -1 {
@@ -94,6 +84,31 @@ fn parse_at(input: &[u8], pos: usize, depth: usize) -> Result<Option<(Reply, usi
         }
         _ => Err(Malformed),
     }
+}
+
+/// A bulk string whose header line `line` ends at `after`.
+enum Bulk {
+    Nil,
+    /// Its bytes are `after..end`; the next element starts at `end + 2`.
+    Until(usize),
+}
+
+/// Where a bulk string ends, checked against `MAX_LEN` before anything is reserved, or
+/// `None` while its bytes are still coming.
+fn bulk(input: &[u8], line: &[u8], after: usize) -> Result<Option<Bulk>, Malformed> {
+    let len = number(line)?;
+    if len == -1 {
+        return Ok(Some(Bulk::Nil));
+    }
+    if !(0..=MAX_LEN).contains(&len) {
+        return Err(Malformed);
+    }
+    let end = after + len as usize;
+    let Some(tail) = input.get(end..end + 2) else { return Ok(None) };
+    if tail != b"\r\n" {
+        return Err(Malformed);
+    }
+    Ok(Some(Bulk::Until(end)))
 }
 
 /// Finds where one whole reply ends as its bytes come, without copying or
@@ -118,22 +133,11 @@ impl Scanner {
             let Some((line, after)) = line_at(input, self.pos + 1)? else { return Ok(None) };
             match kind {
                 b'+' | b'-' | b':' => self.pos = after,
-                b'$' => {
-                    let len = number(line)?;
-                    if len == -1 {
-                        self.pos = after;
-                    } else {
-                        if !(0..=MAX_LEN).contains(&len) {
-                            return Err(Malformed);
-                        }
-                        let end = after + len as usize;
-                        let Some(tail) = input.get(end..end + 2) else { return Ok(None) };
-                        if tail != b"\r\n" {
-                            return Err(Malformed);
-                        }
-                        self.pos = end + 2;
-                    }
-                }
+                b'$' => match bulk(input, line, after)? {
+                    None => return Ok(None),
+                    Some(Bulk::Nil) => self.pos = after,
+                    Some(Bulk::Until(end)) => self.pos = end + 2,
+                },
                 b'*' => {
                     let len = number(line)?;
                     if !(-1..=MAX_LEN).contains(&len) {
