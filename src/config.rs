@@ -244,6 +244,63 @@ pub struct Config {
     /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
     #[arg(long)]
     pub reuse_port: bool,
+    // Tokens, permissions and limits (src/auth/; docs/protocol.md, "Tokens and permissions").
+    /// Check HS256 tokens with the secret in this file (its bytes without a trailing newline; or the secret itself in MIOKET_JWT_SECRET) [default: none]
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// `MIOKET_JWT_SECRET`: the HS256 secret itself, when there is no `--jwt-secret-file`
+    /// (read by `parse_args`, not by `Config::default()`).
+    #[arg(skip)]
+    pub jwt_secret: Option<Secret>,
+    /// Check tokens with this PEM public key (repeatable): RSA for RS256, P-256 for ES256, Ed25519 for EdDSA; a token's kid names a key by its file name without extension
+    #[arg(long = "jwt-key", value_name = "FILE")]
+    pub jwt_keys: Vec<PathBuf>,
+    /// Accept only tokens whose aud names this audience [default: aud not checked]
+    #[arg(long, value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Accept only tokens whose iss is this issuer [default: iss not checked]
+    #[arg(long, value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Clock skew allowed on a token's exp and nbf, at most 300
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = leeway)]
+    pub jwt_leeway: Duration,
+    /// Rooms a client without a token may read (repeatable): a room name, a final * for any rest [default: * with no key configured, none with one]
+    #[arg(long, value_name = "PATTERN")]
+    pub anonymous_read: Vec<String>,
+    /// Rooms a client without a token may publish in (repeatable) [default: * with no key configured, none with one]
+    #[arg(long, value_name = "PATTERN")]
+    pub anonymous_write: Vec<String>,
+    /// Open WebSockets from one address beyond which upgrades get 429 [default: off]
+    #[arg(long, value_name = "N", default_value = "0", hide_default_value = true, value_parser = count_or_off)]
+    pub max_connections_per_ip: std::option::Option<u32>,
+    /// Open WebSockets of one user (a token's sub) beyond which upgrades are refused (429, or close 4429) [default: off]
+    #[arg(long, value_name = "N", default_value = "0", hide_default_value = true, value_parser = count_or_off)]
+    pub max_connections_per_user: std::option::Option<u32>,
+    /// Messages one connection may publish per second (a token bucket that starts full); beyond it error `rate limited`, then close 4429 [default: off]
+    #[arg(long, value_name = "N", default_value_t = 0.0, hide_default_value = true, value_parser = rate)]
+    pub publish_rate: f64,
+    /// Messages one connection may publish at once within --publish-rate [default: the rate, at least 1]
+    #[arg(long, value_name = "N", value_parser = rate)]
+    pub publish_burst: Option<f64>,
+    /// Payload bytes one connection may publish per second (a bucket of one second's worth) [default: off]
+    #[arg(long, value_name = "BYTES", default_value_t = 0.0, hide_default_value = true, value_parser = rate)]
+    pub publish_bytes_rate: f64,
+}
+
+/// A secret that `Debug` does not print.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
@@ -258,7 +315,8 @@ impl Config {
              max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
              history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} \
              rooms-per-second={} api={} deflate={} deflate-min-size={} send-buffer={} redis={} redis-outbox={} \
-             redis-outbox-bytes={} reuse-port={}",
+             redis-outbox-bytes={} reuse-port={} jwt-keys={} anonymous-read={:?} anonymous-write={:?} \
+             max-connections-per-ip={} max-connections-per-user={} publish-rate={} publish-bytes-rate={}",
             if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
             self.history,
             self.welcome.as_deref().unwrap_or(""),
@@ -285,6 +343,13 @@ impl Config {
             self.redis_outbox,
             self.redis_outbox_bytes,
             self.reuse_port,
+            self.jwt_keys.len() + usize::from(self.jwt_secret_file.is_some() || self.jwt_secret.is_some()),
+            self.anonymous_read,
+            self.anonymous_write,
+            self.max_connections_per_ip.map_or("off".to_string(), |n| n.to_string()),
+            self.max_connections_per_user.map_or("off".to_string(), |n| n.to_string()),
+            self.publish_rate,
+            self.publish_bytes_rate,
         )
     }
 
@@ -316,7 +381,67 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    Config::try_parse_from(args).map(Config::completed)
+    let mut config = Config::try_parse_from(args).map(Config::completed)?;
+    if config.jwt_secret_file.is_none() {
+        config.jwt_secret = std::env::var("MIOKET_JWT_SECRET").ok().filter(|s| !s.is_empty()).map(Secret);
+    }
+    Ok(config)
+}
+
+/// `mioket token ...`: the arguments of the token maker (`auth::mint`), parsed apart from
+/// the server's command line (which stays as it is: no subcommand in its `--help`).
+#[derive(Clone, Debug, PartialEq, Parser)]
+#[command(
+    name = "mioket token",
+    bin_name = "mioket token",
+    about = "Print a signed HS256 token, for trying tokens out (docs/protocol.md)",
+    max_term_width = 100
+)]
+pub struct TokenArgs {
+    /// The secret file, read as the server reads --jwt-secret-file
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: PathBuf,
+    /// The user id (sub), 1 to 128 bytes
+    #[arg(long, value_name = "USER")]
+    pub sub: String,
+    /// A room pattern the token may read (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub read: Vec<String>,
+    /// A room pattern the token may publish in (repeatable)
+    #[arg(long, value_name = "PATTERN")]
+    pub write: Vec<String>,
+    /// Lifetime: 90, 90s, 15m, 1h or 7d
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = duration)]
+    pub ttl: Duration,
+    /// The info object shown to others in presence (JSON)
+    #[arg(long, value_name = "JSON")]
+    pub info: Option<String>,
+    /// The aud claim
+    #[arg(long, value_name = "AUD")]
+    pub aud: Option<String>,
+    /// The iss claim
+    #[arg(long, value_name = "ISS")]
+    pub iss: Option<String>,
+    /// The kid header (the secret file's name without extension, when the server has several keys)
+    #[arg(long, value_name = "NAME")]
+    pub kid: Option<String>,
+}
+
+/// A duration as `90`, `90s`, `15m`, `1h` or `7d`.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("bad duration {text:?} (e.g. 90s, 15m, 1h, 7d)"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("bad duration unit in {text:?} (s, m, h or d)")),
+    };
+    n.checked_mul(unit).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} too long"))
 }
 
 /// A usage error as one line for stderr: clap's message and its tip (valid values,
@@ -334,6 +459,29 @@ fn positive(value: &str) -> Result<usize, String> {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
         Err(_) => Err("takes a whole number".into()),
+    }
+}
+
+/// A count; 0 means "off".
+fn count_or_off(value: &str) -> Result<Option<u32>, String> {
+    let n: u32 = value.parse().map_err(|_| "takes a whole number")?;
+    Ok((n > 0).then_some(n))
+}
+
+/// A rate (per second, may be fractional); 0 means "off".
+fn rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value.parse().map_err(|_| "takes a number (e.g. 0.5)")?;
+    match rate.is_finite() && (0.0..1e12).contains(&rate) {
+        true => Ok(rate),
+        false => Err("must be between 0 and 1e12".into()),
+    }
+}
+
+/// The leeway on a token's times: whole seconds up to 5 minutes.
+fn leeway(value: &str) -> Result<Duration, String> {
+    match value.parse::<u64>() {
+        Ok(secs) if secs <= 300 => Ok(Duration::from_secs(secs)),
+        _ => Err("takes whole seconds from 0 to 300".into()),
     }
 }
 
@@ -410,6 +558,19 @@ mod tests {
             redis_outbox: 4096,
             redis_outbox_bytes: 64 << 20,
             reuse_port: false,
+            jwt_secret_file: None,
+            jwt_secret: None,
+            jwt_keys: Vec::new(),
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_leeway: Duration::from_secs(60),
+            anonymous_read: Vec::new(),
+            anonymous_write: Vec::new(),
+            max_connections_per_ip: None,
+            max_connections_per_user: None,
+            publish_rate: 0.0,
+            publish_burst: None,
+            publish_bytes_rate: 0.0,
         };
         assert_eq!(Config::default(), documented);
         assert_eq!(Limits::default(), limits);

@@ -39,6 +39,7 @@
 
 pub(crate) mod api;
 pub mod app;
+pub mod auth;
 pub(crate) mod backplane;
 pub mod config;
 pub mod deflate;

@@ -1,10 +1,14 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use mioket::config::{one_line, parse_args};
+use mioket::config::{one_line, parse_args, TokenArgs};
 use mioket::runtime::Server;
 
 fn main() -> ExitCode {
+    // `mioket token ...` makes a token; everything else is the server's command line.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
+        return token(std::env::args_os().skip(1));
+    }
     let config = match parse_args(std::env::args_os()) {
         Ok(config) => config,
         // --help and --version: clap's text on stdout, exit 0.
@@ -43,6 +47,32 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("mioket: {e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `mioket token --secret-file FILE --sub USER ...`: prints a signed HS256 token.
+fn token(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    let args = match TokenArgs::try_parse_from(args) {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("mioket token: {}", one_line(&e));
+            return ExitCode::from(2);
+        }
+    };
+    match mioket::auth::mint::token(&args) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mioket token: {e}");
+            ExitCode::from(2)
         }
     }
 }
