@@ -34,8 +34,48 @@ use crate::v1::{Envelopes, Payload};
 
 use publish::{Publish, Source, Target};
 
+// The application's rooms, one concern each (this file: `App`, the way in from the
+// runtime, and the table of contents).
+
+// The upgrade decision: accept (role, subprotocol, room) or refuse.
+mod admit;
+// Memory across clients: the unfinished-input budget, and giving memory back.
+mod budget;
+// A client's life: `Client`, settling and removing it, and the server's stop.
+mod clients;
+// One way to the members: encode once, fan out, compress once, queue flushes.
+mod deliver;
+// Echo mode's write-through.
+mod echo;
+// Rooms' timed work: presence updates, empty rooms freed.
+mod housekeeping;
+// The one way out: a client's queue through the runtime's `Transmit`.
+mod output;
+// The one way in: every publish a `Publish` through `admit`.
+mod publish;
+// The backplane's side (`--redis`).
+mod redis;
+// The application's refusals of a valid upgrade.
+mod refusal;
+// Plain HTTP: pages, `/metrics`, `/healthz`, the API.
+mod routes;
+// A client's rooms: memberships, joining with the greeting, leaving.
+mod session;
+// `mioket.v1` ops from a client.
+mod v1ops;
+
+pub(crate) use clients::Client;
+pub use output::{ClientView, Transmit};
+pub use refusal::Refusal;
+
+use clients::Lifecycle;
+// As publish.rs and redis.rs name them (`super::encode`, ...).
+use deliver::{encode, fits_envelope, queue_flush, TOO_BIG_FOR_ENVELOPE};
+use echo::{write_through, WRITE_THROUGH_MIN};
+use session::{Extra, Role, NOT_JOINED, NO_ROOM};
+
 /// Connections still in their handshake allowed beyond max-connections.
-pub const HANDSHAKE_SLACK: usize = 1024;
+const HANDSHAKE_SLACK: usize = 1024;
 
 /// The listener a connection came in on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -364,44 +404,6 @@ impl<T: ClientIo> App<T> {
         self.clients.iter().map(|(id, _)| id)
     }
 }
-
-// The rooms of the application, one concern each.
-/// The upgrade decision: accept (role, subprotocol, room) or refuse.
-mod admit;
-/// Memory across clients: the unfinished-input budget, and giving memory back.
-mod budget;
-/// A client's life: `Client`, settling and removing it, and the server's stop.
-mod clients;
-/// One way to the members: encode once, fan out, compress once, queue flushes.
-mod deliver;
-/// Echo mode's write-through.
-mod echo;
-/// Rooms' timed work: presence updates, empty rooms freed.
-mod housekeeping;
-/// The one way out: a client's queue through the runtime's `Transmit`.
-mod output;
-/// The one way in: every publish a `Publish` through `admit`.
-mod publish;
-/// The backplane's side (`--redis`).
-mod redis;
-/// The application's refusals of a valid upgrade.
-mod refusal;
-/// Plain HTTP: pages, `/metrics`, `/healthz`, the API.
-mod routes;
-/// A client's rooms: memberships, joining with the greeting, leaving.
-mod session;
-/// `mioket.v1` ops from a client.
-mod v1ops;
-
-pub(crate) use clients::Client;
-pub use output::{ClientView, Transmit};
-pub use refusal::Refusal;
-
-use budget::LARGE_QUEUE;
-use clients::{count_fault, Lifecycle};
-use deliver::{encode, fits_envelope, queue_flush, TOO_BIG_FOR_ENVELOPE};
-use echo::{write_through, WRITE_THROUGH_MIN};
-use session::{Extra, Role, NOT_JOINED, NO_ROOM};
 
 #[cfg(test)]
 mod tests;
