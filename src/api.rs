@@ -15,6 +15,12 @@ pub enum Route<'a> {
     Rooms,
     /// `/api/rooms/{room}/messages`, with the room still percent-encoded.
     Messages(&'a str),
+    /// `/api/rooms/{room}/presence`.
+    Presence(&'a str),
+    /// `/api/rooms/{room}/users/{user}` (both percent-encoded).
+    RoomUser(&'a str, &'a str),
+    /// `/api/users/{user}/disconnect`.
+    Disconnect(&'a str),
     /// Anything else under `/api/`.
     Unknown,
 }
@@ -28,10 +34,20 @@ pub fn route(path: &str) -> Option<Route<'_>> {
     if rest == "/rooms" || rest == "/rooms/" {
         return Some(Route::Rooms);
     }
+    if let Some(user) = rest.strip_prefix("/users/").and_then(|r| r.strip_suffix("/disconnect")) {
+        return Some(if user.contains('/') { Route::Unknown } else { Route::Disconnect(user) });
+    }
     // The room may hold `/` itself: everything between the prefix and the suffix.
-    match rest.strip_prefix("/rooms/").and_then(|r| r.strip_suffix("/messages")) {
-        Some(room) => Some(Route::Messages(room)),
-        None => Some(Route::Unknown),
+    let Some(room) = rest.strip_prefix("/rooms/") else { return Some(Route::Unknown) };
+    if let Some(room) = room.strip_suffix("/messages") {
+        return Some(Route::Messages(room));
+    }
+    if let Some(room) = room.strip_suffix("/presence") {
+        return Some(Route::Presence(room));
+    }
+    match room.rsplit_once("/users/") {
+        Some((room, user)) if !user.is_empty() && !user.contains('/') => Some(Route::RoomUser(room, user)),
+        _ => Some(Route::Unknown),
     }
 }
 
@@ -78,6 +94,23 @@ pub fn published(room: &str, seq: Seq) -> Vec<u8> {
     json(200, &serde_json::to_vec(&Published { room, seq }).unwrap_or_default())
 }
 
+/// A JSON answer made by the caller (presence).
+pub fn json_ok(body: &[u8]) -> Vec<u8> {
+    json(200, body)
+}
+
+/// `{"user":U,"connections":K}`, or with `"room"` first.
+pub fn moderated(room: Option<&str>, user: &str, connections: usize) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Moderated<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<&'a str>,
+        user: &'a str,
+        connections: usize,
+    }
+    json(200, &serde_json::to_vec(&Moderated { room, user, connections }).unwrap_or_default())
+}
+
 pub fn unauthorized() -> Vec<u8> {
     http::response_with(401, "WWW-Authenticate: Bearer\r\n", http::TEXT, b"missing or wrong bearer token\n")
 }
@@ -107,6 +140,11 @@ mod tests {
         assert_eq!(route("/api/rooms/a%2Fb/messages"), Some(Route::Messages("a%2Fb")));
         assert_eq!(route("/api/rooms//messages"), Some(Route::Messages("")));
         assert_eq!(route("/api/other"), Some(Route::Unknown));
+        assert_eq!(route("/api/rooms/a/b/presence"), Some(Route::Presence("a/b")));
+        assert_eq!(route("/api/rooms/a/b/users/u%201"), Some(Route::RoomUser("a/b", "u%201")));
+        assert_eq!(route("/api/rooms/a/users/"), Some(Route::Unknown));
+        assert_eq!(route("/api/users/u/disconnect"), Some(Route::Disconnect("u")));
+        assert_eq!(route("/api/users/a/b/disconnect"), Some(Route::Unknown));
         assert_eq!(route("/api"), Some(Route::Unknown));
         assert_eq!(route("/apix"), None);
         assert_eq!(route("/"), None);

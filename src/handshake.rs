@@ -27,6 +27,8 @@ pub enum Request<'a> {
 pub enum Method {
     Get,
     Post,
+    /// Only the moderation API takes it (`DELETE /api/rooms/{room}/users/{user}`).
+    Delete,
 }
 
 /// A plain HTTP request, borrowed from its head.
@@ -289,6 +291,7 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         let method = match method {
             "GET" => Method::Get,
             "POST" => Method::Post,
+            "DELETE" => Method::Delete,
             _ => return Err(HandshakeError::MethodNotAllowed),
         };
         let body = match (seen.content_length, seen.chunked) {

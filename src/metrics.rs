@@ -64,6 +64,12 @@ pub struct Metrics {
     pub resumes: [u64; 2],
     pub presence_updates: u64,
     pub api_publishes: u64,
+    /// Tokens and permissions: refusals by reason (`AUTH_REFUSALS`), `refresh` ops
+    /// that took, users disconnected and removed from rooms through the API.
+    pub auth_refusals: [u64; AUTH_REFUSALS.len()],
+    pub auth_refreshes: u64,
+    pub api_disconnects: u64,
+    pub api_removals: u64,
     /// Unfinished messages and request bodies refused over --max-unfinished-memory.
     pub unfinished_refused: u64,
     /// permessage-deflate: connections that negotiated it, and compressed frames made
@@ -91,7 +97,10 @@ pub struct Gauges {
 }
 
 /// How many reasons `Metrics::op_errors` counts by.
-pub const OP_ERROR_KINDS: usize = 12;
+pub const OP_ERROR_KINDS: usize = 15;
+
+/// The labels of `Metrics::auth_refusals`.
+pub const AUTH_REFUSALS: [&str; 5] = ["invalid_token", "expired", "forbidden", "rate_limited", "too_many_connections"];
 
 /// The labels of `Metrics::ops`.
 pub const OP_KINDS: [&str; 4] = ["publish", "join", "leave", "ping"];
@@ -99,6 +108,13 @@ pub const OP_KINDS: [&str; 4] = ["publish", "join", "leave", "ping"];
 impl Metrics {
     pub fn reject(&mut self, why: Rejection) {
         self.rejected[why as usize] += 1;
+    }
+
+    /// Counts an authentication or permission refusal by its label (`AUTH_REFUSALS`).
+    pub fn auth_refusal(&mut self, reason: &str) {
+        if let Some(i) = AUTH_REFUSALS.iter().position(|&r| r == reason) {
+            self.auth_refusals[i] += 1;
+        }
     }
 
     pub fn rejected(&self, why: Rejection) -> u64 {
@@ -206,6 +222,18 @@ impl Metrics {
             self.presence_updates,
         );
         counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
+        family(
+            o,
+            "mioket_auth_refusals_total",
+            "counter",
+            "Upgrades, joins and publishes refused by tokens and permissions, by reason.",
+        );
+        for (reason, n) in AUTH_REFUSALS.iter().zip(self.auth_refusals) {
+            let _ = writeln!(o, "mioket_auth_refusals_total{{reason=\"{reason}\"}} {n}");
+        }
+        counter(o, "mioket_auth_refreshes_total", "Tokens replaced by a refresh op.", self.auth_refreshes);
+        counter(o, "mioket_api_disconnects_total", "Users disconnected through the API.", self.api_disconnects);
+        counter(o, "mioket_api_removals_total", "Users removed from a room through the API.", self.api_removals);
         counter(
             o,
             "mioket_unfinished_refused_total",

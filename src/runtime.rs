@@ -112,7 +112,8 @@ impl Server {
         // us, and a renewal hook may send it to every mioket).
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let app = App::new(config);
+        let auth = crate::auth::Auth::from_config(&config).map_err(StartError::Auth)?;
+        let app = App::with_auth(config, auth);
         let backplane = match app.backplane_settings() {
             Some(settings) => {
                 let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
@@ -532,6 +533,8 @@ impl Server {
 pub enum StartError {
     /// The --tls-cert/--tls-key files (which and why, on one line): a usage error.
     Tls(String),
+    /// The --jwt-secret-file/--jwt-key files or MIOKET_JWT_SECRET: a usage error.
+    Auth(String),
     /// Listening, polling or the Redis threads.
     Io(io::Error),
 }
@@ -546,6 +549,7 @@ impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StartError::Tls(why) => write!(f, "bad TLS certificate or key: {why}"),
+            StartError::Auth(why) => write!(f, "bad JWT key: {why}"),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
         }
     }

@@ -79,10 +79,16 @@ pub enum OpError {
     MessageTooBig,
     /// A `join` that would make more than `--rooms-per-second` new rooms in a second.
     TooManyNewRooms,
+    /// The client's grant does not allow it (read for join and presence, write for publish).
+    Forbidden,
+    /// Over `--publish-rate` or `--publish-bytes-rate`.
+    RateLimited,
+    /// A `refresh` whose token is not valid, or is another user's.
+    InvalidToken,
 }
 
 impl OpError {
-    pub const ALL: [OpError; 12] = [
+    pub const ALL: [OpError; 15] = [
         OpError::InvalidJson,
         OpError::UnknownOp,
         OpError::InvalidField,
@@ -95,6 +101,9 @@ impl OpError {
         OpError::BackplaneUnavailable,
         OpError::MessageTooBig,
         OpError::TooManyNewRooms,
+        OpError::Forbidden,
+        OpError::RateLimited,
+        OpError::InvalidToken,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -111,6 +120,9 @@ impl OpError {
             OpError::BackplaneUnavailable => "backplane unavailable",
             OpError::MessageTooBig => "message too big",
             OpError::TooManyNewRooms => "too many new rooms",
+            OpError::Forbidden => "forbidden",
+            OpError::RateLimited => "rate limited",
+            OpError::InvalidToken => "invalid token",
         }
     }
 }
@@ -135,6 +147,16 @@ pub enum Op<'a> {
     /// A heartbeat: answered with `pong`, so a client can tell a live link from a dead
     /// one (WebSocket pings are invisible to browser JavaScript).
     Ping {
+        id: Option<Cow<'a, str>>,
+    },
+    /// A new token for this connection (same `sub`), before the old one expires.
+    Refresh {
+        token: Cow<'a, str>,
+        id: Option<Cow<'a, str>>,
+    },
+    /// Who is in a room (the path's room by default).
+    Presence {
+        room: Option<Cow<'a, str>>,
         id: Option<Cow<'a, str>>,
     },
 }
@@ -206,6 +228,8 @@ struct RawOp<'a> {
     since: Option<Seq>,
     #[serde(borrow, default)]
     epoch: Option<JsonStr<'a>>,
+    #[serde(borrow, default)]
+    token: Option<JsonStr<'a>>,
 }
 
 /// A JSON string, borrowed from the frame unless it has escapes. (serde borrows a
@@ -249,6 +273,11 @@ pub fn parse_op(text: &str) -> Result<Op<'_>, (OpError, Option<String>)> {
         },
         "leave" => Ok(Op::Leave { room, id }),
         "ping" => Ok(Op::Ping { id }),
+        "refresh" => match cow(raw.token) {
+            Some(token) => Ok(Op::Refresh { token, id }),
+            None => fail(OpError::InvalidField),
+        },
+        "presence" => Ok(Op::Presence { room, id }),
         _ => fail(OpError::UnknownOp),
     }
 }
@@ -267,7 +296,7 @@ fn classify(text: &str, err: serde_json::Error) -> (OpError, Option<String>) {
         Some(_) => return (OpError::InvalidId, None),
     };
     match object.get("op").and_then(|op| op.as_str()) {
-        Some("publish" | "join" | "leave" | "ping") => (OpError::InvalidField, id),
+        Some("publish" | "join" | "leave" | "ping" | "refresh" | "presence") => (OpError::InvalidField, id),
         _ => (OpError::UnknownOp, id),
     }
 }
@@ -294,11 +323,20 @@ impl Envelopes {
     /// `{"type":"message","room":R,"seq":N,"data":S}` (or `"b64"`), as a shared frame.
     /// `room` is the room's name as a JSON string.
     pub fn message(&mut self, room: &str, seq: Seq, payload: Payload<'_>) -> Rc<[u8]> {
+        self.message_from(room, seq, payload, None)
+    }
+
+    /// A `message` envelope with `"from":SUB` when its publisher had a token.
+    pub fn message_from(&mut self, room: &str, seq: Seq, payload: Payload<'_>, from: Option<&str>) -> Rc<[u8]> {
         self.start();
         self.push(b"{\"type\":\"message\",\"room\":");
         self.push(room.as_bytes());
         self.push(b",\"seq\":");
         self.number(seq);
+        if let Some(from) = from {
+            self.push(b",\"from\":");
+            self.string(from);
+        }
         match payload {
             Payload::Text(text) => {
                 self.push(b",\"data\":");
@@ -317,7 +355,13 @@ impl Envelopes {
         Rc::from(self.finish())
     }
 
+    #[cfg(test)]
     pub fn welcome(&mut self, w: &Welcome<'_>) -> Chunk {
+        self.welcome_user(w, None)
+    }
+
+    /// A welcome, with `"user":SUB,"expires_in":SECONDS` for a client with a token.
+    pub fn welcome_user(&mut self, w: &Welcome<'_>, user: Option<(&str, u64)>) -> Chunk {
         self.start();
         self.push(b"{\"type\":\"welcome\",\"room\":");
         self.push(w.room.as_bytes());
@@ -334,6 +378,12 @@ impl Envelopes {
         }
         if let Some(recovered) = w.recovered {
             self.push(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+        }
+        if let Some((user, expires_in)) = user {
+            self.push(b",\"user\":");
+            self.string(user);
+            self.push(b",\"expires_in\":");
+            self.number(expires_in);
         }
         self.push(b"}");
         Chunk::Owned(self.finish().to_vec())
@@ -369,6 +419,35 @@ impl Envelopes {
         self.number(online as u64);
         self.push(b"}");
         Rc::from(self.finish())
+    }
+
+    /// `{"type":"refreshed","id":ID,"expires_in":N}`.
+    pub fn refreshed(&mut self, id: Option<&str>, expires_in: u64) -> Chunk {
+        self.start();
+        self.push(b"{\"type\":\"refreshed\",\"id\":");
+        self.id_or_null(id);
+        self.push(b",\"expires_in\":");
+        self.number(expires_in);
+        self.push(b"}");
+        Chunk::Owned(self.finish().to_vec())
+    }
+
+    /// `{"type":"left","room":R,"reason":WHY}`: the server took the client out of a room.
+    pub fn left(&mut self, room: &str, reason: &str) -> Chunk {
+        self.start();
+        self.push(b"{\"type\":\"left\",\"room\":");
+        self.push(room.as_bytes());
+        self.push(b",\"reason\":");
+        self.string(reason);
+        self.push(b"}");
+        Chunk::Owned(self.finish().to_vec())
+    }
+
+    /// Any JSON text as a frame (the rare answers made with serde_json: presence).
+    pub fn json(&mut self, json: &[u8]) -> Chunk {
+        self.start();
+        self.push(json);
+        Chunk::Owned(self.finish().to_vec())
     }
 
     pub fn error(&mut self, id: Option<&str>, err: OpError) -> Chunk {

@@ -28,6 +28,21 @@ impl<T: ClientIo> App<T> {
         if self.open >= self.config.max_connections || self.lifecycle != Lifecycle::Serving {
             return self.refuse(id, Refusal::ServerFull, now);
         }
+        // Tokens and limits (app/permit.rs): the address first, before any token work.
+        let ip = self.counted_ip(id);
+        if ip.is_some_and(|ip| self.per_ip.count(&ip) >= self.config.max_connections_per_ip.unwrap_or(u32::MAX)) {
+            return self.refuse_address(id, now);
+        }
+        // Echo mode speaks no subprotocol: its refusals are HTTP statuses.
+        let v1 = request.offers(v1::SUBPROTOCOL) && self.config.mode == Mode::Broadcast;
+        let grant = match self.auth.has_keys() {
+            true => match self.grant_of_upgrade(request, now) {
+                Ok(grant) => Some(grant),
+                Err(denied) => return self.deny(id, v1, ip, denied, now),
+            },
+            false => None,
+        };
+        let Some(client) = self.clients.get_mut(id) else { return };
         let deflate = request.deflate.filter(|_| self.config.deflate == DeflateMode::Shared);
         if deflate.is_some() {
             self.metrics.deflate_connections += 1;
@@ -37,6 +52,8 @@ impl<T: ClientIo> App<T> {
             client.role = Role::Plain;
             self.open += 1;
             self.metrics.upgrades += 1;
+            self.count_in(id, ip, grant);
+            let Some(client) = self.clients.get_mut(id) else { return };
             let history = self.echo_history.iter().map(|(_, frame)| frame);
             for frame in self.welcome.iter().chain(history) {
                 if client.conn.send(Chunk::Shared(Rc::clone(frame)), now, &self.config.limits).is_ok() {
@@ -45,17 +62,25 @@ impl<T: ClientIo> App<T> {
             }
             return;
         }
-        let v1 = request.offers(v1::SUBPROTOCOL);
-        let (room, resume) = match room_of_upgrade(&mut self.rooms, request, v1, now) {
+        let name = match rooms::room_from_path(request.path()) {
+            Ok(name) => name,
+            Err(why) => return self.refuse(id, Refusal::BadRoomName(why), now),
+        };
+        if let Err(denied) = self.may_enter(grant.as_deref().unwrap_or(self.auth.anonymous()), &name) {
+            return self.deny(id, v1, ip, denied, now);
+        }
+        let (room, resume) = match room_of_upgrade(&mut self.rooms, &name, request, v1, now) {
             Ok(joining) => joining,
             Err(refusal) => return self.refuse(id, refusal, now),
         };
+        let Some(client) = self.clients.get_mut(id) else { return };
         client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
         client.role = if v1 { Role::V1 } else { Role::Plain };
         // The join that follows (now, or once a backplane has the room) is the path's.
         client.first_is_home = true;
         self.open += 1;
         self.metrics.upgrades += 1;
+        self.count_in(id, ip, grant);
         self.join(id, room, resume.as_ref(), now);
     }
 
@@ -75,16 +100,16 @@ impl<T: ClientIo> App<T> {
 /// query asks for.
 fn room_of_upgrade(
     rooms: &mut Rooms,
+    name: &str,
     request: &UpgradeRequest,
     v1: bool,
     now: Instant,
 ) -> Result<(RoomId, Option<Resume<'static>>), Refusal> {
-    let name = rooms::room_from_path(request.path()).map_err(Refusal::BadRoomName)?;
     // Plain clients know no seqs: they get the whole history, as always.
     let resume = match v1 {
         true => Resume::from_query(request.query()).map_err(|_| Refusal::BadResume)?,
         false => None,
     };
-    let room = rooms.find_or_create(&name, now).map_err(|_| Refusal::RoomLimit)?;
+    let room = rooms.find_or_create(name, now).map_err(|_| Refusal::RoomLimit)?;
     Ok((room, resume))
 }

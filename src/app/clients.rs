@@ -114,6 +114,8 @@ impl<T: ClientIo> App<T> {
         }
         let extra = self.extras.remove(&id);
         self.new_rooms.remove(&id);
+        self.limiters.remove(&id);
+        self.forget_grant(id, &client);
         if client.role != Role::Pending {
             let session = Session {
                 v1: client.role == Role::V1,

@@ -79,8 +79,11 @@ pub(super) const TOO_BIG_FOR_ENVELOPE: &str = "message too big: its mioket.v1 en
 /// Whether a message's mioket.v1 envelope stays within --max-message (plus
 /// `v1::ENVELOPE_OVERHEAD`). Checked on every publish, whoever is in the room: the
 /// history replays it to v1 members who join later.
-pub(super) fn fits_envelope(config: &Config, payload: Payload<'_>) -> bool {
-    let max = config.limits.max_message;
+/// With a `from` (its publisher's `sub`), which the envelope carries too, the sub
+/// as JSON counts against --max-message.
+pub(super) fn fits_envelope_from(config: &Config, payload: Payload<'_>, from: Option<&str>) -> bool {
+    let max =
+        config.limits.max_message.saturating_sub(from.map_or(0, |f| v1::envelope_payload_len(Payload::Text(f)) + 10));
     // Escaping grows text 6x at most (base64 4/3): a message that fits even so is not
     // counted byte by byte (the usual small message).
     payload.bytes().len().saturating_mul(6) <= max || v1::envelope_payload_len(payload) <= max
@@ -97,13 +100,27 @@ pub(super) fn encode(
     payload: Payload<'_>,
     keep: bool,
 ) -> Stored {
+    encode_from(rooms, envelopes, room_id, payload, keep, None)
+}
+
+/// `encode` for a message of a user (`from`): its envelope carries the sender, so
+/// the history keeps the envelope (the plain frame is made from it when needed).
+pub(super) fn encode_from(
+    rooms: &Rooms,
+    envelopes: &mut Envelopes,
+    room_id: RoomId,
+    payload: Payload<'_>,
+    keep: bool,
+    from: Option<&str>,
+) -> Stored {
     let Some(room) = rooms.get(room_id) else { return Stored { plain: None, v1: None } };
     let has_v1 = room.topic.audience_count(Audience::Enveloped) > 0;
-    let plain = room.topic.audience_count(Audience::Plain) > 0 || (keep && !has_v1);
+    let plain = room.topic.audience_count(Audience::Plain) > 0 || (keep && !has_v1 && from.is_none());
+    let envelope = has_v1 || (keep && from.is_some());
     let seq = room.topic.last_seq() + 1;
     Stored {
         plain: plain.then(|| shared_message(payload.opcode(), payload.bytes())),
-        v1: has_v1.then(|| envelopes.message(room.json_name(), seq, payload)),
+        v1: envelope.then(|| envelopes.message_from(room.json_name(), seq, payload, from)),
     }
 }
 

@@ -22,6 +22,8 @@ use std::time::Instant;
 use log::info;
 use slab::Slab;
 
+use crate::auth::limits::{Counter, Limiter, PublishLimits};
+use crate::auth::{Auth, Grant};
 use crate::config::{Config, Mode};
 use crate::deflate::Compressor;
 use crate::frame::{encode_header, server_header, Opcode, MAX_HEADER_LEN};
@@ -32,7 +34,7 @@ use crate::pubsub::History;
 use crate::rooms::{RoomLimits, Rooms};
 use crate::v1::{Envelopes, Payload};
 
-use publish::{Publish, Source, Target};
+use publish::{Gate, Publish, Source, Target};
 
 // The application's rooms, one concern each (this file: `App`, the way in from the
 // runtime, and the table of contents).
@@ -53,6 +55,9 @@ mod housekeeping;
 mod output;
 // The one way in: every publish a `Publish` through `admit`.
 mod publish;
+// Tokens and permissions: the grant of an upgrade, refresh, expiry, presence with
+// users, the moderation API (src/auth/ decides; this applies).
+mod permit;
 // The backplane's side (`--redis`).
 mod redis;
 // The application's refusals of a valid upgrade.
@@ -70,7 +75,7 @@ pub use refusal::Refusal;
 
 use clients::Lifecycle;
 // As publish.rs and redis.rs name them (`super::encode`, ...).
-use deliver::{encode, fits_envelope, queue_flush, TOO_BIG_FOR_ENVELOPE};
+use deliver::{encode, queue_flush, TOO_BIG_FOR_ENVELOPE};
 use echo::{write_through, WRITE_THROUGH_MIN};
 use session::{Extra, Role, NOT_JOINED, NO_ROOM};
 
@@ -145,12 +150,36 @@ pub struct App<T> {
     pub metrics: Metrics,
     /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
     backplane: Option<crate::backplane::Backplane>,
+    /// Tokens and permissions (src/auth/): keys, the anonymous grant, users' grants.
+    auth: Auth,
+    /// Open WebSockets per address and per user (`--max-connections-per-*`).
+    per_ip: Counter<std::net::IpAddr>,
+    per_user: Counter<Box<str>>,
+    /// `--publish-rate` and friends, and the buckets of the connections that published.
+    publish_limits: PublishLimits,
+    limiters: HashMap<usize, Limiter>,
+    /// The grants of the clients with a token, by client id (shared with the other
+    /// connections that presented the same token); a client without one is anonymous
+    /// (`Auth::anonymous`). Beside the clients, not in each: most have none.
+    grants: HashMap<usize, Rc<Grant>>,
+    /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
+    /// application's own time (virtual in tests).
+    clock: (Instant, std::time::Duration),
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
 /// (its peer address).
 impl<T: ClientIo> App<T> {
+    /// # Panics
+    /// When a `--jwt-*` key file cannot be read or is no key: the runtime loads them
+    /// first (`Auth::from_config`, a start error) and calls `with_auth`.
     pub fn new(config: Config) -> App<T> {
+        let auth = Auth::from_config(&config).unwrap_or_else(|e| panic!("{e}"));
+        App::with_auth(config, auth)
+    }
+
+    /// An application with its keys loaded.
+    pub(crate) fn with_auth(config: Config, auth: Auth) -> App<T> {
         let backplane =
             redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
@@ -165,7 +194,6 @@ impl<T: ClientIo> App<T> {
         });
         App {
             echo_history: History::new(config.history, history_room_bytes),
-            config,
             clients: Slab::new(),
             open: 0,
             rooms,
@@ -185,6 +213,14 @@ impl<T: ClientIo> App<T> {
             last_trim: None,
             metrics: Metrics::default(),
             backplane,
+            auth,
+            per_ip: Counter::new(config.max_connections_per_ip),
+            per_user: Counter::new(config.max_connections_per_user),
+            publish_limits: PublishLimits::from_config(&config),
+            limiters: HashMap::new(),
+            grants: HashMap::new(),
+            clock: (Instant::now(), permit::unix_time()),
+            config,
         }
     }
 
@@ -257,7 +293,21 @@ impl<T: ClientIo> App<T> {
         let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         let mut pos = 0;
         while pos < total {
-            let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
+            let App {
+                clients,
+                config,
+                echo_history,
+                rooms,
+                envelopes,
+                compressor,
+                scratch,
+                metrics,
+                auth,
+                publish_limits,
+                limiters,
+                grants,
+                ..
+            } = self;
             let limits = &config.limits;
             let Some(client) = clients.get_mut(id) else { break };
             // Asked before the input: the message it yields borrows the Conn.
@@ -354,7 +404,9 @@ impl<T: ClientIo> App<T> {
                     // client's Conn until `admit` is done with it.
                     let source = Source::Plain(id);
                     let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
-                    let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &p, now);
+                    let grant = grants.get(&id).map(|g| &**g);
+                    let mut gate = Gate { auth, grant, limits: publish_limits, limiters };
+                    let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &mut gate, &p, now);
                     let _ = self.conclude(source, admitted, now);
                 }
             }
@@ -387,13 +439,24 @@ impl<T: ClientIo> App<T> {
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_timeout(now, &self.config.limits);
         }
+        self.expire(id, now);
         self.track_unfinished(id, held, now);
         self.after_activity(id);
     }
 
-    /// When `id` next wants `handle_timeout`.
+    /// When `id` next wants `handle_timeout`: its connection's timers, and the
+    /// moment its token expires.
     pub fn poll_timeout(&self, id: usize) -> Option<Instant> {
-        self.clients.get(id).and_then(|c| c.conn.poll_timeout())
+        let client = self.clients.get(id)?;
+        let conn = client.conn.poll_timeout();
+        let grant = if self.grants.is_empty() { None } else { self.grants.get(&id) };
+        match grant.and_then(|g| g.expires) {
+            Some(expires) if client.conn.is_open() => {
+                let at = self.instant_of(expires);
+                Some(conn.map_or(at, |c| c.min(at)))
+            }
+            _ => conn,
+        }
     }
 
     pub fn client_count(&self) -> usize {

@@ -7,10 +7,14 @@
 //! refusal is told to its publisher in one place, `App::refuse_publish`, now or
 //! (Redis) later.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{encode, fits_envelope, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
+use super::deliver::{encode_from, fits_envelope_from};
+use super::{App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
+use crate::auth::limits::{Limiter, PublishLimits, Verdict};
+use crate::auth::{Auth, Grant};
 use crate::backplane::{self, Backplane, Origin};
 use crate::config::Config;
 use crate::frame::CloseCode;
@@ -94,6 +98,53 @@ pub(super) enum Refused {
     /// It went to Redis and neither an answer nor its live copy came back: perhaps
     /// published.
     Lost,
+    /// The publisher's grant does not write this room.
+    Forbidden,
+    /// Over the publisher's rate; `true`: and it is closed for it (4429).
+    RateLimited(bool),
+}
+
+/// What the way in checks of a client's publish, beside the message: the
+/// publisher's grant (`None`: anonymous) and its rate buckets. API publishes are
+/// neither checked nor limited.
+pub(super) struct Gate<'a> {
+    pub auth: &'a Auth,
+    pub grant: Option<&'a Grant>,
+    pub limits: &'a PublishLimits,
+    pub limiters: &'a mut HashMap<usize, Limiter>,
+}
+
+impl Gate<'_> {
+    /// Write permission, then the rate (a refused publish takes nothing from the
+    /// buckets). Returns the `from` of the message: the publisher's `sub`.
+    #[inline]
+    fn check(&mut self, rooms: &Rooms, p: &Publish<'_>, now: Instant) -> Result<Option<&str>, Refused> {
+        let (id, plain) = match p.source {
+            Source::Api(_) => return Ok(None),
+            Source::Plain(id) => (id, true),
+            Source::V1 { id, .. } => (id, false),
+        };
+        let grant = self.grant.unwrap_or(self.auth.anonymous());
+        // The open server writes everywhere: no room name to look up.
+        if !self.auth.may_write_all(grant) {
+            let name = match p.room {
+                Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
+                Target::Named(name) => name,
+            };
+            if !self.auth.may_write(grant, name) {
+                return Err(Refused::Forbidden);
+            }
+        }
+        if self.limits.is_on() {
+            let limiter = self.limiters.entry(id).or_insert_with(|| Limiter::new(self.limits, now));
+            match limiter.publish(self.limits, p.payload.bytes().len(), plain, now) {
+                Verdict::Allowed => {}
+                Verdict::Refused => return Err(Refused::RateLimited(false)),
+                Verdict::Close => return Err(Refused::RateLimited(true)),
+            }
+        }
+        Ok(self.grant.and_then(Grant::sub))
+    }
 }
 
 /// The one entry point's rules: the size rule, then here or to Redis. Over
@@ -105,10 +156,12 @@ pub(super) fn admit(
     rooms: &mut Rooms,
     envelopes: &mut Envelopes,
     backplane: &mut Option<Backplane>,
+    gate: &mut Gate<'_>,
     p: &Publish<'_>,
     now: Instant,
 ) -> Result<Admitted, Refused> {
-    if !fits_envelope(config, p.payload) {
+    let from = gate.check(rooms, p, now)?;
+    if !fits_envelope_from(config, p.payload, from) {
         return Err(Refused::TooBig);
     }
     if let Some(bp) = backplane.as_mut() {
@@ -118,7 +171,7 @@ pub(super) fn admit(
         Target::Id(room) => room,
         Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
     };
-    Ok(Admitted::Local(room, encode(rooms, envelopes, room, p.payload, config.history > 0)))
+    Ok(Admitted::Local(room, encode_from(rooms, envelopes, room, p.payload, config.history > 0, from)))
 }
 
 #[inline(never)]
@@ -135,8 +188,10 @@ fn send_to_redis(rooms: &Rooms, bp: &mut Backplane, p: &Publish<'_>, now: Instan
 impl<T: ClientIo> App<T> {
     /// The one way in: `admit`, then `conclude`.
     pub(super) fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Outcome, Refused> {
-        let App { config, rooms, envelopes, backplane, .. } = self;
-        let admitted = admit(config, rooms, envelopes, backplane, &p, now);
+        let App { config, rooms, envelopes, backplane, auth, publish_limits, limiters, grants, .. } = self;
+        let grant = grants.get(&source_id(p.source)).map(|g| &**g);
+        let mut gate = Gate { auth, grant, limits: publish_limits, limiters };
+        let admitted = admit(config, rooms, envelopes, backplane, &mut gate, &p, now);
         self.conclude(p.source, admitted, now)
     }
 
@@ -174,16 +229,38 @@ impl<T: ClientIo> App<T> {
             }
             Refused::Backplane(_) => "backplane unavailable",
             Refused::Lost => "backplane unavailable (the message may have been published)",
+            Refused::Forbidden => "read-only room",
+            Refused::RateLimited(_) => "rate limited",
         };
+        match why {
+            Refused::Forbidden => self.metrics.auth_refusal("forbidden"),
+            Refused::RateLimited(_) => self.metrics.auth_refusal("rate_limited"),
+            _ => {}
+        }
         match source {
             Source::Plain(id) => {
-                let code = if why == Refused::TooBig { CloseCode::TOO_BIG } else { CloseCode::TRY_AGAIN_LATER };
+                let code = match why {
+                    Refused::TooBig => CloseCode::TOO_BIG,
+                    Refused::Forbidden => CloseCode::POLICY,
+                    Refused::RateLimited(_) => CloseCode(4429),
+                    _ => CloseCode::TRY_AGAIN_LATER,
+                };
                 if let Some(client) = self.clients.get_mut(id) {
                     client.conn.close(code, reason, now, &self.config.limits);
                 }
             }
+            Source::V1 { id, .. } if why == Refused::RateLimited(true) => {
+                if let Some(client) = self.clients.get_mut(id) {
+                    client.conn.close(CloseCode(4429), reason, now, &self.config.limits);
+                }
+            }
             Source::V1 { id, ack } => {
-                let err = if why == Refused::TooBig { OpError::MessageTooBig } else { OpError::BackplaneUnavailable };
+                let err = match why {
+                    Refused::TooBig => OpError::MessageTooBig,
+                    Refused::Forbidden => OpError::Forbidden,
+                    Refused::RateLimited(_) => OpError::RateLimited,
+                    _ => OpError::BackplaneUnavailable,
+                };
                 self.refuse_op(id, err, ack, now);
             }
             Source::Api(id) => {

@@ -15,6 +15,12 @@ use crate::protocol::{HttpRequest, Phase};
 use crate::rooms;
 use crate::v1::{OpError, Payload};
 
+/// A user id from a path: percent-decoded, 1 to 128 bytes of UTF-8.
+fn decode_user(encoded: &str) -> Option<String> {
+    let user = percent_encoding::percent_decode_str(encoded).decode_utf8().ok()?;
+    (!user.is_empty() && user.len() <= crate::auth::MAX_SUB).then(|| user.into_owned())
+}
+
 /// A plain HTTP request's answer: now, or not yet.
 pub(super) enum Answer {
     /// These bytes, and the connection ends.
@@ -41,7 +47,12 @@ impl<T: ClientIo> App<T> {
         let operator_here = operator || self.config.metrics_listen.is_none();
         let path = request.target.split('?').next().unwrap_or_default();
         let get = request.method == Method::Get;
+        let delete = request.method == Method::Delete;
         let answer = match path {
+            // DELETE is the moderation API's alone.
+            _ if delete && !matches!(api::route(path), Some(api::Route::RoomUser(..))) => {
+                Answer::Now(api::method_not_allowed("GET, POST"))
+            }
             _ if operator && !matches!(path, "/metrics" | "/healthz") => Answer::Now(http::not_found()),
             "/metrics" | "/healthz" if operator_here && !get => Answer::Now(api::method_not_allowed("GET")),
             "/metrics" if operator_here => {
@@ -95,6 +106,24 @@ impl<T: ClientIo> App<T> {
             (api::Route::Rooms, _) => Answer::Now(api::method_not_allowed("GET")),
             (api::Route::Messages(room), Method::Post) => self.api_publish(id, room, request, now),
             (api::Route::Messages(_), _) => Answer::Now(api::method_not_allowed("POST")),
+            (api::Route::Presence(room), Method::Get) => match rooms::decode_name(room) {
+                Ok(name) => {
+                    let json = self.presence_json(self.rooms.find(&name), &name, None);
+                    Answer::Now(api::json_ok(&json))
+                }
+                Err(why) => Answer::Now(api::error(400, why.reason())),
+            },
+            (api::Route::Presence(_), _) => Answer::Now(api::method_not_allowed("GET")),
+            (api::Route::RoomUser(room, user), Method::Delete) => {
+                let (Ok(name), Some(user)) = (rooms::decode_name(room), decode_user(user)) else {
+                    return Answer::Now(api::error(400, "invalid room or user"));
+                };
+                let connections = self.remove_user(&name, &user, now);
+                Answer::Now(api::moderated(Some(&name), &user, connections))
+            }
+            (api::Route::RoomUser(..), _) => Answer::Now(api::method_not_allowed("DELETE")),
+            (api::Route::Disconnect(user), Method::Post) => self.api_disconnect(user, request, now),
+            (api::Route::Disconnect(_), _) => Answer::Now(api::method_not_allowed("POST")),
             (api::Route::Unknown, _) => Answer::Now(http::not_found()),
         }
     }
@@ -130,6 +159,26 @@ impl<T: ClientIo> App<T> {
             // Answered already (`refuse_publish`).
             Err(_) => Answer::Later,
         }
+    }
+
+    /// `POST /api/users/{user}/disconnect`, its body (optional) the close reason.
+    fn api_disconnect(&mut self, user: &str, request: &HttpRequest, now: Instant) -> Answer {
+        let Some(user) = decode_user(user) else { return Answer::Now(api::error(400, "invalid user")) };
+        let length = match request.body_length {
+            BodyLength::None => 0,
+            // A close reason is at most 123 bytes.
+            BodyLength::Length(n) if n <= 123 => n,
+            _ => return Answer::Now(api::error(413, "the reason is at most 123 bytes")),
+        };
+        if (request.body.len() as u64) < length {
+            return Answer::ReadBody;
+        }
+        let Ok(reason) = std::str::from_utf8(&request.body) else {
+            return Answer::Now(api::error(400, "the reason must be UTF-8"));
+        };
+        let reason = if reason.trim().is_empty() { "disconnected" } else { reason.trim() };
+        let connections = self.disconnect_user(&user, reason, now);
+        Answer::Now(api::moderated(None, &user, connections))
     }
 
     pub(super) fn gauges(&self) -> Gauges {

@@ -107,10 +107,12 @@ impl<T: ClientIo> App<T> {
         let audience = if v1 { Audience::Enveloped } else { Audience::Plain };
         let Some(key) = self.rooms.join(room_id, id, audience) else { return };
         self.add_membership(id, Joined { room: room_id, key });
-        let App { clients, rooms, envelopes, config, metrics, welcome, .. } = self;
+        let now_unix = self.unix_now(now);
+        let App { clients, rooms, envelopes, config, metrics, welcome, grants, .. } = self;
         let Some(client) = clients.get_mut(id) else { return };
         self.presence_at.get_or_insert(presence_time(self.last_presence, now));
         let Some(room) = rooms.get(room_id) else { return };
+        let user = grants.get(&id).and_then(|g| Some((g.sub()?, g.expires_in(now_unix)?)));
         let history = room.topic.history();
         let limits = &config.limits;
         let mut send = |conn: &mut Conn, frame: Rc<[u8]>| {
@@ -141,14 +143,17 @@ impl<T: ClientIo> App<T> {
                 }
             }
         };
-        let welcome = envelopes.welcome(&Welcome {
-            room: room.json_name(),
-            epoch: room.epoch(),
-            seq: room.topic.last_seq(),
-            online: room.topic.member_count(),
-            text: config.welcome.as_deref(),
-            recovered,
-        });
+        let welcome = envelopes.welcome_user(
+            &Welcome {
+                room: room.json_name(),
+                epoch: room.epoch(),
+                seq: room.topic.last_seq(),
+                online: room.topic.member_count(),
+                text: config.welcome.as_deref(),
+                recovered,
+            },
+            user,
+        );
         let mut sent = u64::from(client.conn.send(welcome, now, limits).is_ok());
         for (seq, stored) in replay {
             let frame = match &stored.v1 {

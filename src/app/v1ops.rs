@@ -50,6 +50,8 @@ impl<T: ClientIo> App<T> {
                 self.metrics.ops[2] += 1;
                 self.joined_room(id, room.as_deref()).map(|room| self.leave(id, room, now))
             }
+            Op::Refresh { token, id: op_id } => self.refresh(id, token, op_id.as_deref(), now),
+            Op::Presence { room, id: op_id } => self.presence_op(id, room.as_deref(), op_id.as_deref(), now),
             Op::Ping { id: op_id } => {
                 self.metrics.ops[3] += 1;
                 let pong = self.envelopes.pong(op_id.as_deref());
@@ -63,7 +65,12 @@ impl<T: ClientIo> App<T> {
         };
         if let Err(err) = result {
             let op_id = match &op {
-                Op::Publish { id, .. } | Op::Join { id, .. } | Op::Leave { id, .. } | Op::Ping { id } => id.as_deref(),
+                Op::Publish { id, .. }
+                | Op::Join { id, .. }
+                | Op::Leave { id, .. }
+                | Op::Ping { id }
+                | Op::Refresh { id, .. }
+                | Op::Presence { id, .. } => id.as_deref(),
             };
             self.refuse_op(id, err, op_id, now);
         }
@@ -71,6 +78,10 @@ impl<T: ClientIo> App<T> {
 
     fn join_op(&mut self, id: usize, name: &str, resume: Option<&Resume<'_>>, now: Instant) -> Result<(), OpError> {
         rooms::check_name(name).map_err(|_| OpError::InvalidRoomName)?;
+        if !self.auth.may_read(self.grant_of(id), name) {
+            self.metrics.auth_refusal("forbidden");
+            return Err(OpError::Forbidden);
+        }
         let session = self.session(id).ok_or(OpError::NotJoined)?;
         if self.rooms.find(name).is_some_and(|room| session.find(room).is_some()) {
             return Err(OpError::AlreadyJoined);

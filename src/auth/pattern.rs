@@ -27,6 +27,7 @@ pub(crate) struct Patterns {
 
 impl Patterns {
     /// No room at all.
+    #[cfg(test)]
     pub(crate) fn none() -> Patterns {
         Patterns::default()
     }
@@ -74,6 +75,7 @@ impl Patterns {
     }
 
     /// Whether no room matches.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         !self.all && self.patterns.is_empty()
     }

@@ -1,0 +1,346 @@
+//! Tokens and permissions as the application applies them (src/auth/ decides): the
+//! grant of an upgrade and its refusals, the per-address and per-user counts, the
+//! `refresh` op, expiry, presence with users, and the moderation API.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::session::Role;
+use super::{App, Client, ClientIo};
+use crate::auth::{self, Denied, Grant, TokenError};
+use crate::frame::CloseCode;
+use crate::handshake;
+use crate::outqueue::Chunk;
+use crate::protocol::UpgradeRequest;
+use crate::pubsub::Audience;
+use crate::rooms::RoomId;
+use crate::v1::{self, OpError};
+
+/// The wall clock now, as a duration since 1970 (the runtime's one look at it: the
+/// application then counts from an `Instant`).
+pub(super) fn unix_time() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Most users a presence answer lists (`"truncated":true` beyond).
+const MAX_PRESENCE_USERS: usize = 1000;
+
+/// One user in a presence answer.
+#[derive(Serialize)]
+struct PresenceUser<'a> {
+    user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    info: Option<serde_json::Value>,
+    connections: usize,
+}
+
+/// A presence answer (the op's, with `type` and `id`; the API's without).
+#[derive(Serialize)]
+struct Presence<'a> {
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    kind: Option<&'static str>,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Option<&'a str>>,
+    online: usize,
+    users: Vec<PresenceUser<'a>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    truncated: bool,
+}
+
+impl<T: ClientIo> App<T> {
+    /// Seconds since 1970 at `now`.
+    pub(super) fn unix_now(&self, now: Instant) -> u64 {
+        (self.clock.1 + now.saturating_duration_since(self.clock.0)).as_secs()
+    }
+
+    /// The `Instant` of a time in seconds since 1970.
+    pub(super) fn instant_of(&self, unix: u64) -> Instant {
+        self.clock.0 + Duration::from_secs(unix).saturating_sub(self.clock.1)
+    }
+
+    /// What `id` may do: its token's grant, or the anonymous one.
+    pub(super) fn grant_of(&self, id: usize) -> &Grant {
+        match self.grants.get(&id) {
+            Some(grant) => grant,
+            None => self.auth.anonymous(),
+        }
+    }
+
+    /// The address to count an upgrade under, when `--max-connections-per-ip` is on.
+    pub(super) fn counted_ip(&self, id: usize) -> Option<std::net::IpAddr> {
+        if !self.per_ip.is_on() {
+            return None;
+        }
+        self.clients.get(id).and_then(|c| c.io.peer_addr()).map(|a| a.ip())
+    }
+
+    /// The grant of an upgrade's token (anonymous without one), and whether its
+    /// user has a connection to spare. Asked only when some key is configured.
+    pub(super) fn grant_of_upgrade(&mut self, request: &UpgradeRequest, now: Instant) -> Result<Rc<Grant>, Denied> {
+        let token = auth::token_of(request);
+        let now_unix = self.unix_now(now);
+        let grant = self.auth.grant(token.as_deref(), now_unix).map_err(Denied::Token)?;
+        if let Some(sub) = grant.sub() {
+            if self.per_user.count(&Box::from(sub)) >= self.config.max_connections_per_user.unwrap_or(u32::MAX) {
+                return Err(Denied::TooManyConnections);
+            }
+        }
+        Ok(grant)
+    }
+
+    /// Whether the path's room may be read, told as the table says: no token for a
+    /// room that is not anonymous is `token required`, a token that does not reach
+    /// it `forbidden`.
+    pub(super) fn may_enter(&self, grant: &Grant, room: &str) -> Result<(), Denied> {
+        match (self.auth.may_read(grant, room), grant.user.is_some()) {
+            (true, _) => Ok(()),
+            (false, true) => Err(Denied::Forbidden),
+            (false, false) => Err(Denied::Token(TokenError::Required)),
+        }
+    }
+
+    /// An upgrade accepted with `grant`: counted under its address and its user.
+    pub(super) fn count_in(&mut self, id: usize, ip: Option<std::net::IpAddr>, grant: Option<Rc<Grant>>) {
+        if let Some(ip) = ip {
+            self.per_ip.try_add(ip);
+        }
+        let Some(grant) = grant.filter(|g| g.user.is_some()) else { return };
+        if let Some(sub) = grant.sub() {
+            self.per_user.try_add(sub.into());
+        }
+        self.grants.insert(id, grant);
+    }
+
+    /// A removed client's counts and grant go (its socket is still there to ask).
+    pub(super) fn forget_grant(&mut self, id: usize, client: &Client<T>) {
+        if client.role == Role::Pending {
+            return;
+        }
+        if self.per_ip.is_on() {
+            if let Some(addr) = client.io.peer_addr() {
+                self.per_ip.remove(&addr.ip());
+            }
+        }
+        if let Some(grant) = self.grants.remove(&id) {
+            if let Some(sub) = grant.sub() {
+                self.per_user.remove(&Box::from(sub));
+            }
+            self.auth.release(&grant);
+        }
+    }
+
+    /// Refuses an upgrade for its token, its room or its user's count: a plain
+    /// client gets the HTTP status, a v1 client the 101 and then the close code (a
+    /// browser sees no status, but does see a close code and reason).
+    #[cold]
+    #[inline(never)]
+    pub(super) fn deny(&mut self, id: usize, v1: bool, ip: Option<std::net::IpAddr>, denied: Denied, now: Instant) {
+        let (status, code, reason, label) = match denied {
+            Denied::Token(e) => (401, e.close_code(), e.reason(), e.metric()),
+            Denied::Forbidden => (403, 4403, "forbidden", "forbidden"),
+            Denied::TooManyConnections => (429, 4429, "too many connections", "too_many_connections"),
+        };
+        self.metrics.auth_refusal(label);
+        let Some(client) = self.clients.get_mut(id) else { return };
+        log::info!("rejected {}: {reason} ({status})", client.io);
+        if !v1 {
+            let extra = match denied {
+                Denied::Token(TokenError::Required) => "WWW-Authenticate: Bearer\r\n".to_string(),
+                Denied::Token(e) => {
+                    format!(
+                        "WWW-Authenticate: Bearer error=\"invalid_token\", error_description=\"{}\"\r\n",
+                        e.reason()
+                    )
+                }
+                Denied::TooManyConnections => "Retry-After: 10\r\n".to_string(),
+                Denied::Forbidden => String::new(),
+            };
+            client.conn.respond(Chunk::Owned(handshake::refusal_response(status, reason, &extra)), now);
+            return;
+        }
+        client.conn.accept(Some(v1::SUBPROTOCOL), None, now, &self.config.limits);
+        client.role = Role::V1;
+        client.conn.close(CloseCode(code), reason, now, &self.config.limits);
+        self.open += 1;
+        self.metrics.upgrades += 1;
+        self.count_in(id, ip, None);
+    }
+
+    /// Per-IP: an upgrade beyond `--max-connections-per-ip` gets 429, before any token work.
+    #[cold]
+    pub(super) fn refuse_address(&mut self, id: usize, now: Instant) {
+        self.metrics.auth_refusal("too_many_connections");
+        let Some(client) = self.clients.get_mut(id) else { return };
+        log::info!("rejected {}: too many connections from its address (429)", client.io);
+        let answer = handshake::refusal_response(429, "too many connections from this address", "Retry-After: 10\r\n");
+        client.conn.respond(Chunk::Owned(answer), now);
+    }
+
+    /// A connection whose token has expired is closed 4001, plain or v1.
+    pub(super) fn expire(&mut self, id: usize, now: Instant) {
+        let now_unix = self.unix_now(now);
+        let expired = self.grants.get(&id).and_then(|g| g.expires).is_some_and(|e| now_unix >= e);
+        let Some(client) = self.clients.get_mut(id) else { return };
+        if expired && client.conn.is_open() {
+            client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
+        }
+    }
+
+    /// `{"op":"refresh","token":JWT}`: the same user's new token; its permissions
+    /// replace the old ones at once (rooms it may no longer read are left).
+    pub(super) fn refresh(&mut self, id: usize, token: &str, op_id: Option<&str>, now: Instant) -> Result<(), OpError> {
+        let now_unix = self.unix_now(now);
+        let old = self.grants.get(&id).cloned().ok_or(OpError::InvalidToken)?;
+        let new = self.auth.grant(Some(token.as_bytes()), now_unix).map_err(|_| OpError::InvalidToken)?;
+        if new.sub() != old.sub() {
+            self.auth.release(&new);
+            return Err(OpError::InvalidToken);
+        }
+        self.grants.insert(id, Rc::clone(&new));
+        self.auth.release(&old);
+        drop(old);
+        self.metrics.auth_refreshes += 1;
+        self.leave_unreadable(id, "forbidden", now);
+        let answer = self.envelopes.refreshed(op_id, new.expires_in(now_unix).unwrap_or(0));
+        self.send_to(id, answer, now);
+        Ok(())
+    }
+
+    /// Takes `id` out of the rooms its grant no longer reads, telling it each.
+    fn leave_unreadable(&mut self, id: usize, reason: &str, now: Instant) {
+        let Some(session) = self.session(id) else { return };
+        let grant = self.grant_of(id);
+        let gone: Vec<RoomId> = session
+            .rooms()
+            .map(|j| j.room)
+            .filter(|&room| self.rooms.get(room).is_some_and(|r| !self.auth.may_read(grant, r.name())))
+            .collect();
+        for room in gone {
+            self.leave_told(id, room, reason, now);
+        }
+    }
+
+    /// Takes `id` out of `room`: a v1 client is told `left` with `reason`, a plain
+    /// one (in its one room) is closed 4403.
+    fn leave_told(&mut self, id: usize, room: RoomId, reason: &str, now: Instant) {
+        let Some(v1) = self.session(id).map(|s| s.v1) else { return };
+        if !v1 {
+            if let Some(client) = self.clients.get_mut(id) {
+                client.conn.close(CloseCode(4403), reason, now, &self.config.limits);
+            }
+            return;
+        }
+        let name = self.rooms.get(room).map(|r| r.json_name().to_string()).unwrap_or_default();
+        self.leave(id, room, now);
+        let left = self.envelopes.left(&name, reason);
+        self.send_to(id, left, now);
+    }
+
+    fn send_to(&mut self, id: usize, chunk: Chunk, now: Instant) {
+        if let Some(client) = self.clients.get_mut(id) {
+            if client.conn.send(chunk, now, &self.config.limits).is_ok() {
+                self.metrics.messages_out += 1;
+            }
+        }
+    }
+
+    /// `{"op":"presence","room":R}` (read permission): who is in the room.
+    pub(super) fn presence_op(
+        &mut self,
+        id: usize,
+        room_name: Option<&str>,
+        op_id: Option<&str>,
+        now: Instant,
+    ) -> Result<(), OpError> {
+        let room = match room_name {
+            Some(name) => {
+                crate::rooms::check_name(name).map_err(|_| OpError::InvalidRoomName)?;
+                if !self.auth.may_read(self.grant_of(id), name) {
+                    return Err(OpError::Forbidden);
+                }
+                self.rooms.find(name)
+            }
+            None => Some(self.joined_room(id, None)?),
+        };
+        let name = match (room.and_then(|r| self.rooms.get(r)), room_name) {
+            (Some(r), _) => r.name().to_string(),
+            (None, name) => name.unwrap_or_default().to_string(),
+        };
+        let json = self.presence_json(room, &name, Some(op_id));
+        let chunk = self.envelopes.json(&json);
+        self.send_to(id, chunk, now);
+        Ok(())
+    }
+
+    /// A room's presence as JSON: its member count, and its users with a token (by
+    /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`).
+    pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
+        let mut users: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
+        let mut online = 0;
+        if let Some(room) = room.and_then(|r| self.rooms.get(r)) {
+            online = room.topic.member_count();
+            for audience in [Audience::Plain, Audience::Enveloped] {
+                for member in room.topic.members(audience) {
+                    let Some(user) = self.grants.get(&member).and_then(|g| g.user.as_ref()) else {
+                        continue;
+                    };
+                    users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
+                }
+            }
+        }
+        let truncated = users.len() > MAX_PRESENCE_USERS;
+        let users = users
+            .into_iter()
+            .take(MAX_PRESENCE_USERS)
+            .map(|(user, (info, connections))| PresenceUser {
+                user,
+                info: info.and_then(|i| serde_json::from_str(i).ok()),
+                connections,
+            })
+            .collect();
+        let presence =
+            Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };
+        serde_json::to_vec(&presence).unwrap_or_default()
+    }
+
+    /// `POST /api/users/{user}/disconnect`: every connection of `user` closed 4410
+    /// with `reason`; how many.
+    pub(super) fn disconnect_user(&mut self, user: &str, reason: &str, now: Instant) -> usize {
+        let ids: Vec<usize> = self.clients_of(user);
+        for &id in &ids {
+            if let Some(client) = self.clients.get_mut(id) {
+                client.conn.close(CloseCode(4410), reason, now, &self.config.limits);
+            }
+            self.after_activity(id);
+        }
+        self.metrics.api_disconnects += 1;
+        ids.len()
+    }
+
+    /// `DELETE /api/rooms/{room}/users/{user}`: the user's connections leave the
+    /// room (`left`/`removed` for v1, close 4403 for plain); how many.
+    pub(super) fn remove_user(&mut self, room_name: &str, user: &str, now: Instant) -> usize {
+        let Some(room) = self.rooms.find(room_name) else { return 0 };
+        let ids: Vec<usize> = self
+            .clients_of(user)
+            .into_iter()
+            .filter(|&id| self.session(id).is_some_and(|s| s.find(room).is_some()))
+            .collect();
+        for &id in &ids {
+            self.leave_told(id, room, "removed", now);
+            self.after_activity(id);
+        }
+        self.metrics.api_removals += 1;
+        ids.len()
+    }
+
+    /// The open connections of a user.
+    fn clients_of(&self, user: &str) -> Vec<usize> {
+        let open = |id: &usize| self.clients.get(*id).is_some_and(|c| c.conn.is_open());
+        self.grants.iter().filter(|(_, g)| g.sub() == Some(user)).map(|(&id, _)| id).filter(open).collect()
+    }
+}
