@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use log::info;
 
+use super::permit::may_enter;
 use super::session::Role;
 use super::{App, ClientIo, Lifecycle, Listener, Refusal};
 use crate::config::{DeflateMode, Mode};
@@ -52,28 +53,26 @@ impl<T: ClientIo> App<T> {
             client.role = Role::Plain;
             self.open += 1;
             self.metrics.upgrades += 1;
-            self.count_in(id, ip, grant);
-            let Some(client) = self.clients.get_mut(id) else { return };
             let history = self.echo_history.iter().map(|(_, frame)| frame);
             for frame in self.welcome.iter().chain(history) {
                 if client.conn.send(Chunk::Shared(Rc::clone(frame)), now, &self.config.limits).is_ok() {
                     self.metrics.messages_out += 1;
                 }
             }
+            self.count_in(id, ip, grant);
             return;
         }
         let name = match rooms::room_from_path(request.path()) {
             Ok(name) => name,
             Err(why) => return self.refuse(id, Refusal::BadRoomName(why), now),
         };
-        if let Err(denied) = self.may_enter(grant.as_deref().unwrap_or(self.auth.anonymous()), &name) {
+        if let Err(denied) = may_enter(&self.auth, grant.as_deref(), &name) {
             return self.deny(id, v1, ip, denied, now);
         }
         let (room, resume) = match room_of_upgrade(&mut self.rooms, &name, request, v1, now) {
             Ok(joining) => joining,
             Err(refusal) => return self.refuse(id, refusal, now),
         };
-        let Some(client) = self.clients.get_mut(id) else { return };
         client.conn.accept(v1.then_some(v1::SUBPROTOCOL), deflate, now, &self.config.limits);
         client.role = if v1 { Role::V1 } else { Role::Plain };
         // The join that follows (now, or once a backplane has the room) is the path's.

@@ -15,10 +15,11 @@ use crate::pubsub::Audience;
 pub(super) const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 impl<T: ClientIo> App<T> {
-    /// When rooms next need `handle_housekeeping`: a presence update is owed, or an
+    /// When rooms (or tokens) next need `handle_housekeeping`: a presence update is owed, or an
     /// empty room's time is up.
     pub fn poll_housekeeping(&self) -> Option<Instant> {
-        [self.presence_at, self.rooms.poll_expiry(), self.poll_touch()].into_iter().flatten().min()
+        let token = self.expiries.peek().map(|e| self.instant_of(e.0 .0));
+        [self.presence_at, self.rooms.poll_expiry(), self.poll_touch(), token].into_iter().flatten().min()
     }
 
     /// Tells rooms' v1 members who is online (one shared envelope per room whose count
@@ -26,6 +27,7 @@ impl<T: ClientIo> App<T> {
     pub fn handle_housekeeping(&mut self, now: Instant) {
         self.now = now;
         self.touch(now);
+        self.expire_tokens(now);
         if self.presence_at.is_some_and(|t| t <= now) {
             self.presence_at = None;
             self.last_presence = Some(now);

@@ -162,6 +162,9 @@ pub struct App<T> {
     /// connections that presented the same token); a client without one is anonymous
     /// (`Auth::anonymous`). Beside the clients, not in each: most have none.
     grants: HashMap<usize, Rc<Grant>>,
+    /// When grants expire (seconds since 1970) and whose, soonest first; an entry
+    /// whose client has since gone or refreshed is skipped (`App::expire_tokens`).
+    expiries: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
@@ -219,6 +222,7 @@ impl<T: ClientIo> App<T> {
             publish_limits: PublishLimits::from_config(&config),
             limiters: HashMap::new(),
             grants: HashMap::new(),
+            expiries: std::collections::BinaryHeap::new(),
             clock: (Instant::now(), permit::unix_time()),
             config,
         }
@@ -293,21 +297,7 @@ impl<T: ClientIo> App<T> {
         let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         let mut pos = 0;
         while pos < total {
-            let App {
-                clients,
-                config,
-                echo_history,
-                rooms,
-                envelopes,
-                compressor,
-                scratch,
-                metrics,
-                auth,
-                publish_limits,
-                limiters,
-                grants,
-                ..
-            } = self;
+            let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
             let limits = &config.limits;
             let Some(client) = clients.get_mut(id) else { break };
             // Asked before the input: the message it yields borrows the Conn.
@@ -404,8 +394,8 @@ impl<T: ClientIo> App<T> {
                     // client's Conn until `admit` is done with it.
                     let source = Source::Plain(id);
                     let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
-                    let grant = grants.get(&id).map(|g| &**g);
-                    let mut gate = Gate { auth, grant, limits: publish_limits, limiters };
+                    let (auth, grants, limits) = (&self.auth, &self.grants, &self.publish_limits);
+                    let mut gate = Gate { auth, grants, limits, limiters: &mut self.limiters };
                     let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &mut gate, &p, now);
                     let _ = self.conclude(source, admitted, now);
                 }
@@ -439,24 +429,16 @@ impl<T: ClientIo> App<T> {
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_timeout(now, &self.config.limits);
         }
-        self.expire(id, now);
         self.track_unfinished(id, held, now);
         self.after_activity(id);
     }
 
-    /// When `id` next wants `handle_timeout`: its connection's timers, and the
-    /// moment its token expires.
+    /// When `id` next wants `handle_timeout`.
+    #[inline]
     pub fn poll_timeout(&self, id: usize) -> Option<Instant> {
-        let client = self.clients.get(id)?;
-        let conn = client.conn.poll_timeout();
-        let grant = if self.grants.is_empty() { None } else { self.grants.get(&id) };
-        match grant.and_then(|g| g.expires) {
-            Some(expires) if client.conn.is_open() => {
-                let at = self.instant_of(expires);
-                Some(conn.map_or(at, |c| c.min(at)))
-            }
-            _ => conn,
-        }
+        let conn = self.clients.get(id)?.conn.poll_timeout();
+        // Tokens' expiries are the housekeeping's (`App::expiries`): nothing here.
+        conn
     }
 
     pub fn client_count(&self) -> usize {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::session::Role;
 use super::{App, Client, ClientIo};
-use crate::auth::{self, Denied, Grant, TokenError};
+use crate::auth::{self, Auth, Denied, Grant, TokenError};
 use crate::frame::CloseCode;
 use crate::handshake;
 use crate::outqueue::Chunk;
@@ -23,6 +23,18 @@ use crate::v1::{self, OpError};
 /// application then counts from an `Instant`).
 pub(super) fn unix_time() -> Duration {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// Whether the path's room may be read (`grant` `None`: anonymous), told as the
+/// table says: no token for a room that is not anonymous is `token required`, a
+/// token that does not reach it `forbidden`.
+pub(super) fn may_enter(auth: &Auth, grant: Option<&Grant>, room: &str) -> Result<(), Denied> {
+    let grant = grant.unwrap_or(auth.anonymous());
+    match (auth.may_read(grant, room), grant.user.is_some()) {
+        (true, _) => Ok(()),
+        (false, true) => Err(Denied::Forbidden),
+        (false, false) => Err(Denied::Token(TokenError::Required)),
+    }
 }
 
 /// Most users a presence answer lists (`"truncated":true` beyond).
@@ -85,34 +97,42 @@ impl<T: ClientIo> App<T> {
         let now_unix = self.unix_now(now);
         let grant = self.auth.grant(token.as_deref(), now_unix).map_err(Denied::Token)?;
         if let Some(sub) = grant.sub() {
-            if self.per_user.count(&Box::from(sub)) >= self.config.max_connections_per_user.unwrap_or(u32::MAX) {
+            if self.per_user.is_on()
+                && self.per_user.count(sub) >= self.config.max_connections_per_user.unwrap_or(u32::MAX)
+            {
                 return Err(Denied::TooManyConnections);
             }
         }
         Ok(grant)
     }
 
-    /// Whether the path's room may be read, told as the table says: no token for a
-    /// room that is not anonymous is `token required`, a token that does not reach
-    /// it `forbidden`.
-    pub(super) fn may_enter(&self, grant: &Grant, room: &str) -> Result<(), Denied> {
-        match (self.auth.may_read(grant, room), grant.user.is_some()) {
-            (true, _) => Ok(()),
-            (false, true) => Err(Denied::Forbidden),
-            (false, false) => Err(Denied::Token(TokenError::Required)),
+    /// An upgrade accepted with `grant`: counted under its address and its user.
+    #[inline]
+    pub(super) fn count_in(&mut self, id: usize, ip: Option<std::net::IpAddr>, grant: Option<Rc<Grant>>) {
+        // The open server counts nothing.
+        if ip.is_some() || grant.is_some() {
+            self.count_in_slow(id, ip, grant);
         }
     }
 
-    /// An upgrade accepted with `grant`: counted under its address and its user.
-    pub(super) fn count_in(&mut self, id: usize, ip: Option<std::net::IpAddr>, grant: Option<Rc<Grant>>) {
+    #[inline(never)]
+    fn count_in_slow(&mut self, id: usize, ip: Option<std::net::IpAddr>, grant: Option<Rc<Grant>>) {
         if let Some(ip) = ip {
             self.per_ip.try_add(ip);
         }
         let Some(grant) = grant.filter(|g| g.user.is_some()) else { return };
-        if let Some(sub) = grant.sub() {
+        if let Some(sub) = grant.sub().filter(|_| self.per_user.is_on()) {
             self.per_user.try_add(sub.into());
         }
+        if let Some(expires) = grant.expires {
+            self.expiries.push(std::cmp::Reverse((expires, id)));
+        }
         self.grants.insert(id, grant);
+        // Entries of clients gone are dropped at their expiry; with much churn, sooner.
+        if self.expiries.len() > 2 * self.grants.len() + 1024 {
+            let live = self.grants.iter().filter_map(|(&id, g)| Some(std::cmp::Reverse((g.expires?, id))));
+            self.expiries = live.collect();
+        }
     }
 
     /// A removed client's counts and grant go (its socket is still there to ask).
@@ -127,7 +147,7 @@ impl<T: ClientIo> App<T> {
         }
         if let Some(grant) = self.grants.remove(&id) {
             if let Some(sub) = grant.sub() {
-                self.per_user.remove(&Box::from(sub));
+                self.per_user.remove(sub);
             }
             self.auth.release(&grant);
         }
@@ -180,13 +200,23 @@ impl<T: ClientIo> App<T> {
         client.conn.respond(Chunk::Owned(answer), now);
     }
 
-    /// A connection whose token has expired is closed 4001, plain or v1.
-    pub(super) fn expire(&mut self, id: usize, now: Instant) {
+    /// Closes (4001) the connections whose token has expired by `now`: within a
+    /// second of it, through the housekeeping timer (no cost per read).
+    pub(super) fn expire_tokens(&mut self, now: Instant) {
         let now_unix = self.unix_now(now);
-        let expired = self.grants.get(&id).and_then(|g| g.expires).is_some_and(|e| now_unix >= e);
-        let Some(client) = self.clients.get_mut(id) else { return };
-        if expired && client.conn.is_open() {
-            client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
+        while let Some(&std::cmp::Reverse((expires, id))) = self.expiries.peek() {
+            if expires > now_unix {
+                break;
+            }
+            self.expiries.pop();
+            // Gone, or refreshed since (a later expiry has its own entry).
+            if self.grants.get(&id).and_then(|g| g.expires) != Some(expires) {
+                continue;
+            }
+            if let Some(client) = self.clients.get_mut(id).filter(|c| c.conn.is_open()) {
+                client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
+                self.after_activity(id);
+            }
         }
     }
 
@@ -199,6 +229,9 @@ impl<T: ClientIo> App<T> {
         if new.sub() != old.sub() {
             self.auth.release(&new);
             return Err(OpError::InvalidToken);
+        }
+        if let Some(expires) = new.expires {
+            self.expiries.push(std::cmp::Reverse((expires, id)));
         }
         self.grants.insert(id, Rc::clone(&new));
         self.auth.release(&old);

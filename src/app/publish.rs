@@ -8,6 +8,7 @@
 //! (Redis) later.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Instant;
 
 use super::deliver::{encode_from, fits_envelope_from};
@@ -105,33 +106,45 @@ pub(super) enum Refused {
 }
 
 /// What the way in checks of a client's publish, beside the message: the
-/// publisher's grant (`None`: anonymous) and its rate buckets. API publishes are
-/// neither checked nor limited.
+/// publisher's grant (by client id; none: anonymous) and its rate buckets. API
+/// publishes are neither checked nor limited.
 pub(super) struct Gate<'a> {
     pub auth: &'a Auth,
-    pub grant: Option<&'a Grant>,
+    pub grants: &'a HashMap<usize, Rc<Grant>>,
     pub limits: &'a PublishLimits,
     pub limiters: &'a mut HashMap<usize, Limiter>,
 }
 
-impl Gate<'_> {
+impl<'a> Gate<'a> {
     /// Write permission, then the rate (a refused publish takes nothing from the
     /// buckets). Returns the `from` of the message: the publisher's `sub`.
     #[inline]
-    fn check(&mut self, rooms: &Rooms, p: &Publish<'_>, now: Instant) -> Result<Option<&str>, Refused> {
+    fn check(&mut self, rooms: &Rooms, p: &Publish<'_>, now: Instant) -> Result<Option<&'a str>, Refused> {
+        // The open server (no key, anonymous writes everywhere, no rate): nothing to look up.
+        if self.auth.is_open() && !self.limits.is_on() {
+            return Ok(None);
+        }
+        self.check_grant(rooms, p, now)
+    }
+
+    #[inline(never)]
+    fn check_grant(&mut self, rooms: &Rooms, p: &Publish<'_>, now: Instant) -> Result<Option<&'a str>, Refused> {
         let (id, plain) = match p.source {
             Source::Api(_) => return Ok(None),
             Source::Plain(id) => (id, true),
             Source::V1 { id, .. } => (id, false),
         };
-        let grant = self.grant.unwrap_or(self.auth.anonymous());
-        // The open server writes everywhere: no room name to look up.
-        if !self.auth.may_write_all(grant) {
+        let grants: &'a HashMap<usize, Rc<Grant>> = self.grants;
+        let user = grants.get(&id).map(|g| &**g);
+        let auth: &'a Auth = self.auth;
+        let grant = user.unwrap_or(auth.anonymous());
+        // A grant that writes everywhere needs no room name.
+        if !auth.may_write_all(grant) {
             let name = match p.room {
                 Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
                 Target::Named(name) => name,
             };
-            if !self.auth.may_write(grant, name) {
+            if !auth.may_write(grant, name) {
                 return Err(Refused::Forbidden);
             }
         }
@@ -143,7 +156,7 @@ impl Gate<'_> {
                 Verdict::Close => return Err(Refused::RateLimited(true)),
             }
         }
-        Ok(self.grant.and_then(Grant::sub))
+        Ok(user.and_then(Grant::sub))
     }
 }
 
@@ -189,8 +202,7 @@ impl<T: ClientIo> App<T> {
     /// The one way in: `admit`, then `conclude`.
     pub(super) fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Outcome, Refused> {
         let App { config, rooms, envelopes, backplane, auth, publish_limits, limiters, grants, .. } = self;
-        let grant = grants.get(&source_id(p.source)).map(|g| &**g);
-        let mut gate = Gate { auth, grant, limits: publish_limits, limiters };
+        let mut gate = Gate { auth, grants, limits: publish_limits, limiters };
         let admitted = admit(config, rooms, envelopes, backplane, &mut gate, &p, now);
         self.conclude(p.source, admitted, now)
     }

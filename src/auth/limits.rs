@@ -114,7 +114,10 @@ impl<K: Hash + Eq> Counter<K> {
     }
 
     /// One connection of `key` fewer (one that `try_add` counted).
-    pub(crate) fn remove(&mut self, key: &K) {
+    pub(crate) fn remove<Q: Hash + Eq + ?Sized>(&mut self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         if let Some(count) = self.counts.get_mut(key) {
             *count -= 1;
             if *count == 0 {
@@ -124,7 +127,10 @@ impl<K: Hash + Eq> Counter<K> {
     }
 
     /// Connections counted for `key`.
-    pub(crate) fn count(&self, key: &K) -> u32 {
+    pub(crate) fn count<Q: Hash + Eq + ?Sized>(&self, key: &Q) -> u32
+    where
+        K: std::borrow::Borrow<Q>,
+    {
         self.counts.get(key).copied().unwrap_or(0)
     }
 

@@ -304,7 +304,7 @@ impl Auth {
             return Err(TokenError::TooLarge);
         }
         let token = std::str::from_utf8(token).map_err(|_| TokenError::Malformed)?;
-        let key = self.hasher.hash_one(token);
+        let key = self.cache_key(token);
         if let Some((cached, grant)) = self.cache.get(&key) {
             if **cached == *token {
                 grant.check_time(now_unix)?;
@@ -316,6 +316,14 @@ impl Auth {
             slot.insert((token.into(), grant.clone()));
         }
         Ok(grant)
+    }
+
+    /// A token's key in the cache: a hash of its last bytes, which are its
+    /// signature's (only verified tokens are cached, and a hit compares the whole
+    /// token: a collision costs a verification, nothing else).
+    fn cache_key(&self, token: &str) -> u64 {
+        let tail = &token.as_bytes()[token.len().saturating_sub(16)..];
+        self.hasher.hash_one(tail)
     }
 
     /// A connection is done with `grant`: the cache forgets it with its last user.
@@ -344,6 +352,13 @@ impl Auth {
     /// Whether `grant` may publish in `room`.
     pub(crate) fn may_write(&self, grant: &Grant, room: &str) -> bool {
         grant.write.matches(room) || (grant.user.is_some() && self.anonymous.write.matches(room))
+    }
+
+    /// Whether every client may publish everywhere and no token is looked at (the
+    /// open server of old: no key, `--anonymous-write` all).
+    #[inline]
+    pub(crate) fn is_open(&self) -> bool {
+        self.verifier.is_none() && self.anonymous.write.is_all()
     }
 
     /// Whether `grant` may publish everywhere (the open server: no name to look up).
@@ -381,8 +396,12 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     (scheme.eq_ignore_ascii_case(b"bearer") && rest.first() == Some(&b' ')).then(|| rest.trim_ascii())
 }
 
-/// `token=JWT` among the query's pairs (percent-decoded; a JWT needs no escapes).
+/// `token=JWT` among the query's pairs (percent-decoded; a JWT needs no escapes,
+/// and one without is borrowed as it is).
 fn query_token(query: &str) -> Option<Cow<'_, [u8]>> {
     let value = query.split('&').find_map(|pair| pair.strip_prefix("token="))?;
-    Some(percent_encoding::percent_decode_str(value).into())
+    match value.contains('%') {
+        true => Some(percent_encoding::percent_decode_str(value).into()),
+        false => Some(Cow::Borrowed(value.as_bytes())),
+    }
 }
