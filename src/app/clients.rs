@@ -19,7 +19,7 @@ use crate::protocol::{Conn, Fault};
 
 /// One connection as the application sees it. Every connection holds one, so its
 /// own fields take 16 bytes: an idle client is the Conn, the runtime's data and these.
-pub struct Client<T> {
+pub(crate) struct Client<T> {
     pub(super) conn: Conn,
     /// The runtime's own data for this client (its socket, its timer).
     pub(super) io: T,
