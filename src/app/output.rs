@@ -10,7 +10,10 @@ use std::io::{self, IoSlice};
 
 use log::debug;
 
-use super::{count_fault, queue_flush, App, LARGE_QUEUE};
+use super::budget::LARGE_QUEUE;
+use super::clients::count_fault;
+use super::deliver::queue_flush;
+use super::App;
 use crate::protocol::Conn;
 
 /// Chunks one writev takes at most.

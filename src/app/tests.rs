@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
+use std::time::Duration;
 
+use super::housekeeping::PRESENCE_EVERY;
 use super::*;
-use crate::config::Limits;
+use crate::config::{DeflateMode, Limits};
 use crate::protocol::tests::{close_frame, frame, text, UPGRADE};
 
 /// The runtime's per-client data, here only a name for the log.
