@@ -162,6 +162,12 @@ pub trait ClientIo: fmt::Display {
     fn peer_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// Whether a writable socket needs a flush even with the connection's queue
+    /// empty: the stream holds bytes of its own (TLS), or its reading waits to resume.
+    fn wants_flush(&self) -> bool {
+        false
+    }
 }
 
 /// One connection as the application sees it. Every connection holds one, so its
