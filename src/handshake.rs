@@ -259,9 +259,11 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
     if head.len() > MAX_HEAD {
         return Err(HandshakeError::HeadTooLarge);
     }
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(head) {
+    // Uninitialized: httparse writes the lines it finds (zeroing 64 of them first
+    // cost ~200 instructions per handshake).
+    let mut headers = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut headers) {
         Ok(httparse::Status::Complete(_)) => {}
         Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooManyHeaders),
         _ => return Err(HandshakeError::Malformed),
