@@ -315,3 +315,37 @@ fn two_authorization_lines_get_400_and_expect_100_continue_is_seen() {
     let other = b"POST /x HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 3\r\n\r\n";
     assert!(matches!(parse_request(other, &[]), Ok(Request::Http(Http { expect_continue: false, .. }))));
 }
+
+#[test]
+fn header_names_compare_as_eq_ignore_ascii_case_does_for_every_token_byte() {
+    const NAMES: [&str; 14] = [
+        "host",
+        "origin",
+        "cookie",
+        "expect",
+        "upgrade",
+        "connection",
+        "content-type",
+        "authorization",
+        "content-length",
+        "transfer-encoding",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-protocol",
+        "sec-websocket-extensions",
+    ];
+    // RFC 9110 5.6.2: the characters httparse lets into a header name.
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    for lower in NAMES {
+        assert!(is_name(lower.to_ascii_uppercase().as_bytes(), lower.as_bytes()));
+        assert!(!is_name(&lower.as_bytes()[1..], lower.as_bytes()), "lengths differ");
+        for at in 0..lower.len() {
+            for b in (0..=255u8).filter(|&b| token(b)) {
+                let mut name = lower.as_bytes().to_vec();
+                name[at] = b;
+                let expected = name.eq_ignore_ascii_case(lower.as_bytes());
+                assert_eq!(is_name(&name, lower.as_bytes()), expected, "{lower} with {b} at {at}");
+            }
+        }
+    }
+}
