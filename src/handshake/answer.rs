@@ -7,7 +7,7 @@ use crate::error::HandshakeError;
 pub(super) const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// The base64 alphabet (RFC 4648 4).
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+pub(super) const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 /// RFC 6455 4.2.2: base64(SHA-1(key + GUID)).
 pub fn accept_key(key: &[u8]) -> [u8; 28] {
