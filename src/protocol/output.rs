@@ -5,7 +5,8 @@
 use std::io::IoSlice;
 use std::time::Instant;
 
-use super::{Conn, Fault, FirstClose, Limits, State};
+use super::{Conn, Fault, FirstClose, State};
+use crate::config::Limits;
 use crate::frame::{CloseCode, Opcode};
 use crate::outqueue::{Chunk, OverLimit};
 
