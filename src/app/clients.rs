@@ -112,8 +112,11 @@ impl<T: ClientIo> App<T> {
         if memory >= LARGE_QUEUE {
             self.released += memory;
         }
-        let extra = self.extras.remove(&id);
-        self.new_rooms.remove(&id);
+        // Empty maps (every plain client's case) are not hashed into.
+        let extra = if self.extras.is_empty() { None } else { self.extras.remove(&id) };
+        if !self.new_rooms.is_empty() {
+            self.new_rooms.remove(&id);
+        }
         if client.role != Role::Pending {
             let session = Session {
                 v1: client.role == Role::V1,
