@@ -54,6 +54,11 @@ impl ClientIo for Io {
     fn peer_addr(&self) -> Option<SocketAddr> {
         self.transport.peer_addr().ok()
     }
+
+    /// TLS may hold records the socket did not take; paused reading resumes in a flush.
+    fn wants_flush(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_)) || self.transport.read_paused()
+    }
 }
 
 /// The log names a client by its peer address.

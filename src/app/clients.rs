@@ -19,7 +19,7 @@ use crate::protocol::{Conn, Fault};
 
 /// One connection as the application sees it. Every connection holds one, so its
 /// own fields take 16 bytes: an idle client is the Conn, the runtime's data and these.
-pub struct Client<T> {
+pub(crate) struct Client<T> {
     pub(super) conn: Conn,
     /// The runtime's own data for this client (its socket, its timer).
     pub(super) io: T,
@@ -112,9 +112,12 @@ impl<T: ClientIo> App<T> {
         if memory >= LARGE_QUEUE {
             self.released += memory;
         }
-        let extra = self.extras.remove(&id);
-        self.new_rooms.remove(&id);
-        // Both maps are empty on an open server: no hashing then.
+        // Empty maps (every plain client's case, and every client's on an open
+        // server) are not hashed into.
+        let extra = if self.extras.is_empty() { None } else { self.extras.remove(&id) };
+        if !self.new_rooms.is_empty() {
+            self.new_rooms.remove(&id);
+        }
         if !self.limiters.is_empty() {
             self.limiters.remove(&id);
         }

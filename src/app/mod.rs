@@ -102,6 +102,12 @@ pub trait ClientIo: fmt::Display {
     fn peer_addr(&self) -> Option<SocketAddr> {
         None
     }
+
+    /// Whether a writable socket needs a flush even with the connection's queue
+    /// empty: the stream holds bytes of its own (TLS), or its reading waits to resume.
+    fn wants_flush(&self) -> bool {
+        false
+    }
 }
 
 /// What a stop signal did.
@@ -348,7 +354,15 @@ impl<T: ClientIo> App<T> {
                 continue;
             }
             match config.mode {
-                Mode::Echo if config.history == 0 && can_write_through && payload.len() >= WRITE_THROUGH_MIN => {
+                // The last message of this read, or a large one, with nothing waiting
+                // ahead of it (pongs included): written now, the one writev a flush
+                // would make. Messages before it in the same read queue up and share a
+                // writev.
+                Mode::Echo
+                    if config.history == 0
+                        && can_write_through
+                        && (pos == total || payload.len() >= WRITE_THROUGH_MIN) =>
+                {
                     // Straight from the read buffer to the socket: no copy, no
                     // allocation. Only what the socket does not take is queued.
                     let mut header = [0u8; MAX_HEADER_LEN];
@@ -364,14 +378,7 @@ impl<T: ClientIo> App<T> {
                         echo_history.push(&frame);
                         Chunk::Shared(frame)
                     };
-                    // A small echo, the last message of this read, with nothing waiting
-                    // ahead of it (pongs included): written now, the one writev a flush
-                    // would make, without a trip through the queue. Messages before it
-                    // in the same read queue up and share a writev.
-                    if pos == total && matches!(echo, Chunk::Inline(_)) && client.conn.can_write_through() {
-                        let rest = write_through(&mut client.io, [echo.bytes(), &[]], &mut write_now, metrics);
-                        client.conn.finish_write_through(rest);
-                    } else if client.conn.send(echo, now, limits).is_ok() {
+                    if client.conn.send(echo, now, limits).is_ok() {
                         metrics.messages_out += 1;
                     }
                 }

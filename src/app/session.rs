@@ -1,4 +1,4 @@
-//! A client's rooms: what connection turned out to be (`Role`), the rooms it is in
+//! A client's rooms: what a connection turned out to be (`Role`), the rooms it is in
 //! (its first room on its `Client`, more in an `Extra` beside it), joining a room
 //! with its greeting (welcome and history), leaving, and the room an op names.
 

@@ -239,6 +239,25 @@ mod dispatch {
     }
 
     #[test]
+    fn an_echo_of_any_size_alone_in_its_read_is_written_through_and_the_rest_queued() {
+        let now = Instant::now();
+        let (mut app, a) = pure_echo(now);
+        // Too large to sit inline in a chunk, far below WRITE_THROUGH_MIN.
+        let payload = vec![5u8; 1000];
+        assert_eq!(feed(&mut app, a, &frame(true, 2, &payload), now), server_binary(&payload));
+        assert!(flush(&mut app).is_empty(), "nothing was queued");
+        let mut input = frame(true, 2, &payload);
+        let mut on_the_wire = Vec::new();
+        app.handle_input(a, &mut input, now, |_, parts| {
+            // The socket takes the header and 10 bytes.
+            on_the_wire.extend_from_slice(&parts.concat()[..14]);
+            14
+        });
+        on_the_wire.extend(flush(&mut app).remove(&a).unwrap());
+        assert_eq!(on_the_wire, server_binary(&payload));
+    }
+
+    #[test]
     fn a_large_echo_behind_a_pong_in_the_same_read_is_queued_after_it() {
         let now = Instant::now();
         let (mut app, a) = pure_echo(now);
