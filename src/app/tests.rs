@@ -377,6 +377,7 @@ mod memory_back {
     }
 }
 
+mod auth;
 mod deflate;
 mod rooms;
 
