@@ -234,16 +234,15 @@ pub struct App<T> {
     released: usize,
     last_trim: Option<Instant>,
     pub metrics: Metrics,
-    /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
-    backplane: Option<crate::backplane::Backplane>,
+    /// Where publishes are numbered: here, or by Redis (`--redis`, app/bus.rs).
+    bus: bus::Bus,
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
 /// (its peer address).
 impl<T: ClientIo> App<T> {
     pub fn new(config: Config) -> App<T> {
-        let backplane =
-            redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
+        let bus = bus::Bus::new(&config);
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
         // A history replay must fit a new client's queue beside live traffic.
         let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
@@ -275,7 +274,7 @@ impl<T: ClientIo> App<T> {
             released: 0,
             last_trim: None,
             metrics: Metrics::default(),
-            backplane,
+            bus,
         }
     }
 
@@ -313,7 +312,7 @@ impl<T: ClientIo> App<T> {
             .get(id)
             .is_some_and(|c| !c.conn.is_closed() && c.conn.queue_memory() <= self.config.limits.max_backpressure / 2)
             // --redis: a client whose join waits for Redis is not read meanwhile.
-            && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
+            && !self.bus.is_held(id)
     }
 
     /// A new turn of the loop for `id` (`Conn::start_turn`): the input it held back
@@ -380,7 +379,7 @@ impl<T: ClientIo> App<T> {
                 continue;
             }
             // --redis: a client whose join waits for Redis has its input held until its welcome.
-            if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
+            if self.bus.hold(id, opcode, payload) {
                 continue;
             }
             // permessage-deflate: an echo that shrinks goes back compressed.
@@ -445,7 +444,7 @@ impl<T: ClientIo> App<T> {
                     // client's Conn until `admit` is done with it.
                     let source = Source::Plain(id);
                     let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
-                    let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &p, now);
+                    let admitted = publish::admit(config, rooms, envelopes, &mut self.bus, &p, now);
                     let _ = self.conclude(source, admitted, now);
                 }
             }
@@ -1274,6 +1273,7 @@ fn log_fault(peer: &impl fmt::Display, fault: Fault) {
     }
 }
 
+mod bus;
 mod output;
 mod publish;
 mod redis;
