@@ -96,15 +96,21 @@ impl Bus {
     }
 
     /// A client whose join waits for Redis: its input is held, and it is not read.
-    #[inline]
+    #[inline(always)]
     pub(super) fn is_held(&self, id: usize) -> bool {
-        self.mirror().is_some_and(|m| m.is_held(id))
+        match self {
+            Bus::Local => false,
+            Bus::Redis(mirror) => mirror.is_held(id),
+        }
     }
 
     /// Keeps a held client's input; false when it is not held.
-    #[inline]
+    #[inline(always)]
     pub(super) fn hold(&mut self, id: usize, opcode: Opcode, payload: &[u8]) -> bool {
-        self.mirror_mut().is_some_and(|m| m.hold(id, opcode, payload))
+        match self {
+            Bus::Local => false,
+            Bus::Redis(mirror) => mirror.hold(id, opcode, payload),
+        }
     }
 }
 

@@ -116,8 +116,10 @@ impl<T: ClientIo> App<T> {
         self.conclude(p.source, admitted, now)
     }
 
-    /// After `admit`: a local publish delivered, a refusal told.
-    #[inline]
+    /// After `admit`: a local publish delivered, a refusal told. Out of line: once per
+    /// publish (not per delivery), and inlined it grew `handle_input` past the point
+    /// where LLVM still inlined the echo path's helpers (+60 instructions per echo).
+    #[inline(never)]
     pub(super) fn conclude(
         &mut self,
         source: Source<'_>,

@@ -18,6 +18,9 @@ use crate::pubsub::Audience;
 use crate::rooms::RoomId;
 use crate::v1::{OpError, Payload, Resume};
 
+#[cfg(test)]
+mod fake_redis;
+
 pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     let url = config.redis.clone()?;
     Some(Settings {
