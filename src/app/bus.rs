@@ -96,7 +96,7 @@ impl Bus {
     }
 
     /// A client whose join waits for Redis: its input is held, and it is not read.
-    #[inline(always)]
+    #[inline]
     pub(super) fn is_held(&self, id: usize) -> bool {
         match self {
             Bus::Local => false,
@@ -105,7 +105,7 @@ impl Bus {
     }
 
     /// Keeps a held client's input; false when it is not held.
-    #[inline(always)]
+    #[inline]
     pub(super) fn hold(&mut self, id: usize, opcode: Opcode, payload: &[u8]) -> bool {
         match self {
             Bus::Local => false,
