@@ -1097,7 +1097,9 @@ impl<T: ClientIo> App<T> {
     }
 
     /// After anything happened to a client: settle it, and schedule a flush if it
-    /// has something to write.
+    /// has something to write. Inlined: it ends every read (out of line, it cost the
+    /// echo path about 10 instructions per message).
+    #[inline]
     fn after_activity(&mut self, id: usize) {
         self.settle(id);
         if let Some(client) = self.clients.get_mut(id) {

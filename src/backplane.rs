@@ -118,7 +118,7 @@ pub enum Origin {
 }
 
 impl Origin {
-    pub fn client(&self) -> usize {
+    fn client(&self) -> usize {
         match self {
             Origin::Client { id, .. } | Origin::Api { id, .. } => *id,
         }

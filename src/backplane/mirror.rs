@@ -404,6 +404,8 @@ impl Mirror {
     /// A client is gone: its held input, its place among a room's joiners and its
     /// waiting publishes go (a publish already sent still reaches the room; only its
     /// answer has nobody to go to). Ids are reused: nothing may name it afterwards.
+    /// Out of line, as `hold`: it sits on every client's removal.
+    #[inline(never)]
     pub fn forget(&mut self, id: usize) {
         if let Some(room) = self.held.remove(&id).and_then(|held| held.room) {
             if let Some(sync) = self.rooms.get_mut(&room) {
