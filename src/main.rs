@@ -2,7 +2,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use mioket::config::{one_line, parse_args};
-use mioket::runtime::Server;
+use mioket::runtime::{Server, StartError};
 
 fn main() -> ExitCode {
     let config = match parse_args(std::env::args_os()) {
@@ -22,14 +22,10 @@ fn main() -> ExitCode {
     raise_fd_limit(config.max_connections);
     let server = match Server::bind(config) {
         Ok(server) => server,
-        // Bad --tls-cert/--tls-key files: a usage error, like a bad flag.
-        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-            eprintln!("mioket: bad TLS certificate or key: {e}");
-            return ExitCode::from(2);
-        }
         Err(e) => {
-            eprintln!("mioket: cannot listen: {e}");
-            return ExitCode::from(1);
+            eprintln!("mioket: {e}");
+            // Bad --tls-cert/--tls-key files: a usage error, like a bad flag.
+            return ExitCode::from(if matches!(e, StartError::Tls(_)) { 2 } else { 1 });
         }
     };
     let scheme = if server.is_tls() { "wss" } else { "ws" };

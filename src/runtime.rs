@@ -54,6 +54,11 @@ impl ClientIo for Io {
     fn peer_addr(&self) -> Option<SocketAddr> {
         self.transport.peer_addr().ok()
     }
+
+    /// TLS may hold records the socket did not take; paused reading resumes in a flush.
+    fn wants_flush(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_)) || self.transport.read_paused()
+    }
 }
 
 /// The log names a client by its peer address.
@@ -92,10 +97,9 @@ pub struct Server {
 
 impl Server {
     /// Binds the listening socket; `run` serves on it. With TLS, loads the certificate
-    /// and key first: an error of kind `InvalidData` means those files (its text says
-    /// which and why, on one line).
-    pub fn bind(config: Config) -> io::Result<Server> {
-        let tls = load_tls(&config).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    /// and key first.
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let tls = load_tls(&config).map_err(StartError::Tls)?;
         let mut listener =
             listen(resolve((config.host.as_str(), config.port))?, config.reuse_port, config.send_buffer)?;
         let local_addr = listener.local_addr()?;
@@ -527,6 +531,32 @@ impl Server {
         }
     }
 }
+
+/// Why the server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The --tls-cert/--tls-key files (which and why, on one line): a usage error.
+    Tls(String),
+    /// Listening, polling or the Redis threads.
+    Io(io::Error),
+}
+
+impl From<io::Error> for StartError {
+    fn from(e: io::Error) -> StartError {
+        StartError::Io(e)
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Tls(why) => write!(f, "bad TLS certificate or key: {why}"),
+            StartError::Io(e) => write!(f, "cannot listen: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
 
 fn load_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     match (&config.tls_cert, &config.tls_key) {

@@ -10,7 +10,10 @@ use std::io::{self, IoSlice};
 
 use log::debug;
 
-use super::{count_fault, queue_flush, App, LARGE_QUEUE};
+use super::budget::LARGE_QUEUE;
+use super::clients::count_fault;
+use super::deliver::queue_flush;
+use super::App;
 use crate::protocol::Conn;
 
 /// Chunks one writev takes at most.
@@ -93,10 +96,13 @@ impl<T: super::ClientIo> App<T> {
         !self.dirty.is_empty()
     }
 
-    /// `id`'s socket is writable again: its queue may move on.
+    /// `id`'s socket is writable again: its queue may move on. (Most read events say
+    /// writable too: a client with nothing to write is not flushed for them.)
     pub fn handle_writable(&mut self, id: usize) {
         if let Some(client) = self.clients.get_mut(id) {
-            queue_flush(&mut self.dirty, id, client);
+            if client.conn.has_output() || client.conn.poll_write_shutdown() || client.io.wants_flush() {
+                queue_flush(&mut self.dirty, id, client);
+            }
         }
     }
 

@@ -22,7 +22,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(self) -> u16 {
+    fn status(self) -> u16 {
         match self {
             Refusal::ServerFull | Refusal::RoomLimit => 503,
             Refusal::BadRoomName(_) | Refusal::BadResume => 400,
@@ -30,7 +30,7 @@ impl Refusal {
     }
 
     /// The plain-text body of the answer, also used in the log.
-    pub fn reason(self) -> &'static str {
+    fn reason(self) -> &'static str {
         match self {
             Refusal::ServerFull => "too many connections, try again later",
             Refusal::BadRoomName(why) => why.reason(),
@@ -45,7 +45,7 @@ impl Refusal {
     }
 
     /// How the metrics count it.
-    pub fn rejection(self) -> Rejection {
+    pub(super) fn rejection(self) -> Rejection {
         match self {
             Refusal::ServerFull | Refusal::RoomLimit => Rejection::OverMaxConnections,
             Refusal::BadRoomName(_) | Refusal::BadResume => Rejection::BadHandshake,

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 use std::io::IoSlice;
+use std::time::Duration;
 
+use super::housekeeping::PRESENCE_EVERY;
 use super::*;
-use crate::config::Limits;
+use crate::config::{DeflateMode, Limits};
 use crate::protocol::tests::{close_frame, frame, text, UPGRADE};
 
 /// The runtime's per-client data, here only a name for the log.
@@ -231,6 +233,25 @@ mod dispatch {
             let all = parts.concat();
             on_the_wire.extend_from_slice(&all[..1000]);
             1000
+        });
+        on_the_wire.extend(flush(&mut app).remove(&a).unwrap());
+        assert_eq!(on_the_wire, server_binary(&payload));
+    }
+
+    #[test]
+    fn an_echo_of_any_size_alone_in_its_read_is_written_through_and_the_rest_queued() {
+        let now = Instant::now();
+        let (mut app, a) = pure_echo(now);
+        // Too large to sit inline in a chunk, far below WRITE_THROUGH_MIN.
+        let payload = vec![5u8; 1000];
+        assert_eq!(feed(&mut app, a, &frame(true, 2, &payload), now), server_binary(&payload));
+        assert!(flush(&mut app).is_empty(), "nothing was queued");
+        let mut input = frame(true, 2, &payload);
+        let mut on_the_wire = Vec::new();
+        app.handle_input(a, &mut input, now, |_, parts| {
+            // The socket takes the header and 10 bytes.
+            on_the_wire.extend_from_slice(&parts.concat()[..14]);
+            14
         });
         on_the_wire.extend(flush(&mut app).remove(&a).unwrap());
         assert_eq!(on_the_wire, server_binary(&payload));

@@ -2,6 +2,8 @@
 //! Grouped by RFC 6455 section.
 
 use super::*;
+use crate::handshake::MAX_HEAD;
+use crate::outqueue::OverLimit;
 use proptest::prelude::*;
 use std::io::IoSlice;
 

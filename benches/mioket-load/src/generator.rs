@@ -6,15 +6,21 @@ use std::time::{Duration, Instant};
 use mio::{Events, Poll};
 
 use crate::args::{Args, Workload};
-use crate::client::{Client, CONNS_PER_SOURCE};
+use crate::conn::{Client, CONNS_PER_SOURCE};
 use crate::frame::{masked_frame, upgrade_request, OP_BINARY, OP_CLOSE};
 use crate::histogram::Histogram;
 use crate::parser::{Ev, Inflate};
-use crate::procfs::rss_bytes;
-use crate::report::cpu_seconds;
+use crate::procfs::{cpu_seconds, rss_bytes};
 use crate::stamp::{run_nonce, BCAST_HEAD};
-use crate::workloads::RoomPub;
 use crate::{corpus, deflate};
+
+/// A rooms publisher: its publishing connections (client index and room), one per room
+/// it owns (rooms p, p + P, p + 2P, ...), which it publishes through in turn, and the
+/// next one.
+pub(crate) struct RoomPub {
+    pub(crate) conns: Vec<(usize, u32)>,
+    pub(crate) next: usize,
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Stage {

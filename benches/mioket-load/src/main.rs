@@ -35,6 +35,7 @@ use generator::Gen;
 
 mod args;
 mod client;
+mod conn;
 mod corpus;
 mod deflate;
 mod empty_rooms;

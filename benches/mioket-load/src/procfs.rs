@@ -28,6 +28,11 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// utime + stime of a process, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
+    cpu_time(pid).map(|t| t.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,12 +5,7 @@ use std::time::Instant;
 
 use crate::args::Workload;
 use crate::generator::Gen;
-use crate::procfs::{self, rss_bytes};
-
-/// utime + stime of a process, in seconds.
-pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
-    procfs::cpu_time(pid).map(|t| t.as_secs_f64())
-}
+use crate::procfs::{cpu_seconds, rss_bytes};
 
 impl Gen {
     pub(crate) fn report(&self) {

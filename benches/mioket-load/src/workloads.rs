@@ -3,20 +3,12 @@
 use std::time::{Duration, Instant};
 
 use crate::args::Workload;
-use crate::client::{Out, Phase, Role};
+use crate::conn::{Out, Phase, Role};
 use crate::deflate;
 use crate::frame::{masked_frame, masked_frame_with, payload_start, KEY, OP_BINARY, OP_PONG, OP_TEXT};
 use crate::generator::{Gen, Stage};
 use crate::parser::Ev;
 use crate::stamp::{Stamp, BCAST_HEAD, ROOMS_HEAD};
-
-/// A rooms publisher: its publishing connections (client index and room), one per room
-/// it owns (rooms p, p + P, p + 2P, ...), which it publishes through in turn, and the
-/// next one.
-pub(crate) struct RoomPub {
-    pub(crate) conns: Vec<(usize, u32)>,
-    pub(crate) next: usize,
-}
 
 impl Gen {
     pub(crate) fn on_open(&mut self, idx: usize, now: Instant) {

@@ -1,0 +1,417 @@
+//! The application: what mioket does with its connections, without I/O.
+//!
+//! It admits or refuses (max connections, handshake slack, shutdown), puts each
+//! WebSocket in its room (the path's) and greets it with the room's history, speaks
+//! `mioket.v1` with the clients that asked for it (docs/protocol.md), dispatches each
+//! message (echo, or a publish to a room's members), decides when an echo is written
+//! straight to the socket, tells rooms' members who is online, and answers plain HTTP
+//! (the pages, `/metrics`, `/healthz`, the API). The runtime feeds it bytes, time and
+//! signals and carries out what it asks: flush these clients (`drain_dirty_into`),
+//! wake this client at this time (`poll_timeout`), wake me then (`poll_housekeeping`),
+//! stop now (`poll_stop`). It never sees a socket: each client carries the runtime's
+//! own data as an opaque `T`; a flush writes through the runtime's `Transmit`
+//! (`app/output.rs`, the one way out), and a write-through through a closure the
+//! runtime gives. The runtime never touches a `Conn`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Instant;
+
+use log::info;
+use slab::Slab;
+
+use crate::config::{Config, Mode};
+use crate::deflate::Compressor;
+use crate::frame::{encode_header, server_header, Opcode, MAX_HEADER_LEN};
+use crate::metrics::{Metrics, Rejection};
+use crate::outqueue::{shared_message, Chunk};
+use crate::protocol::{Conn, Event};
+use crate::pubsub::History;
+use crate::rooms::{RoomLimits, Rooms};
+use crate::v1::{Envelopes, Payload};
+
+use publish::{Publish, Source, Target};
+
+// The application's rooms, one concern each (this file: `App`, the way in from the
+// runtime, and the table of contents).
+
+// The upgrade decision: accept (role, subprotocol, room) or refuse.
+mod admit;
+// Memory across clients: the unfinished-input budget, and giving memory back.
+mod budget;
+// One bus: a publish numbered here (delivered at once) or by Redis (delivered when back).
+mod bus;
+// A client's life: `Client`, settling and removing it, and the server's stop.
+mod clients;
+// One way to the members: encode once, fan out, compress once, queue flushes.
+mod deliver;
+// Echo mode's write-through.
+mod echo;
+// Rooms' timed work: presence updates, empty rooms freed.
+mod housekeeping;
+// The one way out: a client's queue through the runtime's `Transmit`.
+mod output;
+// The one way in: every publish a `Publish` through `admit`.
+mod publish;
+// The Redis bus's side (`--redis`): the mirror's effects applied.
+mod redis;
+// The application's refusals of a valid upgrade.
+mod refusal;
+// Plain HTTP: pages, `/metrics`, `/healthz`, the API.
+mod routes;
+// A client's rooms: memberships, joining with the greeting, leaving.
+mod session;
+// `mioket.v1` ops from a client.
+mod v1ops;
+
+pub(crate) use clients::Client;
+pub use output::{ClientView, Transmit};
+pub use refusal::Refusal;
+
+use clients::Lifecycle;
+// As publish.rs and redis.rs name them (`super::encode`, ...).
+use deliver::{encode, fits_envelope, queue_flush, TOO_BIG_FOR_ENVELOPE};
+use echo::{write_through, WRITE_THROUGH_MIN};
+use session::{Extra, Role, NOT_JOINED, NO_ROOM};
+
+/// Connections still in their handshake allowed beyond max-connections.
+const HANDSHAKE_SLACK: usize = 1024;
+
+/// The listener a connection came in on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The WebSocket port: upgrades, pages, the API, and /metrics and /healthz unless
+    /// they have a port of their own.
+    Main,
+    /// `--metrics-listen`: only /metrics and /healthz.
+    Operator,
+}
+
+/// The runtime's own data for one client (its socket), as the application may ask
+/// of it: how the log names it, and the peer's address for an admission policy
+/// (asked only when a policy wants it: holding it on every connection would cost 32
+/// bytes of the idle budget, and the socket knows it anyway).
+pub trait ClientIo: fmt::Display {
+    /// The address the connection came from (not `X-Forwarded-For`); `None` where
+    /// there is no socket.
+    fn peer_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Whether a writable socket needs a flush even with the connection's queue
+    /// empty: the stream holds bytes of its own (TLS), or its reading waits to resume.
+    fn wants_flush(&self) -> bool {
+        false
+    }
+}
+
+/// What a stop signal did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// The first: stop accepting; every client is closing with 1001.
+    Closing,
+    /// A second signal: stop now.
+    Now,
+}
+
+pub struct App<T> {
+    config: Config,
+    clients: Slab<Client<T>>,
+    /// Accepted WebSockets not yet removed.
+    open: usize,
+    /// Broadcast mode: the rooms, their members and histories.
+    rooms: Rooms,
+    /// Echo mode: the history replayed to new clients (no rooms).
+    echo_history: History<Rc<[u8]>>,
+    /// The welcome as a plain frame.
+    welcome: Option<Rc<[u8]>>,
+    envelopes: Envelopes,
+    /// v1 clients' rooms beyond their first, by client id.
+    extras: HashMap<usize, Extra>,
+    /// v1 clients that made rooms by `join`: when their window began, rooms made in it.
+    new_rooms: HashMap<usize, (Instant, usize)>,
+    /// permessage-deflate's one compressor: a message is compressed once, whoever gets it.
+    compressor: Compressor,
+    /// A v1 message's bytes, copied out of its connection to be parsed while the
+    /// application writes to that same connection. Reused.
+    scratch: Vec<u8>,
+    /// When rooms may next tell their presence (set while some room owes one).
+    presence_at: Option<Instant>,
+    last_presence: Option<Instant>,
+    /// The time of the latest event, for the few steps that are not given one.
+    now: Instant,
+    lifecycle: Lifecycle,
+    /// Clients with output to flush, in the order they got it (a broadcast's sender first).
+    dirty: Vec<usize>,
+    /// What every client's `Conn::unfinished_memory` adds up to (see `track_unfinished`).
+    unfinished: usize,
+    /// Memory freed by large queues since the last trim, and when that was.
+    released: usize,
+    last_trim: Option<Instant>,
+    pub metrics: Metrics,
+    /// Where publishes are numbered: here, or by Redis (`--redis`, app/bus.rs).
+    bus: bus::Bus,
+}
+
+/// `T` is the runtime's per-client data; its `Display` names the client in the log
+/// (its peer address).
+impl<T: ClientIo> App<T> {
+    pub fn new(config: Config) -> App<T> {
+        let bus = bus::Bus::new(&config);
+        let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
+        // A history replay must fit a new client's queue beside live traffic.
+        let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
+        let rooms = Rooms::new(RoomLimits {
+            max_rooms: config.max_rooms,
+            ttl: config.room_ttl,
+            history_messages: config.history,
+            history_room_bytes,
+            history_memory: config.history_memory,
+        });
+        App {
+            echo_history: History::new(config.history, history_room_bytes),
+            config,
+            clients: Slab::new(),
+            open: 0,
+            rooms,
+            welcome,
+            envelopes: Envelopes::default(),
+            extras: HashMap::new(),
+            new_rooms: HashMap::new(),
+            compressor: Compressor::default(),
+            scratch: Vec::new(),
+            presence_at: None,
+            last_presence: None,
+            now: Instant::now(),
+            lifecycle: Lifecycle::Serving,
+            dirty: Vec::new(),
+            unfinished: 0,
+            released: 0,
+            last_trim: None,
+            metrics: Metrics::default(),
+            bus,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A new TCP connection. Beyond max-connections plus the handshake slack it is
+    /// refused at once: the runtime writes the answer (best effort) and drops it.
+    pub fn connect(&mut self, io: T, listener: Listener, now: Instant) -> Result<usize, (T, Vec<u8>)> {
+        self.metrics.accepted += 1;
+        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
+            self.metrics.reject(Rejection::OverMaxConnections);
+            info!("rejected {io}: too many connections (503)");
+            return Err((io, Refusal::ServerFull.response()));
+        }
+        let conn = Conn::new(now, &self.config.limits);
+        let client = Client {
+            conn,
+            io,
+            first: NOT_JOINED,
+            role: Role::Pending,
+            first_is_home: false,
+            listener,
+            flush_queued: false,
+        };
+        Ok(self.clients.insert(client))
+    }
+
+    /// Whether to read on from `id`: an echo client that does not read its answers,
+    /// or a ping flood, stops being read while its queue holds over half the limit.
+    #[inline]
+    pub fn wants_input(&self, id: usize) -> bool {
+        self.clients
+            .get(id)
+            .is_some_and(|c| !c.conn.is_closed() && c.conn.queue_memory() <= self.config.limits.max_backpressure / 2)
+            // --redis: a client whose join waits for Redis is not read meanwhile.
+            && !self.bus.is_held(id)
+    }
+
+    /// A new turn of the loop for `id` (`Conn::start_turn`): the input it held back
+    /// last turn is copied into `buf`, for `handle_input` first. Returns how many bytes.
+    #[inline]
+    pub fn start_turn(&mut self, id: usize, buf: &mut [u8]) -> usize {
+        let Some(client) = self.clients.get_mut(id) else { return 0 };
+        if !client.conn.holds_input() {
+            // Only the inflate budget to renew: nothing held, nothing counted.
+            return client.conn.start_turn(buf);
+        }
+        let held = client.conn.unfinished_memory();
+        let n = client.conn.start_turn(buf);
+        // Held input counts in the unfinished budget until it is handed back.
+        self.unfinished -= held.saturating_sub(client.conn.unfinished_memory()).min(self.unfinished);
+        n
+    }
+
+    /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
+    /// `write_now` is the runtime's non-blocking write for write-through; it returns
+    /// how many bytes the socket took.
+    pub fn handle_input(
+        &mut self,
+        id: usize,
+        input: &mut [u8],
+        now: Instant,
+        mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
+    ) {
+        let total = input.len();
+        self.now = now;
+        self.metrics.bytes_read += total as u64;
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        let mut pos = 0;
+        while pos < total {
+            let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
+            let limits = &config.limits;
+            let Some(client) = clients.get_mut(id) else { break };
+            // Asked before the input: the message it yields borrows the Conn.
+            let can_write_through = client.conn.can_write_through();
+            let takes_compressed = client.conn.takes_compressed();
+            let (used, event) = client.conn.handle_input(&mut input[pos..], now, limits);
+            pos += used;
+            let Some(event) = event else {
+                if used == 0 {
+                    break;
+                }
+                continue;
+            };
+            let (opcode, payload) = match event {
+                Event::UpgradeRequest(request) => {
+                    self.admit(id, &request, now);
+                    continue;
+                }
+                Event::HttpRequest(request) => {
+                    self.answer_http(id, request, now);
+                    continue;
+                }
+                Event::Message { opcode, payload } => (opcode, payload),
+            };
+            metrics.messages_in += 1;
+            metrics.message_bytes_in += payload.len() as u64;
+            let role = client.role;
+            if role == Role::Pending {
+                continue;
+            }
+            // --redis: a client whose join waits for Redis has its input held until its welcome.
+            if self.bus.hold(id, opcode, payload) {
+                continue;
+            }
+            // permessage-deflate: an echo that shrinks goes back compressed.
+            let compressed =
+                (config.mode == Mode::Echo && takes_compressed && payload.len() >= config.deflate_min_size)
+                    .then(|| compressor.frame(opcode, payload))
+                    .flatten();
+            if let Some(frame) = compressed {
+                metrics.compressed_frames += 1;
+                if config.history > 0 {
+                    echo_history.push(&shared_message(opcode, payload));
+                }
+                if client.conn.send(Chunk::Owned(frame.to_vec()), now, limits).is_ok() {
+                    metrics.messages_out += 1;
+                }
+                continue;
+            }
+            match config.mode {
+                // The last message of this read, or a large one, with nothing waiting
+                // ahead of it (pongs included): written now, the one writev a flush
+                // would make. Messages before it in the same read queue up and share a
+                // writev.
+                Mode::Echo
+                    if config.history == 0
+                        && can_write_through
+                        && (pos == total || payload.len() >= WRITE_THROUGH_MIN) =>
+                {
+                    // Straight from the read buffer to the socket: no copy, no
+                    // allocation. Only what the socket does not take is queued.
+                    let mut header = [0u8; MAX_HEADER_LEN];
+                    let n = encode_header(&server_header(opcode, payload.len()), &mut header);
+                    let rest = write_through(&mut client.io, [&header[..n], payload], &mut write_now, metrics);
+                    client.conn.finish_write_through(rest);
+                }
+                Mode::Echo => {
+                    let echo = if config.history == 0 {
+                        Chunk::frame(opcode, payload)
+                    } else {
+                        let frame = shared_message(opcode, payload);
+                        echo_history.push(&frame);
+                        Chunk::Shared(frame)
+                    };
+                    if client.conn.send(echo, now, limits).is_ok() {
+                        metrics.messages_out += 1;
+                    }
+                }
+                Mode::Broadcast if role == Role::V1 => {
+                    // Copied out: the op is parsed and acted on while this client's
+                    // Conn (which the payload borrows) gets answers.
+                    scratch.clear();
+                    scratch.extend_from_slice(payload);
+                    let message = std::mem::take(scratch);
+                    self.handle_v1(id, opcode, &message, now);
+                    self.scratch = message;
+                }
+                Mode::Broadcast => {
+                    // A plain client is always in its one room.
+                    let room = client.first.room;
+                    if room == NO_ROOM {
+                        continue;
+                    }
+                    // The one way in, in two halves: the payload borrows this
+                    // client's Conn until `admit` is done with it.
+                    let source = Source::Plain(id);
+                    let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
+                    let admitted = publish::admit(config, rooms, envelopes, &mut self.bus, &p, now);
+                    let _ = self.conclude(source, admitted, now);
+                }
+            }
+        }
+        if let Some(client) = self.clients.get_mut(id) {
+            // A large message buffer (an inflated message) goes back now, not when idle.
+            self.released += client.conn.end_input();
+            let after = client.conn.unfinished_memory();
+            if after != held {
+                self.unfinished_changed(id, held, after, now);
+            }
+        }
+        self.after_activity(id);
+    }
+
+    /// The peer ended its side of the stream (or the socket failed).
+    pub fn handle_eof(&mut self, id: usize) {
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        if let Some(client) = self.clients.get_mut(id) {
+            client.conn.handle_eof();
+        }
+        self.track_unfinished(id, held, self.now);
+        self.after_activity(id);
+    }
+
+    /// `id`'s deadline (from `poll_timeout`) has come.
+    pub fn handle_timeout(&mut self, id: usize, now: Instant) {
+        self.now = now;
+        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        if let Some(client) = self.clients.get_mut(id) {
+            client.conn.handle_timeout(now, &self.config.limits);
+        }
+        self.track_unfinished(id, held, now);
+        self.after_activity(id);
+    }
+
+    /// When `id` next wants `handle_timeout`.
+    pub fn poll_timeout(&self, id: usize) -> Option<Instant> {
+        self.clients.get(id).and_then(|c| c.conn.poll_timeout())
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn client_ids(&self) -> impl Iterator<Item = usize> + '_ {
+        self.clients.iter().map(|(id, _)| id)
+    }
+}
+
+#[cfg(test)]
+mod tests;
