@@ -22,8 +22,8 @@
 //!   their close codes and HTTP statuses; `frame` imports it, not the other way).
 //!   The wire layer knows no subprotocol name: `app` picks one from the request.
 //! - `backplane`: the Redis backplane (`--redis`): rooms shared by many processes,
-//!   numbered by Redis; a sans-I/O half for the application and a link (two threads)
-//!   for the runtime.
+//!   numbered by Redis; a sans-I/O half (`mirror`, behind the application's bus) and
+//!   a link (three threads) for the runtime.
 //! - [`config`]: `Config` and `Limits`, the command line; `metrics`: counters and
 //!   the Prometheus text; `memory`: giving freed heap pages back to the system.
 //!

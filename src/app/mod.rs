@@ -43,6 +43,8 @@ use publish::{Gate, Publish, Source, Target};
 mod admit;
 // Memory across clients: the unfinished-input budget, and giving memory back.
 mod budget;
+// One bus: a publish numbered here (delivered at once) or by Redis (delivered when back).
+mod bus;
 // A client's life: `Client`, settling and removing it, and the server's stop.
 mod clients;
 // One way to the members: encode once, fan out, compress once, queue flushes.
@@ -58,7 +60,7 @@ mod publish;
 // Tokens and permissions: the grant of an upgrade, refresh, expiry, presence with
 // users, the moderation API (src/auth/ decides; this applies).
 mod permit;
-// The backplane's side (`--redis`).
+// The Redis bus's side (`--redis`): the mirror's effects applied.
 mod redis;
 // The application's refusals of a valid upgrade.
 mod refusal;
@@ -154,8 +156,8 @@ pub struct App<T> {
     released: usize,
     last_trim: Option<Instant>,
     pub metrics: Metrics,
-    /// `--redis` (broadcast mode): rooms shared with other processes (app/redis.rs).
-    backplane: Option<crate::backplane::Backplane>,
+    /// Where publishes are numbered: here, or by Redis (`--redis`, app/bus.rs).
+    bus: bus::Bus,
     /// Tokens and permissions (src/auth/): keys, the anonymous grant, users' grants.
     auth: Auth,
     /// Open WebSockets per address and per user (`--max-connections-per-*`).
@@ -189,8 +191,7 @@ impl<T: ClientIo> App<T> {
 
     /// An application with its keys loaded.
     pub(crate) fn with_auth(config: Config, auth: Auth) -> App<T> {
-        let backplane =
-            redis::settings(&config).filter(|_| config.mode == Mode::Broadcast).map(crate::backplane::Backplane::new);
+        let bus = bus::Bus::new(&config);
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
         // A history replay must fit a new client's queue beside live traffic.
         let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
@@ -221,7 +222,7 @@ impl<T: ClientIo> App<T> {
             released: 0,
             last_trim: None,
             metrics: Metrics::default(),
-            backplane,
+            bus,
             auth,
             per_ip: Counter::new(config.max_connections_per_ip),
             per_user: Counter::new(config.max_connections_per_user),
@@ -268,7 +269,7 @@ impl<T: ClientIo> App<T> {
             .get(id)
             .is_some_and(|c| !c.conn.is_closed() && c.conn.queue_memory() <= self.config.limits.max_backpressure / 2)
             // --redis: a client whose join waits for Redis is not read meanwhile.
-            && !self.backplane.as_ref().is_some_and(|bp| bp.is_held(id))
+            && !self.bus.is_held(id)
     }
 
     /// A new turn of the loop for `id` (`Conn::start_turn`): the input it held back
@@ -335,7 +336,7 @@ impl<T: ClientIo> App<T> {
                 continue;
             }
             // --redis: a client whose join waits for Redis has its input held until its welcome.
-            if self.backplane.as_mut().is_some_and(|bp| bp.hold(id, opcode, payload)) {
+            if self.bus.hold(id, opcode, payload) {
                 continue;
             }
             // permessage-deflate: an echo that shrinks goes back compressed.
@@ -403,7 +404,7 @@ impl<T: ClientIo> App<T> {
                     let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
                     let (auth, grants, limits) = (&self.auth, &self.grants, &self.publish_limits);
                     let mut gate = Gate { auth, grants, limits, limiters: &mut self.limiters };
-                    let admitted = publish::admit(config, rooms, envelopes, &mut self.backplane, &mut gate, &p, now);
+                    let admitted = publish::admit(config, rooms, envelopes, &mut self.bus, &mut gate, &p, now);
                     let _ = self.conclude(source, admitted, now);
                 }
             }

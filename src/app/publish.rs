@@ -2,26 +2,27 @@
 //! `publish` or binary frame, an HTTP API publish, held input replayed once a join
 //! has Redis's state) becomes one `Publish` and goes through `admit`, where the size
 //! rule is written once (and where the permission check and the rate limit go
-//! next). Admitted, it is numbered here at once (`Admitted::Local`, fanned out by
-//! `App::conclude`) or sent to Redis and numbered later (`Admitted::Sent`). A
-//! refusal is told to its publisher in one place, `App::refuse_publish`, now or
-//! (Redis) later.
+//! next). Admitted, it goes to the bus (app/bus.rs): numbered here and delivered at
+//! once (`Sent::Now`, by `App::conclude`), or sent to Redis and delivered when it
+//! comes back (`Sent::Later`). A refusal is told to its publisher in one place,
+//! `App::refuse_publish`, now or (Redis) later.
 
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::deliver::{encode_from, fits_envelope_from};
+use super::bus::{Bus, Delivery, Sent};
+use super::deliver::fits_envelope_from;
 use super::{App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::auth::limits::{Limiter, PublishLimits, Verdict};
 use crate::auth::{Auth, Grant};
-use crate::backplane::{self, Backplane, Origin};
+use crate::backplane::{self, Origin};
 use crate::config::Config;
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Seq;
-use crate::rooms::{RoomId, Rooms, Stored};
+use crate::rooms::{RoomId, Rooms};
 use crate::v1::{Envelopes, OpError, Payload};
 
 /// Who published, which says how it is answered and how a refusal is told.
@@ -39,7 +40,7 @@ impl<'a> Source<'a> {
     /// The publisher `fan_out` acks and flushes first (an API request is answered
     /// by its caller).
     #[inline]
-    fn publisher(self) -> Option<(usize, Option<&'a str>)> {
+    pub(super) fn publisher(self) -> Option<(usize, Option<&'a str>)> {
         match self {
             Source::Plain(id) => Some((id, None)),
             Source::V1 { id, ack } => Some((id, ack)),
@@ -48,7 +49,7 @@ impl<'a> Source<'a> {
     }
 
     /// What the backplane keeps to answer it once Redis has numbered it.
-    fn origin(self, room: &str) -> Origin {
+    pub(super) fn origin(self, room: &str) -> Origin {
         match self {
             Source::Plain(id) => Origin::Client { id, ack: None, v1: false },
             Source::V1 { id, ack } => Origin::Client { id, ack: ack.map(Into::into), v1: true },
@@ -70,12 +71,6 @@ pub(super) struct Publish<'a> {
     pub source: Source<'a>,
     pub room: Target<'a>,
     pub payload: Payload<'a>,
-}
-
-/// An admitted publish: encoded for a room here, or sent to Redis.
-pub(super) enum Admitted {
-    Local(RoomId, Stored),
-    Sent,
 }
 
 /// What became of an admitted publish.
@@ -160,64 +155,49 @@ impl<'a> Gate<'a> {
     }
 }
 
-/// The one entry point's rules: the size rule, then here or to Redis. Over
-/// the fields it needs rather than the `App`: a plain client's payload still
-/// borrows its connection.
+/// The one entry point's rules: the size rule, then the bus. Over the fields it
+/// needs rather than the `App`: a plain client's payload still borrows its connection.
 #[inline]
 pub(super) fn admit(
     config: &Config,
     rooms: &mut Rooms,
     envelopes: &mut Envelopes,
-    backplane: &mut Option<Backplane>,
+    bus: &mut Bus,
     gate: &mut Gate<'_>,
     p: &Publish<'_>,
     now: Instant,
-) -> Result<Admitted, Refused> {
+) -> Result<Sent, Refused> {
     let from = gate.check(rooms, p, now)?;
     if !fits_envelope_from(config, p.payload, from) {
         return Err(Refused::TooBig);
     }
-    if let Some(bp) = backplane.as_mut() {
-        return send_to_redis(rooms, bp, p, now);
-    }
-    let room = match p.room {
-        Target::Id(room) => room,
-        Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
-    };
-    Ok(Admitted::Local(room, encode_from(rooms, envelopes, room, p.payload, config.history > 0, from)))
-}
-
-#[inline(never)]
-fn send_to_redis(rooms: &Rooms, bp: &mut Backplane, p: &Publish<'_>, now: Instant) -> Result<Admitted, Refused> {
-    let name = match p.room {
-        Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
-        Target::Named(name) => name,
-    };
-    let origin = p.source.origin(name);
-    bp.publish(name, p.payload.opcode(), p.payload.bytes(), origin, now).map_err(Refused::Backplane)?;
-    Ok(Admitted::Sent)
+    bus.publish(config, rooms, envelopes, p, from, now)
 }
 
 impl<T: ClientIo> App<T> {
     /// The one way in: `admit`, then `conclude`.
     pub(super) fn publish(&mut self, p: Publish<'_>, now: Instant) -> Result<Outcome, Refused> {
-        let App { config, rooms, envelopes, backplane, auth, publish_limits, limiters, grants, .. } = self;
+        let App { config, rooms, envelopes, bus, auth, publish_limits, limiters, grants, .. } = self;
         let mut gate = Gate { auth, grants, limits: publish_limits, limiters };
-        let admitted = admit(config, rooms, envelopes, backplane, &mut gate, &p, now);
+        let admitted = admit(config, rooms, envelopes, bus, &mut gate, &p, now);
         self.conclude(p.source, admitted, now)
     }
 
-    /// After `admit`: a local publish numbered and fanned out, a refusal told.
-    #[inline]
+    /// After `admit`: a local publish delivered, a refusal told. Out of line: once per
+    /// publish (not per delivery), and inlined it grew `handle_input` past the point
+    /// where LLVM still inlined the echo path's helpers (+60 instructions per echo).
+    #[inline(never)]
     pub(super) fn conclude(
         &mut self,
         source: Source<'_>,
-        admitted: Result<Admitted, Refused>,
+        admitted: Result<Sent, Refused>,
         now: Instant,
     ) -> Result<Outcome, Refused> {
         let outcome = match admitted {
-            Ok(Admitted::Local(room, stored)) => Outcome::Numbered(self.fan_out(room, stored, source.publisher(), now)),
-            Ok(Admitted::Sent) => Outcome::Sent,
+            Ok(Sent::Now(room, stored)) => {
+                Outcome::Numbered(self.deliver(Delivery { room, stored, publisher: source.publisher() }, now))
+            }
+            Ok(Sent::Later) => Outcome::Sent,
             Err(why) => {
                 self.refuse_publish(source, why, now);
                 return Err(why);

@@ -1,33 +1,25 @@
-//! The application's side of the Redis backplane (`--redis`, src/backplane.rs).
-//!
-//! With a backplane a publish does not fan out at once: it goes to Redis, which numbers
-//! it, and the fan-out happens when it comes back from the subscription (our own
-//! messages included), so every node delivers a room's messages in Redis's order with
-//! Redis's seqs. Each node's `Rooms` is a mirror of the rooms it has members in: a
-//! room is joined only once the mirror holds Redis's state (a fetch: epoch, seq and the
-//! kept messages), and the joining client's input is held back until its welcome. Live
-//! messages that come while a room is fetched are buffered and delivered after it,
-//! skipping the seqs the fetch already gave; a gap in the seqs (a lost subscription)
-//! is filled from the room's stream. A room whose Redis state does not continue its
-//! mirror (Redis lost data) closes its members with 1013: on their resume they are
-//! told `"recovered":false`.
+//! The application's side of the Redis bus (`--redis`, app/bus.rs): it hands the
+//! mirror (src/backplane/mirror.rs) what the link reports, the joins and the time,
+//! and applies what the mirror says: deliveries (through `App::deliver`, as a local
+//! bus's), joins welcomed or refused with their held input acted on after, rooms
+//! restarted from Redis's state or closed (1013) when Redis lost their messages, API
+//! publishes answered, lost publishes refused.
 
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
-
+use super::bus::{Bus, Delivery};
 use super::publish::{self, Publish, Source, Target};
 use super::{encode, queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Command, Event, Fetched, Message, Origin, Settings, SyncState};
+use crate::backplane::{Effect, Event, Joining, Message, Origin, Settings};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
 use crate::rooms::RoomId;
 use crate::v1::{OpError, Payload, Resume};
 
-/// Rooms per touch command.
-const TOUCH_BATCH: usize = 512;
+#[cfg(test)]
+mod fake_redis;
 
 pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
     let url = config.redis.clone()?;
@@ -42,110 +34,57 @@ pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
 }
 
 impl<T: ClientIo> App<T> {
-    /// The backplane's settings, when it is on (`--redis`, broadcast mode).
-    pub fn backplane_settings(&self) -> Option<&Settings> {
-        self.backplane.as_ref().map(|bp| &bp.settings)
-    }
-
-    /// Commands for Redis, for the runtime to hand to the link (and empty).
-    pub fn backplane_outbox(&mut self) -> Option<&mut Vec<Command>> {
-        self.backplane.as_mut().map(|bp| &mut bp.outbox)
-    }
-
     /// What the link reports.
     pub fn handle_backplane(&mut self, event: Event, now: Instant) {
         self.now = now;
-        let Some(bp) = self.backplane.as_mut() else { return };
-        match event {
-            Event::Commands(up) => {
-                if bp.commands_up && !up {
-                    bp.stats.disconnects += 1;
-                }
-                bp.commands_up = up;
-                self.resync_all();
-            }
-            Event::Fetches(up) => {
-                if bp.fetches_up && !up {
-                    bp.stats.disconnects += 1;
-                }
-                bp.fetches_up = up;
-                self.resync_all();
-            }
-            Event::Subscribed(up) => {
-                if bp.subscribed && !up {
-                    bp.stats.disconnects += 1;
-                    // Messages may be missed from now on: rooms read their stream again
-                    // once the subscription is back.
-                    for sync in bp.rooms.values_mut() {
-                        if sync.state == SyncState::Synced {
-                            sync.state = SyncState::Unsynced;
-                        }
-                    }
-                }
-                bp.subscribed = up;
-                self.resync_all();
-            }
-            Event::Published { req, room, result } => {
-                bp.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
-                match result {
-                    Ok((_, seq)) => {
-                        // A client's publish is acked with its delivery here; an API
-                        // request is answered now.
-                        if matches!(bp.pending.get(&req), Some(Origin::Api { .. })) {
-                            if let Some(Origin::Api { id, room }) = bp.take_pending(req) {
-                                self.respond_later(id, api::published(&room, seq), now);
-                            }
-                        }
-                    }
-                    Err(()) => {
-                        if let Some(origin) = bp.take_pending(req) {
-                            bp.stats.failed += 1;
-                            self.publish_lost(origin, now);
-                        }
-                    }
-                }
-            }
-            Event::Fetched { req, result } => self.fetched(req, result, now),
-            Event::Live { room, epoch, message } => {
-                bp.stats.live_messages += 1;
-                self.live(&room, epoch, message, now);
-            }
-            Event::Evicting(policy) => {
-                if let Some(policy) = &policy {
-                    warn!(
-                        "backplane: Redis's maxmemory-policy is {policy}: it evicts keys, so rooms may vanish \
-                         (members closed 1013, resumes not recovered); set it to noeviction"
-                    );
-                }
-                bp.evicting = policy;
-            }
-            Event::RoundTrip { commands, took } => {
-                bp.stats.round_trips += 1;
-                bp.stats.commands += commands as u64;
-                bp.stats.latency_sum += took;
-                bp.stats.latency_max = bp.stats.latency_max.max(took);
-            }
-        }
+        let Bus::Redis(mirror) = &mut self.bus else { return };
+        let effects = mirror.handle(event, &self.rooms, now);
+        self.apply(effects, now);
     }
 
-    /// Once Redis is reachable again: rooms with members (or joins waiting) that may
-    /// have missed messages read their stream; the others are fetched on their next join.
-    fn resync_all(&mut self) {
-        let App { backplane, rooms, .. } = self;
-        let Some(bp) = backplane.as_mut().filter(|bp| bp.is_up()) else { return };
-        let mut fetch = Vec::new();
-        for (&id, sync) in &mut bp.rooms {
-            let Some(room) = rooms.get(id).filter(|r| r.generation() == sync.generation) else { continue };
-            if sync.state == SyncState::Unsynced && (room.topic.member_count() > 0 || !sync.joiners.is_empty()) {
-                sync.state = SyncState::Fetching;
-                let since = if sync.known { room.topic.last_seq() } else { 0 };
-                fetch.push((id, sync.generation, room.name().to_string(), since));
+    /// Does what the mirror says, in its order.
+    fn apply(&mut self, effects: Vec<Effect>, now: Instant) {
+        for effect in effects {
+            match effect {
+                Effect::Deliver { room, message, publisher } => {
+                    let stored =
+                        encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
+                    let publisher = match &publisher {
+                        Some(Origin::Client { id, ack, .. }) => Some((*id, ack.as_deref())),
+                        _ => None,
+                    };
+                    self.deliver(Delivery { room, stored, publisher }, now);
+                }
+                Effect::Answer { id, room, seq } => self.respond_later(id, api::published(&room, seq), now),
+                Effect::Lost(origin) => self.publish_lost(origin, now),
+                Effect::Refuse(id) => {
+                    self.refuse_join(id, now);
+                    self.release(id, now);
+                    self.after_activity(id);
+                }
+                Effect::CloseMembers(room) => self.close_members(room, now),
+                Effect::Restart { room, epoch, base, keep } => {
+                    self.rooms.restart(room, &epoch, base);
+                    for message in keep {
+                        let stored = encode(
+                            &self.rooms,
+                            &mut self.envelopes,
+                            room,
+                            payload_of(&message),
+                            self.config.history > 0,
+                        );
+                        self.rooms.publish(room, &stored);
+                    }
+                }
+                Effect::Welcome { id, room, resume } => {
+                    if self.clients.contains(id) {
+                        self.join(id, room, resume.as_ref(), now);
+                        self.release(id, now);
+                        self.after_activity(id);
+                    }
+                }
             }
         }
-        for (id, generation, name, since) in fetch {
-            bp.fetch(id, generation, &name, since);
-        }
-        bp.next_touch.get_or_insert(self.now);
     }
 
     fn respond_later(&mut self, id: usize, answer: Vec<u8>, now: Instant) {
@@ -167,41 +106,18 @@ impl<T: ClientIo> App<T> {
         self.after_activity(id);
     }
 
-    /// With a backplane, a join waits until the room's mirror holds Redis's state:
-    /// true when this one waits (or was refused because Redis is unreachable).
+    /// With Redis, a join waits until the room's mirror holds Redis's state: true
+    /// when this one waits (or was refused because Redis is unreachable).
     pub(super) fn defer_join(&mut self, id: usize, room: RoomId, resume: Option<&Resume<'_>>, now: Instant) -> bool {
-        let App { backplane, rooms, .. } = self;
-        let Some(bp) = backplane.as_mut() else { return false };
-        let Some(r) = rooms.get(room) else { return false };
-        let generation = r.generation();
-        if bp.is_synced(room, generation) {
-            return false;
-        }
-        let (name, last) = (r.name().to_string(), r.topic.last_seq());
-        let up = bp.is_up();
-        let sync = bp.sync(room, generation);
-        if sync.known {
-            // The mirror held Redis's state and is catching up (or waits for Redis):
-            // the join is served from it now; what it missed reaches every member,
-            // this one included, in order, when its stream is read.
-            if sync.state == SyncState::Unsynced && up {
-                sync.state = SyncState::Fetching;
-                bp.fetch(room, generation, &name, last);
+        let Bus::Redis(mirror) = &mut self.bus else { return false };
+        match mirror.join(id, room, &self.rooms, resume) {
+            Joining::Now => false,
+            Joining::Waits => true,
+            Joining::Refused => {
+                self.refuse_join(id, now);
+                true
             }
-            return false;
         }
-        if !up {
-            self.refuse_join(id, now);
-            return true;
-        }
-        let resume = resume.map(|r| Resume { since: r.since, epoch: r.epoch.as_ref().map(|e| e.to_string().into()) });
-        bp.wait(id, room, generation, resume);
-        let sync = bp.sync(room, generation);
-        if sync.state != SyncState::Fetching {
-            sync.state = SyncState::Fetching;
-            bp.fetch(room, generation, &name, 0);
-        }
-        true
     }
 
     /// A join that cannot be done now: a client in no room is closed (1013), one in
@@ -218,9 +134,7 @@ impl<T: ClientIo> App<T> {
     /// Acts on a client's held input, in order, until it is held again (another join
     /// that waits).
     fn release(&mut self, id: usize, now: Instant) {
-        let Some(mut held) = self.backplane.as_mut().and_then(|bp| bp.held.remove(&id)).map(|h| h.input) else {
-            return;
-        };
+        let Some(mut held) = self.bus.mirror_mut().and_then(|m| m.release(id)) else { return };
         // A flush, even of nothing, is where the runtime resumes a paused reader.
         if let Some(client) = self.clients.get_mut(id) {
             queue_flush(&mut self.dirty, id, client);
@@ -241,122 +155,8 @@ impl<T: ClientIo> App<T> {
                     return;
                 }
             }
-            if let Some(again) = self.backplane.as_mut().and_then(|bp| bp.held.get_mut(&id)) {
-                again.input.extend(rest);
+            if self.bus.mirror_mut().is_some_and(|m| m.hold_rest(id, &mut rest)) {
                 return;
-            }
-        }
-    }
-
-    /// A room's state from Redis: fill the mirror's gap (or start it afresh), welcome
-    /// the joins that waited, then deliver what came live meanwhile.
-    fn fetched(&mut self, req: u64, result: Result<Fetched, ()>, now: Instant) {
-        let Some(bp) = self.backplane.as_mut() else { return };
-        let Some((room, generation)) = bp.fetches.remove(&req) else { return };
-        let alive = self.rooms.get(room).is_some_and(|r| r.generation() == generation);
-        let sync = bp.sync(room, generation);
-        let joiners = std::mem::take(&mut sync.joiners);
-        let buffer = std::mem::take(&mut sync.buffer);
-        let fetched = match result {
-            Ok(fetched) if alive => fetched,
-            _ => {
-                sync.state = SyncState::Unsynced;
-                debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
-                for (id, _) in joiners {
-                    self.refuse_join(id, now);
-                    self.release(id, now);
-                    self.after_activity(id);
-                }
-                return;
-            }
-        };
-        let known = sync.known;
-        sync.known = true;
-        let Some(r) = self.rooms.get(room) else { return };
-        let last = r.topic.last_seq();
-        let first = fetched.entries.first().map_or(fetched.seq + 1, |m| m.seq);
-        let contiguous = fetched.entries.iter().enumerate().all(|(i, m)| m.seq == first + i as u64)
-            && fetched.entries.last().is_none_or(|m| m.seq == fetched.seq);
-        let continues = known && fetched.epoch == r.epoch() && fetched.seq >= last && contiguous && first <= last + 1;
-        if continues {
-            let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
-            if let Some(bp) = self.backplane.as_mut() {
-                bp.stats.gaps_filled += missed.len() as u64;
-            }
-            for message in missed {
-                self.deliver(room, message, now);
-            }
-        } else {
-            if known {
-                warn!("backplane: room {:?} lost messages in Redis; its members are closed (1013)", r.name());
-                if let Some(bp) = self.backplane.as_mut() {
-                    bp.stats.rooms_lost += 1;
-                }
-                self.close_members(room, now);
-            }
-            let keep = if contiguous && !fetched.entries.is_empty() { fetched.entries } else { Vec::new() };
-            let base = keep.first().map_or(fetched.seq, |m| m.seq - 1);
-            self.rooms.restart(room, &fetched.epoch, base);
-            for message in keep {
-                let stored =
-                    encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
-                self.rooms.publish(room, &stored);
-            }
-        }
-        if let Some(bp) = self.backplane.as_mut() {
-            bp.sync(room, generation).state = SyncState::Synced;
-        }
-        for (id, resume) in joiners {
-            if self.clients.contains(id) {
-                self.join(id, room, resume.as_ref(), now);
-                self.release(id, now);
-                self.after_activity(id);
-            }
-        }
-        let name = self.rooms.get(room).map(|r| r.name().to_string()).unwrap_or_default();
-        for (epoch, message) in buffer {
-            self.live(&name, epoch, message, now);
-        }
-    }
-
-    /// A message from the subscription.
-    fn live(&mut self, name: &str, epoch: String, message: Message, now: Instant) {
-        let App { backplane, rooms, .. } = self;
-        let Some(bp) = backplane.as_mut() else { return };
-        // Rooms without a mirror here have nobody to deliver to.
-        let Some(room) = rooms.find(name) else { return };
-        let Some(r) = rooms.get(room) else { return };
-        let (generation, last) = (r.generation(), r.topic.last_seq());
-        let same_epoch = epoch == r.epoch();
-        let sync = bp.sync(room, generation);
-        match sync.state {
-            SyncState::Fetching => sync.buffer.push((epoch, message)),
-            SyncState::Unsynced => {}
-            SyncState::Synced if same_epoch && message.seq <= last => bp.stats.duplicates += 1,
-            SyncState::Synced if same_epoch && message.seq == last + 1 => self.deliver(room, message, now),
-            SyncState::Synced => {
-                // A gap, or a new epoch: the stream says what happened.
-                sync.state = SyncState::Fetching;
-                sync.buffer.push((epoch, message));
-                bp.fetch(room, generation, name, last);
-            }
-        }
-    }
-
-    /// Fans a message numbered by Redis out to the room's members here; our own
-    /// publisher gets its ack first.
-    fn deliver(&mut self, room: RoomId, message: Message, now: Instant) {
-        let origin = self.backplane.as_mut().and_then(|bp| {
-            let req = bp.own_request(&message.origin)?;
-            matches!(bp.pending.get(&req), Some(Origin::Client { .. })).then(|| bp.take_pending(req)).flatten()
-        });
-        let stored = encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
-        match origin {
-            Some(Origin::Client { id, ack, .. }) => {
-                self.fan_out(room, stored, Some((id, ack.as_deref())), now);
-            }
-            _ => {
-                self.fan_out(room, stored, None, now);
             }
         }
     }
@@ -375,76 +175,33 @@ impl<T: ClientIo> App<T> {
         }
     }
 
-    /// When the backplane next wants `touch` (or has a late publish to look for).
+    /// When the mirror next wants `touch` (or has a late publish to look for).
     pub(super) fn poll_touch(&self) -> Option<Instant> {
-        let bp = self.backplane.as_ref()?;
-        let touch = bp.next_touch.filter(|_| bp.is_up());
-        [touch, bp.poll_overdue()].into_iter().flatten().min()
+        self.bus.mirror()?.poll()
     }
 
-    /// Publishes Redis numbered whose live copy is late (a subscription that lost it
-    /// without noticing): their rooms' streams are read, as for a gap; one still not
-    /// delivered after that is refused, saying that it may have been published.
-    fn look_for_late(&mut self, now: Instant) {
-        let Some(bp) = self.backplane.as_mut() else { return };
-        for (req, accepted) in bp.overdue(now) {
-            let Some(bp) = self.backplane.as_mut() else { return };
-            if accepted.looked_up {
-                if let Some(origin) = bp.take_pending(req) {
-                    bp.stats.failed += 1;
-                    self.publish_lost(origin, now);
-                }
-                continue;
-            }
-            let Some(room) = self.rooms.find(&accepted.room) else { continue };
-            let Some(r) = self.rooms.get(room) else { continue };
-            let (generation, last) = (r.generation(), r.topic.last_seq());
-            let up = bp.is_up();
-            let sync = bp.sync(room, generation);
-            if accepted.seq > last && sync.state == SyncState::Synced && up {
-                sync.state = SyncState::Fetching;
-                bp.stats.late_lookups += 1;
-                bp.fetch(room, generation, &accepted.room, last);
-            }
-        }
-    }
-
-    /// Keeps the rooms with members here alive in Redis, and forgets the mirror state
-    /// of rooms that are gone.
+    /// The mirror's housekeeping: late publishes looked for, rooms kept alive in Redis.
     pub(super) fn touch(&mut self, now: Instant) {
-        if self.backplane.is_none() {
-            return;
-        }
-        self.look_for_late(now);
-        let App { backplane, rooms, .. } = self;
-        let Some(bp) = backplane.as_mut() else { return };
-        if bp.next_touch.is_none_or(|t| t > now) {
-            return;
-        }
-        bp.next_touch = Some(now + (bp.settings.ttl / 3).max(Duration::from_millis(300)));
-        let names: Vec<Box<str>> =
-            rooms.iter().filter(|r| r.topic.member_count() > 0).map(|r| r.name().into()).collect();
-        for chunk in names.chunks(TOUCH_BATCH) {
-            bp.outbox.push(Command::Touch { rooms: chunk.to_vec() });
-        }
-        bp.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        let Bus::Redis(mirror) = &mut self.bus else { return };
+        let effects = mirror.housekeeping(&self.rooms, now);
+        self.apply(effects, now);
     }
 
     /// The /healthz line and the /metrics lines of the backplane.
     pub(super) fn backplane_health(&self) -> String {
-        self.backplane.as_ref().map_or(String::new(), |bp| bp.health(self.now))
+        self.bus.mirror().map_or(String::new(), |m| m.health(self.now))
     }
 
     pub(super) fn render_backplane(&self, out: &mut String) {
-        if let Some(bp) = &self.backplane {
-            bp.render(out, self.now);
+        if let Some(mirror) = self.bus.mirror() {
+            mirror.render(out, self.now);
         }
     }
 
     /// A client is gone.
     pub(super) fn forget_in_backplane(&mut self, id: usize) {
-        if let Some(bp) = self.backplane.as_mut() {
-            bp.forget(id);
+        if let Some(mirror) = self.bus.mirror_mut() {
+            mirror.forget(id);
         }
     }
 }
@@ -459,7 +216,7 @@ fn payload_of(message: &Message) -> Payload<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backplane::LATE;
+    use crate::backplane::{Command, Fetched, LATE};
     use crate::config::{Config, Mode};
     use crate::protocol::tests::{text, UPGRADE};
 

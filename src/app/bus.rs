@@ -1,0 +1,147 @@
+//! One bus: where an admitted publish goes to be numbered, and where every delivery
+//! comes from. Which bus is known at start, so it is an enum (one predictable branch,
+//! no dynamic call per message):
+//!
+//! - `Local`: one process. A publish is numbered by its room here and delivered at
+//!   once, in the same call.
+//! - `Redis`: rooms shared through Redis (`--redis`). A publish goes to Redis
+//!   (`Mirror::publish`); it is delivered when Redis has numbered it and it comes
+//!   back (`App::handle_backplane`, app/redis.rs), like every other node's.
+//!
+//! Both end in `App::deliver`, the one path to the fan-out. The split: the bus (and
+//! the mirror behind it) decides what is delivered, in which order, with which seq,
+//! and who is waiting for it; the application decides who receives it and how
+//! (audiences, acks, compression, flushes, refusals). A later variant (several loops
+//! in one process) plugs in here.
+
+use std::time::Instant;
+
+use super::deliver::encode_from;
+use super::publish::{Publish, Refused, Target};
+use super::{App, ClientIo};
+use crate::backplane::{Command, Mirror, Settings};
+use crate::config::{Config, Mode};
+use crate::frame::Opcode;
+use crate::pubsub::Seq;
+use crate::rooms::{RoomId, Rooms, Stored};
+use crate::v1::Envelopes;
+
+pub(super) enum Bus {
+    /// One process: numbered here, delivered at once.
+    Local,
+    /// `--redis`: numbered by Redis, delivered when it comes back.
+    Redis(Box<Mirror>),
+}
+
+/// A message numbered for a room, on its way to the fan-out: encoded for the room's
+/// audiences, with its publisher here (acked and flushed first), if any.
+pub(super) struct Delivery<'a> {
+    pub room: RoomId,
+    pub stored: Stored,
+    pub publisher: Option<(usize, Option<&'a str>)>,
+}
+
+/// What the bus did with a publish.
+pub(super) enum Sent {
+    /// Numbered here: deliver it now (to the room, encoded).
+    Now(RoomId, Stored),
+    /// Sent to Redis: delivered (and answered) when it comes back.
+    Later,
+}
+
+impl Bus {
+    /// `--redis` in broadcast mode: the Redis bus; otherwise the local one.
+    pub(super) fn new(config: &Config) -> Bus {
+        match super::redis::settings(config).filter(|_| config.mode == Mode::Broadcast) {
+            Some(settings) => Bus::Redis(Box::new(Mirror::new(settings))),
+            None => Bus::Local,
+        }
+    }
+
+    /// Takes an admitted publish (its size already checked).
+    #[inline]
+    pub(super) fn publish(
+        &mut self,
+        config: &Config,
+        rooms: &mut Rooms,
+        envelopes: &mut Envelopes,
+        p: &Publish<'_>,
+        from: Option<&str>,
+        now: Instant,
+    ) -> Result<Sent, Refused> {
+        let Bus::Redis(mirror) = self else {
+            let room = match p.room {
+                Target::Id(room) => room,
+                Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
+            };
+            // `from`: the publisher's sub, in its v1 envelopes (not carried through Redis yet).
+            let stored = encode_from(rooms, envelopes, room, p.payload, config.history > 0, from);
+            return Ok(Sent::Now(room, stored));
+        };
+        send_to_redis(rooms, mirror, p, now)
+    }
+
+    /// The mirror, on the Redis bus.
+    #[inline]
+    pub(super) fn mirror(&self) -> Option<&Mirror> {
+        match self {
+            Bus::Local => None,
+            Bus::Redis(mirror) => Some(mirror),
+        }
+    }
+
+    #[inline]
+    pub(super) fn mirror_mut(&mut self) -> Option<&mut Mirror> {
+        match self {
+            Bus::Local => None,
+            Bus::Redis(mirror) => Some(mirror),
+        }
+    }
+
+    /// A client whose join waits for Redis: its input is held, and it is not read.
+    #[inline]
+    pub(super) fn is_held(&self, id: usize) -> bool {
+        match self {
+            Bus::Local => false,
+            Bus::Redis(mirror) => mirror.is_held(id),
+        }
+    }
+
+    /// Keeps a held client's input; false when it is not held.
+    #[inline]
+    pub(super) fn hold(&mut self, id: usize, opcode: Opcode, payload: &[u8]) -> bool {
+        match self {
+            Bus::Local => false,
+            Bus::Redis(mirror) => mirror.hold(id, opcode, payload),
+        }
+    }
+}
+
+#[inline(never)]
+fn send_to_redis(rooms: &Rooms, mirror: &mut Mirror, p: &Publish<'_>, now: Instant) -> Result<Sent, Refused> {
+    let name = match p.room {
+        Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
+        Target::Named(name) => name,
+    };
+    let origin = p.source.origin(name);
+    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, now).map_err(Refused::Backplane)?;
+    Ok(Sent::Later)
+}
+
+impl<T: ClientIo> App<T> {
+    /// The one path to the fan-out, for every bus.
+    #[inline]
+    pub(super) fn deliver(&mut self, delivery: Delivery<'_>, now: Instant) -> Seq {
+        self.fan_out(delivery.room, delivery.stored, delivery.publisher, now)
+    }
+
+    /// The backplane's settings, when it is on (`--redis`, broadcast mode).
+    pub fn backplane_settings(&self) -> Option<&Settings> {
+        self.bus.mirror().map(Mirror::settings)
+    }
+
+    /// Commands for Redis, for the runtime to hand to the link (and empty).
+    pub fn backplane_outbox(&mut self) -> Option<&mut Vec<Command>> {
+        self.bus.mirror_mut().map(Mirror::commands)
+    }
+}

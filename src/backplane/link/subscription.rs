@@ -1,0 +1,118 @@
+//! The subscription thread: SUBSCRIBEs to the nodes' channel and hands back every
+//! message it gets, PINGing when nothing came for `PING_EVERY` (a link that went silent
+//! is noticed within `REPLY_TIMEOUT`).
+
+use std::io::{self, Write};
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use log::warn;
+use mio::Waker;
+
+use super::{channel, command, connect, expect_ok, poke, Replies, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, REPLY_TIMEOUT};
+use crate::backplane::{Command, Event, Message, Settings};
+
+/// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
+/// holds no control character, so no newline).
+pub fn parse_live(bytes: &[u8]) -> Option<(String, String, Message)> {
+    let mut parts = bytes.splitn(5, |&b| b == b'\n');
+    let room = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let epoch = String::from_utf8(parts.next()?.to_vec()).ok()?;
+    let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let origin = String::from_utf8(parts.next()?.to_vec()).ok()?.into();
+    let rest = parts.next()?;
+    let (&kind, payload) = rest.split_first()?;
+    Some((room, epoch, Message { seq, binary: kind == b'b', payload: payload.to_vec(), origin }))
+}
+
+pub(super) fn subscription_thread(
+    settings: &Settings,
+    events: &Sender<Event>,
+    waker: &Waker,
+    pokes: &[Sender<Vec<Command>>],
+) {
+    let channel = channel(settings);
+    let mut backoff = BACKOFF_MIN;
+    let mut was_up = None;
+    loop {
+        let result = (|| -> io::Result<()> {
+            let stream = connect(settings)?;
+            // Quiet rooms send nothing for long: a PING after `PING_EVERY` of silence
+            // (a subscribed connection answers it too), and dead after `REPLY_TIMEOUT`.
+            stream.set_read_timeout(Some(PING_EVERY))?;
+            let mut replies = Replies::new(stream.try_clone()?);
+            let mut out = Vec::new();
+            command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
+            (&stream).write_all(&out)?;
+            expect_ok(replies.next()?)?;
+            backoff = BACKOFF_MIN;
+            was_up = Some(true);
+            if events.send(Event::Subscribed(true)).is_err() || waker.wake().is_err() {
+                return Ok(());
+            }
+            let mut batch = Vec::new();
+            let mut heard = Instant::now();
+            let mut ping = Vec::new();
+            command(&mut ping, &[b"PING"]);
+            loop {
+                batch.clear();
+                match replies.batch(&mut batch) {
+                    Ok(()) => heard = Instant::now(),
+                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                        if heard.elapsed() >= REPLY_TIMEOUT {
+                            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to PING"));
+                        }
+                        (&stream).write_all(&ping)?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                for reply in &batch {
+                    let Some([kind, _, payload]) = reply.as_array() else { continue };
+                    if kind.as_bytes() != Some(b"message") {
+                        continue;
+                    }
+                    let Some((room, epoch, message)) = payload.as_bytes().and_then(parse_live) else {
+                        warn!("backplane: a message on {channel} that is not ours");
+                        continue;
+                    };
+                    if events.send(Event::Live { room, epoch, message }).is_err() {
+                        return Ok(());
+                    }
+                }
+                // One wake per read's worth of messages.
+                if waker.wake().is_err() {
+                    return Ok(());
+                }
+            }
+        })();
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                if was_up != Some(false) {
+                    warn!("backplane: subscription lost: {e}");
+                    poke(pokes);
+                    was_up = Some(false);
+                    if events.send(Event::Subscribed(false)).is_err() || waker.wake().is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_messages_parse() {
+        let (room, epoch, m) = parse_live(b"lobby\n0123456789abcdef\n42\nnode:7\nthi\nthere").unwrap();
+        assert_eq!((room.as_str(), epoch.as_str()), ("lobby", "0123456789abcdef"));
+        assert_eq!(m, Message { seq: 42, binary: false, payload: b"hi\nthere".to_vec(), origin: "node:7".into() });
+        assert!(parse_live(b"lobby\ne\nx\no\nt").is_none());
+    }
+}

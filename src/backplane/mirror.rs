@@ -1,0 +1,646 @@
+//! The Redis mirror: this node's copy of the rooms it has members in, and everything
+//! it has in flight with Redis. Its data and its logic live here together, behind
+//! private fields. The application hands it what happens (the link's `Event`s, joins,
+//! publishes, client ends, time) and gets back what it must do (`Effect`s: messages to
+//! deliver, joins to welcome or refuse, rooms to restart or close, answers to give),
+//! and the runtime takes the `Command`s for the link (`commands`).
+//!
+//! A room is joined only once the mirror holds Redis's state (a fetch: epoch, seq and
+//! the kept messages), and the joining client's input is held back until its welcome.
+//! Live messages that come while a room is fetched are buffered and delivered after
+//! it, skipping the seqs the fetch already gave; a gap in the seqs (a lost
+//! subscription) is filled from the room's stream. A room whose Redis state does not
+//! continue its mirror (Redis lost data) closes its members with 1013.
+//!
+//! The mirror follows each room's epoch and last seq itself: with Redis every message
+//! of a room is numbered by Redis and reaches the room only through a `Deliver` or a
+//! `Restart` of this mirror, so its numbers are the room's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+
+use super::{Command, Event, Fetched, Message, Origin, Refused, Settings, LATE};
+use crate::frame::Opcode;
+use crate::pubsub::Seq;
+use crate::rooms::{RoomId, Rooms};
+use crate::v1::Resume;
+
+mod report;
+#[cfg(test)]
+mod tests;
+
+/// Rooms per touch command.
+const TOUCH_BATCH: usize = 512;
+
+/// What the application must do after the mirror took an event, in this order.
+#[derive(Debug)]
+pub enum Effect {
+    /// A message Redis numbered, the room's next: fan it out to the members here.
+    /// `publisher`: this node's client that published it (acked before its copy).
+    Deliver { room: RoomId, message: Message, publisher: Option<Origin> },
+    /// An API publish that Redis numbered: answer it with the seq.
+    Answer { id: usize, room: Box<str>, seq: Seq },
+    /// A publish went to Redis and neither its answer nor its live copy came back:
+    /// tell its publisher that it was perhaps published.
+    Lost(Origin),
+    /// A join that waited cannot be done (its room's fetch failed): refuse it, then
+    /// act on the client's held input (`release`).
+    Refuse(usize),
+    /// Redis's state of a room does not continue the mirror (Redis lost data): its
+    /// members are closed (1013), so that they resume and learn it.
+    CloseMembers(RoomId),
+    /// The room starts as Redis has it: its epoch, numbering after `base`, and the
+    /// kept messages in its history (not delivered: the members had them or join now).
+    Restart { room: RoomId, epoch: String, base: Seq, keep: Vec<Message> },
+    /// A join that waited for its room's fetch: join now, then act on the client's
+    /// held input (`release`).
+    Welcome { id: usize, room: RoomId, resume: Option<Resume<'static>> },
+}
+
+/// What a join does with Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joining {
+    /// The mirror holds the room: join now.
+    Now,
+    /// The room is being fetched: the client's input is held until its `Welcome`.
+    Waits,
+    /// Redis is unreachable and the room was never mirrored here.
+    Refused,
+}
+
+/// A publish that Redis numbered but whose live copy has not come back yet.
+#[derive(Clone, Debug)]
+struct Accepted {
+    room: Box<str>,
+    seq: Seq,
+    /// When it is late: its room's stream is read (once), then it is refused.
+    due: Instant,
+    looked_up: bool,
+}
+
+/// A room's mirror on this node.
+#[derive(Debug, Default)]
+struct RoomSync {
+    generation: u32,
+    state: SyncState,
+    /// The mirror has held Redis's state once: a later fetch that does not continue
+    /// it means messages were lost (members are told).
+    known: bool,
+    /// The room's epoch and last seq as delivered here (while `known`).
+    epoch: String,
+    last: Seq,
+    /// Clients whose join waits for the fetch, with what they asked to resume (a
+    /// client that goes is taken out: `forget`).
+    joiners: Vec<(usize, Option<Resume<'static>>)>,
+    /// Live messages that came during the fetch, delivered after it.
+    buffer: Vec<(String, Message)>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum SyncState {
+    /// Not following Redis: a join fetches first.
+    #[default]
+    Unsynced,
+    Fetching,
+    /// Up to date: live messages are delivered as they come.
+    Synced,
+}
+
+/// Counters for /metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    published: u64,
+    refused_unavailable: u64,
+    refused_outbox: u64,
+    failed: u64,
+    round_trips: u64,
+    commands: u64,
+    latency_sum: Duration,
+    latency_max: Duration,
+    live_messages: u64,
+    duplicates: u64,
+    fetches: u64,
+    gaps_filled: u64,
+    late_lookups: u64,
+    rooms_lost: u64,
+    disconnects: u64,
+}
+
+/// A client whose join waits for its room's fetch.
+#[derive(Debug, Default)]
+struct Held {
+    room: Option<RoomId>,
+    input: Vec<(Opcode, Vec<u8>)>,
+}
+
+pub struct Mirror {
+    settings: Settings,
+    /// 16 random hex digits naming this process in origins.
+    node: String,
+    next_req: u64,
+    /// Commands for the link, drained by the runtime after each loop iteration.
+    outbox: Vec<Command>,
+    /// Publishes sent and not answered yet: when each went and its payload bytes.
+    sent: BTreeMap<u64, (Instant, usize)>,
+    /// The payload bytes of `sent`.
+    in_flight_bytes: usize,
+    /// Clients' publishes numbered by Redis and not delivered here yet, by request.
+    accepted: BTreeMap<u64, Accepted>,
+    commands_up: bool,
+    fetches_up: bool,
+    subscribed: bool,
+    /// Publishes waiting for their outcome or their delivery here, by request.
+    pending: HashMap<u64, Origin>,
+    /// Requests in `pending` per client (so that a client's end clears its own).
+    pending_by_client: HashMap<usize, u32>,
+    /// Fetches in flight: the room and its generation.
+    fetches: HashMap<u64, (RoomId, u32)>,
+    rooms: HashMap<RoomId, RoomSync>,
+    /// Clients whose join waits for a fetch: the room, and their input, replayed
+    /// after their welcome.
+    held: HashMap<usize, Held>,
+    next_touch: Option<Instant>,
+    /// Redis's `maxmemory-policy` when it evicts keys (rooms may vanish): warned about.
+    evicting: Option<String>,
+    stats: Stats,
+}
+
+impl Mirror {
+    pub fn new(settings: Settings) -> Mirror {
+        Mirror::named(settings, super::random_hex())
+    }
+
+    /// A mirror with a given node name (the fake Redis's nodes).
+    pub fn named(settings: Settings, node: String) -> Mirror {
+        Mirror {
+            settings,
+            node,
+            next_req: 1,
+            outbox: Vec::new(),
+            sent: BTreeMap::new(),
+            in_flight_bytes: 0,
+            accepted: BTreeMap::new(),
+            commands_up: false,
+            fetches_up: false,
+            subscribed: false,
+            pending: HashMap::new(),
+            pending_by_client: HashMap::new(),
+            fetches: HashMap::new(),
+            rooms: HashMap::new(),
+            held: HashMap::new(),
+            next_touch: None,
+            evicting: None,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Commands for Redis, for the runtime to hand to the link (and empty).
+    pub fn commands(&mut self) -> &mut Vec<Command> {
+        &mut self.outbox
+    }
+
+    /// All three connections up: publishes and fetches may go.
+    pub fn is_up(&self) -> bool {
+        self.commands_up && self.fetches_up && self.subscribed
+    }
+
+    fn request(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Sends a message to Redis, or says why not. Refused while Redis is unreachable
+    /// or `--redis-outbox` messages already wait for it.
+    pub fn publish(
+        &mut self,
+        room: &str,
+        opcode: Opcode,
+        payload: &[u8],
+        origin: Origin,
+        now: Instant,
+    ) -> Result<(), Refused> {
+        if !self.is_up() {
+            self.stats.refused_unavailable += 1;
+            return Err(Refused::Unavailable);
+        }
+        // Bytes too: what waits is held in memory until Redis answers.
+        let bytes = payload.len();
+        let over_bytes = !self.sent.is_empty() && self.in_flight_bytes + bytes > self.settings.outbox_bytes;
+        if self.sent.len() >= self.settings.outbox || over_bytes {
+            self.stats.refused_outbox += 1;
+            return Err(Refused::OutboxFull);
+        }
+        let req = self.request();
+        self.sent.insert(req, (now, bytes));
+        self.in_flight_bytes += bytes;
+        self.stats.published += 1;
+        *self.pending_by_client.entry(origin.client()).or_default() += 1;
+        self.pending.insert(req, origin);
+        self.outbox.push(Command::Publish {
+            req,
+            room: room.into(),
+            binary: opcode == Opcode::Binary,
+            payload: payload.to_vec(),
+            origin: format!("{}:{req}", self.node).into(),
+        });
+        Ok(())
+    }
+
+    /// What the link reports; `rooms` is the application's (read only).
+    pub fn handle(&mut self, event: Event, rooms: &Rooms, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        match event {
+            Event::Commands(up) => {
+                if self.commands_up && !up {
+                    self.stats.disconnects += 1;
+                }
+                self.commands_up = up;
+                self.resync_all(rooms, now);
+            }
+            Event::Fetches(up) => {
+                if self.fetches_up && !up {
+                    self.stats.disconnects += 1;
+                }
+                self.fetches_up = up;
+                self.resync_all(rooms, now);
+            }
+            Event::Subscribed(up) => {
+                if self.subscribed && !up {
+                    self.stats.disconnects += 1;
+                    // Messages may be missed from now on: rooms read their stream again
+                    // once the subscription is back.
+                    for sync in self.rooms.values_mut() {
+                        if sync.state == SyncState::Synced {
+                            sync.state = SyncState::Unsynced;
+                        }
+                    }
+                }
+                self.subscribed = up;
+                self.resync_all(rooms, now);
+            }
+            Event::Published { req, room, result } => {
+                self.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
+                match result {
+                    // A client's publish is acked with its delivery here; an API
+                    // request is answered now.
+                    Ok((_, seq)) => {
+                        if matches!(self.pending.get(&req), Some(Origin::Api { .. })) {
+                            if let Some(Origin::Api { id, room }) = self.take_pending(req) {
+                                effects.push(Effect::Answer { id, room, seq });
+                            }
+                        }
+                    }
+                    Err(()) => {
+                        if let Some(origin) = self.take_pending(req) {
+                            self.stats.failed += 1;
+                            effects.push(Effect::Lost(origin));
+                        }
+                    }
+                }
+            }
+            Event::Fetched { req, result } => self.fetched(req, result, rooms, &mut effects),
+            Event::Live { room, epoch, message } => {
+                self.stats.live_messages += 1;
+                // Rooms without a mirror here have nobody to deliver to.
+                if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
+                    self.live(id, r.generation(), &room, epoch, message, &mut effects);
+                }
+            }
+            Event::Evicting(policy) => {
+                if let Some(policy) = &policy {
+                    warn!(
+                        "backplane: Redis's maxmemory-policy is {policy}: it evicts keys, so rooms may vanish \
+                         (members closed 1013, resumes not recovered); set it to noeviction"
+                    );
+                }
+                self.evicting = policy;
+            }
+            Event::RoundTrip { commands, took } => {
+                self.stats.round_trips += 1;
+                self.stats.commands += commands as u64;
+                self.stats.latency_sum += took;
+                self.stats.latency_max = self.stats.latency_max.max(took);
+            }
+        }
+        effects
+    }
+
+    /// A join of `room`: now when the mirror holds it (or held it once and catches
+    /// up: what it missed reaches every member, this one included, in order, when
+    /// its stream is read), else after the room's fetch.
+    pub fn join(&mut self, id: usize, room: RoomId, rooms: &Rooms, resume: Option<&Resume<'_>>) -> Joining {
+        let Some(r) = rooms.get(room) else { return Joining::Now };
+        let generation = r.generation();
+        let up = self.is_up();
+        let sync = self.sync(room, generation);
+        if sync.state == SyncState::Synced {
+            return Joining::Now;
+        }
+        if sync.known {
+            if sync.state == SyncState::Unsynced && up {
+                sync.state = SyncState::Fetching;
+                let last = sync.last;
+                self.fetch(room, generation, r.name(), last);
+            }
+            return Joining::Now;
+        }
+        if !up {
+            return Joining::Refused;
+        }
+        let resume = resume.map(|r| Resume { since: r.since, epoch: r.epoch.as_ref().map(|e| e.to_string().into()) });
+        sync.joiners.push((id, resume));
+        let fetch = sync.state != SyncState::Fetching;
+        sync.state = SyncState::Fetching;
+        self.held.entry(id).or_default().room = Some(room);
+        if fetch {
+            self.fetch(room, generation, r.name(), 0);
+        }
+        Joining::Waits
+    }
+
+    /// Keeps the input of a client whose join waits (acted on after its welcome);
+    /// false when the client is not held. Out of line: the bus's check stays small
+    /// on the paths of every message.
+    #[inline(never)]
+    pub fn hold(&mut self, id: usize, opcode: Opcode, payload: &[u8]) -> bool {
+        match self.held.get_mut(&id) {
+            Some(held) => {
+                held.input.push((opcode, payload.to_vec()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    #[inline(never)]
+    pub fn is_held(&self, id: usize) -> bool {
+        self.held.contains_key(&id)
+    }
+
+    /// A client's join is done (or refused): its held input, to act on in order.
+    /// If acting on it holds the client again, the rest goes back (`hold_rest`).
+    pub fn release(&mut self, id: usize) -> Option<Vec<(Opcode, Vec<u8>)>> {
+        self.held.remove(&id).map(|held| held.input)
+    }
+
+    /// Puts the rest of a released input back when the client is held again (another
+    /// join that waits); false when it is not.
+    pub fn hold_rest(&mut self, id: usize, rest: impl Iterator<Item = (Opcode, Vec<u8>)>) -> bool {
+        match self.held.get_mut(&id) {
+            Some(held) => {
+                held.input.extend(rest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A client is gone: its held input, its place among a room's joiners and its
+    /// waiting publishes go (a publish already sent still reaches the room; only its
+    /// answer has nobody to go to). Ids are reused: nothing may name it afterwards.
+    /// Out of line, as `hold`: it sits on every client's removal.
+    #[inline(never)]
+    pub fn forget(&mut self, id: usize) {
+        if let Some(room) = self.held.remove(&id).and_then(|held| held.room) {
+            if let Some(sync) = self.rooms.get_mut(&room) {
+                sync.joiners.retain(|(joiner, _)| *joiner != id);
+            }
+        }
+        if self.pending_by_client.remove(&id).is_some() {
+            self.pending.retain(|_, origin| origin.client() != id);
+            let pending = &self.pending;
+            self.accepted.retain(|req, _| pending.contains_key(req));
+        }
+    }
+
+    /// When `housekeeping` next has something: a touch, or a late publish to look for.
+    pub fn poll(&self) -> Option<Instant> {
+        let touch = self.next_touch.filter(|_| self.is_up());
+        [touch, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
+    }
+
+    /// Looks for late publishes; keeps the rooms with members here alive in Redis,
+    /// and forgets the mirror state of rooms that are gone.
+    pub fn housekeeping(&mut self, rooms: &Rooms, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.look_for_late(rooms, now, &mut effects);
+        if self.next_touch.is_none_or(|t| t > now) {
+            return effects;
+        }
+        self.next_touch = Some(now + (self.settings.ttl / 3).max(Duration::from_millis(300)));
+        let names: Vec<Box<str>> =
+            rooms.iter().filter(|r| r.topic.member_count() > 0).map(|r| r.name().into()).collect();
+        for chunk in names.chunks(TOUCH_BATCH) {
+            self.outbox.push(Command::Touch { rooms: chunk.to_vec() });
+        }
+        self.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        effects
+    }
+
+    /// The mirror state of a room (a room made again in the same slot starts afresh).
+    fn sync(&mut self, room: RoomId, generation: u32) -> &mut RoomSync {
+        let sync = self.rooms.entry(room).or_default();
+        if sync.generation != generation {
+            *sync = RoomSync { generation, ..RoomSync::default() };
+        }
+        sync
+    }
+
+    /// Asks Redis for a room's state after `since`.
+    fn fetch(&mut self, room: RoomId, generation: u32, name: &str, since: Seq) {
+        let req = self.request();
+        self.stats.fetches += 1;
+        self.fetches.insert(req, (room, generation));
+        self.outbox.push(Command::Fetch { req, room: name.into(), since });
+    }
+
+    /// Once Redis is reachable again: rooms with members (or joins waiting) that may
+    /// have missed messages read their stream; the others are fetched on their next join.
+    fn resync_all(&mut self, rooms: &Rooms, now: Instant) {
+        if !self.is_up() {
+            return;
+        }
+        let mut fetch = Vec::new();
+        for (&id, sync) in &mut self.rooms {
+            let Some(room) = rooms.get(id).filter(|r| r.generation() == sync.generation) else { continue };
+            if sync.state == SyncState::Unsynced && (room.topic.member_count() > 0 || !sync.joiners.is_empty()) {
+                sync.state = SyncState::Fetching;
+                let since = if sync.known { sync.last } else { 0 };
+                fetch.push((id, sync.generation, room.name(), since));
+            }
+        }
+        for (id, generation, name, since) in fetch {
+            self.fetch(id, generation, name, since);
+        }
+        self.next_touch.get_or_insert(now);
+    }
+
+    /// Redis answered publish `req` (numbered as `seq` in `room`, or failed).
+    fn answered(&mut self, req: u64, numbered: Option<(&str, Seq)>, now: Instant) {
+        if let Some((_, bytes)) = self.sent.remove(&req) {
+            self.in_flight_bytes -= bytes;
+        }
+        // A client's publish is acked with its live copy: if that does not come back
+        // in time, the room's stream is read for it.
+        if let (Some((room, seq)), Some(Origin::Client { .. })) = (numbered, self.pending.get(&req)) {
+            self.accepted.insert(req, Accepted { room: room.into(), seq, due: now + LATE, looked_up: false });
+        }
+    }
+
+    /// Replies are late: the oldest publish waits for its answer longer than `LATE`.
+    fn is_late(&self, now: Instant) -> bool {
+        self.sent.values().next().is_some_and(|&(sent, _)| now.saturating_duration_since(sent) > LATE)
+    }
+
+    /// Takes the request waiting for `req`'s outcome.
+    fn take_pending(&mut self, req: u64) -> Option<Origin> {
+        self.accepted.remove(&req);
+        let origin = self.pending.remove(&req)?;
+        let id = origin.client();
+        if let Some(n) = self.pending_by_client.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_by_client.remove(&id);
+            }
+        }
+        Some(origin)
+    }
+
+    /// The request of this node that an origin names, if it is ours.
+    fn own_request(&self, origin: &str) -> Option<u64> {
+        let (node, req) = origin.split_once(':')?;
+        (node == self.node).then(|| req.parse().ok()).flatten()
+    }
+
+    /// This node's client waiting for a message's delivery (API requests were
+    /// answered when Redis numbered theirs).
+    fn publisher_of(&mut self, message: &Message) -> Option<Origin> {
+        let req = self.own_request(&message.origin)?;
+        matches!(self.pending.get(&req), Some(Origin::Client { .. })).then(|| self.take_pending(req)).flatten()
+    }
+
+    /// A message of the room's mirror, delivered in order.
+    fn deliver(&mut self, room: RoomId, message: Message, effects: &mut Vec<Effect>) {
+        let publisher = self.publisher_of(&message);
+        effects.push(Effect::Deliver { room, message, publisher });
+    }
+
+    /// A message from the subscription (or buffered during a fetch).
+    fn live(
+        &mut self,
+        room: RoomId,
+        generation: u32,
+        name: &str,
+        epoch: String,
+        message: Message,
+        effects: &mut Vec<Effect>,
+    ) {
+        let sync = self.sync(room, generation);
+        let same_epoch = epoch == sync.epoch;
+        let last = sync.last;
+        match sync.state {
+            SyncState::Fetching => sync.buffer.push((epoch, message)),
+            SyncState::Unsynced => {}
+            SyncState::Synced if same_epoch && message.seq <= last => self.stats.duplicates += 1,
+            SyncState::Synced if same_epoch && message.seq == last + 1 => {
+                sync.last = message.seq;
+                self.deliver(room, message, effects);
+            }
+            SyncState::Synced => {
+                // A gap, or a new epoch: the stream says what happened.
+                sync.state = SyncState::Fetching;
+                sync.buffer.push((epoch, message));
+                self.fetch(room, generation, name, last);
+            }
+        }
+    }
+
+    /// A room's state from Redis: fill the mirror's gap (or start it afresh), welcome
+    /// the joins that waited, then deliver what came live meanwhile.
+    fn fetched(&mut self, req: u64, result: Result<Fetched, ()>, rooms: &Rooms, effects: &mut Vec<Effect>) {
+        let Some((room, generation)) = self.fetches.remove(&req) else { return };
+        let alive = rooms.get(room).filter(|r| r.generation() == generation);
+        let sync = self.sync(room, generation);
+        let joiners = std::mem::take(&mut sync.joiners);
+        let buffer = std::mem::take(&mut sync.buffer);
+        let (fetched, r) = match (result, alive) {
+            (Ok(fetched), Some(r)) => (fetched, r),
+            _ => {
+                sync.state = SyncState::Unsynced;
+                debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
+                effects.extend(joiners.into_iter().map(|(id, _)| Effect::Refuse(id)));
+                return;
+            }
+        };
+        let known = std::mem::replace(&mut sync.known, true);
+        let last = sync.last;
+        let first = fetched.entries.first().map_or(fetched.seq + 1, |m| m.seq);
+        let contiguous = fetched.entries.iter().enumerate().all(|(i, m)| m.seq == first + i as u64)
+            && fetched.entries.last().is_none_or(|m| m.seq == fetched.seq);
+        let continues = known && fetched.epoch == sync.epoch && fetched.seq >= last && contiguous && first <= last + 1;
+        sync.epoch.clone_from(&fetched.epoch);
+        sync.last = fetched.seq;
+        sync.state = SyncState::Synced;
+        if continues {
+            let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
+            self.stats.gaps_filled += missed.len() as u64;
+            for message in missed {
+                self.deliver(room, message, effects);
+            }
+        } else {
+            if known {
+                warn!("backplane: room {:?} lost messages in Redis; its members are closed (1013)", r.name());
+                self.stats.rooms_lost += 1;
+                effects.push(Effect::CloseMembers(room));
+            }
+            let keep = if contiguous && !fetched.entries.is_empty() { fetched.entries } else { Vec::new() };
+            let base = keep.first().map_or(fetched.seq, |m| m.seq - 1);
+            effects.push(Effect::Restart { room, epoch: fetched.epoch, base, keep });
+        }
+        effects.extend(joiners.into_iter().map(|(id, resume)| Effect::Welcome { id, room, resume }));
+        for (epoch, message) in buffer {
+            self.live(room, generation, r.name(), epoch, message, effects);
+        }
+    }
+
+    /// Publishes Redis numbered whose live copy is late (a subscription that lost it
+    /// without noticing): their rooms' streams are read, as for a gap; one still not
+    /// delivered after that is refused, saying that it may have been published.
+    fn look_for_late(&mut self, rooms: &Rooms, now: Instant, effects: &mut Vec<Effect>) {
+        let mut due = Vec::new();
+        for (&req, accepted) in &mut self.accepted {
+            if accepted.due <= now {
+                due.push((req, accepted.clone()));
+                accepted.looked_up = true;
+                accepted.due = now + LATE;
+            }
+        }
+        for (req, accepted) in due {
+            if accepted.looked_up {
+                self.accepted.remove(&req);
+                if let Some(origin) = self.take_pending(req) {
+                    self.stats.failed += 1;
+                    effects.push(Effect::Lost(origin));
+                }
+                continue;
+            }
+            let Some(room) = rooms.find(&accepted.room) else { continue };
+            let Some(r) = rooms.get(room) else { continue };
+            let generation = r.generation();
+            let up = self.is_up();
+            let sync = self.sync(room, generation);
+            let last = sync.last;
+            if accepted.seq > last && sync.state == SyncState::Synced && up {
+                sync.state = SyncState::Fetching;
+                self.stats.late_lookups += 1;
+                self.fetch(room, generation, &accepted.room, last);
+            }
+        }
+    }
+}
