@@ -18,7 +18,7 @@ impl<T: ClientIo> App<T> {
     /// When rooms (or tokens) next need `handle_housekeeping`: a presence update is owed, or an
     /// empty room's time is up.
     pub fn poll_housekeeping(&self) -> Option<Instant> {
-        let token = self.expiries.peek().map(|e| self.instant_of(e.0 .0));
+        let token = self.expiries.peek().map(|e| self.instant_of(e.at));
         [self.presence_at, self.rooms.poll_expiry(), self.poll_touch(), token].into_iter().flatten().min()
     }
 

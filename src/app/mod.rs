@@ -23,7 +23,7 @@ use log::info;
 use slab::Slab;
 
 use crate::auth::limits::{Counter, Limiter, PublishLimits};
-use crate::auth::{Auth, Grant};
+use crate::auth::Auth;
 use crate::config::{Config, Mode};
 use crate::deflate::Compressor;
 use crate::frame::{encode_header, server_header, Opcode, MAX_HEADER_LEN};
@@ -57,6 +57,8 @@ mod housekeeping;
 mod output;
 // The one way in: every publish a `Publish` through `admit`.
 mod publish;
+// The grants of the clients with a token, beside the clients.
+mod grants;
 // Tokens and permissions: the grant of an upgrade, refresh, expiry, presence with
 // users, the moderation API (src/auth/ decides; this applies).
 mod permit;
@@ -166,13 +168,10 @@ pub struct App<T> {
     /// `--publish-rate` and friends, and the buckets of the connections that published.
     publish_limits: PublishLimits,
     limiters: HashMap<usize, Limiter>,
-    /// The grants of the clients with a token, by client id (shared with the other
-    /// connections that presented the same token); a client without one is anonymous
-    /// (`Auth::anonymous`). Beside the clients, not in each: most have none.
-    grants: HashMap<usize, Rc<Grant>>,
-    /// When grants expire (seconds since 1970) and whose, soonest first; an entry
-    /// whose client has since gone or refreshed is skipped (`App::expire_tokens`).
-    expiries: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>>,
+    /// The grants of the clients with a token (app/grants.rs).
+    grants: grants::Grants,
+    /// When grants expire, soonest first, one entry per grant (`App::expire_tokens`).
+    expiries: std::collections::BinaryHeap<permit::Expiry>,
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
@@ -228,7 +227,7 @@ impl<T: ClientIo> App<T> {
             per_user: Counter::new(config.max_connections_per_user),
             publish_limits: PublishLimits::from_config(&config),
             limiters: HashMap::new(),
-            grants: HashMap::new(),
+            grants: grants::Grants::default(),
             expiries: std::collections::BinaryHeap::new(),
             clock: (Instant::now(), permit::unix_time()),
             config,

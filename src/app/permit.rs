@@ -37,6 +37,33 @@ pub(super) fn may_enter(auth: &Auth, grant: Option<&Grant>, room: &str) -> Resul
     }
 }
 
+/// A grant's expiry (seconds since 1970) in `App::expiries`, ordered soonest first
+/// (the heap's greatest).
+pub(super) struct Expiry {
+    pub(super) at: u64,
+    grant: std::rc::Weak<Grant>,
+}
+
+impl PartialEq for Expiry {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Expiry {}
+
+impl PartialOrd for Expiry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Expiry {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.at.cmp(&self.at)
+    }
+}
+
 /// Most users a presence answer lists (`"truncated":true` beyond).
 const MAX_PRESENCE_USERS: usize = 1000;
 
@@ -76,7 +103,7 @@ impl<T: ClientIo> App<T> {
 
     /// What `id` may do: its token's grant, or the anonymous one.
     pub(super) fn grant_of(&self, id: usize) -> &Grant {
-        match self.grants.get(&id) {
+        match self.grants.get(id) {
             Some(grant) => grant,
             None => self.auth.anonymous(),
         }
@@ -124,15 +151,30 @@ impl<T: ClientIo> App<T> {
         if let Some(sub) = grant.sub().filter(|_| self.per_user.is_on()) {
             self.per_user.try_add(sub.into());
         }
-        if let Some(expires) = grant.expires {
-            self.expiries.push(std::cmp::Reverse((expires, id)));
+        self.attach(id, grant);
+    }
+
+    /// Gives `id` its grant; a grant new to the connections goes in the expiry heap
+    /// (one entry per grant, however many connections share it).
+    fn attach(&mut self, id: usize, grant: Rc<Grant>) {
+        let expiry = grant.expires.map(|at| Expiry { at, grant: Rc::downgrade(&grant) });
+        if !self.grants.attach(id, grant) {
+            return;
         }
-        self.grants.insert(id, grant);
-        // Entries of clients gone are dropped at their expiry; with much churn, sooner.
-        if self.expiries.len() > 2 * self.grants.len() + 1024 {
-            let live = self.grants.iter().filter_map(|(&id, g)| Some(std::cmp::Reverse((g.expires?, id))));
-            self.expiries = live.collect();
+        self.expiries.extend(expiry);
+        // The entries of grants gone before their expiry wait for it; with much churn, less.
+        if self.expiries.len() > 2 * self.grants.distinct() + 1024 {
+            self.expiries.retain(|e| e.grant.strong_count() > 0);
         }
+    }
+
+    /// Takes `id`'s grant away; the cache forgets it with its last connection.
+    fn detach(&mut self, id: usize) -> Option<Rc<Grant>> {
+        let (grant, last) = self.grants.detach(id)?;
+        if last {
+            self.auth.release(&grant);
+        }
+        Some(grant)
     }
 
     /// A removed client's counts and grant go (its socket is still there to ask).
@@ -145,11 +187,10 @@ impl<T: ClientIo> App<T> {
                 self.per_ip.remove(&addr.ip());
             }
         }
-        if let Some(grant) = self.grants.remove(&id) {
+        if let Some(grant) = self.detach(id) {
             if let Some(sub) = grant.sub() {
                 self.per_user.remove(sub);
             }
-            self.auth.release(&grant);
         }
     }
 
@@ -204,18 +245,16 @@ impl<T: ClientIo> App<T> {
     /// second of it, through the housekeeping timer (no cost per read).
     pub(super) fn expire_tokens(&mut self, now: Instant) {
         let now_unix = self.unix_now(now);
-        while let Some(&std::cmp::Reverse((expires, id))) = self.expiries.peek() {
-            if expires > now_unix {
-                break;
-            }
-            self.expiries.pop();
-            // Gone, or refreshed since (a later expiry has its own entry).
-            if self.grants.get(&id).and_then(|g| g.expires) != Some(expires) {
-                continue;
-            }
-            if let Some(client) = self.clients.get_mut(id).filter(|c| c.conn.is_open()) {
-                client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
-                self.after_activity(id);
+        while self.expiries.peek().is_some_and(|e| e.at <= now_unix) {
+            let Some(expiry) = self.expiries.pop() else { break };
+            // Its connections all gone (or refreshed) already.
+            let Some(grant) = expiry.grant.upgrade() else { continue };
+            let ids = self.grants.clients_where(|g| std::ptr::eq(g, &*grant));
+            for id in ids {
+                if let Some(client) = self.clients.get_mut(id).filter(|c| c.conn.is_open()) {
+                    client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
+                    self.after_activity(id);
+                }
             }
         }
     }
@@ -224,18 +263,15 @@ impl<T: ClientIo> App<T> {
     /// replace the old ones at once (rooms it may no longer read are left).
     pub(super) fn refresh(&mut self, id: usize, token: &str, op_id: Option<&str>, now: Instant) -> Result<(), OpError> {
         let now_unix = self.unix_now(now);
-        let old = self.grants.get(&id).cloned().ok_or(OpError::InvalidToken)?;
+        let old = self.grants.get(id).cloned().ok_or(OpError::InvalidToken)?;
         let new = self.auth.grant(Some(token.as_bytes()), now_unix).map_err(|_| OpError::InvalidToken)?;
         if new.sub() != old.sub() {
             self.auth.release(&new);
             return Err(OpError::InvalidToken);
         }
-        if let Some(expires) = new.expires {
-            self.expiries.push(std::cmp::Reverse((expires, id)));
-        }
-        self.grants.insert(id, Rc::clone(&new));
-        self.auth.release(&old);
         drop(old);
+        self.detach(id);
+        self.attach(id, Rc::clone(&new));
         self.metrics.auth_refreshes += 1;
         self.leave_unreadable(id, "forbidden", now);
         let answer = self.envelopes.refreshed(op_id, new.expires_in(now_unix).unwrap_or(0));
@@ -318,7 +354,7 @@ impl<T: ClientIo> App<T> {
             online = room.topic.member_count();
             for audience in [Audience::Plain, Audience::Enveloped] {
                 for member in room.topic.members(audience) {
-                    let Some(user) = self.grants.get(&member).and_then(|g| g.user.as_ref()) else {
+                    let Some(user) = self.grants.get(member).and_then(|g| g.user.as_ref()) else {
                         continue;
                     };
                     users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
@@ -374,6 +410,6 @@ impl<T: ClientIo> App<T> {
     /// The open connections of a user.
     fn clients_of(&self, user: &str) -> Vec<usize> {
         let open = |id: &usize| self.clients.get(*id).is_some_and(|c| c.conn.is_open());
-        self.grants.iter().filter(|(_, g)| g.sub() == Some(user)).map(|(&id, _)| id).filter(open).collect()
+        self.grants.clients_where(|g| g.sub() == Some(user)).into_iter().filter(open).collect()
     }
 }

@@ -8,11 +8,11 @@
 //! `App::refuse_publish`, now or (Redis) later.
 
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 use super::bus::{Bus, Delivery, Sent};
 use super::deliver::fits_envelope_from;
+use super::grants::Grants;
 use super::{App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::auth::limits::{Limiter, PublishLimits, Verdict};
@@ -105,7 +105,7 @@ pub(super) enum Refused {
 /// publishes are neither checked nor limited.
 pub(super) struct Gate<'a> {
     pub auth: &'a Auth,
-    pub grants: &'a HashMap<usize, Rc<Grant>>,
+    pub grants: &'a Grants,
     pub limits: &'a PublishLimits,
     pub limiters: &'a mut HashMap<usize, Limiter>,
 }
@@ -129,8 +129,8 @@ impl<'a> Gate<'a> {
             Source::Plain(id) => (id, true),
             Source::V1 { id, .. } => (id, false),
         };
-        let grants: &'a HashMap<usize, Rc<Grant>> = self.grants;
-        let user = grants.get(&id).map(|g| &**g);
+        let grants: &'a Grants = self.grants;
+        let user = grants.get(id).map(|g| &**g);
         let auth: &'a Auth = self.auth;
         let grant = user.unwrap_or(auth.anonymous());
         // A grant that writes everywhere needs no room name.

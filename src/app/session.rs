@@ -112,7 +112,7 @@ impl<T: ClientIo> App<T> {
         let Some(client) = clients.get_mut(id) else { return };
         self.presence_at.get_or_insert(presence_time(self.last_presence, now));
         let Some(room) = rooms.get(room_id) else { return };
-        let user = grants.get(&id).and_then(|g| Some((g.sub()?, g.expires_in(now_unix)?)));
+        let user = grants.get(id).and_then(|g| Some((g.sub()?, g.expires_in(now_unix)?)));
         let history = room.topic.history();
         let limits = &config.limits;
         let mut send = |conn: &mut Conn, frame: Rc<[u8]>| {

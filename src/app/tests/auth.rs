@@ -61,7 +61,8 @@ fn a_closing_client_gives_back_its_grant_and_its_count() {
     let t = token("u", app.unix_now(now) + 60);
     let (a, _) = upgrade(&mut app, &t, now);
     let (b, _) = upgrade(&mut app, &t, now);
-    assert!(Rc::ptr_eq(&app.grants[&a], &app.grants[&b]), "one grant for one token");
+    assert!(Rc::ptr_eq(app.grants.get(a).unwrap(), app.grants.get(b).unwrap()), "one grant for one token");
+    assert_eq!(app.grants.distinct(), 1);
     assert_eq!(app.per_user.count("u"), 2);
     for id in [a, b] {
         feed(&mut app, id, &close_frame_masked(), now);
