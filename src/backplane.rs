@@ -47,7 +47,9 @@ pub struct Settings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     /// Number, keep and broadcast a message (the publish script).
-    Publish { req: u64, room: Box<str>, binary: bool, payload: Vec<u8>, origin: Box<str> },
+    /// `from`: the publisher's `sub` (a client with a token), carried by the stream
+    /// entry and the live message so that every node's envelopes say who sent it.
+    Publish { req: u64, room: Box<str>, binary: bool, payload: Vec<u8>, origin: Box<str>, from: Option<Box<str>> },
     /// A room's epoch and seq, and the kept messages after `since` (the fetch script;
     /// it makes the room, with the epoch offered, if Redis has none).
     Fetch { req: u64, room: Box<str>, since: Seq },
@@ -63,6 +65,9 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// `NODE:REQ` of the publishing node and its request (empty for none).
     pub origin: Box<str>,
+    /// The publisher's `sub`, when it had a token (entries written before this
+    /// field existed have none).
+    pub from: Option<Box<str>>,
 }
 
 /// A room's state in Redis.

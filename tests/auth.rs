@@ -629,3 +629,98 @@ mod moderation {
         assert_eq!(status, 401);
     }
 }
+
+/// With `--redis`: identities and moderation across nodes over one real redis-server.
+mod redis_nodes {
+    use super::*;
+    use common::redis::{redis_available, RedisServer};
+
+    /// A node of `redis` checking HS256 tokens, anonymous clients reading and writing
+    /// everywhere.
+    fn node(redis: &RedisServer) -> Server {
+        let url = redis.url();
+        let s = server(&["--redis", &url, "--anonymous-read", "*", "--anonymous-write", "*", "--ping-interval", "0"]);
+        let up = wait_until(Duration::from_secs(15), || {
+            http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
+        });
+        assert!(up.is_some(), "backplane up");
+        s
+    }
+
+    /// The welcome (whatever else came first is a test failure), then the messages.
+    fn welcome(ws: &mut Ws) -> Value {
+        let w = envelope(ws);
+        assert_eq!(w["type"], "welcome", "{w}");
+        w
+    }
+
+    fn message(ws: &mut Ws) -> Value {
+        loop {
+            let v = envelope(ws);
+            if v["type"] == "message" {
+                return v;
+            }
+        }
+    }
+
+    macro_rules! need_redis {
+        () => {
+            if !redis_available() {
+                eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+                return;
+            }
+        };
+    }
+
+    #[test]
+    fn messages_carry_from_on_every_node_live_in_history_and_in_resume() {
+        need_redis!();
+        let redis = RedisServer::start(false);
+        let (a, b) = (node(&redis), node(&redis));
+        // A sub with a newline and a non-ASCII character: it travels in hex.
+        let sub = "al\nice ☃";
+        let mut alice = v1(&a, "/chat", Some(&hs(sub, &["chat"], &["chat"])));
+        let w = welcome(&mut alice);
+        assert_eq!(w["user"], sub, "a welcome after a join that waited for Redis names the user: {w}");
+        assert!(w["expires_in"].as_u64().unwrap() > 3500, "{w}");
+        let epoch = w["epoch"].as_str().unwrap().to_string();
+        let mut bob = v1(&b, "/chat", Some(&hs("bob", &["chat"], &[])));
+        assert_eq!(welcome(&mut bob)["user"], "bob");
+        let mut anon = v1(&b, "/chat", None);
+        assert!(welcome(&mut anon).get("user").is_none());
+        // A client cannot forge `from`: the token's sub, or nothing.
+        send(&mut alice, json!({"op": "publish", "data": "one", "from": "mallory", "id": "1"}));
+        send(&mut anon, json!({"op": "publish", "data": "two", "from": "mallory", "id": "2"}));
+        let (status, _) = api(&a, "POST", "/api/rooms/chat/messages", "three");
+        assert_eq!(status, 200);
+        for ws in [&mut alice, &mut bob, &mut anon] {
+            three_with_their_senders(ws, sub, "live");
+        }
+        // History on a node that mirrored the room live, and on a new node (read from
+        // the room's stream), and a resume there.
+        let c = node(&redis);
+        for (server, path) in
+            [(&b, "/chat".to_string()), (&c, "/chat".into()), (&c, format!("/chat?since=0&epoch={epoch}"))]
+        {
+            let mut late = v1(server, &path, None);
+            welcome(&mut late);
+            three_with_their_senders(&mut late, sub, &path);
+        }
+        // A plain member still gets the payloads verbatim.
+        let mut plain_member = plain(&c, "/chat", None);
+        assert_eq!(text(&mut plain_member), "hi");
+        let mut got: Vec<String> = (0..3).map(|_| text(&mut plain_member)).collect();
+        got.sort();
+        assert_eq!(got, ["one", "three", "two"]);
+    }
+
+    /// Messages 1 to 3, in order: "one" from `sub`, "two" and "three" from nobody.
+    fn three_with_their_senders(ws: &mut Ws, sub: &str, what: &str) {
+        for seq in 1..=3 {
+            let m = message(ws);
+            assert_eq!(m["seq"], seq, "{what}: {m}");
+            let from = if m["data"] == "one" { json!(sub) } else { Value::Null };
+            assert_eq!(m["from"], from, "{what}: {m}");
+        }
+    }
+}

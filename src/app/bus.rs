@@ -74,11 +74,11 @@ impl Bus {
                 Target::Id(room) => room,
                 Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
             };
-            // `from`: the publisher's sub, in its v1 envelopes (not carried through Redis yet).
+            // `from`: the publisher's sub, in its v1 envelopes.
             let stored = encode_from(rooms, envelopes, room, p.payload, config.history > 0, from);
             return Ok(Sent::Now(room, stored));
         };
-        send_to_redis(rooms, mirror, p, now)
+        send_to_redis(rooms, mirror, p, from, now)
     }
 
     /// The mirror, on the Redis bus.
@@ -118,13 +118,19 @@ impl Bus {
 }
 
 #[inline(never)]
-fn send_to_redis(rooms: &Rooms, mirror: &mut Mirror, p: &Publish<'_>, now: Instant) -> Result<Sent, Refused> {
+fn send_to_redis(
+    rooms: &Rooms,
+    mirror: &mut Mirror,
+    p: &Publish<'_>,
+    from: Option<&str>,
+    now: Instant,
+) -> Result<Sent, Refused> {
     let name = match p.room {
         Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
         Target::Named(name) => name,
     };
     let origin = p.source.origin(name);
-    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, now).map_err(Refused::Backplane)?;
+    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, from, now).map_err(Refused::Backplane)?;
     Ok(Sent::Later)
 }
 

@@ -93,18 +93,8 @@ pub(super) fn fits_envelope_from(config: &Config, payload: Payload<'_>, from: Op
 /// envelope for v1 members, and for the history at least one of them (plain when the
 /// room has no v1 member). None at all when nobody listens and nothing is kept. One
 /// allocation per encoding made, whatever the room's size.
-pub(super) fn encode(
-    rooms: &Rooms,
-    envelopes: &mut Envelopes,
-    room_id: RoomId,
-    payload: Payload<'_>,
-    keep: bool,
-) -> Stored {
-    encode_from(rooms, envelopes, room_id, payload, keep, None)
-}
-
-/// `encode` for a message of a user (`from`): its envelope carries the sender, so
-/// the history keeps the envelope (the plain frame is made from it when needed).
+/// For a message of a user (`from`) the envelope carries the sender, so the history
+/// keeps the envelope (the plain frame is made from it when needed).
 pub(super) fn encode_from(
     rooms: &Rooms,
     envelopes: &mut Envelopes,

@@ -78,8 +78,8 @@ pub use output::{ClientView, Transmit};
 pub use refusal::Refusal;
 
 use clients::Lifecycle;
-// As publish.rs and redis.rs name them (`super::encode`, ...).
-use deliver::{encode, queue_flush, TOO_BIG_FOR_ENVELOPE};
+// As publish.rs and redis.rs name them (`super::queue_flush`, ...).
+use deliver::{queue_flush, TOO_BIG_FOR_ENVELOPE};
 use echo::{write_through, WRITE_THROUGH_MIN};
 use session::{Extra, Role, NOT_JOINED, NO_ROOM};
 

@@ -8,8 +8,9 @@
 use std::time::{Duration, Instant};
 
 use super::bus::{Bus, Delivery};
+use super::deliver::encode_from;
 use super::publish::{self, Publish, Source, Target};
-use super::{encode, queue_flush, App, ClientIo};
+use super::{queue_flush, App, ClientIo};
 use crate::api;
 use crate::backplane::{Effect, Event, Joining, Message, Origin, Settings};
 use crate::frame::CloseCode;
@@ -47,8 +48,7 @@ impl<T: ClientIo> App<T> {
         for effect in effects {
             match effect {
                 Effect::Deliver { room, message, publisher } => {
-                    let stored =
-                        encode(&self.rooms, &mut self.envelopes, room, payload_of(&message), self.config.history > 0);
+                    let stored = self.encode_message(room, &message);
                     let publisher = match &publisher {
                         Some(Origin::Client { id, ack, .. }) => Some((*id, ack.as_deref())),
                         _ => None,
@@ -66,13 +66,7 @@ impl<T: ClientIo> App<T> {
                 Effect::Restart { room, epoch, base, keep } => {
                     self.rooms.restart(room, &epoch, base);
                     for message in keep {
-                        let stored = encode(
-                            &self.rooms,
-                            &mut self.envelopes,
-                            room,
-                            payload_of(&message),
-                            self.config.history > 0,
-                        );
+                        let stored = self.encode_message(room, &message);
                         self.rooms.publish(room, &stored);
                     }
                 }
@@ -85,6 +79,13 @@ impl<T: ClientIo> App<T> {
                 }
             }
         }
+    }
+
+    /// A message from Redis in the encodings its room needs, its envelope with the
+    /// `from` its publisher's node gave it.
+    fn encode_message(&mut self, room: RoomId, message: &Message) -> crate::rooms::Stored {
+        let keep = self.config.history > 0;
+        encode_from(&self.rooms, &mut self.envelopes, room, payload_of(message), keep, message.from.as_deref())
     }
 
     fn respond_later(&mut self, id: usize, answer: Vec<u8>, now: Instant) {
@@ -278,7 +279,7 @@ mod tests {
         app.handle_housekeeping(t0 + LATE);
         let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
         let Some(Command::Fetch { req, since: 0, .. }) = fetch else { panic!("the room's stream read: {fetch:?}") };
-        let message = Message { seq: 1, binary: false, payload: b"hello".to_vec(), origin };
+        let message = Message { seq: 1, binary: false, payload: b"hello".to_vec(), origin, from: None };
         let fetched = Fetched { epoch: EPOCH.into(), seq: 1, entries: vec![message] };
         app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, t0 + LATE);
         assert_eq!(written(&mut app, id), b"\x81\x05hello");

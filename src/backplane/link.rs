@@ -27,8 +27,10 @@ use mio::Waker;
 
 use super::resp::{self, Reply};
 use super::{Command, Event, Fetched, Message, Settings};
+use scripts::{FETCH, PUBLISH, TOUCH};
 use subscription::subscription_thread;
 
+mod scripts;
 mod subscription;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -42,59 +44,6 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 const FETCH_PIECE: usize = 16;
 /// The subscription PINGs when it heard nothing for this long.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
-
-/// Numbers a message, keeps it in the room's stream and tells every node, atomically.
-/// KEYS: meta hash, stream. ARGV: epoch offered, history, ttl ms, channel, origin,
-/// kind (t/b), payload, room, history bytes. The stream's ids are `seq-0`, so XRANGE
-/// reads by seq. The stream keeps at most `history` messages and `history bytes` of
-/// payload (the meta hash counts them; the newest message always stays).
-const PUBLISH: &str = r"
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], seq .. '-0', 'k', ARGV[6], 'o', ARGV[5], 'd', ARGV[7])
-  local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', #ARGV[7])
-  local len = redis.call('XLEN', KEYS[2])
-  while len > 1 and (len > tonumber(ARGV[2]) or bytes > tonumber(ARGV[9])) do
-    local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
-    local size = 0
-    for i = 1, #oldest[2], 2 do
-      if oldest[2][i] == 'd' then size = #oldest[2][i + 1] end
-    end
-    redis.call('XDEL', KEYS[2], oldest[1])
-    bytes = redis.call('HINCRBY', KEYS[1], 'bytes', -size)
-    len = len - 1
-  end
-  redis.call('PEXPIRE', KEYS[2], ARGV[3])
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .. ARGV[5] .. '\n' .. ARGV[6] .. ARGV[7])
-return {epoch, seq}
-";
-
-/// A room's epoch (made with the one offered if the room is new), its seq, and the
-/// first seq to read from its stream for the messages kept after `since` (0: none).
-/// KEYS: meta hash, stream. ARGV: epoch offered, since, history, ttl ms. The messages
-/// are read by the link, newest first, in pieces (plain XREVRANGEs, not Lua: copying
-/// a large stream through Lua held Redis for most of a second), until
-/// `--history-memory` bytes.
-const FETCH: &str = r"
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local seq = tonumber(redis.call('HGET', KEYS[1], 'seq') or '0')
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-local start = math.max(tonumber(ARGV[2]) + 1, seq - tonumber(ARGV[3]) + 1)
-if tonumber(ARGV[3]) == 0 or start > seq then start = 0 end
-return {epoch, seq, start}
-";
-
-/// Keeps rooms alive for another TTL. KEYS: the rooms' keys. ARGV: ttl ms.
-const TOUCH: &str = r"
-for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
-return #KEYS
-";
 
 /// The channel every node subscribes to (pub/sub ignores databases: the number keeps
 /// deployments on different databases apart).
@@ -485,7 +434,7 @@ impl CommandThread {
             for c in &batch {
                 out.clear();
                 match c {
-                    Command::Publish { room, binary, payload, origin, .. } => {
+                    Command::Publish { room, binary, payload, origin, from, .. } => {
                         let epoch = super::random_hex();
                         let kind: &[u8] = if *binary { b"b" } else { b"t" };
                         command(
@@ -505,6 +454,7 @@ impl CommandThread {
                                 payload,
                                 room.as_bytes(),
                                 history_bytes.as_bytes(),
+                                from.as_deref().unwrap_or_default().as_bytes(),
                             ],
                         );
                     }
@@ -591,13 +541,14 @@ fn parse_entries(reply: &Reply) -> Option<Vec<Message>> {
         let id = std::str::from_utf8(id.as_bytes()?).ok()?;
         let seq = id.split_once('-')?.0.parse().ok()?;
         let fields = fields.as_array()?;
-        let mut message = Message { seq, binary: false, payload: Vec::new(), origin: "".into() };
+        let mut message = Message { seq, binary: false, payload: Vec::new(), origin: "".into(), from: None };
         for pair in fields.chunks(2) {
             let [name, value] = pair else { return None };
             let value = value.as_bytes()?;
             match name.as_bytes()? {
                 b"k" => message.binary = value == b"b",
                 b"o" => message.origin = String::from_utf8_lossy(value).into(),
+                b"f" => message.from = Some(String::from_utf8_lossy(value).into()),
                 b"d" => message.payload = value.to_vec(),
                 _ => {}
             }
@@ -631,5 +582,12 @@ mod tests {
         let entries = parse_entries(&Reply::Array(vec![entry("2-0", "x"), entry("3-0", "y")])).unwrap();
         assert_eq!(entries.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert!(entries[0].binary);
+        // An entry written before `from` existed has none; a newer one keeps its `f`.
+        assert_eq!(entries[0].from, None);
+        let with_from = Reply::Array(vec![Reply::Array(vec![
+            Reply::Bulk(b"4-0".to_vec()),
+            Reply::Array(["k", "t", "o", "n:2", "f", "ada\n", "d", "z"].map(|b| Reply::Bulk(b.into())).to_vec()),
+        ])]);
+        assert_eq!(parse_entries(&with_from).unwrap()[0].from.as_deref(), Some("ada\n"));
     }
 }

@@ -223,6 +223,7 @@ impl Mirror {
         opcode: Opcode,
         payload: &[u8],
         origin: Origin,
+        from: Option<&str>,
         now: Instant,
     ) -> Result<(), Refused> {
         if !self.is_up() {
@@ -248,6 +249,7 @@ impl Mirror {
             binary: opcode == Opcode::Binary,
             payload: payload.to_vec(),
             origin: format!("{}:{req}", self.node).into(),
+            from: from.map(Into::into),
         });
         Ok(())
     }

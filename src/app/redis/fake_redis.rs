@@ -211,7 +211,7 @@ impl Cluster {
     fn execute(&mut self, n: usize, command: Command) {
         let at = self.now + HOP * 2;
         match command {
-            Command::Publish { req, room, binary, payload, origin } => {
+            Command::Publish { req, room, binary, payload, origin, from } => {
                 if !self.up {
                     push(&mut self.nodes[n].commands, at, Event::Published { req, room, result: Err(()) });
                     return;
@@ -219,7 +219,7 @@ impl Cluster {
                 let history = self.history;
                 let log = self.log(&room);
                 log.seq += 1;
-                let message = Message { seq: log.seq, binary, payload, origin };
+                let message = Message { seq: log.seq, binary, payload, origin, from };
                 log.all.push(message.clone());
                 log.stream.push_back(message.clone());
                 if log.stream.len() > history {

@@ -13,16 +13,33 @@ use super::{channel, command, connect, expect_ok, poke, Replies, BACKOFF_MAX, BA
 use crate::backplane::{Command, Event, Message, Settings};
 
 /// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
-/// holds no control character, so no newline).
+/// holds no control character, so no newline). The origin line of a message whose
+/// publisher had a token ends with its `sub` in hex after a space, `NODE:REQ HEX`
+/// (a node that knows no `from` takes it as another node's origin).
 pub fn parse_live(bytes: &[u8]) -> Option<(String, String, Message)> {
     let mut parts = bytes.splitn(5, |&b| b == b'\n');
     let room = String::from_utf8(parts.next()?.to_vec()).ok()?;
     let epoch = String::from_utf8(parts.next()?.to_vec()).ok()?;
     let seq = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
-    let origin = String::from_utf8(parts.next()?.to_vec()).ok()?.into();
+    let origin = std::str::from_utf8(parts.next()?).ok()?;
+    let (origin, from) = match origin.split_once(' ') {
+        Some((origin, hex)) => (origin, Some(from_hex(hex)?)),
+        None => (origin, None),
+    };
     let rest = parts.next()?;
     let (&kind, payload) = rest.split_first()?;
-    Some((room, epoch, Message { seq, binary: kind == b'b', payload: payload.to_vec(), origin }))
+    let message = Message { seq, binary: kind == b'b', payload: payload.to_vec(), origin: origin.into(), from };
+    Some((room, epoch, message))
+}
+
+/// A `sub` from its hex digits (at most `auth::MAX_SUB` bytes, UTF-8).
+fn from_hex(hex: &str) -> Option<Box<str>> {
+    if !hex.len().is_multiple_of(2) || hex.len() > 2 * crate::auth::MAX_SUB {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok().map(Into::into)
 }
 
 pub(super) fn subscription_thread(
@@ -112,7 +129,15 @@ mod tests {
     fn live_messages_parse() {
         let (room, epoch, m) = parse_live(b"lobby\n0123456789abcdef\n42\nnode:7\nthi\nthere").unwrap();
         assert_eq!((room.as_str(), epoch.as_str()), ("lobby", "0123456789abcdef"));
-        assert_eq!(m, Message { seq: 42, binary: false, payload: b"hi\nthere".to_vec(), origin: "node:7".into() });
+        let hi =
+            Message { seq: 42, binary: false, payload: b"hi\nthere".to_vec(), origin: "node:7".into(), from: None };
+        assert_eq!(m, hi);
         assert!(parse_live(b"lobby\ne\nx\no\nt").is_none());
+        // With the publisher's sub ("a\nb" in hex): the origin stays the node's.
+        let (_, _, m) = parse_live(b"lobby\n0123456789abcdef\n42\nnode:7 610a62\nthi\nthere").unwrap();
+        assert_eq!(m, Message { from: Some("a\nb".into()), ..hi });
+        assert!(parse_live(b"lobby\ne\n1\nnode:7 6\nthi").is_none(), "odd hex");
+        assert!(parse_live(b"lobby\ne\n1\nnode:7 zz\nthi").is_none(), "not hex");
+        assert!(parse_live(b"lobby\ne\n1\nnode:7 ff\nthi").is_none(), "not UTF-8");
     }
 }
