@@ -17,6 +17,8 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::config::RedisUrl;
 use crate::pubsub::Seq;
 
@@ -55,6 +57,27 @@ pub enum Command {
     Fetch { req: u64, room: Box<str>, since: Seq },
     /// Keep these rooms alive in Redis for another TTL (they have members here).
     Touch { rooms: Vec<Box<str>> },
+    /// Tell every node of a moderation act (PUBLISH on the control channel).
+    Moderate(Control),
+}
+
+/// A moderation act of the API (`--api-token`), done by every node to its own clients.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Moderation {
+    /// Close every connection of `user` 4410 with `reason`.
+    Disconnect { user: String, reason: String },
+    /// Take `user`'s connections out of `room`.
+    Remove { room: String, user: String },
+}
+
+/// A moderation act on the control channel, as JSON
+/// (`{"node":N,"act":{"disconnect":{"user":U,"reason":R}}}`), with the node that
+/// did it first (which does not do it again when it comes back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    pub node: String,
+    pub act: Moderation,
 }
 
 /// A message as Redis numbered it: from the subscription or from a room's stream.
@@ -103,6 +126,8 @@ pub enum Event {
         epoch: String,
         message: Message,
     },
+    /// A moderation act from the control channel (this node's own too).
+    Moderated(Control),
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
     /// One pipelined round trip: how many commands it carried and how long it took.

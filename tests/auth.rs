@@ -714,6 +714,45 @@ mod redis_nodes {
         assert_eq!(got, ["one", "three", "two"]);
     }
 
+    #[test]
+    fn moderation_acts_on_every_node() {
+        need_redis!();
+        let redis = RedisServer::start(false);
+        let (a, b) = (node(&redis), node(&redis));
+        let troll = hs("troll", &["r", "s"], &[]);
+        let mut on_a = v1(&a, "/r", Some(&troll));
+        let mut plain_on_b = plain(&b, "/r", Some(&troll));
+        let mut v1_on_b = v1(&b, "/s", Some(&troll));
+        assert_eq!(welcome(&mut on_a)["user"], "troll");
+        assert_eq!(text(&mut plain_on_b), "hi");
+        assert_eq!(welcome(&mut v1_on_b)["room"], "s");
+        send(&mut v1_on_b, json!({"op": "join", "room": "r"}));
+        assert_eq!(welcome(&mut v1_on_b)["room"], "r");
+        let mut nice = v1(&b, "/r", Some(&hs("nice", &["r"], &[])));
+        welcome(&mut nice);
+        // Removal from "r" on A reaches B: the plain member is closed, the v1 one leaves.
+        let (status, body) = api(&a, "DELETE", "/api/rooms/r/users/troll", "");
+        assert_eq!(status, 200);
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body, json!({"room": "r", "user": "troll", "connections": 1}), "this node's count");
+        assert_eq!(envelope(&mut on_a), json!({"type": "left", "room": "r", "reason": "removed"}));
+        assert_eq!(closed(&mut plain_on_b), (4403, "removed".into()));
+        assert_eq!(envelope(&mut v1_on_b), json!({"type": "left", "room": "r", "reason": "removed"}));
+        // One disconnect on A closes the user's connections on both nodes.
+        let mut again_on_b = v1(&b, "/r", Some(&troll));
+        welcome(&mut again_on_b);
+        let (status, body) = api(&a, "POST", "/api/users/troll/disconnect", "bye");
+        assert_eq!(status, 200);
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), json!({"user": "troll", "connections": 1}));
+        for ws in [&mut on_a, &mut v1_on_b, &mut again_on_b] {
+            assert_eq!(closed(ws), (4410, "bye".into()));
+        }
+        send(&mut nice, json!({"op": "ping", "id": "still"}));
+        assert_eq!(envelope(&mut nice)["id"], "still", "other users stay");
+        assert!(metrics(&a).contains("mioket_api_disconnects_total 1"));
+        assert!(metrics(&b).contains("mioket_api_disconnects_total 0"), "counted where the call was made");
+    }
+
     /// Messages 1 to 3, in order: "one" from `sub`, "two" and "three" from nobody.
     fn three_with_their_senders(ws: &mut Ws, sub: &str, what: &str) {
         for seq in 1..=3 {

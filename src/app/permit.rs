@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::session::Role;
 use super::{App, Client, ClientIo};
 use crate::auth::{self, Auth, Denied, Grant, TokenError};
+use crate::backplane::Moderation;
 use crate::frame::CloseCode;
 use crate::handshake;
 use crate::outqueue::Chunk;
@@ -377,8 +378,16 @@ impl<T: ClientIo> App<T> {
     }
 
     /// `POST /api/users/{user}/disconnect`: every connection of `user` closed 4410
-    /// with `reason`; how many.
+    /// with `reason`, here and (with Redis) on every node; how many here.
     pub(super) fn disconnect_user(&mut self, user: &str, reason: &str, now: Instant) -> usize {
+        let closed = self.close_user(user, reason, now);
+        self.moderate_everywhere(Moderation::Disconnect { user: user.into(), reason: reason.into() });
+        self.metrics.api_disconnects += 1;
+        closed
+    }
+
+    /// Closes this node's connections of `user` 4410 with `reason`; how many.
+    pub(super) fn close_user(&mut self, user: &str, reason: &str, now: Instant) -> usize {
         let ids: Vec<usize> = self.clients_of(user);
         for &id in &ids {
             if let Some(client) = self.clients.get_mut(id) {
@@ -386,13 +395,21 @@ impl<T: ClientIo> App<T> {
             }
             self.after_activity(id);
         }
-        self.metrics.api_disconnects += 1;
         ids.len()
     }
 
     /// `DELETE /api/rooms/{room}/users/{user}`: the user's connections leave the
-    /// room (`left`/`removed` for v1, close 4403 for plain); how many.
+    /// room (`left`/`removed` for v1, close 4403 for plain), here and (with Redis) on
+    /// every node; how many here.
     pub(super) fn remove_user(&mut self, room_name: &str, user: &str, now: Instant) -> usize {
+        let removed = self.take_user_out(room_name, user, now);
+        self.moderate_everywhere(Moderation::Remove { room: room_name.into(), user: user.into() });
+        self.metrics.api_removals += 1;
+        removed
+    }
+
+    /// Takes this node's connections of `user` out of `room_name`; how many.
+    pub(super) fn take_user_out(&mut self, room_name: &str, user: &str, now: Instant) -> usize {
         let Some(room) = self.rooms.find(room_name) else { return 0 };
         let ids: Vec<usize> = self
             .clients_of(user)
@@ -403,7 +420,6 @@ impl<T: ClientIo> App<T> {
             self.leave_told(id, room, "removed", now);
             self.after_activity(id);
         }
-        self.metrics.api_removals += 1;
         ids.len()
     }
 

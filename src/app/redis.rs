@@ -12,7 +12,7 @@ use super::deliver::encode_from;
 use super::publish::{self, Publish, Source, Target};
 use super::{queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Effect, Event, Joining, Message, Origin, Settings};
+use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin, Settings};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -76,6 +76,12 @@ impl<T: ClientIo> App<T> {
                         self.release(id, now);
                         self.after_activity(id);
                     }
+                }
+                Effect::Moderate(Moderation::Disconnect { user, reason }) => {
+                    self.close_user(&user, &reason, now);
+                }
+                Effect::Moderate(Moderation::Remove { room, user }) => {
+                    self.take_user_out(&room, &user, now);
                 }
             }
         }
@@ -173,6 +179,15 @@ impl<T: ClientIo> App<T> {
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
             }
             self.after_activity(id);
+        }
+    }
+
+    /// With Redis, a moderation act done here goes to every other node too (each does
+    /// it to its own clients); with Redis unreachable it stays this node's.
+    pub(super) fn moderate_everywhere(&mut self, act: Moderation) {
+        let Bus::Redis(mirror) = &mut self.bus else { return };
+        if !mirror.moderate(act) {
+            log::warn!("backplane: Redis is unreachable: a moderation act was done on this node only");
         }
     }
 

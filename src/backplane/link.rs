@@ -7,8 +7,8 @@
 //! - The fetch thread does the same for fetches (rooms' states, at most
 //!   `--history-memory` bytes each) on a connection of its own, so that a large room's
 //!   fetch never holds other rooms' publishes.
-//! - The subscription thread (`link/subscription.rs`) SUBSCRIBEs to the nodes' channel and hands back every
-//!   message it gets. It PINGs when nothing came for `PING_EVERY`, so a link that went
+//! - The subscription thread (`link/subscription.rs`) SUBSCRIBEs to the nodes' channels
+//!   (messages, moderation acts) and hands back every message it gets. It PINGs when nothing came for `PING_EVERY`, so a link that went
 //!   silent (no reset: a stalled proxy, a dead host) is noticed within `REPLY_TIMEOUT`.
 //!
 //! All reconnect with a backoff (50 ms doubling to 2 s) and say when they are up or
@@ -49,6 +49,11 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// deployments on different databases apart).
 pub fn channel(settings: &Settings) -> String {
     format!("mioket:{}:messages", settings.url.db)
+}
+
+/// The channel of moderation acts (`Command::Moderate`), which every node subscribes to too.
+pub fn control_channel(settings: &Settings) -> String {
+    format!("mioket:{}:control", settings.url.db)
 }
 
 fn meta_key(room: &str) -> Vec<u8> {
@@ -386,6 +391,7 @@ impl CommandThread {
         let mut writer = BufWriter::with_capacity(256 * 1024, replies.stream.try_clone()?);
         let mut out = Vec::new();
         let channel = channel(&self.settings);
+        let control = control_channel(&self.settings);
         let history = self.settings.history.to_string();
         let history_bytes = self.settings.history_bytes.to_string();
         let ttl = self.settings.ttl.as_millis().max(1000).to_string();
@@ -461,6 +467,10 @@ impl CommandThread {
                     // Fetches go to the fetch thread (`Link::send`); a stray one
                     // keeps the replies in step and is answered as failed.
                     Command::Fetch { .. } => command(&mut out, &[b"PING"]),
+                    Command::Moderate(act) => {
+                        let json = serde_json::to_vec(act).unwrap_or_default();
+                        command(&mut out, &[b"PUBLISH", control.as_bytes(), &json]);
+                    }
                     Command::Touch { rooms } => {
                         let keys: Vec<Vec<u8>> = rooms.iter().flat_map(|r| [meta_key(r), stream_key(r)]).collect();
                         let count = keys.len().to_string();
@@ -520,7 +530,7 @@ fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Touch { .. } => None,
+        Command::Touch { .. } | Command::Moderate(_) => None,
     }
 }
 

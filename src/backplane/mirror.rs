@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 
-use super::{Command, Event, Fetched, Message, Origin, Refused, Settings, LATE};
+use super::{Command, Control, Event, Fetched, Message, Moderation, Origin, Refused, Settings, LATE};
 use crate::frame::Opcode;
 use crate::pubsub::Seq;
 use crate::rooms::{RoomId, Rooms};
@@ -57,6 +57,8 @@ pub enum Effect {
     /// A join that waited for its room's fetch: join now, then act on the client's
     /// held input (`release`).
     Welcome { id: usize, room: RoomId, resume: Option<Resume<'static>> },
+    /// Another node's moderation act: do it to the clients here.
+    Moderate(Moderation),
 }
 
 /// What a join does with Redis.
@@ -254,6 +256,16 @@ impl Mirror {
         Ok(())
     }
 
+    /// Tells every other node of a moderation act done here; false when Redis is
+    /// unreachable (then it is done on this node only).
+    pub fn moderate(&mut self, act: Moderation) -> bool {
+        if !self.commands_up {
+            return false;
+        }
+        self.outbox.push(Command::Moderate(Control { node: self.node.clone(), act }));
+        true
+    }
+
     /// What the link reports; `rooms` is the application's (read only).
     pub fn handle(&mut self, event: Event, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
@@ -312,6 +324,12 @@ impl Mirror {
                 // Rooms without a mirror here have nobody to deliver to.
                 if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
                     self.live(id, r.generation(), &room, epoch, message, &mut effects);
+                }
+            }
+            // This node did its own already.
+            Event::Moderated(control) => {
+                if control.node != self.node {
+                    effects.push(Effect::Moderate(control.act));
                 }
             }
             Event::Evicting(policy) => {

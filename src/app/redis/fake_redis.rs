@@ -251,6 +251,11 @@ impl Cluster {
                 push(&mut self.nodes[n].fetches, at, Event::Fetched { req, result: Ok(fetched) });
             }
             Command::Touch { .. } => {}
+            Command::Moderate(control) => {
+                for node in self.nodes.iter_mut().filter(|n| n.subscribed && self.up) {
+                    push(&mut node.live, at, Event::Moderated(control.clone()));
+                }
+            }
         }
     }
 

@@ -1,5 +1,5 @@
-//! The subscription thread: SUBSCRIBEs to the nodes' channel and hands back every
-//! message it gets, PINGing when nothing came for `PING_EVERY` (a link that went silent
+//! The subscription thread: SUBSCRIBEs to the nodes' channels (messages, and
+//! moderation acts) and hands back every message it gets, PINGing when nothing came for `PING_EVERY` (a link that went silent
 //! is noticed within `REPLY_TIMEOUT`).
 
 use std::io::{self, Write};
@@ -9,8 +9,11 @@ use std::time::Instant;
 use log::warn;
 use mio::Waker;
 
-use super::{channel, command, connect, expect_ok, poke, Replies, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, REPLY_TIMEOUT};
-use crate::backplane::{Command, Event, Message, Settings};
+use super::{
+    channel, command, connect, control_channel, expect_ok, poke, Replies, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY,
+    REPLY_TIMEOUT,
+};
+use crate::backplane::{Command, Control, Event, Message, Settings};
 
 /// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
 /// holds no control character, so no newline). The origin line of a message whose
@@ -49,6 +52,7 @@ pub(super) fn subscription_thread(
     pokes: &[Sender<Vec<Command>>],
 ) {
     let channel = channel(settings);
+    let control = control_channel(settings);
     let mut backoff = BACKOFF_MIN;
     let mut was_up = None;
     loop {
@@ -59,8 +63,10 @@ pub(super) fn subscription_thread(
             stream.set_read_timeout(Some(PING_EVERY))?;
             let mut replies = Replies::new(stream.try_clone()?);
             let mut out = Vec::new();
-            command(&mut out, &[b"SUBSCRIBE", channel.as_bytes()]);
+            command(&mut out, &[b"SUBSCRIBE", channel.as_bytes(), control.as_bytes()]);
             (&stream).write_all(&out)?;
+            // One confirmation per channel.
+            expect_ok(replies.next()?)?;
             expect_ok(replies.next()?)?;
             backoff = BACKOFF_MIN;
             was_up = Some(true);
@@ -85,15 +91,25 @@ pub(super) fn subscription_thread(
                     Err(e) => return Err(e),
                 }
                 for reply in &batch {
-                    let Some([kind, _, payload]) = reply.as_array() else { continue };
+                    let Some([kind, from, payload]) = reply.as_array() else { continue };
                     if kind.as_bytes() != Some(b"message") {
                         continue;
                     }
-                    let Some((room, epoch, message)) = payload.as_bytes().and_then(parse_live) else {
-                        warn!("backplane: a message on {channel} that is not ours");
-                        continue;
+                    let event = if from.as_bytes() == Some(control.as_bytes()) {
+                        let Some(control) = payload.as_bytes().and_then(|p| serde_json::from_slice::<Control>(p).ok())
+                        else {
+                            warn!("backplane: a message on {control} that is not ours");
+                            continue;
+                        };
+                        Event::Moderated(control)
+                    } else {
+                        let Some((room, epoch, message)) = payload.as_bytes().and_then(parse_live) else {
+                            warn!("backplane: a message on {channel} that is not ours");
+                            continue;
+                        };
+                        Event::Live { room, epoch, message }
                     };
-                    if events.send(Event::Live { room, epoch, message }).is_err() {
+                    if events.send(event).is_err() {
                         return Ok(());
                     }
                 }

@@ -180,3 +180,24 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn a_moderation_act_goes_to_every_node_and_is_done_by_the_others_only() {
+    let now = Instant::now();
+    let rooms = rooms();
+    let mut bp = Mirror::new(settings(2));
+    let act = Moderation::Disconnect { user: "u".into(), reason: "bye".into() };
+    assert!(!bp.moderate(act.clone()), "Redis unreachable: this node's act only");
+    let mut bp = up(2);
+    assert!(bp.moderate(act.clone()));
+    let [Command::Moderate(control)] = &bp.outbox[..] else { panic!("{:?}", bp.outbox) };
+    let json = serde_json::to_string(control).unwrap();
+    assert_eq!(json, format!(r#"{{"node":"{}","act":{{"disconnect":{{"user":"u","reason":"bye"}}}}}}"#, bp.node));
+    let own = control.clone();
+    assert!(bp.handle(Event::Moderated(own), &rooms, now).is_empty(), "done here already");
+    let other = Control { node: "another".into(), act: Moderation::Remove { room: "r".into(), user: "u".into() } };
+    let effects = bp.handle(Event::Moderated(other), &rooms, now);
+    assert!(
+        matches!(&effects[..], [Effect::Moderate(Moderation::Remove { room, user })] if room == "r" && user == "u")
+    );
+}
