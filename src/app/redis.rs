@@ -128,6 +128,7 @@ impl<T: ClientIo> App<T> {
             self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
         } else if let Some(client) = self.clients.get_mut(id) {
             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+            self.retimed.push(id);
         }
     }
 
@@ -170,6 +171,7 @@ impl<T: ClientIo> App<T> {
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
+                self.retimed.push(id);
             }
             self.after_activity(id);
         }
