@@ -152,26 +152,6 @@ fn closed(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-/// Whether nothing but presence arrives within `wait`.
-fn quiet(ws: &mut Ws, wait: Duration) -> bool {
-    ws.get_mut().set_read_timeout(Some(wait)).unwrap();
-    let result = loop {
-        match ws.read() {
-            Ok(Message::Text(t)) if t.contains("\"presence\"") => continue,
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                break true
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    result
-}
-
 fn api(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API}\r\nContent-Length: {}\r\n\r\n{body}",
