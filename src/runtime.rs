@@ -83,6 +83,8 @@ pub struct Server {
     backlog: Vec<usize>,
     /// The flush list of this iteration (kept for its capacity).
     flushing: Vec<usize>,
+    /// Clients whose deadline moved during others' events (kept for its capacity).
+    retimed: Vec<usize>,
     scratch: Vec<u8>,
     accept_paused_until: Option<Instant>,
     last_exhaustion_log: Option<Instant>,
@@ -136,6 +138,7 @@ impl Server {
             timers: BinaryHeap::new(),
             backlog: Vec::new(),
             flushing: Vec::new(),
+            retimed: Vec::new(),
             scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
             last_exhaustion_log: None,
@@ -188,6 +191,7 @@ impl Server {
             // Publishes read during the flush's looks for input go now, not after the
             // next poll.
             self.pump_backplane(now);
+            self.reschedule_retimed();
             if self.app.poll_trim(now).is_some_and(|t| t <= now) {
                 memory::give_back();
                 self.app.handle_trimmed(now);
@@ -446,6 +450,18 @@ impl Server {
             client.io.transport.set_timer_at(at);
             self.timers.push(Reverse((deadline, id)));
         }
+    }
+
+    /// Clients whose deadline moved during others' events (a slow consumer closed by a
+    /// fan-out, the API's disconnect, a token's expiry) get it on the heap.
+    fn reschedule_retimed(&mut self) {
+        let mut retimed = std::mem::take(&mut self.retimed);
+        self.app.drain_retimed_into(&mut retimed);
+        for &id in &retimed {
+            self.reschedule(id);
+        }
+        retimed.clear();
+        self.retimed = retimed;
     }
 
     fn run_timers(&mut self, now: Instant) {

@@ -317,6 +317,9 @@ pub struct Welcome<'a> {
     pub online: usize,
     pub text: Option<&'a str>,
     pub recovered: Option<bool>,
+    /// This connection may not publish in the room (its token and the anonymous
+    /// patterns give no write): `"read_only":true`, absent otherwise.
+    pub read_only: bool,
 }
 
 impl Envelopes {
@@ -378,6 +381,9 @@ impl Envelopes {
         }
         if let Some(recovered) = w.recovered {
             self.push(if recovered { b",\"recovered\":true" } else { b",\"recovered\":false" });
+        }
+        if w.read_only {
+            self.push(b",\"read_only\":true");
         }
         if let Some((user, expires_in)) = user {
             self.push(b",\"user\":");

@@ -152,26 +152,6 @@ fn closed(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-/// Whether nothing but presence arrives within `wait`.
-fn quiet(ws: &mut Ws, wait: Duration) -> bool {
-    ws.get_mut().set_read_timeout(Some(wait)).unwrap();
-    let result = loop {
-        match ws.read() {
-            Ok(Message::Text(t)) if t.contains("\"presence\"") => continue,
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
-            {
-                break true
-            }
-            Err(e) => panic!("{e}"),
-        }
-    };
-    ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    result
-}
-
 fn api(server: &Server, method: &str, path: &str, body: &str) -> (u16, String) {
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -262,9 +242,13 @@ mod refusals {
         let server = server(&["--anonymous-read", "lobby"]);
         let reader = hs("r", &["lobby"], &[]);
         let mut watcher = v1(&server, "/lobby", None);
-        assert_eq!(envelope(&mut watcher)["type"], "welcome");
+        // The welcome says where this connection may not publish.
+        assert_eq!(envelope(&mut watcher)["read_only"], true);
         let mut ws = v1(&server, "/lobby", Some(&reader));
-        assert_eq!(envelope(&mut ws)["type"], "welcome");
+        assert_eq!(envelope(&mut ws)["read_only"], true);
+        let mut writer = v1(&server, "/lobby", Some(&hs("w", &["lobby"], &["lobby"])));
+        let welcome = envelope(&mut writer);
+        assert_eq!((welcome["type"].as_str(), welcome.get("read_only")), (Some("welcome"), None));
         send(&mut ws, json!({"op": "publish", "data": "no", "id": "m1"}));
         assert_eq!(envelope(&mut ws), json!({"type": "error", "id": "m1", "reason": "forbidden"}));
         let mut p = plain(&server, "/lobby", Some(&reader));
@@ -272,6 +256,7 @@ mod refusals {
         send_text(&mut p, "no");
         assert_eq!(closed(&mut p), (1008, "read-only room".into()));
         assert!(quiet(&mut watcher, Duration::from_millis(300)), "nothing was published");
+        assert!(quiet(&mut writer, Duration::from_millis(10)), "nothing was published");
     }
 
     #[test]

@@ -24,22 +24,6 @@ fn send(ws: &mut Ws, op: Value) {
     send_text(ws, &op.to_string());
 }
 
-/// Whether nothing but presence arrives within `wait`.
-fn quiet(ws: &mut Ws, wait: Duration) -> bool {
-    ws.get_mut().set_read_timeout(Some(wait)).unwrap();
-    let result = loop {
-        match ws.read() {
-            Ok(Message::Text(t)) if t.contains("\"presence\"") => continue,
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(other) => panic!("unexpected {other:?}"),
-            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
-            Err(e) => panic!("{e}"),
-        }
-    };
-    ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    result
-}
-
 fn post(server: &Server, room: &str, token: &str, content_type: &str, body: &str) -> (u16, String) {
     let request = format!(
         "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n\

@@ -28,7 +28,7 @@ impl<T: ClientIo> App<T> {
         origin: Option<(usize, Option<&str>)>,
         now: Instant,
     ) -> Seq {
-        let App { clients, rooms, envelopes, compressor, config, dirty, metrics, .. } = self;
+        let App { clients, rooms, envelopes, compressor, config, dirty, retimed, metrics, .. } = self;
         let limits = &config.limits;
         let seq = rooms.publish(room_id, &stored);
         let Some(room) = rooms.get(room_id) else { return seq };
@@ -57,6 +57,9 @@ impl<T: ClientIo> App<T> {
                 if recipient.conn.send(Chunk::Shared(Rc::clone(frame)), now, limits).is_ok() {
                     metrics.fanout_deliveries += 1;
                     metrics.messages_out += 1;
+                } else {
+                    // A slow consumer, closed: its close deadline goes on the timer heap.
+                    retimed.push(member);
                 }
                 queue_flush(dirty, member, recipient);
             }

@@ -152,6 +152,10 @@ pub struct App<T> {
     lifecycle: Lifecycle,
     /// Clients with output to flush, in the order they got it (a broadcast's sender first).
     dirty: Vec<usize>,
+    /// Clients whose deadline this iteration moved while another client's event was
+    /// handled (closed as slow consumers, by the API, at token expiry): the runtime
+    /// puts their new deadline on its timer heap (`drain_retimed_into`).
+    retimed: Vec<usize>,
     /// What every client's `Conn::unfinished_memory` adds up to (see `track_unfinished`).
     unfinished: usize,
     /// Memory freed by large queues since the last trim, and when that was.
@@ -217,6 +221,7 @@ impl<T: ClientIo> App<T> {
             now: Instant::now(),
             lifecycle: Lifecycle::Serving,
             dirty: Vec::new(),
+            retimed: Vec::new(),
             unfinished: 0,
             released: 0,
             last_trim: None,

@@ -90,6 +90,13 @@ impl<T: super::ClientIo> App<T> {
         out.append(&mut self.dirty);
     }
 
+    /// Moves the clients whose deadline moved outside their own events (see
+    /// `App::retimed`) onto `out`.
+    #[inline]
+    pub fn drain_retimed_into(&mut self, out: &mut Vec<usize>) {
+        out.append(&mut self.retimed);
+    }
+
     /// Whether clients wait for a flush (for a flush that looks for new input as it goes).
     #[inline]
     pub fn has_dirty(&self) -> bool {

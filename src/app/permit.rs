@@ -254,6 +254,7 @@ impl<T: ClientIo> App<T> {
             for id in ids {
                 if let Some(client) = self.clients.get_mut(id).filter(|c| c.conn.is_open()) {
                     client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
+                    self.retimed.push(id);
                     self.after_activity(id);
                 }
             }
@@ -301,6 +302,7 @@ impl<T: ClientIo> App<T> {
         if !v1 {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode(4403), reason, now, &self.config.limits);
+                self.retimed.push(id);
             }
             return;
         }
@@ -392,6 +394,7 @@ impl<T: ClientIo> App<T> {
         for &id in &ids {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode(4410), reason, now, &self.config.limits);
+                self.retimed.push(id);
             }
             self.after_activity(id);
         }

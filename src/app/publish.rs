@@ -239,11 +239,13 @@ impl<T: ClientIo> App<T> {
                 };
                 if let Some(client) = self.clients.get_mut(id) {
                     client.conn.close(code, reason, now, &self.config.limits);
+                    self.retimed.push(id);
                 }
             }
             Source::V1 { id, .. } if why == Refused::RateLimited(true) => {
                 if let Some(client) = self.clients.get_mut(id) {
                     client.conn.close(CloseCode(4429), reason, now, &self.config.limits);
+                    self.retimed.push(id);
                 }
             }
             Source::V1 { id, ack } => {

@@ -135,6 +135,7 @@ impl<T: ClientIo> App<T> {
             self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
         } else if let Some(client) = self.clients.get_mut(id) {
             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
+            self.retimed.push(id);
         }
     }
 
@@ -177,6 +178,7 @@ impl<T: ClientIo> App<T> {
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
+                self.retimed.push(id);
             }
             self.after_activity(id);
         }

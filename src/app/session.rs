@@ -108,7 +108,7 @@ impl<T: ClientIo> App<T> {
         let Some(key) = self.rooms.join(room_id, id, audience) else { return };
         self.add_membership(id, Joined { room: room_id, key });
         let now_unix = self.unix_now(now);
-        let App { clients, rooms, envelopes, config, metrics, welcome, grants, .. } = self;
+        let App { clients, rooms, envelopes, config, metrics, welcome, grants, auth, .. } = self;
         let Some(client) = clients.get_mut(id) else { return };
         self.presence_at.get_or_insert(presence_time(self.last_presence, now));
         let Some(room) = rooms.get(room_id) else { return };
@@ -151,6 +151,7 @@ impl<T: ClientIo> App<T> {
                 online: room.topic.member_count(),
                 text: config.welcome.as_deref(),
                 recovered,
+                read_only: !auth.may_write(grants.get(id).map_or(auth.anonymous(), |g| &**g), room.name()),
             },
             user,
         );

@@ -33,13 +33,34 @@ fn envelopes_are_the_documented_json_in_one_text_frame() {
         online: 3,
         text: Some("hello"),
         recovered: None,
+        read_only: false,
     });
     assert_eq!(
         json_of(welcome.bytes()),
         json!({"type":"welcome","room":"lo\"bby","epoch":"0123456789abcdef","seq":7,"online":3,"text":"hello"})
     );
-    let welcome =
-        e.welcome(&Welcome { room: &room, epoch: "e", seq: 0, online: 1, text: None, recovered: Some(false) });
+    let read_only = e.welcome(&Welcome {
+        room: &room,
+        epoch: "e",
+        seq: 0,
+        online: 1,
+        text: None,
+        recovered: None,
+        read_only: true,
+    });
+    assert_eq!(
+        json_of(read_only.bytes()),
+        json!({"type":"welcome","room":"lo\"bby","epoch":"e","seq":0,"online":1,"text":null,"read_only":true})
+    );
+    let welcome = e.welcome(&Welcome {
+        room: &room,
+        epoch: "e",
+        seq: 0,
+        online: 1,
+        text: None,
+        recovered: Some(false),
+        read_only: false,
+    });
     assert_eq!(
         json_of(welcome.bytes()),
         json!({"type":"welcome","room":"lo\"bby","epoch":"e","seq":0,"online":1,"text":null,"recovered":false})

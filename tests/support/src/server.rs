@@ -135,6 +135,26 @@ pub fn send_text(ws: &mut Ws, s: &str) {
 
 pub const WELCOME: &str = "Welcome! You're now in the broadcast room.";
 
+/// Whether nothing but presence (and pings) arrives within `wait`.
+pub fn quiet(ws: &mut Ws, wait: Duration) -> bool {
+    ws.get_mut().set_read_timeout(Some(wait)).unwrap();
+    let result = loop {
+        match ws.read() {
+            Ok(Message::Text(t)) if t.contains("\"presence\"") => continue,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                break true
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    ws.get_mut().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    result
+}
+
 /// A raw TCP connection with read timeouts.
 pub fn raw(server: &Server) -> TcpStream {
     let s = TcpStream::connect(server.addr).unwrap();
