@@ -76,6 +76,8 @@ struct Member {
     welcome: Seq,
     /// The messages, in the order they came: seq and text.
     messages: Vec<(Seq, String)>,
+    /// Their `from`, in the same order.
+    froms: Vec<Option<String>>,
 }
 
 #[derive(Default)]
@@ -106,13 +108,19 @@ struct Cluster {
 
 impl Cluster {
     fn new(nodes: usize) -> Cluster {
+        Cluster::with(nodes, |_| {})
+    }
+
+    /// Nodes whose config `tweak` changes.
+    fn with(nodes: usize, tweak: impl Fn(&mut Config)) -> Cluster {
         let history = 10;
         let now = Instant::now();
         let nodes = (0..nodes)
             .map(|_| {
                 let url = RedisUrl::parse("redis://fake").unwrap();
-                let config =
+                let mut config =
                     Config { mode: Mode::Broadcast, welcome: None, history, redis: Some(url), ..Config::default() };
+                tweak(&mut config);
                 let mut app = App::new(config);
                 for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {
                     app.handle_backplane(event, now);
@@ -142,13 +150,18 @@ impl Cluster {
 
     /// A v1 client of `node`, in `room` (its join perhaps waiting for Redis).
     fn connect(&mut self, node: usize, room: &str) -> usize {
+        self.connect_with(node, room, "")
+    }
+
+    /// A v1 client of `node` in `room`, `headers` (each ending with CRLF) in its upgrade.
+    fn connect_with(&mut self, node: usize, room: &str, headers: &str) -> usize {
         let c = self.clients.len();
         let id = self.nodes[node].app.connect(Who(c), Listener::Main, self.now).ok().expect("admitted");
         self.clients.push(Client { node, id, ..Client::default() });
         let upgrade = format!(
             "GET /{room} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
-             Sec-WebSocket-Protocol: mioket.v1\r\n\r\n"
+             Sec-WebSocket-Protocol: mioket.v1\r\n{headers}\r\n"
         );
         self.feed(c, upgrade.as_bytes());
         c
@@ -441,11 +454,12 @@ impl Client {
         match v["type"].as_str() {
             Some("welcome") => {
                 let epoch = v["epoch"].as_str().unwrap().to_string();
-                self.rooms.insert(room, Member { epoch, welcome: seq, messages: Vec::new() });
+                self.rooms.insert(room, Member { epoch, welcome: seq, ..Member::default() });
             }
             Some("message") => {
                 let member = self.rooms.get_mut(&room).expect("a message of a room joined");
                 member.messages.push((seq, v["data"].as_str().unwrap().to_string()));
+                member.froms.push(v["from"].as_str().map(str::to_string));
             }
             Some("ack") => {
                 let id = v["id"].as_str().unwrap().to_string();
@@ -525,6 +539,32 @@ fn a_dropped_live_message_is_filled_from_the_stream() {
     cluster.settle();
     cluster.check(true);
     assert_eq!(cluster.clients[clients[2]].rooms["chat"].messages.len(), 2);
+}
+
+/// A publisher's `sub` reaches the other node live and through the room's stream
+/// (a lost live message filled by a fetch).
+#[test]
+fn from_travels_live_and_through_the_stream() {
+    const SECRET: &str = "fake redis secret";
+    let mut cluster = Cluster::with(2, |config| {
+        config.jwt_secret = Some(crate::config::Secret(SECRET.into()));
+        config.anonymous_read = vec!["*".into()];
+    });
+    let claims = serde_json::json!({"sub": "ada", "exp": 4_000_000_000u64, "rooms": {"read": ["*"], "write": ["*"]}});
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
+    let ada = cluster.connect_with(0, "chat", &format!("Authorization: Bearer {token}\r\n"));
+    let reader = cluster.connect(1, "chat");
+    cluster.settle();
+    cluster.nodes[1].drop_next_live = true;
+    cluster.publish(ada);
+    cluster.settle();
+    cluster.publish(ada);
+    cluster.settle();
+    cluster.check(true);
+    for c in [ada, reader] {
+        assert_eq!(cluster.clients[c].rooms["chat"].froms, [Some("ada".to_string()), Some("ada".to_string())]);
+    }
 }
 
 #[test]
