@@ -14,10 +14,10 @@
 //! (audiences, acks, compression, flushes, refusals). A later variant (several loops
 //! in one process) plugs in here.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::deliver::encode_from;
-use super::publish::{Publish, Refused, Target};
+use super::message::{Publish, Refused, Target};
 use super::{App, ClientIo};
 use crate::backplane::{Command, Mirror, Settings};
 use crate::config::{Config, Mode};
@@ -52,7 +52,7 @@ pub(super) enum Sent {
 impl Bus {
     /// `--redis` in broadcast mode: the Redis bus; otherwise the local one.
     pub(super) fn new(config: &Config) -> Bus {
-        match super::redis::settings(config).filter(|_| config.mode == Mode::Broadcast) {
+        match settings(config).filter(|_| config.mode == Mode::Broadcast) {
             Some(settings) => Bus::Redis(Box::new(Mirror::new(settings))),
             None => Bus::Local,
         }
@@ -150,4 +150,17 @@ impl<T: ClientIo> App<T> {
     pub fn backplane_outbox(&mut self) -> Option<&mut Vec<Command>> {
         self.bus.mirror_mut().map(Mirror::commands)
     }
+}
+
+/// The Redis bus's settings from the command line (`--redis` and its limits).
+fn settings(config: &crate::config::Config) -> Option<Settings> {
+    let url = config.redis.clone()?;
+    Some(Settings {
+        url,
+        outbox: config.redis_outbox,
+        outbox_bytes: config.redis_outbox_bytes,
+        history: config.history,
+        history_bytes: config.history_memory,
+        ttl: config.room_ttl.max(Duration::from_secs(1)),
+    })
 }

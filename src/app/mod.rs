@@ -53,6 +53,8 @@ mod deliver;
 mod echo;
 // Rooms' timed work: presence updates, empty rooms freed.
 mod housekeeping;
+// What enters a room, as one value (`Publish`), and why one may be refused.
+mod message;
 // The one way out: a client's queue through the runtime's `Transmit`.
 mod output;
 // The one way in: every publish a `Publish` through `admit`.

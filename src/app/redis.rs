@@ -5,14 +5,14 @@
 //! restarted from Redis's state or closed (1013) when Redis lost their messages, API
 //! publishes answered, lost publishes refused.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::bus::{Bus, Delivery};
 use super::deliver::encode_from;
 use super::publish::{self, Publish, Source, Target};
 use super::{queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin, Settings};
+use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -21,18 +21,6 @@ use crate::v1::{OpError, Payload, Resume};
 
 #[cfg(test)]
 mod fake_redis;
-
-pub(super) fn settings(config: &crate::config::Config) -> Option<Settings> {
-    let url = config.redis.clone()?;
-    Some(Settings {
-        url,
-        outbox: config.redis_outbox,
-        outbox_bytes: config.redis_outbox_bytes,
-        history: config.history,
-        history_bytes: config.history_memory,
-        ttl: config.room_ttl.max(Duration::from_secs(1)),
-    })
-}
 
 impl<T: ClientIo> App<T> {
     /// What the link reports.
