@@ -178,3 +178,28 @@ test('a publish the server refuses rejects with its reason', { timeout: WAIT_MS 
   client.close();
   await fake.close();
 });
+
+test('a refresh that gets the token in use sends nothing; read_only is passed on', { timeout: WAIT_MS }, async () => {
+  // An application with one fixed token (the chat page with #token=): refreshing with the
+  // same token would refresh nothing, and with a shrinking expires_in would come ever faster.
+  const fake = await fakeServer(() => ({ user: 'rita', expires_in: 1, read_only: true }));
+  let calls = 0;
+  const getToken = () => {
+    calls++;
+    return 'the-one-token';
+  };
+  const ops = [];
+  fake.events.on('op', ({ op }) => ops.push(op.op));
+  const client = new Mioket(`${fake.url}/lobby`, { WebSocket, getToken, heartbeat: 60 });
+  const room = client.room('lobby');
+  const joined = until(room, 'joined', (j) => Boolean(j), 'welcome');
+  client.connect();
+  const welcome = await joined;
+  assert.equal(welcome.readOnly, true);
+  assert.equal(room.readOnly, true);
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // past the refresh at 2/3 s
+  assert.ok(calls >= 2, `getToken was asked for the refresh (${calls})`);
+  assert.deepEqual(ops, [], 'no refresh op with the same token');
+  client.close();
+  await fake.close();
+});
