@@ -61,6 +61,10 @@ async function recordingPage() {
   return p;
 }
 
+function socketsOf(p) {
+  return p.evaluate(() => window.__sockets.length);
+}
+
 async function upgrades(s) {
   const metrics = await (await fetch(`${s.http}/metrics`)).text();
   return Number(/^mioket_upgrades_total (\d+)$/m.exec(metrics)[1]);
@@ -224,15 +228,14 @@ describe('chat page with tokens', { timeout: TEST_MS * 6 }, () => {
     const EXPIRED = /^closed: the token expired — open the page with a new #token= to reconnect$/;
 
     // Expired before the page opened: closed 4001 right after the upgrade, before a welcome.
-    const late = await page();
+    const late = await recordingPage();
     await late.goto(chatUrl(s, 'lobby', tokenFor('late', { ttl: -10 })));
     await waitForState(late, 'closed', EXPIRED);
-    assert.equal(await upgrades(s), 1);
 
     // Expires while the page chats: the refresh has no new token to send, the server closes
     // with 4001 at expiry, and the page stops.
-    const soon = await page();
-    await openChat(soon, chatUrl(s, 'lobby', tokenFor('soon', { ttl: 3 })));
+    const soon = await recordingPage();
+    await openChat(soon, chatUrl(s, 'lobby', tokenFor('soon', { ttl: 5 })));
     assert.equal(await userOf(soon), 'soon');
     await say(soon, 'while it lasts');
     await waitForRow(soon, 'you', 'while it lasts', 'soon');
@@ -244,10 +247,13 @@ describe('chat page with tokens', { timeout: TEST_MS * 6 }, () => {
     assert.equal(await soon.evaluate(() => window.mioketDebug.client().state), 'closed');
     assert.equal((await readOnlyOf(soon)).button, true, 'nothing can be sent');
 
-    // Longer than the backoff's first waits (0.5-1 s, 0.5-2 s): still one upgrade each.
+    // Longer than the backoff's first waits (0.5-1 s, 0.5-2 s): no upgrade comes, and each
+    // page opened one socket.
+    const upgraded = await upgrades(s);
     await soon.waitForTimeout(3000);
-    assert.equal(await upgrades(s), 2, 'one upgrade per page: no reconnect with the dead token');
+    assert.equal(await upgrades(s), upgraded, 'no reconnect with the dead token');
     for (const p of [late, soon]) {
+      assert.equal(await socketsOf(p), 1, 'one socket per page');
       assert.match((await stateOf(p)).text, EXPIRED);
       assertNothingRan(p);
     }
@@ -262,14 +268,16 @@ describe('chat page with tokens', { timeout: TEST_MS * 6 }, () => {
     ];
     const pages = [];
     for (const [url, expected] of cases) {
-      const p = await page();
+      const p = await recordingPage();
       await p.goto(url);
       await waitForState(p, 'closed', expected);
       pages.push(p);
     }
+    const upgraded = await upgrades(s);
     await pages[0].waitForTimeout(2000);
-    assert.equal(await upgrades(s), cases.length, 'one upgrade per page: none tried again');
+    assert.equal(await upgrades(s), upgraded, 'none tried again');
     for (const p of pages) {
+      assert.equal(await socketsOf(p), 1, 'one socket per page');
       assert.equal(await p.evaluate(() => window.mioketDebug.client().state), 'closed');
       assertNothingRan(p);
     }

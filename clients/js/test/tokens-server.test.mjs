@@ -125,7 +125,7 @@ test('refreshed over the live connection before expiry: one connection through s
   await new Promise((resolve) => setTimeout(resolve, 7000));
   assert.deepEqual(drops, [], 'never closed: the refreshes kept the token alive');
   assert.equal(client.state, 'connected');
-  assert.ok(calls >= 4, `getToken for the connection and for three refreshes at least (${calls})`);
+  assert.ok(calls >= 3, `getToken for the connection and for two refreshes at least (${calls})`);
   assert.equal(await upgrades(server), 1, 'one upgrade');
   // Still allowed to publish with the latest token.
   assert.deepEqual(await lobby.publish('still here'), { seq: 1 });
@@ -200,9 +200,10 @@ for (const [what, args, token, code, reason] of [
     assert.equal(closed.code, code);
     if (reason !== null) assert.equal(closed.reason, reason);
     assert.equal(client.state, 'closed');
+    const upgraded = await upgrades(server);
     await new Promise((resolve) => setTimeout(resolve, 1000)); // several backoff delays
-    assert.equal(calls, 1, 'no new token asked for');
-    assert.equal(await upgrades(server), 1, 'no reconnect');
+    assert.equal(calls, 1, 'no new token asked for: no second attempt');
+    assert.equal(await upgrades(server), upgraded, 'no reconnect');
     await server.stop();
   });
 }
