@@ -1,9 +1,11 @@
-// Tokens (issue 21's contract, which the real server does not implement yet) against a
-// small fake mioket.v1 server written here with the `ws` package: getToken for every
+// Tokens (issue 21's contract) against a small fake mioket.v1 server written here with
+// the `ws` package, for what the real server does not do on demand (tokens-server.test.mjs
+// runs the contract against the real one): getToken for every
 // connection (subprotocol `mioket.token.TOKEN` or `Authorization: Bearer`), the refresh op
 // before `expires_in` runs out, 4001 answered with a new token and an immediate reconnect
 // that resumes, 4401/4403/4410 and an Unauthorized getToken terminal, `from` and `user`
-// passed on, and a publish rejected by the server's error.
+// passed on, a publish rejected by the server's error, a refresh with the token in use
+// not sent, read_only passed on.
 
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';

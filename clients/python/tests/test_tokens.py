@@ -1,6 +1,8 @@
-"""The token contract of issue 21 (not in the server yet), against a fake mioket.v1 server:
+"""The token contract of issue 21 against a fake mioket.v1 server, for what the real server
+does not do on demand (test_tokens_server.py runs the contract against the real one):
 bearer tokens per connection, refresh before expiry, 4001 = new token and reconnect at
-once, 4401/4403/4410 and HTTP 401/403 terminal, get_token raising Unauthorized."""
+once, 4401/4403/4410 and HTTP 401/403 terminal, get_token raising Unauthorized, a refresh
+with the token in use not sent, read_only passed on."""
 
 from __future__ import annotations
 
