@@ -52,16 +52,30 @@ function recording() {
 
 const fast = { minDelay: 0.05, maxDelay: 0.2, heartbeat: 60 };
 
-test('getToken for every connection as a subprotocol entry; the welcome\'s user; `from` on messages', { timeout: 2 * WAIT_MS }, async () => {
-  const server = await tokenServer(['--anonymous-read', '*', '--anonymous-write', '*']);
-  const proxy = await startProxy(server.port);
+/** Awaits `thing` and has `end(it)` run when test `t` ends, passed or failed (no hang). */
+async function cleanup(t, thing, end) {
+  const it = await thing;
+  t.after(() => end(it));
+  return it;
+}
+
+/** A client closed when test `t` ends. */
+function mioket(t, url, options) {
+  const client = new Mioket(url, options);
+  t.after(() => client.close());
+  return client;
+}
+
+test('getToken for every connection as a subprotocol entry; the welcome\'s user; `from` on messages', { timeout: 2 * WAIT_MS }, async (t) => {
+  const server = await cleanup(t, tokenServer(['--anonymous-read', '*', '--anonymous-write', '*']), (s) => s.stop());
+  const proxy = await cleanup(t, startProxy(server.port), (p) => p.close());
   const { Recording, offered } = recording();
   const given = [];
   const getToken = async () => {
     given.push(tokenFor('alice', { read: ['lobby'], write: ['lobby'] }));
     return given.at(-1);
   };
-  const reader = new Mioket(`${proxy.url}/lobby`, { ...fast, WebSocket: Recording, getToken });
+  const reader = mioket(t, `${proxy.url}/lobby`, { ...fast, WebSocket: Recording, getToken });
   const lobby = reader.room('lobby');
   const got = [];
   lobby.on('message', (m) => got.push(m));
@@ -74,11 +88,11 @@ test('getToken for every connection as a subprotocol entry; the welcome\'s user;
   assert.equal(lobby.readOnly, false);
   assert.deepEqual(offered, [['mioket.v1', `mioket.token.${given[0]}`]]);
 
-  const bob = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('bob') });
+  const bob = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('bob') });
   const bobLobby = bob.room('lobby');
   bob.connect();
   assert.deepEqual(await bobLobby.publish('hi from bob'), { seq: 1 });
-  const anonymous = await rawPublisher(`${server.url}/lobby`);
+  const anonymous = await cleanup(t, rawPublisher(`${server.url}/lobby`), (p) => p.close());
   anonymous.publish('lobby', 'from nobody');
   await until(lobby, 'message', () => got.length === 2, 'two messages');
   assert.deepEqual(got.map((m) => [m.seq, m.data, m.from]), [[1, 'hi from bob', 'bob'], [2, 'from nobody', undefined]]);
@@ -95,28 +109,24 @@ test('getToken for every connection as a subprotocol entry; the welcome\'s user;
   assert.deepEqual([got[2].seq, got[2].from], [3, 'bob']);
 
   // History and resume carry `from` too: a late reader gets all three with their senders.
-  const late = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket });
+  const late = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket });
   const lateGot = [];
   late.room('lobby').on('message', (m) => lateGot.push([m.seq, m.from]));
   late.connect();
   await until(late.room('lobby'), 'message', () => lateGot.length === 3, 'the history');
   assert.deepEqual(lateGot, [[1, 'bob'], [2, undefined], [3, 'bob']]);
   assert.equal(late.user, null, 'no token: no user');
-  for (const c of [reader, bob, late]) c.close();
-  anonymous.close();
-  await proxy.close();
-  await server.stop();
 });
 
-test('refreshed over the live connection before expiry: one connection through several lifetimes', { timeout: 2 * WAIT_MS }, async () => {
-  const server = await tokenServer();
+test('refreshed over the live connection before expiry: one connection through several lifetimes', { timeout: 2 * WAIT_MS }, async (t) => {
+  const server = await cleanup(t, tokenServer(), (s) => s.stop());
   let calls = 0;
   // Each token lives 3-4 s (exp is a whole second); the test runs 8 s.
   const getToken = () => {
     calls++;
     return tokenFor('alice', { ttl: 4 });
   };
-  const client = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken });
+  const client = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken });
   const lobby = client.room('lobby');
   const drops = [];
   client.on('disconnected', (d) => drops.push(d));
@@ -129,12 +139,10 @@ test('refreshed over the live connection before expiry: one connection through s
   assert.equal(await upgrades(server), 1, 'one upgrade');
   // Still allowed to publish with the latest token.
   assert.deepEqual(await lobby.publish('still here'), { seq: 1 });
-  client.close();
-  await server.stop();
 });
 
-test('4001 at expiry: a new token, a reconnect at once, and a resume without gap or duplicate', { timeout: 3 * WAIT_MS }, async () => {
-  const server = await tokenServer(['--history', '1000', '--anonymous-read', 'lobby', '--anonymous-write', 'lobby']);
+test('4001 at expiry: a new token, a reconnect at once, and a resume without gap or duplicate', { timeout: 3 * WAIT_MS }, async (t) => {
+  const server = await cleanup(t, tokenServer(['--history', '1000', '--anonymous-read', 'lobby', '--anonymous-write', 'lobby']), (s) => s.stop());
   let calls = 0;
   let client;
   // The first token lives 2 s; refreshes fail (the token service is down), so the server
@@ -144,7 +152,7 @@ test('4001 at expiry: a new token, a reconnect at once, and a resume without gap
     calls++;
     return tokenFor('alice', { ttl: calls === 1 ? 2 : 3600 });
   };
-  client = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken });
+  client = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken });
   const lobby = client.room('lobby');
   const seqs = [];
   const gaps = [];
@@ -160,7 +168,7 @@ test('4001 at expiry: a new token, a reconnect at once, and a resume without gap
   await lobby.presence();
 
   // A publisher writes all through the expiry: 1 message every 10 ms for about 4 s.
-  const writer = await rawPublisher(`${server.url}/lobby`);
+  const writer = await cleanup(t, rawPublisher(`${server.url}/lobby`), (p) => p.close());
   const N = 400;
   for (let i = 1; i <= N; i++) {
     writer.publish('lobby', `m${i}`);
@@ -175,9 +183,6 @@ test('4001 at expiry: a new token, a reconnect at once, and a resume without gap
   assert.deepEqual(recovered, [true]);
   assert.equal(client.state, 'connected');
   assert.equal(await upgrades(server), 3, 'the reader twice, the writer once');
-  client.close();
-  writer.close();
-  await server.stop();
 });
 
 for (const [what, args, token, code, reason] of [
@@ -186,14 +191,14 @@ for (const [what, args, token, code, reason] of [
   ['no token where the room is not anonymous', ['--anonymous-read', 'public/*'], null, 4401, 'token required'],
   ['a token that may not read the room', [], 'eve', 4403, 'forbidden'],
 ]) {
-  test(`${code} is terminal: ${what}`, { timeout: WAIT_MS }, async () => {
-    const server = await tokenServer(args);
+  test(`${code} is terminal: ${what}`, { timeout: WAIT_MS }, async (t) => {
+    const server = await cleanup(t, tokenServer(args), (s) => s.stop());
     let calls = 0;
     const getToken = () => {
       calls++;
       return token === 'eve' ? tokenFor('eve', { read: ['elsewhere'], write: ['elsewhere'] }) : token;
     };
-    const client = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken });
+    const client = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken });
     client.room('lobby');
     client.connect();
     const closed = await until(client, 'closed', (info) => Boolean(info), 'closed');
@@ -204,13 +209,12 @@ for (const [what, args, token, code, reason] of [
     await new Promise((resolve) => setTimeout(resolve, 1000)); // several backoff delays
     assert.equal(calls, 1, 'no new token asked for: no second attempt');
     assert.equal(await upgrades(server), upgraded, 'no reconnect');
-    await server.stop();
   });
 }
 
-test('a publish into a room not writable is rejected with forbidden, and nothing is published', { timeout: WAIT_MS }, async () => {
-  const server = await tokenServer();
-  const reader = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('rita', { read: ['lobby'], write: [] }) });
+test('a publish into a room not writable is rejected with forbidden, and nothing is published', { timeout: WAIT_MS }, async (t) => {
+  const server = await cleanup(t, tokenServer(), (s) => s.stop());
+  const reader = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('rita', { read: ['lobby'], write: [] }) });
   const lobby = reader.room('lobby');
   const got = [];
   lobby.on('message', (m) => got.push(m));
@@ -228,12 +232,9 @@ test('a publish into a room not writable is rejected with forbidden, and nothing
   assert.equal(reader.state, 'connected');
 
   // The writer's message is the room's first: the refused publish took no seq.
-  const writer = new Mioket(`${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('walt', { read: ['lobby'], write: ['lobby'] }) });
+  const writer = mioket(t, `${server.url}/lobby`, { ...fast, WebSocket, getToken: () => tokenFor('walt', { read: ['lobby'], write: ['lobby'] }) });
   writer.connect();
   assert.deepEqual(await writer.room('lobby').publish('allowed'), { seq: 1 });
   await until(lobby, 'message', () => got.length === 1, 'the writer\'s message');
   assert.deepEqual([got[0].seq, got[0].data, got[0].from], [1, 'allowed', 'walt']);
-  reader.close();
-  writer.close();
-  await server.stop();
 });
