@@ -32,8 +32,11 @@ export type WebSocketConstructor = new (url: string, protocols: string[], option
 export interface MioketOptions {
   /** Default: globalThis.WebSocket. In Node 20, pass the `ws` package's. */
   WebSocket?: WebSocketConstructor;
-  /** Called before every connection and before the token expires; throw Unauthorized to stop. */
-  getToken?: () => string | Promise<string>;
+  /**
+   * Called before every connection and before the token expires; null offers none (and a
+   * refresh that gets the token in use sends nothing); throw Unauthorized to stop.
+   */
+  getToken?: () => string | null | Promise<string | null>;
   /** 'protocol' (default): subprotocol `mioket.token.TOKEN`; 'header': `Authorization: Bearer TOKEN` (ws only). */
   tokenIn?: 'protocol' | 'header';
   /** Backoff bounds in seconds (0.5 and 20). */
@@ -75,6 +78,8 @@ export interface Joined {
   /** true/false on a resume, undefined on a first join. */
   recovered?: boolean;
   user?: string;
+  /** true when this connection may not publish in the room (the welcome's `read_only`). */
+  readOnly?: boolean;
 }
 
 export interface Gap {
@@ -101,6 +106,8 @@ export class Room {
   readonly seq: number;
   readonly online: number | null;
   readonly joined: boolean;
+  /** The last welcome's `read_only`: this connection may not publish here. */
+  readonly readOnly: boolean;
   readonly active: boolean;
   publish(data: string | ArrayBuffer | ArrayBufferView, options?: { timeout?: number }): Promise<{ seq: number }>;
   presence(): Promise<{ room: string; online: number }>;

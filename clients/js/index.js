@@ -83,7 +83,7 @@ export function roomOfUrl(url) {
 
 /**
  * A room of a Mioket client. Events: `message` ({room, epoch, seq, data, from?}), `joined`
- * (every welcome), `recovered` (every welcome of a resume: {recovered: boolean}), `gap`
+ * (every welcome: {..., user?, readOnly?}), `recovered` (every welcome of a resume: {recovered: boolean}), `gap`
  * (messages may have been missed), `presence` ({room, online}), `left`, `error` (a join
  * the server refused: {reason}).
  */
@@ -99,6 +99,8 @@ export class Room extends Emitter {
   online = null;
   /** True between this connection's welcome for the room and its end. */
   joined = false;
+  /** True when the last welcome said this connection may not publish here (`read_only`). */
+  readOnly = false;
   /** False once leave() was called. */
   active = true;
   #queued = []; // publishes waiting for the room to be joined
@@ -177,6 +179,7 @@ export class Room extends Emitter {
     }
     this.online = w.online;
     this.joined = true;
+    this.readOnly = w.read_only === true;
     const info = {
       room: this.name,
       epoch: w.epoch,
@@ -186,6 +189,7 @@ export class Room extends Emitter {
       recovered: asked ? w.recovered === true : undefined,
     };
     if (w.user !== undefined) info.user = w.user;
+    if (this.readOnly) info.readOnly = true;
     if (asked) this.emit('recovered', { room: this.name, recovered: w.recovered === true, epoch: w.epoch, since: previous.seq });
     this.emit('joined', info);
   }
@@ -217,7 +221,8 @@ function previousOf(p) {
  * Options (times in seconds):
  * - WebSocket: the constructor (default globalThis.WebSocket; in Node 20, `ws`'s).
  * - getToken: async () => token, called before every connection and before the token's
- *   `expires_in` runs out; throw Unauthorized to stop for good.
+ *   `expires_in` runs out (a refresh that gets the token in use sends nothing); throw
+ *   Unauthorized to stop for good.
  * - tokenIn: 'protocol' (default: offered as subprotocol `mioket.token.TOKEN`, works in
  *   browsers) or 'header' (`Authorization: Bearer TOKEN`; needs a constructor that takes
  *   `{headers}` as its third argument, like `ws`).
@@ -581,6 +586,9 @@ export class Mioket extends Emitter {
         return; // the server closes with 4001 at expiry; the reconnect asks again
       }
       if (this.#ws !== ws) return;
+      // The same token again (an application with one fixed token) would refresh nothing:
+      // the server closes with 4001 at expiry, and the reconnect asks getToken again.
+      if (token === null || token === undefined || token === this.#token) return;
       this.#token = token;
       this.#send({ op: 'refresh', token, id: `r-${this.#nextId++}` });
     }, expiresIn - margin);

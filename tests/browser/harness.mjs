@@ -4,7 +4,8 @@
 // Nothing here contacts any address but 127.0.0.1.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createHmac } from 'node:crypto';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -143,15 +144,23 @@ export async function newPage(browser, options = {}) {
   return page;
 }
 
-/** The rows of a page's message table, as plain data. */
+/**
+ * The rows of a page's message table, as plain data: `from` is the sender the page shows
+ * (a publisher with a token; else null), `text` the message without it.
+ */
 export function rowsOf(page) {
   return page.$$eval('#rows tr', (trs) =>
-    trs.map((tr) => ({
-      kind: tr.dataset.kind,
-      time: tr.cells[0].textContent,
-      text: tr.querySelector('.msg').textContent,
-      cells: Array.from(tr.cells, (c) => c.textContent),
-    })),
+    trs.map((tr) => {
+      const msg = tr.querySelector('.msg');
+      const from = msg.querySelector('.from');
+      return {
+        kind: tr.dataset.kind,
+        time: tr.cells[0].textContent,
+        from: from ? from.textContent : null,
+        text: from ? msg.textContent.slice(from.textContent.length) : msg.textContent,
+        cells: Array.from(tr.cells, (c) => c.textContent),
+      };
+    }),
   );
 }
 
@@ -186,15 +195,19 @@ export function waitForState(page, state, pattern = /./) {
   );
 }
 
-export function waitForRow(page, kind, text) {
+/** Waits for a row of `kind` with the message `text` (and, when given, the sender `from`; null: none). */
+export function waitForRow(page, kind, text, from) {
   return waitFor(
     page,
-    `a ${kind} row ${JSON.stringify(text)}`,
-    ([kind, text]) =>
-      Array.from(document.querySelectorAll('#rows tr')).some(
-        (tr) => tr.dataset.kind === kind && tr.querySelector('.msg').textContent === text,
-      ),
-    [kind, text],
+    `a ${kind} row ${JSON.stringify(text)}${from === undefined ? '' : ` from ${JSON.stringify(from)}`}`,
+    ([kind, text, anyFrom, from]) =>
+      Array.from(document.querySelectorAll('#rows tr')).some((tr) => {
+        const msg = tr.querySelector('.msg');
+        const sender = msg.querySelector('.from');
+        const shown = sender ? msg.textContent.slice(sender.textContent.length) : msg.textContent;
+        return tr.dataset.kind === kind && shown === text && (anyFrom || (sender ? sender.textContent : null) === from);
+      }),
+    [kind, text, from === undefined, from ?? null],
   );
 }
 
@@ -266,6 +279,24 @@ export async function nodeClient(url, options = {}) {
         ws.close(1000);
       }),
   };
+}
+
+/**
+ * An HS256 JWT (RFC 7519) signed with `secret`, made here as an issuer would: base64url
+ * of the header and the claims, and their HMAC-SHA256.
+ */
+export function signToken(secret, claims) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
+}
+
+/** A file holding `secret` (for --jwt-secret-file) in a fresh temporary folder: `{ file, remove() }`. */
+export function secretFile(secret) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'mioket-jwt-'));
+  const file = path.join(dir, 'secret');
+  writeFileSync(file, secret);
+  return { file, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /** The server's default welcome text, and the time one test may take. */

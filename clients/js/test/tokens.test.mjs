@@ -1,9 +1,11 @@
-// Tokens (issue 21's contract, which the real server does not implement yet) against a
-// small fake mioket.v1 server written here with the `ws` package: getToken for every
+// Tokens (issue 21's contract) against a small fake mioket.v1 server written here with
+// the `ws` package, for what the real server does not do on demand (tokens-server.test.mjs
+// runs the contract against the real one): getToken for every
 // connection (subprotocol `mioket.token.TOKEN` or `Authorization: Bearer`), the refresh op
 // before `expires_in` runs out, 4001 answered with a new token and an immediate reconnect
 // that resumes, 4401/4403/4410 and an Unauthorized getToken terminal, `from` and `user`
-// passed on, and a publish rejected by the server's error.
+// passed on, a publish rejected by the server's error, a refresh with the token in use
+// not sent, read_only passed on.
 
 import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
@@ -175,6 +177,31 @@ test('a publish the server refuses rejects with its reason', { timeout: WAIT_MS 
   const room = client.room('');
   client.connect();
   await assert.rejects(room.publish('x'), (e) => e instanceof PublishError && e.reason === 'forbidden');
+  client.close();
+  await fake.close();
+});
+
+test('a refresh that gets the token in use sends nothing; read_only is passed on', { timeout: WAIT_MS }, async () => {
+  // An application with one fixed token (the chat page with #token=): refreshing with the
+  // same token would refresh nothing, and with a shrinking expires_in would come ever faster.
+  const fake = await fakeServer(() => ({ user: 'rita', expires_in: 1, read_only: true }));
+  let calls = 0;
+  const getToken = () => {
+    calls++;
+    return 'the-one-token';
+  };
+  const ops = [];
+  fake.events.on('op', ({ op }) => ops.push(op.op));
+  const client = new Mioket(`${fake.url}/lobby`, { WebSocket, getToken, heartbeat: 60 });
+  const room = client.room('lobby');
+  const joined = until(room, 'joined', (j) => Boolean(j), 'welcome');
+  client.connect();
+  const welcome = await joined;
+  assert.equal(welcome.readOnly, true);
+  assert.equal(room.readOnly, true);
+  await new Promise((resolve) => setTimeout(resolve, 1500)); // past the refresh at 2/3 s
+  assert.ok(calls >= 2, `getToken was asked for the refresh (${calls})`);
+  assert.deepEqual(ops, [], 'no refresh op with the same token');
   client.close();
   await fake.close();
 });

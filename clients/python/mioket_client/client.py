@@ -107,6 +107,8 @@ class Room:
         self.recovered: bool | None = None
         #: The last welcome's ``text`` (the server's --welcome).
         self.welcome_text: str | None = None
+        #: The last welcome's ``read_only``: this connection may not publish here.
+        self.read_only = False
         #: How many gaps were told.
         self.gaps = 0
         self._wanted = True
@@ -165,7 +167,8 @@ class Client:
     ``client.join(ROOM)``'s room). Keyword arguments:
 
     - ``get_token``: called (sync or async) before every connection and before the token
-      expires; returns the token (sent as ``Authorization: Bearer``) or ``None``. Raising
+      expires; returns the token (sent as ``Authorization: Bearer``) or ``None`` (a refresh
+      that gets ``None`` or the token in use sends nothing). Raising
       :class:`Unauthorized` stops the client for good; other exceptions count as a failed
       attempt (backoff).
     - ``heartbeat`` / ``heartbeat_timeout``: after ``heartbeat`` s without any frame the
@@ -244,6 +247,7 @@ class Client:
         self._last_rx = 0.0
         self._task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
+        self._token: str | None = None  # the token of the live connection, latest refresh's
         self._closing = False
 
     # ----------------------------------------------------------------- public API
@@ -508,6 +512,7 @@ class Client:
         except Exception:  # noqa: BLE001
             log.warning("get_token failed", exc_info=True)
             return None
+        self._token = token
         headers = {"Authorization": f"Bearer {token}"} if token else None
         options: dict[str, Any] = {
             "subprotocols": [SUBPROTOCOL],
@@ -667,6 +672,7 @@ class Client:
         room.online = env.get("online", room.online)
         room.recovered = recovered
         room.welcome_text = env.get("text")
+        room.read_only = env.get("read_only") is True
         if room.epoch is not None and (recovered is False or epoch != room.epoch):
             if room._wanted:
                 room.gaps += 1
@@ -724,10 +730,13 @@ class Client:
             except Exception:  # noqa: BLE001 - the server's 4001 reconnects if it never works
                 log.warning("get_token failed for a refresh", exc_info=True)
                 await asyncio.sleep(1.0)
-        if token is None:
+        # The same token again (one fixed token) would refresh nothing: the server closes
+        # with 4001 at expiry and the reconnect asks get_token again.
+        if token is None or token == self._token:
             return
+        self._token = token
         try:
-            await ws.send(json.dumps({"op": "refresh", "token": token}))
+            await ws.send(json.dumps({"op": "refresh", "token": token, "id": self._new_id("r-")}))
         except ConnectionClosed:
             pass
 

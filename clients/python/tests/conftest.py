@@ -1,14 +1,18 @@
-"""Test helpers: the real mioket binary, a TCP proxy that can cut or freeze links, a fake
-mioket.v1 server (for the token contract the real server does not implement yet)."""
+"""Test helpers: the real mioket binary, a TCP proxy that can cut or freeze links, HS256
+tokens made here, a fake mioket.v1 server (scripted cases the real server cannot make)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -37,6 +41,36 @@ class Server:
 
     def url(self, room: str = "lobby") -> str:
         return f"ws://127.0.0.1:{self.port}/{room}"
+
+    async def metric(self, name: str) -> int:
+        """A counter of ``GET /metrics`` (e.g. ``mioket_upgrades_total``)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        body = (await reader.read()).decode()
+        writer.close()
+        found = re.search(rf"^{re.escape(name)} (\d+)$", body, re.MULTILINE)
+        assert found, f"no {name} in /metrics"
+        return int(found.group(1))
+
+
+def make_token(secret: bytes, claims: dict[str, Any]) -> str:
+    """An HS256 JWT (RFC 7519), made as an issuer would: base64url of the header and the
+    claims, and their HMAC-SHA256."""
+
+    def part(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    signed = part(json.dumps({"alg": "HS256", "typ": "JWT"}).encode()) + "." + part(json.dumps(claims).encode())
+    return signed + "." + part(hmac.new(secret, signed.encode(), hashlib.sha256).digest())
+
+
+def token_for(
+    secret: bytes, sub: str, *, read: tuple[str, ...] = ("*",), write: tuple[str, ...] = ("*",),
+    ttl: int = 3600,
+) -> str:
+    """A token for ``sub`` that may read and write those rooms, for ``ttl`` s from now."""
+    claims = {"sub": sub, "exp": int(time.time()) + ttl, "rooms": {"read": list(read), "write": list(write)}}
+    return make_token(secret, claims)
 
 
 @contextlib.asynccontextmanager
@@ -89,6 +123,7 @@ async def mioket_server(*args: str) -> AsyncIterator[Server]:
 class _Link:
     def __init__(self, client: asyncio.StreamWriter, upstream: asyncio.StreamWriter) -> None:
         self.writers = (client, upstream)
+        self.head = b""  # what the client sent first: its upgrade request
         self.flowing = asyncio.Event()
         self.flowing.set()
 
@@ -102,7 +137,8 @@ class Proxy:
 
     ``cut()`` aborts every open link; ``freeze()`` silently stops forwarding on every open
     link while keeping its sockets open (a dead link); ``refuse`` closes new connections at
-    once. New links forward normally (unless refused).
+    once. New links forward normally (unless refused). ``heads`` keeps the first bytes each
+    client sent (its upgrade request, headers included).
     """
 
     def __init__(self, upstream_port: int) -> None:
@@ -111,6 +147,7 @@ class Proxy:
         self.accepted = 0
         self.refuse = False
         self.links: list[_Link] = []
+        self.heads: list[bytes] = []
         self._server: asyncio.base_events.Server | None = None
 
     def url(self, room: str = "lobby") -> str:
@@ -147,19 +184,25 @@ class Proxy:
         link = _Link(writer, up_writer)
         self.links.append(link)
         await asyncio.gather(
-            self._pump(reader, up_writer, link), self._pump(up_reader, writer, link),
+            self._pump(reader, up_writer, link, self.heads), self._pump(up_reader, writer, link),
             return_exceptions=True,
         )
         link.abort()
 
     @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link) -> None:
+    async def _pump(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, link: _Link,
+        heads: list[bytes] | None = None,
+    ) -> None:
         while True:
             await link.flowing.wait()
             data = await reader.read(65536)
             if not data:
                 writer.transport.abort()
                 return
+            if heads is not None:
+                heads.append(data)
+                heads = None
             await link.flowing.wait()
             writer.write(data)
             await writer.drain()

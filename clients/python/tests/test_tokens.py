@@ -1,6 +1,8 @@
-"""The token contract of issue 21 (not in the server yet), against a fake mioket.v1 server:
+"""The token contract of issue 21 against a fake mioket.v1 server, for what the real server
+does not do on demand (test_tokens_server.py runs the contract against the real one):
 bearer tokens per connection, refresh before expiry, 4001 = new token and reconnect at
-once, 4401/4403/4410 and HTTP 401/403 terminal, get_token raising Unauthorized."""
+once, 4401/4403/4410 and HTTP 401/403 terminal, get_token raising Unauthorized, a refresh
+with the token in use not sent, read_only passed on."""
 
 from __future__ import annotations
 
@@ -198,3 +200,29 @@ async def test_an_error_answer_rejects_the_publish() -> None:
                     await room.publish("no")
                 assert raised.value.reason == "forbidden"
                 assert client.state == "connected"
+
+
+async def test_a_refresh_that_gets_the_token_in_use_sends_nothing() -> None:
+    """One fixed token (a script's): refreshing with it would refresh nothing, and with a
+    shrinking ``expires_in`` would come ever faster. ``read_only`` is passed on."""
+    ops: list[dict[str, Any]] = []
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        await ws.send(welcome(user="rita", expires_in=1, read_only=True))
+        async for frame in ws:
+            ops.append(json.loads(frame))
+
+    calls: list[int] = []
+
+    def get_token() -> str:
+        calls.append(1)
+        return "the-one-token"
+
+    async with asyncio.timeout(LIMIT):
+        async with fake_server(handler) as fake:
+            async with mioket_client.connect(fake.url(), get_token=get_token, heartbeat=30) as client:
+                room = await client.join("lobby")
+                await wait_until(lambda: len(calls) >= 2, timeout=5)  # the refresh asked
+                await asyncio.sleep(0.3)
+                assert room.read_only is True and client.user == "rita"
+                assert [op for op in ops if op["op"] == "refresh"] == []
