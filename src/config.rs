@@ -285,6 +285,9 @@ pub struct Config {
     /// Payload bytes one connection may publish per second (a bucket of one second's worth) [default: off]
     #[arg(long, value_name = "BYTES", default_value_t = 0.0, hide_default_value = true, value_parser = rate)]
     pub publish_bytes_rate: f64,
+    /// Every flag as `name=value` (given or default), for the start-up log.
+    #[arg(skip)]
+    pub summary: String,
 }
 
 /// A secret that `Debug` does not print.
@@ -306,51 +309,10 @@ impl std::fmt::Debug for Secret {
 pub const DEFAULT_WELCOME: &str = "Welcome! You're now in the broadcast room.";
 
 impl Config {
-    /// The effective configuration on one line, for the start-up log.
-    pub fn summary(&self) -> String {
-        let secs = |d: Option<Duration>| d.map_or("off".to_string(), |d| format!("{}s", d.as_secs_f64()));
-        let l = &self.limits;
-        format!(
-            "mode={} history={} welcome={:?} ping-interval={} ping-timeout={} max-message={} max-connections={} \
-             max-backpressure={} handshake-timeout={} close-timeout={} allowed-origins={:?} metrics-listen={} \
-             history-memory={} max-unfinished-memory={} room-ttl={} max-rooms={} max-rooms-per-connection={} \
-             rooms-per-second={} api={} deflate={} deflate-min-size={} send-buffer={} redis={} redis-outbox={} \
-             redis-outbox-bytes={} reuse-port={} jwt-keys={} anonymous-read={:?} anonymous-write={:?} \
-             max-connections-per-ip={} max-connections-per-user={} publish-rate={} publish-bytes-rate={}",
-            if self.mode == Mode::Broadcast { "broadcast" } else { "echo" },
-            self.history,
-            self.welcome.as_deref().unwrap_or(""),
-            secs(l.ping_interval),
-            secs(l.ping_timeout),
-            l.max_message,
-            self.max_connections,
-            l.max_backpressure,
-            secs(l.handshake_timeout),
-            secs(l.close_timeout),
-            l.allowed_origins,
-            self.metrics_listen.as_deref().unwrap_or("main port"),
-            self.history_memory,
-            self.max_unfinished_memory,
-            secs(Some(self.room_ttl)),
-            self.max_rooms,
-            self.max_rooms_per_connection,
-            self.rooms_per_second,
-            if self.api_token.is_some() { "on" } else { "off" },
-            if self.deflate == DeflateMode::Shared { "shared" } else { "off" },
-            self.deflate_min_size,
-            self.send_buffer,
-            self.redis.as_ref().map_or("off".to_string(), |r| r.to_string()),
-            self.redis_outbox,
-            self.redis_outbox_bytes,
-            self.reuse_port,
-            self.jwt_keys.len() + usize::from(self.jwt_secret_file.is_some() || self.jwt_secret.is_some()),
-            self.anonymous_read,
-            self.anonymous_write,
-            self.max_connections_per_ip.map_or("off".to_string(), |n| n.to_string()),
-            self.max_connections_per_user.map_or("off".to_string(), |n| n.to_string()),
-            self.publish_rate,
-            self.publish_bytes_rate,
-        )
+    /// The effective configuration on one line, for the start-up log (made from the
+    /// command line as clap parsed it: see `summarize`).
+    pub fn summary(&self) -> &str {
+        &self.summary
     }
 
     /// What clap leaves to us: the limits that follow from others.
@@ -367,8 +329,10 @@ impl Default for Config {
         static DEFAULT: OnceLock<Config> = OnceLock::new();
         let parse = || {
             let command = Config::command().mut_args(|arg| arg.env(None));
-            let matches = command.try_get_matches_from(["mioket"]).expect("the empty command line parses");
-            Config::from_arg_matches(&matches).expect("the defaults are valid").completed()
+            let matches = command.clone().try_get_matches_from(["mioket"]).expect("the empty command line parses");
+            let mut config = Config::from_arg_matches(&matches).expect("the defaults are valid").completed();
+            config.summary = summarize(&command, &matches);
+            config
         };
         DEFAULT.get_or_init(parse).clone()
     }
@@ -381,11 +345,44 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let mut config = Config::try_parse_from(args).map(Config::completed)?;
+    let command = Config::command();
+    let matches = command.clone().try_get_matches_from(args)?;
+    let mut config = Config::from_arg_matches(&matches)?.completed();
+    config.summary = summarize(&command, &matches);
     if config.jwt_secret_file.is_none() {
         config.jwt_secret = std::env::var("MIOKET_JWT_SECRET").ok().filter(|s| !s.is_empty()).map(Secret);
     }
     Ok(config)
+}
+
+/// `name=value` for every flag, in --help order, from what clap parsed (a given value or
+/// the default): so a new flag is in the start-up log without being written again. A
+/// value clap hides (`hide_env_values`: the API token) shows as `set`; a flag without
+/// value or default as `off`.
+fn summarize(command: &clap::Command, matches: &clap::ArgMatches) -> String {
+    let mut line = String::new();
+    for arg in command.get_arguments() {
+        let (Some(name), id) = (arg.get_long(), arg.get_id().as_str()) else { continue };
+        if matches!(arg.get_action(), clap::ArgAction::Help | clap::ArgAction::Version) {
+            continue;
+        }
+        let values: Vec<String> =
+            matches.get_raw(id).map(|v| v.map(|v| v.to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let value = match values.as_slice() {
+            [] => "off".to_string(),
+            [one] if one.is_empty() => "off".to_string(),
+            _ if arg.is_hide_env_values_set() => "set".to_string(),
+            [one] if one.contains(' ') || one.contains('"') => format!("{one:?}"),
+            _ => values.join(","),
+        };
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(name);
+        line.push('=');
+        line.push_str(&value);
+    }
+    line
 }
 
 /// `mioket token ...`: the arguments of the token maker (`auth::mint`), parsed apart from
@@ -571,6 +568,8 @@ mod tests {
             publish_rate: 0.0,
             publish_burst: None,
             publish_bytes_rate: 0.0,
+            // The start-up line, made from the flags themselves.
+            summary: Config::default().summary().to_string(),
         };
         assert_eq!(Config::default(), documented);
         assert_eq!(Limits::default(), limits);
@@ -596,11 +595,27 @@ mod tests {
 
     #[test]
     fn the_summary_names_every_setting_on_one_line() {
-        let line = run(&["--ping-timeout", "0"]).unwrap().summary();
+        let config = run(&["--ping-timeout", "0"]).unwrap();
+        let line = config.summary();
         assert!(!line.contains('\n'));
-        for part in ["mode=broadcast", "history=100", "ping-interval=10s", "ping-timeout=off", "max-message=1048576"] {
+        for part in [
+            "mode=broadcast",
+            "history=100",
+            "ping-interval=10",
+            "ping-timeout=0",
+            "max-message=1048576",
+            "api-token=off",
+        ] {
             assert!(line.contains(part), "{part} in {line}");
         }
+        // Every flag is there (so none is written twice), and a secret never.
+        for arg in Config::command().get_arguments().filter_map(|a| a.get_long()) {
+            if !["help", "version"].contains(&arg) {
+                assert!(line.contains(&format!("{arg}=")), "{arg} in {line}");
+            }
+        }
+        let line = run(&["--api-token", "s3cret"]).unwrap().summary().to_string();
+        assert!(line.contains("api-token=set") && !line.contains("s3cret"), "{line}");
     }
 
     #[test]
