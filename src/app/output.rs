@@ -154,7 +154,7 @@ impl<T: super::ClientIo> App<T> {
         if memory_before >= LARGE_QUEUE {
             self.released += memory_before.saturating_sub(client.conn.queue_memory());
         }
-        // Settled here (`App::settle`) without looking the client up again.
+        // Settled here (as in `App::after_activity`) without looking the client up again.
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
