@@ -77,12 +77,6 @@ impl<T: super::ClientIo> App<T> {
         Some(ClientView { io: &mut client.io, conn: &client.conn })
     }
 
-    /// Whether `id` holds input back (its turn is over until the next iteration).
-    #[inline]
-    pub fn holds_input(&self, id: usize) -> bool {
-        self.clients.get(id).is_some_and(|c| c.conn.holds_input())
-    }
-
     /// Moves the clients to flush, in order, onto `out` (both vectors keep their
     /// capacity: no allocation per loop iteration).
     #[inline]
