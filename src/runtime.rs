@@ -369,12 +369,14 @@ impl Server {
                     break;
                 }
                 Ok(n) => {
-                    self.app.handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
+                    let holds = self
+                        .app
+                        .handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
                     budget = budget.saturating_sub(n);
                     // A short read drained the socket: the next arrival is a new edge.
                     // (Input held back is not drained: the check above sees it.)
                     let drained = n < self.scratch.len() && !peer_closed && !read_again;
-                    if drained && !self.app.holds_input(id) {
+                    if drained && !holds {
                         break;
                     }
                 }

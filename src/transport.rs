@@ -111,6 +111,7 @@ impl Transport {
 
     /// Returns how many plaintext bytes were taken (for TLS: encrypted, and sent or
     /// queued in the stream, which sends them before anything else).
+    #[inline]
     pub fn write_vectored(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain { socket, .. } => socket.write_vectored(slices),

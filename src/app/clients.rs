@@ -81,25 +81,18 @@ impl<T: ClientIo> App<T> {
         }
     }
 
-    /// After anything happened to a client: settle it, and schedule a flush if it
-    /// has something to write.
+    /// After anything happened to a client: settle it (a client ending has why logged
+    /// and counted, and is removed once closed), or schedule a flush if it has
+    /// something to write. One slab lookup: this runs after every read.
     pub(super) fn after_activity(&mut self, id: usize) {
-        self.settle(id);
-        if let Some(client) = self.clients.get_mut(id) {
-            if client.conn.has_output() || client.conn.poll_write_shutdown() {
-                queue_flush(&mut self.dirty, id, client);
-            }
-        }
-    }
-
-    /// Logs and counts why a client is ending, and removes it once closed.
-    fn settle(&mut self, id: usize) {
         let Some(client) = self.clients.get_mut(id) else { return };
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
         if client.conn.is_closed() {
             self.remove(id);
+        } else if client.conn.has_output() || client.conn.poll_write_shutdown() {
+            queue_flush(&mut self.dirty, id, client);
         }
     }
 
@@ -146,7 +139,7 @@ impl<T: ClientIo> App<T> {
     }
 }
 
-/// Logs and counts why a client is ending (`App::settle`).
+/// Logs and counts why a client is ending (`App::after_activity`, `App::flush`).
 #[cold]
 #[inline(never)]
 pub(super) fn count_fault<T: fmt::Display>(

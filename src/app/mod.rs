@@ -296,14 +296,15 @@ impl<T: ClientIo> App<T> {
 
     /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
     /// `write_now` is the runtime's non-blocking write for write-through; it returns
-    /// how many bytes the socket took.
+    /// how many bytes the socket took. Returns whether `id` now holds input back (its
+    /// inflate budget spent: its turn is over), told here to spare the runtime a lookup.
     pub fn handle_input(
         &mut self,
         id: usize,
         input: &mut [u8],
         now: Instant,
         mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
-    ) {
+    ) -> bool {
         let total = input.len();
         self.now = now;
         self.metrics.bytes_read += total as u64;
@@ -415,15 +416,20 @@ impl<T: ClientIo> App<T> {
                 }
             }
         }
+        let mut holds = false;
         if let Some(client) = self.clients.get_mut(id) {
             // A large message buffer (an inflated message) goes back now, not when idle.
             self.released += client.conn.end_input();
+            holds = client.conn.holds_input();
             let after = client.conn.unfinished_memory();
             if after != held {
+                // Over the budget, held input may be shed.
                 self.unfinished_changed(id, held, after, now);
+                holds = self.clients.get(id).is_some_and(|c| c.conn.holds_input());
             }
         }
         self.after_activity(id);
+        holds
     }
 
     /// The peer ended its side of the stream (or the socket failed).

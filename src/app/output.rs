@@ -77,12 +77,6 @@ impl<T: super::ClientIo> App<T> {
         Some(ClientView { io: &mut client.io, conn: &client.conn })
     }
 
-    /// Whether `id` holds input back (its turn is over until the next iteration).
-    #[inline]
-    pub fn holds_input(&self, id: usize) -> bool {
-        self.clients.get(id).is_some_and(|c| c.conn.holds_input())
-    }
-
     /// Moves the clients to flush, in order, onto `out` (both vectors keep their
     /// capacity: no allocation per loop iteration).
     #[inline]
@@ -154,7 +148,7 @@ impl<T: super::ClientIo> App<T> {
         if memory_before >= LARGE_QUEUE {
             self.released += memory_before.saturating_sub(client.conn.queue_memory());
         }
-        // Settled here (`App::settle`) without looking the client up again.
+        // Settled here (as in `App::after_activity`) without looking the client up again.
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
