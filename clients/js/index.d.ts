@@ -100,6 +100,15 @@ export interface CloseInfo {
 
 type Off = () => void;
 
+/** The answer of `room.presence()`: the members online and the users with a token among them. */
+export interface PresenceAnswer {
+  room: string;
+  online: number;
+  users: { user: string; info?: Record<string, unknown>; connections: number }[];
+  /** Set when the server listed only the first 1,000 users. */
+  truncated?: true;
+}
+
 export class Room {
   readonly name: string;
   readonly epoch: string | null;
@@ -110,14 +119,16 @@ export class Room {
   readonly readOnly: boolean;
   readonly active: boolean;
   publish(data: string | ArrayBuffer | ArrayBufferView, options?: { timeout?: number }): Promise<{ seq: number }>;
-  presence(): Promise<{ room: string; online: number }>;
+  /** Asks the server (the `presence` op); rejects with a PublishError on error, timeout, disconnect, leave. */
+  presence(options?: { timeout?: number }): Promise<PresenceAnswer>;
   leave(): void;
   on(event: 'message', handler: (m: Message) => void): Off;
   on(event: 'joined', handler: (j: Joined) => void): Off;
   on(event: 'recovered', handler: (r: { room: string; recovered: boolean; epoch: string; since: number }) => void): Off;
   on(event: 'gap', handler: (g: Gap) => void): Off;
   on(event: 'presence', handler: (p: { room: string; online: number }) => void): Off;
-  on(event: 'left', handler: (l: { room: string }) => void): Off;
+  /** `reason` is set when the server took the room away ('forbidden', 'removed'): it is not rejoined. */
+  on(event: 'left', handler: (l: { room: string; reason?: string }) => void): Off;
   on(event: 'error', handler: (e: { reason: string }) => void): Off;
   once(event: string, handler: (...args: any[]) => void): Off;
   off(event: string, handler: (...args: any[]) => void): void;

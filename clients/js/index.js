@@ -84,7 +84,8 @@ export function roomOfUrl(url) {
 /**
  * A room of a Mioket client. Events: `message` ({room, epoch, seq, data, from?}), `joined`
  * (every welcome: {..., user?, readOnly?}), `recovered` (every welcome of a resume: {recovered: boolean}), `gap`
- * (messages may have been missed), `presence` ({room, online}), `left`, `error` (a join
+ * (messages may have been missed), `presence` ({room, online}), `left` ({room, reason?}: reason
+ * `forbidden` or `removed` when the server took the room away; not rejoined), `error` (a join
  * the server refused: {reason}).
  */
 export class Room extends Emitter {
@@ -128,22 +129,14 @@ export class Room extends Emitter {
   }
 
   /**
-   * The room's presence: resolves with {room, online} once the room is joined (the count
-   * of the latest welcome or presence message).
+   * Asks the server who is in the room (the `presence` op). Resolves with
+   * {room, online, users: [{user, info?, connections}], truncated?}; rejects with a
+   * PublishError on the server's error (e.g. `forbidden`), on the timeout, on a disconnect
+   * before the answer, or when the room is left. Waits (within the timeout) for the join.
    */
-  presence() {
-    if (this.joined) return Promise.resolve({ room: this.name, online: this.online });
-    if (!this.active) return Promise.reject(new Error('the room was left'));
-    return new Promise((resolve, reject) => {
-      const offJoined = this.once('joined', () => {
-        offLeft();
-        resolve({ room: this.name, online: this.online });
-      });
-      const offLeft = this.once('left', () => {
-        offJoined();
-        reject(new Error('the room was left'));
-      });
-    });
+  presence({ timeout } = {}) {
+    if (!this.active) return Promise.reject(new PublishError('left', 'the room was left'));
+    return this.#client._publish(this, { op: 'presence', room: this.name }, timeout);
   }
 
   /** Leaves the room: no more messages, pending publishes rejected, `left` emitted. */
@@ -511,10 +504,25 @@ export class Mioket extends Emitter {
       }
       case 'presence': {
         const room = this.#rooms.get(msg.room);
+        const entry = typeof msg.id === 'string' ? this.#pending.get(msg.id) : undefined;
+        if (entry) {
+          if (room) room.online = msg.online;
+          const answer = { room: msg.room, online: msg.online, users: Array.isArray(msg.users) ? msg.users : [] };
+          if (msg.truncated === true) answer.truncated = true;
+          return this.#settle(entry, null, answer);
+        }
         if (room) {
           room.online = msg.online;
           room.emit('presence', { room: room.name, online: msg.online });
         }
+        return;
+      }
+      case 'left': {
+        // The server took the room away (a refresh that no longer reads it, a moderation
+        // removal): as if the application left it, so it is not rejoined.
+        this.#joinedHere.delete(msg.room);
+        const room = this.#rooms.get(msg.room);
+        if (room) this._leave(room, typeof msg.reason === 'string' ? msg.reason : undefined);
         return;
       }
       case 'refreshed':
@@ -708,7 +716,7 @@ export class Mioket extends Emitter {
     for (const entry of [...this.#pending.values()]) this.#settle(entry, error);
   }
 
-  _leave(room) {
+  _leave(room, reason) {
     room.active = false;
     this.#rooms.delete(room.name);
     if (this.#joinedHere.has(room.name)) {
@@ -719,7 +727,7 @@ export class Mioket extends Emitter {
     const err = new PublishError('left', 'the room was left');
     for (const entry of [...this.#pending.values()]) if (entry.room === room) this.#settle(entry, err);
     for (const entry of room._takeQueued()) this.#settle(entry, err);
-    room.emit('left', { room: room.name });
+    room.emit('left', reason === undefined ? { room: room.name } : { room: room.name, reason });
   }
 }
 

@@ -34,7 +34,12 @@ async function fakeServer(welcome = () => ({})) {
     const url = new URL(req.url, 'ws://x');
     const conn = { ws, token: fromProtocol ?? fromHeader ?? null, header: Boolean(fromHeader), url, room: decodeURIComponent(url.pathname.slice(1)) };
     conns.push(conn);
-    ws.on('message', (data) => events.emit('op', { ws, conn, op: JSON.parse(data) }));
+    ws.on('message', (data) => {
+      const op = JSON.parse(data);
+      // presence() asks the server (issue 22): answered as the real server does
+      if (op.op === 'presence') ws.send(JSON.stringify({ type: 'presence', room: op.room, id: op.id, online: 1, users: [] }));
+      events.emit('op', { ws, conn, op });
+    });
     ws.send(JSON.stringify({ type: 'welcome', room: conn.room, epoch: 'e0e0e0e0e0e0e0e0', seq: 0, online: 1, text: null, ...welcome(conn) }));
     events.emit('connection', conn);
   });

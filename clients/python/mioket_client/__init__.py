@@ -19,7 +19,7 @@ acks, the heartbeat, tokens and close codes.
 """
 
 from .backoff import Backoff
-from .client import Client, Event, Gap, Message, Room, State, connect
+from .client import Client, Event, Gap, Left, Message, Room, State, connect
 from .errors import (
     ClientClosed,
     ClosedError,
@@ -43,6 +43,7 @@ __all__ = [
     "Forbidden",
     "Gap",
     "Gone",
+    "Left",
     "Message",
     "MioketError",
     "ProtocolError",

@@ -8,7 +8,7 @@ import os
 import sys
 import threading
 
-from . import ClosedError, Gap, MioketError, connect
+from . import ClosedError, Gap, Left, MioketError, connect
 
 
 def _show(text: str) -> None:
@@ -44,6 +44,9 @@ async def _printed(client, room) -> None:  # type: ignore[no-untyped-def]
     async for item in room:
         if isinstance(item, Gap):
             _show("-- some messages were missed --")
+            continue
+        if isinstance(item, Left):
+            _show(f"-- the server took the room away ({item.reason}) --")
             continue
         data = item.data if isinstance(item.data, str) else f"<{len(item.data)} bytes>"
         sender = f"{item.sender}: " if item.sender else ""

@@ -79,7 +79,17 @@ class Gap:
     after_seq: int
 
 
-Event = Union[Message, Gap]
+@dataclass(frozen=True)
+class Left:
+    """The server took the room away: ``reason`` is ``forbidden`` (a refreshed token no
+    longer reads it) or ``removed`` (a moderator removed the user). It is the room's last
+    event, and the room is not joined again on a reconnect (as after :meth:`Room.leave`)."""
+
+    room: str
+    reason: str
+
+
+Event = Union[Message, Gap, Left]
 
 
 class _End:
@@ -111,6 +121,8 @@ class Room:
         self.read_only = False
         #: How many gaps were told.
         self.gaps = 0
+        #: Why the server took the room away (``forbidden``, ``removed``), once it did.
+        self.left_reason: str | None = None
         self._wanted = True
         self._gap_open = False
         self._queue: asyncio.Queue[Event | _End] = asyncio.Queue()
@@ -151,6 +163,17 @@ class Room:
         It is never retried automatically: see the README.
         """
         return await self._client._publish(self, data, timeout)
+
+    async def presence(self, *, timeout: float | None = None) -> dict[str, Any]:
+        """Ask the server who is in the room (the ``presence`` op) and return its answer:
+        ``{"room", "online", "users": [{"user", "info"?, "connections"}], "truncated"?}``.
+
+        Waits for a connection like :meth:`publish`. Raises :class:`ServerError` on an
+        error answer (e.g. ``forbidden``), :class:`PublishTimeout` when no answer came in
+        ``timeout`` (default: the client's ``publish_timeout``), :class:`Disconnected` when
+        the link was lost first, :class:`MioketError` when the room was left.
+        """
+        return await self._client._presence(self, timeout)
 
     async def leave(self) -> None:
         """Leave the room: no more messages; iteration ends after the queued ones."""
@@ -243,6 +266,7 @@ class Client:
         self._state_changed = asyncio.Event()
         self._pending: dict[str, tuple[asyncio.Future[Any], ClientConnection]] = {}
         self._join_ids: dict[str, str] = {}  # room -> id of its pending join op
+        self._op_rooms: dict[str, str] = {}  # id of a pending publish or presence -> its room
         self._next_id = 0
         self._last_rx = 0.0
         self._task: asyncio.Task[None] | None = None
@@ -367,6 +391,41 @@ class Client:
             raise PublishTimeout(f"no ack in {timeout} s") from None
         return int(answer["seq"])
 
+    async def _presence(self, room: Room, timeout: float | None) -> dict[str, Any]:
+        if not room._wanted:
+            raise MioketError(f"room {room.name!r} was left")
+        timeout = self.publish_timeout if timeout is None else timeout
+        try:
+            async with asyncio.timeout(timeout):
+                ws = await self._wait_connected()
+                answer = await self._request(ws, {"op": "presence", "room": room.name}, None)
+        except TimeoutError:
+            raise PublishTimeout(f"no presence answer in {timeout} s") from None
+        if isinstance(answer.get("online"), int):
+            room.online = answer["online"]
+        result: dict[str, Any] = {
+            "room": room.name,
+            "online": answer.get("online"),
+            "users": answer.get("users") if isinstance(answer.get("users"), list) else [],
+        }
+        if answer.get("truncated") is True:
+            result["truncated"] = True
+        return result
+
+    def _on_left(self, env: dict[str, Any]) -> None:
+        """The server took a room away: as if the application left it (not rejoined), its
+        pending publishes and presence questions fail, and ``Left`` is its last event."""
+        room = self._rooms.get(env.get("room", ""))
+        if room is None or not room._wanted:
+            return
+        room._wanted = False
+        room.left_reason = str(env.get("reason"))
+        for ident, name in list(self._op_rooms.items()):
+            if name == room.name:
+                self._answer(ident, None, MioketError(f"room {room.name!r} was left ({room.left_reason})"))
+        room._queue.put_nowait(Left(room.name, room.left_reason))
+        room._end(None)
+
     async def _leave(self, room: Room) -> None:
         if not room._wanted:
             return
@@ -429,6 +488,8 @@ class Client:
         self._pending[op["id"]] = (fut, ws)
         if op["op"] == "join":
             self._join_ids[op["room"]] = op["id"]
+        elif "room" in op:
+            self._op_rooms[op["id"]] = op["room"]
         try:
             async with asyncio.timeout(timeout):
                 try:
@@ -441,6 +502,7 @@ class Client:
             raise PublishTimeout(f"no answer in {timeout} s") from None
         finally:
             self._pending.pop(op["id"], None)
+            self._op_rooms.pop(op["id"], None)
             if op["op"] == "join" and self._join_ids.get(op["room"]) == op["id"]:
                 del self._join_ids[op["room"]]
 
@@ -639,9 +701,13 @@ class Client:
             if not self._answer(ident, None, ServerError(reason, ident)):
                 log.warning("server error: %s", reason)
         elif kind == "presence":
+            if self._answer(env.get("id"), env, None):
+                return  # the answer of a presence op (room.online is set by its asker)
             room = self._rooms.get(env.get("room", ""))
             if room is not None and isinstance(env.get("online"), int):
                 room.online = env["online"]
+        elif kind == "left":
+            self._on_left(env)
         elif kind == "refreshed":
             self._on_expiry(env.get("expires_in"))
         elif kind == "pong":
