@@ -6,6 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
+import { WebSocketServer } from 'ws';
 import { Mioket, PublishError } from '../index.js';
 import { WAIT_MS, WebSocket, secretFile, signToken, startProxy, startServer, until, untilState } from '../support/helpers.mjs';
 
@@ -103,4 +104,36 @@ test('a moderation removal is told as `left` (removed), later publishes reject, 
   assert.deepEqual(got, []);
   const presence = await fetch(`${s.http}/api/rooms/lobby/presence`, { headers: { Authorization: 'Bearer t' } }).then((r) => r.json());
   assert.equal(presence.online, 0);
+});
+
+test('a publish waiting for its ack is rejected with `left` when the server takes its room away (forbidden)', { timeout: WAIT_MS }, async (t) => {
+  // A scripted server: it never acks, and answers the first publish with left/forbidden.
+  const wss = new WebSocketServer({ host: '127.0.0.1', port: 0, handleProtocols: () => 'mioket.v1' });
+  await new Promise((resolve) => wss.once('listening', resolve));
+  t.after(() => new Promise((resolve) => { for (const c of wss.clients) c.terminate(); wss.close(resolve); }));
+  let connections = 0;
+  const joins = [];
+  wss.on('connection', (ws) => {
+    connections++;
+    ws.send(JSON.stringify({ type: 'welcome', room: 'lobby', epoch: 'e0e0e0e0e0e0e0e0', seq: 0, online: 1, text: null }));
+    ws.on('message', (data) => {
+      const op = JSON.parse(data);
+      if (op.op === 'join') joins.push(op.room);
+      if (op.op === 'publish') ws.send(JSON.stringify({ type: 'left', room: op.room, reason: 'forbidden' }));
+    });
+  });
+  const url = `ws://127.0.0.1:${wss.address().port}`;
+  const client = mioket(t, `${url}/lobby`, fast);
+  const lobby = client.room('lobby');
+  client.connect();
+  await next(lobby, 'joined');
+  const left = next(lobby, 'left');
+  await assert.rejects(lobby.publish('x'), (e) => e instanceof PublishError && e.reason === 'left');
+  assert.deepEqual(await left, { room: 'lobby', reason: 'forbidden' });
+  assert.equal(lobby.active, false);
+  // After a reconnect the room is not joined again (the path's room is left at once).
+  for (const c of wss.clients) c.terminate();
+  await until(client, 'connected', (_x) => true, 'the reconnect');
+  assert.equal(connections, 2);
+  assert.deepEqual(joins, []);
 });

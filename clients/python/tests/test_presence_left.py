@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.server import ServerConnection
 
 import mioket_client
-from conftest import LIMIT, make_token, mioket_server, tcp_proxy, wait_until
+from conftest import LIMIT, fake_server, make_token, mioket_server, tcp_proxy, wait_until, welcome
 from mioket_client import Backoff, ClientClosed, Left, Message, MioketError
 
 SECRET = b"the python presence tests sign their tokens with this"
@@ -112,3 +113,35 @@ async def test_a_removal_yields_left_and_the_room_is_not_rejoined(args: tuple[st
                 assert isinstance(got, Message) and got.data == "for dave"
                 status, presence = await api(server.port, "GET", "/api/rooms/lobby/presence")
                 assert status == 200 and presence["online"] == 0
+
+
+async def test_a_publish_waiting_for_its_ack_fails_when_the_server_takes_the_room_away() -> None:
+    """A scripted server that never acks and answers a publish in ``news`` with
+    ``left``/``forbidden``: the publish fails, ``Left`` ends the room, and the next
+    connection does not join it again."""
+    joins: list[str] = []
+    sockets: list[ServerConnection] = []
+
+    async def handler(ws: ServerConnection, n: int) -> None:
+        sockets.append(ws)
+        await ws.send(welcome())
+        async for frame in ws:
+            op = json.loads(frame)
+            if op["op"] == "join":
+                joins.append(op["room"])
+                await ws.send(welcome(room=op["room"]))
+            elif op["op"] == "publish":
+                await ws.send(json.dumps({"type": "left", "room": op["room"], "reason": "forbidden"}))
+
+    async with asyncio.timeout(LIMIT):
+        async with fake_server(handler) as fake:
+            async with mioket_client.connect(fake.url(), heartbeat=30, **{"backoff": FAST["backoff"]}) as client:
+                news = await client.join("news")
+                with pytest.raises(MioketError, match="was left"):
+                    await news.publish("x", timeout=LIMIT)
+                assert await news.get(timeout=LIMIT) == Left("news", "forbidden")
+                assert client.room("news") is None and joins == ["news"]
+                await sockets[0].close(1011, "going away")  # a reconnect: news is not joined again
+                await wait_until(lambda: len(fake.connections) == 2 and client.state == "connected")
+                await asyncio.sleep(0.2)
+                assert joins == ["news"]
