@@ -36,7 +36,7 @@ use crate::rooms::{RoomId, RoomsState};
 #[derive(Serialize, Deserialize)]
 pub struct AppState {
     pub(crate) metrics: Metrics,
-    pub(crate) rooms: RoomsState,
+    pub rooms: RoomsState,
     pub(crate) echo_last_seq: Seq,
     #[serde(deserialize_with = "frozen::seq")]
     pub(crate) echo_history: Vec<Bytes>,
@@ -45,17 +45,17 @@ pub struct AppState {
     pub(crate) grants: Vec<Grant>,
     /// In the order of the sockets handed over with it.
     #[serde(deserialize_with = "frozen::seq")]
-    pub(crate) clients: Vec<ClientState>,
+    pub clients: Vec<ClientState>,
 }
 
 /// One client: its connection, and what the application keeps for it.
 #[derive(Serialize, Deserialize)]
 pub struct ClientState {
-    pub(crate) conn: ConnState,
+    pub conn: ConnState,
     /// 0: the WebSocket port; 1: the operator port (`--metrics-listen`).
     pub(crate) listener: u8,
     /// 0: no answer yet (or plain HTTP); 1: a plain WebSocket; 2: `mioket.v1`.
-    pub(crate) role: u8,
+    pub role: u8,
     /// Its first room (an index in `AppState::rooms`), and whether it is the path's.
     pub(crate) first: Option<u32>,
     pub(crate) first_is_home: bool,
