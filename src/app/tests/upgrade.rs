@@ -271,7 +271,12 @@ fn tls_clients_stay_and_are_closed_1012_after_a_handover() {
     assert!(frozen.fds.is_empty());
     assert_eq!(decode(&frozen.bytes).unwrap().clients.len(), 0);
     assert_eq!(decode(&frozen.bytes).unwrap().rooms.rooms.len(), 1, "its room moves");
+    // Frozen: its input is not read (a publish now would be numbered outside the
+    // snapshot), and no client is admitted.
+    input(&mut app, id, &text(&json!({"op": "publish", "data": "late"}).to_string()), now);
+    assert!(app.connect(Tls, Listener::Main, now).is_err());
     app.close_unmoved(now);
+    assert!(!app.is_frozen());
     let out = flush(&mut app).remove(&id).unwrap();
     assert_eq!(out, [&[0x88u8, 17, 0x03, 0xf4][..], b"service restart"].concat());
 }
@@ -292,3 +297,30 @@ impl fmt::Display for Tls {
 }
 
 impl ClientIo for Tls {}
+
+/// Snapshot bytes per connection, idle after its greeting (documented in
+/// docs/upgrade.md): `cargo test --lib snapshot_bytes -- --nocapture` prints them.
+#[test]
+fn snapshot_bytes_per_idle_connection_plain_and_v1_in_a_room() {
+    let now = Instant::now();
+    let size = |v1: bool, deflate: bool, n: usize| {
+        let mut app: App<Sock> = App::new(Config { welcome: None, ..config() });
+        let extra = if deflate { DEFLATE } else { "" };
+        for _ in 0..n {
+            let id = app.connect(Sock::new(), Listener::Main, now).ok().unwrap();
+            input(&mut app, id, &request("/room", v1, extra), now);
+        }
+        flush(&mut app);
+        app.handle_housekeeping(now);
+        flush(&mut app);
+        app.freeze(now).bytes.len()
+    };
+    for (name, v1, deflate, most) in
+        [("plain", false, false, 40), ("v1 in a room", true, false, 40), ("v1 with deflate", true, true, 40)]
+    {
+        let (one, many) = (size(v1, deflate, 1), size(v1, deflate, 201));
+        let each = (many - one) as f64 / 200.0;
+        eprintln!("{name}: {each:.1} bytes per connection ({one} bytes with one)");
+        assert!(each <= most as f64, "{name}: {each} bytes per connection");
+    }
+}
