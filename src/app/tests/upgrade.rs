@@ -384,7 +384,7 @@ mod property {
                 }
             }
             Op::JoinLeave { c } if KINDS[c].0 => {
-                let verb = if n % 2 == 0 { "join" } else { "leave" };
+                let verb = if n.is_multiple_of(2) { "join" } else { "leave" };
                 text(&json!({"op": verb, "room": "s"}).to_string())
             }
             _ => frame(true, 9, b"hb"),
