@@ -81,7 +81,8 @@ impl<T: ClientIo> App<T> {
     /// those whose socket can (`ClientIo::socket_fd`) and which stand between two
     /// events; their sockets come back in the snapshot's order.
     pub(crate) fn freeze_state(&mut self, now: Instant) -> (AppState, Vec<RawFd>) {
-        self.now = now;
+        // Frozen twice (a second attempt after a failed one): from everything again.
+        self.thaw_parked(now);
         let (rooms, room_ids) = self.rooms.freeze(now);
         let index_of: HashMap<RoomId, u32> = room_ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
         let mut grant_index: HashMap<*const Grant, u32> = HashMap::new();

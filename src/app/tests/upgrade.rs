@@ -479,3 +479,15 @@ mod property {
         }
     }
 }
+
+#[test]
+fn a_second_freeze_after_a_failed_handover_captures_every_client_again() {
+    let now = Instant::now();
+    let mut scene = scene(now);
+    let first = scene.app.freeze(now);
+    let second = scene.app.freeze(now);
+    assert_eq!(first.fds, second.fds);
+    assert_eq!(first.bytes, second.bytes);
+    scene.app.thaw(now);
+    assert_eq!(scene.app.client_count(), first.fds.len());
+}
