@@ -17,6 +17,7 @@ const number = new Intl.NumberFormat('en', { maximumFractionDigits: 1 });
 let token = sessionStorage.getItem(TOKEN_KEY);
 let previous = null; // { at: ms, doc }
 let timer = null;
+let polling = false;
 let charts = null;
 // Chart columns: time (s) first, then one array per series.
 const data = { connections: [[], []], messages: [[], [], []], bytes: [[], [], []], closes: [[]] };
@@ -55,30 +56,36 @@ function signOut(why) {
   setStatus('out', 'Not signed in');
 }
 
+/** One poll, then the next one scheduled (never two at once: a tab shown again polls now). */
 async function poll() {
   clearTimeout(timer);
   timer = null;
-  if (!token) return;
+  if (!token || polling) return;
+  polling = true;
+  try {
+    await fetchStats();
+  } finally {
+    polling = false;
+  }
+  schedule();
+}
+
+async function fetchStats() {
   let answer;
   try {
     answer = await api('GET', '/api/stats');
   } catch (e) {
-    setStatus('down', `Server unreachable (${e.message}); retrying`);
-    return schedule();
+    return setStatus('down', `Server unreachable (${e.message}); retrying`);
   }
   if (answer.status === 401) return signOut('Wrong token: the server answered 401 Unauthorized.');
   if (answer.status === 404) return signOut('The API is off here (404): start mioket with --api-token.');
-  if (answer.status !== 200) {
-    setStatus('down', `/api/stats answered ${answer.status}; retrying`);
-    return schedule();
-  }
+  if (answer.status !== 200) return setStatus('down', `/api/stats answered ${answer.status}; retrying`);
   const now = { at: performance.now(), doc: JSON.parse(answer.text) };
   $('login').hidden = true;
   $('console').hidden = false;
   $('logout').hidden = false;
   show(now.doc, previous && rates(previous, now));
   previous = now;
-  schedule();
 }
 
 /** The next poll, while the tab is visible (a hidden tab asks nothing). */
