@@ -8,7 +8,7 @@
 //! The baseline lives only while someone asks: housekeeping drops it `BASELINE_TTL`
 //! after the last call.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use super::bus::Node;
 use super::session::Role;
 use super::{App, ClientIo, Listener};
 use crate::backplane::Snapshot;
+use crate::config::Mode;
 use crate::memory;
 use crate::pubsub::Seq;
 use crate::rooms::Room;
@@ -55,8 +56,8 @@ struct Stats<'a> {
     api_publishes: u64,
     bytes_in: u64,
     bytes_out: u64,
-    refusals: HashMap<&'static str, u64>,
-    closes: HashMap<&'static str, u64>,
+    refusals: BTreeMap<&'static str, u64>,
+    closes: BTreeMap<&'static str, u64>,
     busiest_by_members: Vec<Busy<'a>>,
     busiest_by_messages: Vec<Busy<'a>>,
     memory: Memory,
@@ -109,7 +110,10 @@ impl<T: ClientIo> App<T> {
         };
         let by_members = top(self.rooms.iter(), |r| r.topic.member_count() as u64);
         let by_messages = top(self.rooms.iter().filter(|r| messages_since(r) > 0), messages_since);
-        let (history_messages, history_bytes) = self.rooms.history_totals();
+        let (history_messages, history_bytes) = match self.config.mode {
+            Mode::Broadcast => self.rooms.history_totals(),
+            Mode::Echo => (self.echo_history.len(), self.echo_history.bytes()),
+        };
         let m = &self.metrics;
         let stats = Stats {
             version: env!("CARGO_PKG_VERSION"),
