@@ -68,6 +68,48 @@ pub mod bytes {
     }
 }
 
+/// `#[serde(with = "crate::frozen::json")]`: a value as a JSON string, by field names,
+/// for state whose fields come and go between releases (`#[serde(default)]` on it).
+pub mod json {
+    use serde::de::{DeserializeOwned, Error};
+    use serde::Serialize;
+
+    use super::*;
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        serde_json::from_str(&text).map_err(D::Error::custom)
+    }
+}
+
+/// `#[serde(with = "crate::frozen::pairs")]` on a map: a sequence of (key, value), for
+/// keys JSON cannot name (tuples).
+pub mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::Serialize;
+
+    use super::*;
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        seq::<D, (K, V)>(d).map(|pairs| pairs.into_iter().collect())
+    }
+}
+
 /// A byte string for places a `with` cannot reach (in a sequence, an option).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Bytes(#[serde(with = "bytes")] pub Vec<u8>);

@@ -35,6 +35,8 @@ use crate::rooms::{RoomId, RoomsState};
 /// The application as plain data (see the module's doc).
 #[derive(Serialize, Deserialize)]
 pub struct AppState {
+    /// As JSON by field name: counters come and go between releases.
+    #[serde(with = "frozen::json")]
     pub(crate) metrics: Metrics,
     pub rooms: RoomsState,
     /// When presence may next be told (time left), and when it last was (time since):

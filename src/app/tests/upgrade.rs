@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::rooms::frames;
 use super::*;
 use crate::config::Secret;
+use crate::metrics::Metrics;
 use crate::upgrade::snapshot::{decode, SnapshotError};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::json;
@@ -490,4 +491,18 @@ fn a_second_freeze_after_a_failed_handover_captures_every_client_again() {
     assert_eq!(first.bytes, second.bytes);
     scene.app.thaw(now);
     assert_eq!(scene.app.client_count(), first.fds.len());
+}
+
+#[test]
+fn counters_move_by_name_so_one_added_or_removed_is_no_format_change() {
+    let mut metrics = Metrics::default();
+    metrics.messages_in = 7;
+    metrics.close(crate::frame::CloseCode(1000), true);
+    let json = serde_json::to_value(&metrics).unwrap();
+    let mut older = json.as_object().unwrap().clone();
+    older.remove("messages_out");
+    older.insert("a_counter_this_build_does_not_know".into(), json!(3));
+    let back: Metrics = serde_json::from_value(serde_json::Value::Object(older)).unwrap();
+    assert_eq!((back.messages_in, back.messages_out), (7, 0));
+    assert_eq!(serde_json::to_value(&back).unwrap()["closes"], json["closes"]);
 }
