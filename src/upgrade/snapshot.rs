@@ -9,8 +9,9 @@
 //! body                app::AppState in postcard (serde, varints, no field names)
 //! ```
 //! The body is positional: any change to a type it holds (`AppState` and what it
-//! holds: `ConnState`, `RoomsState`, `LimiterState`, `Grant`, `Metrics`) is a format
-//! change. The rule for one: bump `FORMAT_VERSION`, keep reading the previous version
+//! holds: `ConnState`, `RoomsState`, `LimiterState`, `Grant`) is a format change. The
+//! counters (`Metrics`) are the exception: they travel as JSON by field name, so a
+//! counter added or removed is not one (an array whose length changes is). The rule for one: bump `FORMAT_VERSION`, keep reading the previous version
 //! (its types beside the new ones, converted on reading), and keep a snapshot written
 //! by the build before the change under tests/snapshots/ with a test that this build
 //! reads it (tests/snapshot.rs). An unknown version is refused: the old process keeps
