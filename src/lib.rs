@@ -57,5 +57,6 @@ pub(crate) mod rooms;
 pub mod runtime;
 pub(crate) mod tls;
 pub(crate) mod transport;
+pub mod upgrade;
 pub mod utf8;
 pub(crate) mod v1;
