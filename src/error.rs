@@ -8,7 +8,7 @@ use std::fmt;
 /// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
 /// that are never sent but name what happened: 1005 (a close without a code) and
 /// 1006 (no close frame at all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CloseCode(pub u16);
 
 impl CloseCode {
@@ -23,9 +23,6 @@ impl CloseCode {
     pub const POLICY: CloseCode = CloseCode(1008);
     pub const TOO_BIG: CloseCode = CloseCode(1009);
     pub const INTERNAL: CloseCode = CloseCode(1011);
-    /// RFC 6455 7.4.1 (IANA registry): Service Restart; sent to the connections a
-    /// binary upgrade cannot move (TLS), which reconnect to the new process.
-    pub const SERVICE_RESTART: CloseCode = CloseCode(1012);
     /// RFC 6455 7.4.1 (IANA registry): try again later; mioket sends it when a message
     /// cannot be published now (the Redis backplane is unavailable).
     pub const TRY_AGAIN_LATER: CloseCode = CloseCode(1013);

@@ -41,7 +41,9 @@ impl Rejection {
 /// Upper bounds of the loop-iteration histogram, in microseconds.
 const ITERATION_BUCKETS_US: [u64; 7] = [10, 50, 100, 500, 1_000, 10_000, 100_000];
 
-#[derive(Default)]
+/// (Part of a binary upgrade's snapshot, so that counters never go back: a change
+/// here is a format change, src/upgrade/snapshot.rs.)
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub accepted: u64,
     rejected: [u64; 4],

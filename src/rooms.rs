@@ -477,5 +477,9 @@ pub(crate) fn new_epoch() -> [u8; 16] {
     epoch
 }
 
+// A binary upgrade's rooms: their state as plain data, and rooms made again from it.
+mod frozen;
+pub use frozen::RoomsState;
+
 #[cfg(test)]
 mod tests;

@@ -65,6 +65,11 @@ impl ClientIo for Io {
     fn wants_flush(&self) -> bool {
         matches!(self.transport, Transport::Tls(_)) || self.transport.read_paused()
     }
+
+    /// A binary upgrade moves plain sockets; TLS keeps its keys here.
+    fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.transport.plain_fd()
+    }
 }
 
 /// The log names a client by its peer address.

@@ -171,22 +171,26 @@ fn a_missing_new_binary_is_a_failure_that_says_so() {
     serves_on(&server, &mut ws);
 }
 
-/// The listener moves: the old process exits, the new one accepts on the same port.
+/// The listener and the connection move: the old process exits, the same connection
+/// goes on with the new one, in its room with its history, and again with a third.
 #[test]
-fn after_an_upgrade_the_new_process_serves_the_same_port() {
+fn a_connection_and_its_room_go_on_across_two_upgrades() {
     let mut server = Server::start(&[]);
+    let mut ws = joined(&server);
+    send_text(&mut ws, "before");
+    assert_eq!(text(&mut ws), "before");
     let successor = upgraded(&server);
     assert!(server.child.wait().unwrap().success(), "the old process exits");
-    let mut ws = joined(&server);
-    send_text(&mut ws, "hello, new process");
-    assert_eq!(text(&mut ws), "hello, new process");
-    // The new process upgrades again, to a third.
+    send_text(&mut ws, "after");
+    assert_eq!(text(&mut ws), "after");
+    // A newcomer gets the history both processes made.
+    let mut newcomer = joined(&server);
+    assert_eq!([text(&mut newcomer), text(&mut newcomer)], ["before", "after"]);
     let again = Command::new(BIN).args(["upgrade", "--pid", &successor.0.to_string()]).output().unwrap();
     assert!(again.status.success(), "{again:?}");
-    let third = Successor(String::from_utf8_lossy(&again.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap());
-    let mut ws2 = joined(&server);
-    send_text(&mut ws2, "third");
-    assert_eq!(text(&mut ws2), "third");
-    drop(third);
+    let _third = Successor(String::from_utf8_lossy(&again.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap());
+    send_text(&mut newcomer, "third");
+    assert_eq!(text(&mut ws), "third");
+    assert_eq!(text(&mut newcomer), "third");
     let _ = ws.send(Message::Close(None));
 }

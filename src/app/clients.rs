@@ -52,29 +52,25 @@ impl<T: ClientIo> App<T> {
             self.lifecycle = Lifecycle::Stopping { until: Some(now) };
             return Stop::Now;
         }
-        self.close_all(CloseCode::GOING_AWAY, "server shutting down", now);
-        Stop::Closing
-    }
-
-    /// After a binary upgrade handed the connections over: those that could not move
-    /// (TLS) close with 1012 (Service Restart) once what is queued for them is
-    /// written, and come back to the new process; the runtime stops when they are gone.
-    pub fn handle_upgraded(&mut self, now: Instant) {
-        self.close_all(CloseCode::SERVICE_RESTART, "server restarting", now);
-    }
-
-    fn close_all(&mut self, code: CloseCode, reason: &str, now: Instant) {
-        self.now = now;
         self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
         let ids: Vec<usize> = self.clients.iter().map(|(id, _)| id).collect();
         for id in ids {
             let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
             if let Some(client) = self.clients.get_mut(id) {
-                client.conn.close(code, reason, now, &self.config.limits);
+                client.conn.close(CloseCode::GOING_AWAY, "server shutting down", now, &self.config.limits);
             }
             self.track_unfinished(id, held, now);
             self.after_activity(id);
         }
+        Stop::Closing
+    }
+
+    /// A binary upgrade handed the clients over (they left with `freeze`): those that
+    /// could not move (TLS) close with 1012 (`close_unmoved`), and the runtime stops
+    /// once they are gone or close-timeout has passed.
+    pub fn handle_upgraded(&mut self, now: Instant) {
+        self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
+        self.close_unmoved(now);
     }
 
     /// When stopping: the time we give up waiting for clients.

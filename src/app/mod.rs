@@ -51,6 +51,8 @@ mod clients;
 mod deliver;
 // Echo mode's write-through.
 mod echo;
+// A binary upgrade: the application as plain data, its clients parked, made again.
+mod freeze;
 // Rooms' timed work: presence updates, empty rooms freed.
 mod housekeeping;
 // What enters a room, as one value (`Publish`), and why one may be refused.
@@ -76,6 +78,7 @@ mod session;
 mod v1ops;
 
 pub(crate) use clients::Client;
+pub use freeze::{AppState, ClientState};
 pub use output::{ClientView, Transmit};
 pub use refusal::Refusal;
 
@@ -113,6 +116,12 @@ pub trait ClientIo: fmt::Display {
     /// empty: the stream holds bytes of its own (TLS), or its reading waits to resume.
     fn wants_flush(&self) -> bool {
         false
+    }
+
+    /// The socket, if this connection can move to another process (a binary
+    /// upgrade, src/upgrade/): plain TCP can; TLS cannot (its keys stay here).
+    fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 
@@ -181,6 +190,9 @@ pub struct App<T> {
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
+    /// A binary upgrade under way: the clients that move, out of `clients` until the
+    /// new process confirms or `thaw` takes them back (app/freeze.rs).
+    parked: Option<Vec<(usize, Client<T>)>>,
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
@@ -237,6 +249,7 @@ impl<T: ClientIo> App<T> {
             grants: grants::Grants::default(),
             expiries: std::collections::BinaryHeap::new(),
             clock: (Instant::now(), permit::unix_time()),
+            parked: None,
             config,
         }
     }
@@ -305,6 +318,10 @@ impl<T: ClientIo> App<T> {
         now: Instant,
         mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
     ) -> bool {
+        // Frozen for a handover: nothing is numbered that the snapshot does not hold.
+        if self.parked.is_some() {
+            return false;
+        }
         let total = input.len();
         self.now = now;
         self.metrics.bytes_read += total as u64;

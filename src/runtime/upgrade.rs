@@ -8,22 +8,25 @@
 //!
 //! New process: `Server::take_over` instead of `Server::bind`.
 
-use std::os::fd::AsRawFd;
+use std::net::TcpStream as StdTcpStream;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use mio::net::TcpListener;
+use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
 
-use super::{Server, StartError, HANDOVER};
+use super::{Io, Server, StartError, HANDOVER};
+use crate::app::App;
 use crate::config::Config;
+use crate::transport::Transport;
 use crate::upgrade::channel::Channel;
 use crate::upgrade::command::{self, Outcome};
 use crate::upgrade::handover::{self, Failed, Role};
 use crate::upgrade::notify::notify;
-use crate::upgrade::standin as snapshot;
+use crate::upgrade::snapshot::FORMAT_VERSION;
 
 /// An upgrade under way: the new process started, its hello awaited.
 pub(super) struct Upgrade {
@@ -86,12 +89,9 @@ impl Server {
             Ok(hello) => hello,
             Err(why) => return self.fail_upgrade(why, now),
         };
-        if hello.format < snapshot::FORMAT_VERSION {
-            let why = format!(
-                "the new binary reads snapshots up to format {}, ours is {}",
-                hello.format,
-                snapshot::FORMAT_VERSION
-            );
+        if hello.format < FORMAT_VERSION {
+            let why =
+                format!("the new binary reads snapshots up to format {}, ours is {}", hello.format, FORMAT_VERSION);
             return self.fail_upgrade(Failed(why), now);
         }
         // What the sockets take now goes before the freeze; the rest travels.
@@ -101,7 +101,7 @@ impl Server {
             self.flush(id);
         }
         let started = Instant::now();
-        let frozen = snapshot::freeze(&mut self.app, now);
+        let frozen = self.app.freeze(now);
         let mut listeners = Vec::new();
         if let Some(l) = &self.listener {
             listeners.push((Role::Main, l.as_raw_fd()));
@@ -110,12 +110,13 @@ impl Server {
             listeners.push((Role::Metrics, l.as_raw_fd()));
         }
         let Some(upgrade) = &mut self.upgrade else { return };
-        let result =
-            handover::hand_over(&mut upgrade.channel, &listeners, snapshot::FORMAT_VERSION, &frozen.bytes, &frozen.fds);
+        let result = handover::hand_over(&mut upgrade.channel, &listeners, FORMAT_VERSION, &frozen.bytes, &frozen.fds);
         match result {
-            Ok(()) => self.finish_upgrade(hello.pid, frozen.fds.len(), frozen.bytes.len(), started),
+            Ok(()) => self.finish_upgrade(hello.pid, &frozen.fds, frozen.bytes.len(), started),
             Err(why) => {
-                snapshot::thaw(&mut self.app, Instant::now());
+                self.app.thaw(Instant::now());
+                // Readiness may have come and gone while frozen: read every client once.
+                self.backlog.extend(self.app.client_ids());
                 self.fail_upgrade(why, now);
             }
         }
@@ -123,18 +124,24 @@ impl Server {
 
     /// Confirmed: the new process serves. Ours stop accepting; what did not move
     /// (TLS connections) closes with 1012 once its queue is written; then `run` ends.
-    fn finish_upgrade(&mut self, new_pid: u32, moved: usize, bytes: usize, started: Instant) {
+    fn finish_upgrade(&mut self, new_pid: u32, moved: &[RawFd], bytes: usize, started: Instant) {
         // Not waited for: it is the server now (and our parent's child once we exit).
         self.upgrade = None;
         for mut listener in [self.listener.take(), self.metrics_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        let left = self.app.client_count().saturating_sub(moved);
         info!(
-            "upgraded: pid {new_pid} took over {moved} connections and a {bytes}-byte snapshot in {:?}; \
-             closing {left} that cannot move (1012)",
-            started.elapsed()
+            "upgraded: pid {new_pid} took over {} connections and a {bytes}-byte snapshot in {:?}; \
+             closing {} that cannot move (1012)",
+            moved.len(),
+            started.elapsed(),
+            self.app.client_count()
         );
+        // The moved sockets are the new process's: no more wake-ups for them here. (They
+        // close, never shut down, when we exit: the new process holds them open.)
+        for fd in moved {
+            let _ = self.poll.registry().deregister(&mut SourceFd(fd));
+        }
         if let Err(e) = command::record(&Outcome::Done { new_pid }) {
             warn!("cannot record the upgrade's outcome: {e}");
         }
@@ -177,8 +184,9 @@ impl Server {
             handover::abort(channel, &why);
             StartError::Upgrade(why)
         };
-        handover::say_hello(&mut channel, snapshot::FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
-        let received = handover::receive(&mut channel, snapshot::reads).map_err(|e| StartError::Upgrade(e.0))?;
+        handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
+        let received =
+            handover::receive(&mut channel, |format| format == FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
         let (mut main, mut metrics) = (None, None);
         for (role, fd) in received.listeners {
             let listener = TcpListener::from_std(std::net::TcpListener::from(fd));
@@ -198,8 +206,7 @@ impl Server {
             ),
             (None, None) => None,
         };
-        let auth = crate::auth::Auth::from_config(&config).map_err(|e| failed(&mut channel, e))?;
-        let app = snapshot::restore(config, auth, &received.snapshot, received.connections, Instant::now())
+        let app = App::restore(config, &received.snapshot, received.connections, Instant::now(), io_from)
             .map_err(|e| failed(&mut channel, format!("cannot restore the snapshot: {e}")))?;
         let mut server = Server::assemble(app, tls, main, metrics).map_err(|e| failed(&mut channel, e.to_string()))?;
         let ids: Vec<usize> = server.app.client_ids().collect();
@@ -209,6 +216,8 @@ impl Server {
                 return Err(failed(&mut channel, format!("cannot poll connection {id}: {e}")));
             }
             server.reschedule(id);
+            // Bytes may have arrived during the handover: read every client once.
+            server.backlog.push(id);
         }
         // Before the confirmation: once the old process exits, systemd must know us.
         notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
@@ -227,4 +236,9 @@ fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::Exi
             _ => return None,
         }
     }
+}
+
+/// A connection's socket as it arrives from the old process.
+fn io_from(fd: OwnedFd) -> Io {
+    Io { transport: Transport::plain(TcpStream::from_std(StdTcpStream::from(fd))) }
 }
