@@ -5,12 +5,17 @@
 mod common;
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
 use std::time::Duration;
 
 use common::*;
+use serde_json::Value;
 use tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mioket");
@@ -193,4 +198,143 @@ fn a_connection_and_its_room_go_on_across_two_upgrades() {
     assert_eq!(text(&mut ws), "third");
     assert_eq!(text(&mut newcomer), "third");
     let _ = ws.send(Message::Close(None));
+}
+
+fn envelope(ws: &mut Ws) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&text(ws)).expect("one JSON object per text frame");
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+/// A counter of `/metrics` (the unlabelled line).
+fn counter(metrics: &str, name: &str) -> u64 {
+    let line = metrics.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn metrics(server: &Server) -> String {
+    let (status, body) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    body
+}
+
+/// The shape of a rooms test: rooms, their members of each kind, and the messages
+/// each room's publisher sends (an upgrade happens a third of the way in).
+struct Scale {
+    rooms: usize,
+    plain: usize,
+    v1: usize,
+    messages: usize,
+}
+
+/// Members of many rooms, plain and `mioket.v1`, while one publisher per room publishes
+/// without pause and the server upgrades: every member stays connected and gets every
+/// message once, in order (v1: seqs 1..=N without gap or duplicate); the old process
+/// exits; `/metrics` counters do not go back; history and resume work on the new one.
+fn members_keep_every_message_across_an_upgrade(scale: Scale) {
+    let Scale { rooms, plain, v1, messages } = scale;
+    let mut server = Server::start(&["--history", "100000", "--max-connections", "50000"]);
+    let mut plains = Vec::new();
+    let mut v1s = Vec::new();
+    let mut epochs = Vec::new();
+    for r in 0..rooms {
+        for _ in 0..plain {
+            let mut ws = connect_plain(&server, &format!("/r{r}"));
+            assert_eq!(text(&mut ws), WELCOME);
+            plains.push((r, ws));
+        }
+        for i in 0..v1 {
+            let mut ws = connect_v1(&server, &format!("/r{r}"));
+            let welcome = envelope(&mut ws);
+            assert_eq!(welcome["seq"], 0);
+            if i == 0 {
+                epochs.push(welcome["epoch"].as_str().unwrap().to_string());
+            }
+            v1s.push((r, ws));
+        }
+    }
+    // A client half way through a fragmented message when the upgrade comes.
+    let mut fragmenter = raw_upgraded(&server);
+    fragmenter.write_all(&masked(0x01, b"first half, ")).unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..rooms)
+        .map(|r| {
+            let mut ws = connect_plain(&server, &format!("/r{r}"));
+            assert_eq!(text(&mut ws), WELCOME);
+            let sent = Arc::clone(&sent);
+            thread::spawn(move || {
+                for i in 0..messages {
+                    send_text(&mut ws, &format!("r{r}-{i}"));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if i % 8 == 0 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                ws
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), || (sent.load(Ordering::Relaxed) >= rooms * messages / 3).then_some(()));
+    let before = metrics(&server);
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success(), "the old process exits");
+    let _publishers: Vec<Ws> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
+    fragmenter.write_all(&masked(0x80, b"second half")).unwrap();
+    let mut bytes = Vec::new();
+    read_frames_until(&mut fragmenter, &mut bytes, |frames| {
+        frames.iter().any(|(_, payload)| payload == b"first half, second half")
+    });
+    for (r, ws) in &mut plains {
+        for i in 0..messages {
+            assert_eq!(text(ws), format!("r{r}-{i}"), "a plain member of room {r}");
+        }
+    }
+    for (r, ws) in &mut v1s {
+        for i in 0..messages {
+            let message = envelope(ws);
+            assert_eq!((&message["seq"], &message["data"]), (&Value::from(i + 1), &Value::from(format!("r{r}-{i}"))));
+        }
+    }
+    let after = metrics(&server);
+    for name in ["mioket_accepted_total", "mioket_upgrades_total", "mioket_messages_received_total"] {
+        assert!(counter(&after, name) >= counter(&before, name), "{name} went back");
+    }
+    assert!(counter(&after, "mioket_messages_received_total") >= (rooms * messages) as u64);
+    // Resume on the new process: the epoch moved, the history too.
+    let since = messages - 5;
+    let mut resumed = connect_v1(&server, &format!("/r0?since={since}&epoch={}", epochs[0]));
+    let welcome = envelope(&mut resumed);
+    assert_eq!((&welcome["recovered"], &welcome["seq"]), (&Value::from(true), &Value::from(messages)));
+    for seq in since + 1..=messages {
+        assert_eq!(envelope(&mut resumed)["seq"], seq);
+    }
+    let mut newcomer = connect_plain(&server, "/r1");
+    assert_eq!(text(&mut newcomer), WELCOME);
+    assert_eq!(text(&mut newcomer), "r1-0", "the whole history");
+}
+
+#[test]
+fn members_of_rooms_keep_every_message_across_an_upgrade() {
+    members_keep_every_message_across_an_upgrade(Scale { rooms: 10, plain: 4, v1: 4, messages: 300 });
+}
+
+/// The scale: 2,000 connections in 50 rooms (20 plain and 20 v1 each).
+#[test]
+fn two_thousand_members_keep_every_message_across_an_upgrade() {
+    members_keep_every_message_across_an_upgrade(Scale { rooms: 50, plain: 20, v1: 20, messages: 200 });
+}
+
+#[test]
+fn an_echo_client_keeps_its_connection_across_an_upgrade() {
+    let mut server = Server::start(&["--mode", "echo"]);
+    let mut ws = connect(&server);
+    send_text(&mut ws, "one");
+    assert_eq!(text(&mut ws), "one");
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success());
+    send_text(&mut ws, "two");
+    assert_eq!(text(&mut ws), "two");
 }
