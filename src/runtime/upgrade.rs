@@ -102,6 +102,7 @@ impl Server {
         }
         let started = Instant::now();
         let frozen = self.app.freeze(now);
+        let frozen_in = started.elapsed();
         let mut listeners = Vec::new();
         if let Some(l) = &self.listener {
             listeners.push((Role::Main, l.as_raw_fd()));
@@ -112,7 +113,7 @@ impl Server {
         let Some(upgrade) = &mut self.upgrade else { return };
         let result = handover::hand_over(&mut upgrade.channel, &listeners, FORMAT_VERSION, &frozen.bytes, &frozen.fds);
         match result {
-            Ok(()) => self.finish_upgrade(hello.pid, &frozen.fds, frozen.bytes.len(), started),
+            Ok(()) => self.finish_upgrade(hello.pid, &frozen.fds, frozen.bytes.len(), (started, frozen_in)),
             Err(why) => {
                 self.app.thaw(Instant::now());
                 // Readiness may have come and gone while frozen: read every client once.
@@ -124,17 +125,19 @@ impl Server {
 
     /// Confirmed: the new process serves. Ours stop accepting; what did not move
     /// (TLS connections) closes with 1012 once its queue is written; then `run` ends.
-    fn finish_upgrade(&mut self, new_pid: u32, moved: &[RawFd], bytes: usize, started: Instant) {
+    /// `times`: when the freeze started, and how long it took.
+    fn finish_upgrade(&mut self, new_pid: u32, moved: &[RawFd], bytes: usize, times: (Instant, Duration)) {
         // Not waited for: it is the server now (and our parent's child once we exit).
         self.upgrade = None;
         for mut listener in [self.listener.take(), self.metrics_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         info!(
-            "upgraded: pid {new_pid} took over {} connections and a {bytes}-byte snapshot in {:?}; \
-             closing {} that cannot move (1012)",
+            "upgraded: pid {new_pid} took over {} connections and a {bytes}-byte snapshot in {:?} \
+             (the freeze {:?}); closing {} that cannot move (1012)",
             moved.len(),
-            started.elapsed(),
+            times.0.elapsed(),
+            times.1,
             self.app.client_count()
         );
         // The moved sockets are the new process's: no more wake-ups for them here. (They
@@ -187,6 +190,8 @@ impl Server {
         handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
         let received =
             handover::receive(&mut channel, |format| format == FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
+        // From the first byte received: what the old process's pause is made of here.
+        let received_at = Instant::now();
         let (mut main, mut metrics) = (None, None);
         for (role, fd) in received.listeners {
             let listener = TcpListener::from_std(std::net::TcpListener::from(fd));
@@ -208,6 +213,9 @@ impl Server {
         };
         let app = App::restore(config, &received.snapshot, received.connections, Instant::now(), io_from)
             .map_err(|e| failed(&mut channel, format!("cannot restore the snapshot: {e}")))?;
+        let restored_in = received_at.elapsed();
+        // Done with (not trimmed here: a malloc_trim would lengthen the pause).
+        drop(received.snapshot);
         let mut server = Server::assemble(app, tls, main, metrics).map_err(|e| failed(&mut channel, e.to_string()))?;
         let ids: Vec<usize> = server.app.client_ids().collect();
         for id in ids {
@@ -222,7 +230,11 @@ impl Server {
         // Before the confirmation: once the old process exits, systemd must know us.
         notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         handover::confirm(&mut channel).map_err(|e| StartError::Upgrade(e.0))?;
-        info!("took over {} connections", server.app.client_count());
+        info!(
+            "took over {} connections: restored in {restored_in:?}, registered and confirmed in {:?}",
+            server.app.client_count(),
+            received_at.elapsed() - restored_in
+        );
         Ok(server)
     }
 }
