@@ -46,7 +46,7 @@ pub mod deflate;
 pub mod error;
 pub mod frame;
 // What every layer's frozen state (a binary upgrade's snapshot) shares.
-pub(crate) mod frozen;
+pub mod frozen;
 pub mod handshake;
 pub(crate) mod http;
 pub mod mask;

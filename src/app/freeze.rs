@@ -36,7 +36,7 @@ use crate::rooms::{RoomId, RoomsState};
 #[derive(Serialize, Deserialize)]
 pub struct AppState {
     pub(crate) metrics: Metrics,
-    pub(crate) rooms: RoomsState,
+    pub rooms: RoomsState,
     pub(crate) echo_last_seq: Seq,
     #[serde(deserialize_with = "frozen::seq")]
     pub(crate) echo_history: Vec<Bytes>,
@@ -45,17 +45,17 @@ pub struct AppState {
     pub(crate) grants: Vec<Grant>,
     /// In the order of the sockets handed over with it.
     #[serde(deserialize_with = "frozen::seq")]
-    pub(crate) clients: Vec<ClientState>,
+    pub clients: Vec<ClientState>,
 }
 
 /// One client: its connection, and what the application keeps for it.
 #[derive(Serialize, Deserialize)]
 pub struct ClientState {
-    pub(crate) conn: ConnState,
+    pub conn: ConnState,
     /// 0: the WebSocket port; 1: the operator port (`--metrics-listen`).
     pub(crate) listener: u8,
     /// 0: no answer yet (or plain HTTP); 1: a plain WebSocket; 2: `mioket.v1`.
-    pub(crate) role: u8,
+    pub role: u8,
     /// Its first room (an index in `AppState::rooms`), and whether it is the path's.
     pub(crate) first: Option<u32>,
     pub(crate) first_is_home: bool,
@@ -71,9 +71,11 @@ pub struct ClientState {
 }
 
 impl<T: ClientIo> App<T> {
-    /// Parks every client that moves (out of the table: nothing reaches it now, its
-    /// events are stale) and captures the application. Until `thaw`, the runtime
-    /// hands in no input: nothing is numbered that the snapshot does not hold.
+    /// Captures the application and parks every client out of the table: nothing
+    /// reaches one now (its events are stale, no input is read, nothing is numbered
+    /// that the snapshot does not hold, nothing is written). The clients that move are
+    /// those whose socket can (`ClientIo::socket_fd`) and which stand between two
+    /// events; their sockets come back in the snapshot's order.
     pub(crate) fn freeze_state(&mut self, now: Instant) -> (AppState, Vec<RawFd>) {
         self.now = now;
         let (rooms, room_ids) = self.rooms.freeze(now);
@@ -82,11 +84,15 @@ impl<T: ClientIo> App<T> {
         let mut grants = Vec::new();
         let mut clients = Vec::new();
         let mut fds = Vec::new();
-        let mut parked = Vec::new();
-        let ids: Vec<usize> = self.clients.iter().map(|(id, _)| id).collect();
-        for id in ids {
-            let client = &self.clients[id];
-            let (Some(fd), Some(conn)) = (client.io.socket_fd(), client.conn.freeze(now)) else { continue };
+        let mut parked = Vec::with_capacity(self.clients.len());
+        // Flushes are queued again when the clients are back (`unpark`).
+        self.dirty.clear();
+        for (id, mut client) in std::mem::take(&mut self.clients) {
+            client.flush_queued = false;
+            let (Some(fd), Some(conn)) = (client.io.socket_fd(), client.conn.freeze(now)) else {
+                parked.push((id, client, false));
+                continue;
+            };
             let extra = self.extras.get(&id);
             let grant = self.grants.get(id).map(|g| {
                 *grant_index.entry(Rc::as_ptr(g)).or_insert_with(|| {
@@ -112,8 +118,7 @@ impl<T: ClientIo> App<T> {
                 grant,
             });
             fds.push(fd);
-            let client = self.clients.remove(id);
-            parked.push((id, client));
+            parked.push((id, client, true));
         }
         self.parked = Some(parked);
         let echo_history = self.echo_history.iter().map(|(_, f)| Bytes(f.to_vec())).collect();
@@ -128,35 +133,48 @@ impl<T: ClientIo> App<T> {
         (state, fds)
     }
 
-    /// The handover failed: the parked clients are back, as they were, under the same
-    /// ids. Their sockets' readiness may have been missed meanwhile: the runtime reads
-    /// every client once.
+    /// The handover failed: every client is back, as it was, under the same id. Their
+    /// sockets' readiness may have been missed meanwhile: the runtime reads every
+    /// client once.
     pub(crate) fn thaw_parked(&mut self, now: Instant) {
         self.now = now;
         let Some(parked) = self.parked.take() else { return };
-        let ids: Vec<usize> = parked.iter().map(|(id, _)| *id).collect();
-        let clients = std::mem::take(&mut self.clients);
-        self.clients = clients.into_iter().chain(parked).collect();
+        self.unpark(parked.into_iter().map(|(id, client, _)| (id, client)));
+    }
+
+    fn unpark(&mut self, parked: impl Iterator<Item = (usize, Client<T>)>) {
+        let mut ids = Vec::new();
+        let back = parked.inspect(|(id, _)| ids.push(*id));
+        self.clients = std::mem::take(&mut self.clients).into_iter().chain(back).collect();
         for id in ids {
             self.after_activity(id);
         }
     }
 
-    /// Whether clients are parked for a handover (`freeze_state`).
+    /// Whether the clients are parked for a handover (`freeze`, until `thaw` or
+    /// `close_unmoved`).
     pub fn is_frozen(&self) -> bool {
         self.parked.is_some()
     }
 
-    /// After a handover: the clients that did not move (TLS) are closed with 1012
-    /// (Service Restart) once what is queued for them is written; a `mioket.v1` client
-    /// resumes on the new process.
+    /// After the new process confirmed: the clients that moved are let go (their
+    /// sockets closed here, without a shutdown: the new process holds its own), and
+    /// the others (TLS) are back only to be closed with 1012 (Service Restart) once
+    /// what is queued for them is written (a closing connection publishes nothing); a
+    /// `mioket.v1` client resumes on the new process. Their ids are back in
+    /// `drain_retimed_into` for their close deadline.
     pub fn close_unmoved(&mut self, now: Instant) {
-        let ids: Vec<usize> = self.clients.iter().map(|(id, _)| id).collect();
+        self.now = now;
+        let Some(parked) = self.parked.take() else { return };
+        let stay: Vec<(usize, Client<T>)> =
+            parked.into_iter().filter(|(_, _, moved)| !moved).map(|(id, client, _)| (id, client)).collect();
+        let ids: Vec<usize> = stay.iter().map(|(id, _)| *id).collect();
+        self.unpark(stay.into_iter());
         for id in ids {
             if let Some(client) = self.clients.get_mut(id) {
                 client.conn.close(CloseCode(1012), "service restart", now, &self.config.limits);
+                self.retimed.push(id);
             }
-            self.retimed.push(id);
             self.after_activity(id);
         }
     }

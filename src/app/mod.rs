@@ -190,9 +190,10 @@ pub struct App<T> {
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
-    /// A binary upgrade under way: the clients that move, out of `clients` until the
-    /// new process confirms or `thaw` takes them back (app/freeze.rs).
-    parked: Option<Vec<(usize, Client<T>)>>,
+    /// A binary upgrade under way: every client, out of `clients` (so every event for
+    /// one is stale) until the new process confirms or `thaw` takes them back, each
+    /// with whether it moves (app/freeze.rs).
+    parked: Option<Vec<(usize, Client<T>, bool)>>,
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
@@ -262,7 +263,9 @@ impl<T: ClientIo> App<T> {
     /// refused at once: the runtime writes the answer (best effort) and drops it.
     pub fn connect(&mut self, io: T, listener: Listener, now: Instant) -> Result<usize, (T, Vec<u8>)> {
         self.metrics.accepted += 1;
-        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
+        // While frozen for a handover (the runtime does not accept then) a new client
+        // could take a parked one's id.
+        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK || self.parked.is_some() {
             self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {io}: too many connections (503)");
             return Err((io, Refusal::ServerFull.response()));
@@ -318,10 +321,6 @@ impl<T: ClientIo> App<T> {
         now: Instant,
         mut write_now: impl FnMut(&mut T, [&[u8]; 2]) -> usize,
     ) -> bool {
-        // Frozen for a handover: nothing is numbered that the snapshot does not hold.
-        if self.parked.is_some() {
-            return false;
-        }
         let total = input.len();
         self.now = now;
         self.metrics.bytes_read += total as u64;

@@ -154,9 +154,9 @@ impl<T: ClientIo> App<T> {
     /// Stops reading from every client, and captures everything: the application's
     /// state and the sockets of the clients that move (plain TCP between two events;
     /// TLS connections stay, see `close_unmoved`). Call it right after a flush of every
-    /// client (what the sockets take without waiting is then written); from here on
-    /// nothing is read or written for the clients that move, and the runtime hands
-    /// the application no input until `thaw`.
+    /// client (what the sockets take without waiting is then written). Every client is
+    /// parked until `thaw` or `close_unmoved`: events for it are stale (nothing is read,
+    /// numbered or written), housekeeping waits and `connect` refuses.
     pub fn freeze(&mut self, now: Instant) -> Frozen {
         let (state, fds) = self.freeze_state(now);
         Frozen { bytes: encode(&state), fds }
