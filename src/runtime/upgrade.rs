@@ -132,16 +132,9 @@ impl Server {
         for mut listener in [self.listener.take(), self.metrics_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
-        info!(
-            "upgraded: pid {new_pid} took over {} connections and a {bytes}-byte snapshot in {:?} \
-             (the freeze {:?}); closing {} that cannot move (1012)",
-            moved.len(),
-            times.0.elapsed(),
-            times.1,
-            self.app.client_count()
-        );
+        let handover_took = times.0.elapsed();
         // The moved sockets are the new process's: no more wake-ups for them here. (They
-        // close, never shut down, when we exit: the new process holds them open.)
+        // close, never shut down, in `close_unmoved`: the new process holds them open.)
         for fd in moved {
             let _ = self.poll.registry().deregister(&mut SourceFd(fd));
         }
@@ -151,6 +144,13 @@ impl Server {
         let now = Instant::now();
         self.app.handle_upgraded(now);
         let ids: Vec<usize> = self.app.client_ids().collect();
+        info!(
+            "upgraded: pid {new_pid} took over {} connections and a {bytes}-byte snapshot in {handover_took:?} \
+             (the freeze {:?}); closing {} that cannot move (1012)",
+            moved.len(),
+            times.1,
+            ids.len()
+        );
         for id in ids {
             self.reschedule(id);
         }
