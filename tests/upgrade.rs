@@ -338,3 +338,33 @@ fn an_echo_client_keeps_its_connection_across_an_upgrade() {
     send_text(&mut ws, "two");
     assert_eq!(text(&mut ws), "two");
 }
+
+/// systemd (Type=notify, NotifyAccess=all): READY=1 once listening, then the new
+/// process announces itself as the main pid before the old one exits.
+#[test]
+fn systemd_hears_ready_and_the_new_main_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = Dir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["--host", "127.0.0.1", "--port", "0"]).env("NOTIFY_SOCKET", &path);
+    let mut server = Server::spawn(command);
+    let mut buf = [0u8; 256];
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let successor = upgraded(&server);
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("MAINPID={}\nREADY=1", successor.0));
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn mioket_upgrade_of_no_such_process_fails() {
+    let output = Command::new(BIN).args(["upgrade", "--pid", "999999999"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot signal pid 999999999"));
+    let usage = Command::new(BIN).args(["upgrade"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "--pid is required");
+}
