@@ -202,9 +202,6 @@ impl Server {
                 self.read_client(id, false, now);
             }
             self.run_timers(now);
-            if self.upgrade.as_ref().is_some_and(|u| u.deadline() <= now) {
-                self.continue_upgrade(now);
-            }
             if self.app.poll_housekeeping().is_some_and(|t| t <= now) {
                 self.app.handle_housekeeping(now);
             }
@@ -217,6 +214,14 @@ impl Server {
             // Publishes read during the flush's looks for input go now, not after the
             // next poll.
             self.pump_backplane(now);
+            if let Some(upgrade) = &self.upgrade {
+                // A binary upgrade: its hello awaited in time, or in and all flushed.
+                if upgrade.ready() {
+                    self.hand_over_now(now);
+                } else if upgrade.deadline() <= now {
+                    self.continue_upgrade(now);
+                }
+            }
             self.reschedule_retimed();
             if self.app.poll_trim(now).is_some_and(|t| t <= now) {
                 memory::give_back();

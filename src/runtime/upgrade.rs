@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::transport::Transport;
 use crate::upgrade::channel::Channel;
 use crate::upgrade::command::{self, Outcome};
-use crate::upgrade::handover::{self, Failed, Role};
+use crate::upgrade::handover::{self, Failed, Hello, Role};
 use crate::upgrade::notify::notify;
 use crate::upgrade::snapshot::FORMAT_VERSION;
 
@@ -34,16 +34,25 @@ pub(super) struct Upgrade {
     channel: Channel,
     /// No hello by then: the upgrade fails.
     deadline: Instant,
+    /// The hello came: the loop hands over after its flush.
+    hello: Option<Hello>,
 }
 
 impl Upgrade {
+    /// When the loop must look at the upgrade: its deadline, or now once the hello is in.
     pub(super) fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    pub(super) fn ready(&self) -> bool {
+        self.hello.is_some()
     }
 }
 
 impl Server {
     /// SIGUSR2: starts the new binary; the exchange waits for its hello.
+    #[cold]
+    #[inline(never)]
     pub(super) fn start_upgrade(&mut self, now: Instant) {
         if self.upgrade.is_some() {
             info!("SIGUSR2: an upgrade is under way already");
@@ -63,13 +72,15 @@ impl Server {
             self.poll.registry().register(&mut SourceFd(&stream.as_raw_fd()), HANDOVER, Interest::READABLE)
         });
         let deadline = now + self.app.config().upgrade_timeout;
-        self.upgrade = Some(Upgrade { child, channel, deadline });
+        self.upgrade = Some(Upgrade { child, channel, deadline, hello: None });
         if let Err(e) = registered {
             self.fail_upgrade(Failed(format!("cannot poll the channel: {e}")), now);
         }
     }
 
     /// The channel is readable (a hello, or the child gone), or its time is up.
+    #[cold]
+    #[inline(never)]
     pub(super) fn continue_upgrade(&mut self, now: Instant) {
         let Some(upgrade) = &mut self.upgrade else { return };
         if upgrade.deadline <= now {
@@ -94,12 +105,17 @@ impl Server {
                 format!("the new binary reads snapshots up to format {}, ours is {}", hello.format, FORMAT_VERSION);
             return self.fail_upgrade(Failed(why), now);
         }
-        // What the sockets take now goes before the freeze; the rest travels.
-        let mut dirty = Vec::new();
-        self.app.drain_dirty_into(&mut dirty);
-        for id in dirty {
-            self.flush(id);
-        }
+        // The loop flushes every client, then hands over (`hand_over_now`): what the
+        // sockets take goes before the freeze; the rest travels.
+        upgrade.hello = Some(hello);
+    }
+
+    /// After the loop's flush, with the new process's hello in: freeze, send, and
+    /// finish or roll back. The clients wait meanwhile: this is the upgrade's pause.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn hand_over_now(&mut self, now: Instant) {
+        let Some(hello) = self.upgrade.as_mut().and_then(|u| u.hello.take()) else { return };
         let started = Instant::now();
         let frozen = self.app.freeze(now);
         let frozen_in = started.elapsed();
