@@ -83,7 +83,7 @@ for conns in $CONNS; do
         echo "{\"conns\":$conns,\"skipped\":\"ulimit -Hn is $(ulimit -Hn), below $need\"}"
         continue
     fi
-    ulimit -n "$need"
+    ulimit -Sn "$need"
     rooms=$((conns / MEMBERS))
     load_args=(rooms --rooms "$rooms" --members "$MEMBERS" --publishers "$PUBLISHERS"
         --duration "$DURATION" --settle 1 --setup-timeout 600 --quiet)
