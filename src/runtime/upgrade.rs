@@ -39,11 +39,12 @@ pub(super) struct Upgrade {
 }
 
 impl Upgrade {
-    /// When the loop must look at the upgrade: its deadline, or now once the hello is in.
+    /// No hello by then: the loop fails the upgrade.
     pub(super) fn deadline(&self) -> Instant {
         self.deadline
     }
 
+    /// The hello is in: the loop hands over after its flush.
     pub(super) fn ready(&self) -> bool {
         self.hello.is_some()
     }
@@ -74,7 +75,7 @@ impl Server {
         let deadline = now + self.app.config().upgrade_timeout;
         self.upgrade = Some(Upgrade { child, channel, deadline, hello: None });
         if let Err(e) = registered {
-            self.fail_upgrade(Failed(format!("cannot poll the channel: {e}")), now);
+            self.fail_upgrade(Failed(format!("cannot poll the channel: {e}")));
         }
     }
 
@@ -84,7 +85,7 @@ impl Server {
     pub(super) fn continue_upgrade(&mut self, now: Instant) {
         let Some(upgrade) = &mut self.upgrade else { return };
         if upgrade.deadline <= now {
-            return self.fail_upgrade(Failed("no hello from the new process in time".into()), now);
+            return self.fail_upgrade(Failed("no hello from the new process in time".into()));
         }
         let stream = upgrade.channel.stream();
         let _ = self.poll.registry().deregister(&mut SourceFd(&stream.as_raw_fd()));
@@ -94,16 +95,16 @@ impl Server {
             .and_then(|()| stream.set_read_timeout(timeout))
             .and_then(|()| stream.set_write_timeout(timeout));
         if let Err(e) = blocking {
-            return self.fail_upgrade(Failed(format!("channel: {e}")), now);
+            return self.fail_upgrade(Failed(format!("channel: {e}")));
         }
         let hello = match handover::read_hello(&mut upgrade.channel) {
             Ok(hello) => hello,
-            Err(why) => return self.fail_upgrade(why, now),
+            Err(why) => return self.fail_upgrade(why),
         };
         if hello.format < FORMAT_VERSION {
             let why =
                 format!("the new binary reads snapshots up to format {}, ours is {}", hello.format, FORMAT_VERSION);
-            return self.fail_upgrade(Failed(why), now);
+            return self.fail_upgrade(Failed(why));
         }
         // The loop flushes every client, then hands over (`hand_over_now`): what the
         // sockets take goes before the freeze; the rest travels.
@@ -134,7 +135,7 @@ impl Server {
                 self.app.thaw(Instant::now());
                 // Readiness may have come and gone while frozen: read every client once.
                 self.backlog.extend(self.app.client_ids());
-                self.fail_upgrade(why, now);
+                self.fail_upgrade(why);
             }
         }
     }
@@ -173,7 +174,7 @@ impl Server {
     }
 
     /// The new process is killed if it still runs; we serve on as before.
-    pub(super) fn fail_upgrade(&mut self, why: Failed, _now: Instant) {
+    pub(super) fn fail_upgrade(&mut self, why: Failed) {
         let Some(mut upgrade) = self.upgrade.take() else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&upgrade.channel.stream().as_raw_fd()));
         // A child that closed the channel is exiting: give it a moment, for its status.
@@ -206,7 +207,7 @@ impl Server {
         handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
         let received =
             handover::receive(&mut channel, |format| format == FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
-        // From the first byte received: what the old process's pause is made of here.
+        // From the last byte received: the new process's share of the pause.
         let received_at = Instant::now();
         let (mut main, mut metrics) = (None, None);
         for (role, fd) in received.listeners {
@@ -245,7 +246,11 @@ impl Server {
         }
         // Before the confirmation: once the old process exits, systemd must know us.
         notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
-        handover::confirm(&mut channel).map_err(|e| StartError::Upgrade(e.0))?;
+        if let Err(e) = handover::confirm(&mut channel) {
+            // The old process gave up on us and serves on: it is the main pid again.
+            notify(&format!("MAINPID={}", std::os::unix::process::parent_id()));
+            return Err(StartError::Upgrade(e.0));
+        }
         info!(
             "took over {} connections: restored in {restored_in:?}, registered and confirmed in {:?}",
             server.app.client_count(),
