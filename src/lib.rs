@@ -24,6 +24,9 @@
 //! - `backplane`: the Redis backplane (`--redis`): rooms shared by many processes,
 //!   numbered by Redis; a sans-I/O half (`mirror`, behind the application's bus) and
 //!   a link (three threads) for the runtime.
+//! - [`upgrade`]: a binary upgrade with live connections: the snapshot's format and
+//!   `App::freeze`/`thaw`/`restore` (each layer's state as plain data beside its code:
+//!   `protocol::frozen`, `rooms/frozen.rs`, `app/freeze.rs`; `frozen`: what they share).
 //! - [`config`]: `Config` and `Limits`, the command line; `metrics`: counters and
 //!   the Prometheus text; `memory`: giving freed heap pages back to the system.
 //!

@@ -37,6 +37,10 @@ use crate::rooms::{RoomId, RoomsState};
 pub struct AppState {
     pub(crate) metrics: Metrics,
     pub rooms: RoomsState,
+    /// When presence may next be told (time left), and when it last was (time since):
+    /// presence is told at most every `PRESENCE_EVERY`.
+    pub(crate) presence_at: Option<Duration>,
+    pub(crate) last_presence: Option<Duration>,
     pub(crate) echo_last_seq: Seq,
     #[serde(deserialize_with = "frozen::seq")]
     pub(crate) echo_history: Vec<Bytes>,
@@ -77,7 +81,8 @@ impl<T: ClientIo> App<T> {
     /// those whose socket can (`ClientIo::socket_fd`) and which stand between two
     /// events; their sockets come back in the snapshot's order.
     pub(crate) fn freeze_state(&mut self, now: Instant) -> (AppState, Vec<RawFd>) {
-        self.now = now;
+        // Frozen twice (a second attempt after a failed one): from everything again.
+        self.thaw_parked(now);
         let (rooms, room_ids) = self.rooms.freeze(now);
         let index_of: HashMap<RoomId, u32> = room_ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
         let mut grant_index: HashMap<*const Grant, u32> = HashMap::new();
@@ -125,6 +130,8 @@ impl<T: ClientIo> App<T> {
         let state = AppState {
             metrics: self.metrics.clone(),
             rooms,
+            presence_at: frozen::left(self.presence_at, now),
+            last_presence: self.last_presence.map(|t| frozen::ago(t, now)),
             echo_last_seq: self.echo_history.last_seq(),
             echo_history,
             grants,
@@ -257,8 +264,11 @@ impl<T: ClientIo> App<T> {
                 queue_flush(&mut app.dirty, id, client);
             }
         }
-        app.rooms.thaw_presence(&state.rooms, &room_ids);
-        app.presence_at = Some(presence_time(None, now));
+        app.last_presence = state.last_presence.map(|ago| frozen::since(ago, now));
+        app.presence_at = frozen::deadline(state.presence_at, now);
+        if app.rooms.thaw_presence(&state.rooms, &room_ids) {
+            app.presence_at.get_or_insert(presence_time(app.last_presence, now));
+        }
         Ok(app)
     }
 }

@@ -16,6 +16,9 @@ use crate::pubsub::Seq;
 pub struct RoomsState {
     #[serde(deserialize_with = "frozen::seq")]
     pub rooms: Vec<RoomState>,
+    /// The rooms that owe a presence (indexes in `rooms`), in the order they will tell it.
+    #[serde(deserialize_with = "frozen::seq")]
+    pub presence: Vec<u32>,
     pub created: u64,
     pub expired: u64,
 }
@@ -31,7 +34,6 @@ pub struct RoomState {
     /// How long ago its last member left (`None`: it has members).
     pub empty_for: Option<Duration>,
     pub presence_told: u64,
-    pub presence_queued: bool,
 }
 
 /// A kept message's encodings (at least one).
@@ -65,10 +67,11 @@ impl Rooms {
                     .collect(),
                 empty_for: room.empty_since.filter(|_| room.topic.member_count() == 0).map(|t| frozen::ago(t, now)),
                 presence_told: room.presence_told as u64,
-                presence_queued: room.presence_queued,
             });
         }
-        (RoomsState { rooms, created: self.created, expired: self.expired }, ids)
+        let presence = self.presence.iter().filter_map(|id| ids.iter().position(|i| i == id)).map(|i| i as u32);
+        let presence = presence.collect();
+        (RoomsState { rooms, presence, created: self.created, expired: self.expired }, ids)
     }
 
     /// Makes these rooms (new, with no room yet) the ones `state` describes, without
@@ -117,20 +120,31 @@ impl Rooms {
 
     /// Once the members are back: each room's presence as it was told, owed again
     /// where it was owed or where the count is not the one told (members that did
-    /// not move).
-    pub fn thaw_presence(&mut self, state: &RoomsState, ids: &[RoomId]) {
+    /// not move). Whether any room owes one.
+    pub fn thaw_presence(&mut self, state: &RoomsState, ids: &[RoomId]) -> bool {
         for id in std::mem::take(&mut self.presence) {
             if let Some(room) = self.rooms.get_mut(id as usize) {
                 room.presence_queued = false;
             }
         }
         for (saved, &id) in state.rooms.iter().zip(ids) {
-            let Some(room) = self.rooms.get_mut(id as usize) else { continue };
-            room.presence_told = usize::try_from(saved.presence_told).unwrap_or(usize::MAX);
-            if saved.presence_queued || room.topic.member_count() != room.presence_told {
+            if let Some(room) = self.rooms.get_mut(id as usize) {
+                room.presence_told = usize::try_from(saved.presence_told).unwrap_or(usize::MAX);
+            }
+        }
+        // Owed as they were, in their order; then where the count is not the one told.
+        let owed = state.presence.iter().filter_map(|&i| ids.get(i as usize).copied());
+        let changed: Vec<RoomId> = ids
+            .iter()
+            .copied()
+            .filter(|&id| self.rooms.get(id as usize).is_some_and(|r| r.topic.member_count() != r.presence_told))
+            .collect();
+        for id in owed.chain(changed) {
+            if let Some(room) = self.rooms.get_mut(id as usize).filter(|r| !r.presence_queued) {
                 room.presence_queued = true;
                 self.presence.push(id);
             }
         }
+        !self.presence.is_empty()
     }
 }

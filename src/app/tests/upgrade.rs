@@ -49,7 +49,12 @@ fn config() -> Config {
         jwt_leeway: Duration::ZERO,
         anonymous_read: vec!["*".into()],
         anonymous_write: vec!["*".into()],
-        limits: Limits { ping_interval: Some(Duration::from_secs(10)), ..Limits::default() },
+        limits: Limits {
+            ping_interval: Some(Duration::from_secs(10)),
+            ping_timeout: Some(Duration::from_secs(30)),
+            handshake_timeout: Some(Duration::from_secs(60)),
+            ..Limits::default()
+        },
         ..Config::default()
     }
 }
@@ -189,12 +194,18 @@ fn a_restored_application_writes_every_client_the_same_bytes_as_the_one_that_nev
         compressing,
         in_two_rooms,
     } = scene(now);
-    let later = now + Duration::from_millis(300);
+    // A first ping each, before the move (the heartbeat's count moves too).
+    let first_ping = now + Duration::from_secs(10);
+    let all = [plain, v1, deflate, fragmented, half_header, handshaking, tokened, compressing, in_two_rooms];
+    for &c in &all {
+        old.handle_timeout(c, first_ping);
+    }
+    let later = first_ping + Duration::from_millis(300);
     let (mut new, ids) = handover(&mut old, later);
     let t = later + Duration::from_millis(1);
-    // The queued output first (m4, written to nobody yet).
+    // The queued output first (m4 and the first pings, written to nobody yet).
     let out = both(&mut old, &mut new, &ids, |_, _| {});
-    assert!(out[&plain].ends_with("m4") && out[&v1].contains("\"seq\":4"), "{out:?}");
+    assert!(out[&plain].contains("m4") && out[&v1].contains("\"seq\":4"), "{out:?}");
     let out = both(&mut old, &mut new, &ids, |app, id| {
         input(app, id(fragmented), &frame(true, 0, b"lo"), t);
         input(app, id(half_header), &text("{\"op\":\"publish\",\"data\":\"half\"}")[3..], t);
@@ -217,11 +228,11 @@ fn a_restored_application_writes_every_client_the_same_bytes_as_the_one_that_nev
     both(&mut old, &mut new, &ids, |app, _| app.handle_housekeeping(t + Duration::from_secs(2)));
     let ping_at = t + Duration::from_secs(11);
     let out = both(&mut old, &mut new, &ids, |app, id| {
-        for &c in &[plain, v1, deflate, fragmented, half_header, handshaking, tokened, compressing, in_two_rooms] {
+        for &c in &all {
             app.handle_timeout(id(c), ping_at);
         }
     });
-    assert!(out[&plain].ends_with("\u{4}\0\0\0\u{1}"), "a ping: {:?}", out[&plain]);
+    assert!(out[&plain].ends_with("\u{4}\0\0\0\u{2}"), "the second ping: {:?}", out[&plain]);
     both(&mut old, &mut new, &ids, |app, id| input(app, id(plain), &close_frame(1000, ""), ping_at));
     // A client that resumes on the new process gets exactly what it missed.
     let epoch = old.rooms.get(old.rooms.find("r").unwrap()).unwrap().epoch().to_string();
@@ -323,4 +334,160 @@ fn snapshot_bytes_per_idle_connection_plain_and_v1_in_a_room() {
         eprintln!("{name}: {each:.1} bytes per connection ({one} bytes with one)");
         assert!(each <= most as f64, "{name}: {each} bytes per connection");
     }
+}
+
+mod property {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Six clients: plain, plain with deflate, v1, v1 with deflate, v1, plain.
+    const KINDS: [(bool, bool); 6] =
+        [(false, false), (false, true), (true, false), (true, true), (true, false), (false, false)];
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// A message into client c's outgoing bytes, in one or two fragments.
+        Message { c: usize, fragments: bool, long: bool },
+        /// v1: join or leave room "s"; plain: a ping.
+        JoinLeave { c: usize },
+        /// Up to n of client c's bytes to the application.
+        Feed { c: usize, n: usize },
+        /// Time passes: timeouts and housekeeping.
+        Wait { ms: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..6usize, any::<bool>(), any::<bool>()).prop_map(|(c, fragments, long)| Op::Message {
+                c,
+                fragments,
+                long
+            }),
+            (0..6usize).prop_map(|c| Op::JoinLeave { c }),
+            (0..6usize, 1..400usize).prop_map(|(c, n)| Op::Feed { c, n }),
+            (0..6usize, 1..400usize).prop_map(|(c, n)| Op::Feed { c, n }),
+            (0..15_000u64).prop_map(|ms| Op::Wait { ms }),
+        ]
+    }
+
+    fn bytes_of(op: &Op, n: usize) -> Vec<u8> {
+        match *op {
+            Op::Message { c, fragments, long } => {
+                let body = if long { "long ".repeat(80) } else { format!("m{n}") };
+                let payload = if KINDS[c].0 { json!({"op": "publish", "data": body}).to_string() } else { body };
+                let p = payload.as_bytes();
+                if fragments {
+                    let half = p.len() / 2;
+                    [frame(false, 1, &p[..half]), frame(true, 0, &p[half..])].concat()
+                } else {
+                    text(&payload)
+                }
+            }
+            Op::JoinLeave { c } if KINDS[c].0 => {
+                let verb = if n.is_multiple_of(2) { "join" } else { "leave" };
+                text(&json!({"op": verb, "room": "s"}).to_string())
+            }
+            _ => frame(true, 9, b"hb"),
+        }
+    }
+
+    /// `out` with the epochs of rooms made after the handover (random in each
+    /// application) written as "new"; those of the rooms that moved stay.
+    fn moved_epochs_only(out: &str, moved: &[String]) -> String {
+        let mut out = out.to_string();
+        let mut from = 0;
+        while let Some(at) = out[from..].find("\"epoch\":\"").map(|i| from + i + 9) {
+            let epoch = out.get(at..at + 16).unwrap_or_default().to_string();
+            if !moved.contains(&epoch) && epoch.len() == 16 {
+                out.replace_range(at..at + 16, "new             ");
+            }
+            from = at;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Frozen at any step of any script, restored and thawed, the two applications
+        /// write every client the same bytes at every later step.
+        #[test]
+        fn a_restored_application_goes_on_as_the_original_from_any_point(
+            script in proptest::collection::vec(op(), 1..60),
+            at in 0usize..60,
+        ) {
+            let start = Instant::now();
+            let mut now = start;
+            let mut app: App<Sock> = App::new(config());
+            let mut backlog: Vec<Vec<u8>> = Vec::new();
+            let mut ids = Vec::new();
+            for &(v1, deflate) in &KINDS {
+                let id = app.connect(Sock::new(), Listener::Main, now).ok().unwrap();
+                ids.push(id);
+                backlog.push(request("/r", v1, if deflate { DEFLATE } else { "" }));
+            }
+            let mut apps = vec![app];
+            let mut map: HashMap<usize, usize> = HashMap::new();
+            let mut epochs = Vec::new();
+            for (step, op) in script.iter().enumerate() {
+                if step == at.min(script.len() - 1) {
+                    epochs = apps[0].rooms.iter().map(|r| r.epoch().to_string()).collect();
+                    let (new, m) = handover(&mut apps[0], now);
+                    apps.push(new);
+                    map = m;
+                }
+                match *op {
+                    Op::Message { c, .. } | Op::JoinLeave { c } => backlog[c].extend(bytes_of(op, step)),
+                    Op::Feed { c, n } => {
+                        let n = n.min(backlog[c].len());
+                        let chunk: Vec<u8> = backlog[c].drain(..n).collect();
+                        if !chunk.is_empty() {
+                            for (i, app) in apps.iter_mut().enumerate() {
+                                // A client gone before the handover is in neither.
+                                let id = if i == 0 { Some(ids[c]) } else { map.get(&ids[c]).copied() };
+                                if let Some(id) = id {
+                                    input(app, id, &chunk, now);
+                                }
+                            }
+                        }
+                    }
+                    Op::Wait { ms } => {
+                        now += Duration::from_millis(ms);
+                        for (i, app) in apps.iter_mut().enumerate() {
+                            for &id in &ids {
+                                let Some(id) = (if i == 0 { Some(id) } else { map.get(&id).copied() }) else { continue };
+                                if app.poll_timeout(id).is_some_and(|t| t <= now) {
+                                    app.handle_timeout(id, now);
+                                }
+                            }
+                            app.handle_housekeeping(now);
+                        }
+                    }
+                }
+                if apps.len() == 2 {
+                    let (a, b) = (flush(&mut apps[0]), flush(&mut apps[1]));
+                    for (old_id, new_id) in &map {
+                        let text = |out: &HashMap<usize, Vec<u8>>, id| {
+                            moved_epochs_only(&String::from_utf8_lossy(out.get(id).map_or(&[][..], |v| v)), &epochs)
+                        };
+                        prop_assert_eq!(text(&a, old_id), text(&b, new_id), "client {}", old_id);
+                    }
+                } else {
+                    flush(&mut apps[0]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_second_freeze_after_a_failed_handover_captures_every_client_again() {
+    let now = Instant::now();
+    let mut scene = scene(now);
+    let first = scene.app.freeze(now);
+    let second = scene.app.freeze(now);
+    assert_eq!(first.fds, second.fds);
+    assert_eq!(first.bytes, second.bytes);
+    scene.app.thaw(now);
+    assert_eq!(scene.app.client_count(), first.fds.len());
 }
