@@ -159,12 +159,26 @@ s.sendall(struct.pack("<BBI", 8, 0, len(why)) + why)
 "#,
     )
     .unwrap();
-    let stand_in = dir.script("refuses", &format!("exec python3 {}", python.display()));
-    let server = Server::start(&["--upgrade-binary", &stand_in]);
+    // The first start refuses; the second is the real binary, which takes over.
+    let tried = dir.0.join("tried");
+    let stand_in = dir.script(
+        "refuses",
+        &format!(
+            "if [ -e {tried} ]; then exec {BIN} \"$@\"; fi\ntouch {tried}\nexec python3 {}",
+            python.display(),
+            tried = tried.display()
+        ),
+    );
+    let mut server = Server::start(&["--upgrade-binary", &stand_in]);
     let mut ws = joined(&server);
     let why = failed_upgrade(&server);
     assert!(why.contains("refused: unknown snapshot format"), "{why}");
     serves_on(&server, &mut ws);
+    // Thawed, it freezes again for the next try, every client included.
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success());
+    send_text(&mut ws, "moved after a failed try");
+    assert_eq!(text(&mut ws), "moved after a failed try");
 }
 
 #[test]
