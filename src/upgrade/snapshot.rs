@@ -182,6 +182,8 @@ impl<T: ClientIo> App<T> {
     ) -> Result<App<T>, SnapshotError> {
         let state = decode(bytes)?;
         let auth = Auth::from_config(&config).map_err(SnapshotError::Config)?;
-        App::restore_state(config, auth, state, fds, now, io).map_err(|e| SnapshotError::Invalid(e.0))
+        let mut app = App::restore_state(config, auth, state, fds, now, io).map_err(|e| SnapshotError::Invalid(e.0))?;
+        app.adopt_rooms_in_backplane();
+        Ok(app)
     }
 }
