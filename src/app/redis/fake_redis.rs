@@ -67,6 +67,8 @@ struct Log {
     seq: Seq,
     stream: VecDeque<Message>,
     all: Vec<Message>,
+    /// Publish ids and their seqs (the records; the window is longer than any script).
+    ids: HashMap<Box<str>, Seq>,
 }
 
 /// What a client saw of one room.
@@ -179,6 +181,19 @@ impl Cluster {
         self.feed(c, &text(&op));
     }
 
+    /// Client `c` publishes again its latest publish that was answered (acked or
+    /// refused), with the same id and data: a retry.
+    fn retry(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        if client.closed {
+            return;
+        }
+        let Some(id) = client.sent.iter().rev().find(|id| client.answers.contains_key(*id)).cloned() else { return };
+        client.answers.remove(&id);
+        let op = format!(r#"{{"op":"publish","data":"m{}","id":"{id}"}}"#, &id[1..]);
+        self.feed(c, &text(&op));
+    }
+
     fn feed(&mut self, c: usize, bytes: &[u8]) {
         let Client { node, id, .. } = self.clients[c];
         let mut input = bytes.to_vec();
@@ -224,14 +239,23 @@ impl Cluster {
     fn execute(&mut self, n: usize, command: Command) {
         let at = self.now + HOP * 2;
         match command {
-            Command::Publish { req, room, binary, payload, origin, from } => {
+            Command::Publish { req, room, binary, payload, origin, from, id } => {
                 if !self.up {
-                    push(&mut self.nodes[n].commands, at, Event::Published { req, room, result: Err(()) });
+                    let failed = Event::Published { req, room, result: Err(()), duplicate: false };
+                    push(&mut self.nodes[n].commands, at, failed);
                     return;
                 }
                 let history = self.history;
                 let log = self.log(&room);
+                if let Some(&seq) = id.as_ref().and_then(|id| log.ids.get(id)) {
+                    let again = Event::Published { req, room, result: Ok((log.epoch.clone(), seq)), duplicate: true };
+                    push(&mut self.nodes[n].commands, at, again);
+                    return;
+                }
                 log.seq += 1;
+                if let Some(id) = id {
+                    log.ids.insert(id, log.seq);
+                }
                 let message = Message { seq: log.seq, binary, payload, origin, from };
                 log.all.push(message.clone());
                 log.stream.push_back(message.clone());
@@ -242,7 +266,7 @@ impl Cluster {
                 push(
                     &mut self.nodes[n].commands,
                     at,
-                    Event::Published { req, room: room.clone(), result: Ok((epoch.clone(), seq)) },
+                    Event::Published { req, room: room.clone(), result: Ok((epoch.clone(), seq)), duplicate: false },
                 );
                 for node in &mut self.nodes {
                     if !node.subscribed || std::mem::take(&mut node.drop_next_live) {
@@ -411,6 +435,13 @@ impl Cluster {
     /// Redis gave its message, or a refusal. When `complete` (everyone idle), every
     /// member is at the room's last seq and every publish has its answer.
     fn check(&self, complete: bool) {
+        for (name, log) in &self.rooms {
+            let mut payloads: Vec<&[u8]> = log.all.iter().map(|m| &m.payload[..]).collect();
+            payloads.sort_unstable();
+            let published = payloads.len();
+            payloads.dedup();
+            assert_eq!(payloads.len(), published, "{name}: a retry was published twice");
+        }
         for (c, client) in self.clients.iter().enumerate().filter(|(_, c)| !c.closed && c.upgraded) {
             for (name, member) in &client.rooms {
                 let log = &self.rooms[name];
@@ -683,6 +714,7 @@ fn a_slow_fetch_while_publishes_continue() {
 enum Step {
     Join { node: usize, room: usize },
     Publish { client: usize },
+    Retry { client: usize },
     DropLive { node: usize },
     LoseSubscription { node: usize },
     Resubscribe { node: usize },
@@ -698,6 +730,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
         3 => (0..3usize, 0..2usize).prop_map(|(node, room)| Step::Join { node, room }),
         8 => (0..64usize).prop_map(|client| Step::Publish { client }),
+        3 => (0..64usize).prop_map(|client| Step::Retry { client }),
         1 => (0..3usize).prop_map(|node| Step::DropLive { node }),
         1 => (0..3usize).prop_map(|node| Step::LoseSubscription { node }),
         1 => (0..3usize).prop_map(|node| Step::Resubscribe { node }),
@@ -727,7 +760,10 @@ proptest::proptest! {
                 Step::Publish { client } if !cluster.clients.is_empty() => {
                     cluster.publish(client % cluster.clients.len());
                 }
-                Step::Publish { .. } => {}
+                Step::Retry { client } if !cluster.clients.is_empty() => {
+                    cluster.retry(client % cluster.clients.len());
+                }
+                Step::Publish { .. } | Step::Retry { .. } => {}
                 Step::DropLive { node } => cluster.nodes[node].drop_next_live = true,
                 Step::LoseSubscription { node } => cluster.lose_subscription(node),
                 Step::Resubscribe { node } => cluster.resubscribe(node),
