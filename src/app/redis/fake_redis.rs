@@ -709,6 +709,38 @@ fn a_slow_fetch_while_publishes_continue() {
     cluster.check(true);
 }
 
+/// A retry of an answered publish (same id, same data) is acked with the first
+/// publish's seq, at once (no live copy comes for it), and delivered nowhere again.
+#[test]
+fn a_retry_is_acked_with_the_first_seq_and_published_once() {
+    let (mut cluster, clients) = chat(2);
+    cluster.publish(clients[0]);
+    cluster.settle();
+    cluster.retry(clients[0]);
+    cluster.settle();
+    cluster.check(true);
+    assert_eq!(cluster.rooms["chat"].seq, 1);
+    assert_eq!(cluster.clients[clients[0]].answers["p1"], Ok(1));
+    assert!(cluster.clients.iter().all(|c| c.rooms["chat"].messages.len() == 1));
+}
+
+/// The same id from two nodes at once (a retry on another node while the first is in
+/// flight): Redis numbers one, and both publishers get its seq.
+#[test]
+fn the_same_id_from_two_nodes_is_published_once() {
+    let (mut cluster, clients) = chat(2);
+    let op = text(r#"{"op":"publish","data":"m1","id":"p1"}"#);
+    let (a, b) = (clients[0], clients[2]);
+    assert_ne!(cluster.clients[a].node, cluster.clients[b].node);
+    cluster.feed(a, &op);
+    cluster.feed(b, &op);
+    cluster.settle();
+    assert_eq!(cluster.rooms["chat"].seq, 1);
+    assert_eq!(cluster.clients[a].answers["p1"], Ok(1));
+    assert_eq!(cluster.clients[b].answers["p1"], Ok(1));
+    assert!(cluster.clients.iter().all(|c| c.rooms["chat"].messages.len() == 1));
+}
+
 /// One step of a random script.
 #[derive(Clone, Debug)]
 enum Step {
