@@ -273,7 +273,7 @@ export class Mioket extends Emitter {
   #refreshTimer = null;
   #pending = new Map(); // publish id -> entry
   #nextId = 1;
-  // Publish ids are `PREFIX-N`: the prefix random per client, so that ids are unique across
+  // Publish ids are `p-PREFIX-N`: the prefix random per client, so that ids are unique across
   // connections (the server publishes an id once per room, whoever sends it).
   #idPrefix = randomPrefix();
   #token = null;
@@ -704,7 +704,7 @@ export class Mioket extends Emitter {
 
   _publish(room, op, timeout = this.#o.publishTimeout) {
     return new Promise((resolve, reject) => {
-      op.id ??= `${this.#idPrefix}-${this.#nextId++}`;
+      op.id ??= `p-${this.#idPrefix}-${this.#nextId++}`;
       if (this.state === 'closed') return reject(new PublishError('closed', 'the client is closed', op.id));
       if (this.#pending.has(op.id) || [...this.#rooms.values()].some((r) => r._hasQueued(op.id))) {
         return reject(new TypeError(`a publish with id ${op.id} is already waiting for its ack`));
