@@ -30,7 +30,7 @@ use crate::v1::Envelopes;
 
 pub(super) enum Bus {
     /// One process: numbered here, delivered at once; ids remembered here.
-    Local(Dedup),
+    Local(Box<Dedup>),
     /// `--redis`: numbered by Redis, delivered when it comes back.
     Redis(Box<Mirror>),
 }
@@ -59,7 +59,7 @@ impl Bus {
     pub(super) fn new(config: &Config) -> Bus {
         match settings(config).filter(|_| config.mode == Mode::Broadcast) {
             Some(settings) => Bus::Redis(Box::new(Mirror::new(settings))),
-            None => Bus::Local(Dedup::new(config.dedup_window)),
+            None => Bus::Local(Box::new(Dedup::new(config.dedup_window))),
         }
     }
 
