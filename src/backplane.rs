@@ -26,7 +26,7 @@ pub mod link;
 pub mod mirror;
 pub mod resp;
 
-pub use mirror::{Effect, Joining, Mirror};
+pub use mirror::{Effect, Joining, Mirror, Snapshot};
 
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]

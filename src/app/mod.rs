@@ -72,6 +72,8 @@ mod refusal;
 mod routes;
 // A client's rooms: memberships, joining with the greeting, leaving.
 mod session;
+// `GET /api/stats`: the operator console's document, built when asked.
+mod stats;
 // `mioket.v1` ops from a client.
 mod v1ops;
 
@@ -178,6 +180,10 @@ pub struct App<T> {
     grants: grants::Grants,
     /// When grants expire, soonest first, one entry per grant (`App::expire_tokens`).
     expiries: std::collections::BinaryHeap<permit::Expiry>,
+    /// When the application started (the uptime in /api/stats).
+    started: Instant,
+    /// Rooms' seqs at the previous /api/stats, while someone asks (app/stats.rs).
+    baseline: Option<stats::Baseline>,
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
@@ -237,6 +243,8 @@ impl<T: ClientIo> App<T> {
             grants: grants::Grants::default(),
             expiries: std::collections::BinaryHeap::new(),
             clock: (Instant::now(), permit::unix_time()),
+            started: Instant::now(),
+            baseline: None,
             config,
         }
     }

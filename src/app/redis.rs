@@ -14,6 +14,7 @@ use super::{queue_flush, App, ClientIo};
 use crate::api;
 use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin};
 use crate::frame::CloseCode;
+use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
 use crate::rooms::RoomId;
@@ -130,6 +131,9 @@ impl<T: ClientIo> App<T> {
         if in_rooms {
             self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
         } else if let Some(client) = self.clients.get_mut(id) {
+            if client.conn.is_open() {
+                self.metrics.closed(CloseReason::Backplane);
+            }
             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
             self.retimed.push(id);
         }
@@ -177,6 +181,9 @@ impl<T: ClientIo> App<T> {
             r.topic.members(Audience::Plain).chain(r.topic.members(Audience::Enveloped)).collect();
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
+                if client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Backplane);
+                }
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
                 self.retimed.push(id);
             }

@@ -28,6 +28,7 @@ use crate::rooms::{RoomId, Rooms};
 use crate::v1::Resume;
 
 mod report;
+pub use report::Snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -124,6 +125,7 @@ struct Stats {
     commands: u64,
     latency_sum: Duration,
     latency_max: Duration,
+    latency_last: Duration,
     live_messages: u64,
     duplicates: u64,
     fetches: u64,
@@ -360,6 +362,7 @@ impl Mirror {
                 self.stats.commands += commands as u64;
                 self.stats.latency_sum += took;
                 self.stats.latency_max = self.stats.latency_max.max(took);
+                self.stats.latency_last = took;
             }
         }
         effects

@@ -389,6 +389,8 @@ fn an_empty_room_is_freed_after_its_ttl_and_comes_back_with_a_new_epoch() {
     assert_eq!((welcome["seq"].clone(), welcome["recovered"].clone()), (json!(0), json!(false)));
 }
 
+mod stats;
+
 mod api {
     use super::*;
 
