@@ -242,9 +242,12 @@ fn across_two_nodes_a_retry_on_the_other_node_is_published_once() {
     let expected: Vec<(u64, String)> = vec![(1, "one".into()), (2, "two".into()), (3, "three".into())];
     assert_eq!(exactly(&mut reader_a, 3), expected);
     assert_eq!(exactly(&mut reader_b, 3), expected);
-    // The cut one may have reached Redis second: one duplicate per id, on either node.
+    // id-1 and id-3 are repeats on b; the cut publish of id-2 was a repeat on a (then it
+    // is counted only if its connection was still there for the answer), or on b, or it
+    // never got in (b's was the only one).
     let duplicates = metric(&a, "mioket_publish_duplicates_total") + metric(&b, "mioket_publish_duplicates_total");
-    assert_eq!(duplicates, 3.0);
+    assert!((2.0..=3.0).contains(&duplicates), "{duplicates}");
+    assert!(metric(&b, "mioket_publish_duplicates_total") >= 2.0);
     // Redis keeps the record under the room's hash tag, with the window as its TTL.
     let ttl: u64 = redis.command(&[b"PTTL", b"mioket:{x}:id:id-1"]).trim_start_matches(':').parse().unwrap_or(0);
     assert!(ttl > 100_000 && ttl <= 120_000, "the record expires after --dedup-window: {ttl} ms");
