@@ -92,12 +92,17 @@ pub const CLOSE_REASONS: [&str; 14] = [
 /// Upper bounds of the loop-iteration histogram, in microseconds.
 const ITERATION_BUCKETS_US: [u64; 7] = [10, 50, 100, 500, 1_000, 10_000, 100_000];
 
-#[derive(Default)]
+/// Part of a binary upgrade's snapshot, so that counters never go back: as JSON by
+/// field name (src/upgrade/snapshot.rs), so a counter added or removed is no format
+/// change (a new one starts at 0); an array whose length changes is one.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Metrics {
     pub accepted: u64,
     rejected: [u64; 4],
     pub upgrades: u64,
     /// (close code, started by the peer) -> count; code 1006: ended without a close.
+    #[serde(with = "crate::frozen::pairs")]
     closes: BTreeMap<(CloseCode, bool), u64>,
     /// Closes by reason (`CloseReason as usize`).
     closes_by_reason: [u64; CLOSE_REASONS.len()],

@@ -68,6 +68,14 @@ impl<T: ClientIo> App<T> {
         Stop::Closing
     }
 
+    /// A binary upgrade handed the clients over (they left with `freeze`): those that
+    /// could not move (TLS) close with 1012 (`close_unmoved`), and the runtime stops
+    /// once they are gone or close-timeout has passed.
+    pub fn handle_upgraded(&mut self, now: Instant) {
+        self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
+        self.close_unmoved(now);
+    }
+
     /// When stopping: the time we give up waiting for clients.
     pub fn stop_deadline(&self) -> Option<Instant> {
         match self.lifecycle {

@@ -26,6 +26,11 @@ impl<T: ClientIo> App<T> {
     /// Tells rooms' v1 members who is online (one shared envelope per room whose count
     /// changed), and frees rooms that have been empty for --room-ttl.
     pub fn handle_housekeeping(&mut self, now: Instant) {
+        // Frozen for a handover: presence and expiries wait (a thaw), or are the new
+        // process's.
+        if self.parked.is_some() {
+            return;
+        }
         self.now = now;
         self.touch(now);
         self.expire_tokens(now);

@@ -32,6 +32,14 @@ impl<T: ClientIo> App<T> {
         self.apply(effects, now);
     }
 
+    /// A binary upgrade restored the rooms: with Redis, the mirror goes on from where
+    /// the old process's stood (`Mirror::adopt`).
+    pub(crate) fn adopt_rooms_in_backplane(&mut self) {
+        if let Bus::Redis(mirror) = &mut self.bus {
+            mirror.adopt(&self.rooms);
+        }
+    }
+
     /// Does what the mirror says, in its order.
     fn apply(&mut self, effects: Vec<Effect>, now: Instant) {
         for effect in effects {

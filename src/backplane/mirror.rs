@@ -401,6 +401,23 @@ impl Mirror {
         Joining::Waits
     }
 
+    /// A binary upgrade restored `rooms` (src/upgrade/) from an old process whose
+    /// mirror had delivered each room up to its last seq: each room with members goes
+    /// on from there, and reads what Redis numbered meanwhile from its stream once the
+    /// link is up (`resync_all`), so its members miss nothing and get nothing twice.
+    pub fn adopt(&mut self, rooms: &Rooms) {
+        for (id, room) in rooms.entries().filter(|(_, r)| r.topic.member_count() > 0) {
+            let sync = RoomSync {
+                generation: room.generation(),
+                known: true,
+                epoch: room.epoch().into(),
+                last: room.topic.last_seq(),
+                ..RoomSync::default()
+            };
+            self.rooms.insert(id, sync);
+        }
+    }
+
     /// Keeps the input of a client whose join waits (acted on after its welcome);
     /// false when the client is not held. Out of line: the bus's check stays small
     /// on the paths of every message.
