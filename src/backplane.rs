@@ -24,7 +24,6 @@ use crate::pubsub::Seq;
 
 pub mod link;
 pub mod mirror;
-pub mod resp;
 
 pub use mirror::{Effect, Joining, Mirror};
 

@@ -231,7 +231,7 @@ impl Server {
     /// (everything this iteration queued: one batch, one write) to the link.
     fn pump_backplane(&mut self, now: Instant) {
         let Some(link) = &self.backplane else { return };
-        while let Ok(event) = link.events.try_recv() {
+        for event in link.events() {
             self.app.handle_backplane(event, now);
         }
         if let Some(outbox) = self.app.backplane_outbox().filter(|o| !o.is_empty()) {
