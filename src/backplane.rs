@@ -31,6 +31,8 @@ pub use mirror::{Effect, Joining, Mirror};
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub url: RedisUrl,
+    /// `--redis-ca`: the CA certificates (PEM) of a `rediss://` server.
+    pub ca: Option<std::path::PathBuf>,
     /// Messages at most waiting for Redis (sent, not answered) on this node.
     pub outbox: usize,
     /// Their payload bytes at most (`--redis-outbox-bytes`).

@@ -124,7 +124,7 @@ impl Server {
         let backplane = match app.backplane_settings() {
             Some(settings) => {
                 let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
-                Some(Link::start(settings.clone(), waker)?)
+                Some(Link::start(settings.clone(), waker).map_err(|e| StartError::Redis(e.to_string()))?)
             }
             None => None,
         };
@@ -558,7 +558,10 @@ pub enum StartError {
     Tls(String),
     /// The --jwt-secret-file/--jwt-key files or MIOKET_JWT_SECRET: a usage error.
     Auth(String),
-    /// Listening, polling or the Redis threads.
+    /// A Redis that answered and refused (a wrong password, a TLS failure), or its
+    /// threads: the address, never the password.
+    Redis(String),
+    /// Listening or polling.
     Io(io::Error),
 }
 
@@ -573,6 +576,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Tls(why) => write!(f, "bad TLS certificate or key: {why}"),
             StartError::Auth(why) => write!(f, "bad JWT key: {why}"),
+            StartError::Redis(why) => f.write_str(why),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
         }
     }

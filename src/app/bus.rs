@@ -157,6 +157,7 @@ fn settings(config: &crate::config::Config) -> Option<Settings> {
     let url = config.redis.clone()?;
     Some(Settings {
         url,
+        ca: config.redis_ca.clone(),
         outbox: config.redis_outbox,
         outbox_bytes: config.redis_outbox_bytes,
         history: config.history,

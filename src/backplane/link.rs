@@ -28,7 +28,7 @@ use mio::Waker;
 use redis::Value;
 
 use super::{Command, Event, Fetched, Message, Settings};
-use connect::connect;
+use connect::{connect, merely_down};
 use scripts::{FETCH, PUBLISH, TOUCH};
 use subscription::subscription_thread;
 
@@ -97,6 +97,13 @@ impl Wake {
 impl Link {
     /// Starts the three threads. `waker` wakes the loop when events are there.
     pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Link> {
+        // A Redis that answers but refuses (a wrong password, a TLS failure) will not
+        // change its mind: the process ends, naming the address (never the password).
+        if let Err(e) = connect(&settings, false) {
+            if !merely_down(&e, settings.url.tls) {
+                return Err(io::Error::other(format!("Redis at {} refused the connection: {e}", settings.url)));
+            }
+        }
         let wake = Wake { waker, pending: Arc::new(AtomicBool::new(false)) };
         let (commands, command_rx) = mpsc::channel();
         let (fetches, fetch_rx) = mpsc::channel();

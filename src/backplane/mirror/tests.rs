@@ -7,6 +7,7 @@ use crate::rooms::RoomId;
 fn settings(outbox: usize) -> Settings {
     Settings {
         url: RedisUrl::parse("redis://127.0.0.1").unwrap(),
+        ca: None,
         outbox,
         outbox_bytes: 1000,
         history: 10,

@@ -1,0 +1,188 @@
+//! The backplane as a cluster runs it, with real `redis-server`s: managed Redis (AUTH
+//! with a password or an ACL user, `rediss://` with a CA of the test's own,
+//! `MIOKET_REDIS_URL`, a Redis that refuses us ending the process with one line that
+//! never shows the password).
+//!
+//! scripts/test.sh installs redis-server; without it these tests say so and pass.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::redis::{free_port, redis_available, RedisServer};
+use common::*;
+use serde_json::{json, Value};
+
+macro_rules! need_redis {
+    () => {
+        if !redis_available() {
+            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+            return;
+        }
+    };
+}
+
+fn node_at(url: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--redis", url, "--ping-interval", "0", "--welcome", "hi"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
+fn healthz(server: &Server) -> String {
+    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
+}
+
+fn wait_backplane_up(servers: &[&Server]) {
+    for s in servers {
+        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
+        assert!(up.is_some(), "backplane up: {}", healthz(s));
+    }
+}
+
+/// The next envelope other than presence.
+fn envelope(ws: &mut Ws) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&text(ws)).expect("JSON");
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+fn next_message(ws: &mut Ws) -> Value {
+    loop {
+        let v = envelope(ws);
+        if v["type"] == "message" {
+            return v;
+        }
+    }
+}
+
+/// A message published on one node reaches a member on the other, through Redis.
+fn nodes_share_a_room(a: &Server, b: &Server, room: &str) {
+    wait_backplane_up(&[a, b]);
+    let mut on_a = connect_v1(a, &format!("/{room}"));
+    let mut on_b = connect_v1(b, &format!("/{room}"));
+    assert_eq!(envelope(&mut on_a)["type"], "welcome");
+    assert_eq!(envelope(&mut on_b)["type"], "welcome");
+    send_text(&mut on_a, &json!({"op": "publish", "data": "across", "id": "1"}).to_string());
+    let m = next_message(&mut on_b);
+    assert_eq!((m["data"].as_str(), m["seq"].as_u64()), (Some("across"), Some(1)), "{m}");
+}
+
+/// The binary's exit code and stderr when it does not start (within 20 s).
+fn fails_to_start(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mioket"));
+    command.args(["--host", "127.0.0.1", "--port", "0"]).args(args).env_remove("MIOKET_REDIS_URL");
+    command.envs(env.iter().copied()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let exited = wait_until(Duration::from_secs(20), || child.try_wait().unwrap());
+    if exited.is_none() {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    (out.status.code().filter(|_| exited.is_some()), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn auth_with_a_password_and_with_an_acl_user() {
+    need_redis!();
+    let redis = RedisServer::start_with(&["--requirepass", "pw-Zq8!x"]);
+    // A password alone (percent-encoded '!'), through the environment for one node.
+    let url = format!("redis://:pw-Zq8%21x@127.0.0.1:{}/0", redis.port);
+    let a = node_at(&url, &[]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mioket"));
+    command.args(["--host", "127.0.0.1", "--port", "0", "--ping-interval", "0", "--welcome", "hi"]);
+    command.env("MIOKET_REDIS_URL", &url);
+    let b = Server::spawn(command);
+    nodes_share_a_room(&a, &b, "secret");
+
+    // An ACL user with its own password (the default user off: only the user gets in).
+    let acl =
+        RedisServer::start_with(&["--user", "ada", "on", ">ada-pw", "~*", "&*", "+@all", "--user", "default", "off"]);
+    let url = format!("redis://ada:ada-pw@127.0.0.1:{}/0", acl.port);
+    let (c, d) = (node_at(&url, &[]), node_at(&url, &[]));
+    nodes_share_a_room(&c, &d, "acl");
+    assert!(acl.command(&[b"PING"]).starts_with("-NOAUTH"), "only the user gets in");
+}
+
+#[test]
+fn a_wrong_password_ends_the_process_with_the_address_and_never_the_password() {
+    need_redis!();
+    let redis = RedisServer::start_with(&["--requirepass", "right-pw"]);
+    let address = format!("127.0.0.1:{}", redis.port);
+    let cases = [
+        (format!("redis://:wrong-Pw-41@{address}/0"), "wrong-Pw-41"),
+        (format!("redis://eve:eves-Pw-42@{address}/0"), "eves-Pw-42"),
+    ];
+    for (url, password) in &cases {
+        for (args, env) in [(vec!["--redis", url.as_str()], vec![]), (vec![], vec![("MIOKET_REDIS_URL", url.as_str())])]
+        {
+            let (code, stderr) = fails_to_start(&args, &env);
+            assert_eq!(code, Some(2), "exits non-zero: {stderr}");
+            let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("mioket:")).collect();
+            assert_eq!(lines.len(), 1, "one line: {stderr}");
+            assert!(lines[0].contains(&address), "names the address: {stderr}");
+            assert!(!stderr.contains(password), "never the password: {stderr}");
+        }
+    }
+    // A Redis that is merely down is not refused: the node starts and says so in /healthz.
+    let down = format!("redis://:x@127.0.0.1:{}/0", free_port());
+    let node = node_at(&down, &[]);
+    assert!(!healthz(&node).contains("backplane: up"));
+}
+
+/// A CA (self-signed) and a certificate for 127.0.0.1 it signed, as PEM files in `dir`.
+fn write_ca_and_cert(dir: &Path, name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let path = |file: &str| dir.join(format!("{name}-{file}")).to_str().unwrap().to_string();
+    let (ca_path, cert_path, key_path) = (path("ca.pem"), path("cert.pem"), path("key.pem"));
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+#[test]
+fn rediss_with_a_ca_of_the_tests_own() {
+    need_redis!();
+    let dir = std::env::temp_dir().join(format!("mioket-rediss-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = write_ca_and_cert(&dir, "server");
+    let tls_port = free_port().to_string();
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        "tls-pw",
+    ]);
+    let url = format!("rediss://:tls-pw@127.0.0.1:{tls_port}/0");
+    let (a, b) = (node_at(&url, &["--redis-ca", &ca]), node_at(&url, &["--redis-ca", &ca]));
+    nodes_share_a_room(&a, &b, "tls");
+    // Through TLS indeed: the plain port's clients are ours (the test's) only.
+    assert!(redis.command(&[b"AUTH", b"tls-pw"]) == "+OK");
+
+    // Another CA: the handshake fails, and the process ends with one line.
+    let (other_ca, _, _) = write_ca_and_cert(&dir, "other");
+    let (code, stderr) = fails_to_start(&["--redis", &url, "--redis-ca", &other_ca], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{tls_port}")) && !stderr.contains("tls-pw"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
