@@ -2,7 +2,9 @@
 //!
 //! Redis numbers and keeps every message: a publish is one Lua script call that takes
 //! the room's next seq, appends the message to the room's stream (trimmed to
-//! `--history` messages and `--history-memory` bytes) and PUBLISHes it to every node. Each node delivers what comes back
+//! `--history` messages and `--history-memory` bytes) and publishes it on the room's channel
+//! (SPUBLISH where Redis has sharded pub/sub), which the nodes that hold the room listen
+//! to. Each node delivers what comes back
 //! from its subscription, its own messages included, so every node delivers a room's
 //! messages in Redis's order with Redis's numbers, and a client can resume on any node.
 //!
@@ -54,8 +56,13 @@ pub enum Command {
     /// entry and the live message so that every node's envelopes say who sent it.
     Publish { req: u64, room: Box<str>, binary: bool, payload: Vec<u8>, origin: Box<str>, from: Option<Box<str>> },
     /// A room's epoch and seq, and the kept messages after `since` (the fetch script;
-    /// it makes the room, with the epoch offered, if Redis has none).
+    /// it makes the room, with the epoch offered, if Redis has none). The link first
+    /// subscribes to the room's channel if it does not listen to it yet, and fetches
+    /// once Redis confirmed it: nothing published after the fetch is missed.
     Fetch { req: u64, room: Box<str>, since: Seq },
+    /// Stop listening to these rooms' channels (this node holds them no more; a later
+    /// `Fetch` listens again).
+    Unsubscribe { rooms: Vec<Box<str>> },
     /// Keep these rooms alive in Redis for another TTL (they have members here).
     Touch { rooms: Vec<Box<str>> },
     /// Tell every node of a moderation act (PUBLISH on the control channel).
@@ -169,6 +176,14 @@ pub enum Refused {
 /// late: /healthz says degraded, and a publish Redis numbered is looked for in its
 /// room's stream.
 pub const LATE: Duration = Duration::from_secs(2);
+
+/// The length of a room's live line as Redis sent it (`link/subscription.rs`,
+/// `parse_live`): `ROOM\nEPOCH\nSEQ\nORIGIN[ HEX]\nKIND PAYLOAD`.
+pub fn live_line_len(room: &str, epoch: &str, message: &Message) -> usize {
+    let from = message.from.as_ref().map_or(0, |f| 1 + 2 * f.len());
+    let seq = message.seq.checked_ilog10().unwrap_or(0) as usize + 1;
+    room.len() + epoch.len() + seq + message.origin.len() + from + message.payload.len() + 5
+}
 
 /// 16 random lowercase hex digits (a node's name, an epoch offered to Redis).
 pub fn random_hex() -> String {

@@ -230,7 +230,7 @@ impl Server {
     /// --redis: hands what Redis said to the application, and what it asks of Redis
     /// (everything this iteration queued: one batch, one write) to the link.
     fn pump_backplane(&mut self, now: Instant) {
-        let Some(link) = &self.backplane else { return };
+        let Some(link) = &mut self.backplane else { return };
         for event in link.events() {
             self.app.handle_backplane(event, now);
         }

@@ -17,6 +17,7 @@
 //! answered as failed, never dropped. Each batch of events ends with a wake (`Wake`),
 //! so the loop picks them up at once.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -30,7 +31,7 @@ use redis::Value;
 use super::{Command, Event, Fetched, Message, Settings};
 use connect::{connect, merely_down};
 use scripts::{FETCH, PUBLISH, TOUCH};
-use subscription::subscription_thread;
+use subscription::{subscription_thread, Change};
 
 mod connect;
 mod scripts;
@@ -48,10 +49,11 @@ const FETCH_PIECE: usize = 16;
 /// The subscription checks the link when it heard nothing for this long.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// The channel every node subscribes to (pub/sub ignores databases: the number keeps
-/// deployments on different databases apart).
-pub fn channel(settings: &Settings) -> String {
-    format!("mioket:{}:messages", settings.url.db)
+/// A room's channel: its live lines, to the nodes that hold it. The room's hash tag
+/// puts it on the room's slot (sharded pub/sub); pub/sub ignores databases, so the
+/// number keeps deployments on different databases apart.
+pub fn room_channel(settings: &Settings, room: &str) -> String {
+    format!("mioket:{{{room}}}:{}:live", settings.url.db)
 }
 
 /// The channel of moderation acts (`Command::Moderate`), which every node subscribes to too.
@@ -72,7 +74,10 @@ pub struct Link {
     commands: Sender<Vec<Command>>,
     fetches: Sender<Vec<Command>>,
     /// Changes of the subscription's channel set.
-    _changes: Sender<subscription::Change>,
+    changes: Sender<Change>,
+    /// The rooms whose channels the subscription listens to (asked for).
+    listening: HashSet<Box<str>>,
+    settings: Settings,
     events: Receiver<Event>,
     wake: Wake,
 }
@@ -116,11 +121,11 @@ impl Link {
                 .name(name.into())
                 .spawn(move || CommandThread { settings: s, rx, events: tx, wake: w, fetches, pokes }.run())?;
         }
-        let w = wake.clone();
+        let (w, s, to_fetch) = (wake.clone(), settings.clone(), fetches.clone());
         std::thread::Builder::new()
             .name("redis-subscription".into())
-            .spawn(move || subscription_thread(&settings, &change_rx, &event_tx, &w, &pokes))?;
-        Ok(Link { commands, fetches, _changes: changes, events, wake })
+            .spawn(move || subscription_thread(&s, &change_rx, &to_fetch, &event_tx, &w, &pokes))?;
+        Ok(Link { commands, fetches, changes, listening: HashSet::new(), settings, events, wake })
     }
 
     /// The events that wait (taken: the next one wakes the loop again).
@@ -129,12 +134,35 @@ impl Link {
         self.events.try_iter()
     }
 
-    /// Hands a batch of commands to the threads: fetches to the fetch thread, the rest
-    /// to the command thread.
-    pub fn send(&self, batch: Vec<Command>) {
-        let (fetches, commands): (Vec<Command>, Vec<Command>) =
-            batch.into_iter().partition(|c| matches!(c, Command::Fetch { .. }));
-        if !fetches.is_empty() {
+    /// Hands a batch of commands to the threads: fetches to the fetch thread (through
+    /// the subscription when a room's channel must be listened to first), unsubscribes
+    /// to the subscription, the rest to the command thread.
+    pub fn send(&mut self, batch: Vec<Command>) {
+        let (mut fetches, mut commands, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+        for c in batch {
+            match c {
+                Command::Fetch { ref room, .. } => {
+                    if self.listening.insert(room.clone()) {
+                        fresh.push(room_channel(&self.settings, room));
+                    }
+                    fetches.push(c);
+                }
+                Command::Unsubscribe { rooms } => {
+                    let gone: Vec<String> = rooms
+                        .iter()
+                        .filter(|r| self.listening.remove(*r))
+                        .map(|r| room_channel(&self.settings, r))
+                        .collect();
+                    if !gone.is_empty() {
+                        let _ = self.changes.send(Change::Unsubscribe(gone));
+                    }
+                }
+                other => commands.push(other),
+            }
+        }
+        if !fresh.is_empty() {
+            let _ = self.changes.send(Change::Subscribe { channels: fresh, then: fetches });
+        } else if !fetches.is_empty() {
             let _ = self.fetches.send(fetches);
         }
         if !commands.is_empty() {
@@ -149,6 +177,11 @@ fn expect_ok(reply: Value) -> redis::RedisResult<Value> {
         Value::ServerError(e) => Err(e.into()),
         other => Ok(other),
     }
+}
+
+/// A `COMMAND INFO NAME` answer that knows the command.
+fn has_command(reply: &Value) -> bool {
+    array(reply).and_then(<[Value]>::first).is_some_and(|c| !matches!(c, Value::Nil | Value::ServerError(_)))
 }
 
 fn bytes(value: &Value) -> Option<&[u8]> {
@@ -196,6 +229,8 @@ struct Shas {
     publish: Vec<u8>,
     fetch: Vec<u8>,
     touch: Vec<u8>,
+    /// Redis has sharded pub/sub (7.0 and later): rooms' lines go by SPUBLISH.
+    sharded: bool,
 }
 
 impl CommandThread {
@@ -270,12 +305,13 @@ impl CommandThread {
             redis::cmd("SCRIPT").arg("LOAD").arg(script).write_packed_command(&mut out);
         }
         redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").write_packed_command(&mut out);
+        redis::cmd("COMMAND").arg("INFO").arg("SPUBLISH").write_packed_command(&mut out);
         con.send_packed_command(&out)?;
         let mut sha = || -> redis::RedisResult<Vec<u8>> {
             let reply = expect_ok(con.recv_response()?)?;
             bytes(&reply).map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha").into())
         };
-        let shas = Shas { publish: sha()?, fetch: sha()?, touch: sha()? };
+        let (publish, fetch, touch) = (sha()?, sha()?, sha()?);
         // A policy that evicts keys destroys rooms (volatile-* ones too: rooms have
         // TTLs). CONFIG may be refused (a hosted Redis): then nothing is known.
         let policy = con.recv_response()?;
@@ -285,6 +321,8 @@ impl CommandThread {
             _ => None,
         }
         .map(|p| String::from_utf8_lossy(p).into_owned());
+        let sharded = has_command(&con.recv_response()?);
+        let shas = Shas { publish, fetch, touch, sharded };
         if !self.fetches {
             let evicting = policy.filter(|p| p != "noeviction");
             if !self.emit([Event::Evicting(evicting)]) {
@@ -422,14 +460,16 @@ impl CommandThread {
                 let kind = if *binary { "b" } else { "t" };
                 let mut script = redis::cmd("EVALSHA");
                 script.arg(&shas.publish).arg(2).arg(meta_key(room)).arg(stream_key(room));
-                script.arg(super::random_hex()).arg(settings.history).arg(ttl).arg(channel(settings));
+                let channel = room_channel(settings, room);
+                script.arg(super::random_hex()).arg(settings.history).arg(ttl).arg(channel);
                 script.arg(origin.as_bytes()).arg(kind).arg(payload.as_slice()).arg(room.as_bytes());
                 script.arg(settings.history_bytes).arg(from.as_deref().unwrap_or_default());
+                script.arg(if shas.sharded { "SPUBLISH" } else { "PUBLISH" });
                 script.write_packed_command(out);
             }
-            // Fetches go to the fetch thread (`Link::send`); a stray one keeps the
-            // replies in step and is answered as failed.
-            Command::Fetch { .. } => redis::cmd("PING").write_packed_command(out),
+            // Fetches go to the fetch thread and unsubscribes to the subscription
+            // (`Link::send`); a stray one keeps the replies in step.
+            Command::Fetch { .. } | Command::Unsubscribe { .. } => redis::cmd("PING").write_packed_command(out),
             Command::Moderate(act) => {
                 let json = serde_json::to_vec(act).unwrap_or_default();
                 redis::cmd("PUBLISH").arg(control_channel(settings)).arg(json).write_packed_command(out);
@@ -463,7 +503,7 @@ fn outcome(c: &Command, reply: Option<Value>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Touch { .. } | Command::Moderate(_) => None,
+        Command::Touch { .. } | Command::Moderate(_) | Command::Unsubscribe { .. } => None,
     }
 }
 

@@ -33,6 +33,8 @@ mod tests;
 
 /// Rooms per touch command.
 const TOUCH_BATCH: usize = 512;
+/// How often rooms this node no longer holds are unsubscribed from (batched).
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// What the application must do after the mirror took an event, in this order.
 #[derive(Debug)]
@@ -98,6 +100,10 @@ struct RoomSync {
     joiners: Vec<(usize, Option<Resume<'static>>)>,
     /// Live messages that came during the fetch, delivered after it.
     buffer: Vec<(String, Message)>,
+    /// The link listens to the room's channel (since its first fetch, until a sweep
+    /// finds it without members: `Command::Unsubscribe`).
+    listening: bool,
+    name: Box<str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,6 +128,8 @@ struct Stats {
     latency_sum: Duration,
     latency_max: Duration,
     live_messages: u64,
+    /// Bytes of the live lines received (`mioket_redis_input_bytes_total`).
+    live_bytes: u64,
     duplicates: u64,
     fetches: u64,
     gaps_filled: u64,
@@ -164,6 +172,11 @@ pub struct Mirror {
     /// after their welcome.
     held: HashMap<usize, Held>,
     next_touch: Option<Instant>,
+    /// When rooms this node no longer holds are next unsubscribed from.
+    next_sweep: Option<Instant>,
+    /// Rooms listened to whose mirror state went (their slot reused): unsubscribed
+    /// at the next sweep.
+    dropped: Vec<Box<str>>,
     /// Redis's `maxmemory-policy` when it evicts keys (rooms may vanish): warned about.
     evicting: Option<String>,
     stats: Stats,
@@ -193,6 +206,8 @@ impl Mirror {
             rooms: HashMap::new(),
             held: HashMap::new(),
             next_touch: None,
+            next_sweep: None,
+            dropped: Vec::new(),
             evicting: None,
             stats: Stats::default(),
         }
@@ -318,9 +333,13 @@ impl Mirror {
                     }
                 }
             }
-            Event::Fetched { req, result } => self.fetched(req, result, rooms, &mut effects),
+            Event::Fetched { req, result } => {
+                self.fetched(req, result, rooms, &mut effects);
+                self.next_sweep.get_or_insert(now + SWEEP);
+            }
             Event::Live { room, epoch, message } => {
                 self.stats.live_messages += 1;
+                self.stats.live_bytes += super::live_line_len(&room, &epoch, &message) as u64;
                 // Rooms without a mirror here have nobody to deliver to.
                 if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
                     self.live(id, r.generation(), &room, epoch, message, &mut effects);
@@ -442,7 +461,7 @@ impl Mirror {
     /// When `housekeeping` next has something: a touch, or a late publish to look for.
     pub fn poll(&self) -> Option<Instant> {
         let touch = self.next_touch.filter(|_| self.is_up());
-        [touch, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
+        [touch, self.next_sweep, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
     }
 
     /// Looks for late publishes; keeps the rooms with members here alive in Redis,
@@ -450,6 +469,9 @@ impl Mirror {
     pub fn housekeeping(&mut self, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         self.look_for_late(rooms, now, &mut effects);
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.sweep(rooms, now);
+        }
         if self.next_touch.is_none_or(|t| t > now) {
             return effects;
         }
@@ -459,21 +481,55 @@ impl Mirror {
         for chunk in names.chunks(TOUCH_BATCH) {
             self.outbox.push(Command::Touch { rooms: chunk.to_vec() });
         }
-        self.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        // Rooms listened to stay until a sweep unsubscribes from them.
+        self.rooms
+            .retain(|&id, sync| sync.listening || rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
         effects
+    }
+
+    /// Stops listening to the rooms this node holds no more (no members, no join
+    /// waiting, or gone), in one command; they are fetched again (since their last
+    /// seq) when a member comes back.
+    fn sweep(&mut self, rooms: &Rooms, now: Instant) {
+        let mut names = std::mem::take(&mut self.dropped);
+        self.rooms.retain(|&id, sync| {
+            let alive = rooms.get(id).filter(|r| r.generation() == sync.generation);
+            let held = alive.is_some_and(|r| r.topic.member_count() > 0) || !sync.joiners.is_empty();
+            if !sync.listening || held || sync.state == SyncState::Fetching {
+                return true;
+            }
+            sync.listening = false;
+            sync.state = SyncState::Unsynced;
+            sync.buffer.clear();
+            names.push(std::mem::take(&mut sync.name));
+            alive.is_some()
+        });
+        if !names.is_empty() {
+            self.outbox.push(Command::Unsubscribe { rooms: names });
+        }
+        self.next_sweep = self.rooms.values().any(|s| s.listening).then_some(now + SWEEP);
     }
 
     /// The mirror state of a room (a room made again in the same slot starts afresh).
     fn sync(&mut self, room: RoomId, generation: u32) -> &mut RoomSync {
         let sync = self.rooms.entry(room).or_default();
         if sync.generation != generation {
-            *sync = RoomSync { generation, ..RoomSync::default() };
+            let old = std::mem::replace(sync, RoomSync { generation, ..RoomSync::default() });
+            if old.listening {
+                self.dropped.push(old.name);
+            }
         }
         sync
     }
 
     /// Asks Redis for a room's state after `since`.
     fn fetch(&mut self, room: RoomId, generation: u32, name: &str, since: Seq) {
+        // The link listens to the room's channel before it fetches.
+        let sync = self.sync(room, generation);
+        sync.listening = true;
+        if *sync.name != *name {
+            sync.name = name.into();
+        }
         let req = self.request();
         self.stats.fetches += 1;
         self.fetches.insert(req, (room, generation));

@@ -263,7 +263,7 @@ impl Cluster {
                 let fetched = Fetched { epoch: log.epoch.clone(), seq: log.seq, entries };
                 push(&mut self.nodes[n].fetches, at, Event::Fetched { req, result: Ok(fetched) });
             }
-            Command::Touch { .. } => {}
+            Command::Touch { .. } | Command::Unsubscribe { .. } => {}
             Command::Moderate(control) => {
                 for node in self.nodes.iter_mut().filter(|n| n.subscribed && self.up) {
                     push(&mut node.live, at, Event::Moderated(control.clone()));

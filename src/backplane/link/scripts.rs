@@ -1,8 +1,9 @@
 //! The Lua scripts the link loads into Redis (each run atomically).
 
 /// Numbers a message, keeps it in the room's stream and tells every node, atomically.
-/// KEYS: meta hash, stream. ARGV: epoch offered, history, ttl ms, channel, origin,
-/// kind (t/b), payload, room, history bytes, from (the publisher's `sub`, or empty).
+/// KEYS: meta hash, stream. ARGV: epoch offered, history, ttl ms, channel (the room's),
+/// origin, kind (t/b), payload, room, history bytes, from (the publisher's `sub`, or
+/// empty), how to publish (SPUBLISH where Redis has sharded pub/sub, else PUBLISH).
 /// The stream's ids are `seq-0`, so XRANGE reads by seq. A `from` is kept as the
 /// entry's field `f`, and goes live after the origin, in hex (a `sub` may hold a
 /// newline): `ORIGIN HEX`. The stream keeps at most `history` messages and
@@ -37,7 +38,7 @@ local origin = ARGV[5]
 if ARGV[10] ~= '' then
   origin = origin .. ' ' .. string.gsub(ARGV[10], '.', function(c) return string.format('%02x', string.byte(c)) end)
 end
-redis.call('PUBLISH', ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .. origin .. '\n' .. ARGV[6] .. ARGV[7])
+redis.call(ARGV[11], ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .. origin .. '\n' .. ARGV[6] .. ARGV[7])
 return {epoch, seq}
 ";
 

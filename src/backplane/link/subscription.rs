@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 use redis::{PushKind, RedisResult, Value};
 
-use super::{channel, connect, control_channel, poke, Wake, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, REPLY_TIMEOUT};
+use super::{connect, control_channel, poke, Wake, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, REPLY_TIMEOUT};
 use crate::backplane::{Command, Control, Event, Message, Settings};
 
 /// How often a blocked read gives way to changes of the channel set.
@@ -53,49 +53,138 @@ fn from_hex(hex: &str) -> Option<Box<str>> {
     String::from_utf8(bytes?).ok().map(Into::into)
 }
 
-/// Channels to listen to from now on, or no more (each a batch: one command).
-#[allow(dead_code)] // Sent by per-room subscriptions.
+/// Rooms' channels to listen to from now on (then their fetches, once Redis confirmed
+/// it), or no more. Each is one command.
 pub(super) enum Change {
-    Subscribe(Vec<String>),
+    Subscribe { channels: Vec<String>, then: Vec<Command> },
     Unsubscribe(Vec<String>),
+}
+
+/// The channels of the subscription, and the fetches that wait for theirs.
+struct Channels {
+    control: String,
+    rooms: BTreeSet<String>,
+    /// Fetches sent once these channels are confirmed.
+    waiting: Vec<(BTreeSet<String>, Vec<Command>)>,
+    /// This connection's Redis has sharded pub/sub: rooms' channels by SSUBSCRIBE.
+    sharded: bool,
+}
+
+impl Channels {
+    fn verbs(&self) -> (&'static str, &'static str) {
+        if self.sharded {
+            ("SSUBSCRIBE", "SUNSUBSCRIBE")
+        } else {
+            ("SUBSCRIBE", "UNSUBSCRIBE")
+        }
+    }
+
+    /// A channel confirmed: the fetches whose channels all are go.
+    fn confirmed(&mut self, channel: &[u8], fetches: &Sender<Vec<Command>>) {
+        let channel = String::from_utf8_lossy(channel);
+        for (channels, _) in &mut self.waiting {
+            channels.remove(&*channel);
+        }
+        self.release(|channels| channels.is_empty(), fetches);
+    }
+
+    fn release(&mut self, go: impl Fn(&BTreeSet<String>) -> bool, fetches: &Sender<Vec<Command>>) {
+        let (ready, waiting) = std::mem::take(&mut self.waiting).into_iter().partition(|(c, _)| go(c));
+        self.waiting = waiting;
+        for (_, then) in ready {
+            let _ = fetches.send(then);
+        }
+    }
+
+    /// Takes the changes asked for since the last time, and sends them (when
+    /// connected) as one SUBSCRIBE and one UNSUBSCRIBE.
+    fn take(
+        &mut self,
+        changes: &Receiver<Change>,
+        fetches: &Sender<Vec<Command>>,
+        con: Option<&mut redis::Connection>,
+    ) -> RedisResult<()> {
+        let (mut added, mut removed) = (BTreeSet::new(), Vec::new());
+        loop {
+            match changes.try_recv() {
+                Ok(Change::Subscribe { channels, then }) => {
+                    let fresh: BTreeSet<String> =
+                        channels.into_iter().filter(|c| self.rooms.insert(c.clone())).collect();
+                    added.extend(fresh.iter().cloned());
+                    self.waiting.push((fresh, then));
+                }
+                Ok(Change::Unsubscribe(channels)) => {
+                    for c in channels {
+                        if self.rooms.remove(&c) {
+                            added.remove(&c);
+                            removed.push(c);
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let Some(con) = con else {
+            // Down: the fetches go now (the rooms are fetched again once it is up).
+            self.release(|_| true, fetches);
+            return Ok(());
+        };
+        let (subscribe, unsubscribe) = self.verbs();
+        if !added.is_empty() {
+            send(con, subscribe, added.iter())?;
+        }
+        if !removed.is_empty() {
+            send(con, unsubscribe, removed.iter())?;
+        }
+        // Fetches of rooms already listened to go at once.
+        self.release(|channels| channels.is_empty(), fetches);
+        Ok(())
+    }
 }
 
 pub(super) fn subscription_thread(
     settings: &Settings,
     changes: &Receiver<Change>,
+    fetches: &Sender<Vec<Command>>,
     events: &Sender<Event>,
     wake: &Wake,
     pokes: &[Sender<Vec<Command>>],
 ) {
     let control = control_channel(settings);
-    // Node-wide channels, then the ones asked for.
-    let mut wanted: BTreeSet<String> = [channel(settings), control.clone()].into();
+    let mut channels =
+        Channels { control: control.clone(), rooms: BTreeSet::new(), waiting: Vec::new(), sharded: false };
     let mut backoff = BACKOFF_MIN;
     let mut was_up = None;
     loop {
         let result = (|| -> RedisResult<bool> {
             let mut con = connect(settings, true)?;
-            // Whatever changed while it was down is in `wanted`.
-            take_changes(changes, &mut wanted, None)?;
-            subscribe(&mut con, "SUBSCRIBE", wanted.iter())?;
+            con.send_packed_command(&redis::cmd("COMMAND").arg("INFO").arg("SSUBSCRIBE").get_packed_command())?;
+            channels.sharded = super::has_command(&con.recv_response()?);
+            // Whatever changed while it was down is in `channels`.
+            channels.take(changes, fetches, None)?;
+            let (subscribe, _) = channels.verbs();
+            send(&mut con, "SUBSCRIBE", std::iter::once(&channels.control))?;
+            if !channels.rooms.is_empty() {
+                send(&mut con, subscribe, channels.rooms.iter())?;
+            }
             let deadline = Instant::now() + REPLY_TIMEOUT;
-            let mut unconfirmed = wanted.clone();
+            let mut unconfirmed = channels.rooms.clone();
+            unconfirmed.insert(control.clone());
             while !unconfirmed.is_empty() {
                 if Instant::now() >= deadline {
                     return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no SUBSCRIBE confirmation").into());
                 }
-                match con.recv_response() {
-                    Ok(Value::Push { kind: PushKind::Subscribe, data }) => {
+                match con.recv_response()? {
+                    Value::Push { kind: PushKind::Subscribe | PushKind::SSubscribe, data } => {
                         if let Some(name) = data.first().and_then(super::bytes) {
                             unconfirmed.remove(&*String::from_utf8_lossy(name));
                         }
                     }
-                    Ok(other) => {
+                    other => {
                         if !handle(other, &control, events) {
                             return Ok(false);
                         }
                     }
-                    Err(e) => return Err(e),
                 }
             }
             con.set_read_timeout(Some(POLL))?;
@@ -111,6 +200,13 @@ pub(super) fn subscription_thread(
             let mut unwoken: Option<Instant> = None;
             loop {
                 match con.recv_response() {
+                    Ok(Value::Push { kind: PushKind::Subscribe | PushKind::SSubscribe, data }) => {
+                        heard = Instant::now();
+                        if let Some(name) = data.first().and_then(super::bytes) {
+                            channels.confirmed(name, fetches);
+                        }
+                        continue;
+                    }
                     Ok(value) => {
                         heard = Instant::now();
                         if !handle(value, &control, events) {
@@ -150,12 +246,14 @@ pub(super) fn subscription_thread(
                     con.send_packed_command(&heartbeat)?;
                     asked = Instant::now();
                 }
-                take_changes(changes, &mut wanted, Some(&mut con))?;
+                channels.take(changes, fetches, Some(&mut con))?;
             }
         })();
         match result {
             Ok(_) => return,
             Err(e) => {
+                // The fetches that waited go (the rooms are fetched again once it is up).
+                channels.release(|_| true, fetches);
                 if was_up != Some(false) {
                     warn!("backplane: subscription lost: {e}");
                     poke(pokes);
@@ -171,49 +269,7 @@ pub(super) fn subscription_thread(
     }
 }
 
-/// Takes the changes of the channel set asked for since the last time, and sends
-/// them (when connected) as one SUBSCRIBE and one UNSUBSCRIBE.
-fn take_changes(
-    changes: &Receiver<Change>,
-    wanted: &mut BTreeSet<String>,
-    con: Option<&mut redis::Connection>,
-) -> RedisResult<()> {
-    let (mut added, mut removed) = (Vec::new(), Vec::new());
-    loop {
-        match changes.try_recv() {
-            Ok(Change::Subscribe(channels)) => {
-                for c in channels {
-                    if wanted.insert(c.clone()) {
-                        added.push(c);
-                    }
-                }
-            }
-            Ok(Change::Unsubscribe(channels)) => {
-                for c in channels {
-                    if wanted.remove(&c) {
-                        removed.push(c);
-                    }
-                }
-            }
-            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-        }
-    }
-    if let Some(con) = con {
-        if !added.is_empty() {
-            subscribe(con, "SUBSCRIBE", added.iter())?;
-        }
-        if !removed.is_empty() {
-            subscribe(con, "UNSUBSCRIBE", removed.iter())?;
-        }
-    }
-    Ok(())
-}
-
-fn subscribe<'a>(
-    con: &mut redis::Connection,
-    verb: &str,
-    channels: impl Iterator<Item = &'a String>,
-) -> RedisResult<()> {
+fn send<'a>(con: &mut redis::Connection, verb: &str, channels: impl Iterator<Item = &'a String>) -> RedisResult<()> {
     let mut command = redis::cmd(verb);
     for c in channels {
         command.arg(c.as_str());

@@ -100,6 +100,18 @@ impl Mirror {
             &one(s.live_messages as f64),
         );
         family(
+            "mioket_redis_input_bytes_total",
+            "counter",
+            "Bytes of rooms' live lines received from the subscription (only rooms held here).",
+            &one(s.live_bytes as f64),
+        );
+        family(
+            "mioket_backplane_listening_rooms",
+            "gauge",
+            "Rooms whose channels the subscription listens to.",
+            &one(self.rooms.values().filter(|r| r.listening).count() as f64),
+        );
+        family(
             "mioket_backplane_fetches_total",
             "counter",
             "Room states read from Redis (joins, gaps).",
