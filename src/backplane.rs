@@ -32,7 +32,11 @@ pub use mirror::{Effect, Joining, Mirror};
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This link's Redis: the first shard's in the mirror's settings.
     pub url: RedisUrl,
+    /// Every shard (`--redis` given several times), in the order of their addresses
+    /// (`RedisUrl::address`): the same on every node whatever the order given.
+    pub shards: Vec<RedisUrl>,
     /// `--redis-ca`: the CA certificates (PEM) of a `rediss://` server.
     pub ca: Option<std::path::PathBuf>,
     /// Messages at most waiting for Redis (sent, not answered) on this node.
@@ -138,6 +142,12 @@ pub enum Event {
     Moderated(Control),
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
+    /// A connection's state event (`Commands`, `Fetches`, `Subscribed`) of shard
+    /// `shard` other than the first (whose events come as they are).
+    Shard {
+        shard: usize,
+        event: Box<Event>,
+    },
     /// One pipelined round trip: how many commands it carried and how long it took.
     RoundTrip {
         commands: usize,
@@ -183,6 +193,32 @@ pub fn live_line_len(room: &str, epoch: &str, message: &Message) -> usize {
     let from = message.from.as_ref().map_or(0, |f| 1 + 2 * f.len());
     let seq = message.seq.checked_ilog10().unwrap_or(0) as usize + 1;
     room.len() + epoch.len() + seq + message.origin.len() + from + message.payload.len() + 5
+}
+
+/// The shard of a room among shards named by their addresses (`HOST:PORT/DB`):
+/// rendezvous hashing, the shard whose hash of (address, room) is highest. So every
+/// node agrees whatever the order of its URLs, and a shard added takes over only the
+/// rooms it now wins (about 1/N of them).
+pub fn shard_of(shards: &[RedisUrl], room: &str) -> usize {
+    if shards.len() < 2 {
+        return 0;
+    }
+    let score = |url: &RedisUrl| hash64(url.address().as_bytes(), room.as_bytes());
+    (0..shards.len()).max_by_key(|&i| (score(&shards[i]), std::cmp::Reverse(i))).unwrap_or(0)
+}
+
+/// A fixed 64-bit hash of two strings (FNV-1a over both, a zero byte between, then
+/// SplitMix64's finalizer to spread it): written out here, not std's hasher, so
+/// every node and every version computes the same.
+pub fn hash64(a: &[u8], b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in a.iter().chain(&[0]).chain(b) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// 16 random lowercase hex digits (a node's name, an epoch offered to Redis).

@@ -294,9 +294,16 @@ pub struct Config {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     // The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
-    /// Share rooms with other mioket processes through this Redis (redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]) [default: off]
-    #[arg(long, value_name = "URL", env = "MIOKET_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
-    pub redis: Option<RedisUrl>,
+    /// Share rooms with other mioket processes through this Redis (redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]); repeatable: rooms spread over the shards (comma-separated in MIOKET_REDIS_URL) [default: off]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MIOKET_REDIS_URL",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_parser = RedisUrlParser
+    )]
+    pub redis: Vec<RedisUrl>,
     /// Check rediss:// servers against the CA certificates in this PEM file [default: the system's roots]
     #[arg(long, value_name = "FILE")]
     pub redis_ca: Option<PathBuf>,
@@ -435,7 +442,11 @@ fn summarize(command: &clap::Command, matches: &clap::ArgMatches) -> String {
             matches.get_raw(id).map(|v| v.map(|v| v.to_string_lossy().into_owned()).collect()).unwrap_or_default();
         let value = match values.as_slice() {
             // Shown without its password.
-            [url] if id == "redis" => RedisUrl::parse(url).map_or_else(|_| "set".to_string(), |u| u.to_string()),
+            urls if id == "redis" && !urls.is_empty() => {
+                let shown =
+                    urls.iter().map(|u| RedisUrl::parse(u).map_or_else(|_| "set".to_string(), |u| u.to_string()));
+                shown.collect::<Vec<_>>().join(",")
+            }
             [] => "off".to_string(),
             [one] if one.is_empty() => "off".to_string(),
             _ if arg.is_hide_env_values_set() => "set".to_string(),
@@ -618,7 +629,7 @@ mod tests {
             send_buffer: 128 << 10,
             tls_cert: None,
             tls_key: None,
-            redis: None,
+            redis: Vec::new(),
             redis_ca: None,
             redis_outbox: 4096,
             redis_outbox_bytes: 64 << 20,

@@ -17,7 +17,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::app::{App, ClientIo, Listener, Stop, Transmit};
-use crate::backplane::link::Link;
+use crate::backplane::link::Links;
 use crate::config::{Config, Mode};
 use crate::memory;
 use crate::tls;
@@ -94,7 +94,7 @@ pub struct Server {
     /// replaces it; connections keep the one they started with).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// --redis: the threads that talk to Redis (src/backplane/link.rs).
-    backplane: Option<Link>,
+    backplane: Option<Links>,
 }
 
 impl Server {
@@ -124,7 +124,7 @@ impl Server {
         let backplane = match app.backplane_settings() {
             Some(settings) => {
                 let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
-                Some(Link::start(settings.clone(), waker).map_err(|e| StartError::Redis(e.to_string()))?)
+                Some(Links::start(settings.clone(), waker).map_err(|e| StartError::Redis(e.to_string()))?)
             }
             None => None,
         };

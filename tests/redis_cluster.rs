@@ -281,3 +281,80 @@ fn a_node_receives_nothing_of_rooms_it_has_no_member_of() {
     assert_eq!(until_message(&mut alpha_again, "live")["seq"], 3);
     assert_eq!(subscribers(&redis, "alpha"), 2);
 }
+
+fn api_post(server: &Server, room: &str, body: &str) -> (u16, String) {
+    http(
+        server.addr,
+        &format!(
+            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// Rooms spread over three shards by the room name (two nodes given the URLs in
+/// different orders agree); a shard killed refuses only its own rooms' publishes
+/// while the others deliver, and its rooms work again once it is back.
+#[test]
+fn rooms_spread_over_three_shards_and_a_shard_down_refuses_only_its_rooms() {
+    need_redis!();
+    let shards: Vec<RedisServer> = (0..3).map(|_| RedisServer::start(true)).collect();
+    let urls: Vec<String> = shards.iter().map(RedisServer::url).collect();
+    let a = node_at(&urls[0], &["--redis", &urls[1], "--redis", &urls[2], "--api-token", "t"]);
+    let joined = format!("{},{},{}", urls[2], urls[0], urls[1]);
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mioket"));
+    command.args(["--host", "127.0.0.1", "--port", "0", "--ping-interval", "0", "--welcome", "hi", "--api-token", "t"]);
+    command.env("MIOKET_REDIS_URL", &joined);
+    let b = Server::spawn(command);
+    wait_backplane_up(&[&a, &b]);
+
+    // A member on a in each of 24 rooms; b publishes into each through the API.
+    let rooms: Vec<String> = (0..24).map(|i| format!("room-{i}")).collect();
+    let mut members: Vec<Ws> = rooms.iter().map(|r| connect_v1(&a, &format!("/{r}"))).collect();
+    for ws in &mut members {
+        assert_eq!(envelope(ws)["type"], "welcome");
+    }
+    for (room, ws) in rooms.iter().zip(&mut members) {
+        let (status, body) = api_post(&b, room, "first");
+        assert_eq!(status, 200, "{room}: {body}");
+        assert_eq!(until_message(ws, "first")["seq"], 1, "{room}");
+    }
+    // Each room's keys are on one shard, and every shard has some.
+    let shard_of = |room: &str| -> usize {
+        let key = format!("mioket:{{{room}}}:meta");
+        let on: Vec<usize> = (0..3).filter(|&i| shards[i].command(&[b"EXISTS", key.as_bytes()]) == ":1").collect();
+        assert_eq!(on.len(), 1, "{room} on one shard: {on:?}");
+        on[0]
+    };
+    let placed: Vec<usize> = rooms.iter().map(|r| shard_of(r)).collect();
+    eprintln!("rooms per shard: {:?}", (0..3).map(|i| placed.iter().filter(|&&s| s == i).count()).collect::<Vec<_>>());
+    for i in 0..3 {
+        assert!(placed.contains(&i), "shard {i} holds rooms: {placed:?}");
+    }
+
+    // Shard 1 killed: its rooms' publishes are refused (503), the others delivered.
+    let mut shards = shards;
+    shards[1].kill();
+    let degraded = wait_until(Duration::from_secs(10), || (!healthz(&b).contains("backplane: up")).then_some(()));
+    assert!(degraded.is_some(), "{}", healthz(&b));
+    for ((room, ws), &shard) in rooms.iter().zip(&mut members).zip(&placed) {
+        let (status, body) = api_post(&b, room, "second");
+        if shard == 1 {
+            assert_eq!(status, 503, "{room} on the dead shard: {body}");
+        } else {
+            assert_eq!(status, 200, "{room} on a live shard: {body}");
+            assert_eq!(until_message(ws, "second")["seq"], 2, "{room}");
+        }
+    }
+
+    // Back (its data kept): its rooms work again, in order.
+    shards[1].restart();
+    wait_backplane_up(&[&a, &b]);
+    for ((room, ws), &shard) in rooms.iter().zip(&mut members).zip(&placed) {
+        if shard == 1 {
+            let (status, body) = api_post(&b, room, "third");
+            assert_eq!(status, 200, "{room}: {body}");
+            assert_eq!(until_message(ws, "third")["seq"], 2, "{room}");
+        }
+    }
+}

@@ -35,7 +35,10 @@ use subscription::{subscription_thread, Change};
 
 mod connect;
 mod scripts;
+mod shards;
 mod subscription;
+
+pub use shards::Links;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);

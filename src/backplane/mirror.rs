@@ -138,6 +138,20 @@ struct Stats {
     disconnects: u64,
 }
 
+/// A shard's three connections: up or not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Connections {
+    commands: bool,
+    fetches: bool,
+    subscribed: bool,
+}
+
+impl Connections {
+    fn up(&self) -> bool {
+        self.commands && self.fetches && self.subscribed
+    }
+}
+
 /// A client whose join waits for its room's fetch.
 #[derive(Debug, Default)]
 struct Held {
@@ -158,9 +172,8 @@ pub struct Mirror {
     in_flight_bytes: usize,
     /// Clients' publishes numbered by Redis and not delivered here yet, by request.
     accepted: BTreeMap<u64, Accepted>,
-    commands_up: bool,
-    fetches_up: bool,
-    subscribed: bool,
+    /// Each shard's connections (`Settings::shards`).
+    shards: Vec<Connections>,
     /// Publishes waiting for their outcome or their delivery here, by request.
     pending: HashMap<u64, Origin>,
     /// Requests in `pending` per client (so that a client's end clears its own).
@@ -190,6 +203,7 @@ impl Mirror {
     /// A mirror with a given node name (the fake Redis's nodes).
     pub fn named(settings: Settings, node: String) -> Mirror {
         Mirror {
+            shards: vec![Connections::default(); settings.shards.len().max(1)],
             settings,
             node,
             next_req: 1,
@@ -197,9 +211,6 @@ impl Mirror {
             sent: BTreeMap::new(),
             in_flight_bytes: 0,
             accepted: BTreeMap::new(),
-            commands_up: false,
-            fetches_up: false,
-            subscribed: false,
             pending: HashMap::new(),
             pending_by_client: HashMap::new(),
             fetches: HashMap::new(),
@@ -222,9 +233,14 @@ impl Mirror {
         &mut self.outbox
     }
 
-    /// All three connections up: publishes and fetches may go.
+    /// Every shard's three connections up.
     pub fn is_up(&self) -> bool {
-        self.commands_up && self.fetches_up && self.subscribed
+        self.shards.iter().all(Connections::up)
+    }
+
+    /// The three connections of a room's shard up: its publishes and fetches may go.
+    fn is_up_for(&self, room: &str) -> bool {
+        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(Connections::up)
     }
 
     fn request(&mut self) -> u64 {
@@ -243,7 +259,7 @@ impl Mirror {
         from: Option<&str>,
         now: Instant,
     ) -> Result<(), Refused> {
-        if !self.is_up() {
+        if !self.is_up_for(room) {
             self.stats.refused_unavailable += 1;
             return Err(Refused::Unavailable);
         }
@@ -274,7 +290,9 @@ impl Mirror {
     /// Tells every other node of a moderation act done here; false when Redis is
     /// unreachable (then it is done on this node only).
     pub fn moderate(&mut self, act: Moderation) -> bool {
-        if !self.commands_up {
+        // Moderation goes through the first shard (every node listens to its
+        // control channel on every shard).
+        if !self.shards[0].commands {
             return false;
         }
         self.outbox.push(Command::Moderate(Control { node: self.node.clone(), act }));
@@ -285,34 +303,13 @@ impl Mirror {
     pub fn handle(&mut self, event: Event, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         match event {
-            Event::Commands(up) => {
-                if self.commands_up && !up {
-                    self.stats.disconnects += 1;
+            Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_) => self.connection(0, &event, rooms, now),
+            Event::Shard { shard, event } => match *event {
+                state @ (Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_)) => {
+                    self.connection(shard, &state, rooms, now);
                 }
-                self.commands_up = up;
-                self.resync_all(rooms, now);
-            }
-            Event::Fetches(up) => {
-                if self.fetches_up && !up {
-                    self.stats.disconnects += 1;
-                }
-                self.fetches_up = up;
-                self.resync_all(rooms, now);
-            }
-            Event::Subscribed(up) => {
-                if self.subscribed && !up {
-                    self.stats.disconnects += 1;
-                    // Messages may be missed from now on: rooms read their stream again
-                    // once the subscription is back.
-                    for sync in self.rooms.values_mut() {
-                        if sync.state == SyncState::Synced {
-                            sync.state = SyncState::Unsynced;
-                        }
-                    }
-                }
-                self.subscribed = up;
-                self.resync_all(rooms, now);
-            }
+                other => return self.handle(other, rooms, now),
+            },
             Event::Published { req, room, result } => {
                 self.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
                 match result {
@@ -370,13 +367,40 @@ impl Mirror {
         effects
     }
 
+    /// A connection of a shard is up or down.
+    fn connection(&mut self, shard: usize, event: &Event, rooms: &Rooms, now: Instant) {
+        let Some(state) = self.shards.get_mut(shard) else { return };
+        let (flag, up) = match *event {
+            Event::Commands(up) => (&mut state.commands, up),
+            Event::Fetches(up) => (&mut state.fetches, up),
+            Event::Subscribed(up) => (&mut state.subscribed, up),
+            _ => return,
+        };
+        let lost = *flag && !up;
+        *flag = up;
+        if lost {
+            self.stats.disconnects += 1;
+        }
+        if lost && matches!(event, Event::Subscribed(_)) {
+            // Messages of the shard's rooms may be missed from now on: they read their
+            // stream again once the subscription is back.
+            let shards = &self.settings.shards;
+            for sync in self.rooms.values_mut() {
+                if sync.state == SyncState::Synced && super::shard_of(shards, &sync.name) == shard {
+                    sync.state = SyncState::Unsynced;
+                }
+            }
+        }
+        self.resync_all(rooms, now);
+    }
+
     /// A join of `room`: now when the mirror holds it (or held it once and catches
     /// up: what it missed reaches every member, this one included, in order, when
     /// its stream is read), else after the room's fetch.
     pub fn join(&mut self, id: usize, room: RoomId, rooms: &Rooms, resume: Option<&Resume<'_>>) -> Joining {
         let Some(r) = rooms.get(room) else { return Joining::Now };
         let generation = r.generation();
-        let up = self.is_up();
+        let up = self.is_up_for(r.name());
         let sync = self.sync(room, generation);
         if sync.state == SyncState::Synced {
             return Joining::Now;
@@ -460,7 +484,7 @@ impl Mirror {
 
     /// When `housekeeping` next has something: a touch, or a late publish to look for.
     pub fn poll(&self) -> Option<Instant> {
-        let touch = self.next_touch.filter(|_| self.is_up());
+        let touch = self.next_touch.filter(|_| self.shards.iter().any(Connections::up));
         [touch, self.next_sweep, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
     }
 
@@ -539,12 +563,17 @@ impl Mirror {
     /// Once Redis is reachable again: rooms with members (or joins waiting) that may
     /// have missed messages read their stream; the others are fetched on their next join.
     fn resync_all(&mut self, rooms: &Rooms, now: Instant) {
-        if !self.is_up() {
+        if !self.shards.iter().any(Connections::up) {
             return;
         }
+        let up: Vec<bool> = self.shards.iter().map(Connections::up).collect();
+        let shards = &self.settings.shards;
         let mut fetch = Vec::new();
         for (&id, sync) in &mut self.rooms {
             let Some(room) = rooms.get(id).filter(|r| r.generation() == sync.generation) else { continue };
+            if !up.get(super::shard_of(shards, room.name())).copied().unwrap_or(false) {
+                continue;
+            }
             if sync.state == SyncState::Unsynced && (room.topic.member_count() > 0 || !sync.joiners.is_empty()) {
                 sync.state = SyncState::Fetching;
                 let since = if sync.known { sync.last } else { 0 };
@@ -709,7 +738,7 @@ impl Mirror {
             let Some(room) = rooms.find(&accepted.room) else { continue };
             let Some(r) = rooms.get(room) else { continue };
             let generation = r.generation();
-            let up = self.is_up();
+            let up = self.is_up_for(&accepted.room);
             let sync = self.sync(room, generation);
             let last = sync.last;
             if accepted.seq > last && sync.state == SyncState::Synced && up {

@@ -119,7 +119,7 @@ impl Cluster {
             .map(|_| {
                 let url = RedisUrl::parse("redis://fake").unwrap();
                 let mut config =
-                    Config { mode: Mode::Broadcast, welcome: None, history, redis: Some(url), ..Config::default() };
+                    Config { mode: Mode::Broadcast, welcome: None, history, redis: vec![url], ..Config::default() };
                 tweak(&mut config);
                 let mut app = App::new(config);
                 for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {

@@ -8,11 +8,12 @@ use super::Mirror;
 impl Mirror {
     /// The /healthz lines: degraded while a connection is down or replies are late.
     pub fn health(&self, now: Instant) -> String {
-        let state = match (self.commands_up, self.fetches_up, self.subscribed) {
-            (true, true, true) if self.is_late(now) => "backplane: degraded (Redis replies late)\n",
-            (true, true, true) => "backplane: up\n",
-            (false, false, false) => "backplane: down\n",
-            _ => "backplane: degraded\n",
+        let down = |c: &super::Connections| !c.commands && !c.fetches && !c.subscribed;
+        let state = match (self.is_up(), self.shards.iter().all(down)) {
+            (true, _) if self.is_late(now) => "backplane: degraded (Redis replies late)\n",
+            (true, _) => "backplane: up\n",
+            (false, true) => "backplane: down\n",
+            (false, false) => "backplane: degraded\n",
         };
         match &self.evicting {
             Some(policy) => format!("{state}redis: maxmemory-policy {policy} evicts keys (rooms may be lost)\n"),
@@ -41,9 +42,9 @@ impl Mirror {
             "gauge",
             "Redis connections up, by kind.",
             &[
-                ("{conn=\"commands\"}".into(), f64::from(u8::from(self.commands_up))),
-                ("{conn=\"fetches\"}".into(), f64::from(u8::from(self.fetches_up))),
-                ("{conn=\"subscription\"}".into(), f64::from(u8::from(self.subscribed))),
+                ("{conn=\"commands\"}".into(), self.shards.iter().filter(|c| c.commands).count() as f64),
+                ("{conn=\"fetches\"}".into(), self.shards.iter().filter(|c| c.fetches).count() as f64),
+                ("{conn=\"subscription\"}".into(), self.shards.iter().filter(|c| c.subscribed).count() as f64),
             ],
         );
         family(
