@@ -19,9 +19,9 @@ use crate::backplane::{Command, Control, Event, Message, Settings};
 const POLL: Duration = Duration::from_millis(10);
 /// After a message, the read waits this long for more before the loop is woken for
 /// what came (one wake for a burst: the loop then delivers it in one turn)...
-const BATCH: Duration = Duration::from_micros(100);
+const BATCH: Duration = Duration::from_micros(50);
 /// ...and a steady stream wakes it at least this often.
-const BATCH_MAX: Duration = Duration::from_micros(500);
+const BATCH_MAX: Duration = Duration::from_micros(200);
 
 /// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
 /// holds no control character, so no newline). The origin line of a message whose
