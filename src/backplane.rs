@@ -2,7 +2,9 @@
 //!
 //! Redis numbers and keeps every message: a publish is one Lua script call that takes
 //! the room's next seq, appends the message to the room's stream (trimmed to
-//! `--history` messages and `--history-memory` bytes) and PUBLISHes it to every node. Each node delivers what comes back
+//! `--history` messages and `--history-memory` bytes) and publishes it on the room's channel
+//! (SPUBLISH where Redis has sharded pub/sub), which the nodes that hold the room listen
+//! to. Each node delivers what comes back
 //! from its subscription, its own messages included, so every node delivers a room's
 //! messages in Redis's order with Redis's numbers, and a client can resume on any node.
 //!
@@ -24,14 +26,19 @@ use crate::pubsub::Seq;
 
 pub mod link;
 pub mod mirror;
-pub mod resp;
 
 pub use mirror::{Effect, Joining, Mirror, Snapshot};
 
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// This link's Redis: the first shard's in the mirror's settings.
     pub url: RedisUrl,
+    /// Every shard (`--redis` given several times), in the order of their addresses
+    /// (`RedisUrl::address`): the same on every node whatever the order given.
+    pub shards: Vec<RedisUrl>,
+    /// `--redis-ca`: the CA certificates (PEM) of a `rediss://` server.
+    pub ca: Option<std::path::PathBuf>,
     /// Messages at most waiting for Redis (sent, not answered) on this node.
     pub outbox: usize,
     /// Their payload bytes at most (`--redis-outbox-bytes`).
@@ -65,8 +72,13 @@ pub enum Command {
         id: Option<Box<str>>,
     },
     /// A room's epoch and seq, and the kept messages after `since` (the fetch script;
-    /// it makes the room, with the epoch offered, if Redis has none).
+    /// it makes the room, with the epoch offered, if Redis has none). The link first
+    /// subscribes to the room's channel if it does not listen to it yet, and fetches
+    /// once Redis confirmed it: nothing published after the fetch is missed.
     Fetch { req: u64, room: Box<str>, since: Seq },
+    /// Stop listening to these rooms' channels (this node holds them no more; a later
+    /// `Fetch` listens again).
+    Unsubscribe { rooms: Vec<Box<str>> },
     /// Keep these rooms alive in Redis for another TTL (they have members here).
     Touch { rooms: Vec<Box<str>> },
     /// Tell every node of a moderation act (PUBLISH on the control channel).
@@ -146,6 +158,12 @@ pub enum Event {
     Moderated(Control),
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
+    /// A connection's state event (`Commands`, `Fetches`, `Subscribed`) of shard
+    /// `shard` other than the first (whose events come as they are).
+    Shard {
+        shard: usize,
+        event: Box<Event>,
+    },
     /// One pipelined round trip: how many commands it carried and how long it took.
     RoundTrip {
         commands: usize,
@@ -184,6 +202,40 @@ pub enum Refused {
 /// late: /healthz says degraded, and a publish Redis numbered is looked for in its
 /// room's stream.
 pub const LATE: Duration = Duration::from_secs(2);
+
+/// The length of a room's live line as Redis sent it (`link/subscription.rs`,
+/// `parse_live`): `ROOM\nEPOCH\nSEQ\nORIGIN[ HEX]\nKIND PAYLOAD`.
+pub fn live_line_len(room: &str, epoch: &str, message: &Message) -> usize {
+    let from = message.from.as_ref().map_or(0, |f| 1 + 2 * f.len());
+    let seq = message.seq.checked_ilog10().unwrap_or(0) as usize + 1;
+    room.len() + epoch.len() + seq + message.origin.len() + from + message.payload.len() + 5
+}
+
+/// The shard of a room among shards named by their addresses (`HOST:PORT/DB`):
+/// rendezvous hashing, the shard whose hash of (address, room) is highest. So every
+/// node agrees whatever the order of its URLs, and a shard added takes over only the
+/// rooms it now wins (about 1/N of them).
+pub fn shard_of(shards: &[RedisUrl], room: &str) -> usize {
+    if shards.len() < 2 {
+        return 0;
+    }
+    let score = |url: &RedisUrl| hash64(url.address().as_bytes(), room.as_bytes());
+    (0..shards.len()).max_by_key(|&i| (score(&shards[i]), std::cmp::Reverse(i))).unwrap_or(0)
+}
+
+/// A fixed 64-bit hash of two strings (FNV-1a over both, a zero byte between, then
+/// SplitMix64's finalizer to spread it): written out here, not std's hasher, so
+/// every node and every version computes the same.
+pub fn hash64(a: &[u8], b: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in a.iter().chain(&[0]).chain(b) {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
 
 /// 16 random lowercase hex digits (a node's name, an epoch offered to Redis).
 pub fn random_hex() -> String {

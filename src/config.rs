@@ -29,25 +29,54 @@ pub enum DeflateMode {
     Off,
 }
 
-/// `--redis redis://HOST:PORT[/DB]`.
+/// `--redis redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]`. The password is never shown
+/// (`Display`, `Debug`, the start-up summary, errors).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisUrl {
     pub host: String,
     pub port: u16,
     pub db: u32,
+    /// `rediss://`: TLS (rustls; the system's roots or `--redis-ca`).
+    pub tls: bool,
+    /// An ACL user (`AUTH USER PASSWORD`); without it, `AUTH PASSWORD`.
+    pub user: Option<String>,
+    pub password: Option<Secret>,
 }
 
 impl RedisUrl {
     pub fn parse(url: &str) -> Result<RedisUrl, String> {
-        let rest = url.strip_prefix("redis://").ok_or("must start with redis://")?;
+        let (tls, rest) = match (url.strip_prefix("redis://"), url.strip_prefix("rediss://")) {
+            (Some(rest), _) => (false, rest),
+            (_, Some(rest)) => (true, rest),
+            _ => return Err("must start with redis:// or rediss://".into()),
+        };
         let (authority, db) = match rest.split_once('/') {
             Some((a, "")) => (a, 0),
             Some((a, db)) => (a, db.parse().map_err(|_| "the database must be a number")?),
             None => (rest, 0),
         };
-        if authority.contains('@') {
-            return Err("credentials in the URL are not supported".into());
-        }
+        // A password may hold '@' (percent-encoded or not): the host is after the last.
+        let (credentials, authority) = match authority.rsplit_once('@') {
+            Some((c, a)) => (Some(c), a),
+            None => (None, authority),
+        };
+        let decode = |s: &str| -> Result<String, String> {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| "the user and password must be UTF-8".to_string())
+        };
+        let (user, password) = match credentials.map(|c| c.split_once(':').unwrap_or((c, ""))) {
+            None => (None, None),
+            Some((user, password)) => {
+                let user = Some(decode(user)?).filter(|u| !u.is_empty());
+                let password = Some(decode(password)?).filter(|p| !p.is_empty()).map(Secret);
+                if password.is_none() {
+                    return Err("a user without a password".into());
+                }
+                (user, password)
+            }
+        };
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse().map_err(|_| "the port must be a number")?)
@@ -58,13 +87,46 @@ impl RedisUrl {
         if host.is_empty() {
             return Err("no host".into());
         }
-        Ok(RedisUrl { host: host.into(), port, db })
+        Ok(RedisUrl { host: host.into(), port, db, tls, user, password })
+    }
+
+    /// `HOST:PORT/DB`: where the server is (a shard's name, whatever the URL's scheme
+    /// or credentials).
+    pub fn address(&self) -> String {
+        match self.host.contains(':') {
+            true => format!("[{}]:{}/{}", self.host, self.port, self.db),
+            false => format!("{}:{}/{}", self.host, self.port, self.db),
+        }
+    }
+}
+
+/// clap's parser of `--redis`: its errors never repeat the value (it may hold a
+/// password).
+#[derive(Clone)]
+struct RedisUrlParser;
+
+impl clap::builder::TypedValueParser for RedisUrlParser {
+    type Value = RedisUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<RedisUrl, clap::Error> {
+        let url = value.to_str().ok_or_else(|| "not UTF-8".to_string()).and_then(RedisUrl::parse);
+        url.map_err(|why| {
+            let message = format!("invalid value for '--redis <URL>' (not shown: it may hold a password): {why}\n");
+            clap::Error::raw(clap::error::ErrorKind::ValueValidation, message).with_cmd(cmd)
+        })
     }
 }
 
 impl std::fmt::Display for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}:{}/{}", self.host, self.port, self.db)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        let user = self.user.as_ref().map_or(String::new(), |u| format!("{u}@"));
+        write!(f, "{scheme}://{user}{}", self.address())
     }
 }
 
@@ -236,9 +298,19 @@ pub struct Config {
     #[arg(long, value_name = "SECS", default_value = "120", value_parser = seconds_or_zero)]
     pub dedup_window: Duration,
     // The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
-    /// Share rooms with other mioket processes through this Redis (redis://HOST:PORT[/DB]) [default: off]
-    #[arg(long, value_name = "URL", value_parser = RedisUrl::parse)]
-    pub redis: Option<RedisUrl>,
+    /// Share rooms with other mioket processes through this Redis (redis[s]://[[USER]:PASSWORD@]HOST[:PORT][/DB]); repeatable: rooms spread over the shards (comma-separated in MIOKET_REDIS_URL) [default: off]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "MIOKET_REDIS_URL",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_parser = RedisUrlParser
+    )]
+    pub redis: Vec<RedisUrl>,
+    /// Check rediss:// servers against the CA certificates in this PEM file [default: the system's roots]
+    #[arg(long, value_name = "FILE")]
+    pub redis_ca: Option<PathBuf>,
     /// Messages at most waiting for Redis on this node; beyond it publishes are refused
     #[arg(long, value_name = "N", default_value_t = 4096, value_parser = positive)]
     pub redis_outbox: usize,
@@ -380,6 +452,12 @@ fn summarize(command: &clap::Command, matches: &clap::ArgMatches) -> String {
         let values: Vec<String> =
             matches.get_raw(id).map(|v| v.map(|v| v.to_string_lossy().into_owned()).collect()).unwrap_or_default();
         let value = match values.as_slice() {
+            // Shown without its password.
+            urls if id == "redis" && !urls.is_empty() => {
+                let shown =
+                    urls.iter().map(|u| RedisUrl::parse(u).map_or_else(|_| "set".to_string(), |u| u.to_string()));
+                shown.collect::<Vec<_>>().join(",")
+            }
             [] => "off".to_string(),
             [one] if one.is_empty() => "off".to_string(),
             _ if arg.is_hide_env_values_set() => "set".to_string(),
@@ -586,7 +664,8 @@ mod tests {
             send_buffer: 128 << 10,
             tls_cert: None,
             tls_key: None,
-            redis: None,
+            redis: Vec::new(),
+            redis_ca: None,
             redis_outbox: 4096,
             redis_outbox_bytes: 64 << 20,
             reuse_port: false,
@@ -737,12 +816,26 @@ mod tests {
 
     #[test]
     fn redis_urls_parse() {
+        let plain =
+            |host: &str, port, db| RedisUrl { host: host.into(), port, db, tls: false, user: None, password: None };
         let u = RedisUrl::parse("redis://127.0.0.1:6380/2").unwrap();
-        assert_eq!(u, RedisUrl { host: "127.0.0.1".into(), port: 6380, db: 2 });
-        assert_eq!(RedisUrl::parse("redis://h").unwrap(), RedisUrl { host: "h".into(), port: 6379, db: 0 });
+        assert_eq!(u, plain("127.0.0.1", 6380, 2));
+        assert_eq!(RedisUrl::parse("redis://h").unwrap(), plain("h", 6379, 0));
         assert_eq!(RedisUrl::parse("redis://[::1]:7000/").unwrap().host, "::1");
-        for bad in ["http://h", "redis://", "redis://h:x", "redis://h/x", "redis://u:p@h"] {
+        for bad in ["http://h", "redis://", "redis://h:x", "redis://h/x", "redis://u@h", "redis://u:@h"] {
             assert!(RedisUrl::parse(bad).is_err(), "{bad}");
         }
+        // Credentials: a password alone, or an ACL user and its password (percent-encoded).
+        let u = RedisUrl::parse("rediss://:p%40ss@h:7/1").unwrap();
+        assert_eq!((u.tls, u.user.as_deref(), u.password.as_ref().map(|p| p.0.as_str())), (true, None, Some("p@ss")));
+        let u = RedisUrl::parse("redis://ada:s3cr:et@h").unwrap();
+        assert_eq!((u.user.as_deref(), u.password.as_ref().map(|p| p.0.as_str())), (Some("ada"), Some("s3cr:et")));
+        // Never shown.
+        assert_eq!(u.to_string(), "redis://ada@h:6379/0");
+        assert!(!format!("{u:?}").contains("s3cr"));
+        let err = run(&["--redis", "redis://ada:s3cr3t@h:x"]).unwrap_err();
+        assert!(err.contains("the port must be a number") && !err.contains("s3cr3t"), "{err}");
+        let c = run(&["--redis", "redis://ada:s3cr3t@h"]).unwrap();
+        assert!(c.summary().contains("redis=redis://ada@h:6379/0") && !c.summary().contains("s3cr3t"));
     }
 }

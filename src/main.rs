@@ -39,8 +39,10 @@ fn main() -> ExitCode {
         Ok(server) => server,
         Err(e) => {
             eprintln!("mioket: {e}");
-            // Bad --tls-cert/--tls-key or JWT key files: a usage error, like a bad flag.
-            return ExitCode::from(if matches!(e, StartError::Tls(_) | StartError::Auth(_)) { 2 } else { 1 });
+            // Bad --tls-cert/--tls-key or JWT key files, or a Redis that refuses us (a
+            // wrong password): a usage error, like a bad flag.
+            let usage = matches!(e, StartError::Tls(_) | StartError::Auth(_) | StartError::Redis(_));
+            return ExitCode::from(if usage { 2 } else { 1 });
         }
     };
     let scheme = if server.is_tls() { "wss" } else { "ws" };

@@ -17,7 +17,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::app::{App, ClientIo, Listener, Stop, Transmit};
-use crate::backplane::link::Link;
+use crate::backplane::link::Links;
 use crate::config::{Config, Mode};
 use crate::memory;
 use crate::tls;
@@ -105,7 +105,7 @@ pub struct Server {
     /// replaces it; connections keep the one they started with).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// --redis: the threads that talk to Redis (src/backplane/link.rs).
-    backplane: Option<Link>,
+    backplane: Option<Links>,
     /// SIGUSR2: the new process started, its hello awaited (runtime/upgrade.rs).
     upgrade: Option<upgrade::Upgrade>,
 }
@@ -146,7 +146,7 @@ impl Server {
         let backplane = match app.backplane_settings() {
             Some(settings) => {
                 let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
-                Some(Link::start(settings.clone(), waker)?)
+                Some(Links::start(settings.clone(), waker).map_err(|e| StartError::Redis(e.to_string()))?)
             }
             None => None,
         };
@@ -262,8 +262,8 @@ impl Server {
     /// --redis: hands what Redis said to the application, and what it asks of Redis
     /// (everything this iteration queued: one batch, one write) to the link.
     fn pump_backplane(&mut self, now: Instant) {
-        let Some(link) = &self.backplane else { return };
-        while let Ok(event) = link.events.try_recv() {
+        let Some(link) = &mut self.backplane else { return };
+        for event in link.events() {
             self.app.handle_backplane(event, now);
         }
         if let Some(outbox) = self.app.backplane_outbox().filter(|o| !o.is_empty()) {
@@ -595,7 +595,10 @@ pub enum StartError {
     Tls(String),
     /// The --jwt-secret-file/--jwt-key files or MIOKET_JWT_SECRET: a usage error.
     Auth(String),
-    /// Listening, polling or the Redis threads.
+    /// A Redis that answered and refused (a wrong password, a TLS failure), or its
+    /// threads: the address, never the password.
+    Redis(String),
+    /// Listening or polling.
     Io(io::Error),
     /// Taking over from an old process (a binary upgrade) failed; it serves on.
     Upgrade(String),
@@ -612,6 +615,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Tls(why) => write!(f, "bad TLS certificate or key: {why}"),
             StartError::Auth(why) => write!(f, "bad JWT key: {why}"),
+            StartError::Redis(why) => f.write_str(why),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
             StartError::Upgrade(why) => write!(f, "cannot take over from the old process: {why}"),
         }

@@ -208,9 +208,13 @@ impl<T: ClientIo> App<T> {
 
 /// The Redis bus's settings from the command line (`--redis` and its limits).
 fn settings(config: &crate::config::Config) -> Option<Settings> {
-    let url = config.redis.clone()?;
+    let mut shards = config.redis.clone();
+    shards.sort_by_key(crate::config::RedisUrl::address);
+    shards.dedup_by_key(|u| u.address());
     Some(Settings {
-        url,
+        url: shards.first()?.clone(),
+        shards,
+        ca: config.redis_ca.clone(),
         outbox: config.redis_outbox,
         outbox_bytes: config.redis_outbox_bytes,
         history: config.history,

@@ -267,7 +267,7 @@ mod tests {
     fn app() -> App<&'static str> {
         let url = crate::config::RedisUrl::parse("redis://127.0.0.1").unwrap();
         let config =
-            Config { mode: Mode::Broadcast, welcome: None, history: 10, redis: Some(url), ..Config::default() };
+            Config { mode: Mode::Broadcast, welcome: None, history: 10, redis: vec![url], ..Config::default() };
         let mut app = App::new(config);
         let now = Instant::now();
         for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {

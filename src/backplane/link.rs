@@ -1,5 +1,5 @@
-//! The backplane's I/O: two threads with blocking sockets, so the event loop never
-//! waits for Redis.
+//! The backplane's I/O: three threads with blocking connections (the `redis` crate's
+//! sync API: TCP or TLS, AUTH and SELECT), so the event loop never waits for Redis.
 //!
 //! - The command thread takes every command queued since its last write, writes them
 //!   in one `write` (pipelining: under load, many messages per round trip), reads their
@@ -8,30 +8,37 @@
 //!   `--history-memory` bytes each) on a connection of its own, so that a large room's
 //!   fetch never holds other rooms' publishes.
 //! - The subscription thread (`link/subscription.rs`) SUBSCRIBEs to the nodes' channels
-//!   (messages, moderation acts) and hands back every message it gets. It PINGs when nothing came for `PING_EVERY`, so a link that went
-//!   silent (no reset: a stalled proxy, a dead host) is noticed within `REPLY_TIMEOUT`.
+//!   (messages, moderation acts) and hands back every message it gets. It checks the
+//!   link when nothing came for `PING_EVERY`, so a link that went silent (no reset: a
+//!   stalled proxy, a dead host) is noticed within `REPLY_TIMEOUT`.
 //!
 //! All reconnect with a backoff (50 ms doubling to 2 s) and say when they are up or
 //! down; a command whose connection fails, or gets no reply for `REPLY_TIMEOUT`, is
-//! answered as failed, never dropped. Each batch of events ends with a `Waker::wake`,
+//! answered as failed, never dropped. Each batch of events ends with a wake (`Wake`),
 //! so the loop picks them up at once.
 
-use std::io::{self, BufWriter, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::collections::HashSet;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 use mio::Waker;
+use redis::Value;
 
-use super::resp::{self, Reply};
 use super::{Command, Event, Fetched, Message, Settings};
+use connect::{connect, merely_down};
 use scripts::{FETCH, PUBLISH, TOUCH};
-use subscription::subscription_thread;
+use subscription::{subscription_thread, Change};
 
+mod connect;
 mod scripts;
+mod shards;
 mod subscription;
+
+pub use shards::Links;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -42,13 +49,14 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// Messages per piece of a room's fetch (each piece is one XREVRANGE: Redis serves
 /// other connections between pieces).
 const FETCH_PIECE: usize = 16;
-/// The subscription PINGs when it heard nothing for this long.
+/// The subscription checks the link when it heard nothing for this long.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
 
-/// The channel every node subscribes to (pub/sub ignores databases: the number keeps
-/// deployments on different databases apart).
-pub fn channel(settings: &Settings) -> String {
-    format!("mioket:{}:messages", settings.url.db)
+/// A room's channel: its live lines, to the nodes that hold it. The room's hash tag
+/// puts it on the room's slot (sharded pub/sub); pub/sub ignores databases, so the
+/// number keeps deployments on different databases apart.
+pub fn room_channel(settings: &Settings, room: &str) -> String {
+    format!("mioket:{{{room}}}:{}:live", settings.url.db)
 }
 
 /// The channel of moderation acts (`Command::Moderate`), which every node subscribes to too.
@@ -73,34 +81,96 @@ fn id_key(room: &str, id: &str) -> Vec<u8> {
 pub struct Link {
     commands: Sender<Vec<Command>>,
     fetches: Sender<Vec<Command>>,
-    pub events: Receiver<Event>,
+    /// Changes of the subscription's channel set.
+    changes: Sender<Change>,
+    /// The rooms whose channels the subscription listens to (asked for).
+    listening: HashSet<Box<str>>,
+    settings: Settings,
+    events: Receiver<Event>,
+    wake: Wake,
+}
+
+/// Wakes the loop when events wait for it, once until it takes them (`Link::events`):
+/// the subscription hands messages on one by one, and a wake is a system call.
+#[derive(Clone)]
+struct Wake {
+    waker: Arc<Waker>,
+    /// A wake is under way and the loop has not taken the events yet.
+    pending: Arc<AtomicBool>,
+}
+
+impl Wake {
+    /// After sending events: false when the loop is gone.
+    fn wake(&self) -> bool {
+        // Seen set: the loop clears it later, then takes what was sent before.
+        self.pending.swap(true, Ordering::SeqCst) || self.waker.wake().is_ok()
+    }
 }
 
 impl Link {
     /// Starts the three threads. `waker` wakes the loop when events are there.
     pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Link> {
+        // A Redis that answers but refuses (a wrong password, a TLS failure) will not
+        // change its mind: the process ends, naming the address (never the password).
+        if let Err(e) = connect(&settings, false) {
+            if !merely_down(&e, settings.url.tls) {
+                return Err(io::Error::other(format!("Redis at {} refused the connection: {e}", settings.url)));
+            }
+        }
+        let wake = Wake { waker, pending: Arc::new(AtomicBool::new(false)) };
         let (commands, command_rx) = mpsc::channel();
         let (fetches, fetch_rx) = mpsc::channel();
         let (event_tx, events) = mpsc::channel();
+        let (changes, change_rx) = mpsc::channel();
         let pokes = vec![commands.clone(), fetches.clone()];
         for (name, rx, fetches) in [("redis-commands", command_rx, false), ("redis-fetches", fetch_rx, true)] {
-            let (s, tx, w, pokes) = (settings.clone(), event_tx.clone(), Arc::clone(&waker), pokes.clone());
+            let (s, tx, w, pokes) = (settings.clone(), event_tx.clone(), wake.clone(), pokes.clone());
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(move || CommandThread { settings: s, rx, events: tx, waker: w, fetches, pokes }.run())?;
+                .spawn(move || CommandThread { settings: s, rx, events: tx, wake: w, fetches, pokes }.run())?;
         }
+        let (w, s, to_fetch) = (wake.clone(), settings.clone(), fetches.clone());
         std::thread::Builder::new()
             .name("redis-subscription".into())
-            .spawn(move || subscription_thread(&settings, &event_tx, &waker, &pokes))?;
-        Ok(Link { commands, fetches, events })
+            .spawn(move || subscription_thread(&s, &change_rx, &to_fetch, &event_tx, &w, &pokes))?;
+        Ok(Link { commands, fetches, changes, listening: HashSet::new(), settings, events, wake })
     }
 
-    /// Hands a batch of commands to the threads: fetches to the fetch thread, the rest
-    /// to the command thread.
-    pub fn send(&self, batch: Vec<Command>) {
-        let (fetches, commands): (Vec<Command>, Vec<Command>) =
-            batch.into_iter().partition(|c| matches!(c, Command::Fetch { .. }));
-        if !fetches.is_empty() {
+    /// The events that wait (taken: the next one wakes the loop again).
+    pub fn events(&self) -> std::sync::mpsc::TryIter<'_, Event> {
+        self.wake.pending.store(false, Ordering::SeqCst);
+        self.events.try_iter()
+    }
+
+    /// Hands a batch of commands to the threads: fetches to the fetch thread (through
+    /// the subscription when a room's channel must be listened to first), unsubscribes
+    /// to the subscription, the rest to the command thread.
+    pub fn send(&mut self, batch: Vec<Command>) {
+        let (mut fetches, mut commands, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
+        for c in batch {
+            match c {
+                Command::Fetch { ref room, .. } => {
+                    if self.listening.insert(room.clone()) {
+                        fresh.push(room_channel(&self.settings, room));
+                    }
+                    fetches.push(c);
+                }
+                Command::Unsubscribe { rooms } => {
+                    let gone: Vec<String> = rooms
+                        .iter()
+                        .filter(|r| self.listening.remove(*r))
+                        .map(|r| room_channel(&self.settings, r))
+                        .collect();
+                    if !gone.is_empty() {
+                        let _ = self.changes.send(Change::Unsubscribe(gone));
+                    }
+                }
+                other => commands.push(other),
+            }
+        }
+        if !fresh.is_empty() {
+            let _ = self.changes.send(Change::Subscribe { channels: fresh, then: fetches });
+        } else if !fetches.is_empty() {
             let _ = self.fetches.send(fetches);
         }
         if !commands.is_empty() {
@@ -109,105 +179,38 @@ impl Link {
     }
 }
 
-fn connect(settings: &Settings) -> io::Result<TcpStream> {
-    let url = &settings.url;
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-    for addr in (url.host.as_str(), url.port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-/// Reads whole replies from a blocking stream, in time linear in their size: the
-/// scanner goes on where it stopped, reads grow with the reply, each reply is parsed
-/// (copied) once.
-struct Replies {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    scanner: resp::Scanner,
-}
-
-impl Replies {
-    fn new(stream: TcpStream) -> Replies {
-        Replies { stream, buf: Vec::new(), start: 0, scanner: resp::Scanner::default() }
-    }
-}
-
-impl Replies {
-    /// Every whole reply the buffer holds, reading first when it holds none.
-    fn batch(&mut self, out: &mut Vec<Reply>) -> io::Result<()> {
-        out.push(self.next()?);
-        loop {
-            let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis");
-            match self.scanner.scan(&self.buf[self.start..]).map_err(|_| malformed())? {
-                Some(end) => match resp::parse(&self.buf[self.start..self.start + end]) {
-                    Ok(Some((reply, used))) if used == end => {
-                        self.start += end;
-                        out.push(reply);
-                    }
-                    _ => return Err(malformed()),
-                },
-                None => return Ok(()),
-            }
-        }
-    }
-
-    fn next(&mut self) -> io::Result<Reply> {
-        let malformed = || io::Error::new(io::ErrorKind::InvalidData, "malformed reply from Redis");
-        loop {
-            if let Some(end) = self.scanner.scan(&self.buf[self.start..]).map_err(|_| malformed())? {
-                let whole = &self.buf[self.start..self.start + end];
-                let reply = match resp::parse(whole) {
-                    Ok(Some((reply, used))) if used == end => reply,
-                    _ => return Err(malformed()),
-                };
-                self.start += end;
-                if self.start == self.buf.len() {
-                    self.buf.clear();
-                    self.start = 0;
-                }
-                return Ok(reply);
-            }
-            // The scanner's position is relative to `start`: moving the bytes keeps it.
-            if self.start > 0 {
-                self.buf.drain(..self.start);
-                self.start = 0;
-            }
-            // Reads grow with what is already there (64 KiB to 16 MiB at a time).
-            let len = self.buf.len();
-            self.buf.resize(len + len.clamp(64 << 10, 16 << 20), 0);
-            let n = loop {
-                match self.stream.read(&mut self.buf[len..]) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    other => break other,
-                }
-            };
-            self.buf.truncate(len + n.as_ref().copied().unwrap_or(0));
-            match n {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-fn command(out: &mut Vec<u8>, args: &[&[u8]]) {
-    resp::encode_command(out, args.iter().copied());
-}
-
-fn expect_ok(reply: Reply) -> io::Result<Reply> {
+/// A reply that is Redis's error, as an error.
+fn expect_ok(reply: Value) -> redis::RedisResult<Value> {
     match reply {
-        Reply::Error(e) => Err(io::Error::other(format!("Redis: {e}"))),
+        Value::ServerError(e) => Err(e.into()),
         other => Ok(other),
+    }
+}
+
+/// A `COMMAND INFO NAME` answer that knows the command.
+fn has_command(reply: &Value) -> bool {
+    array(reply).and_then(<[Value]>::first).is_some_and(|c| !matches!(c, Value::Nil | Value::ServerError(_)))
+}
+
+fn bytes(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+fn int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+fn array(value: &Value) -> Option<&[Value]> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Some(items),
+        _ => None,
     }
 }
 
@@ -215,7 +218,7 @@ struct CommandThread {
     settings: Settings,
     rx: Receiver<Vec<Command>>,
     events: Sender<Event>,
-    waker: Arc<Waker>,
+    wake: Wake,
     /// Which connection this is, in the up/down events: commands, or fetches.
     fetches: bool,
     /// The command and fetch threads, poked when a connection is lost.
@@ -234,6 +237,8 @@ struct Shas {
     publish: Vec<u8>,
     fetch: Vec<u8>,
     touch: Vec<u8>,
+    /// Redis has sharded pub/sub (7.0 and later): rooms' lines go by SPUBLISH.
+    sharded: bool,
 }
 
 impl CommandThread {
@@ -243,7 +248,7 @@ impl CommandThread {
                 return false;
             }
         }
-        self.waker.wake().is_ok()
+        self.wake.wake()
     }
 
     fn state(&self, up: bool) -> [Event; 1] {
@@ -255,14 +260,14 @@ impl CommandThread {
         let mut was_up = None;
         loop {
             match self.open() {
-                Ok((replies, shas)) => {
+                Ok((mut con, shas)) => {
                     info!("backplane: connected to {}", self.settings.url);
                     backoff = BACKOFF_MIN;
                     was_up = Some(true);
                     if !self.emit(self.state(true)) {
                         return;
                     }
-                    match self.serve(replies, &shas) {
+                    match self.serve(&mut con, &shas) {
                         Ok(()) => return,
                         Err(e) => {
                             warn!("backplane: lost the Redis connection: {e}");
@@ -301,34 +306,38 @@ impl CommandThread {
         }
     }
 
-    fn open(&self) -> io::Result<(Replies, Shas)> {
-        let stream = connect(&self.settings)?;
-        let mut replies = Replies::new(stream.try_clone()?);
+    fn open(&self) -> redis::RedisResult<(redis::Connection, Shas)> {
+        let mut con = connect(&self.settings, false)?;
         let mut out = Vec::new();
-        let db = self.settings.url.db.to_string();
-        command(&mut out, &[b"SELECT", db.as_bytes()]);
         for script in [PUBLISH, FETCH, TOUCH] {
-            command(&mut out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
+            redis::cmd("SCRIPT").arg("LOAD").arg(script).write_packed_command(&mut out);
         }
-        command(&mut out, &[b"CONFIG", b"GET", b"maxmemory-policy"]);
-        (&stream).write_all(&out)?;
-        expect_ok(replies.next()?)?;
-        let mut sha = || -> io::Result<Vec<u8>> {
-            expect_ok(replies.next()?)?.as_bytes().map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha"))
+        redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").write_packed_command(&mut out);
+        redis::cmd("COMMAND").arg("INFO").arg("SPUBLISH").write_packed_command(&mut out);
+        con.send_packed_command(&out)?;
+        let mut sha = || -> redis::RedisResult<Vec<u8>> {
+            let reply = expect_ok(con.recv_response()?)?;
+            bytes(&reply).map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha").into())
         };
-        let shas = Shas { publish: sha()?, fetch: sha()?, touch: sha()? };
+        let (publish, fetch, touch) = (sha()?, sha()?, sha()?);
         // A policy that evicts keys destroys rooms (volatile-* ones too: rooms have
         // TTLs). CONFIG may be refused (a hosted Redis): then nothing is known.
-        let policy = replies.next()?;
-        let policy =
-            policy.as_array().and_then(|kv| kv.get(1)?.as_bytes()).map(|p| String::from_utf8_lossy(p).into_owned());
+        let policy = con.recv_response()?;
+        let policy = match &policy {
+            Value::Array(kv) => kv.get(1).and_then(bytes),
+            Value::Map(kv) => kv.first().and_then(|(_, v)| bytes(v)),
+            _ => None,
+        }
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+        let sharded = has_command(&con.recv_response()?);
+        let shas = Shas { publish, fetch, touch, sharded };
         if !self.fetches {
             let evicting = policy.filter(|p| p != "noeviction");
             if !self.emit([Event::Evicting(evicting)]) {
-                return Err(io::Error::other("the loop is gone"));
+                return Err(io::Error::other("the loop is gone").into());
             }
         }
-        Ok((replies, shas))
+        Ok((con, shas))
     }
 
     /// A room's state: its epoch and seq (the fetch script), then its kept messages
@@ -336,41 +345,24 @@ impl CommandThread {
     /// one message), given oldest first. `None`: Redis's answer was not one.
     fn fetch(
         &self,
-        writer: &mut BufWriter<TcpStream>,
-        replies: &mut Replies,
+        con: &mut redis::Connection,
         shas: &Shas,
         room: &str,
         since: u64,
-    ) -> io::Result<Option<Fetched>> {
+    ) -> redis::RedisResult<Option<Fetched>> {
         let (meta, stream) = (meta_key(room), stream_key(room));
-        let (epoch, since) = (super::random_hex(), since.to_string());
-        let history = self.settings.history.to_string();
-        let ttl = self.settings.ttl.as_millis().max(1000).to_string();
-        let mut out = Vec::new();
-        let args: [&[u8]; 9] = [
-            b"EVALSHA",
-            &shas.fetch,
-            b"2",
-            &meta,
-            &stream,
-            epoch.as_bytes(),
-            since.as_bytes(),
-            history.as_bytes(),
-            ttl.as_bytes(),
-        ];
-        command(&mut out, &args);
-        writer.write_all(&out)?;
-        writer.flush()?;
-        let Some((epoch, seq, start)) = parse_head(&expect_ok(replies.next()?)?) else { return Ok(None) };
+        let ttl = self.settings.ttl.as_millis().max(1000) as u64;
+        let mut script = redis::cmd("EVALSHA");
+        script.arg(&shas.fetch).arg(2).arg(&meta).arg(&stream);
+        script.arg(super::random_hex()).arg(since).arg(self.settings.history).arg(ttl);
+        con.send_packed_command(&script.get_packed_command())?;
+        let Some((epoch, seq, start)) = parse_head(&expect_ok(con.recv_response()?)?) else { return Ok(None) };
         let (mut newest, mut bytes, mut top) = (Vec::new(), 0, seq);
-        let piece = FETCH_PIECE.to_string();
         'pieces: while start > 0 && top >= start {
-            out.clear();
-            let (from, to) = (format!("{top}-0"), format!("{start}-0"));
-            command(&mut out, &[b"XREVRANGE", &stream, from.as_bytes(), to.as_bytes(), b"COUNT", piece.as_bytes()]);
-            writer.write_all(&out)?;
-            writer.flush()?;
-            let Some(entries) = parse_entries(&expect_ok(replies.next()?)?) else { return Ok(None) };
+            let mut range = redis::cmd("XREVRANGE");
+            range.arg(&stream).arg(format!("{top}-0")).arg(format!("{start}-0")).arg("COUNT").arg(FETCH_PIECE);
+            con.send_packed_command(&range.get_packed_command())?;
+            let Some(entries) = parse_entries(&expect_ok(con.recv_response()?)?) else { return Ok(None) };
             let last = entries.len() < FETCH_PIECE;
             for message in entries {
                 if message.seq == 0 || message.seq > top {
@@ -392,15 +384,9 @@ impl CommandThread {
     }
 
     /// Pipelines until the connection fails (`Err`) or the loop is gone (`Ok`).
-    fn serve(&self, mut replies: Replies, shas: &Shas) -> io::Result<()> {
-        let mut writer = BufWriter::with_capacity(256 * 1024, replies.stream.try_clone()?);
+    fn serve(&self, con: &mut redis::Connection, shas: &Shas) -> redis::RedisResult<()> {
         let mut out = Vec::new();
-        let channel = channel(&self.settings);
-        let control = control_channel(&self.settings);
-        let history = self.settings.history.to_string();
-        let history_bytes = self.settings.history_bytes.to_string();
-        let ttl = self.settings.ttl.as_millis().max(1000).to_string();
-        let window = self.settings.dedup_window.as_millis().max(1).to_string();
+        let ping = redis::cmd("PING").get_packed_command();
         loop {
             // An idle connection is checked with a PING (and at once when another was
             // lost: a poke): a dead one is noticed before the next command needs it.
@@ -417,18 +403,15 @@ impl CommandThread {
                 }
             }
             if batch.is_empty() {
-                out.clear();
-                command(&mut out, &[b"PING"]);
-                writer.write_all(&out)?;
-                writer.flush()?;
-                expect_ok(replies.next()?)?;
+                con.send_packed_command(&ping)?;
+                expect_ok(con.recv_response()?)?;
                 continue;
             }
             if self.fetches {
                 // One room at a time, each read in pieces.
                 for (i, c) in batch.iter().enumerate() {
                     let Command::Fetch { req, room, since } = c else { continue };
-                    match self.fetch(&mut writer, &mut replies, shas, room, *since) {
+                    match self.fetch(con, shas, room, *since) {
                         Ok(fetched) => {
                             if !self.emit([Event::Fetched { req: *req, result: fetched.ok_or(()) }]) {
                                 return Ok(());
@@ -443,58 +426,16 @@ impl CommandThread {
                 continue;
             }
             let started = Instant::now();
+            out.clear();
             for c in &batch {
-                out.clear();
-                match c {
-                    Command::Publish { room, binary, payload, origin, from, id, .. } => {
-                        let epoch = super::random_hex();
-                        let kind: &[u8] = if *binary { b"b" } else { b"t" };
-                        let (meta, stream) = (meta_key(room), stream_key(room));
-                        // A publish with an id names its record too (a third key).
-                        let record = id.as_deref().map(|id| id_key(room, id));
-                        let count: &[u8] = if record.is_some() { b"3" } else { b"2" };
-                        let mut args: Vec<&[u8]> = vec![b"EVALSHA", &shas.publish, count, &meta, &stream];
-                        args.extend(record.as_deref());
-                        args.extend([
-                            epoch.as_bytes(),
-                            history.as_bytes(),
-                            ttl.as_bytes(),
-                            channel.as_bytes(),
-                            origin.as_bytes(),
-                            kind,
-                            payload,
-                            room.as_bytes(),
-                            history_bytes.as_bytes(),
-                            from.as_deref().unwrap_or_default().as_bytes(),
-                            window.as_bytes(),
-                        ]);
-                        command(&mut out, &args);
-                    }
-                    // Fetches go to the fetch thread (`Link::send`); a stray one
-                    // keeps the replies in step and is answered as failed.
-                    Command::Fetch { .. } => command(&mut out, &[b"PING"]),
-                    Command::Moderate(act) => {
-                        let json = serde_json::to_vec(act).unwrap_or_default();
-                        command(&mut out, &[b"PUBLISH", control.as_bytes(), &json]);
-                    }
-                    Command::Touch { rooms } => {
-                        let keys: Vec<Vec<u8>> = rooms.iter().flat_map(|r| [meta_key(r), stream_key(r)]).collect();
-                        let count = keys.len().to_string();
-                        let mut args: Vec<&[u8]> = vec![b"EVALSHA", &shas.touch, count.as_bytes()];
-                        args.extend(keys.iter().map(Vec::as_slice));
-                        args.push(ttl.as_bytes());
-                        command(&mut out, &args);
-                    }
-                }
-                writer.write_all(&out)?;
+                self.pack(&mut out, c, shas);
             }
-            let written = writer.flush();
+            let mut result = con.send_packed_command(&out);
             let mut events = Vec::with_capacity(batch.len() + 1);
-            let mut result = written;
             let mut answered = 0;
             if result.is_ok() {
                 for c in &batch {
-                    match replies.next() {
+                    match con.recv_response() {
                         Ok(reply) => {
                             events.extend(outcome(c, Some(reply)));
                             answered += 1;
@@ -517,13 +458,53 @@ impl CommandThread {
             result?;
         }
     }
+
+    /// Appends a command's Redis command to `out`.
+    fn pack(&self, out: &mut Vec<u8>, c: &Command, shas: &Shas) {
+        let settings = &self.settings;
+        let ttl = settings.ttl.as_millis().max(1000) as u64;
+        match c {
+            Command::Publish { room, binary, payload, origin, from, id, .. } => {
+                let kind = if *binary { "b" } else { "t" };
+                let mut script = redis::cmd("EVALSHA");
+                // A publish with an id names its record too (a third key).
+                let keys = if id.is_some() { 3 } else { 2 };
+                script.arg(&shas.publish).arg(keys).arg(meta_key(room)).arg(stream_key(room));
+                if let Some(id) = id {
+                    script.arg(id_key(room, id));
+                }
+                let channel = room_channel(settings, room);
+                script.arg(super::random_hex()).arg(settings.history).arg(ttl).arg(channel);
+                script.arg(origin.as_bytes()).arg(kind).arg(payload.as_slice()).arg(room.as_bytes());
+                script.arg(settings.history_bytes).arg(from.as_deref().unwrap_or_default());
+                let window = settings.dedup_window.as_millis().max(1) as u64;
+                script.arg(window).arg(if shas.sharded { "SPUBLISH" } else { "PUBLISH" });
+                script.write_packed_command(out);
+            }
+            // Fetches go to the fetch thread and unsubscribes to the subscription
+            // (`Link::send`); a stray one keeps the replies in step.
+            Command::Fetch { .. } | Command::Unsubscribe { .. } => redis::cmd("PING").write_packed_command(out),
+            Command::Moderate(act) => {
+                let json = serde_json::to_vec(act).unwrap_or_default();
+                redis::cmd("PUBLISH").arg(control_channel(settings)).arg(json).write_packed_command(out);
+            }
+            Command::Touch { rooms } => {
+                let mut script = redis::cmd("EVALSHA");
+                script.arg(&shas.touch).arg(rooms.len() * 2);
+                for room in rooms {
+                    script.arg(meta_key(room)).arg(stream_key(room));
+                }
+                script.arg(ttl).write_packed_command(out);
+            }
+        }
+    }
 }
 
 fn failed(c: &Command) -> Option<Event> {
     outcome(c, None)
 }
 
-fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
+fn outcome(c: &Command, reply: Option<Value>) -> Option<Event> {
     match c {
         Command::Publish { req, room, .. } => {
             let result = reply.as_ref().and_then(parse_published);
@@ -533,41 +514,41 @@ fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Touch { .. } | Command::Moderate(_) => None,
+        Command::Touch { .. } | Command::Moderate(_) | Command::Unsubscribe { .. } => None,
     }
 }
 
 /// The publish script's answer: the room's epoch, the seq, and whether it is an
 /// earlier publish's (the id was published within the window: a third item, 1).
-fn parse_published(reply: &Reply) -> Option<(String, u64, bool)> {
-    let items = reply.as_array()?;
-    let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
-    let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
-    Some((epoch, seq, items.get(2).and_then(Reply::as_int) == Some(1)))
+fn parse_published(reply: &Value) -> Option<(String, u64, bool)> {
+    let items = array(reply)?;
+    let epoch = String::from_utf8(bytes(items.first()?)?.to_vec()).ok()?;
+    let seq = u64::try_from(int(items.get(1)?)?).ok()?;
+    Some((epoch, seq, items.get(2).and_then(int) == Some(1)))
 }
 
 /// The fetch script's answer: the room's epoch, seq and the first seq to read.
-fn parse_head(reply: &Reply) -> Option<(String, u64, u64)> {
-    let items = reply.as_array()?;
-    let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
-    let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
-    let start = u64::try_from(items.get(2)?.as_int()?).ok()?;
+fn parse_head(reply: &Value) -> Option<(String, u64, u64)> {
+    let items = array(reply)?;
+    let epoch = String::from_utf8(bytes(items.first()?)?.to_vec()).ok()?;
+    let seq = u64::try_from(int(items.get(1)?)?).ok()?;
+    let start = u64::try_from(int(items.get(2)?)?).ok()?;
     Some((epoch, seq, start))
 }
 
 /// Stream entries (an XRANGE's answer) as messages.
-fn parse_entries(reply: &Reply) -> Option<Vec<Message>> {
+fn parse_entries(reply: &Value) -> Option<Vec<Message>> {
     let mut entries = Vec::new();
-    for entry in reply.as_array()? {
-        let [id, fields] = entry.as_array()? else { return None };
-        let id = std::str::from_utf8(id.as_bytes()?).ok()?;
+    for entry in array(reply)? {
+        let [id, fields] = array(entry)? else { return None };
+        let id = std::str::from_utf8(bytes(id)?).ok()?;
         let seq = id.split_once('-')?.0.parse().ok()?;
-        let fields = fields.as_array()?;
+        let fields = array(fields)?;
         let mut message = Message { seq, binary: false, payload: Vec::new(), origin: "".into(), from: None };
         for pair in fields.chunks(2) {
             let [name, value] = pair else { return None };
-            let value = value.as_bytes()?;
-            match name.as_bytes()? {
+            let value = bytes(value)?;
+            match bytes(name)? {
                 b"k" => message.binary = value == b"b",
                 b"o" => message.origin = String::from_utf8_lossy(value).into(),
                 b"f" => message.from = Some(String::from_utf8_lossy(value).into()),
@@ -587,28 +568,32 @@ mod tests {
     #[test]
     fn fetched_states_parse() {
         let entry = |id: &str, data: &str| {
-            Reply::Array(vec![
-                Reply::Bulk(id.into()),
-                Reply::Array(vec![
-                    Reply::Bulk(b"k".to_vec()),
-                    Reply::Bulk(b"b".to_vec()),
-                    Reply::Bulk(b"o".to_vec()),
-                    Reply::Bulk(b"n:1".to_vec()),
-                    Reply::Bulk(b"d".to_vec()),
-                    Reply::Bulk(data.into()),
+            Value::Array(vec![
+                Value::BulkString(id.into()),
+                Value::Array(vec![
+                    Value::BulkString(b"k".to_vec()),
+                    Value::BulkString(b"b".to_vec()),
+                    Value::BulkString(b"o".to_vec()),
+                    Value::BulkString(b"n:1".to_vec()),
+                    Value::BulkString(b"d".to_vec()),
+                    Value::BulkString(data.into()),
                 ]),
             ])
         };
-        let head = Reply::Array(vec![Reply::Bulk(b"e".to_vec()), Reply::Integer(3), Reply::Integer(2)]);
+        let head = Value::Array(vec![Value::BulkString(b"e".to_vec()), Value::Int(3), Value::Int(2)]);
         assert_eq!(parse_head(&head), Some(("e".to_string(), 3, 2)));
-        let entries = parse_entries(&Reply::Array(vec![entry("2-0", "x"), entry("3-0", "y")])).unwrap();
+        let entries = parse_entries(&Value::Array(vec![entry("2-0", "x"), entry("3-0", "y")])).unwrap();
         assert_eq!(entries.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2, 3]);
         assert!(entries[0].binary);
         // An entry written before `from` existed has none; a newer one keeps its `f`.
         assert_eq!(entries[0].from, None);
-        let with_from = Reply::Array(vec![Reply::Array(vec![
-            Reply::Bulk(b"4-0".to_vec()),
-            Reply::Array(["k", "t", "o", "n:2", "f", "ada\n", "d", "z"].map(|b| Reply::Bulk(b.into())).to_vec()),
+        let with_from = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(b"4-0".to_vec()),
+            Value::Array(
+                ["k", "t", "o", "n:2", "f", "ada\n", "d", "z"]
+                    .map(|b| Value::BulkString(b.as_bytes().to_vec()))
+                    .to_vec(),
+            ),
         ])]);
         assert_eq!(parse_entries(&with_from).unwrap()[0].from.as_deref(), Some("ada\n"));
     }

@@ -34,6 +34,8 @@ mod tests;
 
 /// Rooms per touch command.
 const TOUCH_BATCH: usize = 512;
+/// How often rooms this node no longer holds are unsubscribed from (batched).
+const SWEEP: Duration = Duration::from_secs(1);
 
 /// What the application must do after the mirror took an event, in this order.
 #[derive(Debug)]
@@ -102,6 +104,10 @@ struct RoomSync {
     joiners: Vec<(usize, Option<Resume<'static>>)>,
     /// Live messages that came during the fetch, delivered after it.
     buffer: Vec<(String, Message)>,
+    /// The link listens to the room's channel (since its first fetch, until a sweep
+    /// finds it without members: `Command::Unsubscribe`).
+    listening: bool,
+    name: Box<str>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,12 +133,28 @@ struct Stats {
     latency_max: Duration,
     latency_last: Duration,
     live_messages: u64,
+    /// Bytes of the live lines received (`mioket_redis_input_bytes_total`).
+    live_bytes: u64,
     duplicates: u64,
     fetches: u64,
     gaps_filled: u64,
     late_lookups: u64,
     rooms_lost: u64,
     disconnects: u64,
+}
+
+/// A shard's three connections: up or not.
+#[derive(Clone, Copy, Debug, Default)]
+struct Connections {
+    commands: bool,
+    fetches: bool,
+    subscribed: bool,
+}
+
+impl Connections {
+    fn up(&self) -> bool {
+        self.commands && self.fetches && self.subscribed
+    }
 }
 
 /// A client whose join waits for its room's fetch.
@@ -155,9 +177,8 @@ pub struct Mirror {
     in_flight_bytes: usize,
     /// Clients' publishes numbered by Redis and not delivered here yet, by request.
     accepted: BTreeMap<u64, Accepted>,
-    commands_up: bool,
-    fetches_up: bool,
-    subscribed: bool,
+    /// Each shard's connections (`Settings::shards`).
+    shards: Vec<Connections>,
     /// Publishes waiting for their outcome or their delivery here, by request.
     pending: HashMap<u64, Origin>,
     /// Requests in `pending` per client (so that a client's end clears its own).
@@ -169,6 +190,11 @@ pub struct Mirror {
     /// after their welcome.
     held: HashMap<usize, Held>,
     next_touch: Option<Instant>,
+    /// When rooms this node no longer holds are next unsubscribed from.
+    next_sweep: Option<Instant>,
+    /// Rooms listened to whose mirror state went (their slot reused): unsubscribed
+    /// at the next sweep.
+    dropped: Vec<Box<str>>,
     /// Redis's `maxmemory-policy` when it evicts keys (rooms may vanish): warned about.
     evicting: Option<String>,
     stats: Stats,
@@ -182,6 +208,7 @@ impl Mirror {
     /// A mirror with a given node name (the fake Redis's nodes).
     pub fn named(settings: Settings, node: String) -> Mirror {
         Mirror {
+            shards: vec![Connections::default(); settings.shards.len().max(1)],
             settings,
             node,
             next_req: 1,
@@ -189,15 +216,14 @@ impl Mirror {
             sent: BTreeMap::new(),
             in_flight_bytes: 0,
             accepted: BTreeMap::new(),
-            commands_up: false,
-            fetches_up: false,
-            subscribed: false,
             pending: HashMap::new(),
             pending_by_client: HashMap::new(),
             fetches: HashMap::new(),
             rooms: HashMap::new(),
             held: HashMap::new(),
             next_touch: None,
+            next_sweep: None,
+            dropped: Vec::new(),
             evicting: None,
             stats: Stats::default(),
         }
@@ -212,9 +238,14 @@ impl Mirror {
         &mut self.outbox
     }
 
-    /// All three connections up: publishes and fetches may go.
+    /// Every shard's three connections up.
     pub fn is_up(&self) -> bool {
-        self.commands_up && self.fetches_up && self.subscribed
+        self.shards.iter().all(Connections::up)
+    }
+
+    /// The three connections of a room's shard up: its publishes and fetches may go.
+    fn is_up_for(&self, room: &str) -> bool {
+        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(Connections::up)
     }
 
     fn request(&mut self) -> u64 {
@@ -236,7 +267,7 @@ impl Mirror {
         id: Option<&str>,
         now: Instant,
     ) -> Result<(), Refused> {
-        if !self.is_up() {
+        if !self.is_up_for(room) {
             self.stats.refused_unavailable += 1;
             return Err(Refused::Unavailable);
         }
@@ -268,7 +299,9 @@ impl Mirror {
     /// Tells every other node of a moderation act done here; false when Redis is
     /// unreachable (then it is done on this node only).
     pub fn moderate(&mut self, act: Moderation) -> bool {
-        if !self.commands_up {
+        // Moderation goes through the first shard (every node listens to its
+        // control channel on every shard).
+        if !self.shards[0].commands {
             return false;
         }
         self.outbox.push(Command::Moderate(Control { node: self.node.clone(), act }));
@@ -279,34 +312,13 @@ impl Mirror {
     pub fn handle(&mut self, event: Event, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         match event {
-            Event::Commands(up) => {
-                if self.commands_up && !up {
-                    self.stats.disconnects += 1;
+            Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_) => self.connection(0, &event, rooms, now),
+            Event::Shard { shard, event } => match *event {
+                state @ (Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_)) => {
+                    self.connection(shard, &state, rooms, now);
                 }
-                self.commands_up = up;
-                self.resync_all(rooms, now);
-            }
-            Event::Fetches(up) => {
-                if self.fetches_up && !up {
-                    self.stats.disconnects += 1;
-                }
-                self.fetches_up = up;
-                self.resync_all(rooms, now);
-            }
-            Event::Subscribed(up) => {
-                if self.subscribed && !up {
-                    self.stats.disconnects += 1;
-                    // Messages may be missed from now on: rooms read their stream again
-                    // once the subscription is back.
-                    for sync in self.rooms.values_mut() {
-                        if sync.state == SyncState::Synced {
-                            sync.state = SyncState::Unsynced;
-                        }
-                    }
-                }
-                self.subscribed = up;
-                self.resync_all(rooms, now);
-            }
+                other => return self.handle(other, rooms, now),
+            },
             Event::Published { req, room, result, duplicate } => {
                 // A duplicate has no live copy to wait for.
                 let numbered = result.as_ref().ok().filter(|_| !duplicate).map(|(_, seq)| (&*room, *seq));
@@ -334,9 +346,13 @@ impl Mirror {
                     }
                 }
             }
-            Event::Fetched { req, result } => self.fetched(req, result, rooms, &mut effects),
+            Event::Fetched { req, result } => {
+                self.fetched(req, result, rooms, &mut effects);
+                self.next_sweep.get_or_insert(now + SWEEP);
+            }
             Event::Live { room, epoch, message } => {
                 self.stats.live_messages += 1;
+                self.stats.live_bytes += super::live_line_len(&room, &epoch, &message) as u64;
                 // Rooms without a mirror here have nobody to deliver to.
                 if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
                     self.live(id, r.generation(), &room, epoch, message, &mut effects);
@@ -368,13 +384,40 @@ impl Mirror {
         effects
     }
 
+    /// A connection of a shard is up or down.
+    fn connection(&mut self, shard: usize, event: &Event, rooms: &Rooms, now: Instant) {
+        let Some(state) = self.shards.get_mut(shard) else { return };
+        let (flag, up) = match *event {
+            Event::Commands(up) => (&mut state.commands, up),
+            Event::Fetches(up) => (&mut state.fetches, up),
+            Event::Subscribed(up) => (&mut state.subscribed, up),
+            _ => return,
+        };
+        let lost = *flag && !up;
+        *flag = up;
+        if lost {
+            self.stats.disconnects += 1;
+        }
+        if lost && matches!(event, Event::Subscribed(_)) {
+            // Messages of the shard's rooms may be missed from now on: they read their
+            // stream again once the subscription is back.
+            let shards = &self.settings.shards;
+            for sync in self.rooms.values_mut() {
+                if sync.state == SyncState::Synced && super::shard_of(shards, &sync.name) == shard {
+                    sync.state = SyncState::Unsynced;
+                }
+            }
+        }
+        self.resync_all(rooms, now);
+    }
+
     /// A join of `room`: now when the mirror holds it (or held it once and catches
     /// up: what it missed reaches every member, this one included, in order, when
     /// its stream is read), else after the room's fetch.
     pub fn join(&mut self, id: usize, room: RoomId, rooms: &Rooms, resume: Option<&Resume<'_>>) -> Joining {
         let Some(r) = rooms.get(room) else { return Joining::Now };
         let generation = r.generation();
-        let up = self.is_up();
+        let up = self.is_up_for(r.name());
         let sync = self.sync(room, generation);
         if sync.state == SyncState::Synced {
             return Joining::Now;
@@ -475,8 +518,8 @@ impl Mirror {
 
     /// When `housekeeping` next has something: a touch, or a late publish to look for.
     pub fn poll(&self) -> Option<Instant> {
-        let touch = self.next_touch.filter(|_| self.is_up());
-        [touch, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
+        let touch = self.next_touch.filter(|_| self.shards.iter().any(Connections::up));
+        [touch, self.next_sweep, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
     }
 
     /// Looks for late publishes; keeps the rooms with members here alive in Redis,
@@ -484,6 +527,9 @@ impl Mirror {
     pub fn housekeeping(&mut self, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         self.look_for_late(rooms, now, &mut effects);
+        if self.next_sweep.is_some_and(|t| t <= now) {
+            self.sweep(rooms, now);
+        }
         if self.next_touch.is_none_or(|t| t > now) {
             return effects;
         }
@@ -493,21 +539,55 @@ impl Mirror {
         for chunk in names.chunks(TOUCH_BATCH) {
             self.outbox.push(Command::Touch { rooms: chunk.to_vec() });
         }
-        self.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        // Rooms listened to stay until a sweep unsubscribes from them.
+        self.rooms
+            .retain(|&id, sync| sync.listening || rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
         effects
+    }
+
+    /// Stops listening to the rooms this node holds no more (no members, no join
+    /// waiting, or gone), in one command; they are fetched again (since their last
+    /// seq) when a member comes back.
+    fn sweep(&mut self, rooms: &Rooms, now: Instant) {
+        let mut names = std::mem::take(&mut self.dropped);
+        self.rooms.retain(|&id, sync| {
+            let alive = rooms.get(id).filter(|r| r.generation() == sync.generation);
+            let held = alive.is_some_and(|r| r.topic.member_count() > 0) || !sync.joiners.is_empty();
+            if !sync.listening || held || sync.state == SyncState::Fetching {
+                return true;
+            }
+            sync.listening = false;
+            sync.state = SyncState::Unsynced;
+            sync.buffer.clear();
+            names.push(std::mem::take(&mut sync.name));
+            alive.is_some()
+        });
+        if !names.is_empty() {
+            self.outbox.push(Command::Unsubscribe { rooms: names });
+        }
+        self.next_sweep = self.rooms.values().any(|s| s.listening).then_some(now + SWEEP);
     }
 
     /// The mirror state of a room (a room made again in the same slot starts afresh).
     fn sync(&mut self, room: RoomId, generation: u32) -> &mut RoomSync {
         let sync = self.rooms.entry(room).or_default();
         if sync.generation != generation {
-            *sync = RoomSync { generation, ..RoomSync::default() };
+            let old = std::mem::replace(sync, RoomSync { generation, ..RoomSync::default() });
+            if old.listening {
+                self.dropped.push(old.name);
+            }
         }
         sync
     }
 
     /// Asks Redis for a room's state after `since`.
     fn fetch(&mut self, room: RoomId, generation: u32, name: &str, since: Seq) {
+        // The link listens to the room's channel before it fetches.
+        let sync = self.sync(room, generation);
+        sync.listening = true;
+        if *sync.name != *name {
+            sync.name = name.into();
+        }
         let req = self.request();
         self.stats.fetches += 1;
         self.fetches.insert(req, (room, generation));
@@ -517,12 +597,17 @@ impl Mirror {
     /// Once Redis is reachable again: rooms with members (or joins waiting) that may
     /// have missed messages read their stream; the others are fetched on their next join.
     fn resync_all(&mut self, rooms: &Rooms, now: Instant) {
-        if !self.is_up() {
+        if !self.shards.iter().any(Connections::up) {
             return;
         }
+        let up: Vec<bool> = self.shards.iter().map(Connections::up).collect();
+        let shards = &self.settings.shards;
         let mut fetch = Vec::new();
         for (&id, sync) in &mut self.rooms {
             let Some(room) = rooms.get(id).filter(|r| r.generation() == sync.generation) else { continue };
+            if !up.get(super::shard_of(shards, room.name())).copied().unwrap_or(false) {
+                continue;
+            }
             if sync.state == SyncState::Unsynced && (room.topic.member_count() > 0 || !sync.joiners.is_empty()) {
                 sync.state = SyncState::Fetching;
                 let since = if sync.known { sync.last } else { 0 };
@@ -687,7 +772,7 @@ impl Mirror {
             let Some(room) = rooms.find(&accepted.room) else { continue };
             let Some(r) = rooms.get(room) else { continue };
             let generation = r.generation();
-            let up = self.is_up();
+            let up = self.is_up_for(&accepted.room);
             let sync = self.sync(room, generation);
             let last = sync.last;
             if accepted.seq > last && sync.state == SyncState::Synced && up {

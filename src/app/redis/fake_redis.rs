@@ -1,7 +1,9 @@
 //! A fake Redis in virtual time: two or three nodes (`App`s) over one scripted Redis,
 //! in the spirit of quinn-proto's `Pair`. The fake is an in-memory model of what the
-//! scripts do (per room an epoch, a counter and a stream; pub/sub to every node's
-//! subscription; fetches of the kept messages), and of what the link does (each node
+//! scripts do (per room an epoch, a counter and a stream; pub/sub on the room's channel
+//! to the nodes that listen to it: a node listens from its first fetch of the room, as
+//! the link subscribes before it fetches, until it unsubscribes; fetches of the kept
+//! messages), and of what the link does (each node
 //! has three connections, each an ordered line of replies that arrive a hop later; a
 //! connection that breaks answers its commands as failed and loses its live messages).
 //! The harness moves each app's `Command`s to the fake and the `Event`s back, and
@@ -12,7 +14,7 @@
 //! every node sees the same seqs for a room as Redis numbered them, gap-free and
 //! duplicate-free, and every publish is either delivered (acked) or refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ struct Node {
     live: Line,
     /// Redis publishes to this node.
     subscribed: bool,
+    /// The rooms whose channels this node listens to.
+    listening: HashSet<Box<str>>,
     /// The next live message to this node is lost (the subscription does not notice).
     drop_next_live: bool,
 }
@@ -121,7 +125,7 @@ impl Cluster {
             .map(|_| {
                 let url = RedisUrl::parse("redis://fake").unwrap();
                 let mut config =
-                    Config { mode: Mode::Broadcast, welcome: None, history, redis: Some(url), ..Config::default() };
+                    Config { mode: Mode::Broadcast, welcome: None, history, redis: vec![url], ..Config::default() };
                 tweak(&mut config);
                 let mut app = App::new(config);
                 for event in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {
@@ -133,6 +137,7 @@ impl Cluster {
                     fetches: Line::new(),
                     live: Line::new(),
                     subscribed: true,
+                    listening: HashSet::new(),
                     drop_next_live: false,
                 }
             })
@@ -269,7 +274,7 @@ impl Cluster {
                     Event::Published { req, room: room.clone(), result: Ok((epoch.clone(), seq)), duplicate: false },
                 );
                 for node in &mut self.nodes {
-                    if !node.subscribed || std::mem::take(&mut node.drop_next_live) {
+                    if !node.subscribed || !node.listening.contains(&room) || std::mem::take(&mut node.drop_next_live) {
                         continue;
                     }
                     let live = Event::Live { room: room.to_string(), epoch: epoch.clone(), message: message.clone() };
@@ -277,6 +282,7 @@ impl Cluster {
                 }
             }
             Command::Fetch { req, room, since } => {
+                self.nodes[n].listening.insert(room.clone());
                 let at = at + self.fetch_delay;
                 if !self.up {
                     push(&mut self.nodes[n].fetches, at, Event::Fetched { req, result: Err(()) });
@@ -288,6 +294,11 @@ impl Cluster {
                 push(&mut self.nodes[n].fetches, at, Event::Fetched { req, result: Ok(fetched) });
             }
             Command::Touch { .. } => {}
+            Command::Unsubscribe { rooms } => {
+                for room in rooms {
+                    self.nodes[n].listening.remove(&room);
+                }
+            }
             Command::Moderate(control) => {
                 for node in self.nodes.iter_mut().filter(|n| n.subscribed && self.up) {
                     push(&mut node.live, at, Event::Moderated(control.clone()));
@@ -826,4 +837,30 @@ proptest::proptest! {
         cluster.advance(LATE * 3);
         cluster.check(true);
     }
+}
+
+/// Per-room subscriptions: a node whose last member of a room left stops listening to
+/// it (the sweep), and a member that comes back is caught up from the room's stream.
+#[test]
+fn a_room_left_is_unsubscribed_and_caught_up_when_joined_again() {
+    let (mut cluster, clients) = chat(2);
+    for &c in &clients[2..] {
+        let Client { node, id, .. } = cluster.clients[c];
+        cluster.nodes[node].app.handle_eof(id);
+        cluster.clients[c].closed = true;
+    }
+    cluster.settle();
+    cluster.advance(Duration::from_secs(3));
+    assert!(!cluster.nodes[1].listening.contains("chat"), "node 1 unsubscribed");
+    assert!(cluster.nodes[0].listening.contains("chat"));
+    cluster.publish(clients[0]);
+    cluster.settle();
+    let back = cluster.connect(1, "chat");
+    cluster.settle();
+    cluster.publish(clients[0]);
+    cluster.settle();
+    cluster.check(true);
+    assert!(cluster.nodes[1].listening.contains("chat"), "listening again");
+    let seqs: Vec<u64> = cluster.clients[back].rooms["chat"].messages.iter().map(|m| m.0).collect();
+    assert_eq!(seqs, vec![1, 2], "the history, then the live message");
 }

@@ -2,8 +2,9 @@
 
 /// Numbers a message, keeps it in the room's stream and tells every node, atomically.
 /// KEYS: meta hash, stream, and for a publish with an id its record. ARGV: epoch
-/// offered, history, ttl ms, channel, origin, kind (t/b), payload, room, history
-/// bytes, from (the publisher's `sub`, or empty), dedup window ms.
+/// offered, history, ttl ms, channel (the room's), origin, kind (t/b), payload, room,
+/// history bytes, from (the publisher's `sub`, or empty), dedup window ms, how to
+/// publish (SPUBLISH where Redis has sharded pub/sub, else PUBLISH).
 /// A record (`EPOCH SEQ`, expiring after the window) says that the id was published
 /// with that seq: a repeat in the same epoch is answered `{epoch, seq, 1}` and not
 /// published again (a record of an earlier epoch, a room Redis lost, is not one).
@@ -49,7 +50,7 @@ local origin = ARGV[5]
 if ARGV[10] ~= '' then
   origin = origin .. ' ' .. string.gsub(ARGV[10], '.', function(c) return string.format('%02x', string.byte(c)) end)
 end
-redis.call('PUBLISH', ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .. origin .. '\n' .. ARGV[6] .. ARGV[7])
+redis.call(ARGV[12], ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' .. origin .. '\n' .. ARGV[6] .. ARGV[7])
 return {epoch, seq}
 ";
 

@@ -1,19 +1,27 @@
 //! The subscription thread: SUBSCRIBEs to the nodes' channels (messages, and
-//! moderation acts) and hands back every message it gets, PINGing when nothing came for `PING_EVERY` (a link that went silent
-//! is noticed within `REPLY_TIMEOUT`).
+//! moderation acts) and hands back every message it gets. Its connection speaks RESP3:
+//! messages and subscription confirmations come as pushes, so a read that times out
+//! (every `POLL`, to take changes of the channel set) loses nothing. When nothing came
+//! for `PING_EVERY` it asks for a confirmation (SUBSCRIBE again to a channel it has):
+//! a link that went silent is noticed within `REPLY_TIMEOUT`.
 
-use std::io::{self, Write};
-use std::sync::mpsc::Sender;
-use std::time::Instant;
+use std::collections::BTreeSet;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::time::{Duration, Instant};
 
 use log::warn;
-use mio::Waker;
+use redis::{PushKind, RedisResult, Value};
 
-use super::{
-    channel, command, connect, control_channel, expect_ok, poke, Replies, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY,
-    REPLY_TIMEOUT,
-};
+use super::{connect, control_channel, poke, Wake, BACKOFF_MAX, BACKOFF_MIN, PING_EVERY, REPLY_TIMEOUT};
 use crate::backplane::{Command, Control, Event, Message, Settings};
+
+/// How often a blocked read gives way to changes of the channel set.
+const POLL: Duration = Duration::from_millis(10);
+/// After a message, the read waits this long for more before the loop is woken for
+/// what came (one wake for a burst: the loop then delivers it in one turn)...
+const BATCH: Duration = Duration::from_micros(50);
+/// ...and a steady stream wakes it at least this often.
+const BATCH_MAX: Duration = Duration::from_micros(200);
 
 /// A message of the channel: `ROOM\nEPOCH\nSEQ\nORIGIN\nKIND PAYLOAD` (a room name
 /// holds no control character, so no newline). The origin line of a message whose
@@ -45,88 +53,212 @@ fn from_hex(hex: &str) -> Option<Box<str>> {
     String::from_utf8(bytes?).ok().map(Into::into)
 }
 
+/// Rooms' channels to listen to from now on (then their fetches, once Redis confirmed
+/// it), or no more. Each is one command.
+pub(super) enum Change {
+    Subscribe { channels: Vec<String>, then: Vec<Command> },
+    Unsubscribe(Vec<String>),
+}
+
+/// The channels of the subscription, and the fetches that wait for theirs.
+struct Channels {
+    control: String,
+    rooms: BTreeSet<String>,
+    /// Fetches sent once these channels are confirmed.
+    waiting: Vec<(BTreeSet<String>, Vec<Command>)>,
+    /// This connection's Redis has sharded pub/sub: rooms' channels by SSUBSCRIBE.
+    sharded: bool,
+}
+
+impl Channels {
+    fn verbs(&self) -> (&'static str, &'static str) {
+        if self.sharded {
+            ("SSUBSCRIBE", "SUNSUBSCRIBE")
+        } else {
+            ("SUBSCRIBE", "UNSUBSCRIBE")
+        }
+    }
+
+    /// A channel confirmed: the fetches whose channels all are go.
+    fn confirmed(&mut self, channel: &[u8], fetches: &Sender<Vec<Command>>) {
+        let channel = String::from_utf8_lossy(channel);
+        for (channels, _) in &mut self.waiting {
+            channels.remove(&*channel);
+        }
+        self.release(|channels| channels.is_empty(), fetches);
+    }
+
+    fn release(&mut self, go: impl Fn(&BTreeSet<String>) -> bool, fetches: &Sender<Vec<Command>>) {
+        let (ready, waiting) = std::mem::take(&mut self.waiting).into_iter().partition(|(c, _)| go(c));
+        self.waiting = waiting;
+        for (_, then) in ready {
+            let _ = fetches.send(then);
+        }
+    }
+
+    /// Takes the changes asked for since the last time, and sends them (when
+    /// connected) as one SUBSCRIBE and one UNSUBSCRIBE.
+    fn take(
+        &mut self,
+        changes: &Receiver<Change>,
+        fetches: &Sender<Vec<Command>>,
+        con: Option<&mut redis::Connection>,
+    ) -> RedisResult<()> {
+        let (mut added, mut removed) = (BTreeSet::new(), Vec::new());
+        loop {
+            match changes.try_recv() {
+                Ok(Change::Subscribe { channels, then }) => {
+                    let fresh: BTreeSet<String> =
+                        channels.into_iter().filter(|c| self.rooms.insert(c.clone())).collect();
+                    added.extend(fresh.iter().cloned());
+                    self.waiting.push((fresh, then));
+                }
+                Ok(Change::Unsubscribe(channels)) => {
+                    for c in channels {
+                        if self.rooms.remove(&c) {
+                            added.remove(&c);
+                            removed.push(c);
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+        let Some(con) = con else {
+            // Down: the fetches go now (the rooms are fetched again once it is up).
+            self.release(|_| true, fetches);
+            return Ok(());
+        };
+        let (subscribe, unsubscribe) = self.verbs();
+        if !added.is_empty() {
+            send(con, subscribe, added.iter())?;
+        }
+        if !removed.is_empty() {
+            send(con, unsubscribe, removed.iter())?;
+        }
+        // Fetches of rooms already listened to go at once.
+        self.release(|channels| channels.is_empty(), fetches);
+        Ok(())
+    }
+}
+
 pub(super) fn subscription_thread(
     settings: &Settings,
+    changes: &Receiver<Change>,
+    fetches: &Sender<Vec<Command>>,
     events: &Sender<Event>,
-    waker: &Waker,
+    wake: &Wake,
     pokes: &[Sender<Vec<Command>>],
 ) {
-    let channel = channel(settings);
     let control = control_channel(settings);
+    let mut channels =
+        Channels { control: control.clone(), rooms: BTreeSet::new(), waiting: Vec::new(), sharded: false };
     let mut backoff = BACKOFF_MIN;
     let mut was_up = None;
     loop {
-        let result = (|| -> io::Result<()> {
-            let stream = connect(settings)?;
-            // Quiet rooms send nothing for long: a PING after `PING_EVERY` of silence
-            // (a subscribed connection answers it too), and dead after `REPLY_TIMEOUT`.
-            stream.set_read_timeout(Some(PING_EVERY))?;
-            let mut replies = Replies::new(stream.try_clone()?);
-            let mut out = Vec::new();
-            command(&mut out, &[b"SUBSCRIBE", channel.as_bytes(), control.as_bytes()]);
-            (&stream).write_all(&out)?;
-            // One confirmation per channel.
-            expect_ok(replies.next()?)?;
-            expect_ok(replies.next()?)?;
+        let result = (|| -> RedisResult<bool> {
+            let mut con = connect(settings, true)?;
+            con.send_packed_command(&redis::cmd("COMMAND").arg("INFO").arg("SSUBSCRIBE").get_packed_command())?;
+            channels.sharded = super::has_command(&con.recv_response()?);
+            // Whatever changed while it was down is in `channels`.
+            channels.take(changes, fetches, None)?;
+            let (subscribe, _) = channels.verbs();
+            send(&mut con, "SUBSCRIBE", std::iter::once(&channels.control))?;
+            if !channels.rooms.is_empty() {
+                send(&mut con, subscribe, channels.rooms.iter())?;
+            }
+            let deadline = Instant::now() + REPLY_TIMEOUT;
+            let mut unconfirmed = channels.rooms.clone();
+            unconfirmed.insert(control.clone());
+            while !unconfirmed.is_empty() {
+                if Instant::now() >= deadline {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no SUBSCRIBE confirmation").into());
+                }
+                match con.recv_response()? {
+                    Value::Push { kind: PushKind::Subscribe | PushKind::SSubscribe, data } => {
+                        if let Some(name) = data.first().and_then(super::bytes) {
+                            unconfirmed.remove(&*String::from_utf8_lossy(name));
+                        }
+                    }
+                    other => {
+                        if !handle(other, &control, events) {
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            con.set_read_timeout(Some(POLL))?;
             backoff = BACKOFF_MIN;
             was_up = Some(true);
-            if events.send(Event::Subscribed(true)).is_err() || waker.wake().is_err() {
-                return Ok(());
+            if events.send(Event::Subscribed(true)).is_err() || !wake.wake() {
+                return Ok(false);
             }
-            let mut batch = Vec::new();
             let mut heard = Instant::now();
-            let mut ping = Vec::new();
-            command(&mut ping, &[b"PING"]);
+            let mut asked = Instant::now();
+            let heartbeat = redis::cmd("SUBSCRIBE").arg(&control).get_packed_command();
+            // The first message handed on since the last wake.
+            let mut unwoken: Option<Instant> = None;
             loop {
-                batch.clear();
-                match replies.batch(&mut batch) {
-                    Ok(()) => heard = Instant::now(),
-                    Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                        if heard.elapsed() >= REPLY_TIMEOUT {
-                            return Err(io::Error::new(io::ErrorKind::TimedOut, "no answer to PING"));
+                match con.recv_response() {
+                    Ok(Value::Push { kind: PushKind::Subscribe | PushKind::SSubscribe, data }) => {
+                        heard = Instant::now();
+                        if let Some(name) = data.first().and_then(super::bytes) {
+                            channels.confirmed(name, fetches);
                         }
-                        (&stream).write_all(&ping)?;
                         continue;
+                    }
+                    Ok(value) => {
+                        heard = Instant::now();
+                        if !handle(value, &control, events) {
+                            return Ok(false);
+                        }
+                        // Whether more messages are buffered is not known: reading on
+                        // with a short timeout tells, and one wake goes for them all.
+                        match unwoken {
+                            None => {
+                                unwoken = Some(heard);
+                                con.set_read_timeout(Some(BATCH))?;
+                            }
+                            Some(first) if heard - first >= BATCH_MAX => {
+                                if !wake.wake() {
+                                    return Ok(false);
+                                }
+                                unwoken = Some(heard);
+                            }
+                            Some(_) => {}
+                        }
+                        continue;
+                    }
+                    Err(e) if e.is_timeout() => {
+                        if unwoken.take().is_some() {
+                            con.set_read_timeout(Some(POLL))?;
+                            if !wake.wake() {
+                                return Ok(false);
+                            }
+                        }
                     }
                     Err(e) => return Err(e),
                 }
-                for reply in &batch {
-                    let Some([kind, from, payload]) = reply.as_array() else { continue };
-                    if kind.as_bytes() != Some(b"message") {
-                        continue;
-                    }
-                    let event = if from.as_bytes() == Some(control.as_bytes()) {
-                        let Some(control) = payload.as_bytes().and_then(|p| serde_json::from_slice::<Control>(p).ok())
-                        else {
-                            warn!("backplane: a message on {control} that is not ours");
-                            continue;
-                        };
-                        Event::Moderated(control)
-                    } else {
-                        let Some((room, epoch, message)) = payload.as_bytes().and_then(parse_live) else {
-                            warn!("backplane: a message on {channel} that is not ours");
-                            continue;
-                        };
-                        Event::Live { room, epoch, message }
-                    };
-                    if events.send(event).is_err() {
-                        return Ok(());
-                    }
+                if heard.elapsed() >= REPLY_TIMEOUT {
+                    return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from Redis").into());
                 }
-                // One wake per read's worth of messages.
-                if waker.wake().is_err() {
-                    return Ok(());
+                if heard.elapsed() >= PING_EVERY && asked.elapsed() >= PING_EVERY {
+                    con.send_packed_command(&heartbeat)?;
+                    asked = Instant::now();
                 }
+                channels.take(changes, fetches, Some(&mut con))?;
             }
         })();
         match result {
-            Ok(()) => return,
+            Ok(_) => return,
             Err(e) => {
+                // The fetches that waited go (the rooms are fetched again once it is up).
+                channels.release(|_| true, fetches);
                 if was_up != Some(false) {
                     warn!("backplane: subscription lost: {e}");
                     poke(pokes);
                     was_up = Some(false);
-                    if events.send(Event::Subscribed(false)).is_err() || waker.wake().is_err() {
+                    if events.send(Event::Subscribed(false)).is_err() || !wake.wake() {
                         return;
                     }
                 }
@@ -135,6 +267,35 @@ pub(super) fn subscription_thread(
         std::thread::sleep(backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+fn send<'a>(con: &mut redis::Connection, verb: &str, channels: impl Iterator<Item = &'a String>) -> RedisResult<()> {
+    let mut command = redis::cmd(verb);
+    for c in channels {
+        command.arg(c.as_str());
+    }
+    con.send_packed_command(&command.get_packed_command())
+}
+
+/// Hands a message on; false when the loop is gone.
+fn handle(value: Value, control: &str, events: &Sender<Event>) -> bool {
+    let Value::Push { kind: PushKind::Message | PushKind::SMessage, data } = value else { return true };
+    let [from, payload] = &data[..] else { return true };
+    let (Some(from), Some(payload)) = (super::bytes(from), super::bytes(payload)) else { return true };
+    let event = if from == control.as_bytes() {
+        let Ok(act) = serde_json::from_slice::<Control>(payload) else {
+            warn!("backplane: a message on {control} that is not ours");
+            return true;
+        };
+        Event::Moderated(act)
+    } else {
+        let Some((room, epoch, message)) = parse_live(payload) else {
+            warn!("backplane: a message on {} that is not ours", String::from_utf8_lossy(from));
+            return true;
+        };
+        Event::Live { room, epoch, message }
+    };
+    events.send(event).is_ok()
 }
 
 #[cfg(test)]

@@ -26,11 +26,12 @@ pub struct Snapshot {
 impl Mirror {
     /// The /healthz lines: degraded while a connection is down or replies are late.
     pub fn health(&self, now: Instant) -> String {
-        let state = match (self.commands_up, self.fetches_up, self.subscribed) {
-            (true, true, true) if self.is_late(now) => "backplane: degraded (Redis replies late)\n",
-            (true, true, true) => "backplane: up\n",
-            (false, false, false) => "backplane: down\n",
-            _ => "backplane: degraded\n",
+        let down = |c: &super::Connections| !c.commands && !c.fetches && !c.subscribed;
+        let state = match (self.is_up(), self.shards.iter().all(down)) {
+            (true, _) if self.is_late(now) => "backplane: degraded (Redis replies late)\n",
+            (true, _) => "backplane: up\n",
+            (false, true) => "backplane: down\n",
+            (false, false) => "backplane: degraded\n",
         };
         match &self.evicting {
             Some(policy) => format!("{state}redis: maxmemory-policy {policy} evicts keys (rooms may be lost)\n"),
@@ -45,17 +46,20 @@ impl Mirror {
 
     /// The backplane's part of /api/stats.
     pub fn snapshot(&self, now: Instant) -> Snapshot {
-        let state = match (self.commands_up, self.fetches_up, self.subscribed) {
+        // With several shards, a connection counts as up when it is up on every shard.
+        let all = |up: fn(&super::Connections) -> bool| self.shards.iter().all(up);
+        let (commands, fetches, subscription) = (all(|c| c.commands), all(|c| c.fetches), all(|c| c.subscribed));
+        let state = match (commands, fetches, subscription) {
             (true, true, true) if self.is_late(now) => "late",
             (true, true, true) => "up",
-            (false, false, false) => "down",
+            _ if self.shards.iter().all(|c| !c.commands && !c.fetches && !c.subscribed) => "down",
             _ => "degraded",
         };
         Snapshot {
             state,
-            commands: self.commands_up,
-            fetches: self.fetches_up,
-            subscription: self.subscribed,
+            commands,
+            fetches,
+            subscription,
             round_trip_ms: self.stats.latency_last.as_secs_f64() * 1e3,
             round_trip_max_ms: self.stats.latency_max.as_secs_f64() * 1e3,
             round_trips: self.stats.round_trips,
@@ -85,9 +89,9 @@ impl Mirror {
             "gauge",
             "Redis connections up, by kind.",
             &[
-                ("{conn=\"commands\"}".into(), f64::from(u8::from(self.commands_up))),
-                ("{conn=\"fetches\"}".into(), f64::from(u8::from(self.fetches_up))),
-                ("{conn=\"subscription\"}".into(), f64::from(u8::from(self.subscribed))),
+                ("{conn=\"commands\"}".into(), self.shards.iter().filter(|c| c.commands).count() as f64),
+                ("{conn=\"fetches\"}".into(), self.shards.iter().filter(|c| c.fetches).count() as f64),
+                ("{conn=\"subscription\"}".into(), self.shards.iter().filter(|c| c.subscribed).count() as f64),
             ],
         );
         family(
@@ -142,6 +146,18 @@ impl Mirror {
             "counter",
             "Messages received from the subscription.",
             &one(s.live_messages as f64),
+        );
+        family(
+            "mioket_redis_input_bytes_total",
+            "counter",
+            "Bytes of rooms' live lines received from the subscription (only rooms held here).",
+            &one(s.live_bytes as f64),
+        );
+        family(
+            "mioket_backplane_listening_rooms",
+            "gauge",
+            "Rooms whose channels the subscription listens to.",
+            &one(self.rooms.values().filter(|r| r.listening).count() as f64),
         );
         family(
             "mioket_backplane_fetches_total",

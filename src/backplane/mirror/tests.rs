@@ -7,6 +7,8 @@ use crate::rooms::RoomId;
 fn settings(outbox: usize) -> Settings {
     Settings {
         url: RedisUrl::parse("redis://127.0.0.1").unwrap(),
+        shards: vec![RedisUrl::parse("redis://127.0.0.1").unwrap()],
+        ca: None,
         outbox,
         outbox_bytes: 1000,
         history: 10,
@@ -39,9 +41,7 @@ fn joiners(bp: &Mirror, room: RoomId) -> Vec<usize> {
 
 fn up(outbox: usize) -> Mirror {
     let mut bp = Mirror::new(settings(outbox));
-    bp.commands_up = true;
-    bp.fetches_up = true;
-    bp.subscribed = true;
+    bp.shards[0] = super::Connections { commands: true, fetches: true, subscribed: true };
     bp
 }
 
@@ -51,9 +51,7 @@ fn publishes_are_refused_while_down_and_beyond_the_outbox() {
     let mut bp = Mirror::new(settings(2));
     let origin = || Origin::Client { id: 1, ack: None, v1: false };
     assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Err(Refused::Unavailable));
-    bp.commands_up = true;
-    bp.fetches_up = true;
-    bp.subscribed = true;
+    bp.shards[0] = super::Connections { commands: true, fetches: true, subscribed: true };
     assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Ok(()));
     assert_eq!(bp.publish("r", Opcode::Text, b"b", origin(), None, None, now), Ok(()));
     assert_eq!(bp.publish("r", Opcode::Text, b"c", origin(), None, None, now), Err(Refused::OutboxFull));
@@ -201,4 +199,28 @@ fn a_moderation_act_goes_to_every_node_and_is_done_by_the_others_only() {
     assert!(
         matches!(&effects[..], [Effect::Moderate(Moderation::Remove { room, user })] if room == "r" && user == "u")
     );
+}
+
+#[test]
+fn rooms_spread_evenly_over_shards_and_a_new_shard_takes_only_its_own() {
+    use crate::backplane::{hash64, shard_of};
+    // Fixed: every node and version computes the same.
+    assert_eq!(hash64(b"", b""), hash64(b"", b""));
+    assert_ne!(hash64(b"a", b"b"), hash64(b"ab", b""));
+    let url = |port: u16| RedisUrl::parse(&format!("redis://10.0.0.1:{port}/0")).unwrap();
+    let three = [url(1), url(2), url(3)];
+    let four = [url(1), url(2), url(3), url(4)];
+    let mut counts = [0usize; 3];
+    let mut moved = 0;
+    for i in 0..3000 {
+        let room = format!("room-{i}");
+        let (before, after) = (shard_of(&three, &room), shard_of(&four, &room));
+        counts[before] += 1;
+        if after != before {
+            assert_eq!(after, 3, "a room moves only to the new shard");
+            moved += 1;
+        }
+    }
+    assert!(counts.iter().all(|&c| (850..=1150).contains(&c)), "even: {counts:?}");
+    assert!((600..=900).contains(&moved), "about a quarter moves: {moved}");
 }

@@ -14,6 +14,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// More arguments of redis-server (`start_with`).
+    extra: Vec<String>,
 }
 
 /// Whether `redis-server` can be run here (scripts/test.sh installs it).
@@ -25,12 +27,27 @@ impl RedisServer {
     /// Starts Redis; `persistent`: an append-only file synced on every write, so that
     /// a kill loses nothing it acknowledged.
     pub fn start(persistent: bool) -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        RedisServer::launched(persistent, &[])
+    }
+
+    /// Starts Redis (no persistence) with more arguments (`--requirepass`, `--tls-port`...).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::launched(false, extra)
+    }
+
+    fn launched(persistent: bool, extra: &[&str]) -> RedisServer {
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("mioket-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = RedisServer { child: None, port, dir, persistent };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut redis = RedisServer { child: None, port, dir, persistent, extra };
         redis.launch();
         redis
+    }
+
+    /// Where its files are (certificates for `--tls-port` may go there).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     fn launch(&mut self) {
@@ -46,6 +63,7 @@ impl RedisServer {
         } else {
             command.args(["--appendonly", "no"]);
         }
+        command.args(&self.extra);
         let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start redis-server");
         self.child = Some(child);
         let end = Instant::now() + Duration::from_secs(10);
@@ -67,9 +85,10 @@ impl RedisServer {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
         s.write_all(b"PING\r\n").ok()?;
-        let mut buf = [0u8; 7];
+        // An answer, whatever it is (one that wants AUTH answers -NOAUTH).
+        let mut buf = [0u8; 1];
         s.read_exact(&mut buf).ok()?;
-        (&buf == b"+PONG\r\n").then_some(())
+        matches!(&buf, b"+" | b"-").then_some(())
     }
 
     /// SIGKILL, and wait for the exit.
@@ -116,6 +135,11 @@ impl RedisServer {
     pub fn signal(&self, signal: &str) {
         Command::new("kill").args([signal, &self.pid().to_string()]).status().unwrap();
     }
+}
+
+/// A free 127.0.0.1 port (for a `--tls-port`, say).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Drop for RedisServer {

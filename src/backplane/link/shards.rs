@@ -1,0 +1,89 @@
+//! Several Redis shards (`--redis` given several times): one `Link` (its three
+//! threads) per shard, rooms routed by `shard_of`. A shard's up and down is its own:
+//! its state events reach the mirror as `Event::Shard`, so a shard that is down
+//! refuses only its rooms. Moderation goes through the first shard, whose control
+//! channel every node listens to.
+
+use std::io;
+use std::sync::Arc;
+
+use mio::Waker;
+
+use super::Link;
+use crate::backplane::{shard_of, Command, Event, Settings};
+
+/// The loop's end of every shard's link.
+pub struct Links {
+    links: Vec<Link>,
+    shards: Vec<crate::config::RedisUrl>,
+}
+
+impl Links {
+    /// Starts each shard's threads (and ends the start if one refuses us).
+    pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Links> {
+        let mut links = Vec::new();
+        for url in &settings.shards {
+            let shard = Settings { url: url.clone(), ..settings.clone() };
+            links.push(Link::start(shard, Arc::clone(&waker))?);
+        }
+        Ok(Links { links, shards: settings.shards })
+    }
+
+    /// The events that wait, every shard's (the state events of all but the first
+    /// marked with their shard).
+    pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
+        self.links.iter().enumerate().flat_map(|(shard, link)| {
+            link.events().map(move |event| match event {
+                Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_) if shard > 0 => {
+                    Event::Shard { shard, event: Box::new(event) }
+                }
+                other => other,
+            })
+        })
+    }
+
+    /// Hands each command to its room's shard (a touch or an unsubscribe split by
+    /// shard; moderation to the first).
+    pub fn send(&mut self, batch: Vec<Command>) {
+        let mut per: Vec<Vec<Command>> = self.links.iter().map(|_| Vec::new()).collect();
+        let shard = |room: &str| shard_of(&self.shards, room);
+        for c in batch {
+            match c {
+                Command::Publish { ref room, .. } | Command::Fetch { ref room, .. } => per[shard(room)].push(c),
+                Command::Moderate(_) => per[0].push(c),
+                Command::Touch { rooms } => {
+                    for (i, rooms) in split(rooms, shard).into_iter().enumerate() {
+                        if !rooms.is_empty() {
+                            per[i].push(Command::Touch { rooms });
+                        }
+                    }
+                }
+                Command::Unsubscribe { rooms } => {
+                    for (i, rooms) in split(rooms, shard).into_iter().enumerate() {
+                        if !rooms.is_empty() {
+                            per[i].push(Command::Unsubscribe { rooms });
+                        }
+                    }
+                }
+            }
+        }
+        for (link, batch) in self.links.iter_mut().zip(per) {
+            if !batch.is_empty() {
+                link.send(batch);
+            }
+        }
+    }
+}
+
+/// Rooms by shard.
+fn split(rooms: Vec<Box<str>>, shard: impl Fn(&str) -> usize) -> Vec<Vec<Box<str>>> {
+    let mut per: Vec<Vec<Box<str>>> = Vec::new();
+    for room in rooms {
+        let i = shard(&room);
+        if per.len() <= i {
+            per.resize_with(i + 1, Vec::new);
+        }
+        per[i].push(room);
+    }
+    per
+}
