@@ -26,6 +26,7 @@ pub mod link;
 pub mod mirror;
 pub mod resp;
 
+pub use mirror::presence::{NodeInfo, Part, PartUser, Registry};
 pub use mirror::{Effect, Joining, Mirror};
 
 /// What the backplane needs from the configuration.
@@ -59,6 +60,18 @@ pub enum Command {
     Touch { rooms: Vec<Box<str>> },
     /// Tell every node of a moderation act (PUBLISH on the control channel).
     Moderate(Control),
+    /// This node's part of a room's presence (`Part` as JSON; empty: none), kept in
+    /// the room's presence hash under `node` and told to every node holding the room
+    /// (the presence script).
+    Presence { room: Box<str>, node: Box<str>, part: Box<str> },
+    /// This node is alive with `members` memberships: the node registry's heartbeat,
+    /// answered with the live nodes (`Event::Nodes`).
+    Heartbeat { req: u64, node: Box<str>, members: u64 },
+    /// This node stops: out of the node registry (`Event::Left` when done).
+    Leave { node: Box<str> },
+    /// Deletes a dead node's part of a room (and tells the nodes), if the node
+    /// registry does not list it as alive when the script runs.
+    Forget { room: Box<str>, node: Box<str> },
 }
 
 /// A moderation act of the API (`--api-token`), done by every node to its own clients.
@@ -100,6 +113,8 @@ pub struct Fetched {
     pub seq: Seq,
     /// The kept messages after the `since` asked for, oldest first.
     pub entries: Vec<Message>,
+    /// The room's presence hash: each node's part (node, `Part` as JSON).
+    pub presence: Vec<(String, String)>,
 }
 
 /// What comes back from the link.
@@ -128,6 +143,19 @@ pub enum Event {
     },
     /// A moderation act from the control channel (this node's own too).
     Moderated(Control),
+    /// A node's part of a room's presence changed (`part` as JSON; empty: it has none).
+    Presence {
+        room: String,
+        node: String,
+        part: String,
+    },
+    /// The heartbeat's answer: the live nodes.
+    Nodes {
+        req: u64,
+        result: Result<Registry, ()>,
+    },
+    /// `Command::Leave` is done (or failed: then the node's entry ages out).
+    Left,
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
     /// One pipelined round trip: how many commands it carried and how long it took.

@@ -146,6 +146,12 @@ impl<T: ClientIo> App<T> {
         self.bus.mirror().map(Mirror::settings)
     }
 
+    /// With Redis: the node registry's last answer (the live nodes, their last
+    /// heartbeats and memberships), for an operator's view of the cluster.
+    pub fn cluster_nodes(&self) -> Option<&crate::backplane::Registry> {
+        self.bus.mirror()?.nodes()
+    }
+
     /// Commands for Redis, for the runtime to hand to the link (and empty).
     pub fn backplane_outbox(&mut self) -> Option<&mut Vec<Command>> {
         self.bus.mirror_mut().map(Mirror::commands)

@@ -11,13 +11,13 @@ use serde::Serialize;
 use super::session::Role;
 use super::{App, Client, ClientIo};
 use crate::auth::{self, Auth, Denied, Grant, TokenError};
-use crate::backplane::Moderation;
+use crate::backplane::{Moderation, Part, PartUser};
 use crate::frame::CloseCode;
 use crate::handshake;
 use crate::outqueue::Chunk;
 use crate::protocol::UpgradeRequest;
 use crate::pubsub::Audience;
-use crate::rooms::RoomId;
+use crate::rooms::{Room, RoomId};
 use crate::v1::{self, OpError};
 
 /// The wall clock now, as a duration since 1970 (the runtime's one look at it: the
@@ -67,6 +67,21 @@ impl Ord for Expiry {
 
 /// Most users a presence answer lists (`"truncated":true` beyond).
 const MAX_PRESENCE_USERS: usize = 1000;
+
+/// A user's `info`: a token's claim here (JSON text), or another node's.
+enum Info<'a> {
+    Text(Option<&'a str>),
+    Value(Option<&'a serde_json::Value>),
+}
+
+impl Info<'_> {
+    fn value(self) -> Option<serde_json::Value> {
+        match self {
+            Info::Text(text) => text.and_then(|i| serde_json::from_str(i).ok()),
+            Info::Value(value) => value.cloned(),
+        }
+    }
+}
 
 /// One user in a presence answer.
 #[derive(Serialize)]
@@ -348,31 +363,66 @@ impl<T: ClientIo> App<T> {
         Ok(())
     }
 
-    /// A room's presence as JSON: its member count, and its users with a token (by
-    /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`).
-    pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
+    /// This node's members of a room with a token, by `sub`: their `info` (JSON
+    /// text) and connection count.
+    fn local_users<'a>(&'a self, room: &'a Room) -> BTreeMap<&'a str, (Option<&'a str>, usize)> {
         let mut users: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
+        for audience in [Audience::Plain, Audience::Enveloped] {
+            for member in room.topic.members(audience) {
+                let Some(user) = self.grants.get(member).and_then(|g| g.user.as_ref()) else {
+                    continue;
+                };
+                users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
+            }
+        }
+        users
+    }
+
+    /// This node's part of a room's presence, as JSON for the other nodes (with
+    /// Redis): its member count and users, at most `MAX_PRESENCE_USERS`.
+    pub(super) fn presence_part(&self, room: &Room) -> String {
+        let users = self.local_users(room);
+        let part = Part {
+            online: room.topic.member_count(),
+            truncated: users.len() > MAX_PRESENCE_USERS,
+            users: users
+                .into_iter()
+                .take(MAX_PRESENCE_USERS)
+                .map(|(user, (info, connections))| PartUser {
+                    user: user.into(),
+                    info: info.and_then(|i| serde_json::from_str(i).ok()),
+                    connections,
+                })
+                .collect(),
+        };
+        serde_json::to_string(&part).unwrap_or_default()
+    }
+
+    /// A room's presence as JSON: its member count, and its users with a token (by
+    /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`),
+    /// on every node (with Redis: this node's and the other nodes' parts).
+    pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
+        let mut users: BTreeMap<&str, (Info<'_>, usize)> = BTreeMap::new();
         let mut online = 0;
-        if let Some(room) = room.and_then(|r| self.rooms.get(r)) {
-            online = room.topic.member_count();
-            for audience in [Audience::Plain, Audience::Enveloped] {
-                for member in room.topic.members(audience) {
-                    let Some(user) = self.grants.get(member).and_then(|g| g.user.as_ref()) else {
-                        continue;
-                    };
-                    users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
+        let mut truncated = false;
+        if let Some((id, room)) = room.and_then(|id| Some((id, self.rooms.get(id)?))) {
+            online = room.online();
+            for (user, (info, connections)) in self.local_users(room) {
+                users.insert(user, (Info::Text(info), connections));
+            }
+            for part in self.bus.mirror().into_iter().flat_map(|m| m.others(id)) {
+                truncated |= part.truncated;
+                for u in &part.users {
+                    let entry = users.entry(&u.user).or_insert((Info::Value(u.info.as_ref()), 0));
+                    entry.1 = entry.1.saturating_add(u.connections);
                 }
             }
         }
-        let truncated = users.len() > MAX_PRESENCE_USERS;
+        let truncated = truncated || users.len() > MAX_PRESENCE_USERS;
         let users = users
             .into_iter()
             .take(MAX_PRESENCE_USERS)
-            .map(|(user, (info, connections))| PresenceUser {
-                user,
-                info: info.and_then(|i| serde_json::from_str(i).ok()),
-                connections,
-            })
+            .map(|(user, (info, connections))| PresenceUser { user, info: info.value(), connections })
             .collect();
         let presence =
             Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };

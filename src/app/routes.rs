@@ -96,7 +96,7 @@ impl<T: ClientIo> App<T> {
                     .map(|room| api::RoomInfo {
                         room: room.name(),
                         epoch: room.epoch(),
-                        online: room.topic.member_count(),
+                        online: room.online(),
                         seq: room.topic.last_seq(),
                         history: room.topic.history().len(),
                     })

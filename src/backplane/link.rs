@@ -27,9 +27,10 @@ use mio::Waker;
 
 use super::resp::{self, Reply};
 use super::{Command, Event, Fetched, Message, Settings};
-use scripts::{FETCH, PUBLISH, TOUCH};
+use scripts::{FETCH, FORGET, HEARTBEAT, LEAVE, PRESENCE, PUBLISH, TOUCH};
 use subscription::subscription_thread;
 
+mod presence;
 mod scripts;
 mod subscription;
 
@@ -229,6 +230,10 @@ struct Shas {
     publish: Vec<u8>,
     fetch: Vec<u8>,
     touch: Vec<u8>,
+    presence: Vec<u8>,
+    heartbeat: Vec<u8>,
+    leave: Vec<u8>,
+    forget: Vec<u8>,
 }
 
 impl CommandThread {
@@ -302,7 +307,7 @@ impl CommandThread {
         let mut out = Vec::new();
         let db = self.settings.url.db.to_string();
         command(&mut out, &[b"SELECT", db.as_bytes()]);
-        for script in [PUBLISH, FETCH, TOUCH] {
+        for script in [PUBLISH, FETCH, TOUCH, PRESENCE, HEARTBEAT, LEAVE, FORGET] {
             command(&mut out, &[b"SCRIPT", b"LOAD", script.as_bytes()]);
         }
         command(&mut out, &[b"CONFIG", b"GET", b"maxmemory-policy"]);
@@ -311,7 +316,15 @@ impl CommandThread {
         let mut sha = || -> io::Result<Vec<u8>> {
             expect_ok(replies.next()?)?.as_bytes().map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha"))
         };
-        let shas = Shas { publish: sha()?, fetch: sha()?, touch: sha()? };
+        let shas = Shas {
+            publish: sha()?,
+            fetch: sha()?,
+            touch: sha()?,
+            presence: sha()?,
+            heartbeat: sha()?,
+            leave: sha()?,
+            forget: sha()?,
+        };
         // A policy that evicts keys destroys rooms (volatile-* ones too: rooms have
         // TTLs). CONFIG may be refused (a hosted Redis): then nothing is known.
         let policy = replies.next()?;
@@ -337,17 +350,18 @@ impl CommandThread {
         room: &str,
         since: u64,
     ) -> io::Result<Option<Fetched>> {
-        let (meta, stream) = (meta_key(room), stream_key(room));
+        let (meta, stream, presence) = (meta_key(room), stream_key(room), presence::presence_key(room));
         let (epoch, since) = (super::random_hex(), since.to_string());
         let history = self.settings.history.to_string();
         let ttl = self.settings.ttl.as_millis().max(1000).to_string();
         let mut out = Vec::new();
-        let args: [&[u8]; 9] = [
+        let args: [&[u8]; 10] = [
             b"EVALSHA",
             &shas.fetch,
-            b"2",
+            b"3",
             &meta,
             &stream,
+            &presence,
             epoch.as_bytes(),
             since.as_bytes(),
             history.as_bytes(),
@@ -356,7 +370,9 @@ impl CommandThread {
         command(&mut out, &args);
         writer.write_all(&out)?;
         writer.flush()?;
-        let Some((epoch, seq, start)) = parse_head(&expect_ok(replies.next()?)?) else { return Ok(None) };
+        let head = expect_ok(replies.next()?)?;
+        let Some((epoch, seq, start)) = parse_head(&head) else { return Ok(None) };
+        let presence = presence::parse_hash(head.as_array().and_then(|items| items.get(3)));
         let (mut newest, mut bytes, mut top) = (Vec::new(), 0, seq);
         let piece = FETCH_PIECE.to_string();
         'pieces: while start > 0 && top >= start {
@@ -383,7 +399,7 @@ impl CommandThread {
             }
         }
         newest.reverse();
-        Ok(Some(Fetched { epoch, seq, entries: newest }))
+        Ok(Some(Fetched { epoch, seq, entries: newest, presence }))
     }
 
     /// Pipelines until the connection fails (`Err`) or the loop is gone (`Ok`).
@@ -472,12 +488,18 @@ impl CommandThread {
                         command(&mut out, &[b"PUBLISH", control.as_bytes(), &json]);
                     }
                     Command::Touch { rooms } => {
-                        let keys: Vec<Vec<u8>> = rooms.iter().flat_map(|r| [meta_key(r), stream_key(r)]).collect();
+                        let keys: Vec<Vec<u8>> = rooms
+                            .iter()
+                            .flat_map(|r| [meta_key(r), stream_key(r), presence::presence_key(r)])
+                            .collect();
                         let count = keys.len().to_string();
                         let mut args: Vec<&[u8]> = vec![b"EVALSHA", &shas.touch, count.as_bytes()];
                         args.extend(keys.iter().map(Vec::as_slice));
                         args.push(ttl.as_bytes());
                         command(&mut out, &args);
+                    }
+                    other => {
+                        presence::encode(other, shas, &self.settings, &channel, &ttl, &mut out);
                     }
                 }
                 writer.write_all(&out)?;
@@ -530,7 +552,11 @@ fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Touch { .. } | Command::Moderate(_) => None,
+        Command::Heartbeat { req, .. } => {
+            Some(Event::Nodes { req: *req, result: reply.as_ref().and_then(presence::parse_registry).ok_or(()) })
+        }
+        Command::Leave { .. } => Some(Event::Left),
+        Command::Touch { .. } | Command::Moderate(_) | Command::Presence { .. } | Command::Forget { .. } => None,
     }
 }
 

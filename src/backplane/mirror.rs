@@ -27,6 +27,7 @@ use crate::pubsub::Seq;
 use crate::rooms::{RoomId, Rooms};
 use crate::v1::Resume;
 
+pub mod presence;
 mod report;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,9 @@ pub enum Effect {
     Welcome { id: usize, room: RoomId, resume: Option<Resume<'static>> },
     /// Another node's moderation act: do it to the clients here.
     Moderate(Moderation),
+    /// The other nodes' members of a room are `remote` now (their parts of its
+    /// presence): its `online` counts them.
+    Online { room: RoomId, remote: usize },
 }
 
 /// What a join does with Redis.
@@ -98,6 +102,8 @@ struct RoomSync {
     joiners: Vec<(usize, Option<Resume<'static>>)>,
     /// Live messages that came during the fetch, delivered after it.
     buffer: Vec<(String, Message)>,
+    /// The other nodes' parts of the room's presence, and this node's as told.
+    presence: presence::RoomPresence,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,6 +172,8 @@ pub struct Mirror {
     next_touch: Option<Instant>,
     /// Redis's `maxmemory-policy` when it evicts keys (rooms may vanish): warned about.
     evicting: Option<String>,
+    /// The node registry: heartbeats, the live nodes.
+    cluster: presence::Cluster,
     stats: Stats,
 }
 
@@ -194,6 +202,7 @@ impl Mirror {
             held: HashMap::new(),
             next_touch: None,
             evicting: None,
+            cluster: presence::Cluster::default(),
             stats: Stats::default(),
         }
     }
@@ -275,6 +284,9 @@ impl Mirror {
                     self.stats.disconnects += 1;
                 }
                 self.commands_up = up;
+                if up {
+                    self.presence_up(now);
+                }
                 self.resync_all(rooms, now);
             }
             Event::Fetches(up) => {
@@ -318,7 +330,7 @@ impl Mirror {
                     }
                 }
             }
-            Event::Fetched { req, result } => self.fetched(req, result, rooms, &mut effects),
+            Event::Fetched { req, result } => self.fetched(req, result, rooms, now, &mut effects),
             Event::Live { room, epoch, message } => {
                 self.stats.live_messages += 1;
                 // Rooms without a mirror here have nobody to deliver to.
@@ -326,6 +338,13 @@ impl Mirror {
                     self.live(id, r.generation(), &room, epoch, message, &mut effects);
                 }
             }
+            Event::Presence { room, node, part } => {
+                if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
+                    self.presence_heard(id, r.generation(), node, part, now, &mut effects);
+                }
+            }
+            Event::Nodes { req, result } => self.nodes_heard(req, result, &mut effects),
+            Event::Left => self.left(),
             // This node did its own already.
             Event::Moderated(control) => {
                 if control.node != self.node {
@@ -442,7 +461,8 @@ impl Mirror {
     /// When `housekeeping` next has something: a touch, or a late publish to look for.
     pub fn poll(&self) -> Option<Instant> {
         let touch = self.next_touch.filter(|_| self.is_up());
-        [touch, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
+        let heartbeat = self.cluster.poll().filter(|_| self.commands_up);
+        [touch, heartbeat, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
     }
 
     /// Looks for late publishes; keeps the rooms with members here alive in Redis,
@@ -450,6 +470,7 @@ impl Mirror {
     pub fn housekeeping(&mut self, rooms: &Rooms, now: Instant) -> Vec<Effect> {
         let mut effects = Vec::new();
         self.look_for_late(rooms, now, &mut effects);
+        self.heartbeat_due(now);
         if self.next_touch.is_none_or(|t| t > now) {
             return effects;
         }
@@ -459,7 +480,14 @@ impl Mirror {
         for chunk in names.chunks(TOUCH_BATCH) {
             self.outbox.push(Command::Touch { rooms: chunk.to_vec() });
         }
-        self.rooms.retain(|&id, sync| rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        let (outbox, node) = (&mut self.outbox, &self.node);
+        self.rooms.retain(|&id, sync| {
+            let held = rooms.get(id).is_some_and(|r| r.generation() == sync.generation);
+            if !held {
+                outbox.extend(presence::untold(sync, node));
+            }
+            held
+        });
         effects
     }
 
@@ -467,6 +495,8 @@ impl Mirror {
     fn sync(&mut self, room: RoomId, generation: u32) -> &mut RoomSync {
         let sync = self.rooms.entry(room).or_default();
         if sync.generation != generation {
+            // Another room in the slot: the one before takes its part back.
+            self.outbox.extend(presence::untold(sync, &self.node));
             *sync = RoomSync { generation, ..RoomSync::default() };
         }
         sync
@@ -583,9 +613,17 @@ impl Mirror {
 
     /// A room's state from Redis: fill the mirror's gap (or start it afresh), welcome
     /// the joins that waited, then deliver what came live meanwhile.
-    fn fetched(&mut self, req: u64, result: Result<Fetched, ()>, rooms: &Rooms, effects: &mut Vec<Effect>) {
+    fn fetched(
+        &mut self,
+        req: u64,
+        result: Result<Fetched, ()>,
+        rooms: &Rooms,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
         let Some((room, generation)) = self.fetches.remove(&req) else { return };
         let alive = rooms.get(room).filter(|r| r.generation() == generation);
+        let subscribed = self.subscribed;
         let sync = self.sync(room, generation);
         let joiners = std::mem::take(&mut sync.joiners);
         let buffer = std::mem::take(&mut sync.buffer);
@@ -593,6 +631,7 @@ impl Mirror {
             (Ok(fetched), Some(r)) => (fetched, r),
             _ => {
                 sync.state = SyncState::Unsynced;
+                Mirror::presence_unfetched(sync);
                 debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
                 effects.extend(joiners.into_iter().map(|(id, _)| Effect::Refuse(id)));
                 return;
@@ -606,7 +645,9 @@ impl Mirror {
         let continues = known && fetched.epoch == sync.epoch && fetched.seq >= last && contiguous && first <= last + 1;
         sync.epoch.clone_from(&fetched.epoch);
         sync.last = fetched.seq;
-        sync.state = SyncState::Synced;
+        // A subscription lost while the fetch was out: what came meanwhile (messages
+        // and presence) is read again once it is back (`resync_all`).
+        sync.state = if subscribed { SyncState::Synced } else { SyncState::Unsynced };
         if continues {
             let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
             self.stats.gaps_filled += missed.len() as u64;
@@ -623,6 +664,8 @@ impl Mirror {
             let base = keep.first().map_or(fetched.seq, |m| m.seq - 1);
             effects.push(Effect::Restart { room, epoch: fetched.epoch, base, keep });
         }
+        // The other nodes' members first: the welcomes count them.
+        self.presence_fetched(room, r.name(), fetched.presence, now, effects);
         effects.extend(joiners.into_iter().map(|(id, resume)| Effect::Welcome { id, room, resume }));
         for (epoch, message) in buffer {
             self.live(room, generation, r.name(), epoch, message, effects);

@@ -12,15 +12,17 @@
 //! every node sees the same seqs for a room as Redis numbered them, gap-free and
 //! duplicate-free, and every publish is either delivered (acked) or refused.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::app::housekeeping::PRESENCE_EVERY;
 use crate::app::{App, ClientIo, Listener};
-use crate::backplane::{Command, Event, Fetched, Message, LATE};
+use crate::backplane::mirror::presence::{DEAD_AFTER, HEARTBEAT_EVERY};
+use crate::backplane::{Command, Event, Fetched, Message, NodeInfo, Registry, LATE};
 use crate::config::{Config, Mode, RedisUrl};
 use crate::protocol::tests::text;
 use crate::pubsub::Seq;
@@ -57,6 +59,8 @@ struct Node {
     subscribed: bool,
     /// The next live message to this node is lost (the subscription does not notice).
     drop_next_live: bool,
+    /// Killed (SIGKILL): it does nothing any more.
+    dead: bool,
 }
 
 /// A room in Redis: its epoch, its counter, its stream (the last `history`), and
@@ -78,6 +82,8 @@ struct Member {
     messages: Vec<(Seq, String)>,
     /// Their `from`, in the same order.
     froms: Vec<Option<String>>,
+    /// `online` as the welcome and then each presence update said.
+    online: Vec<usize>,
 }
 
 #[derive(Default)]
@@ -91,6 +97,8 @@ struct Client {
     /// Publish ids sent, and what came back: `Ok(seq)` acked, `Err(reason)` refused.
     sent: Vec<String>,
     answers: HashMap<String, Result<Seq, String>>,
+    /// The last answer to a presence op.
+    presence_op: Option<Value>,
 }
 
 struct Cluster {
@@ -104,6 +112,11 @@ struct Cluster {
     fetch_delay: Duration,
     clients: Vec<Client>,
     publishes: usize,
+    /// Rooms' presence hashes: node -> part.
+    presence: HashMap<String, BTreeMap<String, String>>,
+    /// The node registry: node -> (last heartbeat, members).
+    registry: BTreeMap<String, (Instant, u64)>,
+    start: Instant,
 }
 
 impl Cluster {
@@ -132,6 +145,7 @@ impl Cluster {
                     live: Line::new(),
                     subscribed: true,
                     drop_next_live: false,
+                    dead: false,
                 }
             })
             .collect();
@@ -145,6 +159,9 @@ impl Cluster {
             fetch_delay: Duration::ZERO,
             clients: Vec::new(),
             publishes: 0,
+            presence: HashMap::new(),
+            registry: BTreeMap::new(),
+            start: now,
         }
     }
 
@@ -196,6 +213,9 @@ impl Cluster {
     /// Moves every app's commands to Redis and every client's output to the client.
     fn step(&mut self) {
         for n in 0..self.nodes.len() {
+            if self.nodes[n].dead {
+                continue;
+            }
             let commands = std::mem::take(self.nodes[n].app.backplane_outbox().unwrap());
             for command in commands {
                 self.execute(n, command);
@@ -260,16 +280,78 @@ impl Cluster {
                 }
                 let log = self.log(&room);
                 let entries = log.stream.iter().filter(|m| m.seq > since).cloned().collect();
-                let fetched = Fetched { epoch: log.epoch.clone(), seq: log.seq, entries };
+                let (epoch, seq) = (log.epoch.clone(), log.seq);
+                let presence = self.presence.get(&*room).into_iter().flatten();
+                let presence = presence.map(|(n, p)| (n.clone(), p.clone())).collect();
+                let fetched = Fetched { epoch, seq, entries, presence };
                 push(&mut self.nodes[n].fetches, at, Event::Fetched { req, result: Ok(fetched) });
             }
             Command::Touch { .. } => {}
+            Command::Presence { room, node, part } => {
+                if self.up {
+                    self.set_presence(&room, &node, &part, at);
+                }
+            }
+            Command::Forget { room, node } => {
+                let alive = self.registry.get(&*node).is_some_and(|&(last, _)| last + DEAD_AFTER > self.now);
+                if self.up && !alive {
+                    self.set_presence(&room, &node, "", at);
+                }
+            }
+            Command::Heartbeat { req, node, members } => {
+                let result = self.up.then(|| self.heartbeat(&node, members)).ok_or(());
+                push(&mut self.nodes[n].commands, at, Event::Nodes { req, result });
+            }
+            Command::Leave { node } => {
+                if self.up {
+                    self.registry.remove(&*node);
+                }
+                push(&mut self.nodes[n].commands, at, Event::Left);
+            }
             Command::Moderate(control) => {
                 for node in self.nodes.iter_mut().filter(|n| n.subscribed && self.up) {
                     push(&mut node.live, at, Event::Moderated(control.clone()));
                 }
             }
         }
+    }
+
+    /// The presence script: a node's part kept (or deleted) and told to every node.
+    fn set_presence(&mut self, room: &str, node: &str, part: &str, at: Instant) {
+        let hash = self.presence.entry(room.to_string()).or_default();
+        if part.is_empty() {
+            hash.remove(node);
+        } else {
+            hash.insert(node.to_string(), part.to_string());
+        }
+        for n in self.nodes.iter_mut().filter(|n| n.subscribed) {
+            let event = Event::Presence { room: room.into(), node: node.into(), part: part.into() };
+            push(&mut n.live, at, event);
+        }
+    }
+
+    /// The heartbeat script: the node's entry now, the dead removed, the live listed.
+    fn heartbeat(&mut self, node: &str, members: u64) -> Registry {
+        let now = self.now;
+        self.registry.insert(node.to_string(), (now, members));
+        self.registry.retain(|_, &mut (last, _)| last + DEAD_AFTER >= now);
+        let ms = |t: Instant| 1_765_000_000_000 + t.duration_since(self.start).as_millis() as u64;
+        let nodes = self
+            .registry
+            .iter()
+            .map(|(node, &(last, members))| NodeInfo { node: node.clone(), last_heartbeat_ms: ms(last), members })
+            .collect();
+        Registry { time_ms: ms(now), nodes }
+    }
+
+    /// Node `n` is killed: nothing it had in flight arrives, and it does nothing more.
+    fn kill(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.dead = true;
+        node.subscribed = false;
+        node.commands.clear();
+        node.fetches.clear();
+        node.live.clear();
     }
 
     /// A room's log, made (with a new epoch) if Redis has none.
@@ -297,7 +379,12 @@ impl Cluster {
                     _ => {}
                 }
             }
-            node.live.retain(|(_, e)| !matches!(e, Event::Live { .. }));
+            for (_, event) in node.commands.iter_mut() {
+                if let Event::Nodes { result, .. } = event {
+                    *result = Err(());
+                }
+            }
+            node.live.retain(|(_, e)| !matches!(e, Event::Live { .. } | Event::Presence { .. }));
             node.subscribed = false;
             push(&mut node.commands, at, Event::Commands(false));
             push(&mut node.fetches, at, Event::Fetches(false));
@@ -327,7 +414,7 @@ impl Cluster {
             return;
         }
         node.subscribed = false;
-        node.live.retain(|(_, e)| !matches!(e, Event::Live { .. }));
+        node.live.retain(|(_, e)| !matches!(e, Event::Live { .. } | Event::Presence { .. }));
         push(&mut node.live, self.now + HOP, Event::Subscribed(false));
     }
 
@@ -360,7 +447,8 @@ impl Cluster {
             let heads = self.nodes.iter().flat_map(|n| [&n.commands, &n.fetches, &n.live]).filter_map(|l| l.front());
             let mut next = heads.map(|&(t, _)| t).min();
             if let Some(end) = end {
-                let housekeeping = self.nodes.iter().filter_map(|n| n.app.poll_housekeeping()).min();
+                let alive = self.nodes.iter().filter(|n| !n.dead);
+                let housekeeping = alive.filter_map(|n| n.app.poll_housekeeping()).min();
                 next = next.into_iter().chain(housekeeping).min().filter(|&t| t <= end);
             }
             let Some(next) = next else { return };
@@ -373,7 +461,7 @@ impl Cluster {
     /// Hands each node the replies that arrived by now, and its housekeeping if due.
     fn deliver_due(&mut self) {
         let now = self.now;
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().filter(|n| !n.dead) {
             for line in [&mut node.commands, &mut node.fetches, &mut node.live] {
                 while line.front().is_some_and(|&(t, _)| t <= now) {
                     let (_, event) = line.pop_front().unwrap();
@@ -441,6 +529,24 @@ impl Cluster {
         }
     }
 
+    /// Cluster-wide presence, once everyone is idle: every open member of a room was
+    /// last told the room's members on every node.
+    fn check_presence(&self) {
+        for room in self.rooms.keys() {
+            let members: usize = self
+                .nodes
+                .iter()
+                .filter_map(|n| n.app.rooms.find(room).and_then(|id| n.app.rooms.get(id)))
+                .map(|r| r.topic.member_count())
+                .sum();
+            for (c, client) in self.clients.iter().enumerate().filter(|(_, c)| !c.closed && c.upgraded) {
+                if let Some(member) = client.rooms.get(room) {
+                    assert_eq!(member.online.last(), Some(&members), "client {c} in {room}: {:?}", member.online);
+                }
+            }
+        }
+    }
+
     fn open_clients(&self) -> usize {
         self.clients.iter().filter(|c| c.upgraded && !c.closed).count()
     }
@@ -454,7 +560,14 @@ impl Client {
         match v["type"].as_str() {
             Some("welcome") => {
                 let epoch = v["epoch"].as_str().unwrap().to_string();
-                self.rooms.insert(room, Member { epoch, welcome: seq, ..Member::default() });
+                let online = vec![v["online"].as_u64().unwrap() as usize];
+                self.rooms.insert(room, Member { epoch, welcome: seq, online, ..Member::default() });
+            }
+            // The presence op's answer (with users).
+            Some("presence") if v.get("users").is_some() => self.presence_op = Some(v),
+            Some("presence") => {
+                let member = self.rooms.get_mut(&room).expect("a presence of a room joined");
+                member.online.push(v["online"].as_u64().unwrap() as usize);
             }
             Some("message") => {
                 let member = self.rooms.get_mut(&room).expect("a message of a room joined");
@@ -678,6 +791,114 @@ fn a_slow_fetch_while_publishes_continue() {
     cluster.check(true);
 }
 
+/// The last `online` client `c` was told of `room` (its welcome's, or a presence's).
+fn online(cluster: &Cluster, c: usize, room: &str) -> usize {
+    *cluster.clients[c].rooms[room].online.last().expect("welcomed")
+}
+
+/// How long a presence may take to reach every node: the part told at the next
+/// presence tick, its envelope at the next one.
+const PRESENCE_LAG: Duration = Duration::from_millis(2100);
+
+#[test]
+fn presence_counts_every_node() {
+    let mut cluster = Cluster::new(3);
+    let a = cluster.connect(0, "p");
+    cluster.advance(PRESENCE_LAG);
+    // The welcome of node 1's first member counts node 0's already (read with the fetch).
+    let b = cluster.connect(1, "p");
+    cluster.settle();
+    assert_eq!(cluster.clients[b].rooms["p"].online, [2]);
+    let c = cluster.connect(2, "p");
+    let d = cluster.connect(2, "p");
+    cluster.advance(PRESENCE_LAG);
+    for x in [a, b, c, d] {
+        assert_eq!(online(&cluster, x, "p"), 4, "client {x}: {:?}", cluster.clients[x].rooms["p"].online);
+    }
+    cluster.feed(d, &text(r#"{"op":"leave","room":"p"}"#));
+    cluster.advance(PRESENCE_LAG);
+    for x in [a, b, c] {
+        assert_eq!(online(&cluster, x, "p"), 3, "client {x}");
+    }
+    // One presence update per change here: no repeats of the same count.
+    let updates = &cluster.clients[a].rooms["p"].online;
+    assert!(updates.windows(2).all(|w| w[0] != w[1]), "{updates:?}");
+    cluster.check(true);
+}
+
+#[test]
+fn a_killed_node_stops_counting_within_the_bound() {
+    let mut cluster = Cluster::new(3);
+    let members: Vec<usize> = (0..3).map(|n| cluster.connect(n, "p")).collect();
+    cluster.advance(PRESENCE_LAG * 2);
+    assert!(members.iter().all(|&c| online(&cluster, c, "p") == 3));
+    cluster.kill(2);
+    // Still counted while its heartbeats may just be late.
+    cluster.advance(DEAD_AFTER - Duration::from_millis(500));
+    assert_eq!(online(&cluster, members[0], "p"), 3);
+    // Gone within DEAD_AFTER + a heartbeat + a presence tick.
+    cluster.advance(Duration::from_millis(500) + HEARTBEAT_EVERY + PRESENCE_EVERY + Duration::from_millis(100));
+    for &c in &members[..2] {
+        assert_eq!(online(&cluster, c, "p"), 2, "client {c}");
+    }
+    // Its field in the room's presence hash is deleted, so a new node does not count it.
+    assert_eq!(cluster.presence["p"].len(), 2);
+    let late = cluster.connect(1, "p");
+    cluster.settle();
+    assert_eq!(cluster.clients[late].rooms["p"].online, [3]);
+}
+
+#[test]
+fn a_node_that_stops_takes_its_members_back_at_once() {
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(0, "p");
+    let b = cluster.connect(1, "p");
+    cluster.connect(1, "p");
+    cluster.advance(PRESENCE_LAG * 2);
+    assert_eq!(online(&cluster, a, "p"), 3);
+    let now = cluster.now;
+    cluster.nodes[1].app.handle_stop_signal(now);
+    cluster.settle();
+    assert!(cluster.clients[b].closed);
+    assert_eq!(cluster.registry.len(), 1, "only node 0 is left in the registry");
+    cluster.advance(PRESENCE_EVERY);
+    assert_eq!(online(&cluster, a, "p"), 1);
+}
+
+#[test]
+fn the_presence_op_and_the_api_list_every_nodes_users() {
+    const SECRET: &str = "fake redis secret";
+    let mut cluster = Cluster::with(2, |config| {
+        config.jwt_secret = Some(crate::config::Secret(SECRET.into()));
+        config.anonymous_read = vec!["*".into()];
+    });
+    let token = |sub: &str| {
+        let claims = serde_json::json!({"sub": sub, "exp": 4_000_000_000u64, "info": {"name": sub},
+            "rooms": {"read": ["*"], "write": ["*"]}});
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
+        format!("Authorization: Bearer {}\r\n", jsonwebtoken::encode(&Default::default(), &claims, &key).unwrap())
+    };
+    cluster.connect_with(0, "p", &token("ada"));
+    cluster.connect_with(0, "p", &token("ada"));
+    cluster.connect_with(1, "p", &token("ada"));
+    let bob = cluster.connect_with(1, "p", &token("bob"));
+    cluster.connect(1, "p");
+    cluster.advance(PRESENCE_LAG);
+    cluster.feed(bob, &text(r#"{"op":"presence","room":"p","id":"q"}"#));
+    let answer = cluster.clients[bob].presence_op.take().expect("answered");
+    assert_eq!(answer["online"], 5);
+    let users = serde_json::json!([
+        {"user": "ada", "info": {"name": "ada"}, "connections": 3},
+        {"user": "bob", "info": {"name": "bob"}, "connections": 1},
+    ]);
+    assert_eq!(answer["users"], users, "{answer}");
+    // The registry lists both nodes with their members.
+    let registry = cluster.nodes[0].app.cluster_nodes().expect("heard").clone();
+    let mut members: Vec<u64> = registry.nodes.iter().map(|n| n.members).collect();
+    members.sort_unstable();
+    assert_eq!(members, [2, 3]);
+}
+
 /// One step of a random script.
 #[derive(Clone, Debug)]
 enum Step {
@@ -757,5 +978,26 @@ proptest::proptest! {
         }
         cluster.advance(LATE * 3);
         cluster.check(true);
+        cluster.check_presence();
     }
+}
+
+/// Found by the property: a fetch answered while the subscription was down left the
+/// room as followed, so what the nodes said meanwhile (here node 0's last part) was
+/// never read; the room is read again once the subscription is back.
+#[test]
+fn a_fetch_answered_while_the_subscription_is_down_is_read_again() {
+    let mut cluster = Cluster::new(2);
+    let members: Vec<usize> = [0, 0, 1, 0].into_iter().map(|n| cluster.connect(n, "a")).collect();
+    cluster.settle();
+    cluster.redis_down();
+    cluster.redis_up();
+    cluster.lose_subscription(1);
+    cluster.advance(Duration::from_millis(59));
+    cluster.connect(0, "a");
+    cluster.advance(Duration::from_millis(939));
+    cluster.resubscribe(1);
+    cluster.advance(LATE * 3);
+    assert_eq!(online(&cluster, members[2], "a"), 5);
+    cluster.check_presence();
 }
