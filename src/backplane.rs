@@ -26,7 +26,7 @@ pub mod link;
 pub mod mirror;
 pub mod resp;
 
-pub use mirror::presence::{NodeInfo, Part, PartUser, Registry};
+pub use mirror::presence::{Asker, NodeInfo, Part, PartUser, Registry};
 pub use mirror::{Effect, Joining, Mirror};
 
 /// What the backplane needs from the configuration.
@@ -69,6 +69,9 @@ pub enum Command {
     Heartbeat { req: u64, node: Box<str>, members: u64 },
     /// This node stops: out of the node registry (`Event::Left` when done).
     Leave { node: Box<str> },
+    /// Reads a room's presence hash (for a room this node does not hold:
+    /// `Event::PresenceRead`).
+    ReadPresence { req: u64, room: Box<str> },
     /// Deletes a dead node's part of a room (and tells the nodes), if the node
     /// registry does not list it as alive when the script runs.
     Forget { room: Box<str>, node: Box<str> },
@@ -156,6 +159,11 @@ pub enum Event {
     },
     /// `Command::Leave` is done (or failed: then the node's entry ages out).
     Left,
+    /// A room's presence hash (node, part), as `Command::ReadPresence` asked.
+    PresenceRead {
+        req: u64,
+        result: Result<Vec<(String, String)>, ()>,
+    },
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
     /// One pipelined round trip: how many commands it carried and how long it took.

@@ -155,7 +155,8 @@ const LAG: Duration = Duration::from_secs(3);
 fn presence_is_counted_across_three_nodes() {
     need_redis!();
     let redis = RedisServer::start(false);
-    let servers = nodes(&redis, 3);
+    // Three nodes with members, a fourth without.
+    let servers = nodes(&redis, 4);
     let (mut ada, online) = member(&servers[0], "lobby", Some("ada"));
     assert_eq!(online, 1);
     // Node 0 tells its part at its next presence tick; then node 1's first member's
@@ -175,15 +176,20 @@ fn presence_is_counted_across_three_nodes() {
         {"user": "bob", "info": {"name": "bob"}, "connections": 1},
     ]);
     assert_eq!(answer["users"], users, "{answer}");
+    // A node that does not hold the room reads its presence from Redis.
+    let (mut elsewhere, _) = member(&servers[3], "elsewhere", None);
+    assert_eq!(presence_op(&mut elsewhere), answer);
+    let presence = api_get(&servers[3], "/api/rooms/lobby/presence");
+    assert_eq!((&presence["online"], &presence["users"]), (&json!(4), &users), "{presence}");
     // The API: the room on each node with the cluster's count, and its presence.
-    for server in &servers {
+    for server in &servers[..3] {
         let rooms = api_get(server, "/api/rooms");
         let lobby = rooms.as_array().unwrap().iter().find(|r| r["room"] == "lobby").cloned();
         assert_eq!(lobby.map(|r| r["online"].clone()), Some(json!(4)), "{rooms}");
         let presence = api_get(server, "/api/rooms/lobby/presence");
         assert_eq!(presence["online"], 4, "{presence}");
         assert_eq!(presence["users"], users, "{presence}");
-        assert_eq!(metric(server, "mioket_redis_nodes"), 3.0);
+        assert_eq!(metric(server, "mioket_redis_nodes"), 4.0);
     }
 }
 

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::session::Role;
 use super::{App, Client, ClientIo};
 use crate::auth::{self, Auth, Denied, Grant, TokenError};
-use crate::backplane::{Moderation, Part, PartUser};
+use crate::backplane::{Asker, Moderation, Part, PartUser};
 use crate::frame::CloseCode;
 use crate::handshake;
 use crate::outqueue::Chunk;
@@ -67,6 +67,10 @@ impl Ord for Expiry {
 
 /// Most users a presence answer lists (`"truncated":true` beyond).
 const MAX_PRESENCE_USERS: usize = 1000;
+
+/// This node's members of a room with a token, by `sub`: their `info` (JSON text)
+/// and connection count.
+type LocalUsers<'a> = BTreeMap<&'a str, (Option<&'a str>, usize)>;
 
 /// A user's `info`: a token's claim here (JSON text), or another node's.
 enum Info<'a> {
@@ -357,6 +361,11 @@ impl<T: ClientIo> App<T> {
             (Some(r), _) => r.name().to_string(),
             (None, name) => name.unwrap_or_default().to_string(),
         };
+        // A room not held here, with Redis: its presence is read there (answered later).
+        let asker = || Asker::Op { id, op_id: op_id.map(Into::into) };
+        if room.is_none() && self.bus.mirror_mut().is_some_and(|m| m.read_presence(asker(), &name)) {
+            return Ok(());
+        }
         let json = self.presence_json(room, &name, Some(op_id));
         let chunk = self.envelopes.json(&json);
         self.send_to(id, chunk, now);
@@ -365,7 +374,7 @@ impl<T: ClientIo> App<T> {
 
     /// This node's members of a room with a token, by `sub`: their `info` (JSON
     /// text) and connection count.
-    fn local_users<'a>(&'a self, room: &'a Room) -> BTreeMap<&'a str, (Option<&'a str>, usize)> {
+    fn local_users<'a>(&'a self, room: &'a Room) -> LocalUsers<'a> {
         let mut users: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
         for audience in [Audience::Plain, Audience::Enveloped] {
             for member in room.topic.members(audience) {
@@ -402,33 +411,53 @@ impl<T: ClientIo> App<T> {
     /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`),
     /// on every node (with Redis: this node's and the other nodes' parts).
     pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
-        let mut users: BTreeMap<&str, (Info<'_>, usize)> = BTreeMap::new();
-        let mut online = 0;
-        let mut truncated = false;
-        if let Some((id, room)) = room.and_then(|id| Some((id, self.rooms.get(id)?))) {
-            online = room.online();
-            for (user, (info, connections)) in self.local_users(room) {
-                users.insert(user, (Info::Text(info), connections));
+        match room.and_then(|id| Some((id, self.rooms.get(id)?))) {
+            Some((id, room)) => {
+                let others = self.bus.mirror().into_iter().flat_map(|m| m.others(id));
+                presence_answer(Some((room, self.local_users(room))), others, name, op_id)
             }
-            for part in self.bus.mirror().into_iter().flat_map(|m| m.others(id)) {
-                truncated |= part.truncated;
-                for u in &part.users {
-                    let entry = users.entry(&u.user).or_insert((Info::Value(u.info.as_ref()), 0));
-                    entry.1 = entry.1.saturating_add(u.connections);
-                }
-            }
+            None => presence_answer(None, std::iter::empty(), name, op_id),
         }
-        let truncated = truncated || users.len() > MAX_PRESENCE_USERS;
-        let users = users
-            .into_iter()
-            .take(MAX_PRESENCE_USERS)
-            .map(|(user, (info, connections))| PresenceUser { user, info: info.value(), connections })
-            .collect();
-        let presence =
-            Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };
-        serde_json::to_vec(&presence).unwrap_or_default()
     }
+}
 
+/// A presence answer: this node's members of the room (if it holds it) and the other
+/// nodes' parts, merged by user.
+pub(super) fn presence_answer<'a>(
+    local: Option<(&Room, LocalUsers<'a>)>,
+    others: impl Iterator<Item = &'a Part>,
+    name: &str,
+    op_id: Option<Option<&str>>,
+) -> Vec<u8> {
+    let mut users: BTreeMap<&str, (Info<'_>, usize)> = BTreeMap::new();
+    let mut online: usize = 0;
+    let mut truncated = false;
+    if let Some((room, local)) = local {
+        online = room.topic.member_count();
+        for (user, (info, connections)) in local {
+            users.insert(user, (Info::Text(info), connections));
+        }
+    }
+    for part in others {
+        online = online.saturating_add(part.online);
+        truncated |= part.truncated;
+        for u in &part.users {
+            let entry = users.entry(&u.user).or_insert((Info::Value(u.info.as_ref()), 0));
+            entry.1 = entry.1.saturating_add(u.connections);
+        }
+    }
+    let truncated = truncated || users.len() > MAX_PRESENCE_USERS;
+    let users = users
+        .into_iter()
+        .take(MAX_PRESENCE_USERS)
+        .map(|(user, (info, connections))| PresenceUser { user, info: info.value(), connections })
+        .collect();
+    let presence =
+        Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };
+    serde_json::to_vec(&presence).unwrap_or_default()
+}
+
+impl<T: ClientIo> App<T> {
     /// `POST /api/users/{user}/disconnect`: every connection of `user` closed 4410
     /// with `reason`, here and (with Redis) on every node; how many here.
     pub(super) fn disconnect_user(&mut self, user: &str, reason: &str, now: Instant) -> usize {

@@ -10,10 +10,11 @@ use std::time::Instant;
 use super::bus::{Bus, Delivery};
 use super::deliver::encode_from;
 use super::housekeeping::presence_time;
+use super::permit::presence_answer;
 use super::publish::{self, Publish, Source, Target};
 use super::{queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin};
+use crate::backplane::{Asker, Effect, Event, Joining, Message, Moderation, Origin, Part};
 use crate::frame::CloseCode;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
@@ -72,6 +73,7 @@ impl<T: ClientIo> App<T> {
                 Effect::Moderate(Moderation::Remove { room, user }) => {
                     self.take_user_out(&room, &user, now);
                 }
+                Effect::PresenceRead { asker, room, parts } => self.answer_presence(asker, &room, &parts, now),
                 // The room's v1 members are told at the next presence tick.
                 Effect::Online { room, remote } => {
                     self.rooms.set_remote(room, remote);
@@ -212,6 +214,26 @@ impl<T: ClientIo> App<T> {
             let members = room.map_or(0, |r| r.topic.member_count());
             if let Bus::Redis(mirror) = &mut self.bus {
                 mirror.tell_presence(id, current, members, part);
+            }
+        }
+    }
+
+    /// The presence of a room not held here, read from Redis: the asker's answer.
+    fn answer_presence(&mut self, asker: Asker, room: &str, parts: &[Part], now: Instant) {
+        match asker {
+            Asker::Api { id } => {
+                let json = presence_answer(None, parts.iter(), room, None);
+                self.respond_later(id, api::json_ok(&json), now);
+            }
+            Asker::Op { id, op_id } => {
+                let json = presence_answer(None, parts.iter(), room, Some(op_id.as_deref()));
+                let chunk = self.envelopes.json(&json);
+                if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.send(chunk, now, &self.config.limits).is_ok() {
+                        self.metrics.messages_out += 1;
+                    }
+                }
+                self.after_activity(id);
             }
         }
     }

@@ -556,6 +556,9 @@ fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
             Some(Event::Nodes { req: *req, result: reply.as_ref().and_then(presence::parse_registry).ok_or(()) })
         }
         Command::Leave { .. } => Some(Event::Left),
+        Command::ReadPresence { req, .. } => {
+            Some(Event::PresenceRead { req: *req, result: reply.map(|r| presence::parse_hash(Some(&r))).ok_or(()) })
+        }
         Command::Touch { .. } | Command::Moderate(_) | Command::Presence { .. } | Command::Forget { .. } => None,
     }
 }

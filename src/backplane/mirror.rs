@@ -63,6 +63,8 @@ pub enum Effect {
     /// The other nodes' members of a room are `remote` now (their parts of its
     /// presence): its `online` counts them.
     Online { room: RoomId, remote: usize },
+    /// The presence of a room not held here, read from Redis: answer who asked.
+    PresenceRead { asker: presence::Asker, room: Box<str>, parts: Vec<presence::Part> },
 }
 
 /// What a join does with Redis.
@@ -345,6 +347,7 @@ impl Mirror {
             }
             Event::Nodes { req, result } => self.nodes_heard(req, result, &mut effects),
             Event::Left => self.left(),
+            Event::PresenceRead { req, result } => self.presence_read(req, result, &mut effects),
             // This node did its own already.
             Event::Moderated(control) => {
                 if control.node != self.node {
@@ -450,6 +453,9 @@ impl Mirror {
             if let Some(sync) = self.rooms.get_mut(&room) {
                 sync.joiners.retain(|(joiner, _)| *joiner != id);
             }
+        }
+        if !self.cluster.reads.is_empty() {
+            self.cluster.reads.retain(|_, (asker, _)| asker.client() != id);
         }
         if self.pending_by_client.remove(&id).is_some() {
             self.pending.retain(|_, origin| origin.client() != id);

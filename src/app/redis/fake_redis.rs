@@ -17,7 +17,7 @@ use std::fmt;
 use std::io::IoSlice;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::app::housekeeping::PRESENCE_EVERY;
 use crate::app::{App, ClientIo, Listener};
@@ -301,6 +301,12 @@ impl Cluster {
             Command::Heartbeat { req, node, members } => {
                 let result = self.up.then(|| self.heartbeat(&node, members)).ok_or(());
                 push(&mut self.nodes[n].commands, at, Event::Nodes { req, result });
+            }
+            Command::ReadPresence { req, room } => {
+                let hash = self.presence.get(&*room).into_iter().flatten();
+                let hash = hash.map(|(n, p)| (n.clone(), p.clone())).collect();
+                let result = if self.up { Ok(hash) } else { Err(()) };
+                push(&mut self.nodes[n].commands, at, Event::PresenceRead { req, result });
             }
             Command::Leave { node } => {
                 if self.up {
@@ -663,7 +669,7 @@ fn from_travels_live_and_through_the_stream() {
         config.jwt_secret = Some(crate::config::Secret(SECRET.into()));
         config.anonymous_read = vec!["*".into()];
     });
-    let claims = serde_json::json!({"sub": "ada", "exp": 4_000_000_000u64, "rooms": {"read": ["*"], "write": ["*"]}});
+    let claims = json!({"sub": "ada", "exp": 4_000_000_000u64, "rooms": {"read": ["*"], "write": ["*"]}});
     let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()).unwrap();
     let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key).unwrap();
     let ada = cluster.connect_with(0, "chat", &format!("Authorization: Bearer {token}\r\n"));
@@ -868,7 +874,7 @@ fn a_node_that_stops_takes_its_members_back_at_once() {
 #[test]
 fn the_presence_op_and_the_api_list_every_nodes_users() {
     const SECRET: &str = "fake redis secret";
-    let mut cluster = Cluster::with(2, |config| {
+    let mut cluster = Cluster::with(3, |config| {
         config.jwt_secret = Some(crate::config::Secret(SECRET.into()));
         config.anonymous_read = vec!["*".into()];
     });
@@ -892,11 +898,18 @@ fn the_presence_op_and_the_api_list_every_nodes_users() {
         {"user": "bob", "info": {"name": "bob"}, "connections": 1},
     ]);
     assert_eq!(answer["users"], users, "{answer}");
-    // The registry lists both nodes with their members.
+    // A node that does not hold the room reads its presence from Redis.
+    let elsewhere = cluster.connect(2, "q");
+    cluster.advance(PRESENCE_LAG);
+    cluster.feed(elsewhere, &text(r#"{"op":"presence","room":"p","id":"r"}"#));
+    cluster.settle();
+    let answer = cluster.clients[elsewhere].presence_op.take().expect("answered");
+    assert_eq!((&answer["id"], &answer["online"], &answer["users"]), (&json!("r"), &json!(5), &users), "{answer}");
+    // The registry lists every node with its members.
     let registry = cluster.nodes[0].app.cluster_nodes().expect("heard").clone();
     let mut members: Vec<u64> = registry.nodes.iter().map(|n| n.members).collect();
     members.sort_unstable();
-    assert_eq!(members, [2, 3]);
+    assert_eq!(members, [1, 2, 3]);
 }
 
 /// One step of a random script.

@@ -75,6 +75,7 @@ pub(super) fn encode(
             ];
             command(out, &args);
         }
+        Command::ReadPresence { room, .. } => command(out, &[b"HGETALL", &presence_key(room)]),
         Command::Leave { node } => {
             let [registry, counts] = registry_keys(settings);
             let args: [&[u8]; 6] =

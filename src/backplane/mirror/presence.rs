@@ -91,6 +91,23 @@ pub struct NodeInfo {
     pub members: u64,
 }
 
+/// Who asked for the presence of a room this node does not hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Asker {
+    /// `GET /api/rooms/{room}/presence`.
+    Api { id: usize },
+    /// The presence op, with its `id`.
+    Op { id: usize, op_id: Option<Box<str>> },
+}
+
+impl Asker {
+    pub fn client(&self) -> usize {
+        match self {
+            Asker::Api { id } | Asker::Op { id, .. } => *id,
+        }
+    }
+}
+
 /// Another node's part as this node holds it.
 #[derive(Debug)]
 pub(super) struct Heard {
@@ -138,6 +155,8 @@ pub(super) struct Cluster {
     /// The command connection came back: this node's parts are told again after
     /// the next heartbeat.
     retell: bool,
+    /// Presence hashes being read for rooms not held here: who asked, the room.
+    pub(super) reads: HashMap<u64, (Asker, Box<str>)>,
     leaving: Leaving,
 }
 
@@ -205,6 +224,38 @@ impl Mirror {
         self.outbox.push(Command::Leave { node: self.node.as_str().into() });
         self.cluster.leaving = Leaving::Sent;
         true
+    }
+
+    /// Reads the presence of a room this node does not hold; false when Redis is
+    /// unreachable (then there is nothing to add to what this node knows).
+    pub fn read_presence(&mut self, asker: Asker, room: &str) -> bool {
+        if !self.commands_up {
+            return false;
+        }
+        let req = self.request();
+        self.cluster.reads.insert(req, (asker, room.into()));
+        self.outbox.push(Command::ReadPresence { req, room: room.into() });
+        true
+    }
+
+    /// A presence hash read: the parts of the nodes the registry lists (all, before
+    /// its first answer), at most `MAX_NODES_PER_ROOM`.
+    pub(super) fn presence_read(
+        &mut self,
+        req: u64,
+        result: Result<Vec<(String, String)>, ()>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some((asker, room)) = self.cluster.reads.remove(&req) else { return };
+        let known = self.cluster.registry.is_some();
+        let parts = result
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(node, _)| *node != self.node && (!known || self.cluster.live.contains(node)))
+            .filter_map(|(_, part)| Part::parse(&part))
+            .take(MAX_NODES_PER_ROOM)
+            .collect();
+        effects.push(Effect::PresenceRead { asker, room, parts });
     }
 
     /// Whether a stopping node is done with Redis (left the registry, or cannot).
