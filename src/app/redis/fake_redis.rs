@@ -59,7 +59,7 @@ struct Node {
     subscribed: bool,
     /// The next live message to this node is lost (the subscription does not notice).
     drop_next_live: bool,
-    /// Killed (SIGKILL): it does nothing any more.
+    /// Killed (SIGKILL), or stalled: it does nothing (while it is set).
     dead: bool,
 }
 
@@ -450,7 +450,8 @@ impl Cluster {
     fn run(&mut self, end: Option<Instant>) {
         for _ in 0..100_000 {
             self.step();
-            let heads = self.nodes.iter().flat_map(|n| [&n.commands, &n.fetches, &n.live]).filter_map(|l| l.front());
+            let alive = self.nodes.iter().filter(|n| !n.dead);
+            let heads = alive.flat_map(|n| [&n.commands, &n.fetches, &n.live]).filter_map(|l| l.front());
             let mut next = heads.map(|&(t, _)| t).min();
             if let Some(end) = end {
                 let alive = self.nodes.iter().filter(|n| !n.dead);
@@ -852,6 +853,26 @@ fn a_killed_node_stops_counting_within_the_bound() {
     let late = cluster.connect(1, "p");
     cluster.settle();
     assert_eq!(cluster.clients[late].rooms["p"].online, [3]);
+}
+
+/// A node whose loop stalls beyond the dead time is dropped by the others (and its
+/// parts deleted); once it runs again it tells its parts again.
+#[test]
+fn a_node_that_stalled_is_counted_again_when_it_runs_again() {
+    let mut cluster = Cluster::new(2);
+    let a = cluster.connect(0, "p");
+    let b = cluster.connect(1, "p");
+    cluster.advance(PRESENCE_LAG * 2);
+    assert_eq!(online(&cluster, a, "p"), 2);
+    cluster.nodes[1].dead = true;
+    cluster.advance(DEAD_AFTER + HEARTBEAT_EVERY + PRESENCE_EVERY * 2);
+    assert_eq!(online(&cluster, a, "p"), 1);
+    assert_eq!(cluster.presence["p"].len(), 1, "its part deleted");
+    cluster.nodes[1].dead = false;
+    cluster.advance(PRESENCE_LAG * 2);
+    assert_eq!(online(&cluster, a, "p"), 2);
+    assert_eq!(online(&cluster, b, "p"), 2);
+    assert_eq!(cluster.presence["p"].len(), 2, "told again");
 }
 
 #[test]

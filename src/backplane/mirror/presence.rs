@@ -291,11 +291,16 @@ impl Mirror {
         // After the heartbeat: a node's parts never reach Redis before its entry in
         // the registry (so no other node takes them for a dead node's).
         if std::mem::take(&mut self.cluster.retell) {
-            for sync in self.rooms.values() {
-                if let Some((room, part)) = &sync.presence.told {
-                    let node = self.node.as_str().into();
-                    self.outbox.push(Command::Presence { room: room.clone(), node, part: part.clone() });
-                }
+            self.retell();
+        }
+    }
+
+    /// Tells Redis all of this node's parts again.
+    fn retell(&mut self) {
+        for sync in self.rooms.values() {
+            if let Some((room, part)) = &sync.presence.told {
+                let node = self.node.as_str().into();
+                self.outbox.push(Command::Presence { room: room.clone(), node, part: part.clone() });
             }
         }
     }
@@ -305,8 +310,15 @@ impl Mirror {
     pub(super) fn nodes_heard(&mut self, req: u64, result: Result<NodeRegistry, ()>, effects: &mut Vec<Effect>) {
         let Some(sent) = self.cluster.heartbeats.remove(&req) else { return };
         let Ok(registry) = result else { return };
+        // Silent longer than the dead time (a stalled loop): the others dropped this
+        // node's parts, and deleted them; its heartbeat is back in: tell them again.
+        let previous = self.cluster.registry.as_ref().map(|r| r.time_ms);
+        if previous.is_some_and(|t| registry.time_ms.saturating_sub(t) > DEAD_AFTER.as_millis() as u64) {
+            self.retell();
+        }
         let live: HashSet<String> = registry.nodes.iter().map(|n| n.node.clone()).collect();
-        let lost = self.cluster.live.iter().any(|n| !live.contains(n));
+        // Parts taken before the first answer are checked against it too.
+        let lost = self.cluster.registry.is_none() || self.cluster.live.iter().any(|n| !live.contains(n));
         self.cluster.registry = Some(registry);
         self.cluster.live = live;
         if !lost && !self.cluster.unlisted {
