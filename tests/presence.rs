@@ -222,6 +222,7 @@ fn a_node_killed_stops_counting_within_the_bound() {
     let bound = Duration::from_secs(3 + 1 + 1) + Duration::from_millis(1500);
     let gone = online_becomes(&mut watcher, 2, bound + Duration::from_secs(2)).expect("the killed node stops counting");
     let took = gone - killed;
+    eprintln!("a node killed: its members no longer counted after {took:?} (bound {bound:?})");
     assert!(took <= bound, "took {took:?}");
     assert!(took >= Duration::from_secs(2), "a node is not dropped before its heartbeats are missed: {took:?}");
     // Node 1 at its own heartbeat (within a second of node 0's), so within the bound too.
@@ -253,6 +254,7 @@ fn a_node_stopped_gracefully_stops_counting_at_once() {
     let pid = servers[1].child.id().to_string();
     std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     let gone = online_becomes(&mut watcher, 1, Duration::from_secs(3)).expect("counted no more");
+    eprintln!("a node stopped: its members no longer counted after {:?}", gone - stopped);
     assert!(gone - stopped < Duration::from_millis(2500), "took {:?}", gone - stopped);
     assert_eq!(metric(&servers[0], "mioket_redis_nodes"), 1.0);
     assert!(servers[1].signal_and_wait("-TERM", Duration::from_secs(10)).is_some(), "stops");
