@@ -444,6 +444,94 @@ fn untell(room: Box<str>, node: &str) -> Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backplane::{Event, Fetched, Settings};
+    use crate::config::RedisUrl;
+    use crate::pubsub::Audience;
+    use crate::rooms::{RoomLimits, Rooms};
+
+    /// Room 0 ("r") with one member here, its mirror fetched with node `a`'s part.
+    fn fetched(now: Instant) -> (Mirror, Rooms, Vec<Effect>) {
+        let url = RedisUrl::parse("redis://127.0.0.1").unwrap();
+        let settings = Settings {
+            url,
+            outbox: 10,
+            outbox_bytes: 1000,
+            history: 10,
+            history_bytes: 1000,
+            ttl: Duration::from_secs(60),
+        };
+        let mut bp = Mirror::named(settings, "me".into());
+        let limits = RoomLimits {
+            max_rooms: 10,
+            ttl: Duration::from_secs(60),
+            history_messages: 10,
+            history_room_bytes: 1000,
+            history_memory: 1000,
+        };
+        let mut rooms = Rooms::new(limits);
+        let room = rooms.find_or_create("r", now).unwrap();
+        for up in [Event::Commands(true), Event::Fetches(true), Event::Subscribed(true)] {
+            bp.handle(up, &rooms, now);
+        }
+        assert_eq!(bp.join(1, room, &rooms, None), super::super::Joining::Waits);
+        rooms.join(room, 1, Audience::Enveloped);
+        let req = bp.outbox.iter().find_map(|c| match c {
+            Command::Fetch { req, .. } => Some(*req),
+            _ => None,
+        });
+        bp.outbox.clear();
+        let presence = vec![("a".into(), r#"{"online":2}"#.into()), ("me".into(), r#"{"online":9}"#.into())];
+        let result = Ok(Fetched { epoch: "e".into(), seq: 0, entries: Vec::new(), presence });
+        let effects = bp.handle(Event::Fetched { req: req.unwrap(), result }, &rooms, now);
+        (bp, rooms, effects)
+    }
+
+    fn remote(effects: &[Effect]) -> Vec<usize> {
+        effects
+            .iter()
+            .filter_map(|e| if let Effect::Online { remote, .. } = e { Some(*remote) } else { None })
+            .collect()
+    }
+
+    fn heartbeat(bp: &mut Mirror, rooms: &Rooms, now: Instant) -> u64 {
+        bp.housekeeping(rooms, now);
+        let req = bp.outbox.iter().find_map(|c| if let Command::Heartbeat { req, .. } = c { Some(*req) } else { None });
+        bp.outbox.clear();
+        req.expect("a heartbeat")
+    }
+
+    fn listing(nodes: &[&str]) -> Result<NodeRegistry, ()> {
+        let nodes = nodes.iter().map(|n| NodeInfo { node: n.to_string(), ..NodeInfo::default() }).collect();
+        Ok(NodeRegistry { time_ms: 1, nodes })
+    }
+
+    /// The welcome counts the fetched parts (its own node's field is not counted);
+    /// a node the registry does not list is dropped (and its field forgotten), unless
+    /// its part came after the heartbeat went: it may have started since (its own
+    /// heartbeat reached Redis before its part), so the next answer decides.
+    #[test]
+    fn parts_of_nodes_the_registry_does_not_list_go_but_not_too_early() {
+        let t0 = Instant::now();
+        let (mut bp, rooms, effects) = fetched(t0);
+        assert_eq!(remote(&effects), [2], "{effects:?}");
+        assert!(matches!(effects.last(), Some(Effect::Welcome { id: 1, .. })), "before the welcome");
+        let req = heartbeat(&mut bp, &rooms, t0);
+        let ms = Duration::from_millis(10);
+        let part = r#"{"online":1}"#.to_string();
+        let event = Event::Presence { room: "r".into(), node: "b".into(), part };
+        assert_eq!(remote(&bp.handle(event, &rooms, t0 + ms)), [3]);
+        let effects = bp.handle(Event::Nodes { req, result: listing(&["me"]) }, &rooms, t0 + ms * 2);
+        assert_eq!(remote(&effects), [1], "a goes, b (heard after the heartbeat went) stays");
+        assert_eq!(bp.outbox, [Command::Forget { room: "r".into(), node: "a".into() }]);
+        assert_eq!(bp.nodes().map(|r| r.nodes.len()), Some(1));
+        bp.outbox.clear();
+        let req = heartbeat(&mut bp, &rooms, t0 + HEARTBEAT_EVERY);
+        let effects = bp.handle(Event::Nodes { req, result: listing(&["me"]) }, &rooms, t0 + HEARTBEAT_EVERY);
+        assert_eq!(remote(&effects), [0], "b is not listed by an answer to a later heartbeat: dead");
+        // A part that says nothing is none.
+        let event = Event::Presence { room: "r".into(), node: "c".into(), part: "{".into() };
+        assert!(remote(&bp.handle(event, &rooms, t0 + HEARTBEAT_EVERY)).is_empty());
+    }
 
     #[test]
     fn parts_parse_bounded() {
