@@ -372,7 +372,8 @@ impl CommandThread {
         writer.flush()?;
         let head = expect_ok(replies.next()?)?;
         let Some((epoch, seq, start)) = parse_head(&head) else { return Ok(None) };
-        let presence = presence::parse_hash(head.as_array().and_then(|items| items.get(3)));
+        let presence =
+            flat(head.as_array().and_then(|items| items.get(3))).map_or(Vec::new(), |h| presence::parse_hash(&h));
         let (mut newest, mut bytes, mut top) = (Vec::new(), 0, seq);
         let piece = FETCH_PIECE.to_string();
         'pieces: while start > 0 && top >= start {
@@ -499,7 +500,9 @@ impl CommandThread {
                         command(&mut out, &args);
                     }
                     other => {
-                        presence::encode(other, shas, &self.settings, &channel, &ttl, &mut out);
+                        if let Some(args) = presence::args(other, shas, &self.settings, &channel, &ttl) {
+                            command(&mut out, &args.iter().map(Vec::as_slice).collect::<Vec<_>>());
+                        }
                     }
                 }
                 writer.write_all(&out)?;
@@ -552,15 +555,27 @@ fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Heartbeat { req, .. } => {
-            Some(Event::Nodes { req: *req, result: reply.as_ref().and_then(presence::parse_registry).ok_or(()) })
-        }
+        Command::Heartbeat { req, .. } => Some(Event::Nodes {
+            req: *req,
+            result: flat(reply.as_ref()).and_then(|r| presence::parse_registry(&r)).ok_or(()),
+        }),
         Command::Leave { .. } => Some(Event::Left),
-        Command::ReadPresence { req, .. } => {
-            Some(Event::PresenceRead { req: *req, result: reply.map(|r| presence::parse_hash(Some(&r))).ok_or(()) })
-        }
+        Command::ReadPresence { req, .. } => Some(Event::PresenceRead {
+            req: *req,
+            result: flat(reply.as_ref()).map(|h| presence::parse_hash(&h)).ok_or(()),
+        }),
         Command::Touch { .. } | Command::Moderate(_) | Command::Presence { .. } | Command::Forget { .. } => None,
     }
+}
+
+/// An array reply as byte strings (bulk strings, integers as their digits), for
+/// link/presence.rs; `None` for anything else (an error, a nested array).
+fn flat(reply: Option<&Reply>) -> Option<Vec<Vec<u8>>> {
+    let item = |r: &Reply| match r {
+        Reply::Integer(n) => Some(n.to_string().into_bytes()),
+        other => other.as_bytes().map(<[u8]>::to_vec),
+    };
+    reply?.as_array()?.iter().map(item).collect()
 }
 
 /// The fetch script's answer: the room's epoch, seq and the first seq to read.
