@@ -38,6 +38,9 @@ pub const MAX_PART_USERS: usize = 1000;
 pub const MAX_PART_BYTES: usize = 1 << 20;
 /// Nodes the registry's answer lists at most.
 pub const MAX_NODES: usize = 1000;
+/// Presence hashes read at once for rooms not held here (more: answered with what
+/// this node knows, nothing).
+pub const MAX_READS: usize = 256;
 
 /// One node's part of a room's presence (as JSON in Redis and on the channel).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -227,9 +230,10 @@ impl Mirror {
     }
 
     /// Reads the presence of a room this node does not hold; false when Redis is
-    /// unreachable (then there is nothing to add to what this node knows).
+    /// unreachable or `MAX_READS` are being read (then there is nothing to add to
+    /// what this node knows).
     pub fn read_presence(&mut self, asker: Asker, room: &str) -> bool {
-        if !self.commands_up {
+        if !self.commands_up || self.cluster.reads.len() >= MAX_READS {
             return false;
         }
         let req = self.request();
