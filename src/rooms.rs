@@ -133,6 +133,9 @@ pub struct Room {
     /// The member count last told in a presence, and whether one may be owed.
     presence_told: usize,
     presence_queued: bool,
+    /// A v1 member's welcome told another count than the other members were told
+    /// (the count may come back to theirs before the presence: it is sent anyway).
+    presence_mixed: bool,
     /// With Redis: the members of the room on the other nodes (their parts of the
     /// presence), and whether this node's part may have changed since it was told.
     remote: usize,
@@ -254,6 +257,7 @@ impl Rooms {
             expiry_queued: false,
             presence_told: 0,
             presence_queued: false,
+            presence_mixed: false,
             remote: 0,
             part_queued: false,
         };
@@ -406,7 +410,8 @@ impl Rooms {
             let Some(room) = self.rooms.get_mut(id as usize) else { continue };
             room.presence_queued = false;
             let online = room.online();
-            if online != room.presence_told && room.topic.audience_count(Audience::Enveloped) > 0 {
+            let mixed = std::mem::take(&mut room.presence_mixed);
+            if (online != room.presence_told || mixed) && room.topic.audience_count(Audience::Enveloped) > 0 {
                 tell(room);
             }
             room.presence_told = online;
@@ -423,6 +428,9 @@ impl Rooms {
                 self.parts.push(id);
             }
             let uninformed = room.topic.audience_count(Audience::Enveloped) - usize::from(joined_v1);
+            if joined_v1 && uninformed > 0 && room.online() != room.presence_told {
+                room.presence_mixed = true;
+            }
             if uninformed == 0 && !room.presence_queued {
                 room.presence_told = room.online();
             } else if !room.presence_queued {

@@ -358,6 +358,10 @@ impl Cluster {
         node.commands.clear();
         node.fetches.clear();
         node.live.clear();
+        // Its clients are gone with it.
+        for client in self.clients.iter_mut().filter(|c| c.node == n) {
+            client.closed = true;
+        }
     }
 
     /// A room's log, made (with a new epoch) if Redis has none.
@@ -543,6 +547,7 @@ impl Cluster {
             let members: usize = self
                 .nodes
                 .iter()
+                .filter(|n| !n.dead)
                 .filter_map(|n| n.app.rooms.find(room).and_then(|id| n.app.rooms.get(id)))
                 .map(|r| r.topic.member_count())
                 .sum();
@@ -937,6 +942,7 @@ fn the_presence_op_and_the_api_list_every_nodes_users() {
 #[derive(Clone, Debug)]
 enum Step {
     Join { node: usize, room: usize },
+    Kill { node: usize },
     Publish { client: usize },
     DropLive { node: usize },
     LoseSubscription { node: usize },
@@ -953,6 +959,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
     prop_oneof![
         3 => (0..3usize, 0..2usize).prop_map(|(node, room)| Step::Join { node, room }),
         8 => (0..64usize).prop_map(|client| Step::Publish { client }),
+        1 => (1..3usize).prop_map(|node| Step::Kill { node }),
         1 => (0..3usize).prop_map(|node| Step::DropLive { node }),
         1 => (0..3usize).prop_map(|node| Step::LoseSubscription { node }),
         1 => (0..3usize).prop_map(|node| Step::Resubscribe { node }),
@@ -976,9 +983,11 @@ proptest::proptest! {
         let mut cluster = Cluster::new(3);
         for step in steps {
             match step {
-                Step::Join { node, room } => {
+                Step::Join { node, room } if !cluster.nodes[node].dead => {
                     cluster.connect(node, ["a", "b"][room]);
                 }
+                Step::Join { .. } => {}
+                Step::Kill { node } => cluster.kill(node),
                 Step::Publish { client } if !cluster.clients.is_empty() => {
                     cluster.publish(client % cluster.clients.len());
                 }
