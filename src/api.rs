@@ -21,6 +21,8 @@ pub enum Route<'a> {
     RoomUser(&'a str, &'a str),
     /// `/api/users/{user}/disconnect`.
     Disconnect(&'a str),
+    /// `/api/stats`: the operator console's document.
+    Stats,
     /// Anything else under `/api/`.
     Unknown,
 }
@@ -30,6 +32,9 @@ pub fn route(path: &str) -> Option<Route<'_>> {
     let rest = path.strip_prefix("/api")?;
     if !rest.is_empty() && !rest.starts_with('/') {
         return None;
+    }
+    if rest == "/stats" {
+        return Some(Route::Stats);
     }
     if rest == "/rooms" || rest == "/rooms/" {
         return Some(Route::Rooms);
@@ -140,6 +145,7 @@ mod tests {
         assert_eq!(route("/api/rooms/a%2Fb/messages"), Some(Route::Messages("a%2Fb")));
         assert_eq!(route("/api/rooms//messages"), Some(Route::Messages("")));
         assert_eq!(route("/api/other"), Some(Route::Unknown));
+        assert_eq!(route("/api/stats"), Some(Route::Stats));
         assert_eq!(route("/api/rooms/a/b/presence"), Some(Route::Presence("a/b")));
         assert_eq!(route("/api/rooms/a/b/users/u%201"), Some(Route::RoomUser("a/b", "u%201")));
         assert_eq!(route("/api/rooms/a/users/"), Some(Route::Unknown));

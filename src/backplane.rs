@@ -27,7 +27,7 @@ pub mod mirror;
 pub mod resp;
 
 pub use mirror::presence::{Asker, NodeInfo, Part, PartUser, Registry};
-pub use mirror::{Effect, Joining, Mirror};
+pub use mirror::{Effect, Joining, Mirror, Snapshot};
 
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]

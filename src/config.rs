@@ -244,6 +244,13 @@ pub struct Config {
     /// Set SO_REUSEPORT on the main port, so that several processes can listen on it
     #[arg(long)]
     pub reuse_port: bool,
+    // Binary upgrades (src/upgrade/, README "Upgrades"): SIGUSR2 or `mioket upgrade --pid`.
+    /// On SIGUSR2, start this binary to take over every connection [default: the binary running now, at its path]
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_binary: Option<PathBuf>,
+    /// Give up an upgrade (and serve on) when the new process has not answered in this time
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = positive_seconds)]
+    pub upgrade_timeout: Duration,
     // Tokens, permissions and limits (src/auth/; docs/protocol.md, "Tokens and permissions").
     /// Check HS256 tokens with the secret in this file (its bytes without a trailing newline; or the secret itself in MIOKET_JWT_SECRET) [default: none]
     #[arg(long, value_name = "FILE")]
@@ -424,6 +431,24 @@ pub struct TokenArgs {
     pub kid: Option<String>,
 }
 
+/// `mioket upgrade ...`: asks a running server for a binary upgrade and waits for its
+/// outcome (src/upgrade/command.rs), parsed apart from the server's command line.
+#[derive(Clone, Debug, PartialEq, Parser)]
+#[command(
+    name = "mioket upgrade",
+    bin_name = "mioket upgrade",
+    about = "Upgrade a running mioket without dropping a connection: send it SIGUSR2, wait for the outcome (README, Upgrades)",
+    max_term_width = 100
+)]
+pub struct UpgradeArgs {
+    /// The running server's process id
+    #[arg(long, value_name = "PID")]
+    pub pid: u32,
+    /// Give up waiting for the outcome after this long: 90, 90s, 15m
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    pub timeout: Duration,
+}
+
 /// A duration as `90`, `90s`, `15m`, `1h` or `7d`.
 pub fn duration(text: &str) -> Result<Duration, String> {
     let (number, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
@@ -492,6 +517,11 @@ fn seconds_or_zero(value: &str) -> Result<Duration, String> {
     seconds(value).map(Option::unwrap_or_default)
 }
 
+/// Fractional seconds, more than 0.
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    seconds(value)?.ok_or_else(|| "must be more than 0".into())
+}
+
 /// Fractional seconds; 0 means "off".
 fn seconds(value: &str) -> Result<Option<Duration>, String> {
     let secs: f64 = value
@@ -555,6 +585,8 @@ mod tests {
             redis_outbox: 4096,
             redis_outbox_bytes: 64 << 20,
             reuse_port: false,
+            upgrade_binary: None,
+            upgrade_timeout: Duration::from_secs(5),
             jwt_secret_file: None,
             jwt_secret: None,
             jwt_keys: Vec::new(),

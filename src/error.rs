@@ -8,7 +8,7 @@ use std::fmt;
 /// A close code (RFC 6455 7.4): the status a close frame carries, or one of the two
 /// that are never sent but name what happened: 1005 (a close without a code) and
 /// 1006 (no close frame at all).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 pub struct CloseCode(pub u16);
 
 impl CloseCode {

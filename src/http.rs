@@ -6,6 +6,7 @@ use crate::handshake::status_text;
 const HTML: &str = "text/html; charset=utf-8";
 pub const TEXT: &str = "text/plain; charset=utf-8";
 const JS: &str = "text/javascript; charset=utf-8";
+const CSS: &str = "text/css; charset=utf-8";
 
 /// The path of the JavaScript client (clients/js/index.js, an ES module). The chat page
 /// imports it from here; a page opened from disk imports it from the server it talks to
@@ -21,8 +22,16 @@ pub fn page(path: &str) -> Option<(&'static str, &'static [u8])> {
         "/" | "/index.html" => Some((HTML, include_bytes!("../clients/index.html"))),
         "/echo" | "/echo.html" => Some((HTML, include_bytes!("../clients/echo.html"))),
         "/mioket.js" => Some((JS, include_bytes!("../clients/mioket.js"))),
-        "/mioket.css" => Some(("text/css; charset=utf-8", include_bytes!("../clients/mioket.css"))),
+        "/mioket.css" => Some((CSS, include_bytes!("../clients/mioket.css"))),
         "/mioket-client.js" => Some((JS, include_bytes!("../clients/js/index.js"))),
+        // The operator console: it asks for the API token itself (clients/dashboard/).
+        "/dashboard" | "/dashboard/" => Some((HTML, include_bytes!("../clients/dashboard/index.html"))),
+        "/dashboard/dashboard.js" => Some((JS, include_bytes!("../clients/dashboard/dashboard.js"))),
+        "/dashboard/dashboard.css" => Some((CSS, include_bytes!("../clients/dashboard/dashboard.css"))),
+        "/dashboard/vendor/uPlot.iife.min.js" => {
+            Some((JS, include_bytes!("../clients/dashboard/vendor/uPlot.iife.min.js")))
+        }
+        "/dashboard/vendor/uPlot.min.css" => Some((CSS, include_bytes!("../clients/dashboard/vendor/uPlot.min.css"))),
         _ => None,
     }
 }
@@ -72,6 +81,16 @@ mod tests {
         assert!(script.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/javascript"));
         assert!(String::from_utf8(answer("/mioket.css")).unwrap().contains("Content-Type: text/css"));
         assert!(String::from_utf8(answer("/nope")).unwrap().starts_with("HTTP/1.1 404 Not Found\r\n"));
+        let console = String::from_utf8(answer("/dashboard")).unwrap();
+        assert!(console.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"));
+        for (path, kind) in [
+            ("/dashboard/dashboard.js", "text/javascript"),
+            ("/dashboard/vendor/uPlot.iife.min.js", "text/javascript"),
+            ("/dashboard/vendor/uPlot.min.css", "text/css"),
+        ] {
+            assert!(console.contains(path), "{path} is linked");
+            assert!(String::from_utf8_lossy(&answer(path)).contains(&format!("Content-Type: {kind}")), "{path}");
+        }
     }
 
     #[test]

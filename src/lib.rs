@@ -24,6 +24,9 @@
 //! - `backplane`: the Redis backplane (`--redis`): rooms shared by many processes,
 //!   numbered by Redis; a sans-I/O half (`mirror`, behind the application's bus) and
 //!   a link (three threads) for the runtime.
+//! - [`upgrade`]: a binary upgrade with live connections: the snapshot's format and
+//!   `App::freeze`/`thaw`/`restore` (each layer's state as plain data beside its code:
+//!   `protocol::frozen`, `rooms/frozen.rs`, `app/freeze.rs`; `frozen`: what they share).
 //! - [`config`]: `Config` and `Limits`, the command line; `metrics`: counters and
 //!   the Prometheus text; `memory`: giving freed heap pages back to the system.
 //!
@@ -45,6 +48,8 @@ pub mod config;
 pub mod deflate;
 pub mod error;
 pub mod frame;
+// What every layer's frozen state (a binary upgrade's snapshot) shares.
+pub mod frozen;
 pub mod handshake;
 pub(crate) mod http;
 pub mod mask;
@@ -57,5 +62,6 @@ pub(crate) mod rooms;
 pub mod runtime;
 pub(crate) mod tls;
 pub(crate) mod transport;
+pub mod upgrade;
 pub mod utf8;
 pub(crate) mod v1;

@@ -1,13 +1,18 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use mioket::config::{one_line, parse_args, TokenArgs};
+use mioket::config::{one_line, parse_args, TokenArgs, UpgradeArgs};
 use mioket::runtime::{Server, StartError};
+use mioket::upgrade::handover;
 
 fn main() -> ExitCode {
     // `mioket token ...` makes a token; everything else is the server's command line.
     if std::env::args_os().nth(1).is_some_and(|a| a == "token") {
         return token(std::env::args_os().skip(1));
+    }
+    // `mioket upgrade --pid PID` asks a running server to upgrade and waits.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "upgrade") {
+        return upgrade(std::env::args_os().skip(1));
     }
     let config = match parse_args(std::env::args_os()) {
         Ok(config) => config,
@@ -24,7 +29,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     log::info!("starting mioket {}: {}", env!("CARGO_PKG_VERSION"), config.summary());
     raise_fd_limit(config.max_connections);
-    let server = match Server::bind(config) {
+    // A binary upgrade started us: take over from the old process instead of binding.
+    let server = match handover::inherited_channel(config.upgrade_timeout) {
+        Ok(Some(channel)) => Server::take_over(config, channel),
+        Ok(None) => Server::bind(config),
+        Err(e) => Err(StartError::Upgrade(e.0)),
+    };
+    let server = match server {
         Ok(server) => server,
         Err(e) => {
             eprintln!("mioket: {e}");
@@ -33,7 +44,8 @@ fn main() -> ExitCode {
         }
     };
     let scheme = if server.is_tls() { "wss" } else { "ws" };
-    println!("listening on {scheme}://{}", server.local_addr());
+    // Not println!: a new process after an upgrade may find no one reading (a closed pipe).
+    let _ = writeln!(std::io::stdout(), "listening on {scheme}://{}", server.local_addr());
     if let Some(addr) = server.metrics_addr() {
         log::info!("metrics on http://{addr}/metrics");
     }
@@ -68,6 +80,22 @@ fn token(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("mioket token: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `mioket upgrade --pid PID`: SIGUSR2 to the server, then its outcome.
+fn upgrade(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    match UpgradeArgs::try_parse_from(args) {
+        Ok(args) => mioket::upgrade::command::run(&args),
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("mioket upgrade: {}", one_line(&e));
             ExitCode::from(2)
         }
     }

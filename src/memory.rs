@@ -20,3 +20,22 @@ pub fn give_back() {
 /// Other allocators and systems: nothing to do here.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn give_back() {}
+
+/// The process's resident set size in bytes (`VmRSS` of /proc/self/status), read when
+/// asked (/api/stats); `None` where there is no such file.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn rss_is_read_from_proc() {
+        let rss = super::rss_bytes().expect("VmRSS");
+        assert!(rss > 1024 * 1024, "{rss}");
+    }
+}

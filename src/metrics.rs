@@ -38,16 +38,74 @@ impl Rejection {
         [Rejection::BadHandshake, Rejection::Origin, Rejection::OverMaxConnections, Rejection::HandshakeTimeout];
 }
 
+/// Why a WebSocket ended, counted once where it is decided (`Metrics::closed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent the first close.
+    Client,
+    /// The stream ended (or failed) without a close frame.
+    Dropped,
+    /// The server is stopping (1001).
+    Shutdown,
+    /// Past --max-backpressure (1008).
+    SlowConsumer,
+    /// No pong within --ping-timeout (1011).
+    HeartbeatTimeout,
+    /// A message over --max-message (1009).
+    TooBig,
+    /// Any other fault of the peer's bytes (1002, 1007, ...).
+    ProtocolError,
+    /// Over --publish-rate (4429).
+    RateLimited,
+    /// A token that is invalid or missing for a v1 upgrade (44xx, after the 101).
+    InvalidToken,
+    /// A token that expired while connected (4001).
+    TokenExpired,
+    /// A room its grant does not allow, or a refused upgrade's user limit (1008, 4403, 4429).
+    Forbidden,
+    /// Too much unfinished input held across connections (1013).
+    Busy,
+    /// Redis unreachable, a room's state lost, or too many rooms (1013).
+    Backplane,
+    /// Disconnected through the API (4410).
+    Disconnected,
+}
+
+/// The labels of `CloseReason`, in its order.
+pub const CLOSE_REASONS: [&str; 14] = [
+    "client",
+    "dropped",
+    "shutdown",
+    "slow_consumer",
+    "heartbeat_timeout",
+    "too_big",
+    "protocol_error",
+    "rate_limited",
+    "invalid_token",
+    "token_expired",
+    "forbidden",
+    "busy",
+    "backplane",
+    "disconnected",
+];
+
 /// Upper bounds of the loop-iteration histogram, in microseconds.
 const ITERATION_BUCKETS_US: [u64; 7] = [10, 50, 100, 500, 1_000, 10_000, 100_000];
 
-#[derive(Default)]
+/// Part of a binary upgrade's snapshot, so that counters never go back: as JSON by
+/// field name (src/upgrade/snapshot.rs), so a counter added or removed is no format
+/// change (a new one starts at 0); an array whose length changes is one.
+#[derive(Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Metrics {
     pub accepted: u64,
     rejected: [u64; 4],
     pub upgrades: u64,
     /// (close code, started by the peer) -> count; code 1006: ended without a close.
+    #[serde(with = "crate::frozen::pairs")]
     closes: BTreeMap<(CloseCode, bool), u64>,
+    /// Closes by reason (`CloseReason as usize`).
+    closes_by_reason: [u64; CLOSE_REASONS.len()],
     pub messages_in: u64,
     pub message_bytes_in: u64,
     pub messages_out: u64,
@@ -125,6 +183,24 @@ impl Metrics {
         *self.closes.entry((code, by_peer)).or_default() += 1;
     }
 
+    /// A WebSocket is closing for `why` (counted where the close is decided).
+    pub fn closed(&mut self, why: CloseReason) {
+        self.closes_by_reason[why as usize] += 1;
+    }
+
+    /// Closes by reason, labelled (`CLOSE_REASONS`).
+    pub fn closes_by_reason(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        CLOSE_REASONS.into_iter().zip(self.closes_by_reason)
+    }
+
+    /// Refusals by reason, labelled: before the upgrade (`Rejection`), then by tokens
+    /// and permissions (`AUTH_REFUSALS`), then unfinished input over its budget.
+    pub fn refusals(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        let rejected = Rejection::ALL.into_iter().map(|why| (why.label(), self.rejected(why)));
+        let auth = AUTH_REFUSALS.into_iter().zip(self.auth_refusals);
+        rejected.chain(auth).chain([("unfinished", self.unfinished_refused)])
+    }
+
     /// Time the loop spent working in one iteration (not waiting in poll).
     pub fn iteration(&mut self, busy: Duration) {
         self.iterations += 1;
@@ -164,6 +240,10 @@ impl Metrics {
                 "server"
             };
             let _ = writeln!(o, "mioket_closes_total{{code=\"{code}\",by=\"{by}\"}} {n}");
+        }
+        family(o, "mioket_closes_by_reason_total", "counter", "WebSocket connections ended, by why.");
+        for (reason, n) in self.closes_by_reason() {
+            let _ = writeln!(o, "mioket_closes_by_reason_total{{reason=\"{reason}\"}} {n}");
         }
         counter(o, "mioket_messages_received_total", "Data messages received.", self.messages_in);
         counter(
@@ -298,6 +378,7 @@ mod tests {
         m.reject(Rejection::Origin);
         m.close(CloseCode::NORMAL, true);
         m.close(CloseCode::ABNORMAL, true);
+        m.closed(CloseReason::SlowConsumer);
         m.iteration(Duration::from_micros(5));
         m.iteration(Duration::from_micros(700));
         let text = m.render(&gauges());
@@ -309,6 +390,8 @@ mod tests {
             "mioket_closes_total{code=\"1000\",by=\"client\"} 1",
             "mioket_closes_total{code=\"1006\",by=\"none\"} 1",
             "mioket_history_bytes 40",
+            "mioket_closes_by_reason_total{reason=\"slow_consumer\"} 1",
+            "mioket_closes_by_reason_total{reason=\"client\"} 0",
             "mioket_loop_iteration_seconds_bucket{le=\"0.00001\"} 1",
             "mioket_loop_iteration_seconds_bucket{le=\"0.001\"} 2",
             "mioket_loop_iteration_seconds_bucket{le=\"+Inf\"} 2",

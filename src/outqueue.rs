@@ -318,6 +318,36 @@ impl OutQueue {
         self.held = self.chunks().map(|c| c.bytes().len() + SLOT).sum();
     }
 
+    /// The unwritten bytes, for a binary upgrade's snapshot: first those that must go
+    /// out whatever follows (committed chunks, the rest of a chunk begun on the wire),
+    /// then every other chunk whole (a frame never spans two of them). `restore` makes
+    /// a queue that writes the same bytes and drops the same ones.
+    pub fn unsent(&self) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let keep = (self.committed as usize).max(usize::from(self.front_written > 0));
+        let (mut committed, mut rest) = (Vec::new(), Vec::new());
+        for (i, chunk) in self.chunks().enumerate() {
+            let bytes = if i == 0 { &chunk.bytes()[self.front_written..] } else { chunk.bytes() };
+            if i < keep {
+                committed.extend_from_slice(bytes);
+            } else {
+                rest.push(bytes.to_vec());
+            }
+        }
+        (committed, rest)
+    }
+
+    /// A queue from what `unsent` gave (each chunk owned: sharing does not cross processes).
+    pub fn restore(committed: Vec<u8>, rest: Vec<Vec<u8>>) -> OutQueue {
+        let mut queue = OutQueue::default();
+        if !committed.is_empty() {
+            queue.push_committed(Chunk::Owned(committed));
+        }
+        for chunk in rest.into_iter().filter(|c| !c.is_empty()) {
+            queue.push(Chunk::Owned(chunk));
+        }
+        queue
+    }
+
     /// Frees the queue's storage while it is empty (an idle connection holds nothing).
     pub fn shrink_if_empty(&mut self) {
         if self.rest.is_empty() && self.rest.capacity() > 0 {

@@ -28,6 +28,8 @@ pub use crate::handshake::UpgradeRequest;
 use crate::handshake::{BodyLength, Method};
 use crate::outqueue::{Chunk, OutQueue};
 
+/// A connection as plain data, for a binary upgrade (src/upgrade/).
+pub mod frozen;
 /// The handshaking states: the request head, a plain request's body, the answers.
 mod head;
 /// Frames in: headers, payloads, fragments, control frames, the input buffers.

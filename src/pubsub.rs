@@ -131,9 +131,7 @@ impl<M: Weight + Clone> Topic<M> {
     /// Forgets the history and goes on numbering after `last_seq` (a backplane's mirror
     /// taking the numbers another process gave).
     pub fn restart(&mut self, last_seq: Seq) {
-        self.history.frames.clear();
-        self.history.bytes = 0;
-        self.history.last_seq = last_seq;
+        self.history.restart(last_seq);
     }
 }
 
@@ -248,6 +246,18 @@ impl<M: Weight + Clone> History<M> {
         self.frames.push_back(frame.clone());
         self.bytes += frame.weight();
         self.last_seq
+    }
+
+    /// The seq of the newest message, 0 before the first.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq
+    }
+
+    /// Forgets every kept message and goes on numbering after `last_seq`.
+    pub fn restart(&mut self, last_seq: Seq) {
+        self.frames.clear();
+        self.bytes = 0;
+        self.last_seq = last_seq;
     }
 
     /// Forgets the oldest kept message; returns its weight (0 when nothing is kept).

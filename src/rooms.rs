@@ -286,6 +286,11 @@ impl Rooms {
         self.rooms.iter().map(|(_, room)| room)
     }
 
+    /// Every room with its id.
+    pub fn entries(&self) -> impl Iterator<Item = (RoomId, &Room)> + '_ {
+        self.rooms.iter().map(|(id, room)| (id as RoomId, room))
+    }
+
     /// Kept messages and their bytes, over all rooms.
     pub fn history_totals(&self) -> (usize, usize) {
         (self.rooms.iter().map(|(_, r)| r.topic.history().len()).sum(), self.history_bytes)
@@ -537,6 +542,10 @@ pub(crate) fn new_epoch() -> [u8; 16] {
     }
     epoch
 }
+
+// A binary upgrade's rooms: their state as plain data, and rooms made again from it.
+mod frozen;
+pub use frozen::RoomsState;
 
 #[cfg(test)]
 mod tests;

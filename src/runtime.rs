@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::app::{App, ClientIo, Listener, Stop, Transmit};
@@ -22,12 +22,18 @@ use crate::config::{Config, Mode};
 use crate::memory;
 use crate::tls;
 use crate::transport::Transport;
+use crate::upgrade::notify::notify;
+
+// A binary upgrade: the loop's part.
+mod upgrade;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 const METRICS_LISTENER: Token = Token(usize::MAX - 3);
 /// The Redis link's waker (--redis): events from Redis are waiting.
 const BACKPLANE: Token = Token(usize::MAX - 4);
+/// A binary upgrade's channel to the new process (runtime/upgrade.rs).
+const HANDOVER: Token = Token(usize::MAX - 5);
 /// One read's worth: shared by all clients, never per connection. Large enough that
 /// a 64 KiB message with its header arrives whole and is unmasked in place.
 const READ_CHUNK: usize = 256 * 1024;
@@ -58,6 +64,11 @@ impl ClientIo for Io {
     /// TLS may hold records the socket did not take; paused reading resumes in a flush.
     fn wants_flush(&self) -> bool {
         matches!(self.transport, Transport::Tls(_)) || self.transport.read_paused()
+    }
+
+    /// A binary upgrade moves plain sockets; TLS keeps its keys here.
+    fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.transport.plain_fd()
     }
 }
 
@@ -95,6 +106,8 @@ pub struct Server {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// --redis: the threads that talk to Redis (src/backplane/link.rs).
     backplane: Option<Link>,
+    /// SIGUSR2: the new process started, its hello awaited (runtime/upgrade.rs).
+    upgrade: Option<upgrade::Upgrade>,
 }
 
 impl Server {
@@ -102,25 +115,34 @@ impl Server {
     /// and key first.
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let tls = load_tls(&config).map_err(StartError::Tls)?;
-        let mut listener =
-            listen(resolve((config.host.as_str(), config.port))?, config.reuse_port, config.send_buffer)?;
+        let listener = listen(resolve((config.host.as_str(), config.port))?, config.reuse_port, config.send_buffer)?;
+        let metrics_listener = match &config.metrics_listen {
+            Some(addr) => Some(listen(resolve(addr.as_str())?, false, 0)?),
+            None => None,
+        };
+        let auth = crate::auth::Auth::from_config(&config).map_err(StartError::Auth)?;
+        let server = Server::assemble(App::with_auth(config, auth), tls, listener, metrics_listener)?;
+        notify("READY=1");
+        Ok(server)
+    }
+
+    /// The loop around an application and its listeners (bound, or taken over).
+    fn assemble(
+        app: App<Io>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        mut listener: TcpListener,
+        mut metrics_listener: Option<TcpListener>,
+    ) -> Result<Server, StartError> {
         let local_addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
-        let metrics_listener = match &config.metrics_listen {
-            Some(addr) => {
-                let mut l = listen(resolve(addr.as_str())?, false, 0)?;
-                poll.registry().register(&mut l, METRICS_LISTENER, Interest::READABLE)?;
-                Some(l)
-            }
-            None => None,
-        };
+        if let Some(l) = &mut metrics_listener {
+            poll.registry().register(l, METRICS_LISTENER, Interest::READABLE)?;
+        }
         // SIGHUP reloads the certificate; without TLS it is ignored (its default would end
-        // us, and a renewal hook may send it to every mioket).
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        // us, and a renewal hook may send it to every mioket). SIGUSR2 upgrades the binary.
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let auth = crate::auth::Auth::from_config(&config).map_err(StartError::Auth)?;
-        let app = App::with_auth(config, auth);
         let backplane = match app.backplane_settings() {
             Some(settings) => {
                 let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
@@ -145,6 +167,7 @@ impl Server {
             started: Instant::now(),
             tls,
             backplane,
+            upgrade: None,
         })
     }
 
@@ -191,6 +214,14 @@ impl Server {
             // Publishes read during the flush's looks for input go now, not after the
             // next poll.
             self.pump_backplane(now);
+            if let Some(upgrade) = &self.upgrade {
+                // A binary upgrade: its hello awaited in time, or in and all flushed.
+                if upgrade.ready() {
+                    self.hand_over_now(now);
+                } else if upgrade.deadline() <= now {
+                    self.continue_upgrade(now);
+                }
+            }
             self.reschedule_retimed();
             if self.app.poll_trim(now).is_some_and(|t| t <= now) {
                 memory::give_back();
@@ -215,6 +246,7 @@ impl Server {
                 // Also drained once per iteration; here too, since a look for input
                 // during a long flush may take the waker's one event.
                 BACKPLANE => self.pump_backplane(now),
+                HANDOVER => self.continue_upgrade(now),
                 Token(id) => {
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read_client(id, event.is_read_closed(), now);
@@ -250,6 +282,7 @@ impl Server {
             self.app.stop_deadline(),
             self.app.poll_trim(now),
             self.app.poll_housekeeping(),
+            self.upgrade.as_ref().map(|u| u.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -492,6 +525,10 @@ impl Server {
             }
             signals.retain(|&s| s != SIGHUP);
         }
+        if signals.contains(&SIGUSR2) {
+            self.start_upgrade(now);
+            signals.retain(|&s| s != SIGUSR2);
+        }
         let Some(&signal) = signals.first() else { return };
         let clients = self.app.client_count();
         let stop = self.app.handle_stop_signal(now);
@@ -560,6 +597,8 @@ pub enum StartError {
     Auth(String),
     /// Listening, polling or the Redis threads.
     Io(io::Error),
+    /// Taking over from an old process (a binary upgrade) failed; it serves on.
+    Upgrade(String),
 }
 
 impl From<io::Error> for StartError {
@@ -574,6 +613,7 @@ impl std::fmt::Display for StartError {
             StartError::Tls(why) => write!(f, "bad TLS certificate or key: {why}"),
             StartError::Auth(why) => write!(f, "bad JWT key: {why}"),
             StartError::Io(e) => write!(f, "cannot listen: {e}"),
+            StartError::Upgrade(why) => write!(f, "cannot take over from the old process: {why}"),
         }
     }
 }

@@ -153,6 +153,15 @@ impl Transport {
         }
     }
 
+    /// A plain connection's socket (a binary upgrade moves it); TLS has none to give.
+    pub fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Transport::Plain { socket, .. } => Some(socket.as_raw_fd()),
+            Transport::Tls(_) => None,
+        }
+    }
+
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         match self {
             Transport::Plain { socket, .. } => socket.peer_addr(),

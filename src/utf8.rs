@@ -56,6 +56,12 @@ impl Utf8Validator {
     pub fn reset(&mut self) {
         self.carry_len = 0;
     }
+
+    /// The bytes of an unfinished character carried to the next piece (at most 3): a
+    /// validator fed them after a `reset` is this one again (a binary upgrade's snapshot).
+    pub fn pending(&self) -> &[u8] {
+        &self.carry[..usize::from(self.carry_len)]
+    }
 }
 
 fn check_prefix(prefix: &[u8]) -> Result<(), InvalidUtf8> {

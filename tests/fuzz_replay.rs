@@ -53,6 +53,11 @@ fn rooms_corpus_replays() {
 }
 
 #[test]
+fn snapshot_corpus_replays() {
+    replay("snapshot", test_support::fuzz_snapshot::check_snapshot);
+}
+
+#[test]
 fn inflate_corpus_replays() {
     replay("inflate", checks::check_inflate);
 }

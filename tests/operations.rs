@@ -218,3 +218,103 @@ fn sighup_without_tls_is_ignored_and_the_server_goes_on() {
         assert_eq!(text(ws), "still here");
     }
 }
+
+/// `GET /api/stats`, the operator console's document (README, "The operator console").
+mod stats {
+    use super::*;
+    use serde_json::Value;
+
+    fn stats(addr: SocketAddr, token: &str) -> (u16, Value) {
+        let request = format!("GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let (status, body) = http(addr, &request);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    #[test]
+    fn stats_are_404_without_an_api_token_and_401_with_a_wrong_one() {
+        let off = Server::start(&[]);
+        assert_eq!(stats(off.addr, "anything").0, 404);
+        let on = Server::start(&["--api-token", "s3cret"]);
+        assert_eq!(stats(on.addr, "wrong").0, 401);
+        assert_eq!(http(on.addr, "GET /api/stats HTTP/1.1\r\nHost: x\r\n\r\n").0, 401);
+        assert_eq!(stats(on.addr, "s3cret").0, 200);
+    }
+
+    /// Six plain clients in three rooms, one v1 client, five messages from each plain
+    /// one: the same numbers on the main port and on --metrics-listen.
+    #[test]
+    fn stats_count_a_known_load_on_both_ports() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let operator: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server =
+            Server::start(&["--welcome", "", "--api-token", "s3cret", "--metrics-listen", &operator.to_string()]);
+        let mut plain: Vec<Ws> = (0..6).map(|i| connect_plain(&server, &format!("/r{}", i % 3))).collect();
+        let _v1 = connect_v1(&server, "/r0");
+        let (status, before) = stats(server.addr, "s3cret");
+        assert_eq!(status, 200, "{before}");
+        for ws in &mut plain {
+            for m in 0..5 {
+                send_text(ws, &format!("m{m}"));
+            }
+        }
+        // Each room's two members read its ten messages: all were counted by then.
+        for ws in &mut plain {
+            for _ in 0..10 {
+                text(ws);
+            }
+        }
+        for addr in [server.addr, operator] {
+            let (status, s) = stats(addr, "s3cret");
+            assert_eq!(status, 200, "{s}");
+            let c = &s["connections"];
+            let kinds = ["websockets", "plain", "v1", "tls"].map(|k| c[k].as_u64().unwrap());
+            assert_eq!(kinds, [7, 6, 1, 0], "{s}");
+            assert_eq!(s["rooms"], 3);
+            assert_eq!(s["messages_in"], 30);
+            assert!(s["deliveries_out"].as_u64().unwrap() >= 3 * 10 * 2 + 10, "{s}");
+            assert!(s["bytes_in"].as_u64().unwrap() > 30 * 8 && s["bytes_out"].as_u64().unwrap() > 70 * 4, "{s}");
+            let members = &s["busiest_by_members"];
+            assert_eq!((members[0]["room"].clone(), members[0]["members"].clone()), ("r0".into(), 3.into()));
+            assert_eq!(members.as_array().unwrap().len(), 3);
+            assert!(s["memory"]["rss_bytes"].as_u64().unwrap() > 1 << 20);
+            assert_eq!(s["nodes"][0]["connections"], 7);
+            assert_eq!(s["backplane"], Value::Null);
+            assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+            // The first call after `before` saw each room's ten messages; the second, none.
+            let by_messages: Vec<u64> =
+                s["busiest_by_messages"].as_array().unwrap().iter().map(|r| r["messages"].as_u64().unwrap()).collect();
+            let expected = if addr == server.addr { vec![10, 10, 10] } else { vec![] };
+            assert_eq!(by_messages, expected, "{s}");
+        }
+        send_text(&mut plain[1], "one more");
+        text(&mut plain[1]);
+        let (_, after) = stats(operator, "s3cret");
+        let busiest = &after["busiest_by_messages"][0];
+        assert_eq!((busiest["room"].clone(), busiest["messages"].clone()), ("r1".into(), 1.into()), "{after}");
+        assert!(scrape(operator).contains_key("mioket_closes_by_reason_total{reason=\"slow_consumer\"}"));
+    }
+
+    /// The cost the README quotes, over the wire: 10,000 rooms (made by API publishes),
+    /// then the time of a whole `GET /api/stats` (connect, build, answer), best of five.
+    #[test]
+    fn stats_with_10000_rooms_answer_in_milliseconds() {
+        let server = Server::start(&["--welcome", "", "--api-token", "s3cret"]);
+        for i in 0..10_000 {
+            let request = format!(
+                "POST /api/rooms/room-{i}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+                 Content-Length: 1\r\n\r\nx"
+            );
+            assert_eq!(http(server.addr, &request).0, 200);
+        }
+        let mut best = Duration::MAX;
+        for _ in 0..5 {
+            let started = std::time::Instant::now();
+            let (status, s) = stats(server.addr, "s3cret");
+            best = best.min(started.elapsed());
+            assert_eq!((status, s["rooms"].as_u64()), (200, Some(10_000)));
+            assert_eq!(s["busiest_by_members"].as_array().unwrap().len(), 10);
+        }
+        eprintln!("GET /api/stats with 10,000 rooms: {best:?} (best of 5, request to last byte)");
+        assert!(best < Duration::from_secs(2), "{best:?}");
+    }
+}

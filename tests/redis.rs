@@ -733,3 +733,27 @@ fn redis_paused_beyond_the_reply_timeout_loses_nothing_acknowledged() {
     assert_gap_free(&on_b, 1);
     assert_eq!(on_b.iter().map(|(s, _)| *s).collect::<Vec<_>>(), seqs);
 }
+
+/// /api/stats with --redis: the backplane's state and round trip, and this node's row.
+#[test]
+fn stats_show_the_backplane_up_with_its_round_trip_and_this_node() {
+    need_redis!();
+    let redis = RedisServer::start(false);
+    let a = node(&redis, &[]);
+    wait_backplane_up(&[&a]);
+    let mut ws = connect_v1(&a, "/lobby");
+    welcome(&mut ws);
+    assert_eq!(api_post(&a, "lobby", "m1").0, 200);
+    collect(&mut ws, 1);
+    let (status, body) = http(a.addr, "GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n");
+    assert_eq!(status, 200, "{body}");
+    let s: Value = serde_json::from_str(&body).unwrap();
+    let b = &s["backplane"];
+    assert_eq!(b["state"], "up", "{s}");
+    assert_eq!([&b["commands"], &b["fetches"], &b["subscription"]], [&json!(true); 3]);
+    assert!(b["round_trips"].as_u64().unwrap() > 0 && b["round_trip_ms"].as_f64().unwrap() > 0.0, "{s}");
+    let nodes = s["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 1, "{s}");
+    assert_eq!(nodes[0]["id"].as_str().unwrap().len(), 16, "the node's name: {s}");
+    assert_eq!(nodes[0]["connections"], 1);
+}

@@ -395,3 +395,78 @@ fn bad_certificate_or_key_files_exit_2_with_one_line() {
         assert!(out.stdout.is_empty(), "{name}: no listening line");
     }
 }
+
+/// A v1 client over TLS on `path`.
+fn wss_v1(server: &Server, certs: &Certs, path: &str) -> Wss {
+    use tungstenite::client::IntoClientRequest;
+    let stream = tls_connect(server, certs);
+    let mut request = format!("wss://localhost:{}{path}", server.addr.port()).into_client_request().unwrap();
+    request.headers_mut().insert("Sec-WebSocket-Protocol", "mioket.v1".parse().unwrap());
+    let (ws, response) = tungstenite::client(request, stream).expect("WebSocket handshake over TLS");
+    assert_eq!(response.headers().get("Sec-WebSocket-Protocol").unwrap(), "mioket.v1");
+    ws
+}
+
+/// The next envelope that is not presence.
+fn next_envelope(ws: &mut Wss) -> serde_json::Value {
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&next_text(ws)).unwrap();
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+/// The close code the server ends `ws` with (what came before it is skipped).
+fn close_code(ws: &mut Wss) -> u16 {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map_or(1005, |f| u16::from(f.code)),
+            Ok(_) => {}
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+}
+
+/// A binary upgrade cannot move a TLS connection (its keys stay in the old process;
+/// no kernel TLS): it is closed with 1012 (Service Restart) after what was queued for
+/// it, and a mioket.v1 client resumes on the new process with recovered:true, since
+/// the rooms moved.
+#[test]
+fn an_upgrade_closes_wss_clients_with_1012_and_v1_clients_resume_recovered() {
+    let certs = Certs::new("upgrade");
+    let mut server = start(&certs, &[]);
+    let mut v1 = wss_v1(&server, &certs, "/lobby");
+    let welcome = next_envelope(&mut v1);
+    let epoch = welcome["epoch"].as_str().unwrap().to_string();
+    let mut plain = wss(&server, &certs);
+    assert_eq!(next_text(&mut plain), WELCOME);
+    v1.send(Message::text(r#"{"op":"publish","data":"before the upgrade"}"#)).unwrap();
+    assert_eq!(next_envelope(&mut v1)["seq"], 1);
+    let upgrade = Command::new(env!("CARGO_BIN_EXE_mioket"))
+        .args(["upgrade", "--pid", &server.child.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(upgrade.status.success(), "{upgrade:?}");
+    let stdout = String::from_utf8_lossy(&upgrade.stdout);
+    let new_pid = stdout.trim().rsplit(' ').next().unwrap().to_string();
+    let successor = Successor(new_pid);
+    assert_eq!(close_code(&mut v1), 1012);
+    assert_eq!(close_code(&mut plain), 1012);
+    drop((v1, plain));
+    assert!(server.child.wait().unwrap().success(), "the old process exits once they are closed");
+    let mut resumed = wss_v1(&server, &certs, &format!("/lobby?since=0&epoch={epoch}"));
+    let welcome = next_envelope(&mut resumed);
+    assert_eq!((&welcome["recovered"], &welcome["seq"]), (&serde_json::json!(true), &serde_json::json!(1)));
+    assert_eq!(next_envelope(&mut resumed)["data"], "before the upgrade");
+    drop(successor);
+}
+
+/// Kills the process that took over at the end of the test (it is no child of ours).
+struct Successor(String);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0]).status();
+    }
+}

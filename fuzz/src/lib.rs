@@ -5,3 +5,4 @@
 
 pub use test_support::fuzz_checks::{check_frame_header, check_handshake, check_inflate, run_conn};
 pub use test_support::fuzz_rooms::run_rooms;
+pub use test_support::fuzz_snapshot::check_snapshot;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::{App, ClientIo};
+use crate::metrics::CloseReason;
 
 /// A queue this large, once drained or freed, counts toward giving memory back.
 pub(super) const LARGE_QUEUE: usize = 256 * 1024;
@@ -59,8 +60,13 @@ impl<T: ClientIo> App<T> {
             let largest = self.clients.iter().map(|(i, c)| (c.conn.unfinished_memory(), i)).max();
             let Some((held, largest)) = largest.filter(|&(held, _)| held > 0) else { break };
             let client = &mut self.clients[largest];
+            let open = client.conn.is_open();
             if client.conn.shed_unfinished(now, &self.config.limits) {
                 self.metrics.unfinished_refused += 1;
+                // A WebSocket is closed (1013); a request body gets a 503.
+                if open && !client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Busy);
+                }
                 warn!("refusing {}: its unfinished input is the largest over --max-unfinished-memory", client.io);
             }
             let freed = held - client.conn.unfinished_memory();

@@ -16,6 +16,8 @@
 
 use std::time::{Duration, Instant};
 
+use serde::Serialize;
+
 use super::deliver::encode_from;
 use super::message::{Publish, Refused, Target};
 use super::{App, ClientIo};
@@ -39,6 +41,16 @@ pub(super) struct Delivery<'a> {
     pub room: RoomId,
     pub stored: Stored,
     pub publisher: Option<(usize, Option<&'a str>)>,
+}
+
+/// A live node, one row of /api/stats's `nodes`.
+#[derive(Debug, Serialize)]
+pub(super) struct Node {
+    /// The node's name (its origins' prefix with Redis; `local` without).
+    pub id: String,
+    pub uptime_s: u64,
+    /// Open WebSockets on that node.
+    pub connections: usize,
 }
 
 /// What the bus did with a publish.
@@ -96,6 +108,16 @@ impl Bus {
             Bus::Local => None,
             Bus::Redis(mirror) => Some(mirror),
         }
+    }
+
+    /// The live nodes, this one first (`this`: its uptime and connections). Today
+    /// this node alone; with Redis, the backplane's registry of nodes belongs here.
+    pub(super) fn nodes(&self, uptime_s: u64, connections: usize) -> Vec<Node> {
+        let id = match self {
+            Bus::Local => "local".to_string(),
+            Bus::Redis(mirror) => mirror.node().to_string(),
+        };
+        vec![Node { id, uptime_s, connections }]
     }
 
     /// A client whose join waits for Redis: its input is held, and it is not read.

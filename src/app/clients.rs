@@ -14,7 +14,7 @@ use super::session::{Joined, Role, Session};
 use super::{App, ClientIo, Listener, Stop};
 use crate::config::Config;
 use crate::frame::CloseCode;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::{CloseReason, Metrics, Rejection};
 use crate::protocol::{Conn, Fault};
 
 /// One connection as the application sees it. Every connection holds one, so its
@@ -58,12 +58,23 @@ impl<T: ClientIo> App<T> {
         for id in ids {
             let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
             if let Some(client) = self.clients.get_mut(id) {
+                if client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Shutdown);
+                }
                 client.conn.close(CloseCode::GOING_AWAY, "server shutting down", now, &self.config.limits);
             }
             self.track_unfinished(id, held, now);
             self.after_activity(id);
         }
         Stop::Closing
+    }
+
+    /// A binary upgrade handed the clients over (they left with `freeze`): those that
+    /// could not move (TLS) close with 1012 (`close_unmoved`), and the runtime stops
+    /// once they are gone or close-timeout has passed.
+    pub fn handle_upgraded(&mut self, now: Instant) {
+        self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
+        self.close_unmoved(now);
     }
 
     /// When stopping: the time we give up waiting for clients.
@@ -138,6 +149,12 @@ impl<T: ClientIo> App<T> {
             self.open -= 1;
             let first = client.conn.first_close();
             self.metrics.close(first.map_or(CloseCode::ABNORMAL, |c| c.code), first.is_some_and(|c| c.by_peer));
+            // The server's own closes were counted where it decided them.
+            match first {
+                None => self.metrics.closed(CloseReason::Dropped),
+                Some(c) if c.by_peer => self.metrics.closed(CloseReason::Client),
+                Some(_) => {}
+            }
         }
     }
 }
@@ -156,13 +173,19 @@ pub(super) fn count_fault<T: fmt::Display>(
     match fault {
         Fault::Handshake(err) => metrics.reject(Rejection::of(err)),
         Fault::HandshakeTimeout => metrics.reject(Rejection::HandshakeTimeout),
-        Fault::PongTimeout => metrics.heartbeat_timeouts += 1,
+        Fault::PongTimeout => {
+            metrics.heartbeat_timeouts += 1;
+            metrics.closed(CloseReason::HeartbeatTimeout);
+        }
         Fault::SlowConsumer => {
             metrics.slow_consumers += 1;
+            metrics.closed(CloseReason::SlowConsumer);
             // Its queue, about the limit, was just freed.
             *released += config.limits.max_backpressure;
         }
-        Fault::Peer(_) | Fault::CloseTimeout => {}
+        Fault::Peer(err) if err.close_code() == CloseCode::TOO_BIG => metrics.closed(CloseReason::TooBig),
+        Fault::Peer(_) => metrics.closed(CloseReason::ProtocolError),
+        Fault::CloseTimeout => {}
     }
 }
 

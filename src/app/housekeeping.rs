@@ -15,19 +15,29 @@ use crate::pubsub::Audience;
 pub(super) const PRESENCE_EVERY: Duration = Duration::from_secs(1);
 
 impl<T: ClientIo> App<T> {
-    /// When rooms (or tokens) next need `handle_housekeeping`: a presence update is owed, or an
-    /// empty room's time is up.
+    /// When rooms (or tokens) next need `handle_housekeeping`: a presence update is owed, an
+    /// empty room's time is up, or the stats baseline is unasked for too long.
     pub fn poll_housekeeping(&self) -> Option<Instant> {
         let token = self.expiries.peek().map(|e| self.instant_of(e.at));
-        [self.presence_at, self.rooms.poll_expiry(), self.poll_touch(), token].into_iter().flatten().min()
+        let baseline = self.baseline.as_ref().map(|b| b.expires());
+        [self.presence_at, self.rooms.poll_expiry(), self.poll_touch(), token, baseline].into_iter().flatten().min()
     }
 
     /// Tells rooms' v1 members who is online (one shared envelope per room whose count
     /// changed), and frees rooms that have been empty for --room-ttl.
     pub fn handle_housekeeping(&mut self, now: Instant) {
+        // Frozen for a handover: presence and expiries wait (a thaw), or are the new
+        // process's.
+        if self.parked.is_some() {
+            return;
+        }
         self.now = now;
         self.touch(now);
         self.expire_tokens(now);
+        // Nobody asks for /api/stats any more: its baseline goes.
+        if self.baseline.as_ref().is_some_and(|b| b.expires() <= now) {
+            self.baseline = None;
+        }
         if self.presence_at.is_some_and(|t| t <= now) {
             self.presence_at = None;
             self.last_presence = Some(now);

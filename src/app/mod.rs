@@ -51,6 +51,8 @@ mod clients;
 mod deliver;
 // Echo mode's write-through.
 mod echo;
+// A binary upgrade: the application as plain data, its clients parked, made again.
+mod freeze;
 // Rooms' timed work: presence updates, empty rooms freed.
 mod housekeeping;
 // What enters a room, as one value (`Publish`), and why one may be refused.
@@ -72,10 +74,13 @@ mod refusal;
 mod routes;
 // A client's rooms: memberships, joining with the greeting, leaving.
 mod session;
+// `GET /api/stats`: the operator console's document, built when asked.
+mod stats;
 // `mioket.v1` ops from a client.
 mod v1ops;
 
 pub(crate) use clients::Client;
+pub use freeze::{AppState, ClientState};
 pub use output::{ClientView, Transmit};
 pub use refusal::Refusal;
 
@@ -113,6 +118,12 @@ pub trait ClientIo: fmt::Display {
     /// empty: the stream holds bytes of its own (TLS), or its reading waits to resume.
     fn wants_flush(&self) -> bool {
         false
+    }
+
+    /// The socket, if this connection can move to another process (a binary
+    /// upgrade, src/upgrade/): plain TCP can; TLS cannot (its keys stay here).
+    fn socket_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
     }
 }
 
@@ -178,9 +189,17 @@ pub struct App<T> {
     grants: grants::Grants,
     /// When grants expire, soonest first, one entry per grant (`App::expire_tokens`).
     expiries: std::collections::BinaryHeap<permit::Expiry>,
+    /// When the application started (the uptime in /api/stats).
+    started: Instant,
+    /// Rooms' seqs at the previous /api/stats, while someone asks (app/stats.rs).
+    baseline: Option<stats::Baseline>,
     /// The wall clock (seconds since 1970) at an `Instant`: tokens' `exp` in the
     /// application's own time (virtual in tests).
     clock: (Instant, std::time::Duration),
+    /// A binary upgrade under way: every client, out of `clients` (so every event for
+    /// one is stale) until the new process confirms or `thaw` takes them back, each
+    /// with whether it moves (app/freeze.rs).
+    parked: Option<Vec<(usize, Client<T>, bool)>>,
 }
 
 /// `T` is the runtime's per-client data; its `Display` names the client in the log
@@ -241,6 +260,9 @@ impl<T: ClientIo> App<T> {
             grants: grants::Grants::default(),
             expiries: std::collections::BinaryHeap::new(),
             clock: (Instant::now(), permit::unix_time()),
+            started: Instant::now(),
+            baseline: None,
+            parked: None,
             config,
         }
     }
@@ -253,7 +275,9 @@ impl<T: ClientIo> App<T> {
     /// refused at once: the runtime writes the answer (best effort) and drops it.
     pub fn connect(&mut self, io: T, listener: Listener, now: Instant) -> Result<usize, (T, Vec<u8>)> {
         self.metrics.accepted += 1;
-        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK {
+        // While frozen for a handover (the runtime does not accept then) a new client
+        // could take a parked one's id.
+        if self.clients.len() >= self.config.max_connections + HANDSHAKE_SLACK || self.parked.is_some() {
             self.metrics.reject(Rejection::OverMaxConnections);
             info!("rejected {io}: too many connections (503)");
             return Err((io, Refusal::ServerFull.response()));

@@ -14,6 +14,7 @@ use crate::auth::{self, Auth, Denied, Grant, TokenError};
 use crate::backplane::{Asker, Moderation, Part, PartUser};
 use crate::frame::CloseCode;
 use crate::handshake;
+use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
 use crate::protocol::UpgradeRequest;
 use crate::pubsub::Audience;
@@ -246,6 +247,10 @@ impl<T: ClientIo> App<T> {
         client.conn.accept(Some(v1::SUBPROTOCOL), None, now, &self.config.limits);
         client.role = Role::V1;
         client.conn.close(CloseCode(code), reason, now, &self.config.limits);
+        self.metrics.closed(match denied {
+            Denied::Token(_) => CloseReason::InvalidToken,
+            Denied::Forbidden | Denied::TooManyConnections => CloseReason::Forbidden,
+        });
         self.open += 1;
         self.metrics.upgrades += 1;
         self.count_in(id, ip, None);
@@ -272,6 +277,7 @@ impl<T: ClientIo> App<T> {
             let ids = self.grants.clients_where(|g| std::ptr::eq(g, &*grant));
             for id in ids {
                 if let Some(client) = self.clients.get_mut(id).filter(|c| c.conn.is_open()) {
+                    self.metrics.closed(CloseReason::TokenExpired);
                     client.conn.close(CloseCode(4001), TokenError::Expired.reason(), now, &self.config.limits);
                     self.retimed.push(id);
                     self.after_activity(id);
@@ -320,6 +326,9 @@ impl<T: ClientIo> App<T> {
         let Some(v1) = self.session(id).map(|s| s.v1) else { return };
         if !v1 {
             if let Some(client) = self.clients.get_mut(id) {
+                if client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Forbidden);
+                }
                 client.conn.close(CloseCode(4403), reason, now, &self.config.limits);
                 self.retimed.push(id);
             }
@@ -472,6 +481,9 @@ impl<T: ClientIo> App<T> {
         let ids: Vec<usize> = self.clients_of(user);
         for &id in &ids {
             if let Some(client) = self.clients.get_mut(id) {
+                if client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Disconnected);
+                }
                 client.conn.close(CloseCode(4410), reason, now, &self.config.limits);
                 self.retimed.push(id);
             }

@@ -21,6 +21,7 @@ use crate::auth::{Auth, Grant};
 use crate::backplane;
 use crate::config::Config;
 use crate::frame::CloseCode;
+use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
 use crate::pubsub::Seq;
 use crate::rooms::Rooms;
@@ -173,12 +174,18 @@ impl<T: ClientIo> App<T> {
                     _ => CloseCode::TRY_AGAIN_LATER,
                 };
                 if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.is_open() {
+                        self.metrics.closed(close_reason(why));
+                    }
                     client.conn.close(code, reason, now, &self.config.limits);
                     self.retimed.push(id);
                 }
             }
             Source::V1 { id, .. } if why == Refused::RateLimited(true) => {
                 if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.is_open() {
+                        self.metrics.closed(CloseReason::RateLimited);
+                    }
                     client.conn.close(CloseCode(4429), reason, now, &self.config.limits);
                     self.retimed.push(id);
                 }
@@ -209,5 +216,15 @@ impl<T: ClientIo> App<T> {
 fn source_id(source: Source<'_>) -> usize {
     match source {
         Source::Plain(id) | Source::V1 { id, .. } | Source::Api(id) => id,
+    }
+}
+
+/// Why a plain client is closed for a refused publish.
+fn close_reason(why: Refused) -> CloseReason {
+    match why {
+        Refused::TooBig => CloseReason::TooBig,
+        Refused::Forbidden => CloseReason::Forbidden,
+        Refused::RateLimited(_) => CloseReason::RateLimited,
+        Refused::TooManyRooms | Refused::Backplane(_) | Refused::Lost => CloseReason::Backplane,
     }
 }

@@ -16,6 +16,7 @@ use super::{queue_flush, App, ClientIo};
 use crate::api;
 use crate::backplane::{Asker, Effect, Event, Joining, Message, Moderation, Origin, Part};
 use crate::frame::CloseCode;
+use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
 use crate::pubsub::Audience;
 use crate::rooms::RoomId;
@@ -31,6 +32,14 @@ impl<T: ClientIo> App<T> {
         let Bus::Redis(mirror) = &mut self.bus else { return };
         let effects = mirror.handle(event, &self.rooms, now);
         self.apply(effects, now);
+    }
+
+    /// A binary upgrade restored the rooms: with Redis, the mirror goes on from where
+    /// the old process's stood (`Mirror::adopt`).
+    pub(crate) fn adopt_rooms_in_backplane(&mut self) {
+        if let Bus::Redis(mirror) = &mut self.bus {
+            mirror.adopt(&self.rooms);
+        }
     }
 
     /// Does what the mirror says, in its order.
@@ -130,6 +139,9 @@ impl<T: ClientIo> App<T> {
         if in_rooms {
             self.refuse_op(id, OpError::BackplaneUnavailable, None, now);
         } else if let Some(client) = self.clients.get_mut(id) {
+            if client.conn.is_open() {
+                self.metrics.closed(CloseReason::Backplane);
+            }
             client.conn.close(CloseCode::TRY_AGAIN_LATER, "backplane unavailable", now, &self.config.limits);
             self.retimed.push(id);
         }
@@ -173,6 +185,9 @@ impl<T: ClientIo> App<T> {
             r.topic.members(Audience::Plain).chain(r.topic.members(Audience::Enveloped)).collect();
         for id in members {
             if let Some(client) = self.clients.get_mut(id) {
+                if client.conn.is_open() {
+                    self.metrics.closed(CloseReason::Backplane);
+                }
                 client.conn.close(CloseCode::TRY_AGAIN_LATER, "room state lost, resume", now, &self.config.limits);
                 self.retimed.push(id);
             }

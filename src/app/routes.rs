@@ -53,7 +53,7 @@ impl<T: ClientIo> App<T> {
             _ if delete && !matches!(api::route(path), Some(api::Route::RoomUser(..))) => {
                 Answer::Now(api::method_not_allowed("GET, POST"))
             }
-            _ if operator && !matches!(path, "/metrics" | "/healthz") => Answer::Now(http::not_found()),
+            _ if operator && !matches!(path, "/metrics" | "/healthz" | "/api/stats") => Answer::Now(http::not_found()),
             "/metrics" | "/healthz" if operator_here && !get => Answer::Now(api::method_not_allowed("GET")),
             "/metrics" if operator_here => {
                 let mut body = self.metrics.render(&self.gauges());
@@ -80,8 +80,12 @@ impl<T: ClientIo> App<T> {
         }
     }
 
-    /// The HTTP API (docs/protocol.md): off (404) without a token and in echo mode.
+    /// The HTTP API (docs/protocol.md): off (404) without a token and, but for the
+    /// stats, in echo mode.
     fn answer_api(&mut self, id: usize, route: api::Route<'_>, request: &HttpRequest, now: Instant) -> Answer {
+        if route == api::Route::Stats {
+            return Answer::Now(self.answer_stats(request, now));
+        }
         let Some(token) = self.config.api_token.as_deref().filter(|_| self.config.mode == Mode::Broadcast) else {
             return Answer::Now(http::not_found());
         };
@@ -130,8 +134,20 @@ impl<T: ClientIo> App<T> {
             (api::Route::RoomUser(..), _) => Answer::Now(api::method_not_allowed("DELETE")),
             (api::Route::Disconnect(user), Method::Post) => self.api_disconnect(user, request, now),
             (api::Route::Disconnect(_), _) => Answer::Now(api::method_not_allowed("POST")),
-            (api::Route::Unknown, _) => Answer::Now(http::not_found()),
+            (api::Route::Unknown | api::Route::Stats, _) => Answer::Now(http::not_found()),
         }
+    }
+
+    /// `GET /api/stats` (app/stats.rs), with the API's token, in either mode.
+    fn answer_stats(&mut self, request: &HttpRequest, now: Instant) -> Vec<u8> {
+        let Some(token) = self.config.api_token.as_deref() else { return http::not_found() };
+        if !api::authorized(request.authorization.as_deref(), token) {
+            return api::unauthorized();
+        }
+        if request.method != Method::Get {
+            return api::method_not_allowed("GET");
+        }
+        api::json_ok(&self.stats_json(now))
     }
 
     fn api_publish(&mut self, id: usize, encoded_room: &str, request: &HttpRequest, now: Instant) -> Answer {

@@ -43,8 +43,8 @@ pub(super) const NOT_JOINED: Joined = Joined { room: NO_ROOM, key: MemberKey::NO
 pub(super) struct Extra {
     /// By name: a room freed and made again (one that never had a message goes when
     /// its last member leaves) is still the path's.
-    home: Option<Box<str>>,
-    more: Vec<Joined>,
+    pub(super) home: Option<Box<str>>,
+    pub(super) more: Vec<Joined>,
 }
 
 impl Extra {

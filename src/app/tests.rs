@@ -380,6 +380,7 @@ mod memory_back {
 mod auth;
 mod deflate;
 mod rooms;
+mod upgrade;
 
 /// Issue 19, finding 10: HTTP judged from the head; unfinished input within one budget.
 mod unfinished_input {

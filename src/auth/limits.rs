@@ -54,7 +54,37 @@ pub(crate) struct Limiter {
     strikes_since: Instant,
 }
 
+/// A limiter as plain data (a binary upgrade, src/upgrade/): times as time since.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LimiterState {
+    messages: f64,
+    bytes: f64,
+    refilled_ago: std::time::Duration,
+    strikes: u8,
+    strikes_ago: std::time::Duration,
+}
+
 impl Limiter {
+    pub(crate) fn freeze(&self, now: Instant) -> LimiterState {
+        LimiterState {
+            messages: self.messages,
+            bytes: self.bytes,
+            refilled_ago: crate::frozen::ago(self.refilled, now),
+            strikes: self.strikes,
+            strikes_ago: crate::frozen::ago(self.strikes_since, now),
+        }
+    }
+
+    pub(crate) fn thaw(state: &LimiterState, now: Instant) -> Limiter {
+        Limiter {
+            messages: state.messages,
+            bytes: state.bytes,
+            refilled: crate::frozen::since(state.refilled_ago, now),
+            strikes: state.strikes,
+            strikes_since: crate::frozen::since(state.strikes_ago, now),
+        }
+    }
+
     pub(crate) fn new(limits: &PublishLimits, now: Instant) -> Limiter {
         Limiter { messages: limits.burst, bytes: limits.bytes_rate, refilled: now, strikes: 0, strikes_since: now }
     }

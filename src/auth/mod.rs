@@ -134,7 +134,7 @@ struct RoomClaims {
 }
 
 /// A user: the token's `sub` and its `info` (compact JSON, shown in presence).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub(crate) struct User {
     pub(crate) sub: Box<str>,
     pub(crate) info: Option<Box<str>>,
@@ -143,7 +143,8 @@ pub(crate) struct User {
 /// What one client may do: read (join, receive, history, resume, presence) the rooms
 /// of `read`, publish in those of `write`, until `expires`; plus what an anonymous
 /// client may (`Auth::may_read`).
-#[derive(Debug)]
+/// (Part of a binary upgrade's snapshot: a change here is a format change, src/upgrade/.)
+#[derive(Clone, Debug, serde::Serialize, Deserialize)]
 pub(crate) struct Grant {
     /// `None`: anonymous.
     pub(crate) user: Option<User>,

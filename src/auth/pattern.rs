@@ -9,7 +9,7 @@
 use unicode_normalization::UnicodeNormalization;
 
 /// One compiled pattern.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Pattern {
     /// Exactly this room.
     Exact(Box<str>),
@@ -18,10 +18,11 @@ enum Pattern {
 }
 
 /// A set of compiled patterns (the read or the write side of a grant).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Patterns {
     /// `*` is among them: every room (the common open server, checked first).
     all: bool,
+    #[serde(deserialize_with = "crate::frozen::boxed_seq")]
     patterns: Box<[Pattern]>,
 }
 

@@ -29,6 +29,7 @@ use crate::v1::Resume;
 
 pub mod presence;
 mod report;
+pub use report::Snapshot;
 #[cfg(test)]
 mod tests;
 
@@ -129,6 +130,7 @@ struct Stats {
     commands: u64,
     latency_sum: Duration,
     latency_max: Duration,
+    latency_last: Duration,
     live_messages: u64,
     duplicates: u64,
     fetches: u64,
@@ -368,6 +370,7 @@ impl Mirror {
                 self.stats.commands += commands as u64;
                 self.stats.latency_sum += took;
                 self.stats.latency_max = self.stats.latency_max.max(took);
+                self.stats.latency_last = took;
             }
         }
         effects
@@ -404,6 +407,23 @@ impl Mirror {
             self.fetch(room, generation, r.name(), 0);
         }
         Joining::Waits
+    }
+
+    /// A binary upgrade restored `rooms` (src/upgrade/) from an old process whose
+    /// mirror had delivered each room up to its last seq: each room with members goes
+    /// on from there, and reads what Redis numbered meanwhile from its stream once the
+    /// link is up (`resync_all`), so its members miss nothing and get nothing twice.
+    pub fn adopt(&mut self, rooms: &Rooms) {
+        for (id, room) in rooms.entries().filter(|(_, r)| r.topic.member_count() > 0) {
+            let sync = RoomSync {
+                generation: room.generation(),
+                known: true,
+                epoch: room.epoch().into(),
+                last: room.topic.last_seq(),
+                ..RoomSync::default()
+            };
+            self.rooms.insert(id, sync);
+        }
     }
 
     /// Keeps the input of a client whose join waits (acted on after its welcome);

@@ -20,8 +20,8 @@ use crate::utf8::Utf8Validator;
 /// whose payload arrives in pieces needs a `Partial`, boxed because most connections
 /// rarely need one and an idle connection gives it back.
 pub(super) struct Reader {
-    stash: [u8; MAX_HEADER_LEN],
-    stash_len: u8,
+    pub(super) stash: [u8; MAX_HEADER_LEN],
+    pub(super) stash_len: u8,
     /// permessage-deflate as negotiated (it fits in the stash's padding).
     pub(super) deflate: Deflate,
     pub(super) partial: Option<Box<Partial>>,
@@ -41,30 +41,30 @@ pub(super) enum Deflate {
 #[derive(Default)]
 pub(super) struct Partial {
     /// The frame whose payload is arriving.
-    frame: Option<PayloadLeft>,
+    pub(super) frame: Option<PayloadLeft>,
     /// The data message being assembled.
-    message: Option<Assembly>,
+    pub(super) message: Option<Assembly>,
     /// Its bytes so far, followed by those of an unfinished control frame.
     pub(super) payload: Vec<u8>,
     /// A compressed message's bytes, inflated into `payload` once whole (kept with its
     /// capacity, like `payload`, while the connection is busy).
-    compressed: Vec<u8>,
-    utf8: Utf8Validator,
+    pub(super) compressed: Vec<u8>,
+    pub(super) utf8: Utf8Validator,
     /// `payload` was handed out as an event; clear it before reading on.
-    delivered: bool,
+    pub(super) delivered: bool,
     /// Bytes inflated in this turn of the loop (see `INFLATE_BUDGET`).
-    inflated: usize,
+    pub(super) inflated: usize,
     /// Input held back once the turn's inflate budget was spent: at most one read's
     /// worth, handed in again first next turn (`start_turn`).
-    unread: Vec<u8>,
+    pub(super) unread: Vec<u8>,
 }
 
 pub(super) struct PayloadLeft {
-    remaining: u64,
-    key: [u8; 4],
-    offset: usize,
-    fin: bool,
-    kind: PayloadKind,
+    pub(super) remaining: u64,
+    pub(super) key: [u8; 4],
+    pub(super) offset: usize,
+    pub(super) fin: bool,
+    pub(super) kind: PayloadKind,
 }
 
 #[derive(Clone, Copy)]
@@ -80,11 +80,11 @@ pub(super) enum PayloadKind {
 }
 
 pub(super) struct Assembly {
-    opcode: Opcode,
-    len: usize,
-    fragments: u32,
+    pub(super) opcode: Opcode,
+    pub(super) len: usize,
+    pub(super) fragments: u32,
     /// RSV1 on its first frame: its bytes are DEFLATE, inflated when it is whole.
-    compressed: bool,
+    pub(super) compressed: bool,
 }
 
 pub(super) enum Delivery {

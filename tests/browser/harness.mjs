@@ -282,6 +282,28 @@ export async function nodeClient(url, options = {}) {
 }
 
 /**
+ * A load for the console: `{ room: clients }` Node clients on the server at `wsBase`
+ * (ending with `/`), each sending a message every `everyMs`. `stop()` ends it.
+ */
+export async function startLoad(wsBase, rooms, everyMs = 50) {
+  const clients = [];
+  for (const [room, count] of Object.entries(rooms)) {
+    for (let i = 0; i < count; i++) clients.push(await nodeClient(`${wsBase}${room}`));
+  }
+  let n = 0;
+  const timer = setInterval(() => {
+    for (const c of clients) c.send(`load ${n++}`).catch(() => {});
+  }, everyMs);
+  return {
+    clients,
+    async stop() {
+      clearInterval(timer);
+      await Promise.all(clients.map((c) => c.close()));
+    },
+  };
+}
+
+/**
  * An HS256 JWT (RFC 7519) signed with `secret`, made here as an issuer would: base64url
  * of the header and the claims, and their HMAC-SHA256.
  */

@@ -62,6 +62,21 @@ pub(crate) struct Counters {
     pub(crate) bad_payloads: u64,
     /// Messages we sent compressed.
     pub(crate) sent_compressed: u64,
+    /// Broadcast and rooms: when the last counted message arrived, and the longest
+    /// time between two (a server's pause, as during a binary upgrade).
+    pub(crate) last_delivery_ns: u64,
+    pub(crate) max_gap_ns: u64,
+}
+
+impl Counters {
+    /// A counted delivery at `now_ns`.
+    pub(crate) fn delivered(&mut self, now_ns: u64) {
+        self.deliveries += 1;
+        if self.last_delivery_ns != 0 {
+            self.max_gap_ns = self.max_gap_ns.max(now_ns.saturating_sub(self.last_delivery_ns));
+        }
+        self.last_delivery_ns = now_ns;
+    }
 }
 
 pub(crate) struct Gen {

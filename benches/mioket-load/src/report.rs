@@ -93,6 +93,11 @@ impl Gen {
         if !matches!(a.workload, Workload::Idle | Workload::EmptyRooms) {
             let _ = write!(j, ",\"p50_us\":{p50:.1},\"p99_us\":{p99:.1}");
         }
+        if matches!(a.workload, Workload::Broadcast | Workload::Rooms) {
+            // The slowest delivery, and the longest time with none (a server's pause).
+            let max = us(self.hist.quantile(1.0));
+            let _ = write!(j, ",\"max_us\":{max:.1},\"max_gap_us\":{:.1}", us(self.c.max_gap_ns));
+        }
         let mut deflate_line = String::new();
         if matches!(a.workload, Workload::Echo | Workload::Broadcast | Workload::Rooms) {
             // Bytes of the counted messages: on the wire (frame headers included) and

@@ -196,7 +196,7 @@ impl Gen {
                         let in_window = if warm { now_ns >= window_start } else { ts >= window_start };
                         if running && in_window {
                             counted = true;
-                            self.c.deliveries += 1;
+                            self.c.delivered(now_ns);
                             self.hist.record(now_ns.saturating_sub(ts));
                         }
                         if client.role == Role::Publisher(id) && client.waiting && seq == client.seq {
@@ -232,7 +232,7 @@ impl Gen {
                         client.last_seq = client.last_seq.max(seq);
                         if running && ts >= window_start {
                             counted = true;
-                            self.c.deliveries += 1;
+                            self.c.delivered(now_ns);
                             self.hist.record(now_ns.saturating_sub(ts));
                         }
                         // Its own messages come back to a publishing connection in order.

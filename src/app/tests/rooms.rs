@@ -29,7 +29,7 @@ fn join_at(app: &mut App<Peer>, target: &str, v1: bool, now: Instant) -> (usize,
 
 /// The frames after an HTTP head (if any), as JSON for text frames of JSON, else as
 /// `{"text": ...}` / `{"binary": [...]}`.
-fn frames(bytes: &[u8]) -> Vec<Value> {
+pub(super) fn frames(bytes: &[u8]) -> Vec<Value> {
     let mut rest = match bytes.windows(4).position(|w| w == b"\r\n\r\n") {
         Some(end) if bytes.starts_with(b"HTTP/") => &bytes[end + 4..],
         _ => bytes,
@@ -388,6 +388,8 @@ fn an_empty_room_is_freed_after_its_ttl_and_comes_back_with_a_new_epoch() {
     assert_ne!(welcome["epoch"], epoch);
     assert_eq!((welcome["seq"].clone(), welcome["recovered"].clone()), (json!(0), json!(false)));
 }
+
+mod stats;
 
 mod api {
     use super::*;

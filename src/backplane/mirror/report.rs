@@ -3,7 +3,25 @@
 use std::fmt::Write;
 use std::time::Instant;
 
+use serde::Serialize;
+
 use super::Mirror;
+
+/// The backplane as /api/stats shows it: whether each connection to Redis is up,
+/// and how long the latest pipelined round trip took.
+#[derive(Debug, Serialize)]
+pub struct Snapshot {
+    /// `up`, `late` (replies late), `degraded` (a connection down) or `down`.
+    pub state: &'static str,
+    pub commands: bool,
+    pub fetches: bool,
+    pub subscription: bool,
+    pub round_trip_ms: f64,
+    pub round_trip_max_ms: f64,
+    pub round_trips: u64,
+    pub in_flight: usize,
+    pub disconnects: u64,
+}
 
 impl Mirror {
     /// The /healthz lines: degraded while a connection is down or replies are late.
@@ -17,6 +35,32 @@ impl Mirror {
         match &self.evicting {
             Some(policy) => format!("{state}redis: maxmemory-policy {policy} evicts keys (rooms may be lost)\n"),
             None => state.to_string(),
+        }
+    }
+
+    /// This node's name (16 hex digits, its origins' prefix).
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// The backplane's part of /api/stats.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        let state = match (self.commands_up, self.fetches_up, self.subscribed) {
+            (true, true, true) if self.is_late(now) => "late",
+            (true, true, true) => "up",
+            (false, false, false) => "down",
+            _ => "degraded",
+        };
+        Snapshot {
+            state,
+            commands: self.commands_up,
+            fetches: self.fetches_up,
+            subscription: self.subscribed,
+            round_trip_ms: self.stats.latency_last.as_secs_f64() * 1e3,
+            round_trip_max_ms: self.stats.latency_max.as_secs_f64() * 1e3,
+            round_trips: self.stats.round_trips,
+            in_flight: self.sent.len(),
+            disconnects: self.stats.disconnects,
         }
     }
 

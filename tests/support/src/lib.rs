@@ -21,6 +21,7 @@ pub mod conn;
 pub mod frames;
 pub mod fuzz_checks;
 pub mod fuzz_rooms;
+pub mod fuzz_snapshot;
 pub mod procfs;
 pub mod proxy;
 pub mod redis;

@@ -1,0 +1,432 @@
+//! Binary upgrades (SIGUSR2, `mioket upgrade --pid`) over real processes: the real
+//! binary upgraded to itself, and stand-in binaries (small scripts) that fail in each
+//! way a new binary can: the old process keeps every connection.
+
+mod common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tungstenite::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mioket");
+
+/// A folder of its own per test, removed at the end.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let dir = std::env::temp_dir().join(format!("mioket-upgrade-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Dir(dir)
+    }
+
+    /// An executable shell script named `name` with `body`.
+    fn script(&self, name: &str, body: &str) -> String {
+        let path = self.0.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The process that took over: killed at the end of the test (it is no child of ours).
+struct Successor(u32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-9", &self.0.to_string()]).status();
+    }
+}
+
+/// `mioket upgrade --pid` on the server: its exit status and output.
+fn upgrade(server: &Server) -> Output {
+    Command::new(BIN)
+        .args(["upgrade", "--pid", &server.child.id().to_string(), "--timeout", "30s"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// A successful upgrade's new pid, from `mioket upgrade`'s line.
+fn upgraded(server: &Server) -> Successor {
+    let output = upgrade(server);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
+    let pid = stdout.trim().rsplit(' ').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("{stdout}"));
+    assert_ne!(pid, server.child.id());
+    Successor(pid)
+}
+
+/// A failed upgrade: `mioket upgrade` exits 1 and says why.
+fn failed_upgrade(server: &Server) -> String {
+    let output = upgrade(server);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The old process serves on: its client still chats, and a new client is welcome.
+fn serves_on(server: &Server, ws: &mut Ws) {
+    send_text(ws, "still here");
+    assert_eq!(text(ws), "still here");
+    let mut fresh = connect(server);
+    assert_eq!(text(&mut fresh), WELCOME);
+    assert!(server_alive(server));
+}
+
+fn server_alive(server: &Server) -> bool {
+    alive(server.child.id())
+}
+
+fn alive(pid: u32) -> bool {
+    Command::new("kill").args(["-0", &pid.to_string()]).stderr(Stdio::null()).status().unwrap().success()
+}
+
+fn joined(server: &Server) -> Ws {
+    let mut ws = connect(server);
+    assert_eq!(text(&mut ws), WELCOME);
+    ws
+}
+
+#[test]
+fn a_new_binary_that_exits_at_once_leaves_the_old_one_serving() {
+    let dir = Dir::new("exits");
+    let stand_in = dir.script("exits", "exit 3");
+    let mut server = Server::start(&["--upgrade-binary", &stand_in]);
+    let mut ws = joined(&server);
+    let why = failed_upgrade(&server);
+    assert!(why.contains("exit status: 3"), "{why}");
+    serves_on(&server, &mut ws);
+    // And a second try, which fails the same way.
+    failed_upgrade(&server);
+    serves_on(&server, &mut ws);
+    drop(ws);
+    assert!(server.signal_and_wait("-TERM", Duration::from_secs(10)).is_some());
+}
+
+#[test]
+fn a_new_binary_that_hangs_is_killed_at_the_timeout_and_the_old_one_serves_on() {
+    let dir = Dir::new("hangs");
+    let marker = dir.0.join("pid");
+    let stand_in = dir.script("hangs", &format!("echo $$ > {}\nexec sleep 60", marker.display()));
+    let server = Server::start(&["--upgrade-binary", &stand_in, "--upgrade-timeout", "1"]);
+    let mut ws = joined(&server);
+    let why = failed_upgrade(&server);
+    assert!(why.contains("no hello from the new process in time"), "{why}");
+    serves_on(&server, &mut ws);
+    // The hanging process was killed.
+    let pid: u32 = fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
+    let gone = wait_until(Duration::from_secs(5), || (!alive(pid)).then_some(()));
+    assert!(gone.is_some(), "the hanging new process still runs");
+}
+
+/// A stand-in that speaks the protocol (python3) and refuses the snapshot's format,
+/// as a binary that does not know it would.
+#[test]
+fn a_new_binary_that_refuses_the_snapshot_leaves_the_old_one_serving() {
+    if Command::new("python3").arg("-c").arg("pass").status().map_or(true, |s| !s.success()) {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let dir = Dir::new("refuses");
+    let python = dir.0.join("refuse.py");
+    fs::write(
+        &python,
+        r#"import os, socket, struct
+s = socket.socket(fileno=int(os.environ["MIOKET_UPGRADE_FD"]))
+s.sendall(struct.pack("<BBI", 1, 0, 8) + struct.pack("<II", 1 << 30, os.getpid()))
+head = s.recv(6)
+kind, fds, length = struct.unpack("<BBI", head)
+body = s.recv(length)
+why = b"unknown snapshot format %d" % struct.unpack("<I", body[:4])
+s.sendall(struct.pack("<BBI", 8, 0, len(why)) + why)
+"#,
+    )
+    .unwrap();
+    // The first start refuses; the second is the real binary, which takes over.
+    let tried = dir.0.join("tried");
+    let stand_in = dir.script(
+        "refuses",
+        &format!(
+            "if [ -e {tried} ]; then exec {BIN} \"$@\"; fi\ntouch {tried}\nexec python3 {}",
+            python.display(),
+            tried = tried.display()
+        ),
+    );
+    let mut server = Server::start(&["--upgrade-binary", &stand_in]);
+    let mut ws = joined(&server);
+    let why = failed_upgrade(&server);
+    assert!(why.contains("refused: unknown snapshot format"), "{why}");
+    serves_on(&server, &mut ws);
+    // Thawed, it freezes again for the next try, every client included.
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success());
+    send_text(&mut ws, "moved after a failed try");
+    assert_eq!(text(&mut ws), "moved after a failed try");
+}
+
+#[test]
+fn a_missing_new_binary_is_a_failure_that_says_so() {
+    let server = Server::start(&["--upgrade-binary", "/nonexistent/mioket"]);
+    let mut ws = joined(&server);
+    let why = failed_upgrade(&server);
+    assert!(why.contains("cannot start the new binary"), "{why}");
+    serves_on(&server, &mut ws);
+}
+
+/// The listener and the connection move: the old process exits, the same connection
+/// goes on with the new one, in its room with its history, and again with a third.
+#[test]
+fn a_connection_and_its_room_go_on_across_two_upgrades() {
+    let mut server = Server::start(&[]);
+    let mut ws = joined(&server);
+    send_text(&mut ws, "before");
+    assert_eq!(text(&mut ws), "before");
+    let successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success(), "the old process exits");
+    send_text(&mut ws, "after");
+    assert_eq!(text(&mut ws), "after");
+    // A newcomer gets the history both processes made.
+    let mut newcomer = joined(&server);
+    assert_eq!([text(&mut newcomer), text(&mut newcomer)], ["before", "after"]);
+    let again = Command::new(BIN).args(["upgrade", "--pid", &successor.0.to_string()]).output().unwrap();
+    assert!(again.status.success(), "{again:?}");
+    let _third = Successor(String::from_utf8_lossy(&again.stdout).trim().rsplit(' ').next().unwrap().parse().unwrap());
+    send_text(&mut newcomer, "third");
+    assert_eq!(text(&mut ws), "third");
+    assert_eq!(text(&mut newcomer), "third");
+    let _ = ws.send(Message::Close(None));
+}
+
+fn envelope(ws: &mut Ws) -> Value {
+    loop {
+        let v: Value = serde_json::from_str(&text(ws)).expect("one JSON object per text frame");
+        if v["type"] != "presence" {
+            return v;
+        }
+    }
+}
+
+/// A counter of `/metrics` (the unlabelled line).
+fn counter(metrics: &str, name: &str) -> u64 {
+    let line = metrics.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn metrics(server: &Server) -> String {
+    let (status, body) = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(status, 200);
+    body
+}
+
+/// The shape of a rooms test: rooms, their members of each kind, and the messages
+/// each room's publisher sends (an upgrade happens a third of the way in).
+struct Scale {
+    rooms: usize,
+    plain: usize,
+    v1: usize,
+    messages: usize,
+}
+
+/// Members of many rooms, plain and `mioket.v1`, while one publisher per room publishes
+/// without pause and the server upgrades: every member stays connected and gets every
+/// message once, in order (v1: seqs 1..=N without gap or duplicate); the old process
+/// exits; `/metrics` counters do not go back; history and resume work on the new one.
+fn members_keep_every_message_across_an_upgrade(scale: Scale) {
+    let Scale { rooms, plain, v1, messages } = scale;
+    let mut server = Server::start(&["--history", "100000", "--max-connections", "50000"]);
+    let mut plains = Vec::new();
+    let mut v1s = Vec::new();
+    let mut epochs = Vec::new();
+    for r in 0..rooms {
+        for _ in 0..plain {
+            let mut ws = connect_plain(&server, &format!("/r{r}"));
+            assert_eq!(text(&mut ws), WELCOME);
+            plains.push((r, ws));
+        }
+        for i in 0..v1 {
+            let mut ws = connect_v1(&server, &format!("/r{r}"));
+            let welcome = envelope(&mut ws);
+            assert_eq!(welcome["seq"], 0);
+            if i == 0 {
+                epochs.push(welcome["epoch"].as_str().unwrap().to_string());
+            }
+            v1s.push((r, ws));
+        }
+    }
+    // A client half way through a fragmented message when the upgrade comes.
+    let mut fragmenter = raw_upgraded(&server);
+    fragmenter.write_all(&masked(0x01, b"first half, ")).unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let publishers: Vec<_> = (0..rooms)
+        .map(|r| {
+            let mut ws = connect_plain(&server, &format!("/r{r}"));
+            assert_eq!(text(&mut ws), WELCOME);
+            let sent = Arc::clone(&sent);
+            thread::spawn(move || {
+                for i in 0..messages {
+                    send_text(&mut ws, &format!("r{r}-{i}"));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if i % 8 == 0 {
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                ws
+            })
+        })
+        .collect();
+    wait_until(Duration::from_secs(60), || (sent.load(Ordering::Relaxed) >= rooms * messages / 3).then_some(()));
+    let before = metrics(&server);
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success(), "the old process exits");
+    let _publishers: Vec<Ws> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
+    fragmenter.write_all(&masked(0x80, b"second half")).unwrap();
+    let mut bytes = Vec::new();
+    read_frames_until(&mut fragmenter, &mut bytes, |frames| {
+        frames.iter().any(|(_, payload)| payload == b"first half, second half")
+    });
+    for (r, ws) in &mut plains {
+        for i in 0..messages {
+            assert_eq!(text(ws), format!("r{r}-{i}"), "a plain member of room {r}");
+        }
+    }
+    for (r, ws) in &mut v1s {
+        for i in 0..messages {
+            let message = envelope(ws);
+            assert_eq!((&message["seq"], &message["data"]), (&Value::from(i + 1), &Value::from(format!("r{r}-{i}"))));
+        }
+    }
+    let after = metrics(&server);
+    for name in ["mioket_accepted_total", "mioket_upgrades_total", "mioket_messages_received_total"] {
+        assert!(counter(&after, name) >= counter(&before, name), "{name} went back");
+    }
+    assert!(counter(&after, "mioket_messages_received_total") >= (rooms * messages) as u64);
+    // Resume on the new process: the epoch moved, the history too.
+    let since = messages - 5;
+    let mut resumed = connect_v1(&server, &format!("/r0?since={since}&epoch={}", epochs[0]));
+    let welcome = envelope(&mut resumed);
+    assert_eq!((&welcome["recovered"], &welcome["seq"]), (&Value::from(true), &Value::from(messages)));
+    for seq in since + 1..=messages {
+        assert_eq!(envelope(&mut resumed)["seq"], seq);
+    }
+    let mut newcomer = connect_plain(&server, "/r1");
+    assert_eq!(text(&mut newcomer), WELCOME);
+    assert_eq!(text(&mut newcomer), "r1-0", "the whole history");
+}
+
+#[test]
+fn members_of_rooms_keep_every_message_across_an_upgrade() {
+    members_keep_every_message_across_an_upgrade(Scale { rooms: 10, plain: 4, v1: 4, messages: 300 });
+}
+
+/// The issue's scale: 2,000 connections in 50 rooms (20 plain and 20 v1 each).
+#[test]
+fn two_thousand_members_keep_every_message_across_an_upgrade() {
+    members_keep_every_message_across_an_upgrade(Scale { rooms: 50, plain: 20, v1: 20, messages: 200 });
+}
+
+#[test]
+fn an_echo_client_keeps_its_connection_across_an_upgrade() {
+    let mut server = Server::start(&["--mode", "echo"]);
+    let mut ws = connect(&server);
+    send_text(&mut ws, "one");
+    assert_eq!(text(&mut ws), "one");
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success());
+    send_text(&mut ws, "two");
+    assert_eq!(text(&mut ws), "two");
+}
+
+/// systemd (Type=notify, NotifyAccess=all): READY=1 once listening, then the new
+/// process announces itself as the main pid before the old one exits.
+#[test]
+fn systemd_hears_ready_and_the_new_main_pid() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = Dir::new("notify");
+    let path = dir.0.join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).unwrap();
+    systemd.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut command = Command::new(BIN);
+    command.args(["--host", "127.0.0.1", "--port", "0"]).env("NOTIFY_SOCKET", &path);
+    let mut server = Server::spawn(command);
+    let mut buf = [0u8; 256];
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    let successor = upgraded(&server);
+    let n = systemd.recv(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), format!("MAINPID={}\nREADY=1", successor.0));
+    assert!(server.child.wait().unwrap().success());
+}
+
+#[test]
+fn mioket_upgrade_of_no_such_process_fails() {
+    let output = Command::new(BIN).args(["upgrade", "--pid", "999999999"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot signal pid 999999999"));
+    let usage = Command::new(BIN).args(["upgrade"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2), "--pid is required");
+}
+
+/// With --redis: a member on the upgraded node gets every message another node's
+/// publisher sends across the upgrade, Redis's seqs without a gap or a duplicate.
+#[test]
+fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
+    use common::redis::{redis_available, RedisServer};
+    if !redis_available() {
+        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let args = ["--redis", &redis.url(), "--ping-interval", "0"];
+    let mut a = Server::start(&args);
+    let b = Server::start(&args);
+    for s in [&a, &b] {
+        let up = wait_until(Duration::from_secs(15), || {
+            http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
+        });
+        assert!(up.is_some(), "backplane up");
+    }
+    let mut member = connect_v1(&a, "/shared");
+    assert_eq!(envelope(&mut member)["type"], "welcome");
+    let mut publisher = connect_v1(&b, "/shared");
+    assert_eq!(envelope(&mut publisher)["type"], "welcome");
+    const MESSAGES: usize = 300;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&sent);
+    let publishing = thread::spawn(move || {
+        for i in 0..MESSAGES {
+            send_text(&mut publisher, &format!(r#"{{"op":"publish","data":"m{i}"}}"#));
+            counter.fetch_add(1, Ordering::Relaxed);
+            thread::sleep(Duration::from_millis(2));
+        }
+        publisher
+    });
+    wait_until(Duration::from_secs(30), || (sent.load(Ordering::Relaxed) >= MESSAGES / 3).then_some(()));
+    let _successor = upgraded(&a);
+    assert!(a.child.wait().unwrap().success());
+    let _publisher = publishing.join().unwrap();
+    for i in 0..MESSAGES {
+        let message = envelope(&mut member);
+        assert_eq!(
+            (&message["seq"], &message["data"]),
+            (&Value::from(i + 1), &Value::from(format!("m{i}"))),
+            "{message}"
+        );
+    }
+}
