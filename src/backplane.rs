@@ -64,9 +64,10 @@ pub enum Command {
     /// the room's presence hash under `node` and told to every node holding the room
     /// (the presence script).
     Presence { room: Box<str>, node: Box<str>, part: Box<str> },
-    /// This node is alive with `members` memberships: the node registry's heartbeat,
-    /// answered with the live nodes (`Event::Nodes`).
-    Heartbeat { req: u64, node: Box<str>, members: u64 },
+    /// This node is alive with `members` memberships, `connections` open WebSockets
+    /// and `uptime_s`: the node registry's heartbeat, answered with the live nodes
+    /// (`Event::Nodes`).
+    Heartbeat { req: u64, node: Box<str>, members: u64, connections: u64, uptime_s: u64 },
     /// This node stops: out of the node registry (`Event::Left` when done).
     Leave { node: Box<str> },
     /// Reads a room's presence hash (for a room this node does not hold:

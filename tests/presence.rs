@@ -191,6 +191,21 @@ fn presence_is_counted_across_three_nodes() {
         assert_eq!(presence["users"], users, "{presence}");
         assert_eq!(metric(server, "mioket_redis_nodes"), 4.0);
     }
+    // The console's nodes: this one first, then the others the registry lists.
+    // (Another node's connections as of its last heartbeat: within a second.)
+    let connections = |stats: &Value| -> Vec<u64> {
+        let nodes = stats["nodes"].as_array().expect("nodes");
+        nodes.iter().map(|n| n["connections"].as_u64().unwrap()).collect()
+    };
+    let sorted = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v
+    };
+    let stats =
+        wait_until(LAG, || Some(api_get(&servers[2], "/api/stats")).filter(|s| sorted(connections(s)) == [1, 1, 1, 2]));
+    let stats = stats.unwrap_or_else(|| api_get(&servers[2], "/api/stats"));
+    assert_eq!(sorted(connections(&stats)), [1, 1, 1, 2], "{stats}");
+    assert_eq!(connections(&stats)[0], 2, "node 2's own two members first: {stats}");
 }
 
 /// The presence op's answer.

@@ -110,14 +110,21 @@ impl Bus {
         }
     }
 
-    /// The live nodes, this one first (`this`: its uptime and connections). Today
-    /// this node alone; with Redis, the backplane's registry of nodes belongs here.
+    /// The live nodes, this one first (`this`: its uptime and connections); with
+    /// Redis, then the others the node registry listed at this node's last heartbeat
+    /// (their uptime and connections as of their own last heartbeat).
     pub(super) fn nodes(&self, uptime_s: u64, connections: usize) -> Vec<Node> {
-        let id = match self {
-            Bus::Local => "local".to_string(),
-            Bus::Redis(mirror) => mirror.node().to_string(),
+        let Bus::Redis(mirror) = self else {
+            return vec![Node { id: "local".to_string(), uptime_s, connections }];
         };
-        vec![Node { id, uptime_s, connections }]
+        let this = Node { id: mirror.node().to_string(), uptime_s, connections };
+        let others = mirror.nodes().into_iter().flat_map(|r| &r.nodes).filter(|n| n.node != mirror.node());
+        let others = others.map(|n| Node {
+            id: n.node.clone(),
+            uptime_s: n.uptime_s,
+            connections: usize::try_from(n.connections).unwrap_or(usize::MAX),
+        });
+        std::iter::once(this).chain(others).collect()
     }
 
     /// A client whose join waits for Redis: its input is held, and it is not read.

@@ -212,6 +212,7 @@ impl<T: ClientIo> App<T> {
     /// The mirror's housekeeping: late publishes looked for, rooms kept alive in Redis.
     pub(super) fn touch(&mut self, now: Instant) {
         let Bus::Redis(mirror) = &mut self.bus else { return };
+        mirror.set_stats(self.open as u64, now.saturating_duration_since(self.started).as_secs());
         let effects = mirror.housekeeping(&self.rooms, now);
         self.apply(effects, now);
     }

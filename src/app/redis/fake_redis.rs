@@ -298,7 +298,7 @@ impl Cluster {
                     self.set_presence(&room, &node, "", at);
                 }
             }
-            Command::Heartbeat { req, node, members } => {
+            Command::Heartbeat { req, node, members, .. } => {
                 let result = self.up.then(|| self.heartbeat(&node, members)).ok_or(());
                 push(&mut self.nodes[n].commands, at, Event::Nodes { req, result });
             }
@@ -345,7 +345,12 @@ impl Cluster {
         let nodes = self
             .registry
             .iter()
-            .map(|(node, &(last, members))| NodeInfo { node: node.clone(), last_heartbeat_ms: ms(last), members })
+            .map(|(node, &(last, members))| NodeInfo {
+                node: node.clone(),
+                last_heartbeat_ms: ms(last),
+                members,
+                ..NodeInfo::default()
+            })
             .collect();
         Registry { time_ms: ms(now), nodes }
     }

@@ -39,14 +39,14 @@ pub(super) fn args(c: &Command, shas: &Shas, settings: &Settings, channel: &str,
             b(room),
             b(ttl),
         ],
-        Command::Heartbeat { node, members, .. } => vec![
+        Command::Heartbeat { node, members, connections, uptime_s, .. } => vec![
             b("EVALSHA"),
             shas.heartbeat.clone(),
             b("2"),
             registry,
             counts,
             b(node),
-            members.to_string().into_bytes(),
+            format!("{members} {connections} {uptime_s}").into_bytes(),
             dead.into_bytes(),
             MAX_NODES.to_string().into_bytes(),
         ],
@@ -67,16 +67,20 @@ pub(super) fn args(c: &Command, shas: &Shas, settings: &Settings, channel: &str,
     })
 }
 
-/// The heartbeat script's answer: Redis's time, then node, last heartbeat, members.
+/// The heartbeat script's answer: Redis's time, then node, last heartbeat, and
+/// `MEMBERS CONNECTIONS UPTIME_S` (what the node wrote; a node that wrote fewer has 0s).
 pub(super) fn parse_registry(items: &[Vec<u8>]) -> Option<Registry> {
     let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<f64>().ok().map(|n| n as u64);
     let (time, rest) = items.split_first()?;
     let time_ms = number(time)?;
     let mut nodes = Vec::with_capacity(rest.len() / 3);
     for entry in rest.chunks(3) {
-        let [node, last, members] = entry else { return None };
+        let [node, last, stats] = entry else { return None };
         let node = String::from_utf8(node.clone()).ok()?;
-        nodes.push(NodeInfo { node, last_heartbeat_ms: number(last)?, members: number(members)? });
+        let mut stats = stats.split(|&b| b == b' ').map(number);
+        let mut next = || stats.next().flatten().unwrap_or(0);
+        let (members, connections, uptime_s) = (next(), next(), next());
+        nodes.push(NodeInfo { node, last_heartbeat_ms: number(last)?, members, connections, uptime_s });
     }
     Some(Registry { time_ms, nodes })
 }
@@ -98,10 +102,18 @@ mod tests {
 
     #[test]
     fn registries_and_hashes_parse() {
-        let reply = flat(&["1765000000123", "aa", "1765000000100", "3", "bb", "1765000000000", "0"]);
+        let reply = flat(&["1765000000123", "aa", "1765000000100", "3 2 60", "bb", "1765000000000", "0"]);
         let registry = parse_registry(&reply).unwrap();
         assert_eq!(registry.time_ms, 1_765_000_000_123);
-        assert_eq!(registry.nodes[0], NodeInfo { node: "aa".into(), last_heartbeat_ms: 1_765_000_000_100, members: 3 });
+        let aa = NodeInfo {
+            node: "aa".into(),
+            last_heartbeat_ms: 1_765_000_000_100,
+            members: 3,
+            connections: 2,
+            uptime_s: 60,
+        };
+        assert_eq!(registry.nodes[0], aa);
+        assert_eq!((registry.nodes[1].members, registry.nodes[1].uptime_s), (0, 0));
         assert_eq!(registry.nodes.len(), 2);
         assert!(parse_registry(&flat(&["1", "aa"])).is_none());
         let hash = flat(&["aa", "{\"online\":1}", "odd"]);

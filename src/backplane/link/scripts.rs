@@ -83,8 +83,8 @@ return 1
 /// The node registry's heartbeat: the node's entry gets Redis's time (ms), nodes
 /// silent for longer than the dead time are removed, and the live ones come back:
 /// `{now, node, last, members, node, last, members, ...}` (at most `max` nodes).
-/// KEYS: registry (ZSET node -> last heartbeat), members (HASH node -> memberships).
-/// ARGV: node, members, dead ms, max.
+/// KEYS: registry (ZSET node -> last heartbeat), members (HASH node -> `MEMBERS
+/// CONNECTIONS UPTIME_S`). ARGV: node, its `MEMBERS CONNECTIONS UPTIME_S`, dead ms, max.
 pub(super) const HEARTBEAT: &str = r"
 local t = redis.call('TIME')
 local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))

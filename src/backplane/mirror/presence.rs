@@ -85,13 +85,15 @@ pub struct Registry {
     pub nodes: Vec<NodeInfo>,
 }
 
-/// A live node: its name, its last heartbeat (Redis's time, ms since 1970) and its
-/// memberships then.
+/// A live node: its name, its last heartbeat (Redis's time, ms since 1970), and its
+/// memberships, open WebSockets and uptime then.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeInfo {
     pub node: String,
     pub last_heartbeat_ms: u64,
     pub members: u64,
+    pub connections: u64,
+    pub uptime_s: u64,
 }
 
 /// Who asked for the presence of a room this node does not hold.
@@ -158,6 +160,8 @@ pub(super) struct Cluster {
     /// The command connection came back: this node's parts are told again after
     /// the next heartbeat.
     retell: bool,
+    /// This node's open WebSockets and uptime, for its heartbeat.
+    stats: (u64, u64),
     /// Presence hashes being read for rooms not held here: who asked, the room.
     pub(super) reads: HashMap<u64, (Asker, Box<str>)>,
     leaving: Leaving,
@@ -174,6 +178,11 @@ impl Mirror {
     /// memberships (the console's one row per node).
     pub fn nodes(&self) -> Option<&NodeRegistry> {
         self.cluster.registry.as_ref()
+    }
+
+    /// This node's open WebSockets and uptime, told with its heartbeats.
+    pub fn set_stats(&mut self, connections: u64, uptime_s: u64) {
+        self.cluster.stats = (connections, uptime_s);
     }
 
     /// The other nodes' parts of a room's presence.
@@ -291,7 +300,9 @@ impl Mirror {
         let members = self.rooms.values().map(|s| s.presence.members as u64).sum();
         let req = self.request();
         self.cluster.heartbeats.insert(req, now);
-        self.outbox.push(Command::Heartbeat { req, node: self.node.as_str().into(), members });
+        let (connections, uptime_s) = self.cluster.stats;
+        let node = self.node.as_str().into();
+        self.outbox.push(Command::Heartbeat { req, node, members, connections, uptime_s });
         // After the heartbeat: a node's parts never reach Redis before its entry in
         // the registry (so no other node takes them for a dead node's).
         if std::mem::take(&mut self.cluster.retell) {
