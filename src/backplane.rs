@@ -27,6 +27,7 @@ use crate::pubsub::Seq;
 pub mod link;
 pub mod mirror;
 
+pub use mirror::presence::{Asker, NodeInfo, Part, PartUser, Registry};
 pub use mirror::{Effect, Joining, Mirror, Snapshot};
 
 /// What the backplane needs from the configuration.
@@ -83,6 +84,22 @@ pub enum Command {
     Touch { rooms: Vec<Box<str>> },
     /// Tell every node of a moderation act (PUBLISH on the control channel).
     Moderate(Control),
+    /// This node's part of a room's presence (`Part` as JSON; empty: none), kept in
+    /// the room's presence hash under `node` and told to every node holding the room
+    /// (the presence script).
+    Presence { room: Box<str>, node: Box<str>, part: Box<str> },
+    /// This node is alive with `members` memberships, `connections` open WebSockets
+    /// and `uptime_s`: the node registry's heartbeat, answered with the live nodes
+    /// (`Event::Nodes`).
+    Heartbeat { req: u64, node: Box<str>, members: u64, connections: u64, uptime_s: u64 },
+    /// This node stops: out of the node registry (`Event::Left` when done).
+    Leave { node: Box<str> },
+    /// Reads a room's presence hash (for a room this node does not hold:
+    /// `Event::PresenceRead`).
+    ReadPresence { req: u64, room: Box<str> },
+    /// Deletes a dead node's part of a room (and tells the nodes), if the node
+    /// registry does not list it as alive when the script runs.
+    Forget { room: Box<str>, node: Box<str> },
 }
 
 /// A moderation act of the API (`--api-token`), done by every node to its own clients.
@@ -124,6 +141,8 @@ pub struct Fetched {
     pub seq: Seq,
     /// The kept messages after the `since` asked for, oldest first.
     pub entries: Vec<Message>,
+    /// The room's presence hash: each node's part (node, `Part` as JSON).
+    pub presence: Vec<(String, String)>,
 }
 
 /// What comes back from the link.
@@ -156,6 +175,24 @@ pub enum Event {
     },
     /// A moderation act from the control channel (this node's own too).
     Moderated(Control),
+    /// A node's part of a room's presence changed (`part` as JSON; empty: it has none).
+    Presence {
+        room: String,
+        node: String,
+        part: String,
+    },
+    /// The heartbeat's answer: the live nodes.
+    Nodes {
+        req: u64,
+        result: Result<Registry, ()>,
+    },
+    /// `Command::Leave` is done (or failed: then the node's entry ages out).
+    Left,
+    /// A room's presence hash (node, part), as `Command::ReadPresence` asked.
+    PresenceRead {
+        req: u64,
+        result: Result<Vec<(String, String)>, ()>,
+    },
     /// Redis's `maxmemory-policy` when it evicts keys (read at each connect).
     Evicting(Option<String>),
     /// A connection's state event (`Commands`, `Fetches`, `Subscribed`) of shard

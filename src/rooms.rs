@@ -133,6 +133,13 @@ pub struct Room {
     /// The member count last told in a presence, and whether one may be owed.
     presence_told: usize,
     presence_queued: bool,
+    /// A v1 member's welcome told another count than the other members were told
+    /// (the count may come back to theirs before the presence: it is sent anyway).
+    presence_mixed: bool,
+    /// With Redis: the members of the room on the other nodes (their parts of the
+    /// presence), and whether this node's part may have changed since it was told.
+    remote: usize,
+    part_queued: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -158,6 +165,11 @@ impl Room {
 
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    /// Members online: this node's, and (with Redis) the other nodes'.
+    pub fn online(&self) -> usize {
+        self.topic.member_count() + self.remote
     }
 }
 
@@ -187,6 +199,10 @@ pub struct Rooms {
     expiring: BinaryHeap<Reverse<(Instant, RoomId, u32)>>,
     /// Rooms whose member count changed since their last presence.
     presence: Vec<RoomId>,
+    /// With Redis (`track_parts`): rooms whose members here changed since this node
+    /// last told its part of their presence.
+    parts: Vec<RoomId>,
+    track_parts: bool,
     generations: u32,
     pub created: u64,
     /// Rooms freed: after their TTL, at once when they never had a message, or to
@@ -205,6 +221,8 @@ impl Rooms {
             lru_tail: NONE,
             expiring: BinaryHeap::new(),
             presence: Vec::new(),
+            parts: Vec::new(),
+            track_parts: false,
             generations: 0,
             created: 0,
             expired: 0,
@@ -239,6 +257,9 @@ impl Rooms {
             expiry_queued: false,
             presence_told: 0,
             presence_queued: false,
+            presence_mixed: false,
+            remote: 0,
+            part_queued: false,
         };
         let id = self.rooms.insert(room) as RoomId;
         self.by_name.insert(name.into(), id);
@@ -289,7 +310,11 @@ impl Rooms {
         room.topic.leave(key, audience);
         if room.topic.member_count() == 0 {
             if room.topic.last_seq() == 0 {
-                // Never had a message: nothing to resume, so nothing to keep.
+                // Never had a message: nothing to resume, so nothing to keep (its
+                // part of the presence, if told, is taken back).
+                if self.track_parts {
+                    self.parts.push(id);
+                }
                 self.free(id);
                 self.expired += 1;
                 return;
@@ -389,8 +414,9 @@ impl Rooms {
         for id in std::mem::take(&mut self.presence) {
             let Some(room) = self.rooms.get_mut(id as usize) else { continue };
             room.presence_queued = false;
-            let online = room.topic.member_count();
-            if online != room.presence_told && room.topic.audience_count(Audience::Enveloped) > 0 {
+            let online = room.online();
+            let mixed = std::mem::take(&mut room.presence_mixed);
+            if (online != room.presence_told || mixed) && room.topic.audience_count(Audience::Enveloped) > 0 {
                 tell(room);
             }
             room.presence_told = online;
@@ -402,13 +428,48 @@ impl Rooms {
     /// presence: with none, the count is simply noted as told.
     fn presence_changed(&mut self, id: RoomId, joined_v1: bool) {
         if let Some(room) = self.rooms.get_mut(id as usize) {
+            if self.track_parts && !room.part_queued {
+                room.part_queued = true;
+                self.parts.push(id);
+            }
             let uninformed = room.topic.audience_count(Audience::Enveloped) - usize::from(joined_v1);
+            if joined_v1 && uninformed > 0 && room.online() != room.presence_told {
+                room.presence_mixed = true;
+            }
             if uninformed == 0 && !room.presence_queued {
-                room.presence_told = room.topic.member_count();
+                room.presence_told = room.online();
             } else if !room.presence_queued {
                 room.presence_queued = true;
                 self.presence.push(id);
             }
+        }
+    }
+
+    /// With Redis: rooms' parts of the presence are told (`take_changed_parts`).
+    pub fn track_parts(&mut self) {
+        self.track_parts = true;
+    }
+
+    /// Rooms whose members here changed since their part was last taken (rooms
+    /// freed since are among them: their ids no longer name them, or name another).
+    pub fn take_changed_parts(&mut self) -> Vec<RoomId> {
+        let ids = std::mem::take(&mut self.parts);
+        for &id in &ids {
+            if let Some(room) = self.rooms.get_mut(id as usize) {
+                room.part_queued = false;
+            }
+        }
+        ids
+    }
+
+    /// The other nodes' members of a room changed: a presence may be owed.
+    pub fn set_remote(&mut self, id: RoomId, remote: usize) {
+        let Some(room) = self.rooms.get_mut(id as usize) else { return };
+        if room.remote != remote {
+            room.remote = remote;
+            let track = std::mem::replace(&mut self.track_parts, false);
+            self.presence_changed(id, false);
+            self.track_parts = track;
         }
     }
 

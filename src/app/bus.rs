@@ -133,14 +133,21 @@ impl Bus {
         }
     }
 
-    /// The live nodes, this one first (`this`: its uptime and connections). Today
-    /// this node alone; with Redis, the backplane's registry of nodes belongs here.
+    /// The live nodes, this one first (`this`: its uptime and connections); with
+    /// Redis, then the others the node registry listed at this node's last heartbeat
+    /// (their uptime and connections as of their own last heartbeat).
     pub(super) fn nodes(&self, uptime_s: u64, connections: usize) -> Vec<Node> {
-        let id = match self {
-            Bus::Local(_) => "local".to_string(),
-            Bus::Redis(mirror) => mirror.node().to_string(),
+        let Bus::Redis(mirror) = self else {
+            return vec![Node { id: "local".to_string(), uptime_s, connections }];
         };
-        vec![Node { id, uptime_s, connections }]
+        let this = Node { id: mirror.node().to_string(), uptime_s, connections };
+        let others = mirror.nodes().into_iter().flat_map(|r| &r.nodes).filter(|n| n.node != mirror.node());
+        let others = others.map(|n| Node {
+            id: n.node.clone(),
+            uptime_s: n.uptime_s,
+            connections: usize::try_from(n.connections).unwrap_or(usize::MAX),
+        });
+        std::iter::once(this).chain(others).collect()
     }
 
     /// A client whose join waits for Redis: its input is held, and it is not read.
@@ -198,6 +205,12 @@ impl<T: ClientIo> App<T> {
     /// The backplane's settings, when it is on (`--redis`, broadcast mode).
     pub fn backplane_settings(&self) -> Option<&Settings> {
         self.bus.mirror().map(Mirror::settings)
+    }
+
+    /// With Redis: the node registry's last answer (the live nodes, their last
+    /// heartbeats and memberships), for an operator's view of the cluster.
+    pub fn cluster_nodes(&self) -> Option<&crate::backplane::Registry> {
+        self.bus.mirror()?.nodes()
     }
 
     /// Commands for Redis, for the runtime to hand to the link (and empty).

@@ -53,6 +53,7 @@ impl<T: ClientIo> App<T> {
             return Stop::Now;
         }
         self.lifecycle = Lifecycle::Stopping { until: self.config.limits.close_timeout.map(|t| now + t) };
+        self.leave_cluster();
         let ids: Vec<usize> = self.clients.iter().map(|(id, _)| id).collect();
         for id in ids {
             let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
@@ -87,7 +88,9 @@ impl<T: ClientIo> App<T> {
     /// Whether the runtime should stop: stopping, and every client gone or time up.
     pub fn poll_stop(&self, now: Instant) -> bool {
         match self.lifecycle {
-            Lifecycle::Stopping { until } => self.clients.is_empty() || until.is_some_and(|t| t <= now),
+            Lifecycle::Stopping { until } => {
+                (self.clients.is_empty() && self.has_left_cluster()) || until.is_some_and(|t| t <= now)
+            }
             Lifecycle::Serving => false,
         }
     }

@@ -41,9 +41,10 @@ impl<T: ClientIo> App<T> {
         if self.presence_at.is_some_and(|t| t <= now) {
             self.presence_at = None;
             self.last_presence = Some(now);
+            self.tell_presence();
             let App { clients, rooms, envelopes, config, dirty, metrics, .. } = self;
             rooms.take_presence(|room| {
-                let frame = envelopes.presence(room.json_name(), room.topic.member_count());
+                let frame = envelopes.presence(room.json_name(), room.online());
                 metrics.presence_updates += 1;
                 for member in room.topic.members(Audience::Enveloped) {
                     let Some(client) = clients.get_mut(member).filter(|c| c.conn.is_open()) else { continue };

@@ -219,13 +219,17 @@ impl<T: ClientIo> App<T> {
         let welcome = config.welcome.as_ref().map(|text| shared_message(Opcode::Text, text.as_bytes()));
         // A history replay must fit a new client's queue beside live traffic.
         let history_room_bytes = (config.limits.max_backpressure / 2).min(config.history_memory);
-        let rooms = Rooms::new(RoomLimits {
+        let mut rooms = Rooms::new(RoomLimits {
             max_rooms: config.max_rooms,
             ttl: config.room_ttl,
             history_messages: config.history,
             history_room_bytes,
             history_memory: config.history_memory,
         });
+        // With Redis, each node tells its part of every room's presence.
+        if bus.mirror().is_some() {
+            rooms.track_parts();
+        }
         App {
             echo_history: History::new(config.history, history_room_bytes),
             clients: Slab::new(),

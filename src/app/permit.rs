@@ -11,14 +11,14 @@ use serde::Serialize;
 use super::session::Role;
 use super::{App, Client, ClientIo};
 use crate::auth::{self, Auth, Denied, Grant, TokenError};
-use crate::backplane::Moderation;
+use crate::backplane::{Asker, Moderation, Part, PartUser};
 use crate::frame::CloseCode;
 use crate::handshake;
 use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
 use crate::protocol::UpgradeRequest;
 use crate::pubsub::Audience;
-use crate::rooms::RoomId;
+use crate::rooms::{Room, RoomId};
 use crate::v1::{self, OpError};
 
 /// The wall clock now, as a duration since 1970 (the runtime's one look at it: the
@@ -68,6 +68,25 @@ impl Ord for Expiry {
 
 /// Most users a presence answer lists (`"truncated":true` beyond).
 const MAX_PRESENCE_USERS: usize = 1000;
+
+/// This node's members of a room with a token, by `sub`: their `info` (JSON text)
+/// and connection count.
+type LocalUsers<'a> = BTreeMap<&'a str, (Option<&'a str>, usize)>;
+
+/// A user's `info`: a token's claim here (JSON text), or another node's.
+enum Info<'a> {
+    Text(Option<&'a str>),
+    Value(Option<&'a serde_json::Value>),
+}
+
+impl Info<'_> {
+    fn value(self) -> Option<serde_json::Value> {
+        match self {
+            Info::Text(text) => text.and_then(|i| serde_json::from_str(i).ok()),
+            Info::Value(value) => value.cloned(),
+        }
+    }
+}
 
 /// One user in a presence answer.
 #[derive(Serialize)]
@@ -351,43 +370,103 @@ impl<T: ClientIo> App<T> {
             (Some(r), _) => r.name().to_string(),
             (None, name) => name.unwrap_or_default().to_string(),
         };
+        // A room not held here, with Redis: its presence is read there (answered later).
+        let asker = || Asker::Op { id, op_id: op_id.map(Into::into) };
+        if room.is_none() && self.bus.mirror_mut().is_some_and(|m| m.read_presence(asker(), &name)) {
+            return Ok(());
+        }
         let json = self.presence_json(room, &name, Some(op_id));
         let chunk = self.envelopes.json(&json);
         self.send_to(id, chunk, now);
         Ok(())
     }
 
-    /// A room's presence as JSON: its member count, and its users with a token (by
-    /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`).
-    pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
+    /// This node's members of a room with a token, by `sub`: their `info` (JSON
+    /// text) and connection count.
+    fn local_users<'a>(&'a self, room: &'a Room) -> LocalUsers<'a> {
         let mut users: BTreeMap<&str, (Option<&str>, usize)> = BTreeMap::new();
-        let mut online = 0;
-        if let Some(room) = room.and_then(|r| self.rooms.get(r)) {
-            online = room.topic.member_count();
-            for audience in [Audience::Plain, Audience::Enveloped] {
-                for member in room.topic.members(audience) {
-                    let Some(user) = self.grants.get(member).and_then(|g| g.user.as_ref()) else {
-                        continue;
-                    };
-                    users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
-                }
+        for audience in [Audience::Plain, Audience::Enveloped] {
+            for member in room.topic.members(audience) {
+                let Some(user) = self.grants.get(member).and_then(|g| g.user.as_ref()) else {
+                    continue;
+                };
+                users.entry(&user.sub).or_insert((user.info.as_deref(), 0)).1 += 1;
             }
         }
-        let truncated = users.len() > MAX_PRESENCE_USERS;
-        let users = users
-            .into_iter()
-            .take(MAX_PRESENCE_USERS)
-            .map(|(user, (info, connections))| PresenceUser {
-                user,
-                info: info.and_then(|i| serde_json::from_str(i).ok()),
-                connections,
-            })
-            .collect();
-        let presence =
-            Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };
-        serde_json::to_vec(&presence).unwrap_or_default()
+        users
     }
 
+    /// This node's part of a room's presence, as JSON for the other nodes (with
+    /// Redis): its member count and users, at most `MAX_PRESENCE_USERS`.
+    pub(super) fn presence_part(&self, room: &Room) -> String {
+        let users = self.local_users(room);
+        let part = Part {
+            online: room.topic.member_count(),
+            truncated: users.len() > MAX_PRESENCE_USERS,
+            users: users
+                .into_iter()
+                .take(MAX_PRESENCE_USERS)
+                .map(|(user, (info, connections))| PartUser {
+                    user: user.into(),
+                    info: info.and_then(|i| serde_json::from_str(i).ok()),
+                    connections,
+                })
+                .collect(),
+        };
+        serde_json::to_string(&part).unwrap_or_default()
+    }
+
+    /// A room's presence as JSON: its member count, and its users with a token (by
+    /// `sub`, with their `info` and connection count, at most `MAX_PRESENCE_USERS`),
+    /// on every node (with Redis: this node's and the other nodes' parts).
+    pub(super) fn presence_json(&self, room: Option<RoomId>, name: &str, op_id: Option<Option<&str>>) -> Vec<u8> {
+        match room.and_then(|id| Some((id, self.rooms.get(id)?))) {
+            Some((id, room)) => {
+                let others = self.bus.mirror().into_iter().flat_map(|m| m.others(id));
+                presence_answer(Some((room, self.local_users(room))), others, name, op_id)
+            }
+            None => presence_answer(None, std::iter::empty(), name, op_id),
+        }
+    }
+}
+
+/// A presence answer: this node's members of the room (if it holds it) and the other
+/// nodes' parts, merged by user.
+pub(super) fn presence_answer<'a>(
+    local: Option<(&Room, LocalUsers<'a>)>,
+    others: impl Iterator<Item = &'a Part>,
+    name: &str,
+    op_id: Option<Option<&str>>,
+) -> Vec<u8> {
+    let mut users: BTreeMap<&str, (Info<'_>, usize)> = BTreeMap::new();
+    let mut online: usize = 0;
+    let mut truncated = false;
+    if let Some((room, local)) = local {
+        online = room.topic.member_count();
+        for (user, (info, connections)) in local {
+            users.insert(user, (Info::Text(info), connections));
+        }
+    }
+    for part in others {
+        online = online.saturating_add(part.online);
+        truncated |= part.truncated;
+        for u in &part.users {
+            let entry = users.entry(&u.user).or_insert((Info::Value(u.info.as_ref()), 0));
+            entry.1 = entry.1.saturating_add(u.connections);
+        }
+    }
+    let truncated = truncated || users.len() > MAX_PRESENCE_USERS;
+    let users = users
+        .into_iter()
+        .take(MAX_PRESENCE_USERS)
+        .map(|(user, (info, connections))| PresenceUser { user, info: info.value(), connections })
+        .collect();
+    let presence =
+        Presence { kind: op_id.is_some().then_some("presence"), room: name, id: op_id, online, users, truncated };
+    serde_json::to_vec(&presence).unwrap_or_default()
+}
+
+impl<T: ClientIo> App<T> {
     /// `POST /api/users/{user}/disconnect`: every connection of `user` closed 4410
     /// with `reason`, here and (with Redis) on every node; how many here.
     pub(super) fn disconnect_user(&mut self, user: &str, reason: &str, now: Instant) -> usize {

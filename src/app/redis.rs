@@ -9,10 +9,12 @@ use std::time::Instant;
 
 use super::bus::{Bus, Delivery};
 use super::deliver::encode_from;
+use super::housekeeping::presence_time;
+use super::permit::presence_answer;
 use super::publish::{self, Publish, Source, Target};
 use super::{queue_flush, App, ClientIo};
 use crate::api;
-use crate::backplane::{Effect, Event, Joining, Message, Moderation, Origin};
+use crate::backplane::{Asker, Effect, Event, Joining, Message, Moderation, Origin, Part};
 use crate::frame::CloseCode;
 use crate::metrics::CloseReason;
 use crate::outqueue::Chunk;
@@ -80,6 +82,12 @@ impl<T: ClientIo> App<T> {
                 }
                 Effect::Moderate(Moderation::Remove { room, user }) => {
                     self.take_user_out(&room, &user, now);
+                }
+                Effect::PresenceRead { asker, room, parts } => self.answer_presence(asker, &room, &parts, now),
+                // The room's v1 members are told at the next presence tick.
+                Effect::Online { room, remote } => {
+                    self.rooms.set_remote(room, remote);
+                    self.presence_at.get_or_insert(presence_time(self.last_presence, now));
                 }
             }
         }
@@ -216,8 +224,59 @@ impl<T: ClientIo> App<T> {
     /// The mirror's housekeeping: late publishes looked for, rooms kept alive in Redis.
     pub(super) fn touch(&mut self, now: Instant) {
         let Bus::Redis(mirror) = &mut self.bus else { return };
+        mirror.set_stats(self.open as u64, now.saturating_duration_since(self.started).as_secs());
         let effects = mirror.housekeeping(&self.rooms, now);
         self.apply(effects, now);
+    }
+
+    /// The presence tick (at most once a second): this node's part of each room whose
+    /// members here changed goes to Redis, if it changed.
+    pub(super) fn tell_presence(&mut self) {
+        if self.bus.mirror().is_none() {
+            return;
+        }
+        for id in self.rooms.take_changed_parts() {
+            let room = self.rooms.get(id);
+            let part = room.filter(|r| r.topic.member_count() > 0).map(|r| self.presence_part(r));
+            let current = room.map(|r| (r.generation(), r.name()));
+            let members = room.map_or(0, |r| r.topic.member_count());
+            if let Bus::Redis(mirror) = &mut self.bus {
+                mirror.tell_presence(id, current, members, part);
+            }
+        }
+    }
+
+    /// The presence of a room not held here, read from Redis: the asker's answer.
+    fn answer_presence(&mut self, asker: Asker, room: &str, parts: &[Part], now: Instant) {
+        match asker {
+            Asker::Api { id } => {
+                let json = presence_answer(None, parts.iter(), room, None);
+                self.respond_later(id, api::json_ok(&json), now);
+            }
+            Asker::Op { id, op_id } => {
+                let json = presence_answer(None, parts.iter(), room, Some(op_id.as_deref()));
+                let chunk = self.envelopes.json(&json);
+                if let Some(client) = self.clients.get_mut(id) {
+                    if client.conn.send(chunk, now, &self.config.limits).is_ok() {
+                        self.metrics.messages_out += 1;
+                    }
+                }
+                self.after_activity(id);
+            }
+        }
+    }
+
+    /// A stop signal: this node's parts of the rooms' presence are taken back and it
+    /// leaves the node registry, before its clients are closed.
+    pub(super) fn leave_cluster(&mut self) {
+        if let Bus::Redis(mirror) = &mut self.bus {
+            mirror.leave_cluster();
+        }
+    }
+
+    /// Whether the node is done with the cluster (a stop waits for it).
+    pub(super) fn has_left_cluster(&self) -> bool {
+        self.bus.mirror().is_none_or(|m| m.has_left())
     }
 
     /// The /healthz line and the /metrics lines of the backplane.
@@ -290,7 +349,7 @@ mod tests {
         let id = app.connect("peer", crate::app::Listener::Main, now).ok().unwrap();
         app.handle_input(id, &mut UPGRADE.to_vec(), now, |_, _| 0);
         let [Command::Fetch { req, .. }] = commands(app)[..] else { panic!("a fetch") };
-        let fetched = Fetched { epoch: EPOCH.into(), seq: 0, entries: Vec::new() };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 0, entries: Vec::new(), presence: Vec::new() };
         app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, now);
         written(app, id);
         id
@@ -322,7 +381,7 @@ mod tests {
         let fetch = commands(&mut app).into_iter().find(|c| matches!(c, Command::Fetch { .. }));
         let Some(Command::Fetch { req, since: 0, .. }) = fetch else { panic!("the room's stream read: {fetch:?}") };
         let message = Message { seq: 1, binary: false, payload: b"hello".to_vec(), origin, from: None };
-        let fetched = Fetched { epoch: EPOCH.into(), seq: 1, entries: vec![message] };
+        let fetched = Fetched { epoch: EPOCH.into(), seq: 1, entries: vec![message], presence: Vec::new() };
         app.handle_backplane(Event::Fetched { req, result: Ok(fetched) }, t0 + LATE);
         assert_eq!(written(&mut app, id), b"\x81\x05hello");
         // Delivered: nothing more to look for, nothing refused later.

@@ -100,7 +100,7 @@ impl<T: ClientIo> App<T> {
                     .map(|room| api::RoomInfo {
                         room: room.name(),
                         epoch: room.epoch(),
-                        online: room.topic.member_count(),
+                        online: room.online(),
                         seq: room.topic.last_seq(),
                         history: room.topic.history().len(),
                     })
@@ -112,7 +112,13 @@ impl<T: ClientIo> App<T> {
             (api::Route::Messages(_), _) => Answer::Now(api::method_not_allowed("POST")),
             (api::Route::Presence(room), Method::Get) => match rooms::decode_name(room) {
                 Ok(name) => {
-                    let json = self.presence_json(self.rooms.find(&name), &name, None);
+                    let room = self.rooms.find(&name);
+                    // A room not held here, with Redis: read there (`app/redis.rs` answers).
+                    let asker = crate::backplane::Asker::Api { id };
+                    if room.is_none() && self.bus.mirror_mut().is_some_and(|m| m.read_presence(asker, &name)) {
+                        return Answer::Later;
+                    }
+                    let json = self.presence_json(room, &name, None);
                     Answer::Now(api::json_ok(&json))
                 }
                 Err(why) => Answer::Now(api::error(400, why.reason())),

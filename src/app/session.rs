@@ -148,7 +148,7 @@ impl<T: ClientIo> App<T> {
                 room: room.json_name(),
                 epoch: room.epoch(),
                 seq: room.topic.last_seq(),
-                online: room.topic.member_count(),
+                online: room.online(),
                 text: config.welcome.as_deref(),
                 recovered,
                 read_only: !auth.may_write(grants.get(id).map_or(auth.anonymous(), |g| &**g), room.name()),

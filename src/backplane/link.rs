@@ -30,10 +30,11 @@ use redis::Value;
 
 use super::{Command, Event, Fetched, Message, Settings};
 use connect::{connect, merely_down};
-use scripts::{FETCH, PUBLISH, TOUCH};
+use scripts::{FETCH, FORGET, HEARTBEAT, LEAVE, PRESENCE, PUBLISH, TOUCH};
 use subscription::{subscription_thread, Change};
 
 mod connect;
+mod presence;
 mod scripts;
 mod shards;
 mod subscription;
@@ -237,6 +238,10 @@ struct Shas {
     publish: Vec<u8>,
     fetch: Vec<u8>,
     touch: Vec<u8>,
+    presence: Vec<u8>,
+    heartbeat: Vec<u8>,
+    leave: Vec<u8>,
+    forget: Vec<u8>,
     /// Redis has sharded pub/sub (7.0 and later): rooms' lines go by SPUBLISH.
     sharded: bool,
 }
@@ -309,7 +314,7 @@ impl CommandThread {
     fn open(&self) -> redis::RedisResult<(redis::Connection, Shas)> {
         let mut con = connect(&self.settings, false)?;
         let mut out = Vec::new();
-        for script in [PUBLISH, FETCH, TOUCH] {
+        for script in [PUBLISH, FETCH, TOUCH, PRESENCE, HEARTBEAT, LEAVE, FORGET] {
             redis::cmd("SCRIPT").arg("LOAD").arg(script).write_packed_command(&mut out);
         }
         redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").write_packed_command(&mut out);
@@ -320,6 +325,7 @@ impl CommandThread {
             bytes(&reply).map(<[u8]>::to_vec).ok_or_else(|| io::Error::other("no script sha").into())
         };
         let (publish, fetch, touch) = (sha()?, sha()?, sha()?);
+        let (presence, heartbeat, leave, forget) = (sha()?, sha()?, sha()?, sha()?);
         // A policy that evicts keys destroys rooms (volatile-* ones too: rooms have
         // TTLs). CONFIG may be refused (a hosted Redis): then nothing is known.
         let policy = con.recv_response()?;
@@ -330,7 +336,7 @@ impl CommandThread {
         }
         .map(|p| String::from_utf8_lossy(p).into_owned());
         let sharded = has_command(&con.recv_response()?);
-        let shas = Shas { publish, fetch, touch, sharded };
+        let shas = Shas { publish, fetch, touch, presence, heartbeat, leave, forget, sharded };
         if !self.fetches {
             let evicting = policy.filter(|p| p != "noeviction");
             if !self.emit([Event::Evicting(evicting)]) {
@@ -350,13 +356,16 @@ impl CommandThread {
         room: &str,
         since: u64,
     ) -> redis::RedisResult<Option<Fetched>> {
-        let (meta, stream) = (meta_key(room), stream_key(room));
+        let (meta, stream, presence) = (meta_key(room), stream_key(room), presence::presence_key(room));
         let ttl = self.settings.ttl.as_millis().max(1000) as u64;
         let mut script = redis::cmd("EVALSHA");
-        script.arg(&shas.fetch).arg(2).arg(&meta).arg(&stream);
+        script.arg(&shas.fetch).arg(3).arg(&meta).arg(&stream).arg(&presence);
         script.arg(super::random_hex()).arg(since).arg(self.settings.history).arg(ttl);
         con.send_packed_command(&script.get_packed_command())?;
-        let Some((epoch, seq, start)) = parse_head(&expect_ok(con.recv_response()?)?) else { return Ok(None) };
+        let head = expect_ok(con.recv_response()?)?;
+        let Some((epoch, seq, start)) = parse_head(&head) else { return Ok(None) };
+        let presence =
+            flat(array(&head).and_then(|items| items.get(3))).map_or(Vec::new(), |h| presence::parse_hash(&h));
         let (mut newest, mut bytes, mut top) = (Vec::new(), 0, seq);
         'pieces: while start > 0 && top >= start {
             let mut range = redis::cmd("XREVRANGE");
@@ -380,7 +389,7 @@ impl CommandThread {
             }
         }
         newest.reverse();
-        Ok(Some(Fetched { epoch, seq, entries: newest }))
+        Ok(Some(Fetched { epoch, seq, entries: newest, presence }))
     }
 
     /// Pipelines until the connection fails (`Err`) or the loop is gone (`Ok`).
@@ -490,11 +499,20 @@ impl CommandThread {
             }
             Command::Touch { rooms } => {
                 let mut script = redis::cmd("EVALSHA");
-                script.arg(&shas.touch).arg(rooms.len() * 2);
+                script.arg(&shas.touch).arg(rooms.len() * 3);
                 for room in rooms {
-                    script.arg(meta_key(room)).arg(stream_key(room));
+                    script.arg(meta_key(room)).arg(stream_key(room)).arg(presence::presence_key(room));
                 }
                 script.arg(ttl).write_packed_command(out);
+            }
+            other => {
+                if let Some(args) = presence::args(other, shas, settings, &ttl.to_string()) {
+                    let mut c = redis::cmd(std::str::from_utf8(&args[0]).unwrap_or("PING"));
+                    for arg in &args[1..] {
+                        c.arg(arg.as_slice());
+                    }
+                    c.write_packed_command(out);
+                }
             }
         }
     }
@@ -514,7 +532,20 @@ fn outcome(c: &Command, reply: Option<Value>) -> Option<Event> {
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
-        Command::Touch { .. } | Command::Moderate(_) | Command::Unsubscribe { .. } => None,
+        Command::Heartbeat { req, .. } => Some(Event::Nodes {
+            req: *req,
+            result: flat(reply.as_ref()).and_then(|r| presence::parse_registry(&r)).ok_or(()),
+        }),
+        Command::Leave { .. } => Some(Event::Left),
+        Command::ReadPresence { req, .. } => Some(Event::PresenceRead {
+            req: *req,
+            result: flat(reply.as_ref()).map(|h| presence::parse_hash(&h)).ok_or(()),
+        }),
+        Command::Touch { .. }
+        | Command::Moderate(_)
+        | Command::Unsubscribe { .. }
+        | Command::Presence { .. }
+        | Command::Forget { .. } => None,
     }
 }
 
@@ -525,6 +556,16 @@ fn parse_published(reply: &Value) -> Option<(String, u64, bool)> {
     let epoch = String::from_utf8(bytes(items.first()?)?.to_vec()).ok()?;
     let seq = u64::try_from(int(items.get(1)?)?).ok()?;
     Some((epoch, seq, items.get(2).and_then(int) == Some(1)))
+}
+
+/// An array reply as byte strings (bulk strings, integers as their digits), for
+/// link/presence.rs; `None` for anything else (an error, a nested array).
+fn flat(reply: Option<&Value>) -> Option<Vec<Vec<u8>>> {
+    let item = |r: &Value| match r {
+        Value::Int(n) => Some(n.to_string().into_bytes()),
+        other => bytes(other).map(<[u8]>::to_vec),
+    };
+    array(reply?)?.iter().map(item).collect()
 }
 
 /// The fetch script's answer: the room's epoch, seq and the first seq to read.

@@ -27,6 +27,7 @@ use crate::pubsub::Seq;
 use crate::rooms::{RoomId, Rooms};
 use crate::v1::Resume;
 
+pub mod presence;
 mod report;
 pub use report::Snapshot;
 #[cfg(test)]
@@ -65,6 +66,11 @@ pub enum Effect {
     Welcome { id: usize, room: RoomId, resume: Option<Resume<'static>> },
     /// Another node's moderation act: do it to the clients here.
     Moderate(Moderation),
+    /// The other nodes' members of a room are `remote` now (their parts of its
+    /// presence): its `online` counts them.
+    Online { room: RoomId, remote: usize },
+    /// The presence of a room not held here, read from Redis: answer who asked.
+    PresenceRead { asker: presence::Asker, room: Box<str>, parts: Vec<presence::Part> },
 }
 
 /// What a join does with Redis.
@@ -108,6 +114,8 @@ struct RoomSync {
     /// finds it without members: `Command::Unsubscribe`).
     listening: bool,
     name: Box<str>,
+    /// The other nodes' parts of the room's presence, and this node's as told.
+    presence: presence::RoomPresence,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -197,6 +205,8 @@ pub struct Mirror {
     dropped: Vec<Box<str>>,
     /// Redis's `maxmemory-policy` when it evicts keys (rooms may vanish): warned about.
     evicting: Option<String>,
+    /// The node registry: heartbeats, the live nodes.
+    cluster: presence::Cluster,
     stats: Stats,
 }
 
@@ -225,6 +235,7 @@ impl Mirror {
             next_sweep: None,
             dropped: Vec::new(),
             evicting: None,
+            cluster: presence::Cluster::default(),
             stats: Stats::default(),
         }
     }
@@ -236,6 +247,21 @@ impl Mirror {
     /// Commands for Redis, for the runtime to hand to the link (and empty).
     pub fn commands(&mut self) -> &mut Vec<Command> {
         &mut self.outbox
+    }
+
+    /// The first shard's command connection up: the node registry's heartbeats go.
+    fn commands_up(&self) -> bool {
+        self.shards.first().is_some_and(|c| c.commands)
+    }
+
+    /// The subscription of a room's shard up.
+    fn subscribed_for(&self, room: &str) -> bool {
+        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(|c| c.subscribed)
+    }
+
+    /// The command connection of a room's shard up.
+    fn commands_up_for(&self, room: &str) -> bool {
+        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(|c| c.commands)
     }
 
     /// Every shard's three connections up.
@@ -347,7 +373,7 @@ impl Mirror {
                 }
             }
             Event::Fetched { req, result } => {
-                self.fetched(req, result, rooms, &mut effects);
+                self.fetched(req, result, rooms, now, &mut effects);
                 self.next_sweep.get_or_insert(now + SWEEP);
             }
             Event::Live { room, epoch, message } => {
@@ -358,6 +384,14 @@ impl Mirror {
                     self.live(id, r.generation(), &room, epoch, message, &mut effects);
                 }
             }
+            Event::Presence { room, node, part } => {
+                if let Some((id, r)) = rooms.find(&room).and_then(|id| Some((id, rooms.get(id)?))) {
+                    self.presence_heard(id, r.generation(), node, part, now, &mut effects);
+                }
+            }
+            Event::Nodes { req, result } => self.nodes_heard(req, result, &mut effects),
+            Event::Left => self.left(),
+            Event::PresenceRead { req, result } => self.presence_read(req, result, &mut effects),
             // This node did its own already.
             Event::Moderated(control) => {
                 if control.node != self.node {
@@ -397,6 +431,9 @@ impl Mirror {
         *flag = up;
         if lost {
             self.stats.disconnects += 1;
+        }
+        if up && matches!(event, Event::Commands(_)) {
+            self.presence_up(now);
         }
         if lost && matches!(event, Event::Subscribed(_)) {
             // Messages of the shard's rooms may be missed from now on: they read their
@@ -509,6 +546,9 @@ impl Mirror {
                 sync.joiners.retain(|(joiner, _)| *joiner != id);
             }
         }
+        if !self.cluster.reads.is_empty() {
+            self.cluster.reads.retain(|_, (asker, _)| asker.client() != id);
+        }
         if self.pending_by_client.remove(&id).is_some() {
             self.pending.retain(|_, origin| origin.client() != id);
             let pending = &self.pending;
@@ -519,7 +559,8 @@ impl Mirror {
     /// When `housekeeping` next has something: a touch, or a late publish to look for.
     pub fn poll(&self) -> Option<Instant> {
         let touch = self.next_touch.filter(|_| self.shards.iter().any(Connections::up));
-        [touch, self.next_sweep, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
+        let heartbeat = self.cluster.poll().filter(|_| self.commands_up());
+        [touch, heartbeat, self.next_sweep, self.accepted.values().map(|a| a.due).min()].into_iter().flatten().min()
     }
 
     /// Looks for late publishes; keeps the rooms with members here alive in Redis,
@@ -530,6 +571,7 @@ impl Mirror {
         if self.next_sweep.is_some_and(|t| t <= now) {
             self.sweep(rooms, now);
         }
+        self.heartbeat_due(now);
         if self.next_touch.is_none_or(|t| t > now) {
             return effects;
         }
@@ -539,9 +581,16 @@ impl Mirror {
         for chunk in names.chunks(TOUCH_BATCH) {
             self.outbox.push(Command::Touch { rooms: chunk.to_vec() });
         }
-        // Rooms listened to stay until a sweep unsubscribes from them.
-        self.rooms
-            .retain(|&id, sync| sync.listening || rooms.get(id).is_some_and(|r| r.generation() == sync.generation));
+        // Rooms listened to stay until a sweep unsubscribes from them; a room no longer
+        // held takes its part of the presence back.
+        let (outbox, node) = (&mut self.outbox, &self.node);
+        self.rooms.retain(|&id, sync| {
+            let held = rooms.get(id).is_some_and(|r| r.generation() == sync.generation);
+            if !held {
+                outbox.extend(presence::untold(sync, node));
+            }
+            held || sync.listening
+        });
         effects
     }
 
@@ -572,6 +621,8 @@ impl Mirror {
     fn sync(&mut self, room: RoomId, generation: u32) -> &mut RoomSync {
         let sync = self.rooms.entry(room).or_default();
         if sync.generation != generation {
+            // Another room in the slot: the one before takes its part back.
+            self.outbox.extend(presence::untold(sync, &self.node));
             let old = std::mem::replace(sync, RoomSync { generation, ..RoomSync::default() });
             if old.listening {
                 self.dropped.push(old.name);
@@ -702,9 +753,19 @@ impl Mirror {
 
     /// A room's state from Redis: fill the mirror's gap (or start it afresh), welcome
     /// the joins that waited, then deliver what came live meanwhile.
-    fn fetched(&mut self, req: u64, result: Result<Fetched, ()>, rooms: &Rooms, effects: &mut Vec<Effect>) {
+    fn fetched(
+        &mut self,
+        req: u64,
+        result: Result<Fetched, ()>,
+        rooms: &Rooms,
+        now: Instant,
+        effects: &mut Vec<Effect>,
+    ) {
         let Some((room, generation)) = self.fetches.remove(&req) else { return };
         let alive = rooms.get(room).filter(|r| r.generation() == generation);
+        // A subscription lost while the fetch was answered: what came meanwhile is read
+        // again once it is back.
+        let subscribed = alive.is_some_and(|r| self.subscribed_for(r.name()));
         let sync = self.sync(room, generation);
         let joiners = std::mem::take(&mut sync.joiners);
         let buffer = std::mem::take(&mut sync.buffer);
@@ -712,6 +773,7 @@ impl Mirror {
             (Ok(fetched), Some(r)) => (fetched, r),
             _ => {
                 sync.state = SyncState::Unsynced;
+                Mirror::presence_unfetched(sync);
                 debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
                 effects.extend(joiners.into_iter().map(|(id, _)| Effect::Refuse(id)));
                 return;
@@ -725,7 +787,9 @@ impl Mirror {
         let continues = known && fetched.epoch == sync.epoch && fetched.seq >= last && contiguous && first <= last + 1;
         sync.epoch.clone_from(&fetched.epoch);
         sync.last = fetched.seq;
-        sync.state = SyncState::Synced;
+        // A subscription lost while the fetch was out: what came meanwhile (messages
+        // and presence) is read again once it is back (`resync_all`).
+        sync.state = if subscribed { SyncState::Synced } else { SyncState::Unsynced };
         if continues {
             let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
             self.stats.gaps_filled += missed.len() as u64;
@@ -742,6 +806,8 @@ impl Mirror {
             let base = keep.first().map_or(fetched.seq, |m| m.seq - 1);
             effects.push(Effect::Restart { room, epoch: fetched.epoch, base, keep });
         }
+        // The other nodes' members first: the welcomes count them.
+        self.presence_fetched(room, r.name(), fetched.presence, now, effects);
         effects.extend(joiners.into_iter().map(|(id, resume)| Effect::Welcome { id, room, resume }));
         for (epoch, message) in buffer {
             self.live(room, generation, r.name(), epoch, message, effects);

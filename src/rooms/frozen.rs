@@ -66,7 +66,9 @@ impl Rooms {
                     .map(|(_, s)| StoredState { plain: bytes(&s.plain), v1: bytes(&s.v1) })
                     .collect(),
                 empty_for: room.empty_since.filter(|_| room.topic.member_count() == 0).map(|t| frozen::ago(t, now)),
-                presence_told: room.presence_told as u64,
+                // A member told another count by its welcome (`presence_mixed`): no
+                // count was told to all, so the presence goes whatever the count.
+                presence_told: if room.presence_mixed { u64::MAX } else { room.presence_told as u64 },
             });
         }
         let presence = self.presence.iter().filter_map(|id| ids.iter().position(|i| i == id)).map(|i| i as u32);
@@ -130,6 +132,8 @@ impl Rooms {
         for (saved, &id) in state.rooms.iter().zip(ids) {
             if let Some(room) = self.rooms.get_mut(id as usize) {
                 room.presence_told = usize::try_from(saved.presence_told).unwrap_or(usize::MAX);
+                // The members' joins again told nobody anything.
+                room.presence_mixed = false;
             }
         }
         // Owed as they were, in their order; then where the count is not the one told.

@@ -54,9 +54,10 @@ redis.call(ARGV[12], ARGV[4], ARGV[8] .. '\n' .. epoch .. '\n' .. seq .. '\n' ..
 return {epoch, seq}
 ";
 
-/// A room's epoch (made with the one offered if the room is new), its seq, and the
-/// first seq to read from its stream for the messages kept after `since` (0: none).
-/// KEYS: meta hash, stream. ARGV: epoch offered, since, history, ttl ms. The messages
+/// A room's epoch (made with the one offered if the room is new), its seq, the
+/// first seq to read from its stream for the messages kept after `since` (0: none),
+/// and its presence hash (each node's part, flat: node, part, ...).
+/// KEYS: meta hash, stream, presence hash. ARGV: epoch offered, since, history, ttl ms. The messages
 /// are read by the link, newest first, in pieces (plain XREVRANGEs, not Lua: copying
 /// a large stream through Lua held Redis for most of a second), until
 /// `--history-memory` bytes.
@@ -68,11 +69,73 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
 local start = math.max(tonumber(ARGV[2]) + 1, seq - tonumber(ARGV[3]) + 1)
 if tonumber(ARGV[3]) == 0 or start > seq then start = 0 end
-return {epoch, seq, start}
+return {epoch, seq, start, redis.call('HGETALL', KEYS[3])}
 ";
 
 /// Keeps rooms alive for another TTL. KEYS: the rooms' keys. ARGV: ttl ms.
 pub(super) const TOUCH: &str = r"
 for _, key in ipairs(KEYS) do redis.call('PEXPIRE', key, ARGV[1]) end
 return #KEYS
+";
+
+/// A node's part of a room's presence: kept in the room's presence hash under the
+/// node's name (an empty part deletes the field) and told on the live channel as
+/// `ROOM\nNODE\npresence\nPART` (a line whose third line is no seq: older nodes'
+/// `parse_live` rejects it). KEYS: presence hash. ARGV: node, part, channel, room, ttl ms, PUBLISH or SPUBLISH.
+pub(super) const PRESENCE: &str = r"
+if ARGV[2] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+redis.call(ARGV[6], ARGV[3], ARGV[4] .. '\n' .. ARGV[1] .. '\npresence\n' .. ARGV[2])
+return 1
+";
+
+/// The node registry's heartbeat: the node's entry gets Redis's time (ms), nodes
+/// silent for longer than the dead time are removed, and the live ones come back:
+/// `{now, node, last, members, node, last, members, ...}` (at most `max` nodes).
+/// KEYS: registry (ZSET node -> last heartbeat), members (HASH node -> `MEMBERS
+/// CONNECTIONS UPTIME_S`). ARGV: node, its `MEMBERS CONNECTIONS UPTIME_S`, dead ms, max.
+pub(super) const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local ms = t[1] .. string.format('%03d', math.floor(tonumber(t[2]) / 1000))
+local now = tonumber(ms)
+redis.call('ZADD', KEYS[1], ms, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[3])))
+for _, node in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], node)
+  redis.call('HDEL', KEYS[2], node)
+end
+local live = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+local out = {now}
+for i = 1, #live, 2 do
+  out[#out + 1] = live[i]
+  out[#out + 1] = live[i + 1]
+  out[#out + 1] = redis.call('HGET', KEYS[2], live[i]) or '0'
+end
+return out
+";
+
+/// A node that stops leaves the registry. KEYS: registry, members. ARGV: node.
+pub(super) const LEAVE: &str = r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
+";
+
+/// Deletes a node's part of a room if the registry does not list the node as alive
+/// (its last heartbeat older than the dead time), telling the nodes (an empty part).
+/// KEYS: presence hash, registry. ARGV: node, dead ms, channel, room, PUBLISH or SPUBLISH.
+pub(super) const FORGET: &str = r"
+local last = redis.call('ZSCORE', KEYS[2], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if last and tonumber(last) > now - tonumber(ARGV[2]) then return 0 end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call(ARGV[5], ARGV[3], ARGV[4] .. '\n' .. ARGV[1] .. '\npresence\n')
+end
+return 1
 ";

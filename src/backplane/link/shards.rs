@@ -30,27 +30,39 @@ impl Links {
     }
 
     /// The events that wait, every shard's (the state events of all but the first
-    /// marked with their shard).
+    /// marked with their shard; the node registry's answers of the first only).
     pub fn events(&self) -> impl Iterator<Item = Event> + '_ {
         self.links.iter().enumerate().flat_map(|(shard, link)| {
-            link.events().map(move |event| match event {
+            link.events().filter_map(move |event| match event {
                 Event::Commands(_) | Event::Fetches(_) | Event::Subscribed(_) if shard > 0 => {
-                    Event::Shard { shard, event: Box::new(event) }
+                    Some(Event::Shard { shard, event: Box::new(event) })
                 }
-                other => other,
+                Event::Nodes { .. } | Event::Left if shard > 0 => None,
+                other => Some(other),
             })
         })
     }
 
     /// Hands each command to its room's shard (a touch or an unsubscribe split by
-    /// shard; moderation to the first).
+    /// shard; moderation to the first; heartbeats and leaving to every shard).
     pub fn send(&mut self, batch: Vec<Command>) {
         let mut per: Vec<Vec<Command>> = self.links.iter().map(|_| Vec::new()).collect();
         let shard = |room: &str| shard_of(&self.shards, room);
         for c in batch {
             match c {
-                Command::Publish { ref room, .. } | Command::Fetch { ref room, .. } => per[shard(room)].push(c),
+                Command::Publish { ref room, .. }
+                | Command::Fetch { ref room, .. }
+                | Command::Presence { ref room, .. }
+                | Command::Forget { ref room, .. }
+                | Command::ReadPresence { ref room, .. } => per[shard(room)].push(c),
                 Command::Moderate(_) => per[0].push(c),
+                // Every shard keeps a node registry (a room's shard checks that a node is
+                // dead before it deletes its part); the first one's answers count.
+                Command::Heartbeat { .. } | Command::Leave { .. } => {
+                    for batch in &mut per {
+                        batch.push(c.clone());
+                    }
+                }
                 Command::Touch { rooms } => {
                     for (i, rooms) in split(rooms, shard).into_iter().enumerate() {
                         if !rooms.is_empty() {

@@ -43,6 +43,28 @@ pub fn parse_live(bytes: &[u8]) -> Option<(String, String, Message)> {
     Some((room, epoch, message))
 }
 
+/// A node's part of a room's presence on the channel: `ROOM\nNODE\npresence\nPART`
+/// (the presence script's line; `parse_live` rejects it: its third line is no seq).
+/// Gives the room, the node and the part (JSON; empty: the node has none).
+pub fn parse_presence(bytes: &[u8]) -> Option<(String, String, String)> {
+    let mut parts = bytes.splitn(4, |&b| b == b'\n');
+    let room = std::str::from_utf8(parts.next()?).ok()?;
+    let node = std::str::from_utf8(parts.next()?).ok()?;
+    if parts.next()? != b"presence" {
+        return None;
+    }
+    let part = std::str::from_utf8(parts.next()?).ok()?;
+    Some((room.into(), node.into(), part.into()))
+}
+
+/// A live line: a message or a presence part.
+fn parse_line(bytes: &[u8]) -> Option<Event> {
+    match parse_live(bytes) {
+        Some((room, epoch, message)) => Some(Event::Live { room, epoch, message }),
+        None => parse_presence(bytes).map(|(room, node, part)| Event::Presence { room, node, part }),
+    }
+}
+
 /// A `sub` from its hex digits (at most `auth::MAX_SUB` bytes, UTF-8).
 fn from_hex(hex: &str) -> Option<Box<str>> {
     if !hex.len().is_multiple_of(2) || hex.len() > 2 * crate::auth::MAX_SUB {
@@ -289,11 +311,11 @@ fn handle(value: Value, control: &str, events: &Sender<Event>) -> bool {
         };
         Event::Moderated(act)
     } else {
-        let Some((room, epoch, message)) = parse_live(payload) else {
+        let Some(event) = parse_line(payload) else {
             warn!("backplane: a message on {} that is not ours", String::from_utf8_lossy(from));
             return true;
         };
-        Event::Live { room, epoch, message }
+        event
     };
     events.send(event).is_ok()
 }
@@ -316,5 +338,17 @@ mod tests {
         assert!(parse_live(b"lobby\ne\n1\nnode:7 6\nthi").is_none(), "odd hex");
         assert!(parse_live(b"lobby\ne\n1\nnode:7 zz\nthi").is_none(), "not hex");
         assert!(parse_live(b"lobby\ne\n1\nnode:7 ff\nthi").is_none(), "not UTF-8");
+    }
+
+    #[test]
+    fn presence_lines_parse_and_are_no_messages() {
+        let line = b"lobby\n0123456789abcdef\npresence\n{\"online\":2}";
+        assert!(parse_live(line).is_none(), "older nodes reject it");
+        let (room, node, part) = parse_presence(line).unwrap();
+        assert_eq!((room.as_str(), node.as_str(), part.as_str()), ("lobby", "0123456789abcdef", "{\"online\":2}"));
+        assert_eq!(parse_presence(b"lobby\nn\npresence\n").unwrap().2, "");
+        assert!(parse_presence(b"lobby\ne\n42\nnode:7\nthi").is_none());
+        assert!(matches!(parse_line(b"lobby\ne\n42\nnode:7\nthi"), Some(Event::Live { .. })));
+        assert!(matches!(parse_line(line), Some(Event::Presence { .. })));
     }
 }

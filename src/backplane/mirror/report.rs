@@ -95,6 +95,12 @@ impl Mirror {
             ],
         );
         family(
+            "mioket_redis_nodes",
+            "gauge",
+            "Live nodes in the node registry (as of this node's last heartbeat).",
+            &one(self.nodes().map_or(0, |r| r.nodes.len()) as f64),
+        );
+        family(
             "mioket_backplane_in_flight",
             "gauge",
             "Publishes waiting for Redis (bounded by --redis-outbox).",
