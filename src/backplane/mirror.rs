@@ -30,6 +30,9 @@ use crate::v1::Resume;
 pub mod presence;
 mod report;
 pub use report::Snapshot;
+mod shards;
+
+use shards::Connections;
 #[cfg(test)]
 mod tests;
 
@@ -151,20 +154,6 @@ struct Stats {
     disconnects: u64,
 }
 
-/// A shard's three connections: up or not.
-#[derive(Clone, Copy, Debug, Default)]
-struct Connections {
-    commands: bool,
-    fetches: bool,
-    subscribed: bool,
-}
-
-impl Connections {
-    fn up(&self) -> bool {
-        self.commands && self.fetches && self.subscribed
-    }
-}
-
 /// A client whose join waits for its room's fetch.
 #[derive(Debug, Default)]
 struct Held {
@@ -249,29 +238,9 @@ impl Mirror {
         &mut self.outbox
     }
 
-    /// The first shard's command connection up: the node registry's heartbeats go.
-    fn commands_up(&self) -> bool {
-        self.shards.first().is_some_and(|c| c.commands)
-    }
-
-    /// The subscription of a room's shard up.
-    fn subscribed_for(&self, room: &str) -> bool {
-        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(|c| c.subscribed)
-    }
-
-    /// The command connection of a room's shard up.
-    fn commands_up_for(&self, room: &str) -> bool {
-        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(|c| c.commands)
-    }
-
     /// Every shard's three connections up.
     pub fn is_up(&self) -> bool {
         self.shards.iter().all(Connections::up)
-    }
-
-    /// The three connections of a room's shard up: its publishes and fetches may go.
-    fn is_up_for(&self, room: &str) -> bool {
-        self.shards.get(super::shard_of(&self.settings.shards, room)).is_some_and(Connections::up)
     }
 
     fn request(&mut self) -> u64 {
@@ -418,36 +387,6 @@ impl Mirror {
         effects
     }
 
-    /// A connection of a shard is up or down.
-    fn connection(&mut self, shard: usize, event: &Event, rooms: &Rooms, now: Instant) {
-        let Some(state) = self.shards.get_mut(shard) else { return };
-        let (flag, up) = match *event {
-            Event::Commands(up) => (&mut state.commands, up),
-            Event::Fetches(up) => (&mut state.fetches, up),
-            Event::Subscribed(up) => (&mut state.subscribed, up),
-            _ => return,
-        };
-        let lost = *flag && !up;
-        *flag = up;
-        if lost {
-            self.stats.disconnects += 1;
-        }
-        if up && matches!(event, Event::Commands(_)) {
-            self.presence_up(now);
-        }
-        if lost && matches!(event, Event::Subscribed(_)) {
-            // Messages of the shard's rooms may be missed from now on: they read their
-            // stream again once the subscription is back.
-            let shards = &self.settings.shards;
-            for sync in self.rooms.values_mut() {
-                if sync.state == SyncState::Synced && super::shard_of(shards, &sync.name) == shard {
-                    sync.state = SyncState::Unsynced;
-                }
-            }
-        }
-        self.resync_all(rooms, now);
-    }
-
     /// A join of `room`: now when the mirror holds it (or held it once and catches
     /// up: what it missed reaches every member, this one included, in order, when
     /// its stream is read), else after the room's fetch.
@@ -592,29 +531,6 @@ impl Mirror {
             held || sync.listening
         });
         effects
-    }
-
-    /// Stops listening to the rooms this node holds no more (no members, no join
-    /// waiting, or gone), in one command; they are fetched again (since their last
-    /// seq) when a member comes back.
-    fn sweep(&mut self, rooms: &Rooms, now: Instant) {
-        let mut names = std::mem::take(&mut self.dropped);
-        self.rooms.retain(|&id, sync| {
-            let alive = rooms.get(id).filter(|r| r.generation() == sync.generation);
-            let held = alive.is_some_and(|r| r.topic.member_count() > 0) || !sync.joiners.is_empty();
-            if !sync.listening || held || sync.state == SyncState::Fetching {
-                return true;
-            }
-            sync.listening = false;
-            sync.state = SyncState::Unsynced;
-            sync.buffer.clear();
-            names.push(std::mem::take(&mut sync.name));
-            alive.is_some()
-        });
-        if !names.is_empty() {
-            self.outbox.push(Command::Unsubscribe { rooms: names });
-        }
-        self.next_sweep = self.rooms.values().any(|s| s.listening).then_some(now + SWEEP);
     }
 
     /// The mirror state of a room (a room made again in the same slot starts afresh).
