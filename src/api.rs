@@ -76,6 +76,13 @@ pub fn is_binary(content_type: Option<&[u8]>) -> bool {
     })
 }
 
+/// An `Idempotency-Key` as a publish's id: 1 to `v1::MAX_ID` bytes of UTF-8 (a v1
+/// publish's `id` in the same room is the same id), without the spaces around it.
+pub fn idempotency_key(value: &[u8]) -> Option<&str> {
+    let key = std::str::from_utf8(value.trim_ascii()).ok()?;
+    (!key.is_empty() && key.len() <= crate::v1::MAX_ID).then_some(key)
+}
+
 /// A row of `GET /api/rooms`.
 #[derive(Serialize)]
 pub struct RoomInfo<'a> {
@@ -164,6 +171,16 @@ mod tests {
             assert!(!authorized(Some(wrong), "s3cret"), "{:?}", String::from_utf8_lossy(wrong));
         }
         assert!(!authorized(None, "s3cret"));
+    }
+
+    #[test]
+    fn an_idempotency_key_is_a_short_utf8_id() {
+        assert_eq!(idempotency_key(b" order-7 "), Some("order-7"));
+        assert_eq!(idempotency_key("é".as_bytes()), Some("é"));
+        assert_eq!(idempotency_key(&[b'k'; 64]).map(str::len), Some(64));
+        for bad in [&b""[..], b"  ", &[b'k'; 65], b"\xff"] {
+            assert_eq!(idempotency_key(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct Settings {
     pub history_bytes: usize,
     /// How long Redis keeps a room nobody touches (`--room-ttl`, at least a second).
     pub ttl: Duration,
+    /// How long Redis remembers a publish's id (`--dedup-window`; zero: off).
+    pub dedup_window: Duration,
 }
 
 /// A request to Redis, made by the application, carried out by the link.
@@ -52,7 +54,17 @@ pub enum Command {
     /// Number, keep and broadcast a message (the publish script).
     /// `from`: the publisher's `sub` (a client with a token), carried by the stream
     /// entry and the live message so that every node's envelopes say who sent it.
-    Publish { req: u64, room: Box<str>, binary: bool, payload: Vec<u8>, origin: Box<str>, from: Option<Box<str>> },
+    /// `id`: the publish's id (v1 `id`, `Idempotency-Key`): the script publishes it
+    /// once per room within `--dedup-window` (`Event::Published`'s `duplicate`).
+    Publish {
+        req: u64,
+        room: Box<str>,
+        binary: bool,
+        payload: Vec<u8>,
+        origin: Box<str>,
+        from: Option<Box<str>>,
+        id: Option<Box<str>>,
+    },
     /// A room's epoch and seq, and the kept messages after `since` (the fetch script;
     /// it makes the room, with the epoch offered, if Redis has none).
     Fetch { req: u64, room: Box<str>, since: Seq },
@@ -130,10 +142,14 @@ pub enum Event {
     Fetches(bool),
     /// The subscription is up (subscribed) or down.
     Subscribed(bool),
+    /// A publish's answer: its room's epoch and its seq. `duplicate`: its id was
+    /// published in the room within the window; the seq is that publish's, and
+    /// nothing was published (no live copy comes).
     Published {
         req: u64,
         room: Box<str>,
         result: Result<(String, Seq), ()>,
+        duplicate: bool,
     },
     Fetched {
         req: u64,

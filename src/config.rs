@@ -231,6 +231,10 @@ pub struct Config {
     /// The PEM private key of --tls-cert (PKCS#8, RSA or EC; e.g. privkey.pem); SIGHUP reloads both
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    // Retries (src/dedup.rs; with --redis, the room's record in Redis).
+    /// Publish each id (a mioket.v1 publish's id, an API publish's Idempotency-Key) at most once per room within this window: a retry gets the first publish's seq; 0 turns it off
+    #[arg(long, value_name = "SECS", default_value = "120", value_parser = seconds_or_zero)]
+    pub dedup_window: Duration,
     // The Redis backplane: rooms shared with other mioket processes (src/backplane.rs).
     /// Share rooms with other mioket processes through this Redis (redis://HOST:PORT[/DB]) [default: off]
     #[arg(long, value_name = "URL", value_parser = RedisUrl::parse)]
@@ -572,6 +576,7 @@ mod tests {
             history_memory: 64 << 20,
             max_unfinished_memory: 64 << 20,
             room_ttl: Duration::from_secs(300),
+            dedup_window: Duration::from_secs(120),
             max_rooms: 100_000,
             max_rooms_per_connection: 64,
             rooms_per_second: 100,

@@ -46,6 +46,8 @@ pub struct Http<'a> {
     /// The first `Authorization` and `Content-Type` lines, as sent.
     pub authorization: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
+    /// The first `Idempotency-Key` line (an API publish's id, docs/protocol.md).
+    pub idempotency_key: Option<&'a [u8]>,
     pub body: BodyLength,
     /// `Expect: 100-continue`: the client waits for a 100 before it sends the body.
     pub expect_continue: bool,
@@ -146,7 +148,16 @@ pub fn parse_request<'a>(head: &'a [u8], allowed_origins: &[String]) -> Result<R
         };
         let (authorization, content_type, expect_continue) =
             (seen.authorization, seen.content_type, seen.expect_continue);
-        return Ok(Request::Http(Http { method, target, authorization, content_type, body, expect_continue }));
+        let idempotency_key = seen.idempotency_key;
+        return Ok(Request::Http(Http {
+            method,
+            target,
+            authorization,
+            content_type,
+            idempotency_key,
+            body,
+            expect_continue,
+        }));
     };
     // RFC 6455 4.2.1: the rules a server checks, in order.
     if method != "GET" {
@@ -217,6 +228,7 @@ struct Seen<'a> {
     authorization: Option<&'a [u8]>,
     authorizations: usize,
     content_type: Option<&'a [u8]>,
+    idempotency_key: Option<&'a [u8]>,
     expect_continue: bool,
     version: Option<&'a [u8]>,
     versions: usize,
@@ -254,6 +266,7 @@ impl<'a> Seen<'a> {
                     seen.authorization.get_or_insert(h.value);
                     seen.authorizations += 1;
                 }
+                15 if is("idempotency-key") => _ = seen.idempotency_key.get_or_insert(h.value),
                 14 if is("content-length") => {
                     let first = *seen.content_length.get_or_insert(h.value);
                     seen.conflicting_lengths |= trim(first) != trim(h.value);

@@ -45,6 +45,7 @@ pub mod app;
 pub mod auth;
 pub(crate) mod backplane;
 pub mod config;
+pub(crate) mod dedup;
 pub mod deflate;
 pub mod error;
 pub mod frame;

@@ -122,6 +122,9 @@ pub struct Metrics {
     pub resumes: [u64; 2],
     pub presence_updates: u64,
     pub api_publishes: u64,
+    /// Publishes answered with an earlier publish's seq (their id was published in
+    /// the room within --dedup-window), not published again.
+    pub publish_duplicates: u64,
     /// Tokens and permissions: refusals by reason (`AUTH_REFUSALS`), `refresh` ops
     /// that took, users disconnected and removed from rooms through the API.
     pub auth_refusals: [u64; AUTH_REFUSALS.len()],
@@ -302,6 +305,12 @@ impl Metrics {
             self.presence_updates,
         );
         counter(o, "mioket_api_publishes_total", "Messages published through the HTTP API.", self.api_publishes);
+        counter(
+            o,
+            "mioket_publish_duplicates_total",
+            "Publishes whose id was published in the room within --dedup-window: answered with its seq, not published again.",
+            self.publish_duplicates,
+        );
         family(
             o,
             "mioket_auth_refusals_total",

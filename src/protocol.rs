@@ -101,6 +101,8 @@ pub struct HttpRequest {
     pub target: String,
     pub authorization: Option<Vec<u8>>,
     pub content_type: Option<Vec<u8>>,
+    /// An API publish's id (`Idempotency-Key`).
+    pub idempotency_key: Option<Vec<u8>>,
     pub body_length: BodyLength,
     /// The body, once the server asked for it with `read_body` (else empty).
     pub body: Vec<u8>,

@@ -100,6 +100,12 @@ fn one_broadcast_to_1000_connections_costs_exactly_one_allocation() {
 /// first); one message from the sender costs `expected` allocations, whatever the
 /// room's size: one per encoding its members need, and the publisher's ack.
 fn one_publish_in_a_room(plain: usize, v1: usize, sender_v1: bool, frame: &[u8], expected: u64) {
+    one_publish_of_each(plain, v1, sender_v1, |_| frame.to_vec(), expected);
+}
+
+/// The same with frame `frame(i)` for the i-th publish (publishes with ids: each its own,
+/// as a repeated id is not published again).
+fn one_publish_of_each(plain: usize, v1: usize, sender_v1: bool, frame: impl Fn(usize) -> Vec<u8>, expected: u64) {
     let now = Instant::now();
     let config = Config { welcome: None, ..Config::default() };
     let (other_plain, other_v1) = if sender_v1 { (plain, v1 - 1) } else { (plain - 1, v1) };
@@ -109,13 +115,14 @@ fn one_publish_in_a_room(plain: usize, v1: usize, sender_v1: bool, frame: &[u8],
     let (mut app, ids) = open_app_with(config, &requests, now);
     let mut input = Vec::with_capacity(1024);
     let mut dirty = Vec::new();
-    for _ in 0..200 {
-        send_from(&mut app, ids[0], frame, &mut input, now);
+    for i in 0..200 {
+        send_from(&mut app, ids[0], &frame(i), &mut input, now);
         flush_app(&mut app, &mut dirty);
     }
-    for _ in 0..5 {
+    for i in 200..205 {
         let deliveries = app.metrics.fanout_deliveries;
-        let (count, ()) = allocations(|| send_from(&mut app, ids[0], frame, &mut input, now));
+        let frame = frame(i);
+        let (count, ()) = allocations(|| send_from(&mut app, ids[0], &frame, &mut input, now));
         assert_eq!(app.metrics.fanout_deliveries - deliveries, (plain + v1) as u64);
         assert_eq!(count, expected, "one publish to {plain} plain and {v1} v1 members made {count} allocations");
         let (count, _) = allocations(|| flush_app(&mut app, &mut dirty));
@@ -127,7 +134,13 @@ fn one_publish_in_a_room(plain: usize, v1: usize, sender_v1: bool, frame: &[u8],
 fn a_publish_costs_one_allocation_per_encoding_its_room_needs_whatever_its_size() {
     let plain_text = masked_frame(Opcode::Text, b"a message of some length", [1, 2, 3, 4]);
     let op = masked_frame(Opcode::Text, br#"{"op":"publish","data":"a message of some length"}"#, [5, 6, 7, 8]);
-    let op_with_id = masked_frame(Opcode::Text, br#"{"op":"publish","data":"a message","id":"m-1"}"#, [5, 6, 7, 8]);
+    let op_with_id = |i: usize| {
+        masked_frame(
+            Opcode::Text,
+            format!(r#"{{"op":"publish","data":"a message","id":"m-{i}"}}"#).as_bytes(),
+            [5, 6, 7, 8],
+        )
+    };
     for n in [10, 1000] {
         // Plain only: the plain frame (members and history share it).
         one_publish_in_a_room(n, 0, false, &plain_text, 1);
@@ -137,7 +150,7 @@ fn a_publish_costs_one_allocation_per_encoding_its_room_needs_whatever_its_size(
         one_publish_in_a_room(n / 2, n / 2, false, &plain_text, 2);
         one_publish_in_a_room(n / 2, n / 2, true, &op, 2);
         // An ack is the publisher's own: one more, whatever the room's size.
-        one_publish_in_a_room(0, n, true, &op_with_id, 2);
+        one_publish_of_each(0, n, true, op_with_id, 2);
     }
 }
 

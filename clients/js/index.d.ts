@@ -10,9 +10,11 @@ export class Unauthorized extends Error {
 
 /** Why a publish failed: the server's error reason, or 'timeout', 'disconnected', 'left', 'closed'. */
 export class PublishError extends Error {
-  constructor(reason: string, message?: string);
+  constructor(reason: string, message?: string, id?: string | null);
   name: 'PublishError';
   reason: string;
+  /** The publish's id: `publish(data, {id})` retries it, published at most once. */
+  id: string | null;
 }
 
 export interface WebSocketLike {
@@ -118,7 +120,8 @@ export class Room {
   /** The last welcome's `read_only`: this connection may not publish here. */
   readonly readOnly: boolean;
   readonly active: boolean;
-  publish(data: string | ArrayBuffer | ArrayBufferView, options?: { timeout?: number }): Promise<{ seq: number }>;
+  /** `id` (1 to 64 bytes): retry a publish (the id its PublishError carries); by default a new, unique id. */
+  publish(data: string | ArrayBuffer | ArrayBufferView, options?: { timeout?: number; id?: string }): Promise<{ seq: number }>;
   /** Asks the server (the `presence` op); rejects with a PublishError on error, timeout, disconnect, leave. */
   presence(options?: { timeout?: number }): Promise<PresenceAnswer>;
   leave(): void;

@@ -18,14 +18,21 @@ export class Unauthorized extends Error {
   }
 }
 
-/** A publish that failed: `reason` is the server's error reason, 'timeout' or 'disconnected'. */
+/**
+ * A publish that failed: `reason` is the server's error reason, 'timeout' or 'disconnected';
+ * `id` is the publish's id: publishing again with it (`publish(data, {id})`) is safe.
+ */
 export class PublishError extends Error {
-  constructor(reason, message = reason) {
+  constructor(reason, message = reason, id = null) {
     super(message);
     this.name = 'PublishError';
     this.reason = reason;
+    this.id = id;
   }
 }
+
+/** The longest publish id the server takes (bytes of UTF-8). */
+const MAX_ID = 64;
 
 class Emitter {
   #handlers = new Map();
@@ -117,10 +124,17 @@ export class Room extends Emitter {
    * {seq} on the server's ack; rejects with a PublishError on the server's error, on the
    * timeout, or when the connection drops after the publish was sent and before its ack.
    * A publish made while the room is not joined waits (within the timeout) until it is.
+   * Every publish has an id, unique across connections (this client's random prefix and a
+   * counter), or `id` (1 to 64 bytes) to retry one: the server publishes an id once per
+   * room within its --dedup-window and answers a repeat with the first publish's seq.
    */
-  publish(data, { timeout } = {}) {
-    if (!this.active) return Promise.reject(new PublishError('left', 'the room was left'));
+  publish(data, { timeout, id } = {}) {
+    if (!this.active) return Promise.reject(new PublishError('left', 'the room was left', id ?? null));
+    if (id !== undefined && !validId(id)) {
+      return Promise.reject(new TypeError(`a publish id is a string of 1 to ${MAX_ID} bytes`));
+    }
     const op = { op: 'publish', room: this.name };
+    if (id !== undefined) op.id = id;
     if (typeof data === 'string') op.data = data;
     else if (data instanceof ArrayBuffer) op.b64 = encodeBase64(new Uint8Array(data));
     else if (ArrayBuffer.isView(data)) op.b64 = encodeBase64(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
@@ -154,6 +168,9 @@ export class Room extends Emitter {
   }
   _queue(entry) {
     this.#queued.push(entry);
+  }
+  _hasQueued(id) {
+    return this.#queued.some((entry) => entry.op.id === id);
   }
   _unqueue(entry) {
     const i = this.#queued.indexOf(entry);
@@ -256,6 +273,9 @@ export class Mioket extends Emitter {
   #refreshTimer = null;
   #pending = new Map(); // publish id -> entry
   #nextId = 1;
+  // Publish ids are `p-PREFIX-N`: the prefix random per client, so that ids are unique across
+  // connections (the server publishes an id once per room, whoever sends it).
+  #idPrefix = randomPrefix();
   #token = null;
   #wantConnected = false;
   #offline = false;
@@ -684,7 +704,11 @@ export class Mioket extends Emitter {
 
   _publish(room, op, timeout = this.#o.publishTimeout) {
     return new Promise((resolve, reject) => {
-      if (this.state === 'closed') return reject(new PublishError('closed', 'the client is closed'));
+      op.id ??= `p-${this.#idPrefix}-${this.#nextId++}`;
+      if (this.state === 'closed') return reject(new PublishError('closed', 'the client is closed', op.id));
+      if (this.#pending.has(op.id) || [...this.#rooms.values()].some((r) => r._hasQueued(op.id))) {
+        return reject(new TypeError(`a publish with id ${op.id} is already waiting for its ack`));
+      }
       const entry = { room, op, resolve, reject, sent: false, timer: null };
       entry.timer = this.#timer(() => {
         entry.timer = null;
@@ -696,7 +720,6 @@ export class Mioket extends Emitter {
   }
 
   #sendPublish(entry) {
-    entry.op.id = `p-${this.#nextId++}`;
     entry.sent = true;
     this.#pending.set(entry.op.id, entry);
     this.#send(entry.op);
@@ -708,6 +731,7 @@ export class Mioket extends Emitter {
     entry.timer = this.#clear(entry.timer);
     if (entry.sent) this.#pending.delete(entry.op.id);
     else entry.room._unqueue(entry);
+    if (error instanceof PublishError) error.id = entry.op.id;
     if (error) entry.reject(error);
     else entry.resolve(value);
   }
@@ -729,6 +753,18 @@ export class Mioket extends Emitter {
     for (const entry of room._takeQueued()) this.#settle(entry, err);
     room.emit('left', reason === undefined ? { room: room.name } : { room: room.name, reason });
   }
+}
+
+function validId(id) {
+  return typeof id === 'string' && id.length > 0 && new TextEncoder().encode(id).length <= MAX_ID;
+}
+
+/** 12 random hex digits (48 bits): Web Crypto where there is one. */
+function randomPrefix() {
+  const bytes = new Uint8Array(6);
+  if (globalThis.crypto?.getRandomValues) globalThis.crypto.getRandomValues(bytes);
+  else for (let i = 0; i < bytes.length; i++) bytes[i] = Math.floor(Math.random() * 256);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
 
 function isUnauthorized(e) {

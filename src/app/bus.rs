@@ -3,10 +3,11 @@
 //! no dynamic call per message):
 //!
 //! - `Local`: one process. A publish is numbered by its room here and delivered at
-//!   once, in the same call.
+//!   once, in the same call; a publish's id is remembered here (src/dedup.rs).
 //! - `Redis`: rooms shared through Redis (`--redis`). A publish goes to Redis
 //!   (`Mirror::publish`); it is delivered when Redis has numbered it and it comes
-//!   back (`App::handle_backplane`, app/redis.rs), like every other node's.
+//!   back (`App::handle_backplane`, app/redis.rs), like every other node's. A
+//!   publish's id is remembered by the room in Redis, in the same script.
 //!
 //! Both end in `App::deliver`, the one path to the fan-out. The split: the bus (and
 //! the mirror behind it) decides what is delivered, in which order, with which seq,
@@ -23,14 +24,15 @@ use super::message::{Publish, Refused, Target};
 use super::{App, ClientIo};
 use crate::backplane::{Command, Mirror, Settings};
 use crate::config::{Config, Mode};
+use crate::dedup::{Dedup, Key};
 use crate::frame::Opcode;
 use crate::pubsub::Seq;
 use crate::rooms::{RoomId, Rooms, Stored};
 use crate::v1::Envelopes;
 
 pub(super) enum Bus {
-    /// One process: numbered here, delivered at once.
-    Local,
+    /// One process: numbered here, delivered at once; ids remembered here.
+    Local(Box<Dedup>),
     /// `--redis`: numbered by Redis, delivered when it comes back.
     Redis(Box<Mirror>),
 }
@@ -55,8 +57,11 @@ pub(super) struct Node {
 
 /// What the bus did with a publish.
 pub(super) enum Sent {
-    /// Numbered here: deliver it now (to the room, encoded).
-    Now(RoomId, Stored),
+    /// Numbered here: deliver it now (to the room, encoded), then remember its id's key.
+    Now(RoomId, Stored, Option<Key>),
+    /// Its id was published in the room within the window, with this seq: answered
+    /// with it, not published again.
+    Again(RoomId, Seq),
     /// Sent to Redis: delivered (and answered) when it comes back.
     Later,
 }
@@ -66,7 +71,7 @@ impl Bus {
     pub(super) fn new(config: &Config) -> Bus {
         match settings(config).filter(|_| config.mode == Mode::Broadcast) {
             Some(settings) => Bus::Redis(Box::new(Mirror::new(settings))),
-            None => Bus::Local,
+            None => Bus::Local(Box::new(Dedup::new(config.dedup_window))),
         }
     }
 
@@ -81,23 +86,41 @@ impl Bus {
         from: Option<&str>,
         now: Instant,
     ) -> Result<Sent, Refused> {
-        let Bus::Redis(mirror) = self else {
-            let room = match p.room {
-                Target::Id(room) => room,
-                Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
-            };
-            // `from`: the publisher's sub, in its v1 envelopes.
-            let stored = encode_from(rooms, envelopes, room, p.payload, config.history > 0, from);
-            return Ok(Sent::Now(room, stored));
+        let mirror = match self {
+            Bus::Redis(mirror) => mirror,
+            Bus::Local(dedup) => {
+                let room = match p.room {
+                    Target::Id(room) => room,
+                    Target::Named(name) => rooms.find_or_create(name, now).map_err(|_| Refused::TooManyRooms)?,
+                };
+                let key = match p.key {
+                    Some(id) if dedup.is_on() => match find(dedup, rooms, room, id, now) {
+                        Ok(seq) => return Ok(Sent::Again(room, seq)),
+                        Err(key) => Some(key),
+                    },
+                    _ => None,
+                };
+                // `from`: the publisher's sub, in its v1 envelopes.
+                let stored = encode_from(rooms, envelopes, room, p.payload, config.history > 0, from);
+                return Ok(Sent::Now(room, stored, key));
+            }
         };
         send_to_redis(rooms, mirror, p, from, now)
+    }
+
+    /// Remembers the seq of a publish numbered here (`Sent::Now` with a key).
+    #[inline(never)]
+    pub(super) fn remember(&mut self, rooms: &Rooms, room: RoomId, key: Key, seq: Seq, now: Instant) {
+        if let (Bus::Local(dedup), Some(r)) = (self, rooms.get(room)) {
+            dedup.remember(room, r.generation(), key, seq, now);
+        }
     }
 
     /// The mirror, on the Redis bus.
     #[inline]
     pub(super) fn mirror(&self) -> Option<&Mirror> {
         match self {
-            Bus::Local => None,
+            Bus::Local(_) => None,
             Bus::Redis(mirror) => Some(mirror),
         }
     }
@@ -105,7 +128,7 @@ impl Bus {
     #[inline]
     pub(super) fn mirror_mut(&mut self) -> Option<&mut Mirror> {
         match self {
-            Bus::Local => None,
+            Bus::Local(_) => None,
             Bus::Redis(mirror) => Some(mirror),
         }
     }
@@ -131,7 +154,7 @@ impl Bus {
     #[inline]
     pub(super) fn is_held(&self, id: usize) -> bool {
         match self {
-            Bus::Local => false,
+            Bus::Local(_) => false,
             Bus::Redis(mirror) => mirror.is_held(id),
         }
     }
@@ -140,10 +163,18 @@ impl Bus {
     #[inline]
     pub(super) fn hold(&mut self, id: usize, opcode: Opcode, payload: &[u8]) -> bool {
         match self {
-            Bus::Local => false,
+            Bus::Local(_) => false,
             Bus::Redis(mirror) => mirror.hold(id, opcode, payload),
         }
     }
+}
+
+/// The seq of `id`'s publish in the room within the window, or its key to remember.
+#[inline(never)]
+fn find(dedup: &Dedup, rooms: &Rooms, room: RoomId, id: &str, now: Instant) -> Result<Seq, Key> {
+    let generation = rooms.get(room).map_or(0, |r| r.generation());
+    let key = dedup.key(generation, id);
+    dedup.find(key, now).ok_or(key)
 }
 
 #[inline(never)]
@@ -159,7 +190,8 @@ fn send_to_redis(
         Target::Named(name) => name,
     };
     let origin = p.source.origin(name);
-    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, from, now).map_err(Refused::Backplane)?;
+    let key = p.key.filter(|_| !mirror.settings().dedup_window.is_zero());
+    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, from, key, now).map_err(Refused::Backplane)?;
     Ok(Sent::Later)
 }
 
@@ -197,5 +229,6 @@ fn settings(config: &crate::config::Config) -> Option<Settings> {
         history: config.history,
         history_bytes: config.history_memory,
         ttl: config.room_ttl.max(Duration::from_secs(1)),
+        dedup_window: config.dedup_window,
     })
 }

@@ -52,6 +52,10 @@ pub(super) struct Publish<'a> {
     pub source: Source<'a>,
     pub room: Target<'a>,
     pub payload: Payload<'a>,
+    /// Its id (a v1 publish's `id`, an API publish's `Idempotency-Key`): published
+    /// once per room within `--dedup-window` (src/dedup.rs), a retry answered with
+    /// the first publish's seq.
+    pub key: Option<&'a str>,
 }
 
 /// Why a publish was refused.

@@ -436,7 +436,8 @@ impl<T: ClientIo> App<T> {
                     // The one way in, in two halves: the payload borrows this
                     // client's Conn until `admit` is done with it.
                     let source = Source::Plain(id);
-                    let p = Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload) };
+                    let p =
+                        Publish { source, room: Target::Id(room), payload: Payload::of(opcode, payload), key: None };
                     let (auth, grants, limits) = (&self.auth, &self.grants, &self.publish_limits);
                     let mut gate = Gate { auth, grants, limits, limiters: &mut self.limiters };
                     let admitted = publish::admit(config, rooms, envelopes, &mut self.bus, &mut gate, &p, now);

@@ -14,7 +14,7 @@ use super::bus::{Bus, Delivery, Sent};
 use super::deliver::fits_envelope_from;
 use super::grants::Grants;
 pub(super) use super::message::{Publish, Refused, Source, Target};
-use super::{App, ClientIo, TOO_BIG_FOR_ENVELOPE};
+use super::{queue_flush, App, ClientIo, TOO_BIG_FOR_ENVELOPE};
 use crate::api;
 use crate::auth::limits::{Limiter, PublishLimits, Verdict};
 use crate::auth::{Auth, Grant};
@@ -130,8 +130,17 @@ impl<T: ClientIo> App<T> {
         now: Instant,
     ) -> Result<Outcome, Refused> {
         let outcome = match admitted {
-            Ok(Sent::Now(room, stored)) => {
-                Outcome::Numbered(self.deliver(Delivery { room, stored, publisher: source.publisher() }, now))
+            Ok(Sent::Now(room, stored, key)) => {
+                let seq = self.deliver(Delivery { room, stored, publisher: source.publisher() }, now);
+                if let Some(key) = key {
+                    self.bus.remember(&self.rooms, room, key, seq, now);
+                }
+                Outcome::Numbered(seq)
+            }
+            Ok(Sent::Again(room, seq)) => {
+                let json_room: Box<str> = self.rooms.get(room).map_or("\"\"".into(), |r| r.json_name().into());
+                self.answer_again(source, &json_room, seq, now);
+                Outcome::Numbered(seq)
             }
             Ok(Sent::Later) => Outcome::Sent,
             Err(why) => {
@@ -143,6 +152,19 @@ impl<T: ClientIo> App<T> {
             self.metrics.api_publishes += 1;
         }
         Ok(outcome)
+    }
+
+    /// A publish whose id was published in its room within `--dedup-window`: not
+    /// published again, its publisher acked with the first publish's seq (an API
+    /// request is answered by its caller, with the same body as the first time).
+    pub(super) fn answer_again(&mut self, source: Source<'_>, json_room: &str, seq: Seq, now: Instant) {
+        self.metrics.publish_duplicates += 1;
+        let Source::V1 { id, ack: Some(ack) } = source else { return };
+        let App { clients, envelopes, config, dirty, .. } = self;
+        if let Some(client) = clients.get_mut(id) {
+            let _ = client.conn.send(envelopes.ack(ack, json_room, seq), now, &config.limits);
+            queue_flush(dirty, id, client);
+        }
     }
 
     /// Tells a publisher that its message was refused, each source its way: a plain

@@ -55,6 +55,7 @@ impl<T: ClientIo> App<T> {
                     self.deliver(Delivery { room, stored, publisher }, now);
                 }
                 Effect::Answer { id, room, seq } => self.respond_later(id, api::published(&room, seq), now),
+                Effect::Again { origin, room, seq } => self.published_before(origin, &room, seq, now),
                 Effect::Lost(origin) => self.publish_lost(origin, now),
                 Effect::Refuse(id) => {
                     self.refuse_join(id, now);
@@ -106,14 +107,21 @@ impl<T: ClientIo> App<T> {
         self.after_activity(id);
     }
 
+    /// A publish whose id Redis had seen in the room within the window: answered with
+    /// that publish's seq, as the first time (`answer_again`, the one place).
+    fn published_before(&mut self, origin: Origin, room: &str, seq: crate::pubsub::Seq, now: Instant) {
+        let (id, source) = source_of(&origin);
+        self.answer_again(source, &crate::v1::json_string(room), seq, now);
+        match origin {
+            Origin::Api { .. } => self.respond_later(id, api::published(room, seq), now),
+            Origin::Client { .. } => self.after_activity(id),
+        }
+    }
+
     /// Tells a publisher that its message went to Redis and neither an answer nor
     /// its live copy came back: perhaps published (`refuse_publish`, the one place).
     fn publish_lost(&mut self, origin: Origin, now: Instant) {
-        let (id, source) = match &origin {
-            Origin::Api { id, .. } => (*id, Source::Api(*id)),
-            Origin::Client { id, ack, v1: true } => (*id, Source::V1 { id: *id, ack: ack.as_deref() }),
-            Origin::Client { id, v1: false, .. } => (*id, Source::Plain(*id)),
-        };
+        let (id, source) = source_of(&origin);
         self.refuse_publish(source, publish::Refused::Lost, now);
         self.after_activity(id);
     }
@@ -164,8 +172,12 @@ impl<T: ClientIo> App<T> {
             if v1 {
                 self.handle_v1(id, opcode, &bytes, now);
             } else if let Some(room) = self.session(id).and_then(|s| s.first_room()) {
-                let p =
-                    Publish { source: Source::Plain(id), room: Target::Id(room), payload: Payload::of(opcode, &bytes) };
+                let p = Publish {
+                    source: Source::Plain(id),
+                    room: Target::Id(room),
+                    payload: Payload::of(opcode, &bytes),
+                    key: None,
+                };
                 // Too big: closed, and nothing after it is read.
                 if self.publish(p, now) == Err(publish::Refused::TooBig) {
                     return;
@@ -286,6 +298,15 @@ impl<T: ClientIo> App<T> {
     }
 }
 
+/// Who waited for a publish, as the way in names it.
+fn source_of(origin: &Origin) -> (usize, Source<'_>) {
+    match origin {
+        Origin::Api { id, .. } => (*id, Source::Api(*id)),
+        Origin::Client { id, ack, v1: true } => (*id, Source::V1 { id: *id, ack: ack.as_deref() }),
+        Origin::Client { id, v1: false, .. } => (*id, Source::Plain(*id)),
+    }
+}
+
 fn payload_of(message: &Message) -> Payload<'_> {
     match std::str::from_utf8(&message.payload) {
         Ok(text) if !message.binary => Payload::Text(text),
@@ -339,7 +360,8 @@ mod tests {
         app.handle_input(id, &mut text("hello"), now, |_, _| 0);
         let [Command::Publish { req, ref room, ref origin, .. }] = commands(app)[..] else { panic!("a publish") };
         let room = room.clone();
-        app.handle_backplane(Event::Published { req, room: room.clone(), result: Ok((EPOCH.into(), 1)) }, now);
+        let result = Ok((EPOCH.into(), 1));
+        app.handle_backplane(Event::Published { req, room: room.clone(), result, duplicate: false }, now);
         assert!(written(app, id).is_empty(), "delivered (and acked) with its live copy only");
         (req, origin.clone())
     }

@@ -162,6 +162,11 @@ impl<T: ClientIo> App<T> {
             Ok(name) => name,
             Err(why) => return Answer::Now(api::error(400, why.reason())),
         };
+        let key = match request.idempotency_key.as_deref().map(api::idempotency_key) {
+            None => None,
+            Some(Some(key)) => Some(key),
+            Some(None) => return Answer::Now(api::error(400, "invalid Idempotency-Key")),
+        };
         // The head passed: the body is read next (`answer_http`), then this again.
         if (request.body.len() as u64) < length {
             return Answer::ReadBody;
@@ -174,7 +179,7 @@ impl<T: ClientIo> App<T> {
                 Err(_) => return Answer::Now(api::error(400, "a text body must be UTF-8")),
             }
         };
-        match self.publish(Publish { source: Source::Api(id), room: Target::Named(&name), payload }, now) {
+        match self.publish(Publish { source: Source::Api(id), room: Target::Named(&name), payload, key }, now) {
             Ok(Outcome::Numbered(seq)) => Answer::Now(api::published(&name, seq)),
             // Answered when Redis has numbered it (`app/redis.rs`).
             Ok(Outcome::Sent) => Answer::Later,

@@ -19,8 +19,8 @@ impl<T: ClientIo> App<T> {
             match self.session(id).and_then(|s| s.home_room()) {
                 Some(room) => {
                     let source = Source::V1 { id, ack: None };
-                    let _ = self
-                        .publish(Publish { source, room: Target::Id(room), payload: Payload::Binary(message) }, now);
+                    let p = Publish { source, room: Target::Id(room), payload: Payload::Binary(message), key: None };
+                    let _ = self.publish(p, now);
                 }
                 None => self.refuse_op(id, OpError::NotJoined, None, now),
             }
@@ -38,8 +38,9 @@ impl<T: ClientIo> App<T> {
                 self.joined_room(id, room.as_deref()).map(|room| {
                     let source = Source::V1 { id, ack: op_id.as_deref() };
                     // A refusal is told there (an error envelope with the op's id).
-                    let _ =
-                        self.publish(Publish { source, room: Target::Id(room), payload: payload.as_payload() }, now);
+                    let key = op_id.as_deref();
+                    let _ = self
+                        .publish(Publish { source, room: Target::Id(room), payload: payload.as_payload(), key }, now);
                 })
             }
             Op::Join { room, resume, .. } => {

@@ -65,6 +65,11 @@ fn stream_key(room: &str) -> Vec<u8> {
     format!("mioket:{{{room}}}:stream").into_bytes()
 }
 
+/// A publish id's record in its room (`--dedup-window`).
+fn id_key(room: &str, id: &str) -> Vec<u8> {
+    format!("mioket:{{{room}}}:id:{id}").into_bytes()
+}
+
 /// The loop's end of the link.
 pub struct Link {
     commands: Sender<Vec<Command>>,
@@ -412,6 +417,7 @@ impl CommandThread {
         let history = self.settings.history.to_string();
         let history_bytes = self.settings.history_bytes.to_string();
         let ttl = self.settings.ttl.as_millis().max(1000).to_string();
+        let window = self.settings.dedup_window.as_millis().max(1).to_string();
         loop {
             // An idle connection is checked with a PING (and at once when another was
             // lost: a poke): a dead one is noticed before the next command needs it.
@@ -457,29 +463,29 @@ impl CommandThread {
             for c in &batch {
                 out.clear();
                 match c {
-                    Command::Publish { room, binary, payload, origin, from, .. } => {
+                    Command::Publish { room, binary, payload, origin, from, id, .. } => {
                         let epoch = super::random_hex();
                         let kind: &[u8] = if *binary { b"b" } else { b"t" };
-                        command(
-                            &mut out,
-                            &[
-                                b"EVALSHA",
-                                &shas.publish,
-                                b"2",
-                                &meta_key(room),
-                                &stream_key(room),
-                                epoch.as_bytes(),
-                                history.as_bytes(),
-                                ttl.as_bytes(),
-                                channel.as_bytes(),
-                                origin.as_bytes(),
-                                kind,
-                                payload,
-                                room.as_bytes(),
-                                history_bytes.as_bytes(),
-                                from.as_deref().unwrap_or_default().as_bytes(),
-                            ],
-                        );
+                        let (meta, stream) = (meta_key(room), stream_key(room));
+                        // A publish with an id names its record too (a third key).
+                        let record = id.as_deref().map(|id| id_key(room, id));
+                        let count: &[u8] = if record.is_some() { b"3" } else { b"2" };
+                        let mut args: Vec<&[u8]> = vec![b"EVALSHA", &shas.publish, count, &meta, &stream];
+                        args.extend(record.as_deref());
+                        args.extend([
+                            epoch.as_bytes(),
+                            history.as_bytes(),
+                            ttl.as_bytes(),
+                            channel.as_bytes(),
+                            origin.as_bytes(),
+                            kind,
+                            payload,
+                            room.as_bytes(),
+                            history_bytes.as_bytes(),
+                            from.as_deref().unwrap_or_default().as_bytes(),
+                            window.as_bytes(),
+                        ]);
+                        command(&mut out, &args);
                     }
                     // Fetches go to the fetch thread (`Link::send`); a stray one
                     // keeps the replies in step and is answered as failed.
@@ -545,13 +551,10 @@ fn failed(c: &Command) -> Option<Event> {
 fn outcome(c: &Command, reply: Option<Reply>) -> Option<Event> {
     match c {
         Command::Publish { req, room, .. } => {
-            let result = reply.and_then(|r| {
-                let items = r.as_array()?;
-                let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
-                let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
-                Some((epoch, seq))
-            });
-            Some(Event::Published { req: *req, room: room.clone(), result: result.ok_or(()) })
+            let result = reply.as_ref().and_then(parse_published);
+            let duplicate = result.as_ref().is_some_and(|&(_, _, duplicate)| duplicate);
+            let result = result.map(|(epoch, seq, _)| (epoch, seq)).ok_or(());
+            Some(Event::Published { req: *req, room: room.clone(), result, duplicate })
         }
         // Fetches are read by `CommandThread::fetch`; this is their failure.
         Command::Fetch { req, .. } => Some(Event::Fetched { req: *req, result: Err(()) }),
@@ -576,6 +579,15 @@ fn flat(reply: Option<&Reply>) -> Option<Vec<Vec<u8>>> {
         other => other.as_bytes().map(<[u8]>::to_vec),
     };
     reply?.as_array()?.iter().map(item).collect()
+}
+
+/// The publish script's answer: the room's epoch, the seq, and whether it is an
+/// earlier publish's (the id was published within the window: a third item, 1).
+fn parse_published(reply: &Reply) -> Option<(String, u64, bool)> {
+    let items = reply.as_array()?;
+    let epoch = String::from_utf8(items.first()?.as_bytes()?.to_vec()).ok()?;
+    let seq = u64::try_from(items.get(1)?.as_int()?).ok()?;
+    Some((epoch, seq, items.get(2).and_then(Reply::as_int) == Some(1)))
 }
 
 /// The fetch script's answer: the room's epoch, seq and the first seq to read.

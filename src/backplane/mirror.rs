@@ -44,6 +44,9 @@ pub enum Effect {
     Deliver { room: RoomId, message: Message, publisher: Option<Origin> },
     /// An API publish that Redis numbered: answer it with the seq.
     Answer { id: usize, room: Box<str>, seq: Seq },
+    /// A publish whose id Redis had seen in the room within the window: answer it
+    /// with that publish's seq (a client's ack comes now: no live copy will).
+    Again { origin: Origin, room: Box<str>, seq: Seq },
     /// A publish went to Redis and neither its answer nor its live copy came back:
     /// tell its publisher that it was perhaps published.
     Lost(Origin),
@@ -231,7 +234,9 @@ impl Mirror {
     }
 
     /// Sends a message to Redis, or says why not. Refused while Redis is unreachable
-    /// or `--redis-outbox` messages already wait for it.
+    /// or `--redis-outbox` messages already wait for it. `id`: published once per
+    /// room within the window (the script keeps it).
+    #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         room: &str,
@@ -239,6 +244,7 @@ impl Mirror {
         payload: &[u8],
         origin: Origin,
         from: Option<&str>,
+        id: Option<&str>,
         now: Instant,
     ) -> Result<(), Refused> {
         if !self.is_up() {
@@ -265,6 +271,7 @@ impl Mirror {
             payload: payload.to_vec(),
             origin: format!("{}:{req}", self.node).into(),
             from: from.map(Into::into),
+            id: id.map(Into::into),
         });
         Ok(())
     }
@@ -314,9 +321,16 @@ impl Mirror {
                 self.subscribed = up;
                 self.resync_all(rooms, now);
             }
-            Event::Published { req, room, result } => {
-                self.answered(req, result.as_ref().ok().map(|(_, seq)| (&*room, *seq)), now);
+            Event::Published { req, room, result, duplicate } => {
+                // A duplicate has no live copy to wait for.
+                let numbered = result.as_ref().ok().filter(|_| !duplicate).map(|(_, seq)| (&*room, *seq));
+                self.answered(req, numbered, now);
                 match result {
+                    Ok((_, seq)) if duplicate => {
+                        if let Some(origin) = self.take_pending(req) {
+                            effects.push(Effect::Again { origin, room, seq });
+                        }
+                    }
                     // A client's publish is acked with its delivery here; an API
                     // request is answered now.
                     Ok((_, seq)) => {

@@ -193,6 +193,7 @@ fn a_plain_get_is_not_an_upgrade() {
             target: "/index.html?x=1",
             authorization: None,
             content_type: None,
+            idempotency_key: None,
             body: BodyLength::None,
             expect_continue: false
         }))
@@ -262,6 +263,7 @@ fn host_must_be_there_once() {
             target: "/",
             authorization: None,
             content_type: None,
+            idempotency_key: None,
             body: BodyLength::None,
             expect_continue: false
         }))

@@ -246,6 +246,9 @@ fn thaw_request(r: RequestState) -> Result<HttpRequest, Invalid> {
         target: r.target,
         authorization: r.authorization.map(|b| b.0),
         content_type: r.content_type.map(|b| b.0),
+        // Not in the snapshot (format 1): a publish whose body was arriving across an
+        // upgrade is published without its Idempotency-Key.
+        idempotency_key: None,
         body_length: match r.body_length {
             None => BodyLength::None,
             Some(None) => BodyLength::Unknown,

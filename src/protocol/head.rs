@@ -26,6 +26,7 @@ impl From<Request<'_>> for Asked {
                 target: http.target.to_string(),
                 authorization: http.authorization.map(<[u8]>::to_vec),
                 content_type: http.content_type.map(<[u8]>::to_vec),
+                idempotency_key: http.idempotency_key.map(<[u8]>::to_vec),
                 body_length: http.body,
                 body: Vec::new(),
                 expect_continue: http.expect_continue,

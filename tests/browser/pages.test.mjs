@@ -551,6 +551,40 @@ describe('the client module in the page (clients/js/index.js)', { timeout: TEST_
     assertNothingRan(p);
   });
 
+  test('a publish not confirmed before the link dropped is sent again with the same id', { timeout: TEST_MS }, async () => {
+    // A stand-in that drops the link on the first publish (no ack: perhaps published) and
+    // acks on the next connection: the page sends it again with its id, which the server
+    // publishes once per room (--dedup-window), so the retry cannot double it.
+    const s = await server([]);
+    const p = await page();
+    const epoch = '0123456789abcdef';
+    const conns = [];
+    await p.routeWebSocket(/^ws:\/\/localhost:9\/rt/, (ws) => {
+      const conn = { ops: [] };
+      conns.push(conn);
+      const send = (o) => ws.send(JSON.stringify(o));
+      ws.onMessage((m) => {
+        const op = JSON.parse(m);
+        conn.ops.push(op);
+        if (op.op !== 'publish') return;
+        if (conns.length === 1) return ws.close({ code: 1011, reason: 'gone' });
+        send({ type: 'ack', id: op.id, room: 'rt', seq: 1 });
+        send({ type: 'message', room: 'rt', seq: 1, data: op.data });
+      });
+      send({ type: 'welcome', room: 'rt', epoch, seq: 0, online: 1, text: 'stand-in', recovered: conns.length > 1 });
+    });
+    await openChat(p, `${s.http}/?ws=${encodeURIComponent('ws://localhost:9/rt')}`);
+    await say(p, 'retry me');
+    await waitForRow(p, 'you', 'retry me');
+    const [first, again] = conns.map((c) => c.ops.find((o) => o.op === 'publish'));
+    assert.match(first.id, /^p-[0-9a-f]{12}-\d+$/, 'a publish id unique across connections');
+    assert.equal(again.id, first.id, 'the retry carries the same id');
+    assert.equal(again.data, 'retry me');
+    const info = (await rowsOf(p)).filter((r) => r.kind === 'info').map((r) => r.text);
+    assert.ok(info.some((t) => t.startsWith('not confirmed (disconnected): sending "retry me" again')), info.join(' | '));
+    assertNothingRan(p);
+  });
+
   test('while the browser is offline the page waits, and resumes when it is back', { timeout: TEST_MS }, async () => {
     const s = await server([]);
     const a = await page();

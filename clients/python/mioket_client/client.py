@@ -7,6 +7,7 @@ import base64
 import inspect
 import json
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Literal, Union
@@ -31,6 +32,9 @@ from .errors import (
 )
 
 log = logging.getLogger("mioket_client")
+
+#: The longest publish id the server takes (bytes of UTF-8).
+MAX_ID = 64
 
 State = Literal["disconnected", "connecting", "connected", "closed"]
 TokenSource = Callable[[], Union[str, None, Awaitable[Union[str, None]]]]
@@ -153,16 +157,20 @@ class Room:
             if isinstance(item, Message):
                 yield item
 
-    async def publish(self, data: str | bytes, *, timeout: float | None = None) -> int:
+    async def publish(self, data: str | bytes, *, timeout: float | None = None, id: str | None = None) -> int:
         """Publish ``data`` to the room and return its seq once the server acked it.
 
         Waits for a connection if the client is reconnecting. Raises :class:`ServerError`
         on an error answer, :class:`PublishTimeout` when no ack came in ``timeout``
         (default: the client's ``publish_timeout``), :class:`Disconnected` when the link
-        was lost before the ack, :class:`ClosedError` when the client stopped.
+        was lost before the ack, :class:`ClosedError` when the client stopped. Those
+        three carry the publish's ``id``: publishing again with ``id=`` is safe (the server
+        publishes an id once per room within its ``--dedup-window`` and answers a repeat
+        with the first seq). Without ``id`` the publish gets a new one, unique across
+        connections (a random prefix per client and a counter).
         It is never retried automatically: see the README.
         """
-        return await self._client._publish(self, data, timeout)
+        return await self._client._publish(self, data, timeout, id)
 
     async def presence(self, *, timeout: float | None = None) -> dict[str, Any]:
         """Ask the server who is in the room (the ``presence`` op) and return its answer:
@@ -268,6 +276,9 @@ class Client:
         self._join_ids: dict[str, str] = {}  # room -> id of its pending join op
         self._op_rooms: dict[str, str] = {}  # id of a pending publish or presence -> its room
         self._next_id = 0
+        # Publish ids are ``p-PREFIX-N``: the prefix random per client, so that ids are
+        # unique across connections (the server publishes an id once per room).
+        self._id_prefix = f"p-{secrets.token_hex(6)}-"
         self._last_rx = 0.0
         self._task: asyncio.Task[None] | None = None
         self._refresh_task: asyncio.Task[None] | None = None
@@ -374,10 +385,14 @@ class Client:
 
     # ----------------------------------------------------------- room operations
 
-    async def _publish(self, room: Room, data: str | bytes, timeout: float | None) -> int:
+    async def _publish(self, room: Room, data: str | bytes, timeout: float | None, id: str | None = None) -> int:
+        if id is not None and not (isinstance(id, str) and 0 < len(id.encode()) <= MAX_ID):
+            raise ValueError(f"a publish id is a string of 1 to {MAX_ID} bytes")
+        if id is not None and id in self._pending:
+            raise ValueError(f"a publish with id {id!r} is already waiting for its ack")
         if not room._wanted:
             raise MioketError(f"room {room.name!r} was left")
-        op: dict[str, Any] = {"op": "publish", "room": room.name}
+        op: dict[str, Any] = {"op": "publish", "room": room.name, "id": id or self._new_id(self._id_prefix)}
         if isinstance(data, str):
             op["data"] = data
         else:
@@ -388,7 +403,10 @@ class Client:
                 ws = await self._wait_connected()
                 answer = await self._request(ws, op, None)
         except TimeoutError:
-            raise PublishTimeout(f"no ack in {timeout} s") from None
+            raise PublishTimeout(f"no ack in {timeout} s", id=op["id"]) from None
+        except (Disconnected, ServerError) as e:
+            e.id = op["id"]
+            raise
         return int(answer["seq"])
 
     async def _presence(self, room: Room, timeout: float | None) -> dict[str, Any]:
@@ -482,8 +500,10 @@ class Client:
     async def _request(
         self, ws: ClientConnection, op: dict[str, Any], timeout: float | None
     ) -> dict[str, Any]:
-        """Send ``op`` with a fresh id; the answer is its ack or welcome, or an error."""
-        op["id"] = self._new_id(op["op"][0] + "-")
+        """Send ``op`` with its id (a fresh one if it has none); the answer is its ack or
+        welcome, or an error."""
+        if "id" not in op:
+            op["id"] = self._new_id(op["op"][0] + "-")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[op["id"]] = (fut, ws)
         if op["op"] == "join":

@@ -45,12 +45,22 @@ class ProtocolError(ClosedError):
 class Disconnected(MioketError):
     """The link was lost before the server acked the publish.
 
-    The message may or may not have been published: see the README before retrying.
+    The message may or may not have been published: publishing again with the same
+    ``id`` (``room.publish(data, id=error.id)``) publishes it once either way.
     """
+
+    def __init__(self, message: str = "", id: str | None = None) -> None:
+        super().__init__(message or type(self).__name__)
+        self.id = id
 
 
 class PublishTimeout(MioketError, TimeoutError):
-    """No ack came within the publish timeout (the message may still be published)."""
+    """No ack came within the publish timeout (the message may still be published):
+    ``id`` is the publish's, for a retry that cannot duplicate it."""
+
+    def __init__(self, message: str = "", id: str | None = None) -> None:
+        super().__init__(message or type(self).__name__)
+        self.id = id
 
 
 class ServerError(MioketError):

@@ -71,6 +71,8 @@ struct Log {
     seq: Seq,
     stream: VecDeque<Message>,
     all: Vec<Message>,
+    /// Publish ids and their seqs (the records; the window is longer than any script).
+    ids: HashMap<Box<str>, Seq>,
 }
 
 /// What a client saw of one room.
@@ -196,6 +198,19 @@ impl Cluster {
         self.feed(c, &text(&op));
     }
 
+    /// Client `c` publishes again its latest publish that was answered (acked or
+    /// refused), with the same id and data: a retry.
+    fn retry(&mut self, c: usize) {
+        let client = &mut self.clients[c];
+        if client.closed {
+            return;
+        }
+        let Some(id) = client.sent.iter().rev().find(|id| client.answers.contains_key(*id)).cloned() else { return };
+        client.answers.remove(&id);
+        let op = format!(r#"{{"op":"publish","data":"m{}","id":"{id}"}}"#, &id[1..]);
+        self.feed(c, &text(&op));
+    }
+
     fn feed(&mut self, c: usize, bytes: &[u8]) {
         let Client { node, id, .. } = self.clients[c];
         let mut input = bytes.to_vec();
@@ -244,14 +259,23 @@ impl Cluster {
     fn execute(&mut self, n: usize, command: Command) {
         let at = self.now + HOP * 2;
         match command {
-            Command::Publish { req, room, binary, payload, origin, from } => {
+            Command::Publish { req, room, binary, payload, origin, from, id } => {
                 if !self.up {
-                    push(&mut self.nodes[n].commands, at, Event::Published { req, room, result: Err(()) });
+                    let failed = Event::Published { req, room, result: Err(()), duplicate: false };
+                    push(&mut self.nodes[n].commands, at, failed);
                     return;
                 }
                 let history = self.history;
                 let log = self.log(&room);
+                if let Some(&seq) = id.as_ref().and_then(|id| log.ids.get(id)) {
+                    let again = Event::Published { req, room, result: Ok((log.epoch.clone(), seq)), duplicate: true };
+                    push(&mut self.nodes[n].commands, at, again);
+                    return;
+                }
                 log.seq += 1;
+                if let Some(id) = id {
+                    log.ids.insert(id, log.seq);
+                }
                 let message = Message { seq: log.seq, binary, payload, origin, from };
                 log.all.push(message.clone());
                 log.stream.push_back(message.clone());
@@ -262,7 +286,7 @@ impl Cluster {
                 push(
                     &mut self.nodes[n].commands,
                     at,
-                    Event::Published { req, room: room.clone(), result: Ok((epoch.clone(), seq)) },
+                    Event::Published { req, room: room.clone(), result: Ok((epoch.clone(), seq)), duplicate: false },
                 );
                 for node in &mut self.nodes {
                     if !node.subscribed || std::mem::take(&mut node.drop_next_live) {
@@ -515,6 +539,13 @@ impl Cluster {
     /// Redis gave its message, or a refusal. When `complete` (everyone idle), every
     /// member is at the room's last seq and every publish has its answer.
     fn check(&self, complete: bool) {
+        for (name, log) in &self.rooms {
+            let mut payloads: Vec<&[u8]> = log.all.iter().map(|m| &m.payload[..]).collect();
+            payloads.sort_unstable();
+            let published = payloads.len();
+            payloads.dedup();
+            assert_eq!(payloads.len(), published, "{name}: a retry was published twice");
+        }
         for (c, client) in self.clients.iter().enumerate().filter(|(_, c)| !c.closed && c.upgraded) {
             for (name, member) in &client.rooms {
                 let log = &self.rooms[name];
@@ -943,12 +974,45 @@ fn the_presence_op_and_the_api_list_every_nodes_users() {
     assert_eq!(members, [1, 2, 3]);
 }
 
+/// A retry of an answered publish (same id, same data) is acked with the first
+/// publish's seq, at once (no live copy comes for it), and delivered nowhere again.
+#[test]
+fn a_retry_is_acked_with_the_first_seq_and_published_once() {
+    let (mut cluster, clients) = chat(2);
+    cluster.publish(clients[0]);
+    cluster.settle();
+    cluster.retry(clients[0]);
+    cluster.settle();
+    cluster.check(true);
+    assert_eq!(cluster.rooms["chat"].seq, 1);
+    assert_eq!(cluster.clients[clients[0]].answers["p1"], Ok(1));
+    assert!(cluster.clients.iter().all(|c| c.rooms["chat"].messages.len() == 1));
+}
+
+/// The same id from two nodes at once (a retry on another node while the first is in
+/// flight): Redis numbers one, and both publishers get its seq.
+#[test]
+fn the_same_id_from_two_nodes_is_published_once() {
+    let (mut cluster, clients) = chat(2);
+    let op = text(r#"{"op":"publish","data":"m1","id":"p1"}"#);
+    let (a, b) = (clients[0], clients[2]);
+    assert_ne!(cluster.clients[a].node, cluster.clients[b].node);
+    cluster.feed(a, &op);
+    cluster.feed(b, &op);
+    cluster.settle();
+    assert_eq!(cluster.rooms["chat"].seq, 1);
+    assert_eq!(cluster.clients[a].answers["p1"], Ok(1));
+    assert_eq!(cluster.clients[b].answers["p1"], Ok(1));
+    assert!(cluster.clients.iter().all(|c| c.rooms["chat"].messages.len() == 1));
+}
+
 /// One step of a random script.
 #[derive(Clone, Debug)]
 enum Step {
     Join { node: usize, room: usize },
     Kill { node: usize },
     Publish { client: usize },
+    Retry { client: usize },
     DropLive { node: usize },
     LoseSubscription { node: usize },
     Resubscribe { node: usize },
@@ -965,6 +1029,7 @@ fn step() -> impl proptest::strategy::Strategy<Value = Step> {
         3 => (0..3usize, 0..2usize).prop_map(|(node, room)| Step::Join { node, room }),
         8 => (0..64usize).prop_map(|client| Step::Publish { client }),
         1 => (1..3usize).prop_map(|node| Step::Kill { node }),
+        3 => (0..64usize).prop_map(|client| Step::Retry { client }),
         1 => (0..3usize).prop_map(|node| Step::DropLive { node }),
         1 => (0..3usize).prop_map(|node| Step::LoseSubscription { node }),
         1 => (0..3usize).prop_map(|node| Step::Resubscribe { node }),
@@ -996,7 +1061,10 @@ proptest::proptest! {
                 Step::Publish { client } if !cluster.clients.is_empty() => {
                     cluster.publish(client % cluster.clients.len());
                 }
-                Step::Publish { .. } => {}
+                Step::Retry { client } if !cluster.clients.is_empty() => {
+                    cluster.retry(client % cluster.clients.len());
+                }
+                Step::Publish { .. } | Step::Retry { .. } => {}
                 Step::DropLive { node } => cluster.nodes[node].drop_next_live = true,
                 Step::LoseSubscription { node } => cluster.lose_subscription(node),
                 Step::Resubscribe { node } => cluster.resubscribe(node),

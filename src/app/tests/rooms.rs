@@ -621,6 +621,7 @@ mod model {
             let mut rooms: Vec<ModelRoom> = ROOMS.iter().map(|_| ModelRoom::default()).collect();
             let mut clients: Vec<Client> =
                 (0..CLIENTS).map(|_| Client { id: None, joined: Vec::new(), seen: BTreeMap::new() }).collect();
+            let mut published = 0u64;
             for step in steps {
                 // The op, and for a join the resume the client asks for.
                 let (c, frames_to_send, join): (usize, Vec<u8>, Option<usize>) = match step {
@@ -670,7 +671,10 @@ mod model {
                             continue;
                         }
                         rooms[r].last += 1;
-                        let op = json!({"op":"publish","room":ROOMS[r],"data":"m","id":"p"});
+                        // Unique ids (a repeated one is a retry: not published again).
+                        published += 1;
+                        let id = format!("p{published}");
+                        let op = json!({"op":"publish","room":ROOMS[r],"data":"m","id":id});
                         (c, text(&op.to_string()), None)
                     }
                     Step::Disconnect(c) => {

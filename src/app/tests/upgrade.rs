@@ -50,6 +50,7 @@ fn config() -> Config {
         jwt_leeway: Duration::ZERO,
         anonymous_read: vec!["*".into()],
         anonymous_write: vec!["*".into()],
+        api_token: Some("s3cret".into()),
         limits: Limits {
             ping_interval: Some(Duration::from_secs(10)),
             ping_timeout: Some(Duration::from_secs(30)),
@@ -101,7 +102,12 @@ struct Scene {
     tokened: usize,
     compressing: usize,
     in_two_rooms: usize,
+    /// An API publish whose body is half read.
+    posting: usize,
 }
+
+const POST: &str = "POST /api/rooms/r/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n\
+                    Content-Type: text/plain\r\nContent-Length: 20\r\n\r\nfrom the backend, 20";
 
 fn scene(now: Instant) -> Scene {
     let mut app: App<Sock> = App::new(config());
@@ -129,6 +135,8 @@ fn scene(now: Instant) -> Scene {
     let handshaking = app.connect(Sock::new(), Listener::Main, now).ok().unwrap();
     let upgrade = request("/r", true, "");
     input(&mut app, handshaking, &upgrade[..30], now);
+    let posting = app.connect(Sock::new(), Listener::Main, now).ok().unwrap();
+    input(&mut app, posting, &POST.as_bytes()[..POST.len() - 8], now);
     // Unfinished input of every kind.
     input(&mut app, fragmented, &frame(false, 1, b"hel"), now);
     input(&mut app, half_header, &text("{\"op\":\"publish\",\"data\":\"half\"}")[..3], now);
@@ -139,7 +147,7 @@ fn scene(now: Instant) -> Scene {
     input(&mut app, tokened, &text(&json!({"op": "publish", "data": "m4"}).to_string()), now);
     assert_eq!(app.open, 8, "every WebSocket upgraded");
     assert_eq!(app.rooms.len(), 2);
-    Scene { app, plain, v1, deflate, fragmented, half_header, handshaking, tokened, compressing, in_two_rooms }
+    Scene { app, plain, v1, deflate, fragmented, half_header, handshaking, tokened, compressing, in_two_rooms, posting }
 }
 
 /// The old application's snapshot restored in a new one (its clients on /dev/null
@@ -194,6 +202,7 @@ fn a_restored_application_writes_every_client_the_same_bytes_as_the_one_that_nev
         tokened,
         compressing,
         in_two_rooms,
+        posting,
     } = scene(now);
     // A first ping each, before the move (the heartbeat's count moves too).
     let first_ping = now + Duration::from_secs(10);
@@ -217,7 +226,10 @@ fn a_restored_application_writes_every_client_the_same_bytes_as_the_one_that_nev
         input(app, id(deflate), &text(&"a long message that shrinks ".repeat(20)), t);
         input(app, id(tokened), &text(&json!({"op": "presence"}).to_string()), t);
         input(app, id(v1), &text(&json!({"op": "ping", "id": "hb"}).to_string()), t);
+        input(app, id(posting), &POST.as_bytes()[POST.len() - 8..], t);
     });
+    assert!(out[&posting].starts_with("HTTP/1.1 200 ") && out[&posting].contains("\"seq\":8"), "{}", out[&posting]);
+    assert!(out[&plain].contains("from the backend, 20"), "{}", out[&plain]);
     // Each unfinished input finished where it was left, in the same room's numbering.
     for moved in ["hello", "half", "a compressed message, in two fragments, moved between them"] {
         assert!(out[&plain].contains(moved), "{moved}: {}", out[&plain]);
@@ -239,14 +251,14 @@ fn a_restored_application_writes_every_client_the_same_bytes_as_the_one_that_nev
     let epoch = old.rooms.get(old.rooms.find("r").unwrap()).unwrap().epoch().to_string();
     let resumed = |app: &mut App<Sock>| {
         let id = app.connect(Sock::new(), Listener::Main, ping_at).ok().unwrap();
-        input(app, id, &request(&format!("/r?since=2&epoch={epoch}"), true, ""), ping_at);
+        input(app, id, &request(&format!("/r?since=4&epoch={epoch}"), true, ""), ping_at);
         frames(&flush(app).remove(&id).unwrap())
     };
     let (a, b) = (resumed(&mut old), resumed(&mut new));
     assert_eq!(a, b);
     assert_eq!(b[0]["recovered"], true, "{b:?}");
     let seqs: Vec<u64> = b[1..].iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (3..=b[0]["seq"].as_u64().unwrap()).collect::<Vec<_>>(), "{b:?}");
+    assert_eq!(seqs, (5..=b[0]["seq"].as_u64().unwrap()).collect::<Vec<_>>(), "{b:?}");
     // The counters went on from where they were.
     let (m, n) = (&old.metrics, &new.metrics);
     assert_eq!(

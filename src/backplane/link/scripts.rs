@@ -1,8 +1,12 @@
 //! The Lua scripts the link loads into Redis (each run atomically).
 
 /// Numbers a message, keeps it in the room's stream and tells every node, atomically.
-/// KEYS: meta hash, stream. ARGV: epoch offered, history, ttl ms, channel, origin,
-/// kind (t/b), payload, room, history bytes, from (the publisher's `sub`, or empty).
+/// KEYS: meta hash, stream, and for a publish with an id its record. ARGV: epoch
+/// offered, history, ttl ms, channel, origin, kind (t/b), payload, room, history
+/// bytes, from (the publisher's `sub`, or empty), dedup window ms.
+/// A record (`EPOCH SEQ`, expiring after the window) says that the id was published
+/// with that seq: a repeat in the same epoch is answered `{epoch, seq, 1}` and not
+/// published again (a record of an earlier epoch, a room Redis lost, is not one).
 /// The stream's ids are `seq-0`, so XRANGE reads by seq. A `from` is kept as the
 /// entry's field `f`, and goes live after the origin, in hex (a `sub` may hold a
 /// newline): `ORIGIN HEX`. The stream keeps at most `history` messages and
@@ -11,7 +15,15 @@
 pub(super) const PUBLISH: &str = r"
 if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then redis.call('DEL', KEYS[2]) end
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local e, s = string.match(seen, '^(%S+) (%d+)$')
+    if e == epoch then return {epoch, tonumber(s), 1} end
+  end
+end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+if KEYS[3] then redis.call('SET', KEYS[3], epoch .. ' ' .. seq, 'PX', ARGV[11]) end
 if tonumber(ARGV[2]) > 0 then
   if ARGV[10] == '' then
     redis.call('XADD', KEYS[2], seq .. '-0', 'k', ARGV[6], 'o', ARGV[5], 'd', ARGV[7])

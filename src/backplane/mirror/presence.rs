@@ -474,6 +474,7 @@ mod tests {
             history: 10,
             history_bytes: 1000,
             ttl: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(60),
         };
         let mut bp = Mirror::named(settings, "me".into());
         let limits = RoomLimits {

@@ -12,6 +12,7 @@ fn settings(outbox: usize) -> Settings {
         history: 10,
         history_bytes: 1 << 20,
         ttl: Duration::from_secs(60),
+        dedup_window: Duration::from_secs(60),
     }
 }
 
@@ -49,13 +50,13 @@ fn publishes_are_refused_while_down_and_beyond_the_outbox() {
     let now = Instant::now();
     let mut bp = Mirror::new(settings(2));
     let origin = || Origin::Client { id: 1, ack: None, v1: false };
-    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, now), Err(Refused::Unavailable));
+    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Err(Refused::Unavailable));
     bp.commands_up = true;
     bp.fetches_up = true;
     bp.subscribed = true;
-    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, b"b", origin(), None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, b"c", origin(), None, now), Err(Refused::OutboxFull));
+    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", Opcode::Text, b"b", origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", Opcode::Text, b"c", origin(), None, None, now), Err(Refused::OutboxFull));
     assert_eq!(bp.outbox.len(), 2);
     let Command::Publish { origin, req, .. } = &bp.outbox[0] else { panic!() };
     assert_eq!(bp.own_request(origin), Some(*req));
@@ -72,14 +73,14 @@ fn the_outbox_is_bounded_in_bytes() {
     let big = vec![b'x'; 600];
     // One message alone always goes (it is within --max-message); a second that
     // would pass --redis-outbox-bytes waits for the first's answer.
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, now), Err(Refused::OutboxFull));
-    assert_eq!(bp.publish("r", Opcode::Text, &big[..400], origin(), None, now), Ok(()));
+    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Err(Refused::OutboxFull));
+    assert_eq!(bp.publish("r", Opcode::Text, &big[..400], origin(), None, None, now), Ok(()));
     assert_eq!(bp.in_flight_bytes, 1000);
     let Command::Publish { req, .. } = bp.outbox[0] else { panic!() };
     bp.answered(req, None, now);
     assert_eq!(bp.in_flight_bytes, 400);
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, now), Ok(()));
+    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Ok(()));
 }
 
 #[test]
@@ -87,7 +88,7 @@ fn late_replies_degrade_health_and_late_live_copies_are_looked_for() {
     let t0 = Instant::now();
     let mut bp = up(100);
     assert_eq!(bp.health(t0), "backplane: up\n");
-    bp.publish("r", Opcode::Text, b"a", Origin::Client { id: 1, ack: None, v1: true }, None, t0).unwrap();
+    bp.publish("r", Opcode::Text, b"a", Origin::Client { id: 1, ack: None, v1: true }, None, None, t0).unwrap();
     assert_eq!(bp.health(t0 + LATE / 2), "backplane: up\n");
     assert!(bp.health(t0 + LATE * 2).starts_with("backplane: degraded"));
     // Numbered by Redis: not late any more, but its live copy is awaited.
@@ -106,7 +107,7 @@ fn late_replies_degrade_health_and_late_live_copies_are_looked_for() {
     assert!(matches!(lost[..], [Effect::Lost(Origin::Client { id: 1, .. })]), "{lost:?}");
     assert!(bp.accepted.is_empty());
     // Delivered in time: nothing to look for.
-    bp.publish("r", Opcode::Text, b"b", Origin::Client { id: 1, ack: None, v1: true }, None, t1).unwrap();
+    bp.publish("r", Opcode::Text, b"b", Origin::Client { id: 1, ack: None, v1: true }, None, None, t1).unwrap();
     let Command::Publish { req, .. } = bp.outbox[1] else { panic!() };
     bp.answered(req, Some(("r", 8)), t1);
     assert!(bp.take_pending(req).is_some());
