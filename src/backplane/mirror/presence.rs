@@ -471,12 +471,12 @@ mod tests {
             shards: vec![url.clone()],
             url,
             ca: None,
-            dedup_window: Duration::from_secs(60),
             outbox: 10,
             outbox_bytes: 1000,
             history: 10,
             history_bytes: 1000,
             ttl: Duration::from_secs(60),
+            dedup_window: Duration::from_secs(60),
         };
         let mut bp = Mirror::named(settings, "me".into());
         let limits = RoomLimits {
