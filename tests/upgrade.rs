@@ -430,3 +430,167 @@ fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
         );
     }
 }
+
+/// What one publisher saw: how many it sent, each id's answer (its ack's seq or the
+/// error's reason), and the seqs delivered to it (it is a member of the room too).
+struct Seen {
+    sent: usize,
+    answers: std::collections::HashMap<String, Result<u64, String>>,
+    delivered: Vec<u64>,
+}
+
+/// Publishes without pause (up to `WINDOW` unanswered at a time) until `stop`, then
+/// reads until every publish has its answer and every acked seq was delivered.
+fn publish_until(mut ws: Ws, name: String, stop: Arc<std::sync::atomic::AtomicBool>) -> Seen {
+    use std::io::ErrorKind::WouldBlock;
+    const WINDOW: usize = 32;
+    ws.get_ref().set_nonblocking(true).unwrap();
+    let mut seen = Seen { sent: 0, answers: Default::default(), delivered: Vec::new() };
+    let mut stopped_at = None;
+    loop {
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping && stopped_at.is_none() {
+            stopped_at = Some(std::time::Instant::now());
+        }
+        let done = seen.answers.len() == seen.sent
+            && seen.answers.values().filter_map(|a| a.as_ref().ok()).all(|seq| seen.delivered.contains(seq));
+        if stopping && done {
+            return seen;
+        }
+        if let Some(t) = stopped_at {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{name}: unanswered: {} of {}",
+                seen.answers.len(),
+                seen.sent
+            );
+        }
+        let mut busy = false;
+        if !stopping && seen.sent - seen.answers.len() < WINDOW {
+            let frame = format!(r#"{{"op":"publish","data":"{name}-{0}","id":"{name}-{0}"}}"#, seen.sent);
+            match ws.send(Message::text(frame)) {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == WouldBlock => {}
+                Err(e) => panic!("{name}: send: {e}"),
+            }
+            seen.sent += 1;
+            busy = true;
+        } else {
+            match ws.flush() {
+                Ok(()) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == WouldBlock => {}
+                Err(e) => panic!("{name}: flush: {e}"),
+            }
+        }
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                busy = true;
+                let v: Value = serde_json::from_str(&t).unwrap();
+                match v["type"].as_str() {
+                    Some("ack") => {
+                        let previous =
+                            seen.answers.insert(v["id"].as_str().unwrap().into(), Ok(v["seq"].as_u64().unwrap()));
+                        assert!(previous.is_none(), "{name}: answered twice: {v}");
+                    }
+                    Some("error") => {
+                        let reason = v["reason"].as_str().unwrap().to_string();
+                        let previous = seen.answers.insert(v["id"].as_str().unwrap().into(), Err(reason));
+                        assert!(previous.is_none(), "{name}: answered twice: {v}");
+                    }
+                    Some("message") => seen.delivered.push(v["seq"].as_u64().unwrap()),
+                    _ => {}
+                }
+            }
+            Ok(Message::Close(c)) => panic!("{name}: closed: {c:?}"),
+            Ok(_) => busy = true,
+            Err(tungstenite::Error::Io(e)) if e.kind() == WouldBlock => {}
+            Err(e) => panic!("{name}: read: {e}"),
+        }
+        if !busy {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// With --redis, publishes in flight to Redis when the handover starts are answered
+/// by the old process before it freezes (or refused past half the upgrade's
+/// timeout): every publish is acked or refused, none is silent, and every member's
+/// seqs are gap-free and duplicate-free across the upgrade.
+#[test]
+fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
+    use common::redis::{redis_available, RedisServer};
+    use std::sync::atomic::AtomicBool;
+    if !redis_available() {
+        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0"]);
+    let up = wait_until(Duration::from_secs(15), || {
+        http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
+    });
+    assert!(up.is_some(), "backplane up");
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishers: Vec<_> = (0..4)
+        .map(|i| {
+            let mut ws = connect_v1(&server, "/inflight");
+            assert_eq!(envelope(&mut ws)["type"], "welcome");
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || publish_until(ws, format!("p{i}"), stop))
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(500));
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success());
+    thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut refused) = (0, 0);
+    for publisher in publishers {
+        let seen = publisher.join().unwrap();
+        for answer in seen.answers.values() {
+            match answer {
+                Ok(_) => acked += 1,
+                Err(reason) => {
+                    assert!(reason.starts_with("backplane unavailable"), "{reason}");
+                    refused += 1;
+                }
+            }
+        }
+        let first = seen.delivered[0];
+        let expected: Vec<u64> = (first..first + seen.delivered.len() as u64).collect();
+        assert_eq!(seen.delivered, expected, "gap-free and duplicate-free");
+    }
+    eprintln!("across the upgrade: {acked} acked, {refused} refused");
+    assert!(acked > 0);
+}
+
+/// With --redis, a publish Redis does not answer (Redis paused) is refused by the old
+/// process after half of --upgrade-timeout, before the freeze: never silent.
+#[test]
+fn with_redis_a_publish_redis_does_not_answer_is_refused_before_the_handover() {
+    use common::redis::{redis_available, RedisServer};
+    if !redis_available() {
+        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0", "--upgrade-timeout", "2"]);
+    let up = wait_until(Duration::from_secs(15), || {
+        http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
+    });
+    assert!(up.is_some(), "backplane up");
+    let mut ws = connect_v1(&server, "/stalled");
+    assert_eq!(envelope(&mut ws)["type"], "welcome");
+    redis.signal("-STOP");
+    send_text(&mut ws, r#"{"op":"publish","data":"x","id":"x"}"#);
+    thread::sleep(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let _successor = upgraded(&server);
+    assert!(started.elapsed() >= Duration::from_millis(900), "the old process waited for the answer");
+    assert!(server.child.wait().unwrap().success());
+    let answer = envelope(&mut ws);
+    assert_eq!((&answer["type"], &answer["id"]), (&Value::from("error"), &Value::from("x")), "{answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(reason.starts_with("backplane unavailable"), "{reason}");
+    redis.signal("-CONT");
+}
