@@ -108,6 +108,9 @@ pub struct Server {
     backplane: Option<Link>,
     /// SIGUSR2: the new process started, its hello awaited (runtime/upgrade.rs).
     upgrade: Option<upgrade::Upgrade>,
+    /// The new process's hello is in: no client is read until the handover ends
+    /// (a plain flag: `read_client` checks it on every read).
+    reads_held: bool,
 }
 
 impl Server {
@@ -168,6 +171,7 @@ impl Server {
             tls,
             backplane,
             upgrade: None,
+            reads_held: false,
         })
     }
 
@@ -364,7 +368,7 @@ impl Server {
     fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) {
         // A handover under way: what clients send now is read by the new process (or
         // by this one, which reads every client once if the handover fails).
-        if self.upgrade.as_ref().is_some_and(upgrade::Upgrade::ready) {
+        if self.reads_held {
             return;
         }
         // Most reads leave the deadline as it was: then the timer heap has it already.

@@ -112,6 +112,7 @@ impl Server {
         // over (`hand_over_when_answered`): what the sockets take goes before the
         // freeze; the rest travels.
         upgrade.hello = Some(hello);
+        self.reads_held = true;
         upgrade.deadline = now + self.app.config().upgrade_timeout / 2;
         let unanswered = self.app.publishes_unanswered();
         if unanswered > 0 {
@@ -173,6 +174,8 @@ impl Server {
     fn finish_upgrade(&mut self, new_pid: u32, moved: &[RawFd], bytes: usize, times: (Instant, Duration)) {
         // Not waited for: it is the server now (and our parent's child once we exit).
         self.upgrade = None;
+        // What cannot move (TLS) closes here and its close replies are read.
+        self.reads_held = false;
         for mut listener in [self.listener.take(), self.metrics_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -203,6 +206,7 @@ impl Server {
     /// The new process is killed if it still runs; we serve on as before.
     pub(super) fn fail_upgrade(&mut self, why: Failed) {
         let Some(mut upgrade) = self.upgrade.take() else { return };
+        self.reads_held = false;
         let _ = self.poll.registry().deregister(&mut SourceFd(&upgrade.channel.stream().as_raw_fd()));
         // A child that closed the channel is exiting: give it a moment, for its status.
         let exited = wait_for_exit(&mut upgrade.child, Duration::from_millis(200));
