@@ -108,6 +108,9 @@ pub struct Server {
     backplane: Option<Links>,
     /// SIGUSR2: the new process started, its hello awaited (runtime/upgrade.rs).
     upgrade: Option<upgrade::Upgrade>,
+    /// The new process's hello is in: no client is read until the handover ends
+    /// (a plain flag: `read_client` checks it on every read).
+    reads_held: bool,
 }
 
 impl Server {
@@ -168,6 +171,7 @@ impl Server {
             tls,
             backplane,
             upgrade: None,
+            reads_held: false,
         })
     }
 
@@ -217,7 +221,7 @@ impl Server {
             if let Some(upgrade) = &self.upgrade {
                 // A binary upgrade: its hello awaited in time, or in and all flushed.
                 if upgrade.ready() {
-                    self.hand_over_now(now);
+                    self.hand_over_when_answered(now);
                 } else if upgrade.deadline() <= now {
                     self.continue_upgrade(now);
                 }
@@ -362,6 +366,11 @@ impl Server {
     /// said the peer's FIN is in; then a short read does not mean "drained", since the
     /// end of stream behind the data brings no new edge.
     fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) {
+        // A handover under way: what clients send now is read by the new process (or
+        // by this one, which reads every client once if the handover fails).
+        if self.reads_held {
+            return;
+        }
         // Most reads leave the deadline as it was: then the timer heap has it already.
         let deadline_before = self.app.poll_timeout(id);
         let mut budget = READ_BUDGET;

@@ -279,6 +279,20 @@ impl<T: ClientIo> App<T> {
         self.bus.mirror().is_none_or(|m| m.has_left())
     }
 
+    /// Publishes sent to Redis and not answered yet (acked or refused).
+    pub(crate) fn publishes_unanswered(&self) -> usize {
+        self.bus.mirror().map_or(0, |m| m.unanswered())
+    }
+
+    /// Refuses every publish not answered yet, as perhaps published ("backplane
+    /// unavailable"): a binary upgrade that waited long enough for them.
+    pub(crate) fn refuse_unanswered(&mut self, now: Instant) {
+        self.now = now;
+        let Bus::Redis(mirror) = &mut self.bus else { return };
+        let effects = mirror.give_up_unanswered();
+        self.apply(effects, now);
+    }
+
     /// The /healthz line and the /metrics lines of the backplane.
     pub(super) fn backplane_health(&self) -> String {
         self.bus.mirror().map_or(String::new(), |m| m.health(self.now))

@@ -604,6 +604,21 @@ impl Mirror {
         self.sent.values().next().is_some_and(|&(sent, _)| now.saturating_duration_since(sent) > LATE)
     }
 
+    /// Publishes waiting for their outcome or their delivery here (a binary upgrade
+    /// waits for them before it freezes: the new process's mirror does not know them).
+    pub fn unanswered(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Gives up on every publish still waiting: each is refused, saying that it may
+    /// have been published (`Effect::Lost`), as when Redis's answer never comes.
+    pub fn give_up_unanswered(&mut self) -> Vec<Effect> {
+        let reqs: Vec<u64> = self.pending.keys().copied().collect();
+        let lost: Vec<Effect> = reqs.into_iter().filter_map(|req| self.take_pending(req)).map(Effect::Lost).collect();
+        self.stats.failed += lost.len() as u64;
+        lost
+    }
+
     /// Takes the request waiting for `req`'s outcome.
     fn take_pending(&mut self, req: u64) -> Option<Origin> {
         self.accepted.remove(&req);

@@ -32,19 +32,21 @@ use crate::upgrade::snapshot::FORMAT_VERSION;
 pub(super) struct Upgrade {
     child: Child,
     channel: Channel,
-    /// No hello by then: the upgrade fails.
+    /// No hello by then: the upgrade fails. Once the hello is in: publishes in
+    /// flight to Redis still unanswered then are refused, and the handover goes on.
     deadline: Instant,
     /// The hello came: the loop hands over after its flush.
     hello: Option<Hello>,
 }
 
 impl Upgrade {
-    /// No hello by then: the loop fails the upgrade.
+    /// No hello by then: the loop fails the upgrade (hello in: see `deadline`).
     pub(super) fn deadline(&self) -> Instant {
         self.deadline
     }
 
-    /// The hello is in: the loop hands over after its flush.
+    /// The hello is in: no client is read any more (`Server::read_client`), and the
+    /// loop hands over after its flush, once publishes in flight are answered.
     pub(super) fn ready(&self) -> bool {
         self.hello.is_some()
     }
@@ -106,9 +108,35 @@ impl Server {
                 format!("the new binary reads snapshots up to format {}, ours is {}", hello.format, FORMAT_VERSION);
             return self.fail_upgrade(Failed(why));
         }
-        // The loop flushes every client, then hands over (`hand_over_now`): what the
-        // sockets take goes before the freeze; the rest travels.
+        // From now on no client is read. The loop flushes every client, then hands
+        // over (`hand_over_when_answered`): what the sockets take goes before the
+        // freeze; the rest travels.
         upgrade.hello = Some(hello);
+        self.reads_held = true;
+        upgrade.deadline = now + self.app.config().upgrade_timeout / 2;
+        let unanswered = self.app.publishes_unanswered();
+        if unanswered > 0 {
+            info!("upgrading: {unanswered} publishes wait for Redis's answer before the handover");
+        }
+    }
+
+    /// With the hello in and reading stopped: publishes in flight to Redis are
+    /// answered first (the new process's mirror does not know them), until half the
+    /// upgrade's timeout; those still unanswered then are refused ("backplane
+    /// unavailable", as when Redis never answers) before the freeze. Then the handover.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn hand_over_when_answered(&mut self, now: Instant) {
+        let Some(upgrade) = &self.upgrade else { return };
+        let unanswered = self.app.publishes_unanswered();
+        if unanswered > 0 {
+            if now < upgrade.deadline {
+                return;
+            }
+            warn!("upgrading: refusing {unanswered} publishes Redis did not answer in time");
+            self.app.refuse_unanswered(now);
+        }
+        self.hand_over_now(now);
     }
 
     /// After the loop's flush, with the new process's hello in: freeze, send, and
@@ -146,6 +174,8 @@ impl Server {
     fn finish_upgrade(&mut self, new_pid: u32, moved: &[RawFd], bytes: usize, times: (Instant, Duration)) {
         // Not waited for: it is the server now (and our parent's child once we exit).
         self.upgrade = None;
+        // What cannot move (TLS) closes here and its close replies are read.
+        self.reads_held = false;
         for mut listener in [self.listener.take(), self.metrics_listener.take()].into_iter().flatten() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
@@ -176,6 +206,7 @@ impl Server {
     /// The new process is killed if it still runs; we serve on as before.
     pub(super) fn fail_upgrade(&mut self, why: Failed) {
         let Some(mut upgrade) = self.upgrade.take() else { return };
+        self.reads_held = false;
         let _ = self.poll.registry().deregister(&mut SourceFd(&upgrade.channel.stream().as_raw_fd()));
         // A child that closed the channel is exiting: give it a moment, for its status.
         let exited = wait_for_exit(&mut upgrade.child, Duration::from_millis(200));
