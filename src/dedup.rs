@@ -10,12 +10,19 @@
 //! process's random key: nobody can aim a collision) with its seq and time, no copy
 //! of the id. At most `PER_ROOM` records per room and `PER_NODE` on the node: beyond
 //! them the oldest go first (a retry of an id forgotten so early is published again).
+//! A binary upgrade moves the key and the records (`DedupState`, app/freeze.rs).
 
-use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+// SipHash-2-4 with keys of our own: unlike `RandomState`'s, they can move with a
+// binary upgrade (the records' keys are hashes under them).
+#[allow(deprecated)]
+use std::hash::SipHasher;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
+use crate::frozen;
 use crate::pubsub::Seq;
 use crate::rooms::RoomId;
 
@@ -30,7 +37,8 @@ pub type Key = u64;
 pub struct Dedup {
     /// Zero: off.
     window: Duration,
-    hasher: RandomState,
+    /// The hash's key: random per process, or the old process's after an upgrade.
+    hash_key: (u64, u64),
     records: HashMap<Key, Record, BuildHasherDefault<Prehashed>>,
     /// Every record, oldest first (the window is the same for all: also in expiry order).
     order: VecDeque<(Key, Instant, RoomId)>,
@@ -53,7 +61,7 @@ impl Dedup {
     pub fn new(window: Duration) -> Dedup {
         Dedup {
             window,
-            hasher: RandomState::new(),
+            hash_key: (random(), random()),
             records: HashMap::default(),
             order: VecDeque::new(),
             rooms: HashMap::default(),
@@ -68,7 +76,8 @@ impl Dedup {
     /// slot has another generation: an earlier room's ids are not its own).
     pub fn key(&self, generation: u32, id: &str) -> Key {
         // Two writes (a tuple makes three): SipHash is most of a lookup's cost.
-        let mut hasher = self.hasher.build_hasher();
+        #[allow(deprecated)]
+        let mut hasher = SipHasher::new_with_keys(self.hash_key.0, self.hash_key.1);
         hasher.write(id.as_bytes());
         hasher.write_u32(generation);
         hasher.finish()
@@ -121,6 +130,76 @@ impl Dedup {
             }
         }
     }
+}
+
+/// The records as plain data, for a binary upgrade (src/upgrade/): the hash's key
+/// (a record's key is a hash under it) and each record within the window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DedupState {
+    pub hash_key: (u64, u64),
+    /// Oldest first.
+    #[serde(deserialize_with = "frozen::seq")]
+    pub records: Vec<RecordState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecordState {
+    /// Its room (an index in the snapshot's rooms) and that room's generation.
+    pub room: u32,
+    pub generation: u32,
+    pub key: Key,
+    pub seq: Seq,
+    /// How long ago it was made.
+    pub age: Duration,
+}
+
+impl Dedup {
+    /// The records within the window of the rooms that move: `room` gives a room's
+    /// index in the snapshot and its generation (the records of a room since made
+    /// again, or gone, stay behind).
+    pub fn freeze(&self, now: Instant, room: impl Fn(RoomId) -> Option<(u32, u32)>) -> DedupState {
+        let mut records = Vec::new();
+        for (&id, kept) in &self.rooms {
+            let Some((index, generation)) = room(id).filter(|&(_, g)| g == kept.generation) else { continue };
+            for &(key, at) in &kept.order {
+                // Not one remembered again since, nor past the window.
+                let live =
+                    self.records.get(&key).filter(|r| r.at == at && now.saturating_duration_since(at) < self.window);
+                if let Some(r) = live {
+                    records.push((
+                        at,
+                        RecordState { room: index, generation, key, seq: r.seq, age: frozen::ago(at, now) },
+                    ));
+                }
+            }
+        }
+        records.sort_by_key(|&(at, _)| at);
+        DedupState { hash_key: self.hash_key, records: records.into_iter().map(|(_, r)| r).collect() }
+    }
+
+    /// Takes the old process's key and records (with this process's window and
+    /// bounds): `room` gives a snapshot room index's id here and its generation;
+    /// records of another room or generation are dropped.
+    pub fn thaw(&mut self, state: &DedupState, now: Instant, room: impl Fn(u32) -> Option<(RoomId, u32)>) {
+        *self = Dedup::new(self.window);
+        self.hash_key = state.hash_key;
+        if !self.is_on() {
+            return;
+        }
+        for r in &state.records {
+            if let Some((id, _)) = room(r.room).filter(|&(_, g)| g == r.generation) {
+                self.remember(id, r.generation, r.key, r.seq, frozen::since(r.age, now));
+            }
+        }
+        // Those past the window (this process's may be shorter) go now.
+        self.expire(now);
+    }
+}
+
+/// 64 random bits (from the OS; failing that, std's own per-process random keys).
+fn random() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    getrandom::u64().unwrap_or_else(|_| RandomState::new().build_hasher().finish())
 }
 
 /// A record goes, unless the key was remembered again since.
@@ -217,5 +296,37 @@ mod tests {
         assert_eq!(d.find(new, t0), None);
         d.remember(0, 2, new, 1, t0);
         assert_eq!(d.rooms[&0].order.len(), 1);
+    }
+
+    #[test]
+    fn frozen_records_move_with_their_key_and_those_of_unknown_rooms_are_dropped() {
+        let t0 = Instant::now();
+        let mut d = Dedup::new(WINDOW);
+        let (a, b, gone) = (d.key(1, "a"), d.key(2, "b"), d.key(3, "c"));
+        d.remember(0, 1, a, 7, t0);
+        d.remember(5, 2, b, 8, t0);
+        d.remember(6, 3, gone, 9, t0);
+        // Room 0 at index 1, room 5 at index 0 now made again (generation 4), room 6 gone.
+        let index = |id| match id {
+            0 => Some((1, 1)),
+            5 => Some((0, 4)),
+            _ => None,
+        };
+        let later = t0 + WINDOW / 2;
+        let state = d.freeze(later, index);
+        let record = RecordState { room: 1, generation: 1, key: a, seq: 7, age: WINDOW / 2 };
+        assert_eq!(state.records, std::slice::from_ref(&record));
+        let mut e = Dedup::new(WINDOW);
+        let mut state = state;
+        // A record of a room the snapshot does not have, and one of another generation.
+        state.records.push(RecordState { room: 9, ..record.clone() });
+        state.records.push(RecordState { generation: 2, key: b, ..record });
+        let t1 = Instant::now();
+        e.thaw(&state, t1, |i| (i == 1).then_some((3, 1)));
+        assert_eq!(e.key(1, "a"), a, "the same hash key");
+        assert_eq!(e.find(a, t1), Some(7));
+        assert_eq!(e.find(b, t1), None);
+        assert_eq!(e.records.len(), 1);
+        assert_eq!(e.find(a, t1 + WINDOW / 2), None, "its window counts from the first publish");
     }
 }

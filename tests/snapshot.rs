@@ -284,7 +284,8 @@ fn the_snapshot_kept_from_format_1_still_reads() {
 
 /// Writes tests/snapshots/format-1.bin (`MIOKET_WRITE_SNAPSHOT=1 cargo test --test
 /// snapshot write_the_kept_snapshot`): two rooms, a plain client, a v1 client in both
-/// rooms, and a client half way through its upgrade request.
+/// rooms (its publish with an id: a dedup record), and a client half way through its
+/// upgrade request.
 #[test]
 fn write_the_kept_snapshot() {
     if std::env::var_os("MIOKET_WRITE_SNAPSHOT").is_none() || FORMAT_VERSION != 1 {
@@ -297,7 +298,7 @@ fn write_the_kept_snapshot() {
     let mut b = connect(&mut app, &listener, "/r", "Sec-WebSocket-Protocol: mioket.v1\r\n", now);
     settle(&mut app, &mut [&mut a, &mut b], now);
     b.send(&masked(0x81, br#"{"op":"join","room":"s"}"#));
-    b.send(&masked(0x81, br#"{"op":"publish","room":"s","data":"in s"}"#));
+    b.send(&masked(0x81, br#"{"op":"publish","room":"s","id":"s1","data":"in s"}"#));
     for m in ["one", "two", "three"] {
         a.send(&masked(0x81, m.as_bytes()));
     }

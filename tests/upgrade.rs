@@ -659,6 +659,16 @@ fn publish_until(mut ws: Ws, name: String, stop: Arc<std::sync::atomic::AtomicBo
     }
 }
 
+/// The ack of a v1 publish (what else comes first, its own message, is passed over).
+fn ack(ws: &mut Ws) -> Value {
+    loop {
+        let v = envelope(ws);
+        if v["type"] == "ack" {
+            return v;
+        }
+    }
+}
+
 /// With --redis, publishes in flight to Redis when the handover starts are answered
 /// by the old process before it freezes (or refused past half the upgrade's
 /// timeout): every publish is acked or refused, none is silent, and every member's
@@ -740,4 +750,32 @@ fn with_redis_a_publish_redis_does_not_answer_is_refused_before_the_handover() {
     let reason = answer["reason"].as_str().unwrap();
     assert!(reason.starts_with("backplane unavailable"), "{reason}");
     redis.signal("-CONT");
+}
+
+/// A publish retried across an upgrade, with the same id, is answered with the first
+/// publish's seq by the new process and not published again: one delivery.
+#[test]
+fn a_publish_retried_across_an_upgrade_is_delivered_once() {
+    let mut server = Server::start(&[]);
+    let mut member = connect_plain(&server, "/r");
+    assert_eq!(text(&mut member), WELCOME);
+    let mut publisher = connect_v1(&server, "/r");
+    assert_eq!(envelope(&mut publisher)["seq"], 0);
+    let publish = r#"{"op":"publish","id":"p1","data":"once"}"#;
+    send_text(&mut publisher, publish);
+    assert_eq!(ack(&mut publisher)["seq"], 1);
+    assert_eq!(text(&mut member), "once");
+    let _successor = upgraded(&server);
+    assert!(server.child.wait().unwrap().success(), "the old process exits");
+    // The same connection, and a new one, retry on the new process.
+    send_text(&mut publisher, publish);
+    let again = ack(&mut publisher);
+    assert_eq!((again["id"].as_str(), again["seq"].as_u64()), (Some("p1"), Some(1)), "{again}");
+    let mut retrier = connect_v1(&server, "/r");
+    envelope(&mut retrier);
+    send_text(&mut retrier, publish);
+    assert_eq!(ack(&mut retrier)["seq"], 1);
+    // What the member gets next is the next publish, not the retry.
+    send_text(&mut publisher, r#"{"op":"publish","data":"next"}"#);
+    assert_eq!(text(&mut member), "next");
 }

@@ -116,6 +116,21 @@ impl Bus {
         }
     }
 
+    /// The publish ids' records, on the local bus.
+    pub(super) fn dedup(&self) -> Option<&Dedup> {
+        match self {
+            Bus::Local(dedup) => Some(dedup),
+            Bus::Redis(_) => None,
+        }
+    }
+
+    pub(super) fn dedup_mut(&mut self) -> Option<&mut Dedup> {
+        match self {
+            Bus::Local(dedup) => Some(dedup),
+            Bus::Redis(_) => None,
+        }
+    }
+
     /// The mirror, on the Redis bus.
     #[inline]
     pub(super) fn mirror(&self) -> Option<&Mirror> {

@@ -6,7 +6,8 @@
 //! What moves: every client whose socket can (`ClientIo::socket_fd`: plain TCP, not
 //! TLS) and which stands between two events (`Conn::freeze`), with its rooms, token,
 //! rate-limit buckets and bytes in and out; every room with its epoch, numbering,
-//! history and expiry; the echo history; the counters. Client ids are new in the new
+//! history, expiry and generation; the echo history; the counters; the local bus's
+//! publish ids (src/dedup.rs: its hash key and records). Client ids are new in the new
 //! process (the clients' order is kept); rooms' member keys are new too.
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use super::{App, ClientIo, Listener};
 use crate::auth::limits::{Limiter, LimiterState};
 use crate::auth::{Auth, Grant};
 use crate::config::Config;
+use crate::dedup::DedupState;
 use crate::frame::CloseCode;
 use crate::frozen::{self, Bytes};
 use crate::metrics::Metrics;
@@ -52,6 +54,8 @@ pub struct AppState {
     /// In the order of the sockets handed over with it.
     #[serde(deserialize_with = "frozen::seq")]
     pub clients: Vec<ClientState>,
+    /// The publish ids remembered here (the local bus; with Redis, Redis keeps them).
+    pub(crate) dedup: Option<DedupState>,
 }
 
 /// One client: its connection, and what the application keeps for it.
@@ -87,6 +91,8 @@ impl<T: ClientIo> App<T> {
         self.thaw_parked(now);
         let (rooms, room_ids) = self.rooms.freeze(now);
         let index_of: HashMap<RoomId, u32> = room_ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
+        let room = |id| Some((*index_of.get(&id)?, self.rooms.get(id)?.generation()));
+        let dedup = self.bus.dedup().map(|d| d.freeze(now, room));
         let mut grant_index: HashMap<*const Grant, u32> = HashMap::new();
         let mut grants = Vec::new();
         let mut clients = Vec::new();
@@ -130,6 +136,7 @@ impl<T: ClientIo> App<T> {
         self.parked = Some(parked);
         let echo_history = self.echo_history.iter().map(|(_, f)| Bytes(f.to_vec())).collect();
         let state = AppState {
+            dedup,
             metrics: self.metrics.clone(),
             rooms,
             presence_at: frozen::left(self.presence_at, now),
@@ -206,6 +213,11 @@ impl<T: ClientIo> App<T> {
         app.now = now;
         app.metrics = state.metrics;
         let room_ids = app.rooms.thaw(&state.rooms, now).map_err(|e| Invalid(e.0))?;
+        if let (Some(saved), Some(dedup)) = (&state.dedup, app.bus.dedup_mut()) {
+            let rooms = &app.rooms;
+            let room = |i: u32| room_ids.get(i as usize).and_then(|&id| Some((id, rooms.get(id)?.generation())));
+            dedup.thaw(saved, now, room);
+        }
         app.echo_history.restart(state.echo_last_seq.saturating_sub(state.echo_history.len() as Seq));
         for frame in state.echo_history {
             app.echo_history.push(&Rc::from(frame.0));

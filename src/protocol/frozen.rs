@@ -80,6 +80,8 @@ pub struct RequestState {
     pub target: String,
     pub authorization: Option<Bytes>,
     pub content_type: Option<Bytes>,
+    /// An API publish's id (checked when the request is judged, as in one process).
+    pub idempotency_key: Option<Bytes>,
     /// `None`: no length; `Some(None)`: unknown (chunked); else the length.
     pub body_length: Option<Option<u64>>,
     #[serde(with = "frozen::bytes")]
@@ -225,6 +227,7 @@ fn freeze_request(r: &HttpRequest) -> RequestState {
         target: r.target.clone(),
         authorization: r.authorization.clone().map(Bytes),
         content_type: r.content_type.clone().map(Bytes),
+        idempotency_key: r.idempotency_key.clone().map(Bytes),
         body_length: match r.body_length {
             BodyLength::None => None,
             BodyLength::Unknown => Some(None),
@@ -246,9 +249,7 @@ fn thaw_request(r: RequestState) -> Result<HttpRequest, Invalid> {
         target: r.target,
         authorization: r.authorization.map(|b| b.0),
         content_type: r.content_type.map(|b| b.0),
-        // Not in the snapshot (format 1): a publish whose body was arriving across an
-        // upgrade is published without its Idempotency-Key.
-        idempotency_key: None,
+        idempotency_key: r.idempotency_key.map(|b| b.0),
         body_length: match r.body_length {
             None => BodyLength::None,
             Some(None) => BodyLength::Unknown,

@@ -21,11 +21,15 @@ pub struct RoomsState {
     pub presence: Vec<u32>,
     pub created: u64,
     pub expired: u64,
+    /// The last generation handed out (a room made later gets the next one).
+    pub generations: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoomState {
     pub name: String,
+    /// Kept: the publish ids' records (src/dedup.rs) are hashes of it.
+    pub generation: u32,
     pub epoch: [u8; 16],
     pub last_seq: Seq,
     /// The kept messages, oldest first, ending at `last_seq`.
@@ -57,6 +61,7 @@ impl Rooms {
             let bytes = |frame: &Option<std::rc::Rc<[u8]>>| frame.as_ref().map(|f| Bytes(f.to_vec()));
             rooms.push(RoomState {
                 name: room.name.to_string(),
+                generation: room.generation,
                 epoch: room.epoch,
                 last_seq: room.topic.last_seq(),
                 history: room
@@ -73,7 +78,8 @@ impl Rooms {
         }
         let presence = self.presence.iter().filter_map(|id| ids.iter().position(|i| i == id)).map(|i| i as u32);
         let presence = presence.collect();
-        (RoomsState { rooms, presence, created: self.created, expired: self.expired }, ids)
+        let generations = self.generations;
+        (RoomsState { rooms, presence, created: self.created, expired: self.expired, generations }, ids)
     }
 
     /// Makes these rooms (new, with no room yet) the ones `state` describes, without
@@ -94,6 +100,8 @@ impl Rooms {
                 return Err(InvalidRoom("epoch"));
             }
             let first = room.last_seq.checked_sub(room.history.len() as Seq).ok_or(InvalidRoom("history"))?;
+            // Made with the generation it had.
+            rooms.generations = room.generation.wrapping_sub(1);
             let id = rooms.find_or_create(&room.name, now).map_err(|_| InvalidRoom("too many rooms"))?;
             // Epoch and numbering as they were; the history published again on top.
             rooms.restart(id, std::str::from_utf8(&room.epoch).unwrap_or_default(), first);
@@ -117,6 +125,7 @@ impl Rooms {
         }
         rooms.created = state.created;
         rooms.expired = state.expired;
+        rooms.generations = state.generations;
         Ok(ids)
     }
 

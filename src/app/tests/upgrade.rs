@@ -518,3 +518,41 @@ fn counters_move_by_name_so_one_added_or_removed_is_no_format_change() {
     assert_eq!((back.messages_in, back.messages_out), (7, 0));
     assert_eq!(serde_json::to_value(&back).unwrap()["closes"], json["closes"]);
 }
+
+#[test]
+fn a_publish_id_remembered_before_the_move_is_answered_with_its_first_seq_after_it() {
+    let now = Instant::now();
+    let mut old: App<Sock> = App::new(config());
+    let join = |app: &mut App<Sock>, v1: bool| {
+        let id = app.connect(Sock::new(), Listener::Main, now).ok().unwrap();
+        input(app, id, &request("/r", v1, ""), now);
+        id
+    };
+    let member = join(&mut old, false);
+    let publisher = join(&mut old, true);
+    let publish = text(&json!({"op": "publish", "id": "p1", "data": "once"}).to_string());
+    input(&mut old, publisher, &publish, now);
+    // An API publish with an Idempotency-Key, its body half read when the move comes.
+    let post = POST.replace("Content-Length", "Idempotency-Key: k1\r\nContent-Length");
+    let posting = old.connect(Sock::new(), Listener::Main, now).ok().unwrap();
+    input(&mut old, posting, &post.as_bytes()[..post.len() - 8], now);
+    let out = flush(&mut old);
+    assert!(String::from_utf8_lossy(&out[&publisher]).contains("\"seq\":1"));
+    let t = now + Duration::from_secs(30);
+    let (mut new, ids) = handover(&mut old, t);
+    let out = both(&mut old, &mut new, &ids, |app, id| {
+        input(app, id(posting), &post.as_bytes()[post.len() - 8..], t);
+        input(app, id(publisher), &publish, t);
+    });
+    assert!(out[&posting].starts_with("HTTP/1.1 200 ") && out[&posting].contains("\"seq\":2"), "{}", out[&posting]);
+    assert!(out[&publisher].contains("\"id\":\"p1\"") && out[&publisher].contains("\"seq\":1"), "{}", out[&publisher]);
+    assert!(!out[&member].contains("once"), "delivered again: {}", out[&member]);
+    // The API publish's key was remembered by the restored App too.
+    let again = new.connect(Sock::new(), Listener::Main, t).ok().unwrap();
+    input(&mut new, again, post.as_bytes(), t);
+    let out = flush(&mut new);
+    let answer = String::from_utf8_lossy(&out[&again]);
+    assert!(answer.starts_with("HTTP/1.1 200 ") && answer.contains("\"seq\":2"), "{answer}");
+    assert!(!out.contains_key(&ids[&member]), "delivered again: {out:?}");
+    assert_eq!(new.metrics.messages_in, old.metrics.messages_in);
+}
