@@ -577,7 +577,7 @@ def node(name, s0, s1, line, subs):
             "redis_pubsub": subs}
 print(json.dumps({"id": id_, "rep": int(rep), "nodes": [node("a", a0, a1, la, subs_a), node("b", b0, b1, lb, subs_b)]}))
 PY
-    log "$id: $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("; ".join(f"node {n["node"]}: {n["rooms"]} rooms {n["deliveries_per_s"]} deliveries/s, Redis input {n["redis_input_bytes"]:.0f} B ({n["input_bytes_per_published"]} per own message), CPU {n["cpu_s"]} s ({n["cpu_us_per_delivery"]} us/delivery)" for n in d["nodes"]))')"
+    log "$id: $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("; ".join("node %s: %s rooms %s deliveries/s, Redis input %.0f B (%s per own message), CPU %s s (%s us/delivery)" % (n["node"], n["rooms"], n["deliveries_per_s"], n["redis_input_bytes"], n["input_bytes_per_published"], n["cpu_s"], n["cpu_us_per_delivery"]) for n in d["nodes"]))')"
 }
 
 # The same rooms workload on one node with three Redis shards against one Redis.
@@ -627,7 +627,7 @@ print(json.dumps({"id": id_, "rep": int(rep), "shards": int(n), "published": r.g
                   "node_cpu_s": int(cpu) / int(tck), "cpu_us_per_delivery": round(1e6 * int(cpu) / int(tck) / dl, 3) if dl else None,
                   "redis": redis}))
 PY
-        log "$id $n shard(s): $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print(f"{d["deliveries_per_s"]} deliveries/s, p99 {d["p99_us"]} us, script calls per Redis {[x["script_calls"] for x in d["redis"]]}, us/call {[x["usec_per_call"] for x in d["redis"]]}")')"
+        log "$id $n shard(s): $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%s deliveries/s, p99 %s us, script calls per Redis %s, us/call %s" % (d["deliveries_per_s"], d["p99_us"], [x["script_calls"] for x in d["redis"]], [x["usec_per_call"] for x in d["redis"]]))')"
     done
 }
 
