@@ -96,7 +96,12 @@ if [ "$BUILD" = 1 ]; then
     log "building the peers (benches/peers, release)"
     cargo build --release --quiet --manifest-path "$ROOT/benches/peers/Cargo.toml" --target-dir "$PEERS_TARGET" || exit 1
 fi
-for b in "$BIN/mioket" "$BIN/mioket-load" "$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay" "$PBIN/tt-tls-server"; do
+NEEDED=("$BIN/mioket" "$BIN/mioket-load")
+# The peers only when a selected workload may run them (the backplane_* ones never do).
+if [ -z "$ONLY" ] || [ -n "$(tr ',' '\n' <<< "$ONLY" | grep -v -e '^$' -e '^backplane_')" ]; then
+    NEEDED+=("$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay" "$PBIN/tt-tls-server")
+fi
+for b in "${NEEDED[@]}"; do
     [ -x "$b" ] || { echo "compare.sh: missing $b (build first)" >&2; exit 1; }
 done
 
@@ -765,5 +770,29 @@ fi
 
 log "done; writing $OUT/report.md"
 python3 "$ROOT/benches/compare_report.py" "$OUT" "$REPS" "$DURATION" ${CANDIDATE:+"$CANDIDATE"} > "$OUT/report.md"
+if [ -s "$OUT/backplane_rooms.jsonl" ]; then
+    # The rooms through Redis, every run (not medians: the nodes' shares vary together).
+    python3 - "$OUT/backplane_rooms.jsonl" >> "$OUT/report.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+two = [r for r in rows if r["id"] == "backplane_rooms_2nodes"]
+if two:
+    print("\n## Backplane rooms: two nodes over one Redis, each with rooms of its own\n")
+    print("| run | node | rooms | published | deliveries/s | p99 (us) | Redis input bytes | per own published message | node CPU (s) | per delivery (us) | Redis pub/sub |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in two:
+        for n in r["nodes"]:
+            print(f"| {r['rep']} | {n['node']} | {n['rooms']} | {n['published']} | {n['deliveries_per_s']} | {n['p99_us']} | {n['redis_input_bytes']:.0f} | {n['input_bytes_per_published']} | {n['cpu_s']} | {n['cpu_us_per_delivery']} | {n['redis_pubsub']} |")
+sh = [r for r in rows if r["id"] == "backplane_shards3"]
+if sh:
+    print("\n## Backplane rooms: one node with three Redis shards against one Redis\n")
+    print("| run | shards | deliveries/s | p50 / p99 (us) | node CPU per delivery (us, set-up included) | script calls per Redis | Redis time per call (us) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sh:
+        calls = " / ".join(str(x["script_calls"]) for x in r["redis"][: r["shards"]])
+        usec = " / ".join(str(x["usec_per_call"]) for x in r["redis"][: r["shards"]])
+        print(f"| {r['rep']} | {r['shards']} | {r['deliveries_per_s']} | {r['p50_us']} / {r['p99_us']} | {r['cpu_us_per_delivery']} | {calls} | {usec} |")
+PY
+fi
 cat "$OUT/report.md"
 log "total $(( $(date +%s) - START )) s"
