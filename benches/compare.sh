@@ -11,7 +11,9 @@
 # one mioket node without Redis, one with --redis and two with --redis sharing one port
 # (--reuse-port), through a redis-server started for the run on a free 127.0.0.1 port
 # (no persistence) and stopped at the end; Redis's side from each node's /metrics and
-# Redis's INFO.
+# Redis's INFO. backplane_rooms_2nodes: the rooms workload on two nodes over one Redis, each
+# with rooms of its own (each node's Redis input bytes and CPU); backplane_shards3: one
+# node with three Redis servers (--redis x3) against one (DIR/backplane_rooms.jsonl).
 #
 #   benches/compare.sh            full run (about 20 minutes on 2 cores, builds included)
 #   benches/compare.sh --quick    about 4 minutes
@@ -76,6 +78,7 @@ rm -rf "$OUT/src-snapshot" && cp -r "$ROOT/src" "$OUT/src-snapshot"
 : > "$OUT/results.jsonl"
 : > "$OUT/counts.jsonl"
 : > "$OUT/backplane.jsonl"
+: > "$OUT/backplane_rooms.jsonl"
 : > "$OUT/server.err"
 START=$(date +%s)
 
@@ -93,7 +96,12 @@ if [ "$BUILD" = 1 ]; then
     log "building the peers (benches/peers, release)"
     cargo build --release --quiet --manifest-path "$ROOT/benches/peers/Cargo.toml" --target-dir "$PEERS_TARGET" || exit 1
 fi
-for b in "$BIN/mioket" "$BIN/mioket-load" "$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay" "$PBIN/tt-tls-server"; do
+NEEDED=("$BIN/mioket" "$BIN/mioket-load")
+# The peers only when a selected workload may run them (the backplane_* ones never do).
+if [ -z "$ONLY" ] || [ -n "$(tr ',' '\n' <<< "$ONLY" | grep -v -e '^$' -e '^backplane_')" ]; then
+    NEEDED+=("$PBIN/tt-server" "$PBIN/fws-server" "$PBIN/tcp-relay" "$PBIN/tt-tls-server")
+fi
+for b in "${NEEDED[@]}"; do
     [ -x "$b" ] || { echo "compare.sh: missing $b (build first)" >&2; exit 1; }
 done
 
@@ -240,7 +248,7 @@ stop_redis() {
     rm -rf "$REDIS_DIR"
 }
 trap 'stop_server; exit 130' INT TERM
-trap 'stop_server; stop_redis' EXIT
+trap 'stop_server; stop_nodes 2>/dev/null; stop_extra_redis 2>/dev/null; stop_redis' EXIT
 
 # Workloads: id, server mode, mioket-load arguments[, servers (default: all)].
 # Server mode rooms: mioket in broadcast mode, the peers with --mode rooms.
@@ -277,30 +285,44 @@ BACKPLANE=(
     "backplane_100x10|backplane|broadcast --subscribers 100 --publishers 10"
     "backplane_1000x10|backplane|broadcast --subscribers 1000 --publishers 10"
 )
+# Backplane rooms (the rooms workload through Redis, run by run_backplane_rooms below):
+# backplane_rooms_2nodes, two nodes over one Redis, each with rooms of its own (paths /a/
+# and /b/, 1,000 and 250 rooms, the same messages in flight per room), each node's
+# mioket_redis_input_bytes_total and CPU seconds; backplane_shards3, one node with three
+# Redis servers (--redis x3) against one with one Redis, each Redis's INFO commandstats.
+BACKPLANE_ROOMS=(backplane_rooms_2nodes backplane_shards3)
+start_redis() { # port dir log: a redis-server pinned with the servers; its pid in LAST_REDIS
+    "${PIN_SERVER[@]}" redis-server --port "$1" --bind 127.0.0.1 --dir "$2" \
+        --save '' --appendonly no > "$3" 2>&1 &
+    LAST_REDIS=$!
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$1" ping 2>/dev/null)" = PONG ] && return 0
+        sleep 0.05
+    done
+    return 1
+}
 if [ "$LOADS" = 1 ] && { [ -z "$ONLY" ] || [[ "$ONLY" == *",backplane_"* ]]; }; then
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then
         REDIS_DIR=$(mktemp -d)
         REDIS_PORT=$(free_port)
-        "${PIN_SERVER[@]}" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$REDIS_DIR" \
-            --save '' --appendonly no > "$OUT/redis.log" 2>&1 &
-        REDIS_PID=$!
-        for _ in $(seq 100); do
-            [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
-            sleep 0.05
-        done
+        start_redis "$REDIS_PORT" "$REDIS_DIR" "$OUT/redis.log"
+        REDIS_PID=$LAST_REDIS
         if [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; then
             log "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on 127.0.0.1:$REDIS_PORT"
         else
             log "redis-server did not start (see $OUT/redis.log): no backplane workloads"
             stop_redis
             BACKPLANE=()
+            BACKPLANE_ROOMS=()
         fi
     else
         log "redis-server not found (apt-get install redis-server): no backplane workloads"
         BACKPLANE=()
+        BACKPLANE_ROOMS=()
     fi
 else
     BACKPLANE=()
+    BACKPLANE_ROOMS=()
 fi
 # permessage-deflate: broadcast of JSON documents (1-16 KiB) and chat lines (60-200 B),
 # compressed; a warm-up of 2 s first (the peers make a compressor per connection on its
@@ -451,6 +473,180 @@ print(json.dumps({"id": id_, "rep": int(rep), "server": server, "servers_cpu_pct
 PY
 }
 
+# Backplane rooms: nodes started by hand (not start_server: several at once, each with
+# its own --redis list and /metrics port), the rooms workload through them.
+BP_NODES=()   # pid:port:metrics-port of each node started
+EXTRA_REDIS=() # pid:port:dir of the shards' second and third redis-servers
+start_node() { # name redis-ports...: a backplane node; appends to BP_NODES
+    local name=$1 mport p
+    shift
+    server_cmd mioket backplane
+    mport=$(free_port)
+    for p in "$@"; do CMD+=(--redis "redis://127.0.0.1:$p/0"); done
+    CMD+=(--metrics-listen "127.0.0.1:$mport")
+    : > "$OUT/node-$name.out"
+    RUST_LOG=warn "${PIN_SERVER[@]}" "${CMD[@]}" > "$OUT/node-$name.out" 2>>"$OUT/server.err" &
+    local pid=$!
+    wait_listening "$OUT/node-$name.out" "$pid"
+    local port
+    port=$(grep -o '[0-9]*$' "$OUT/node-$name.out" | head -1)
+    BP_NODES+=("$pid:$port:$mport")
+    [ -n "$port" ] || { log "node $name did not start"; return 1; }
+}
+stop_pid() { # pid: TERM, then KILL after 5 s
+    kill -TERM "$1" 2>/dev/null
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
+stop_nodes() {
+    local n
+    for n in "${BP_NODES[@]}"; do stop_pid "${n%%:*}"; done
+    BP_NODES=()
+}
+stop_extra_redis() {
+    local r
+    for r in "${EXTRA_REDIS[@]}"; do stop_pid "${r%%:*}"; rm -rf "${r##*:}"; done
+    EXTRA_REDIS=()
+}
+node_sample() { # pid:port:mport: "input_bytes cpu_ticks"
+    local pid=${1%%:*} mport=${1##*:} bytes
+    bytes=$(curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" | awk '$1 == "mioket_redis_input_bytes_total" {print $2}')
+    echo "${bytes:-0} $(cpu_ticks "$pid")"
+}
+redis_reset() { # ports...: empty and zero each Redis before a run
+    local p
+    for p in "$@"; do
+        redis-cli -p "$p" flushall > /dev/null
+        redis-cli -p "$p" config resetstat > /dev/null
+    done
+}
+
+# Two nodes over one Redis, each with its own rooms (node a: 1,000 rooms under /a/, node
+# b: 250 under /b/; one message in flight per room on both), one load generator each,
+# at once. A node's Redis input should follow its own rooms' messages only.
+run_rooms_2nodes() { # rep
+    local rep=$1 id=backplane_rooms_2nodes
+    redis_reset "$REDIS_PORT"
+    BP_NODES=()
+    start_node a "$REDIS_PORT" && start_node b "$REDIS_PORT" || { stop_nodes; return; }
+    local na=${BP_NODES[0]} nb=${BP_NODES[1]}
+    local pa=${na#*:} pb=${nb#*:}
+    pa=${pa%%:*}; pb=${pb%%:*}
+    local sa0 sb0 sa1 sb1
+    # Both load generators on CPU 1; each waits for its connections, then measures.
+    "${PIN_LOAD[@]}" "$BIN/mioket-load" rooms --rooms 1000 --members 10 --publishers 10 --window 100 \
+        --url "ws://127.0.0.1:$pa/a" --duration "$DURATION" --server-pid "${na%%:*}" --label node-a --quiet \
+        > "$OUT/rooms2.a.line" 2>>"$OUT/load.err" &
+    local la=$!
+    "${PIN_LOAD[@]}" "$BIN/mioket-load" rooms --rooms 250 --members 10 --publishers 10 --window 25 \
+        --url "ws://127.0.0.1:$pb/b" --duration "$DURATION" --server-pid "${nb%%:*}" --label node-b --quiet \
+        > "$OUT/rooms2.b.line" 2>>"$OUT/load.err" &
+    local lb=$!
+    # Counters from the end of connection set-up (joins and fetches excluded) to the end.
+    sleep 0.5
+    listening() { curl -s --max-time 2 "http://127.0.0.1:$1/metrics" | awk '$1 == "mioket_backplane_listening_rooms" {n = $2} END {print n + 0}'; }
+    for _ in $(seq 600); do
+        [ "$(listening "${na##*:}")" -ge 1000 ] && [ "$(listening "${nb##*:}")" -ge 250 ] && break
+        kill -0 "$la" 2>/dev/null || break
+        sleep 0.1
+    done
+    sa0=$(node_sample "$na"); sb0=$(node_sample "$nb")
+    # Redis's own view (sharded pub/sub): the room channels of a's and of b's rooms, and
+    # the subscribers of one of each, during the run (1: its own node only).
+    local chans ca cb subs_a subs_b
+    chans=$(redis-cli -p "$REDIS_PORT" pubsub shardchannels 'mioket:*:live' 2>/dev/null)
+    ca=$(grep -m1 'a/room-' <<< "$chans"); cb=$(grep -m1 'b/room-' <<< "$chans")
+    subs_a="$(grep -c 'a/room-' <<< "$chans") channels, $(redis-cli -p "$REDIS_PORT" pubsub shardnumsub "$ca" | tail -1) subscriber(s) of $ca"
+    subs_b="$(grep -c 'b/room-' <<< "$chans") channels, $(redis-cli -p "$REDIS_PORT" pubsub shardnumsub "$cb" | tail -1) subscriber(s) of $cb"
+    wait "$la" "$lb"
+    sa1=$(node_sample "$na"); sb1=$(node_sample "$nb")
+    stop_nodes
+    python3 - "$id" "$rep" "$CLK_TCK" "$sa0" "$sa1" "$sb0" "$sb1" "$(cat "$OUT/rooms2.a.line")" "$(cat "$OUT/rooms2.b.line")" \
+        "$subs_a" "$subs_b" >> "$OUT/backplane_rooms.jsonl" <<'PY'
+import json, sys
+id_, rep, tck, a0, a1, b0, b1, la, lb, subs_a, subs_b = sys.argv[1:]
+def node(name, s0, s1, line, subs):
+    r = json.loads(line) if line.strip() else {}
+    (bytes0, t0), (bytes1, t1) = [map(float, s.split()) for s in (s0, s1)]
+    cpu = (t1 - t0) / int(tck)
+    pub, dl = r.get("published", 0), r.get("deliveries", 0)
+    return {"node": name, "rooms": r.get("rooms"), "published": pub, "deliveries": dl,
+            "deliveries_per_s": r.get("deliveries_per_s"), "p99_us": r.get("p99_us"),
+            "redis_input_bytes": bytes1 - bytes0, "cpu_s": round(cpu, 3),
+            "input_bytes_per_published": round((bytes1 - bytes0) / pub, 1) if pub else None,
+            "cpu_us_per_delivery": round(1e6 * cpu / dl, 3) if dl else None,
+            "redis_pubsub": subs}
+print(json.dumps({"id": id_, "rep": int(rep), "nodes": [node("a", a0, a1, la, subs_a), node("b", b0, b1, lb, subs_b)]}))
+PY
+    log "$id: $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("; ".join("node %s: %s rooms %s deliveries/s, Redis input %.0f B (%s per own message), CPU %s s (%s us/delivery)" % (n["node"], n["rooms"], n["deliveries_per_s"], n["redis_input_bytes"], n["input_bytes_per_published"], n["cpu_s"], n["cpu_us_per_delivery"]) for n in d["nodes"]))')"
+}
+
+# The same rooms workload on one node with three Redis shards against one Redis.
+run_shards3() { # rep
+    local rep=$1 id=backplane_shards3
+    if [ "${#EXTRA_REDIS[@]}" = 0 ]; then
+        local i d p
+        for i in 2 3; do
+            d=$(mktemp -d); p=$(free_port)
+            start_redis "$p" "$d" "$OUT/redis$i.log" || { log "redis-server $i did not start: no $id"; EXTRA_REDIS+=("$LAST_REDIS:$p:$d"); stop_extra_redis; return; }
+            EXTRA_REDIS+=("$LAST_REDIS:$p:$d")
+        done
+    fi
+    local ports=("$REDIS_PORT") r
+    for r in "${EXTRA_REDIS[@]}"; do r=${r#*:}; ports+=("${r%%:*}"); done
+    local setups=(1 3)
+    [ $(( rep % 2 )) = 0 ] && setups=(3 1)
+    for n in "${setups[@]}"; do
+        redis_reset "${ports[@]}"
+        BP_NODES=()
+        start_node "shards$n" "${ports[@]:0:$n}" || { stop_nodes; continue; }
+        local nd=${BP_NODES[0]} port
+        port=${nd#*:}; port=${port%%:*}
+        local t0 line
+        t0=$(cpu_ticks "${nd%%:*}")
+        line=$("${PIN_LOAD[@]}" "$BIN/mioket-load" rooms --rooms 1000 --members 10 --publishers 10 --window 100 \
+            --url "ws://127.0.0.1:$port/" --duration "$DURATION" --server-pid "${nd%%:*}" --label "shards$n" --quiet 2>>"$OUT/load.err")
+        local cpu=$(( $(cpu_ticks "${nd%%:*}") - t0 )) stats=()
+        for p in "${ports[@]}"; do
+            stats+=("$(redis-cli -p "$p" info commandstats | grep -E '^cmdstat_(evalsha|eval|fcall):' | tr -d '\r' | tr '\n' ';')")
+        done
+        stop_nodes
+        python3 - "$id" "$rep" "$n" "$CLK_TCK" "$cpu" "$line" "${stats[@]}" >> "$OUT/backplane_rooms.jsonl" <<'PY'
+import json, sys
+id_, rep, n, tck, cpu, line, *stats = sys.argv[1:]
+r = json.loads(line) if line.strip() else {}
+redis = []
+for s in stats:
+    calls = usec = 0
+    for part in filter(None, s.split(";")):
+        f = dict(kv.split("=") for kv in part.partition(":")[2].split(","))
+        calls += int(f["calls"]); usec += int(f["usec"])
+    redis.append({"script_calls": calls, "usec_per_call": round(usec / calls, 2) if calls else None})
+dl = r.get("deliveries", 0)
+print(json.dumps({"id": id_, "rep": int(rep), "shards": int(n), "published": r.get("published"), "deliveries": dl,
+                  "deliveries_per_s": r.get("deliveries_per_s"), "p50_us": r.get("p50_us"), "p99_us": r.get("p99_us"),
+                  "node_cpu_s": int(cpu) / int(tck), "cpu_us_per_delivery": round(1e6 * int(cpu) / int(tck) / dl, 3) if dl else None,
+                  "redis": redis}))
+PY
+        log "$id $n shard(s): $(tail -1 "$OUT/backplane_rooms.jsonl" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%s deliveries/s, p99 %s us, script calls per Redis %s, us/call %s" % (d["deliveries_per_s"], d["p99_us"], [x["script_calls"] for x in d["redis"]], [x["usec_per_call"] for x in d["redis"]]))')"
+    done
+}
+
+run_backplane_rooms() { # rep
+    local id
+    for id in "${BACKPLANE_ROOMS[@]}"; do
+        if [ -n "$ONLY" ] && [[ "$ONLY" != *",$id,"* ]]; then continue; fi
+        case "$id" in
+            backplane_rooms_2nodes) run_rooms_2nodes "$1" ;;
+            backplane_shards3) run_shards3 "$1" ;;
+        esac
+    done
+}
+
 run_set() { # rep workloads...
     local rep=$1
     shift
@@ -480,6 +676,7 @@ if [ "$LOADS" = 1 ]; then
     for rep in $(seq 1 "$REPS"); do
         log "repetition $rep of $REPS (core workloads, ${DURATION}s each)"
         run_set "$rep" "${CORE[@]}" "${TLS[@]}" "${DEFLATE[@]}" "${BACKPLANE[@]}"
+        run_backplane_rooms "$rep"
     done
     log "extra workloads (once)"
     run_set 1 "${EXTRA[@]}" "${TLS_EXTRA[@]}"
@@ -573,5 +770,29 @@ fi
 
 log "done; writing $OUT/report.md"
 python3 "$ROOT/benches/compare_report.py" "$OUT" "$REPS" "$DURATION" ${CANDIDATE:+"$CANDIDATE"} > "$OUT/report.md"
+if [ -s "$OUT/backplane_rooms.jsonl" ]; then
+    # The rooms through Redis, every run (not medians: the nodes' shares vary together).
+    python3 - "$OUT/backplane_rooms.jsonl" >> "$OUT/report.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+two = [r for r in rows if r["id"] == "backplane_rooms_2nodes"]
+if two:
+    print("\n## Backplane rooms: two nodes over one Redis, each with rooms of its own\n")
+    print("| run | node | rooms | published | deliveries/s | p99 (us) | Redis input bytes | per own published message | node CPU (s) | per delivery (us) | Redis pub/sub |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in two:
+        for n in r["nodes"]:
+            print(f"| {r['rep']} | {n['node']} | {n['rooms']} | {n['published']} | {n['deliveries_per_s']} | {n['p99_us']} | {n['redis_input_bytes']:.0f} | {n['input_bytes_per_published']} | {n['cpu_s']} | {n['cpu_us_per_delivery']} | {n['redis_pubsub']} |")
+sh = [r for r in rows if r["id"] == "backplane_shards3"]
+if sh:
+    print("\n## Backplane rooms: one node with three Redis shards against one Redis\n")
+    print("| run | shards | deliveries/s | p50 / p99 (us) | node CPU per delivery (us, set-up included) | script calls per Redis | Redis time per call (us) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in sh:
+        calls = " / ".join(str(x["script_calls"]) for x in r["redis"][: r["shards"]])
+        usec = " / ".join(str(x["usec_per_call"]) for x in r["redis"][: r["shards"]])
+        print(f"| {r['rep']} | {r['shards']} | {r['deliveries_per_s']} | {r['p50_us']} / {r['p99_us']} | {r['cpu_us_per_delivery']} | {calls} | {usec} |")
+PY
+fi
 cat "$OUT/report.md"
 log "total $(( $(date +%s) - START )) s"
