@@ -126,16 +126,6 @@ fn plain(server: &Server, path: &str, token: Option<&str>) -> Ws {
     upgrade(server, path, false, token, Via::Header).unwrap_or_else(|e| panic!("refused: {e:?}"))
 }
 
-/// The next envelope, presence updates skipped.
-fn envelope(ws: &mut Ws) -> Value {
-    loop {
-        let v: Value = serde_json::from_str(&text(ws)).expect("JSON");
-        if v["type"] != "presence" || v.get("id").is_some() {
-            return v;
-        }
-    }
-}
-
 fn send(ws: &mut Ws, op: Value) {
     send_text(ws, &op.to_string());
 }

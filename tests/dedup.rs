@@ -24,16 +24,6 @@ fn redis_node(redis: &RedisServer, extra: &[&str]) -> Server {
     node(&args)
 }
 
-/// The next envelope other than presence.
-fn envelope(ws: &mut Ws) -> Value {
-    loop {
-        let v: Value = serde_json::from_str(&text(ws)).expect("JSON");
-        if v["type"] != "presence" {
-            return v;
-        }
-    }
-}
-
 fn joined(server: &Server, room: &str) -> Ws {
     let mut ws = connect_v1(server, &format!("/{room}"));
     let w = envelope(&mut ws);
@@ -199,17 +189,6 @@ macro_rules! need_redis {
             return;
         }
     };
-}
-
-fn healthz(server: &Server) -> String {
-    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
-}
-
-fn wait_backplane_up(servers: &[&Server]) {
-    for s in servers {
-        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
-        assert!(up.is_some(), "backplane up: {}", healthz(s));
-    }
 }
 
 /// Publish on node A, retry on node B (a new connection, A's cut before its ack, and

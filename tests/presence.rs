@@ -62,10 +62,6 @@ fn nodes(redis: &RedisServer, n: usize) -> Vec<Server> {
     servers
 }
 
-fn healthz(server: &Server) -> String {
-    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
-}
-
 fn api_get(server: &Server, path: &str) -> Value {
     let (status, body) =
         http(server.addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n"));

@@ -26,16 +26,6 @@ fn node_at(url: &str, extra: &[&str]) -> Server {
     Server::start(&args)
 }
 
-/// The next envelope other than presence.
-fn envelope(ws: &mut Ws) -> Value {
-    loop {
-        let v: Value = serde_json::from_str(&text(ws)).expect("JSON");
-        if v["type"] != "presence" {
-            return v;
-        }
-    }
-}
-
 fn welcome(ws: &mut Ws) -> Value {
     let w = envelope(ws);
     assert_eq!(w["type"], "welcome", "{w}");
@@ -72,17 +62,6 @@ fn api_post(server: &Server, room: &str, body: &str) -> (u16, String) {
             body.len()
         ),
     )
-}
-
-fn healthz(server: &Server) -> String {
-    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
-}
-
-fn wait_backplane_up(servers: &[&Server]) {
-    for s in servers {
-        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
-        assert!(up.is_some(), "backplane up: {}", healthz(s));
-    }
 }
 
 fn assert_gap_free(seqs: &[(u64, String)], from: u64) {

@@ -10,16 +10,6 @@ use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
 
-/// The next envelope, skipping presence updates unless asked for.
-fn envelope(ws: &mut Ws) -> Value {
-    loop {
-        let v: Value = serde_json::from_str(&text(ws)).expect("one JSON object per text frame");
-        if v["type"] != "presence" {
-            return v;
-        }
-    }
-}
-
 fn send(ws: &mut Ws, op: Value) {
     send_text(ws, &op.to_string());
 }

@@ -129,6 +129,30 @@ pub fn text(ws: &mut Ws) -> String {
     }
 }
 
+/// The next mioket.v1 envelope, passing over the presence updates the server sends
+/// unasked (a presence answering an op has its `id`).
+pub fn envelope(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&text(ws)).expect("one JSON object per text frame");
+        if v["type"] != "presence" || v.get("id").is_some() {
+            return v;
+        }
+    }
+}
+
+/// `GET /healthz`'s body.
+pub fn healthz(server: &Server) -> String {
+    http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1
+}
+
+/// Waits (15 s at most) until every server's backplane says it is up.
+pub fn wait_backplane_up(servers: &[&Server]) {
+    for s in servers {
+        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
+        assert!(up.is_some(), "backplane up: {}", healthz(s));
+    }
+}
+
 pub fn send_text(ws: &mut Ws, s: &str) {
     ws.send(Message::text(s)).unwrap();
 }
