@@ -12,7 +12,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::Value;
@@ -212,15 +212,6 @@ fn a_connection_and_its_room_go_on_across_two_upgrades() {
     assert_eq!(text(&mut ws), "third");
     assert_eq!(text(&mut newcomer), "third");
     let _ = ws.send(Message::Close(None));
-}
-
-fn envelope(ws: &mut Ws) -> Value {
-    loop {
-        let v: Value = serde_json::from_str(&text(ws)).expect("one JSON object per text frame");
-        if v["type"] != "presence" {
-            return v;
-        }
-    }
 }
 
 /// A counter of `/metrics` (the unlabelled line).
@@ -576,6 +567,47 @@ fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
             "{message}"
         );
     }
+}
+
+/// With --redis, the new process goes on as the same node: the other nodes count its
+/// members once, not under the old name and the new one until the old one is taken
+/// as dead (about 4 s).
+#[test]
+fn with_redis_the_upgraded_node_is_counted_once_by_the_others() {
+    use common::redis::{redis_available, RedisServer};
+    if !redis_available() {
+        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+        return;
+    }
+    let redis = RedisServer::start(false);
+    let args = ["--redis", &redis.url(), "--ping-interval", "0", "--api-token", "t"];
+    let mut a = Server::start(&args);
+    let b = Server::start(&args);
+    wait_backplane_up(&[&a, &b]);
+    let get = |s: &Server, path: &str| -> Value {
+        let (status, body) =
+            http(s.addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).expect("JSON")
+    };
+    let online = |s: &Server| get(s, "/api/rooms/p/presence")["online"].as_u64();
+    let nodes = |s: &Server| get(s, "/api/stats")["nodes"].as_array().map_or(0, Vec::len);
+    let mut on_a = connect_v1(&a, "/p");
+    assert_eq!(envelope(&mut on_a)["type"], "welcome");
+    let mut on_b = connect_v1(&b, "/p");
+    assert_eq!(envelope(&mut on_b)["type"], "welcome");
+    let counted = wait_until(Duration::from_secs(10), || (online(&b) == Some(2) && nodes(&b) == 2).then_some(()));
+    assert!(counted.is_some(), "node b counts both members and both nodes");
+    let _successor = upgraded(&a);
+    assert!(a.child.wait().unwrap().success());
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        assert_eq!(online(&b), Some(2), "one member on each node, counted once");
+        assert_eq!(nodes(&b), 2, "the upgraded node is the same node");
+        thread::sleep(Duration::from_millis(100));
+    }
+    send_text(&mut on_a, r#"{"op":"publish","data":"still here"}"#);
+    assert_eq!(envelope(&mut on_b)["data"], "still here");
 }
 
 /// What one publisher saw: how many it sent, each id's answer (its ack's seq or the

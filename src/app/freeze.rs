@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::bus::Bus;
 use super::clients::Client;
 use super::deliver::queue_flush;
 use super::housekeeping::presence_time;
@@ -56,6 +57,10 @@ pub struct AppState {
     pub clients: Vec<ClientState>,
     /// The publish ids remembered here (the local bus; with Redis, Redis keeps them).
     pub(crate) dedup: Option<DedupState>,
+    /// With Redis: the node's name and its next request number, so that the new process
+    /// goes on as the same node (its presence parts and registry entry, not a second
+    /// node counted until the first one is taken as dead; no request number reused).
+    pub(crate) node: Option<(String, u64)>,
 }
 
 /// One client: its connection, and what the application keeps for it.
@@ -93,6 +98,7 @@ impl<T: ClientIo> App<T> {
         let index_of: HashMap<RoomId, u32> = room_ids.iter().enumerate().map(|(i, &id)| (id, i as u32)).collect();
         let room = |id| Some((*index_of.get(&id)?, self.rooms.get(id)?.generation()));
         let dedup = self.bus.dedup().map(|d| d.freeze(now, room));
+        let node = self.bus.mirror().map(|m| (m.node().to_string(), m.next_request()));
         let mut grant_index: HashMap<*const Grant, u32> = HashMap::new();
         let mut grants = Vec::new();
         let mut clients = Vec::new();
@@ -137,6 +143,7 @@ impl<T: ClientIo> App<T> {
         let echo_history = self.echo_history.iter().map(|(_, f)| Bytes(f.to_vec())).collect();
         let state = AppState {
             dedup,
+            node,
             metrics: self.metrics.clone(),
             rooms,
             presence_at: frozen::left(self.presence_at, now),
@@ -217,6 +224,9 @@ impl<T: ClientIo> App<T> {
             let rooms = &app.rooms;
             let room = |i: u32| room_ids.get(i as usize).and_then(|&id| Some((id, rooms.get(id)?.generation())));
             dedup.thaw(saved, now, room);
+        }
+        if let (Some((node, next_req)), Bus::Redis(mirror)) = (state.node, &mut app.bus) {
+            mirror.go_on_as(node, next_req).map_err(|()| Invalid("node name"))?;
         }
         app.echo_history.restart(state.echo_last_seq.saturating_sub(state.echo_history.len() as Seq));
         for frame in state.echo_history {

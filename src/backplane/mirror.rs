@@ -420,6 +420,22 @@ impl Mirror {
         Joining::Waits
     }
 
+    /// The request number the next command will take (a binary upgrade's snapshot).
+    pub fn next_request(&self) -> u64 {
+        self.next_req + 1
+    }
+
+    /// A binary upgrade: go on as the old process's node (its name: 16 hex digits), with
+    /// its request numbers, so that no live copy of an old publish matches a new one.
+    pub fn go_on_as(&mut self, node: String, next_req: u64) -> Result<(), ()> {
+        if node.len() != 16 || !node.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        self.node = node;
+        self.next_req = next_req.saturating_sub(1).max(self.next_req);
+        Ok(())
+    }
+
     /// A binary upgrade restored `rooms` (src/upgrade/) from an old process whose
     /// mirror had delivered each room up to its last seq: each room with members goes
     /// on from there, and reads what Redis numbered meanwhile from its stream once the
