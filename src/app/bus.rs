@@ -200,13 +200,16 @@ fn send_to_redis(
     from: Option<&str>,
     now: Instant,
 ) -> Result<Sent, Refused> {
-    let name = match p.room {
-        Target::Id(room) => rooms.get(room).map_or("", |r| r.name()),
-        Target::Named(name) => name,
+    let (name, held) = match p.room {
+        Target::Id(room) => (rooms.get(room).map_or("", |r| r.name()), Some(room)),
+        Target::Named(name) => (name, rooms.find(name)),
     };
+    let held = held.and_then(|room| Some((room, rooms.get(room)?.generation())));
     let origin = p.source.origin(name);
     let key = p.key.filter(|_| !mirror.settings().dedup_window.is_zero());
-    mirror.publish(name, p.payload.opcode(), p.payload.bytes(), origin, from, key, now).map_err(Refused::Backplane)?;
+    mirror
+        .publish(name, held, p.payload.opcode(), p.payload.bytes(), origin, from, key, now)
+        .map_err(Refused::Backplane)?;
     Ok(Sent::Later)
 }
 

@@ -113,6 +113,8 @@ struct RoomSync {
     joiners: Vec<(usize, Option<Resume<'static>>)>,
     /// Live messages that came during the fetch, delivered after it.
     buffer: Vec<(String, Message)>,
+    /// Publishes to the room made during the fetch, sent after it (`Mirror::publish`).
+    waiting: Vec<Command>,
     /// The link listens to the room's channel (since its first fetch, until a sweep
     /// finds it without members: `Command::Unsubscribe`).
     listening: bool,
@@ -250,11 +252,16 @@ impl Mirror {
 
     /// Sends a message to Redis, or says why not. Refused while Redis is unreachable
     /// or `--redis-outbox` messages already wait for it. `id`: published once per
-    /// room within the window (the script keeps it).
+    /// room within the window (the script keeps it). `held`: the room's slot and
+    /// generation when this node holds it: while its mirror fetches, the message
+    /// waits for the fetch (else Redis could number more messages than the stream
+    /// keeps before the room's channel is listened to, and the mirror could not
+    /// continue: its members would be closed).
     #[allow(clippy::too_many_arguments)]
     pub fn publish(
         &mut self,
         room: &str,
+        held: Option<(RoomId, u32)>,
         opcode: Opcode,
         payload: &[u8],
         origin: Origin,
@@ -279,7 +286,7 @@ impl Mirror {
         self.stats.published += 1;
         *self.pending_by_client.entry(origin.client()).or_default() += 1;
         self.pending.insert(req, origin);
-        self.outbox.push(Command::Publish {
+        let command = Command::Publish {
             req,
             room: room.into(),
             binary: opcode == Opcode::Binary,
@@ -287,7 +294,14 @@ impl Mirror {
             origin: format!("{}:{req}", self.node).into(),
             from: from.map(Into::into),
             id: id.map(Into::into),
+        };
+        let fetching = held.and_then(|(room, generation)| {
+            self.rooms.get_mut(&room).filter(|s| s.generation == generation && s.state == SyncState::Fetching)
         });
+        match fetching {
+            Some(sync) => sync.waiting.push(command),
+            None => self.outbox.push(command),
+        }
         Ok(())
     }
 
@@ -556,6 +570,7 @@ impl Mirror {
             // Another room in the slot: the one before takes its part back.
             self.outbox.extend(presence::untold(sync, &self.node));
             let old = std::mem::replace(sync, RoomSync { generation, ..RoomSync::default() });
+            self.outbox.extend(old.waiting);
             if old.listening {
                 self.dropped.push(old.name);
             }
@@ -629,6 +644,16 @@ impl Mirror {
     /// Gives up on every publish still waiting: each is refused, saying that it may
     /// have been published (`Effect::Lost`), as when Redis's answer never comes.
     pub fn give_up_unanswered(&mut self) -> Vec<Effect> {
+        // Those that wait for their room's fetch are not sent at all.
+        for sync in self.rooms.values_mut() {
+            for command in sync.waiting.drain(..) {
+                if let Command::Publish { req, .. } = command {
+                    if let Some((_, bytes)) = self.sent.remove(&req) {
+                        self.in_flight_bytes -= bytes;
+                    }
+                }
+            }
+        }
         let reqs: Vec<u64> = self.pending.keys().copied().collect();
         let lost: Vec<Effect> = reqs.into_iter().filter_map(|req| self.take_pending(req)).map(Effect::Lost).collect();
         self.stats.failed += lost.len() as u64;
@@ -716,12 +741,16 @@ impl Mirror {
         let sync = self.sync(room, generation);
         let joiners = std::mem::take(&mut sync.joiners);
         let buffer = std::mem::take(&mut sync.buffer);
+        // The publishes that waited go now, numbered after what the fetch read (their
+        // live copies come on the channel, listened to since before the fetch).
+        let waiting = std::mem::take(&mut sync.waiting);
         let (fetched, r) = match (result, alive) {
             (Ok(fetched), Some(r)) => (fetched, r),
             _ => {
                 sync.state = SyncState::Unsynced;
                 Mirror::presence_unfetched(sync);
                 debug!("backplane: a room's fetch failed; {} joins refused", joiners.len());
+                self.outbox.extend(waiting);
                 effects.extend(joiners.into_iter().map(|(id, _)| Effect::Refuse(id)));
                 return;
             }
@@ -737,6 +766,7 @@ impl Mirror {
         // A subscription lost while the fetch was out: what came meanwhile (messages
         // and presence) is read again once it is back (`resync_all`).
         sync.state = if subscribed { SyncState::Synced } else { SyncState::Unsynced };
+        self.outbox.extend(waiting);
         if continues {
             let missed: Vec<Message> = fetched.entries.into_iter().filter(|m| m.seq > last).collect();
             self.stats.gaps_filled += missed.len() as u64;

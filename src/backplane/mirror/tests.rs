@@ -50,11 +50,11 @@ fn publishes_are_refused_while_down_and_beyond_the_outbox() {
     let now = Instant::now();
     let mut bp = Mirror::new(settings(2));
     let origin = || Origin::Client { id: 1, ack: None, v1: false };
-    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Err(Refused::Unavailable));
+    assert_eq!(bp.publish("r", None, Opcode::Text, b"a", origin(), None, None, now), Err(Refused::Unavailable));
     bp.shards[0] = super::Connections { commands: true, fetches: true, subscribed: true };
-    assert_eq!(bp.publish("r", Opcode::Text, b"a", origin(), None, None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, b"b", origin(), None, None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, b"c", origin(), None, None, now), Err(Refused::OutboxFull));
+    assert_eq!(bp.publish("r", None, Opcode::Text, b"a", origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", None, Opcode::Text, b"b", origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", None, Opcode::Text, b"c", origin(), None, None, now), Err(Refused::OutboxFull));
     assert_eq!(bp.outbox.len(), 2);
     let Command::Publish { origin, req, .. } = &bp.outbox[0] else { panic!() };
     assert_eq!(bp.own_request(origin), Some(*req));
@@ -71,14 +71,14 @@ fn the_outbox_is_bounded_in_bytes() {
     let big = vec![b'x'; 600];
     // One message alone always goes (it is within --max-message); a second that
     // would pass --redis-outbox-bytes waits for the first's answer.
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Ok(()));
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Err(Refused::OutboxFull));
-    assert_eq!(bp.publish("r", Opcode::Text, &big[..400], origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", None, Opcode::Text, &big, origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", None, Opcode::Text, &big, origin(), None, None, now), Err(Refused::OutboxFull));
+    assert_eq!(bp.publish("r", None, Opcode::Text, &big[..400], origin(), None, None, now), Ok(()));
     assert_eq!(bp.in_flight_bytes, 1000);
     let Command::Publish { req, .. } = bp.outbox[0] else { panic!() };
     bp.answered(req, None, now);
     assert_eq!(bp.in_flight_bytes, 400);
-    assert_eq!(bp.publish("r", Opcode::Text, &big, origin(), None, None, now), Ok(()));
+    assert_eq!(bp.publish("r", None, Opcode::Text, &big, origin(), None, None, now), Ok(()));
 }
 
 #[test]
@@ -86,7 +86,7 @@ fn late_replies_degrade_health_and_late_live_copies_are_looked_for() {
     let t0 = Instant::now();
     let mut bp = up(100);
     assert_eq!(bp.health(t0), "backplane: up\n");
-    bp.publish("r", Opcode::Text, b"a", Origin::Client { id: 1, ack: None, v1: true }, None, None, t0).unwrap();
+    bp.publish("r", None, Opcode::Text, b"a", Origin::Client { id: 1, ack: None, v1: true }, None, None, t0).unwrap();
     assert_eq!(bp.health(t0 + LATE / 2), "backplane: up\n");
     assert!(bp.health(t0 + LATE * 2).starts_with("backplane: degraded"));
     // Numbered by Redis: not late any more, but its live copy is awaited.
@@ -105,7 +105,7 @@ fn late_replies_degrade_health_and_late_live_copies_are_looked_for() {
     assert!(matches!(lost[..], [Effect::Lost(Origin::Client { id: 1, .. })]), "{lost:?}");
     assert!(bp.accepted.is_empty());
     // Delivered in time: nothing to look for.
-    bp.publish("r", Opcode::Text, b"b", Origin::Client { id: 1, ack: None, v1: true }, None, None, t1).unwrap();
+    bp.publish("r", None, Opcode::Text, b"b", Origin::Client { id: 1, ack: None, v1: true }, None, None, t1).unwrap();
     let Command::Publish { req, .. } = bp.outbox[1] else { panic!() };
     bp.answered(req, Some(("r", 8)), t1);
     assert!(bp.take_pending(req).is_some());
@@ -223,4 +223,54 @@ fn rooms_spread_evenly_over_shards_and_a_new_shard_takes_only_its_own() {
     }
     assert!(counts.iter().all(|&c| (850..=1150).contains(&c)), "even: {counts:?}");
     assert!((600..=900).contains(&moved), "about a quarter moves: {moved}");
+}
+
+/// Finding (an upgrade under load): a room's publishes sent while its mirror fetched
+/// were numbered before its channel was listened to; more of them than the stream
+/// keeps, and the fetch could not continue the mirror (members closed 1013). They
+/// wait for the fetch now, then go in order.
+#[test]
+fn publishes_to_a_room_whose_mirror_fetches_wait_for_the_fetch() {
+    let now = Instant::now();
+    let rooms = rooms();
+    let mut bp = up(100);
+    let room: RoomId = 0;
+    let held = Some((room, rooms.get(room).unwrap().generation()));
+    assert_eq!(bp.join(3, room, &rooms, None), Joining::Waits);
+    let [Command::Fetch { req: fetch, .. }] = bp.outbox[..] else { panic!("{:?}", bp.outbox) };
+    bp.outbox.clear();
+    let api = |id: usize| Origin::Api { id, room: "r0".into() };
+    bp.publish("r0", held, Opcode::Text, b"a", api(1), None, None, now).unwrap();
+    bp.publish("r0", held, Opcode::Text, b"b", api(2), None, None, now).unwrap();
+    // Another room's publish goes at once.
+    bp.publish("r1", None, Opcode::Text, b"c", api(3), None, None, now).unwrap();
+    let payloads = |bp: &Mirror| -> Vec<Vec<u8>> {
+        bp.outbox
+            .iter()
+            .filter_map(|c| if let Command::Publish { payload, .. } = c { Some(payload.clone()) } else { None })
+            .collect()
+    };
+    assert_eq!(payloads(&bp), [b"c".to_vec()]);
+    assert_eq!(bp.unanswered(), 3, "waiting publishes are not answered yet");
+    let fetched = Fetched { epoch: "e".into(), seq: 4, entries: Vec::new(), presence: Vec::new() };
+    bp.handle(Event::Fetched { req: fetch, result: Ok(fetched) }, &rooms, now);
+    assert_eq!(payloads(&bp), [b"c".to_vec(), b"a".to_vec(), b"b".to_vec()]);
+    // Synced: the next goes at once.
+    bp.publish("r0", held, Opcode::Text, b"d", api(4), None, None, now).unwrap();
+    assert_eq!(payloads(&bp).last().unwrap(), b"d");
+}
+
+#[test]
+fn a_publish_waiting_for_its_rooms_fetch_is_given_up_unsent() {
+    let now = Instant::now();
+    let rooms = rooms();
+    let mut bp = up(100);
+    let held = Some((0, rooms.get(0).unwrap().generation()));
+    assert_eq!(bp.join(3, 0, &rooms, None), Joining::Waits);
+    bp.outbox.clear();
+    bp.publish("r0", held, Opcode::Text, b"a", Origin::Api { id: 1, room: "r0".into() }, None, None, now).unwrap();
+    let lost = bp.give_up_unanswered();
+    assert!(matches!(lost[..], [Effect::Lost(Origin::Api { id: 1, .. })]), "{lost:?}");
+    assert_eq!((bp.in_flight_bytes, bp.sent.len()), (0, 0));
+    assert!(bp.rooms.values().all(|s| s.waiting.is_empty()), "never sent");
 }

@@ -37,8 +37,13 @@ impl Server {
 
     /// Runs `command` (which starts mioket) and waits for its listening line.
     pub fn spawn(mut command: Command) -> Server {
+        // MIOKET_TEST_LOG=debug (or any RUST_LOG filter) shows the servers' logs.
+        let (log, stderr) = match std::env::var("MIOKET_TEST_LOG") {
+            Ok(filter) => (filter, Stdio::inherit()),
+            Err(_) => ("warn".to_string(), Stdio::null()),
+        };
         let mut child =
-            command.env("RUST_LOG", "warn").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start mioket");
+            command.env("RUST_LOG", log).stdout(Stdio::piped()).stderr(stderr).spawn().expect("start mioket");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
