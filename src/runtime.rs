@@ -124,20 +124,37 @@ impl Server {
             None => None,
         };
         let auth = crate::auth::Auth::from_config(&config).map_err(StartError::Auth)?;
-        let server = Server::assemble(App::with_auth(config, auth), tls, listener, metrics_listener)?;
+        let (poll, backplane) = Server::reactor(&config)?;
+        let app = App::with_auth(config, auth);
+        let server = Server::assemble(app, (poll, backplane), tls, listener, metrics_listener)?;
         notify("READY=1");
         Ok(server)
     }
 
     /// The loop around an application and its listeners (bound, or taken over).
+    /// The poll, and with --redis the link's threads, connecting (before the
+    /// application: the new process of an upgrade connects to Redis while the old
+    /// one still serves).
+    fn reactor(config: &Config) -> Result<(Poll, Option<Links>), StartError> {
+        let poll = Poll::new()?;
+        let backplane = match crate::app::redis_settings(config) {
+            Some(settings) => {
+                let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
+                Some(Links::start(settings, waker).map_err(|e| StartError::Redis(e.to_string()))?)
+            }
+            None => None,
+        };
+        Ok((poll, backplane))
+    }
+
     fn assemble(
         app: App<Io>,
+        (poll, backplane): (Poll, Option<Links>),
         tls: Option<Arc<rustls::ServerConfig>>,
         mut listener: TcpListener,
         mut metrics_listener: Option<TcpListener>,
     ) -> Result<Server, StartError> {
         let local_addr = listener.local_addr()?;
-        let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         if let Some(l) = &mut metrics_listener {
             poll.registry().register(l, METRICS_LISTENER, Interest::READABLE)?;
@@ -146,13 +163,6 @@ impl Server {
         // us, and a renewal hook may send it to every mioket). SIGUSR2 upgrades the binary.
         let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2])?;
         poll.registry().register(&mut signals, SIGNALS, Interest::READABLE)?;
-        let backplane = match app.backplane_settings() {
-            Some(settings) => {
-                let waker = Arc::new(Waker::new(poll.registry(), BACKPLANE)?);
-                Some(Links::start(settings.clone(), waker).map_err(|e| StartError::Redis(e.to_string()))?)
-            }
-            None => None,
-        };
         Ok(Server {
             poll,
             listener: Some(listener),

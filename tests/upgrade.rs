@@ -702,9 +702,10 @@ fn ack(ws: &mut Ws) -> Value {
 }
 
 /// With --redis, publishes in flight to Redis when the handover starts are answered
-/// by the old process before it freezes (or refused past half the upgrade's
-/// timeout): every publish is acked or refused, none is silent, and every member's
-/// seqs are gap-free and duplicate-free across the upgrade.
+/// by the old process before it freezes, and the new process is connected to Redis
+/// before it takes over: with Redis healthy, every publish is acked (none refused,
+/// none silent), and every member's seqs are gap-free and duplicate-free across the
+/// upgrade.
 #[test]
 fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
     use common::redis::{redis_available, RedisServer};
@@ -751,6 +752,7 @@ fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
     }
     eprintln!("across the upgrade: {acked} acked, {refused} refused");
     assert!(acked > 0);
+    assert_eq!(refused, 0, "Redis was up: nothing to refuse");
 }
 
 /// With --redis, a publish Redis does not answer (Redis paused) is refused by the old

@@ -69,7 +69,7 @@ pub(super) enum Sent {
 impl Bus {
     /// `--redis` in broadcast mode: the Redis bus; otherwise the local one.
     pub(super) fn new(config: &Config) -> Bus {
-        match settings(config).filter(|_| config.mode == Mode::Broadcast) {
+        match redis_settings(config) {
             Some(settings) => Bus::Redis(Box::new(Mirror::new(settings))),
             None => Bus::Local(Box::new(Dedup::new(config.dedup_window))),
         }
@@ -220,11 +220,6 @@ impl<T: ClientIo> App<T> {
         self.fan_out(delivery.room, delivery.stored, delivery.publisher, now)
     }
 
-    /// The backplane's settings, when it is on (`--redis`, broadcast mode).
-    pub fn backplane_settings(&self) -> Option<&Settings> {
-        self.bus.mirror().map(Mirror::settings)
-    }
-
     /// With Redis: the node registry's last answer (the live nodes, their last
     /// heartbeats and memberships), for an operator's view of the cluster.
     pub fn cluster_nodes(&self) -> Option<&crate::backplane::Registry> {
@@ -237,8 +232,12 @@ impl<T: ClientIo> App<T> {
     }
 }
 
-/// The Redis bus's settings from the command line (`--redis` and its limits).
-fn settings(config: &crate::config::Config) -> Option<Settings> {
+/// The Redis bus's settings from the command line (`--redis` and its limits), when
+/// the application has one (`--redis` in broadcast mode).
+pub fn redis_settings(config: &Config) -> Option<Settings> {
+    if config.mode != Mode::Broadcast {
+        return None;
+    }
     let mut shards = config.redis.clone();
     shards.sort_by_key(crate::config::RedisUrl::address);
     shards.dedup_by_key(|u| u.address());

@@ -79,6 +79,7 @@ mod stats;
 // `mioket.v1` ops from a client.
 mod v1ops;
 
+pub use bus::redis_settings;
 pub(crate) use clients::Client;
 pub use freeze::{AppState, ClientState};
 pub use output::{ClientView, Transmit};

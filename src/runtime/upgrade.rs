@@ -235,6 +235,11 @@ impl Server {
             handover::abort(channel, &why);
             StartError::Upgrade(why)
         };
+        // With Redis: connected before the hello, while the old process still serves
+        // (at most half the upgrade's time; a Redis that is down is not waited for).
+        let until = Instant::now() + config.upgrade_timeout / 2;
+        let (poll, backplane) = Server::reactor(&config)?;
+        let early = backplane.as_ref().map_or(Vec::new(), |links| links.wait_up(until));
         handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
         let received =
             handover::receive(&mut channel, |format| format == FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
@@ -264,7 +269,8 @@ impl Server {
         let restored_in = received_at.elapsed();
         // Done with (not trimmed here: a malloc_trim would lengthen the pause).
         drop(received.snapshot);
-        let mut server = Server::assemble(app, tls, main, metrics).map_err(|e| failed(&mut channel, e.to_string()))?;
+        let mut server = Server::assemble(app, (poll, backplane), tls, main, metrics)
+            .map_err(|e| failed(&mut channel, e.to_string()))?;
         let ids: Vec<usize> = server.app.client_ids().collect();
         for id in ids {
             let Some(client) = server.app.client_io(id) else { continue };
@@ -275,6 +281,13 @@ impl Server {
             // Bytes may have arrived during the handover: read every client once.
             server.backlog.push(id);
         }
+        // The link is up: the restored rooms' mirrors catch up from Redis (their
+        // members' publishes wait for that, `Mirror::publish`).
+        let now = Instant::now();
+        for event in early {
+            server.app.handle_backplane(event, now);
+        }
+        server.pump_backplane(now);
         // Before the confirmation: once the old process exits, systemd must know us.
         notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
         if let Err(e) = handover::confirm(&mut channel) {

@@ -6,6 +6,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::Waker;
 
@@ -41,6 +42,35 @@ impl Links {
                 other => Some(other),
             })
         })
+    }
+
+    /// Waits until every shard's three connections are up, or `until`, and gives
+    /// what the links reported meanwhile, in order, for the mirror. The new process of
+    /// an upgrade connects so before it takes over: the clients it takes never meet a
+    /// link still coming up (their publishes would be refused).
+    pub fn wait_up(&self, until: Instant) -> Vec<Event> {
+        let mut early = Vec::new();
+        let mut up = vec![[false; 3]; self.links.len()];
+        while up.iter().flatten().any(|&u| !u) && Instant::now() < until {
+            for event in self.events() {
+                let (shard, state) = match &event {
+                    Event::Shard { shard, event } => (*shard, &**event),
+                    other => (0, other),
+                };
+                let (which, is_up) = match *state {
+                    Event::Commands(u) => (0, u),
+                    Event::Fetches(u) => (1, u),
+                    Event::Subscribed(u) => (2, u),
+                    _ => (usize::MAX, false),
+                };
+                if let Some(flag) = up.get_mut(shard).and_then(|c| c.get_mut(which)) {
+                    *flag = is_up;
+                }
+                early.push(event);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        early
     }
 
     /// Hands each command to its room's shard (a touch or an unsubscribe split by
