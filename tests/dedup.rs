@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{redis_available, RedisServer};
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 
@@ -180,15 +180,6 @@ fn a_connection_cut_before_its_ack_then_retried_on_a_new_connection_is_published
     let (v, _) = ack(&mut again, "cut-1");
     assert_eq!(v["seq"], 1, "{v}");
     assert_eq!(exactly(&mut reader, 1), vec![(1, "once".into())]);
-}
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
 }
 
 /// Publish on node A, retry on node B (a new connection, A's cut before its ack, and

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::redis::{redis_available, RedisServer};
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
@@ -68,15 +68,6 @@ fn assert_gap_free(seqs: &[(u64, String)], from: u64) {
     for (i, (seq, _)) in seqs.iter().enumerate() {
         assert_eq!(*seq, from + i as u64, "gap-free and duplicate-free: {seqs:?}");
     }
-}
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
 }
 
 /// Members on every node, publishers on every node at once: every member gets the very

@@ -11,18 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::redis::{free_port, redis_available, RedisServer};
+use common::redis::{free_port, RedisServer};
 use common::*;
 use serde_json::{json, Value};
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
-}
 
 fn node_at(url: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--redis", url, "--ping-interval", "0", "--welcome", "hi"];
