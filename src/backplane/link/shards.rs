@@ -23,7 +23,7 @@ impl Links {
     pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Links> {
         let mut links = Vec::new();
         for url in &settings.shards {
-            let shard = Settings { url: url.clone(), ..settings.clone() };
+            let shard = Settings { shards: vec![url.clone()], ..settings.clone() };
             links.push(Link::start(shard, Arc::clone(&waker))?);
         }
         Ok(Links { links, shards: settings.shards })

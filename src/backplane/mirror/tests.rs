@@ -6,7 +6,6 @@ use crate::rooms::RoomId;
 
 fn settings(outbox: usize) -> Settings {
     Settings {
-        url: RedisUrl::parse("redis://127.0.0.1").unwrap(),
         shards: vec![RedisUrl::parse("redis://127.0.0.1").unwrap()],
         ca: None,
         outbox,
