@@ -1,6 +1,7 @@
 //! The mirror's bookkeeping alone (the whole state machine is driven against a fake
 //! Redis in app/redis/fake_redis.rs).
 use super::*;
+use crate::backplane::Fetched;
 use crate::config::RedisUrl;
 use crate::rooms::RoomId;
 
