@@ -66,17 +66,6 @@ fn exactly(ws: &mut Ws, count: usize) -> Vec<(u64, String)> {
     messages
 }
 
-fn api_post(server: &Server, room: &str, body: &str, key: Option<&str>) -> (u16, String) {
-    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
-    http(
-        server.addr,
-        &format!(
-            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n{key}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
 fn metric(server: &Server, name: &str) -> f64 {
     let body = http(server.addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").1;
     let line = body.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_else(|| panic!("{name}: {body}"));
