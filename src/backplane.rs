@@ -33,10 +33,9 @@ pub use mirror::{Effect, Joining, Mirror, Snapshot};
 /// What the backplane needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// This link's Redis: the first shard's in the mirror's settings.
-    pub url: RedisUrl,
     /// Every shard (`--redis` given several times), in the order of their addresses
-    /// (`RedisUrl::address`): the same on every node whatever the order given.
+    /// (`RedisUrl::address`): the same on every node whatever the order given. Never
+    /// empty; in a link's settings just its own shard.
     pub shards: Vec<RedisUrl>,
     /// `--redis-ca`: the CA certificates (PEM) of a `rediss://` server.
     pub ca: Option<std::path::PathBuf>,
@@ -53,6 +52,14 @@ pub struct Settings {
     pub ttl: Duration,
     /// How long Redis remembers a publish's id (`--dedup-window`; zero: off).
     pub dedup_window: Duration,
+}
+
+impl Settings {
+    /// This link's Redis: its shard in a link's settings, the first shard in the
+    /// mirror's (whose control channel every node listens to).
+    pub fn url(&self) -> &RedisUrl {
+        &self.shards[0]
+    }
 }
 
 /// A request to Redis, made by the application, carried out by the link.

@@ -608,7 +608,7 @@ mod moderation {
 /// With `--redis`: identities and moderation across nodes over one real redis-server.
 mod redis_nodes {
     use super::*;
-    use common::redis::{redis_available, RedisServer};
+    use common::redis::RedisServer;
 
     /// A node of `redis` checking HS256 tokens, anonymous clients reading and writing
     /// everywhere.
@@ -636,15 +636,6 @@ mod redis_nodes {
                 return v;
             }
         }
-    }
-
-    macro_rules! need_redis {
-        () => {
-            if !redis_available() {
-                eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-                return;
-            }
-        };
     }
 
     #[test]

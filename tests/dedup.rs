@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{redis_available, RedisServer};
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 
@@ -64,17 +64,6 @@ fn exactly(ws: &mut Ws, count: usize) -> Vec<(u64, String)> {
     }
     assert!(quiet(ws, Duration::from_millis(500)), "more than {count} messages after {messages:?}");
     messages
-}
-
-fn api_post(server: &Server, room: &str, body: &str, key: Option<&str>) -> (u16, String) {
-    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
-    http(
-        server.addr,
-        &format!(
-            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n{key}Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
 }
 
 fn metric(server: &Server, name: &str) -> f64 {
@@ -180,15 +169,6 @@ fn a_connection_cut_before_its_ack_then_retried_on_a_new_connection_is_published
     let (v, _) = ack(&mut again, "cut-1");
     assert_eq!(v["seq"], 1, "{v}");
     assert_eq!(exactly(&mut reader, 1), vec![(1, "once".into())]);
-}
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
 }
 
 /// Publish on node A, retry on node B (a new connection, A's cut before its ack, and

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::redis::{redis_available, RedisServer};
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 
@@ -133,15 +133,6 @@ fn online_becomes(ws: &mut Ws, online: u64, limit: Duration) -> Option<Instant> 
         eprintln!("presence updates seen: {seen:?}");
     }
     found
-}
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
 }
 
 /// A presence told, then its update shown: a presence tick on each side.

@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::proxy::Proxy;
-use common::redis::{redis_available, RedisServer};
+use common::redis::RedisServer;
 use common::*;
 use serde_json::{json, Value};
 use tungstenite::Message;
@@ -54,29 +54,10 @@ fn collect(ws: &mut Ws, count: usize) -> Collected {
     (messages, others)
 }
 
-fn api_post(server: &Server, room: &str, body: &str) -> (u16, String) {
-    http(
-        server.addr,
-        &format!(
-            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
 fn assert_gap_free(seqs: &[(u64, String)], from: u64) {
     for (i, (seq, _)) in seqs.iter().enumerate() {
         assert_eq!(*seq, from + i as u64, "gap-free and duplicate-free: {seqs:?}");
     }
-}
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
 }
 
 /// Members on every node, publishers on every node at once: every member gets the very
@@ -178,7 +159,7 @@ fn a_client_resumes_on_another_node_and_the_api_reaches_every_node() {
     assert_eq!(wb["epoch"], w["epoch"], "one epoch for the room on every node");
     // The API on A reaches members on B.
     for i in 1..=3 {
-        let (status, body) = api_post(&a, "lobby", &format!("m{i}"));
+        let (status, body) = api_post(&a, "lobby", &format!("m{i}"), None);
         assert_eq!(status, 200, "{body}");
         assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["seq"], i);
     }
@@ -238,7 +219,7 @@ fn redis_killed_and_restarted_with_persistence_loses_nothing_acknowledged() {
         (e["type"].as_str(), e["id"].as_str(), e["reason"].as_str()),
         (Some("error"), Some("x1"), Some("backplane unavailable"))
     );
-    assert_eq!(api_post(&b, "p", "nope").0, 503);
+    assert_eq!(api_post(&b, "p", "nope", None).0, 503);
     send_text(&mut plain_b, "plain");
     match next_message(&mut plain_b) {
         Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1013),
@@ -722,7 +703,7 @@ fn stats_show_the_backplane_up_with_its_round_trip_and_this_node() {
     wait_backplane_up(&[&a]);
     let mut ws = connect_v1(&a, "/lobby");
     welcome(&mut ws);
-    assert_eq!(api_post(&a, "lobby", "m1").0, 200);
+    assert_eq!(api_post(&a, "lobby", "m1", None).0, 200);
     collect(&mut ws, 1);
     let (status, body) = http(a.addr, "GET /api/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n\r\n");
     assert_eq!(status, 200, "{body}");

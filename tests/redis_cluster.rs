@@ -11,18 +11,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::redis::{free_port, redis_available, RedisServer};
+use common::redis::{free_port, RedisServer};
 use common::*;
 use serde_json::{json, Value};
-
-macro_rules! need_redis {
-    () => {
-        if !redis_available() {
-            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-            return;
-        }
-    };
-}
 
 fn node_at(url: &str, extra: &[&str]) -> Server {
     let mut args = vec!["--redis", url, "--ping-interval", "0", "--welcome", "hi"];
@@ -261,16 +252,6 @@ fn a_node_receives_nothing_of_rooms_it_has_no_member_of() {
     assert_eq!(subscribers(&redis, "alpha"), 2);
 }
 
-fn api_post(server: &Server, room: &str, body: &str) -> (u16, String) {
-    http(
-        server.addr,
-        &format!(
-            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )
-}
-
 /// Rooms spread over three shards by the room name (two nodes given the URLs in
 /// different orders agree); a shard killed refuses only its own rooms' publishes
 /// while the others deliver, and its rooms work again once it is back.
@@ -294,7 +275,7 @@ fn rooms_spread_over_three_shards_and_a_shard_down_refuses_only_its_rooms() {
         assert_eq!(envelope(ws)["type"], "welcome");
     }
     for (room, ws) in rooms.iter().zip(&mut members) {
-        let (status, body) = api_post(&b, room, "first");
+        let (status, body) = api_post(&b, room, "first", None);
         assert_eq!(status, 200, "{room}: {body}");
         assert_eq!(until_message(ws, "first")["seq"], 1, "{room}");
     }
@@ -317,7 +298,7 @@ fn rooms_spread_over_three_shards_and_a_shard_down_refuses_only_its_rooms() {
     let degraded = wait_until(Duration::from_secs(10), || (!healthz(&b).contains("backplane: up")).then_some(()));
     assert!(degraded.is_some(), "{}", healthz(&b));
     for ((room, ws), &shard) in rooms.iter().zip(&mut members).zip(&placed) {
-        let (status, body) = api_post(&b, room, "second");
+        let (status, body) = api_post(&b, room, "second", None);
         if shard == 1 {
             assert_eq!(status, 503, "{room} on the dead shard: {body}");
         } else {
@@ -331,7 +312,7 @@ fn rooms_spread_over_three_shards_and_a_shard_down_refuses_only_its_rooms() {
     wait_backplane_up(&[&a, &b]);
     for ((room, ws), &shard) in rooms.iter().zip(&mut members).zip(&placed) {
         if shard == 1 {
-            let (status, body) = api_post(&b, room, "third");
+            let (status, body) = api_post(&b, room, "third", None);
             assert_eq!(status, 200, "{room}: {body}");
             assert_eq!(until_message(ws, "third")["seq"], 2, "{room}");
         }

@@ -525,11 +525,8 @@ fn mioket_upgrade_of_no_such_process_fails() {
 /// publisher sends across the upgrade, Redis's seqs without a gap or a duplicate.
 #[test]
 fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
-    use common::redis::{redis_available, RedisServer};
-    if !redis_available() {
-        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-        return;
-    }
+    use common::redis::RedisServer;
+    need_redis!();
     let redis = RedisServer::start(false);
     let args = ["--redis", &redis.url(), "--ping-interval", "0"];
     let mut a = Server::start(&args);
@@ -574,11 +571,8 @@ fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
 /// as dead (about 4 s).
 #[test]
 fn with_redis_the_upgraded_node_is_counted_once_by_the_others() {
-    use common::redis::{redis_available, RedisServer};
-    if !redis_available() {
-        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-        return;
-    }
+    use common::redis::RedisServer;
+    need_redis!();
     let redis = RedisServer::start(false);
     let args = ["--redis", &redis.url(), "--ping-interval", "0", "--api-token", "t"];
     let mut a = Server::start(&args);
@@ -708,12 +702,9 @@ fn ack(ws: &mut Ws) -> Value {
 /// upgrade.
 #[test]
 fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
-    use common::redis::{redis_available, RedisServer};
+    use common::redis::RedisServer;
     use std::sync::atomic::AtomicBool;
-    if !redis_available() {
-        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-        return;
-    }
+    need_redis!();
     let redis = RedisServer::start(false);
     let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0"]);
     let up = wait_until(Duration::from_secs(15), || {
@@ -759,11 +750,8 @@ fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
 /// process after half of --upgrade-timeout, before the freeze: never silent.
 #[test]
 fn with_redis_a_publish_redis_does_not_answer_is_refused_before_the_handover() {
-    use common::redis::{redis_available, RedisServer};
-    if !redis_available() {
-        eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
-        return;
-    }
+    use common::redis::RedisServer;
+    need_redis!();
     let redis = RedisServer::start(false);
     let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0", "--upgrade-timeout", "2"]);
     let up = wait_until(Duration::from_secs(15), || {

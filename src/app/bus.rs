@@ -241,8 +241,10 @@ pub fn redis_settings(config: &Config) -> Option<Settings> {
     let mut shards = config.redis.clone();
     shards.sort_by_key(crate::config::RedisUrl::address);
     shards.dedup_by_key(|u| u.address());
+    if shards.is_empty() {
+        return None;
+    }
     Some(Settings {
-        url: shards.first()?.clone(),
         shards,
         ca: config.redis_ca.clone(),
         outbox: config.redis_outbox,

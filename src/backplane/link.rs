@@ -57,12 +57,12 @@ pub const PING_EVERY: Duration = Duration::from_secs(1);
 /// puts it on the room's slot (sharded pub/sub); pub/sub ignores databases, so the
 /// number keeps deployments on different databases apart.
 pub fn room_channel(settings: &Settings, room: &str) -> String {
-    format!("mioket:{{{room}}}:{}:live", settings.url.db)
+    format!("mioket:{{{room}}}:{}:live", settings.url().db)
 }
 
 /// The channel of moderation acts (`Command::Moderate`), which every node subscribes to too.
 pub fn control_channel(settings: &Settings) -> String {
-    format!("mioket:{}:control", settings.url.db)
+    format!("mioket:{}:control", settings.url().db)
 }
 
 fn meta_key(room: &str) -> Vec<u8> {
@@ -114,8 +114,8 @@ impl Link {
         // A Redis that answers but refuses (a wrong password, a TLS failure) will not
         // change its mind: the process ends, naming the address (never the password).
         if let Err(e) = connect(&settings, false) {
-            if !merely_down(&e, settings.url.tls) {
-                return Err(io::Error::other(format!("Redis at {} refused the connection: {e}", settings.url)));
+            if !merely_down(&e, settings.url().tls) {
+                return Err(io::Error::other(format!("Redis at {} refused the connection: {e}", settings.url())));
             }
         }
         let wake = Wake { waker, pending: Arc::new(AtomicBool::new(false)) };
@@ -266,7 +266,7 @@ impl CommandThread {
         loop {
             match self.open() {
                 Ok((mut con, shas)) => {
-                    info!("backplane: connected to {}", self.settings.url);
+                    info!("backplane: connected to {}", self.settings.url());
                     backoff = BACKOFF_MIN;
                     was_up = Some(true);
                     if !self.emit(self.state(true)) {
@@ -285,7 +285,7 @@ impl CommandThread {
                 }
                 Err(e) => {
                     if was_up != Some(false) {
-                        warn!("backplane: cannot reach {}: {e}", self.settings.url);
+                        warn!("backplane: cannot reach {}: {e}", self.settings.url());
                         was_up = Some(false);
                         if !self.emit(self.state(false)) {
                             return;

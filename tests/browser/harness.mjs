@@ -4,13 +4,15 @@
 // Nothing here contacts any address but 127.0.0.1.
 
 import { execFileSync, spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import WebSocket from 'ws';
+
+// HS256 tokens and secret files: one copy, in clients/js/support/tokens.mjs.
+export { secretFile, signToken } from '../../clients/js/support/tokens.mjs';
 
 export const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, '../..');
@@ -301,24 +303,6 @@ export async function startLoad(wsBase, rooms, everyMs = 50) {
       await Promise.all(clients.map((c) => c.close()));
     },
   };
-}
-
-/**
- * An HS256 JWT (RFC 7519) signed with `secret`, made here as an issuer would: base64url
- * of the header and the claims, and their HMAC-SHA256.
- */
-export function signToken(secret, claims) {
-  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
-  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
-}
-
-/** A file holding `secret` (for --jwt-secret-file) in a fresh temporary folder: `{ file, remove() }`. */
-export function secretFile(secret) {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'mioket-jwt-'));
-  const file = path.join(dir, 'secret');
-  writeFileSync(file, secret);
-  return { file, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /** The server's default welcome text, and the time one test may take. */

@@ -3,13 +3,14 @@
 // open, and bounded waits on events. Nothing here contacts any address but 127.0.0.1.
 
 import { spawn } from 'node:child_process';
-import { createHmac } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import WebSocket from 'ws';
+
+// HS256 tokens and secret files: one copy, in clients/js/support/tokens.mjs.
+export { secretFile, signToken } from './tokens.mjs';
 
 export { WebSocket };
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -194,24 +195,6 @@ export async function closedPort() {
   const { port } = s.address();
   await new Promise((resolve) => s.close(resolve));
   return port;
-}
-
-/**
- * An HS256 JWT (RFC 7519) signed with `secret`, made here as an issuer would: base64url
- * of the header and the claims, and their HMAC-SHA256.
- */
-export function signToken(secret, claims) {
-  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
-  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
-  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
-}
-
-/** A file holding `secret` (for --jwt-secret-file) in a fresh temporary folder: `{ file, remove() }`. */
-export function secretFile(secret) {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'mioket-jwt-'));
-  const file = path.join(dir, 'secret');
-  writeFileSync(file, secret);
-  return { file, remove: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 /** The server's count of accepted WebSocket upgrades (GET /metrics). */

@@ -14,7 +14,7 @@ use crate::backplane::Settings;
 /// A connection, set up. `resp3`: the subscription's (its messages come as pushes,
 /// which the crate never takes for a late reply).
 pub(super) fn connect(settings: &Settings, resp3: bool) -> RedisResult<redis::Connection> {
-    let url = &settings.url;
+    let url = settings.url();
     let protocol = if resp3 { ProtocolVersion::RESP3 } else { ProtocolVersion::RESP2 };
     let mut redis =
         RedisConnectionInfo::default().set_db(i64::from(url.db)).set_protocol(protocol).set_skip_set_lib_name();

@@ -16,7 +16,7 @@ pub(super) fn presence_key(room: &str) -> Vec<u8> {
 /// The node registry (per database: deployments on different databases are apart):
 /// a ZSET node -> its last heartbeat (Redis's time, ms), and a HASH node -> memberships.
 fn registry_keys(settings: &Settings) -> [Vec<u8>; 2] {
-    let db = settings.url.db;
+    let db = settings.url().db;
     [format!("mioket:{db}:nodes").into_bytes(), format!("mioket:{db}:nodes:members").into_bytes()]
 }
 

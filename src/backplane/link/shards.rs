@@ -24,7 +24,7 @@ impl Links {
     pub fn start(settings: Settings, waker: Arc<Waker>) -> io::Result<Links> {
         let mut links = Vec::new();
         for url in &settings.shards {
-            let shard = Settings { url: url.clone(), ..settings.clone() };
+            let shard = Settings { shards: vec![url.clone()], ..settings.clone() };
             links.push(Link::start(shard, Arc::clone(&waker))?);
         }
         Ok(Links { links, shards: settings.shards })
@@ -93,20 +93,8 @@ impl Links {
                         batch.push(c.clone());
                     }
                 }
-                Command::Touch { rooms } => {
-                    for (i, rooms) in split(rooms, shard).into_iter().enumerate() {
-                        if !rooms.is_empty() {
-                            per[i].push(Command::Touch { rooms });
-                        }
-                    }
-                }
-                Command::Unsubscribe { rooms } => {
-                    for (i, rooms) in split(rooms, shard).into_iter().enumerate() {
-                        if !rooms.is_empty() {
-                            per[i].push(Command::Unsubscribe { rooms });
-                        }
-                    }
-                }
+                Command::Touch { rooms } => split(&mut per, rooms, shard, |rooms| Command::Touch { rooms }),
+                Command::Unsubscribe { rooms } => split(&mut per, rooms, shard, |rooms| Command::Unsubscribe { rooms }),
             }
         }
         for (link, batch) in self.links.iter_mut().zip(per) {
@@ -117,15 +105,21 @@ impl Links {
     }
 }
 
-/// Rooms by shard.
-fn split(rooms: Vec<Box<str>>, shard: impl Fn(&str) -> usize) -> Vec<Vec<Box<str>>> {
-    let mut per: Vec<Vec<Box<str>>> = Vec::new();
+/// Splits `rooms` by shard and adds to each shard's batch in `per` its part, as
+/// `command(part)` (a touch or an unsubscribe); a shard with no part gets nothing.
+fn split(
+    per: &mut [Vec<Command>],
+    rooms: Vec<Box<str>>,
+    shard: impl Fn(&str) -> usize,
+    command: fn(Vec<Box<str>>) -> Command,
+) {
+    let mut parts: Vec<Vec<Box<str>>> = per.iter().map(|_| Vec::new()).collect();
     for room in rooms {
-        let i = shard(&room);
-        if per.len() <= i {
-            per.resize_with(i + 1, Vec::new);
-        }
-        per[i].push(room);
+        parts[shard(&room)].push(room);
     }
-    per
+    for (batch, part) in per.iter_mut().zip(parts) {
+        if !part.is_empty() {
+            batch.push(command(part));
+        }
+    }
 }

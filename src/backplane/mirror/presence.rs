@@ -466,10 +466,8 @@ mod tests {
 
     /// Room 0 ("r") with one member here, its mirror fetched with node `a`'s part.
     fn fetched(now: Instant) -> (Mirror, Rooms, Vec<Effect>) {
-        let url = RedisUrl::parse("redis://127.0.0.1").unwrap();
         let settings = Settings {
-            shards: vec![url.clone()],
-            url,
+            shards: vec![RedisUrl::parse("redis://127.0.0.1").unwrap()],
             ca: None,
             outbox: 10,
             outbox_bytes: 1000,

@@ -1,12 +1,12 @@
 //! The mirror's bookkeeping alone (the whole state machine is driven against a fake
 //! Redis in app/redis/fake_redis.rs).
 use super::*;
+use crate::backplane::Fetched;
 use crate::config::RedisUrl;
 use crate::rooms::RoomId;
 
 fn settings(outbox: usize) -> Settings {
     Settings {
-        url: RedisUrl::parse("redis://127.0.0.1").unwrap(),
         shards: vec![RedisUrl::parse("redis://127.0.0.1").unwrap()],
         ca: None,
         outbox,

@@ -5,7 +5,8 @@
 //!   hand, independently of the server's `frame.rs` and `mask.rs`: a bug there must not
 //!   be mirrored here.
 //! - [`procfs`]: a process's RSS, CPU time and sockets from /proc.
-//! - [`redis`]: a real `redis-server` for the backplane tests, on a free port.
+//! - [`redis`]: a real `redis-server` for the backplane tests, on a free port, and
+//!   `need_redis!()`, which skips a test where there is none.
 //! - [`proxy`]: a TCP relay that can stall (no forwarding, sockets kept open), resume
 //!   and cut its connections: network faults for the backplane tests.
 //! - [`conn`]: open `Conn`s through the library's public API (allocation test, benches).

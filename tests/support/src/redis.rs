@@ -23,6 +23,19 @@ pub fn redis_available() -> bool {
     Command::new("redis-server").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
 }
 
+/// At the top of a backplane test: returns from the test (a skip, said on stderr) when
+/// `redis-server` cannot be run here. CI (.ci/run, scripts/test.sh) installs it, so
+/// there these tests never skip.
+#[macro_export]
+macro_rules! need_redis {
+    () => {
+        if !$crate::redis::redis_available() {
+            eprintln!("redis-server is not installed: skipped (scripts/test.sh installs it)");
+            return;
+        }
+    };
+}
+
 impl RedisServer {
     /// Starts Redis; `persistent`: an append-only file synced on every write, so that
     /// a kill loses nothing it acknowledged.

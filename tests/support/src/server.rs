@@ -202,6 +202,19 @@ pub fn raw_upgraded(server: &Server) -> TcpStream {
     s
 }
 
+/// A message posted to `room` through the HTTP API of a server started with
+/// `--api-token t` (with an `Idempotency-Key` when `key` is given): status and body.
+pub fn api_post(server: &Server, room: &str, body: &str, key: Option<&str>) -> (u16, String) {
+    let key = key.map_or(String::new(), |k| format!("Idempotency-Key: {k}\r\n"));
+    http(
+        server.addr,
+        &format!(
+            "POST /api/rooms/{room}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\n{key}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
 /// One HTTP request on a connection of its own to `addr`; the answer's status and body
 /// (the server closes after answering).
 pub fn http(addr: SocketAddr, request: &str) -> (u16, String) {
