@@ -69,6 +69,21 @@ impl<T> ClientView<'_, T> {
     }
 }
 
+/// What the runtime does at the top of each read in a client's turn (`App::read_turn`).
+pub enum ReadTurn<'a, T> {
+    /// Read the client's socket.
+    Socket(&'a mut T),
+    /// This many bytes of input held back last turn are in the buffer: hand them in first.
+    Held(usize),
+    /// Its input is held back (its inflate budget spent): its turn is over, read it
+    /// again next iteration.
+    Later,
+    /// Read nothing: its queue is long (reading resumes after a flush), or it is closed.
+    Pause { io: &'a mut T, closed: bool },
+    /// No such client (a stale event).
+    Gone,
+}
+
 impl<T: super::ClientIo> App<T> {
     /// `id`'s runtime data, for its socket and timer.
     #[inline]
