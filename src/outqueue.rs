@@ -238,7 +238,7 @@ impl OutQueue {
         self.first.is_none()
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
 

@@ -173,7 +173,24 @@ impl Conn {
 
     /// Processes bytes from `input` until an event is ready or the input is used up.
     /// Returns how many bytes it used; call again with the rest. Unmasks in place.
+    #[inline]
     pub fn handle_input<'a>(
+        &'a mut self,
+        input: &'a mut [u8],
+        now: Instant,
+        limits: &Limits,
+    ) -> (usize, Option<Event<'a>>) {
+        // Most input is one small message (an echo, a chat line): taken in one step
+        // here, inlined into the caller; everything else takes the general path.
+        if let Some((used, delivery)) = self.small_message(input, now, limits) {
+            let input: &'a [u8] = input;
+            return (used, delivery.map(|d| self.message(input, d)));
+        }
+        self.handle_any_input(input, now, limits)
+    }
+
+    #[inline(never)]
+    fn handle_any_input<'a>(
         &'a mut self,
         input: &'a mut [u8],
         now: Instant,
@@ -187,16 +204,20 @@ impl Conn {
             State::Open { .. } | State::Closing { .. } => {
                 let (used, delivery) = self.read_frames(input, now, limits);
                 let input: &'a [u8] = input;
-                let event = delivery.map(|d| match d {
-                    Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
-                    Delivery::Assembled { opcode } => {
-                        let payload = self.reader.partial.as_deref().map_or(&[][..], |p| &p.payload);
-                        Event::Message { opcode, payload }
-                    }
-                });
-                (used, event)
+                (used, delivery.map(|d| self.message(input, d)))
             }
             State::Draining { .. } | State::Closed => (input.len(), None),
+        }
+    }
+
+    /// A message as an event: where it lies in the input, or in the connection's buffer.
+    fn message<'a>(&'a self, input: &'a [u8], delivery: Delivery) -> Event<'a> {
+        match delivery {
+            Delivery::InPlace { opcode, start, end } => Event::Message { opcode, payload: &input[start..end] },
+            Delivery::Assembled { opcode } => {
+                let payload = self.reader.partial.as_deref().map_or(&[][..], |p| &p.payload);
+                Event::Message { opcode, payload }
+            }
         }
     }
 

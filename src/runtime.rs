@@ -16,7 +16,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
-use crate::app::{App, ClientIo, Listener, Stop, Transmit};
+use crate::app::{App, ClientIo, Listener, ReadTurn, Stop, Transmit};
 use crate::backplane::link::Links;
 use crate::config::{Config, Mode};
 use crate::memory;
@@ -262,10 +262,13 @@ impl Server {
                 BACKPLANE => self.pump_backplane(now),
                 HANDOVER => self.continue_upgrade(now),
                 Token(id) => {
+                    let mut settled = false;
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
-                        self.read_client(id, event.is_read_closed(), now);
+                        settled = self.read_client(id, event.is_read_closed(), now);
                     }
-                    if event.is_writable() {
+                    // A client settled after its read has its flush queued already if
+                    // it wants one.
+                    if event.is_writable() && !settled {
                         self.app.handle_writable(id);
                     }
                 }
@@ -374,53 +377,58 @@ impl Server {
 
     /// Reads until WouldBlock, end of stream, or the budget. `peer_closed`: the event
     /// said the peer's FIN is in; then a short read does not mean "drained", since the
-    /// end of stream behind the data brings no new edge.
-    fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) {
+    /// end of stream behind the data brings no new edge. Returns whether the client
+    /// was settled after its last read (`App::handle_input`, `App::handle_eof`): then
+    /// it needs no flush for the event's writable half (or is gone).
+    fn read_client(&mut self, id: usize, peer_closed: bool, now: Instant) -> bool {
         // A handover under way: what clients send now is read by the new process (or
         // by this one, which reads every client once if the handover fails).
         if self.reads_held {
-            return;
+            return false;
         }
-        // Most reads leave the deadline as it was: then the timer heap has it already.
-        let deadline_before = self.app.poll_timeout(id);
         let mut budget = READ_BUDGET;
-        let mut turn_started = false;
+        let mut first = true;
+        let mut settled = false;
         loop {
-            // Backpressure on reading: a client whose queue is long stops being read
-            // until it drains (and a closed one is not read at all).
-            if !self.app.wants_input(id) {
-                if let Some(client) = self.app.client_io(id) {
-                    let closed = client.is_closed();
-                    client.io.transport.set_read_paused(!closed);
-                }
-                break;
-            }
-            if !std::mem::replace(&mut turn_started, true) {
-                // Input held back last turn (its inflate budget spent) goes first.
-                let held = self.app.start_turn(id, &mut self.scratch);
-                if held > 0 {
+            let io = match self.app.read_turn(id, std::mem::replace(&mut first, false), &mut self.scratch) {
+                ReadTurn::Socket(io) => io,
+                ReadTurn::Held(held) => {
+                    // Input held back last turn (its inflate budget spent) goes first.
                     self.app
                         .handle_input(id, &mut self.scratch[..held], now, |io, parts| io.transport.write_now(parts));
+                    settled = true;
                     budget = budget.saturating_sub(held);
                     continue;
                 }
-            }
-            let Some(client) = self.app.client_io(id) else { return };
-            if client.holds_input() || budget == 0 {
-                // Its turn is over; what it sent meanwhile waits in the socket, and
-                // no new edge may come for it: read on next iteration.
+                ReadTurn::Pause { io, closed } => {
+                    io.transport.set_read_paused(!closed);
+                    // Its flush resumes reading: a writable event must still flush it.
+                    settled = false;
+                    break;
+                }
+                ReadTurn::Later => {
+                    // Its turn is over; what it sent meanwhile waits in the socket, and
+                    // no new edge may come for it: read on next iteration.
+                    self.backlog.push(id);
+                    break;
+                }
+                ReadTurn::Gone => return true,
+            };
+            if budget == 0 {
                 self.backlog.push(id);
                 break;
             }
-            let result = client.io.transport.read(&mut self.scratch);
+            let result = io.transport.read(&mut self.scratch);
             // TLS may stop short of what the socket holds (or hold plaintext back).
-            let read_again = client.io.transport.read_again();
+            let read_again = io.transport.read_again();
             match result {
                 Ok(0) => {
                     self.app.handle_eof(id);
+                    settled = true;
                     break;
                 }
                 Ok(n) => {
+                    settled = true;
                     let holds = self
                         .app
                         .handle_input(id, &mut self.scratch[..n], now, |io, parts| io.transport.write_now(parts));
@@ -437,13 +445,14 @@ impl Server {
                 Err(e) => {
                     debug!("read error on client {id}: {e}");
                     self.app.handle_eof(id);
+                    settled = true;
                     break;
                 }
             }
         }
-        if self.app.poll_timeout(id) != deadline_before {
-            self.reschedule(id);
-        }
+        // A deadline the input moved sooner is rescheduled with the iteration's
+        // others (`reschedule_retimed`).
+        settled
     }
 
     /// Flushes in the order clients became dirty (a broadcast's sender first). In a

@@ -97,16 +97,12 @@ impl<T: ClientIo> App<T> {
 
     /// After anything happened to a client: settle it (a client ending has why logged
     /// and counted, and is removed once closed), or schedule a flush if it has
-    /// something to write. One slab lookup: this runs after every read.
+    /// something to write.
     pub(super) fn after_activity(&mut self, id: usize) {
-        let Some(client) = self.clients.get_mut(id) else { return };
-        if let Some(fault) = client.conn.poll_fault() {
-            count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
-        }
-        if client.conn.is_closed() {
+        let App { clients, metrics, released, config, dirty, .. } = self;
+        let Some(client) = clients.get_mut(id) else { return };
+        if settle(metrics, released, config, dirty, id, client) {
             self.remove(id);
-        } else if client.conn.has_output() || client.conn.poll_write_shutdown() {
-            queue_flush(&mut self.dirty, id, client);
         }
     }
 
@@ -157,6 +153,31 @@ impl<T: ClientIo> App<T> {
             }
         }
     }
+}
+
+/// `App::after_activity` for a client at hand: its fault logged and counted, its flush
+/// queued if it has something to write, or its stream bytes of its own (TLS) or its
+/// paused reading want one (what a writable event would do: the runtime skips that
+/// after a read). Returns whether it is closed: then the caller removes it.
+#[inline]
+pub(super) fn settle<T: ClientIo>(
+    metrics: &mut Metrics,
+    released: &mut usize,
+    config: &Config,
+    dirty: &mut Vec<usize>,
+    id: usize,
+    client: &mut Client<T>,
+) -> bool {
+    if let Some(fault) = client.conn.poll_fault() {
+        count_fault(metrics, released, config, &client.io, fault);
+    }
+    if client.conn.is_closed() {
+        return true;
+    }
+    if client.conn.has_output() || client.conn.poll_write_shutdown() || client.io.wants_flush() {
+        queue_flush(dirty, id, client);
+    }
+    false
 }
 
 /// Logs and counts why a client is ending (`App::after_activity`, `App::flush`).

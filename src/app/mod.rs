@@ -82,10 +82,10 @@ mod v1ops;
 pub use bus::redis_settings;
 pub(crate) use clients::Client;
 pub use freeze::{AppState, ClientState};
-pub use output::{ClientView, Transmit};
+pub use output::{ClientView, ReadTurn, Transmit};
 pub use refusal::Refusal;
 
-use clients::Lifecycle;
+use clients::{settle, Lifecycle};
 // As publish.rs and redis.rs name them (`super::queue_flush`, ...).
 use deliver::{queue_flush, TOO_BIG_FOR_ENVELOPE};
 use echo::{write_through, WRITE_THROUGH_MIN};
@@ -166,7 +166,8 @@ pub struct App<T> {
     lifecycle: Lifecycle,
     /// Clients with output to flush, in the order they got it (a broadcast's sender first).
     dirty: Vec<usize>,
-    /// Clients whose deadline this iteration moved while another client's event was
+    /// Clients whose deadline this iteration may have moved sooner, outside their
+    /// timeouts: by their input or end of stream, or while another client's event was
     /// handled (closed as slow consumers, by the API, at token expiry): the runtime
     /// puts their new deadline on its timer heap (`drain_retimed_into`).
     retimed: Vec<usize>,
@@ -323,6 +324,40 @@ impl<T: ClientIo> App<T> {
         n
     }
 
+    /// The top of each read in `id`'s turn of the loop: what `wants_input`,
+    /// `start_turn` and `client_io` tell, in one lookup (it runs before every read).
+    /// `first`: the turn's first read, when the input held back last turn is copied
+    /// into `buf`.
+    #[inline]
+    pub fn read_turn<'a>(&'a mut self, id: usize, first: bool, buf: &mut [u8]) -> ReadTurn<'a, T> {
+        let Some(client) = self.clients.get_mut(id) else { return ReadTurn::Gone };
+        // Backpressure on reading: a client whose queue is long stops being read
+        // until it drains (and a closed one is not read at all). --redis: a client
+        // whose join waits for Redis is not read meanwhile.
+        let closed = client.conn.is_closed();
+        if closed || client.conn.queue_memory() > self.config.limits.max_backpressure / 2 || self.bus.is_held(id) {
+            return ReadTurn::Pause { io: &mut client.io, closed };
+        }
+        if first {
+            if !client.conn.holds_input() {
+                // Only the inflate budget to renew: nothing held, nothing counted.
+                client.conn.start_turn(buf);
+            } else {
+                let held = client.conn.unfinished_memory();
+                let n = client.conn.start_turn(buf);
+                // Held input counts in the unfinished budget until it is handed back.
+                self.unfinished -= held.saturating_sub(client.conn.unfinished_memory()).min(self.unfinished);
+                if n > 0 {
+                    return ReadTurn::Held(n);
+                }
+            }
+        }
+        if client.conn.holds_input() {
+            return ReadTurn::Later;
+        }
+        ReadTurn::Socket(&mut client.io)
+    }
+
     /// Bytes read from `id`: hands them to its `Conn` and acts on what it yields.
     /// `write_now` is the runtime's non-blocking write for write-through; it returns
     /// how many bytes the socket took. Returns whether `id` now holds input back (its
@@ -337,7 +372,8 @@ impl<T: ClientIo> App<T> {
         let total = input.len();
         self.now = now;
         self.metrics.bytes_read += total as u64;
-        let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
+        let (held, was_open) =
+            self.clients.get(id).map_or((0, false), |c| (c.conn.unfinished_memory(), c.conn.is_open()));
         let mut pos = 0;
         while pos < total {
             let App { clients, config, echo_history, rooms, envelopes, compressor, scratch, metrics, .. } = self;
@@ -446,19 +482,28 @@ impl<T: ClientIo> App<T> {
                 }
             }
         }
-        let mut holds = false;
-        if let Some(client) = self.clients.get_mut(id) {
-            // A large message buffer (an inflated message) goes back now, not when idle.
-            self.released += client.conn.end_input();
-            holds = client.conn.holds_input();
-            let after = client.conn.unfinished_memory();
-            if after != held {
-                // Over the budget, held input may be shed.
-                self.unfinished_changed(id, held, after, now);
-                holds = self.clients.get(id).is_some_and(|c| c.conn.holds_input());
-            }
+        let App { clients, metrics, released, config, dirty, retimed, .. } = self;
+        let Some(client) = clients.get_mut(id) else { return false };
+        // A large message buffer (an inflated message) goes back now, not when idle.
+        *released += client.conn.end_input();
+        // An open connection's input moves its deadline only later (a pong), which its
+        // timer tolerates: it fires, finds nothing due and is set again. Anything else
+        // (an upgrade, a close) may move it sooner.
+        if !(was_open && client.conn.is_open()) {
+            retimed.push(id);
         }
-        self.after_activity(id);
+        let after = client.conn.unfinished_memory();
+        if after != held {
+            // Over the budget, held input may be shed.
+            self.unfinished_changed(id, held, after, now);
+            self.after_activity(id);
+            return self.clients.get(id).is_some_and(|c| c.conn.holds_input());
+        }
+        let holds = client.conn.holds_input();
+        // As `after_activity`, without looking the client up again: this runs after every read.
+        if settle(metrics, released, config, dirty, id, client) {
+            self.remove(id);
+        }
         holds
     }
 
@@ -467,6 +512,7 @@ impl<T: ClientIo> App<T> {
         let held = self.clients.get(id).map_or(0, |c| c.conn.unfinished_memory());
         if let Some(client) = self.clients.get_mut(id) {
             client.conn.handle_eof();
+            self.retimed.push(id);
         }
         self.track_unfinished(id, held, self.now);
         self.after_activity(id);

@@ -10,20 +10,51 @@ use crate::deflate;
 /// permessage-deflate offer. The wire layer knows no subprotocol name: the
 /// application picks one (or none) and names it in `Conn::accept`.
 ///
-/// One buffer holds the text parts, so a request costs one allocation as a bare
-/// path did; it is bounded by the head (`MAX_HEAD`, so 16-bit offsets).
+/// One buffer holds the text parts, so a request costs one allocation at most (none
+/// for a short bare target); it is bounded by the head (`MAX_HEAD`, so 16-bit offsets).
 #[derive(Debug, PartialEq, Eq)]
 pub struct UpgradeRequest {
     /// The target (path, `?`, query) as sent; then, when there are some, the offered
     /// subprotocols (joined by `,`), Authorization, Cookie (lines joined by `; `) and
     /// Origin, each where `spans` says.
-    text: Vec<u8>,
+    text: Text,
     spans: [(u16, u16); 6],
     /// Which of Authorization, Cookie and Origin were sent (bits 0, 1, 2).
     present: u8,
     /// The first valid permessage-deflate offer of the `Sec-WebSocket-Extensions` lines
     /// (the application may decline it).
     pub deflate: Option<deflate::Agreement>,
+}
+
+/// A target at most this long, with nothing else to keep, is kept inline.
+const INLINE_TEXT: usize = 32;
+
+/// The request's text: a short bare target (`/`, `/rooms/lobby`: most upgrades) inline,
+/// anything else in one `Vec`.
+#[derive(Debug, PartialEq, Eq)]
+enum Text {
+    Inline { len: u8, bytes: [u8; INLINE_TEXT] },
+    Heap(Vec<u8>),
+}
+
+impl Text {
+    fn of(target: &[u8]) -> Text {
+        match target.len() {
+            len @ ..=INLINE_TEXT => {
+                let mut bytes = [0; INLINE_TEXT];
+                bytes[..len].copy_from_slice(target);
+                Text::Inline { len: len as u8, bytes }
+            }
+            _ => Text::Heap(target.to_vec()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Text::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Text::Heap(text) => text,
+        }
+    }
 }
 
 const PATH: usize = 0;
@@ -77,7 +108,7 @@ impl UpgradeRequest {
 
     fn part(&self, i: usize) -> &[u8] {
         let (start, end) = self.spans[i];
-        &self.text[start as usize..end as usize]
+        &self.text.as_bytes()[start as usize..end as usize]
     }
 
     fn header(&self, i: usize, bit: u8) -> Option<&[u8]> {
@@ -108,7 +139,7 @@ impl UpgradeRequest {
             return UpgradeRequest::with_lines(target, (path_end, query_start), headers, lines, deflate);
         }
         UpgradeRequest {
-            text: target.as_bytes().to_vec(),
+            text: Text::of(target.as_bytes()),
             spans: [(0, path_end), (query_start, len), (len, len), (len, len), (len, len), (len, len)],
             present: 0,
             deflate,
@@ -162,7 +193,7 @@ impl UpgradeRequest {
         let origin_span = span(&mut text, &mut |text| text.extend_from_slice(origin.unwrap_or_default()));
         let len = target.len() as u16;
         UpgradeRequest {
-            text,
+            text: Text::Heap(text),
             spans: [(0, path_end), (query_start, len), protocols, authorization, cookie, origin_span],
             present: u8::from(seen.authorization.is_some())
                 | u8::from(seen.cookie) << 1

@@ -187,6 +187,42 @@ impl Conn {
         refused
     }
 
+    /// The common case in one step: an open connection with nothing under way (no
+    /// partial header, no message or buffer), and a whole unfragmented, uncompressed
+    /// text or binary frame of at most 125 bytes at the front of `input`. Returns the
+    /// bytes used and the message (opcode, where its payload lies, unmasked), or the
+    /// failure of invalid text; `None` (nothing touched) leaves all to `read_frames`.
+    #[inline]
+    pub(super) fn small_message(
+        &mut self,
+        input: &mut [u8],
+        now: Instant,
+        limits: &Limits,
+    ) -> Option<(usize, Option<Delivery>)> {
+        if !matches!(self.state, State::Open { .. }) || self.reader.stash_len != 0 || self.reader.partial.is_some() {
+            return None;
+        }
+        let [b0, b1, k0, k1, k2, k3, ..] = *input else { return None };
+        // FIN, no RSV bit: a whole message, not compressed.
+        let opcode = match b0 {
+            0x81 => Opcode::Text,
+            0x82 => Opcode::Binary,
+            _ => return None,
+        };
+        // Masked (RFC 6455 5.1), with a 7-bit length (126 and 127 announce longer ones).
+        let len = usize::from(b1 & 0x7F);
+        if b1 & 0x80 == 0 || len > 125 || len > limits.max_message {
+            return None;
+        }
+        let end = 6 + len;
+        let payload = input.get_mut(6..end)?;
+        apply_mask(payload, [k0, k1, k2, k3], 0);
+        if opcode == Opcode::Text && std::str::from_utf8(payload).is_err() {
+            return Some(self.fail(PeerError::InvalidUtf8, now, limits, input.len()));
+        }
+        Some((end, Some(Delivery::InPlace { opcode, start: 6, end })))
+    }
+
     pub(super) fn read_frames(&mut self, input: &mut [u8], now: Instant, limits: &Limits) -> (usize, Option<Delivery>) {
         if let Some(p) = self.reader.partial.as_deref_mut().filter(|p| p.delivered) {
             p.payload.clear();

@@ -54,6 +54,11 @@ impl Conn {
         self.out.io_slices(slices)
     }
 
+    /// How many chunks wait in the queue (each a slice of a vectored write).
+    pub fn queued_chunks(&self) -> usize {
+        self.out.len()
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }

@@ -610,6 +610,59 @@ proptest! {
     }
 }
 
+/// A way into a `Conn`: `Conn::handle_input`, or its general path alone.
+type HandleInput = for<'a> fn(&'a mut Conn, &'a mut [u8], Instant, &Limits) -> (usize, Option<Event<'a>>);
+
+/// Feeds `bytes` in one piece to an open connection through `handle`; returns the
+/// events, the bytes out, the fault and whether it is still open.
+fn feed_open_through(bytes: &[u8], limits: &Limits, handle: HandleInput) -> (Vec<Ev>, Vec<u8>, Option<Fault>, bool) {
+    let (mut conn, now) = open_conn();
+    let mut buf = bytes.to_vec();
+    let mut pos = 0;
+    let mut events = Vec::new();
+    while pos < buf.len() {
+        let (used, event) = handle(&mut conn, &mut buf[pos..], now, limits);
+        pos += used;
+        match event {
+            Some(Event::Message { opcode, payload }) => events.push(msg(opcode, payload)),
+            Some(_) => panic!("no request on an open connection"),
+            None if used == 0 => break,
+            None => {}
+        }
+    }
+    (events, output(&mut conn), conn.poll_fault(), conn.is_open())
+}
+
+proptest! {
+    /// The one-step path for a whole small message (`Conn::small_message`) gives what
+    /// the general path gives, on any first two header bytes (opcodes, RSV bits, FIN,
+    /// mask, lengths), payloads valid or not as text, message limits below and above
+    /// the frame, and whatever follows the frame.
+    #[test]
+    fn the_small_message_path_agrees_with_the_general_one(
+        b0 in prop_oneof![Just(0x81u8), Just(0x82u8), any::<u8>()],
+        b1 in any::<u8>(),
+        length_matches in any::<bool>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..140),
+        text_like in any::<bool>(),
+        max_message in 0usize..200,
+        rest in proptest::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let payload = if text_like { String::from_utf8_lossy(&payload).into_owned().into_bytes() } else { payload };
+        let b1 = if length_matches && payload.len() <= 125 { (b1 & 0x80) | payload.len() as u8 } else { b1 };
+        let mut bytes = vec![b0, b1];
+        bytes.extend_from_slice(&KEY);
+        let start = bytes.len();
+        bytes.extend_from_slice(&payload);
+        crate::mask::apply_mask_naive(&mut bytes[start..], KEY, 0);
+        bytes.extend_from_slice(&rest);
+        let limits = Limits { max_message, ..limits() };
+        let general = feed_open_through(&bytes, &limits, Conn::handle_any_input);
+        let public = feed_open_through(&bytes, &limits, Conn::handle_input);
+        prop_assert_eq!(public, general);
+    }
+}
+
 #[test]
 fn byte_at_a_time_gives_the_same_events_and_bytes() {
     let bytes = script();
