@@ -63,6 +63,8 @@ impl<T: ClientIo> App<T> {
             let open = client.conn.is_open();
             if client.conn.shed_unfinished(now, &self.config.limits) {
                 self.metrics.unfinished_refused += 1;
+                // Closing (or answering 503): its deadline moves sooner (the close's).
+                self.retimed.push(largest);
                 // A WebSocket is closed (1013); a request body gets a 503.
                 if open && !client.conn.is_open() {
                     self.metrics.closed(CloseReason::Busy);

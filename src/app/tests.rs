@@ -436,9 +436,15 @@ mod unfinished_input {
         assert!(app.unfinished <= 100_000 && sum_holds(&app));
         assert!(app.clients[large].conn.is_open() && app.metrics.unfinished_refused == 0);
         // The large message grows past the budget: it goes, the others stay.
+        let mut retimed = Vec::new();
+        app.drain_retimed_into(&mut retimed);
         feed(&mut app, large, &large_frame[40_000..70_000], now);
         assert!(app.unfinished <= 100_000 && sum_holds(&app));
         assert_eq!(app.metrics.unfinished_refused, 1);
+        // Closing: its deadline (the close's) is set again.
+        retimed.clear();
+        app.drain_retimed_into(&mut retimed);
+        assert!(retimed.contains(&large), "{retimed:?}");
         let out = flush(&mut app);
         assert!(out[&large].ends_with(&close_frame(1013, "server busy: too much input held unfinished")));
         assert!(app.clients[small].conn.is_open());
