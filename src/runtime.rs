@@ -124,20 +124,21 @@ impl Server {
             None => None,
         };
         let auth = crate::auth::Auth::from_config(&config).map_err(StartError::Auth)?;
-        let server = Server::assemble(App::with_auth(config, auth), tls, listener, metrics_listener)?;
+        let server = Server::assemble(App::with_auth(config, auth), tls, listener, metrics_listener, Poll::new()?)?;
         notify("READY=1");
         Ok(server)
     }
 
-    /// The loop around an application and its listeners (bound, or taken over).
+    /// The loop around an application and its listeners (bound, or taken over), on
+    /// `poll` (new, or holding the sockets taken over).
     fn assemble(
         app: App<Io>,
         tls: Option<Arc<rustls::ServerConfig>>,
         mut listener: TcpListener,
         mut metrics_listener: Option<TcpListener>,
+        poll: Poll,
     ) -> Result<Server, StartError> {
         let local_addr = listener.local_addr()?;
-        let poll = Poll::new()?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         if let Some(l) = &mut metrics_listener {
             poll.registry().register(l, METRICS_LISTENER, Interest::READABLE)?;

@@ -203,8 +203,9 @@ impl<T: ClientIo> App<T> {
     }
 
     /// The application `state` describes, its clients on the sockets `fds` (the
-    /// same order), each made the runtime's by `io`. Clients with output are queued
-    /// for a flush; the runtime registers every client and reads it once.
+    /// same order), each made the runtime's by `io`: the i-th is client i (the runtime
+    /// registers the sockets under those ids as they arrive). Clients with output are
+    /// queued for a flush; the runtime reads every client once.
     pub(crate) fn restore_state(
         config: Config,
         auth: Auth,
