@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::bus::Bus;
-use super::clients::Client;
+use super::clients::{count_queued, Client};
 use super::deliver::queue_flush;
 use super::housekeeping::presence_time;
 use super::session::{Extra, Joined, Role, NOT_JOINED};
@@ -189,8 +189,9 @@ impl<T: ClientIo> App<T> {
     pub fn close_unmoved(&mut self, now: Instant) {
         self.now = now;
         let Some(parked) = self.parked.take() else { return };
-        let stay: Vec<(usize, Client<T>)> =
-            parked.into_iter().filter(|(_, _, moved)| !moved).map(|(id, client, _)| (id, client)).collect();
+        let (moved, stay): (Vec<_>, Vec<_>) = parked.into_iter().partition(|(_, _, moved)| *moved);
+        self.queued -= moved.iter().map(|(_, client, _)| client.queued as usize).sum::<usize>();
+        let stay: Vec<(usize, Client<T>)> = stay.into_iter().map(|(id, client, _)| (id, client)).collect();
         let ids: Vec<usize> = stay.iter().map(|(id, _)| *id).collect();
         self.unpark(stay.into_iter());
         for id in ids {
@@ -252,8 +253,10 @@ impl<T: ClientIo> App<T> {
                 first_is_home: saved.first_is_home,
                 listener,
                 flush_queued: false,
+                queued: 0,
             };
             let id = app.clients.insert(client);
+            count_queued(&mut app.queued, &mut app.clients[id]);
             app.unfinished += app.clients[id].conn.unfinished_memory();
             if role != Role::Pending {
                 app.open += 1;

@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 use log::debug;
 
 use super::budget::LARGE_QUEUE;
-use super::clients::count_fault;
+use super::clients::{count_fault, count_queued};
 use super::deliver::queue_flush;
 use super::App;
 use crate::protocol::Conn;
@@ -152,6 +152,7 @@ impl<T: super::ClientIo> App<T> {
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
+        count_queued(&mut self.queued, client);
         if client.conn.is_closed() {
             self.remove(id);
         }
