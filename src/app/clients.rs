@@ -32,20 +32,19 @@ pub(crate) struct Client<T> {
     pub(super) listener: Listener,
     /// Queued in `App::dirty` for a flush.
     pub(super) flush_queued: bool,
-    /// Its queue's memory as `App::queued` last counted it (`count_queued`).
-    pub(super) queued: u32,
 }
 
-/// Brings `total` (`App::queued`) up to date with `client`'s queue: after every flush
-/// and every activity, so the gauge costs a compare per client settled, never a walk.
-/// (A queue past 4 GiB counts as 4 GiB.)
-#[inline]
-pub(super) fn count_queued<T>(total: &mut usize, client: &mut Client<T>) {
-    let memory = client.conn.queue_memory().min(u32::MAX as usize) as u32;
-    if memory != client.queued {
-        *total = *total + memory as usize - client.queued as usize;
-        client.queued = memory;
-    }
+/// Brings `total` (`App::queued`) up to date with `conn`'s queue. Called after a
+/// flush that left bytes queued or had some counted (a queue drains only in a flush,
+/// and every queue that grew is flushed in the same loop iteration), so the gauge is
+/// right at the end of each iteration and the usual flush, which leaves nothing
+/// queued where nothing was counted, costs two compares. A removed client takes its
+/// count with it (`App::remove`).
+#[cold]
+#[inline(never)]
+pub(super) fn count_queued(total: &mut usize, conn: &mut Conn) {
+    let (before, now) = conn.report_queue_memory();
+    *total = *total + now - before;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,7 +116,6 @@ impl<T: ClientIo> App<T> {
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
-        count_queued(&mut self.queued, client);
         if client.conn.is_closed() {
             self.remove(id);
         } else if client.conn.has_output() || client.conn.poll_write_shutdown() {
@@ -128,7 +126,7 @@ impl<T: ClientIo> App<T> {
     /// Forgets a closed client; dropping its `T` closes its socket.
     pub(super) fn remove(&mut self, id: usize) {
         let Some(client) = self.clients.try_remove(id) else { return };
-        self.queued -= client.queued as usize;
+        self.queued -= client.conn.queue_reported();
         self.unfinished = self.unfinished.saturating_sub(client.conn.unfinished_memory());
         self.forget_in_backplane(id);
         let memory = client.conn.queue_memory();

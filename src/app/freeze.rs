@@ -190,7 +190,7 @@ impl<T: ClientIo> App<T> {
         self.now = now;
         let Some(parked) = self.parked.take() else { return };
         let (moved, stay): (Vec<_>, Vec<_>) = parked.into_iter().partition(|(_, _, moved)| *moved);
-        self.queued -= moved.iter().map(|(_, client, _)| client.queued as usize).sum::<usize>();
+        self.queued -= moved.iter().map(|(_, client, _)| client.conn.queue_reported()).sum::<usize>();
         let stay: Vec<(usize, Client<T>)> = stay.into_iter().map(|(id, client, _)| (id, client)).collect();
         let ids: Vec<usize> = stay.iter().map(|(id, _)| *id).collect();
         self.unpark(stay.into_iter());
@@ -253,10 +253,9 @@ impl<T: ClientIo> App<T> {
                 first_is_home: saved.first_is_home,
                 listener,
                 flush_queued: false,
-                queued: 0,
             };
             let id = app.clients.insert(client);
-            count_queued(&mut app.queued, &mut app.clients[id]);
+            count_queued(&mut app.queued, &mut app.clients[id].conn);
             app.unfinished += app.clients[id].conn.unfinished_memory();
             if role != Role::Pending {
                 app.open += 1;

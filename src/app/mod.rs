@@ -297,7 +297,6 @@ impl<T: ClientIo> App<T> {
             first_is_home: false,
             listener,
             flush_queued: false,
-            queued: 0,
         };
         Ok(self.clients.insert(client))
     }

@@ -152,7 +152,11 @@ impl<T: super::ClientIo> App<T> {
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
         }
-        count_queued(&mut self.queued, client);
+        // The gauge: nothing to do for the usual flush, which leaves nothing queued
+        // where nothing was counted.
+        if client.conn.queue_reported() != 0 || client.conn.has_output() {
+            count_queued(&mut self.queued, &mut client.conn);
+        }
         if client.conn.is_closed() {
             self.remove(id);
         }
