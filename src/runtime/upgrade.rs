@@ -239,6 +239,8 @@ impl Server {
     /// this one receives the rest and restores the application. Should anything fail,
     /// we tell the old process and exit, and what we registered dies with our poll: the
     /// old process's registrations are its own, so it serves on as if we never had.
+    #[cold]
+    #[inline(never)]
     pub fn take_over(config: Config, mut channel: Channel) -> Result<Server, StartError> {
         let poll = Poll::new()?;
         handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
@@ -298,6 +300,8 @@ struct Taken {
 
 /// Receives the listeners, the snapshot and the connections (each batch's sockets
 /// sent on to `register_moved`), and restores the application.
+#[cold]
+#[inline(never)]
 fn take_state(
     config: Config,
     channel: &mut Channel,
@@ -345,6 +349,8 @@ fn take_state(
 /// under `Token(i)` (`App::restore` makes it client i). The descriptors stay the
 /// main thread's; if it fails and drops them before they are registered here, the
 /// process exits anyway.
+#[cold]
+#[inline(never)]
 fn register_moved(registry: &Registry, batches: mpsc::Receiver<(usize, Vec<RawFd>)>) -> io::Result<()> {
     let started = Instant::now();
     let mut count = 0;
