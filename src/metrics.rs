@@ -152,6 +152,9 @@ pub struct Gauges {
     pub rooms: usize,
     pub rooms_created: u64,
     pub rooms_expired: u64,
+    /// What the clients' outgoing queues hold (bytes plus a 32-byte slot per chunk, as
+    /// --max-backpressure counts them).
+    pub output_queued_bytes: usize,
     /// The labels of `Metrics::op_errors`, given by the application (v1's refusal
     /// reasons): metrics know no protocol.
     pub op_error_reasons: [&'static str; OP_ERROR_KINDS],
@@ -222,6 +225,13 @@ impl Metrics {
         for (state, n) in [("handshaking", g.handshaking), ("open", g.open), ("closing", g.closing)] {
             let _ = writeln!(o, "mioket_connections{{state=\"{state}\"}} {n}");
         }
+        family(
+            o,
+            "mioket_output_queued_bytes",
+            "gauge",
+            "Bytes held in clients' outgoing queues, as --max-backpressure counts them (32 per chunk besides its bytes).",
+        );
+        let _ = writeln!(o, "mioket_output_queued_bytes {}", g.output_queued_bytes);
         counter(o, "mioket_accepted_total", "TCP connections accepted.", self.accepted);
         counter(o, "mioket_upgrades_total", "WebSocket upgrades accepted.", self.upgrades);
         family(o, "mioket_rejected_total", "counter", "Connections refused or dropped before the upgrade, by reason.");
@@ -377,6 +387,7 @@ mod tests {
             rooms: 2,
             rooms_created: 3,
             rooms_expired: 1,
+            output_queued_bytes: 0,
             op_error_reasons: ["x"; OP_ERROR_KINDS],
         }
     }

@@ -160,6 +160,10 @@ pub struct OutQueue {
     /// rest of a frame begun on the wire): never dropped, and not counted against
     /// the backpressure limit. (u32: every connection has a queue.)
     committed: u32,
+    /// `held` when last reported (`report_memory`), up to 4 GiB: the application sums
+    /// the reports into a gauge of what every queue holds, without a walk. (In the
+    /// padding after `committed`: no connection grows for it.)
+    reported: u32,
 }
 
 impl OutQueue {
@@ -254,6 +258,19 @@ impl OutQueue {
     /// What the queue holds, as the backpressure limit counts it.
     pub fn memory(&self) -> usize {
         self.held
+    }
+
+    /// `memory` as last reported (0 before the first report).
+    #[inline]
+    pub fn reported(&self) -> usize {
+        self.reported as usize
+    }
+
+    /// Reports `memory` now (up to 4 GiB); returns what was reported before.
+    pub fn report_memory(&mut self) -> usize {
+        let before = self.reported as usize;
+        self.reported = self.held.min(u32::MAX as usize) as u32;
+        before
     }
 
     /// What counts against the backpressure limit: all but committed chunks.

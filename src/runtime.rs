@@ -131,10 +131,9 @@ impl Server {
         Ok(server)
     }
 
-    /// The loop around an application and its listeners (bound, or taken over).
     /// The poll, and with --redis the link's threads, connecting (before the
     /// application: the new process of an upgrade connects to Redis while the old
-    /// one still serves).
+    /// one still serves, and registers the sockets it takes as they arrive).
     fn reactor(config: &Config) -> Result<(Poll, Option<Links>), StartError> {
         let poll = Poll::new()?;
         let backplane = match crate::app::redis_settings(config) {
@@ -147,6 +146,8 @@ impl Server {
         Ok((poll, backplane))
     }
 
+    /// The loop around an application and its listeners (bound, or taken over), on
+    /// `poll` (new, or holding the sockets taken over).
     fn assemble(
         app: App<Io>,
         (poll, backplane): (Poll, Option<Links>),

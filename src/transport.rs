@@ -6,9 +6,11 @@
 
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use mio::net::TcpStream;
+use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 
 use crate::tls::TlsStream;
@@ -26,6 +28,9 @@ pub enum Transport {
     /// Boxed: a TLS session is large (about 1.2 KiB), plain connections do not pay for it.
     Tls(Box<Tls>),
 }
+
+/// A plain socket's readiness: both kinds, edge-triggered.
+const PLAIN_INTEREST: Interest = Interest::READABLE.add(Interest::WRITABLE);
 
 pub struct Tls {
     stream: TlsStream,
@@ -77,11 +82,16 @@ impl Transport {
     /// per write.
     pub fn register(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         match self {
-            Transport::Plain { socket, .. } => {
-                registry.register(socket, token, Interest::READABLE | Interest::WRITABLE)
-            }
+            Transport::Plain { socket, .. } => registry.register(socket, token, PLAIN_INTEREST),
             Transport::Tls(t) => t.stream.register(registry, token),
         }
+    }
+
+    /// `register` for a plain socket not yet made a `Transport` (a binary upgrade
+    /// registers the sockets it takes over as they arrive, before the application
+    /// that will own them is restored).
+    pub fn register_plain_fd(registry: &Registry, fd: RawFd, token: Token) -> io::Result<()> {
+        registry.register(&mut SourceFd(&fd), token, PLAIN_INTEREST)
     }
 
     /// Small frames go out at once rather than waiting for an ACK (Nagle).

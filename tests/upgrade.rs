@@ -395,9 +395,18 @@ fn members_keep_every_message_across_an_upgrade(scale: Scale) {
         })
         .collect();
     wait_until(Duration::from_secs(60), || (sent.load(Ordering::Relaxed) >= rooms * messages / 3).then_some(()));
+    // The full queues really are full at the upgrade: each non-reader was sent half the
+    // big messages (768 KiB), of which its socket's buffers take at most about 270 KiB
+    // (--send-buffer's 128 KiB, doubled by the kernel, and a 4 KiB receive window).
+    let full_bytes = (full_queue * (BIG_MESSAGES / 2 * (64 << 10) - (300 << 10))) as u64;
+    let queued = |server: &Server| counter(&metrics(server), "mioket_output_queued_bytes");
+    let held = wait_until(Duration::from_secs(10), || (queued(&server) >= full_bytes).then_some(()));
+    assert!(held.is_some(), "queued before the upgrade: {} bytes, expected {full_bytes}", queued(&server));
     let before = metrics(&server);
     let _successor = upgraded(&server);
     assert!(server.child.wait().unwrap().success(), "the old process exits");
+    let moved = queued(&server);
+    assert!(moved >= full_bytes, "queued after the upgrade: {moved} bytes, expected {full_bytes}");
     let _publishers: Vec<Ws> = publishers.into_iter().map(|p| p.join().unwrap()).collect();
     for (i, fragmenter) in halves.iter_mut().enumerate() {
         fragmenter.write_all(&masked(0x80, b"second half")).unwrap();
@@ -414,6 +423,10 @@ fn members_keep_every_message_across_an_upgrade(scale: Scale) {
         for i in 0..BIG_MESSAGES {
             assert_eq!(text(ws), big(i), "a member whose queue was full");
         }
+    }
+    if full_queue > 0 {
+        let drained = wait_until(Duration::from_secs(10), || (queued(&server) < full_bytes / 4).then_some(()));
+        assert!(drained.is_some(), "queued once read: {} bytes", queued(&server));
     }
     if let Some((mut child, mut out)) = deflaters.take() {
         let mut line = String::new();

@@ -34,6 +34,19 @@ pub(crate) struct Client<T> {
     pub(super) flush_queued: bool,
 }
 
+/// Brings `total` (`App::queued`) up to date with `conn`'s queue. Called after a
+/// flush that left bytes queued or had some counted (a queue drains only in a flush,
+/// and every queue that grew is flushed in the same loop iteration), so the gauge is
+/// right at the end of each iteration and the usual flush, which leaves nothing
+/// queued where nothing was counted, costs two compares. A removed client takes its
+/// count with it (`App::remove`).
+#[cold]
+#[inline(never)]
+pub(super) fn count_queued(total: &mut usize, conn: &mut Conn) {
+    let (before, now) = conn.report_queue_memory();
+    *total = *total + now - before;
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Lifecycle {
     Serving,
@@ -109,6 +122,7 @@ impl<T: ClientIo> App<T> {
     /// Forgets a closed client; dropping its `T` closes its socket.
     pub(super) fn remove(&mut self, id: usize) {
         let Some(client) = self.clients.try_remove(id) else { return };
+        self.queued -= client.conn.queue_reported();
         self.unfinished = self.unfinished.saturating_sub(client.conn.unfinished_memory());
         self.forget_in_backplane(id);
         let memory = client.conn.queue_memory();

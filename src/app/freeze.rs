@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::bus::Bus;
-use super::clients::Client;
+use super::clients::{count_queued, Client};
 use super::deliver::queue_flush;
 use super::housekeeping::presence_time;
 use super::session::{Extra, Joined, Role, NOT_JOINED};
@@ -189,8 +189,9 @@ impl<T: ClientIo> App<T> {
     pub fn close_unmoved(&mut self, now: Instant) {
         self.now = now;
         let Some(parked) = self.parked.take() else { return };
-        let stay: Vec<(usize, Client<T>)> =
-            parked.into_iter().filter(|(_, _, moved)| !moved).map(|(id, client, _)| (id, client)).collect();
+        let (moved, stay): (Vec<_>, Vec<_>) = parked.into_iter().partition(|(_, _, moved)| *moved);
+        self.queued -= moved.iter().map(|(_, client, _)| client.conn.queue_reported()).sum::<usize>();
+        let stay: Vec<(usize, Client<T>)> = stay.into_iter().map(|(id, client, _)| (id, client)).collect();
         let ids: Vec<usize> = stay.iter().map(|(id, _)| *id).collect();
         self.unpark(stay.into_iter());
         for id in ids {
@@ -203,8 +204,9 @@ impl<T: ClientIo> App<T> {
     }
 
     /// The application `state` describes, its clients on the sockets `fds` (the
-    /// same order), each made the runtime's by `io`. Clients with output are queued
-    /// for a flush; the runtime registers every client and reads it once.
+    /// same order), each made the runtime's by `io`: the i-th is client i (the runtime
+    /// registers the sockets under those ids as they arrive). Clients with output are
+    /// queued for a flush; the runtime reads every client once.
     pub(crate) fn restore_state(
         config: Config,
         auth: Auth,
@@ -253,6 +255,7 @@ impl<T: ClientIo> App<T> {
                 flush_queued: false,
             };
             let id = app.clients.insert(client);
+            count_queued(&mut app.queued, &mut app.clients[id].conn);
             app.unfinished += app.clients[id].conn.unfinished_memory();
             if role != Role::Pending {
                 app.open += 1;

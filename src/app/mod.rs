@@ -173,6 +173,11 @@ pub struct App<T> {
     retimed: Vec<usize>,
     /// What every client's `Conn::unfinished_memory` adds up to (see `track_unfinished`).
     unfinished: usize,
+    /// What the clients' outgoing queues hold, as the backpressure limit counts it
+    /// (`Conn::queue_memory`), summed: /metrics' `mioket_output_queued_bytes`. Kept
+    /// by `clients::count_queued`; a gauge, so not in the snapshot: the new process
+    /// counts the queues it restored.
+    queued: usize,
     /// Memory freed by large queues since the last trim, and when that was.
     released: usize,
     last_trim: Option<Instant>,
@@ -250,6 +255,7 @@ impl<T: ClientIo> App<T> {
             dirty: Vec::new(),
             retimed: Vec::new(),
             unfinished: 0,
+            queued: 0,
             released: 0,
             last_trim: None,
             metrics: Metrics::default(),

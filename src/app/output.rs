@@ -11,7 +11,7 @@ use std::io::{self, IoSlice};
 use log::debug;
 
 use super::budget::LARGE_QUEUE;
-use super::clients::count_fault;
+use super::clients::{count_fault, count_queued};
 use super::deliver::queue_flush;
 use super::App;
 use crate::protocol::Conn;
@@ -172,6 +172,11 @@ impl<T: super::ClientIo> App<T> {
         // Settled here (as in `App::after_activity`) without looking the client up again.
         if let Some(fault) = client.conn.poll_fault() {
             count_fault(&mut self.metrics, &mut self.released, &self.config, &client.io, fault);
+        }
+        // The gauge: nothing to do for the usual flush, which leaves nothing queued
+        // where nothing was counted.
+        if client.conn.queue_reported() != 0 || client.conn.has_output() {
+            count_queued(&mut self.queued, &mut client.conn);
         }
         if client.conn.is_closed() {
             self.remove(id);

@@ -222,6 +222,7 @@ impl<T: ClientIo> App<T> {
             rooms: self.rooms.len(),
             rooms_created: self.rooms.created,
             rooms_expired: self.rooms.expired,
+            output_queued_bytes: self.queued,
             op_error_reasons: OpError::ALL.map(OpError::reason),
         };
         for (_, client) in &self.clients {

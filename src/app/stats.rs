@@ -94,6 +94,8 @@ struct Memory {
     rss_bytes: Option<u64>,
     history_bytes: usize,
     history_messages: usize,
+    /// What the clients' outgoing queues hold (/metrics' `mioket_output_queued_bytes`).
+    output_queued_bytes: usize,
 }
 
 impl<T: ClientIo> App<T> {
@@ -129,7 +131,12 @@ impl<T: ClientIo> App<T> {
             closes: m.closes_by_reason().collect(),
             busiest_by_members: by_members.into_iter().map(|r| busy(r, messages_since(r))).collect(),
             busiest_by_messages: by_messages.into_iter().map(|r| busy(r, messages_since(r))).collect(),
-            memory: Memory { rss_bytes: memory::rss_bytes(), history_bytes, history_messages },
+            memory: Memory {
+                rss_bytes: memory::rss_bytes(),
+                history_bytes,
+                history_messages,
+                output_queued_bytes: self.queued,
+            },
             backplane: self.bus.mirror().map(|mirror| mirror.snapshot(now)),
             nodes: self.bus.nodes(uptime_s, connections.websockets),
             connections,

@@ -379,6 +379,7 @@ mod memory_back {
 
 mod auth;
 mod deflate;
+mod queued;
 mod rooms;
 mod upgrade;
 

@@ -73,6 +73,19 @@ impl Conn {
         self.out.memory()
     }
 
+    /// `queue_memory` as last reported (`report_queue_memory`): the application's share
+    /// of its gauge of every queue (`mioket_output_queued_bytes`).
+    #[inline]
+    pub fn queue_reported(&self) -> usize {
+        self.out.reported()
+    }
+
+    /// Reports `queue_memory` now (up to 4 GiB); returns (before, now).
+    pub fn report_queue_memory(&mut self) -> (usize, usize) {
+        let before = self.out.report_memory();
+        (before, self.out.reported())
+    }
+
     /// All our output is queued and written: time to shut our write side.
     pub fn poll_write_shutdown(&self) -> bool {
         matches!(self.state, State::Draining { write_shut: false, .. }) && self.out.is_empty()

@@ -8,15 +8,18 @@
 //!
 //! New process: `Server::take_over` instead of `Server::bind`.
 
+use std::io;
 use std::net::TcpStream as StdTcpStream;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::Child;
+use std::sync::{mpsc, Arc};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
-use mio::{Interest, Token};
+use mio::{Interest, Registry, Token};
 
 use super::{Io, Server, StartError, HANDOVER};
 use crate::app::App;
@@ -229,53 +232,44 @@ impl Server {
     }
 
     /// The new process: takes the listeners, the connections and the application's
-    /// state from the old one (instead of `bind`), registers them, and confirms.
+    /// state from the old one (instead of `bind`), and confirms.
+    ///
+    /// The pause's two largest parts run side by side: a second thread registers the
+    /// connections' sockets with our poll as their batches arrive (2-4 us each), while
+    /// this one receives the rest and restores the application. Should anything fail,
+    /// we tell the old process and exit, and what we registered dies with our poll: the
+    /// old process's registrations are its own, so it serves on as if we never had.
+    #[cold]
+    #[inline(never)]
     pub fn take_over(config: Config, mut channel: Channel) -> Result<Server, StartError> {
-        let failed = |channel: &mut Channel, why: String| {
-            handover::abort(channel, &why);
-            StartError::Upgrade(why)
-        };
         // With Redis: connected before the hello, while the old process still serves
         // (at most half the upgrade's time; a Redis that is down is not waited for).
         let until = Instant::now() + config.upgrade_timeout / 2;
         let (poll, backplane) = Server::reactor(&config)?;
         let early = backplane.as_ref().map_or(Vec::new(), |links| links.wait_up(until));
         handover::say_hello(&mut channel, FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
-        let received =
-            handover::receive(&mut channel, |format| format == FORMAT_VERSION).map_err(|e| StartError::Upgrade(e.0))?;
-        // From the last byte received: the new process's share of the pause.
-        let received_at = Instant::now();
-        let (mut main, mut metrics) = (None, None);
-        for (role, fd) in received.listeners {
-            let listener = TcpListener::from_std(std::net::TcpListener::from(fd));
-            match role {
-                Role::Main => main = Some(listener),
-                Role::Metrics => metrics = Some(listener),
-            }
-        }
-        let Some(main) = main else { return Err(failed(&mut channel, "no main listener".into())) };
-        let tls = super::load_tls(&config).map_err(|e| failed(&mut channel, e))?;
-        let metrics = match (metrics, &config.metrics_listen) {
-            (Some(l), _) => Some(l),
-            (None, Some(addr)) => Some(
-                super::resolve(addr.as_str())
-                    .and_then(|a| super::listen(a, false, 0))
-                    .map_err(|e| failed(&mut channel, format!("--metrics-listen: {e}")))?,
-            ),
-            (None, None) => None,
-        };
-        let app = App::restore(config, &received.snapshot, received.connections, Instant::now(), io_from)
-            .map_err(|e| failed(&mut channel, format!("cannot restore the snapshot: {e}")))?;
-        let restored_in = received_at.elapsed();
-        // Done with (not trimmed here: a malloc_trim would lengthen the pause).
-        drop(received.snapshot);
+        let hello_at = Instant::now();
+        let registry = poll.registry();
+        let taken = thread::scope(|scope| {
+            let (batches, arrivals) = mpsc::channel();
+            let registering = scope.spawn(move || register_moved(registry, arrivals));
+            // The sender goes with `receive_with`: the thread ends once all arrived.
+            let taken = take_state(config, &mut channel, batches, hello_at);
+            let waited = Instant::now();
+            let registered = registering.join().unwrap_or_else(|_| Err(io::Error::other("panicked")));
+            debug!("take over: the registration's end waited for {:?}", waited.elapsed());
+            let taken = taken?;
+            registered.map_err(|e| fail(&mut channel, format!("cannot poll the connections: {e}")))?;
+            Ok::<_, StartError>(taken)
+        })?;
+        let Taken { app, tls, main, metrics, received_at, restored_in } = taken;
         let mut server = Server::assemble(app, (poll, backplane), tls, main, metrics)
-            .map_err(|e| failed(&mut channel, e.to_string()))?;
+            .map_err(|e| fail(&mut channel, e.to_string()))?;
         let ids: Vec<usize> = server.app.client_ids().collect();
-        for id in ids {
-            let Some(client) = server.app.client_io(id) else { continue };
-            if let Err(e) = client.io.transport.register(server.poll.registry(), Token(id)) {
-                return Err(failed(&mut channel, format!("cannot poll connection {id}: {e}")));
+        for (i, id) in ids.into_iter().enumerate() {
+            // Registered as the snapshot's i-th connection (`register_moved`).
+            if id != i {
+                return Err(fail(&mut channel, format!("connection {i} restored as client {id}")));
             }
             server.reschedule(id);
             // Bytes may have arrived during the handover: read every client once.
@@ -296,12 +290,95 @@ impl Server {
             return Err(StartError::Upgrade(e.0));
         }
         info!(
-            "took over {} connections: restored in {restored_in:?}, registered and confirmed in {:?}",
+            "took over {} connections: restored in {restored_in:?} (registered alongside), confirmed {:?} after",
             server.app.client_count(),
             received_at.elapsed() - restored_in
         );
         Ok(server)
     }
+}
+
+/// What the new process took over, before its loop is assembled around it.
+struct Taken {
+    app: App<Io>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    main: TcpListener,
+    metrics: Option<TcpListener>,
+    /// The last byte received, and the restore's time from then.
+    received_at: Instant,
+    restored_in: Duration,
+}
+
+/// Receives the listeners, the snapshot and the connections (each batch's sockets
+/// sent on to `register_moved`), and restores the application.
+#[cold]
+#[inline(never)]
+fn take_state(
+    config: Config,
+    channel: &mut Channel,
+    batches: mpsc::Sender<(usize, Vec<RawFd>)>,
+    hello_at: Instant,
+) -> Result<Taken, StartError> {
+    let arrived = move |first: usize, fds: &[OwnedFd]| {
+        // A send fails only once the thread stopped at an error, which it returns.
+        let _ = batches.send((first, fds.iter().map(AsRawFd::as_raw_fd).collect()));
+    };
+    let received = handover::receive_with(channel, |format| format == FORMAT_VERSION, arrived)
+        .map_err(|e| StartError::Upgrade(e.0))?;
+    // From the last byte received: the new process's share of the pause.
+    let received_at = Instant::now();
+    debug!("take over: received in {:?} after the hello", received_at - hello_at);
+    let (mut main, mut metrics) = (None, None);
+    for (role, fd) in received.listeners {
+        let listener = TcpListener::from_std(std::net::TcpListener::from(fd));
+        match role {
+            Role::Main => main = Some(listener),
+            Role::Metrics => metrics = Some(listener),
+        }
+    }
+    let Some(main) = main else { return Err(fail(channel, "no main listener".into())) };
+    let tls = super::load_tls(&config).map_err(|e| fail(channel, e))?;
+    let metrics = match (metrics, &config.metrics_listen) {
+        (Some(l), _) => Some(l),
+        (None, Some(addr)) => Some(
+            super::resolve(addr.as_str())
+                .and_then(|a| super::listen(a, false, 0))
+                .map_err(|e| fail(channel, format!("--metrics-listen: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    let app = App::restore(config, &received.snapshot, received.connections, Instant::now(), io_from)
+        .map_err(|e| fail(channel, format!("cannot restore the snapshot: {e}")))?;
+    let restored_in = received_at.elapsed();
+    // Done with (not trimmed here: a malloc_trim would lengthen the pause).
+    drop(received.snapshot);
+    Ok(Taken { app, tls, main, metrics, received_at, restored_in })
+}
+
+/// The second thread of `Server::take_over`: registers each batch of connections
+/// with the new process's poll as it arrives, the i-th connection of the snapshot
+/// under `Token(i)` (`App::restore` makes it client i). The descriptors stay the
+/// main thread's; if it fails and drops them before they are registered here, the
+/// process exits anyway.
+#[cold]
+#[inline(never)]
+fn register_moved(registry: &Registry, batches: mpsc::Receiver<(usize, Vec<RawFd>)>) -> io::Result<()> {
+    let started = Instant::now();
+    let mut count = 0;
+    for (first, fds) in batches {
+        for (i, &fd) in fds.iter().enumerate() {
+            Transport::register_plain_fd(registry, fd, Token(first + i))?;
+        }
+        count += fds.len();
+    }
+    debug!("take over: registered {count} connections by {:?} after the hello", started.elapsed());
+    Ok(())
+}
+
+/// Tells the old process why we give up; the error to exit with.
+fn fail(channel: &mut Channel, why: String) -> StartError {
+    handover::abort(channel, &why);
+    StartError::Upgrade(why)
 }
 
 fn wait_for_exit(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {

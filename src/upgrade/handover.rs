@@ -21,7 +21,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use log::debug;
 
 use super::channel::{Channel, ChannelError, Kind, Message, MAX_BODY, MAX_FDS};
 
@@ -100,10 +102,14 @@ pub fn hand_over(
     snapshot: &[u8],
     connections: &[RawFd],
 ) -> Result<(), Failed> {
+    let started = Instant::now();
     let sent = send_state(chan, listeners, format, snapshot, connections);
+    let sent_in = started.elapsed();
+    let answer = chan.recv();
+    debug!("handover: state sent in {sent_in:?}, the answer {:?} after", started.elapsed() - sent_in);
     // A new process that refused stops reading and says why: its answer beats the
     // broken pipe our sending met.
-    match (chan.recv(), sent) {
+    match (answer, sent) {
         (Ok(m), _) if m.kind == Kind::Confirm => Ok(()),
         (Ok(m), _) if m.kind == Kind::Abort => Err(Failed(format!("the new process refused: {}", why(&m)))),
         (Ok(m), _) => Err(Failed(format!("expected a confirmation, got {:?}", m.kind))),
@@ -149,14 +155,30 @@ pub fn say_hello(chan: &mut Channel, format: u32) -> Result<(), Failed> {
 /// Receives everything the old process sends; `reads(format)` says whether this
 /// binary reads that snapshot format. A refusal is told to the old process.
 pub fn receive(chan: &mut Channel, reads: impl Fn(u32) -> bool) -> Result<Received, Failed> {
-    let result = receive_inner(chan, reads);
+    receive_with(chan, reads, |_, _| {})
+}
+
+/// `receive`, telling `arrived(first, fds)` of each batch of connections as it comes
+/// (`first`: the index of its first connection in the snapshot's order), so the new
+/// process can register them while the rest is on its way. The descriptors stay in
+/// what is received.
+pub fn receive_with(
+    chan: &mut Channel,
+    reads: impl Fn(u32) -> bool,
+    arrived: impl FnMut(usize, &[OwnedFd]),
+) -> Result<Received, Failed> {
+    let result = receive_inner(chan, reads, arrived);
     if let Err(why) = &result {
         abort(chan, &why.0);
     }
     result
 }
 
-fn receive_inner(chan: &mut Channel, reads: impl Fn(u32) -> bool) -> Result<Received, Failed> {
+fn receive_inner(
+    chan: &mut Channel,
+    reads: impl Fn(u32) -> bool,
+    mut arrived: impl FnMut(usize, &[OwnedFd]),
+) -> Result<Received, Failed> {
     let begin = expect(chan, Kind::Begin)?;
     let (Some(format), Some(length), Some(count)) =
         (le_u32(&begin.body, 0), le_u64(&begin.body, 4), le_u32(&begin.body, 12))
@@ -198,6 +220,7 @@ fn receive_inner(chan: &mut Channel, reads: impl Fn(u32) -> bool) -> Result<Rece
                 if connections.len() + message.fds.len() > count as usize {
                     return Err(Failed("more connections than announced".into()));
                 }
+                arrived(connections.len(), &message.fds);
                 connections.extend(message.fds);
             }
             Kind::Done => break,

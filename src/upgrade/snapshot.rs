@@ -159,8 +159,12 @@ impl<T: ClientIo> App<T> {
     /// parked until `thaw` or `close_unmoved`: events for it are stale (nothing is read,
     /// numbered or written), housekeeping waits and `connect` refuses.
     pub fn freeze(&mut self, now: Instant) -> Frozen {
+        let started = Instant::now();
         let (state, fds) = self.freeze_state(now);
-        Frozen { bytes: encode(&state), fds }
+        let captured = started.elapsed();
+        let bytes = encode(&state);
+        log::debug!("freeze: state captured in {captured:?}, encoded in {:?}", started.elapsed() - captured);
+        Frozen { bytes, fds }
     }
 
     /// Rollback: the handover failed; the clients that were to move are served on, as
@@ -170,9 +174,10 @@ impl<T: ClientIo> App<T> {
     }
 
     /// The new process: the application from a snapshot and the sockets that came
-    /// with it (the same order), each made the runtime's by `io`. The runtime then
-    /// registers every client (`client_ids`), flushes those with output
-    /// (`drain_dirty_into`) and reads every one once.
+    /// with it (the same order), each made the runtime's by `io`: the i-th socket's
+    /// client is client i (the runtime registers the sockets under those ids as they
+    /// arrive). The runtime then flushes the clients with output (`drain_dirty_into`)
+    /// and reads every one once.
     pub fn restore(
         config: Config,
         bytes: &[u8],
@@ -180,10 +185,13 @@ impl<T: ClientIo> App<T> {
         now: Instant,
         io: impl FnMut(OwnedFd) -> T,
     ) -> Result<App<T>, SnapshotError> {
+        let started = Instant::now();
         let state = decode(bytes)?;
+        let decoded = started.elapsed();
         let auth = Auth::from_config(&config).map_err(SnapshotError::Config)?;
         let mut app = App::restore_state(config, auth, state, fds, now, io).map_err(|e| SnapshotError::Invalid(e.0))?;
         app.adopt_rooms_in_backplane();
+        log::debug!("restore: decoded in {decoded:?}, restored in {:?}", started.elapsed() - decoded);
         Ok(app)
     }
 }

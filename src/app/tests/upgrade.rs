@@ -556,3 +556,21 @@ fn a_publish_id_remembered_before_the_move_is_answered_with_its_first_seq_after_
     assert!(!out.contains_key(&ids[&member]), "delivered again: {out:?}");
     assert_eq!(new.metrics.messages_in, old.metrics.messages_in);
 }
+
+#[test]
+fn the_queued_bytes_gauge_is_counted_again_from_the_restored_queues() {
+    let now = Instant::now();
+    let mut scene = scene(now);
+    flush(&mut scene.app);
+    // Output not yet written: the next message is queued for everyone.
+    input(&mut scene.app, scene.plain, &text("m5"), now);
+    let (new, _) = handover(&mut scene.app, now);
+    let held: usize = new.clients.iter().map(|(_, c)| c.conn.queue_memory()).sum();
+    assert!(held > 0, "output moved");
+    assert_eq!(new.queued, held, "the gauge is not carried: it is counted");
+    // Confirmed: the moved clients go, and with them what the old process counted.
+    let _ = scene.app.freeze(now);
+    scene.app.close_unmoved(now);
+    assert_eq!(scene.app.client_count(), 0);
+    assert_eq!(scene.app.queued, 0);
+}
