@@ -10,7 +10,7 @@
 # ratio. The snapshot's size per connection and the new process's RSS against a fresh
 # one's do not depend on speed: the VM's numbers at 50,000 are real.
 #
-#   benches/upgrade-vm.sh                    (about 10 minutes on 2 busy cores)
+#   benches/upgrade-vm.sh                    (6-8 minutes on 2 busy cores)
 #   PUBLISHERS=2 benches/upgrade-vm.sh       a lower message rate, for VM and host alike
 #   HOST=0 benches/upgrade-vm.sh             the VM only (no estimate)
 #
