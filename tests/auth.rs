@@ -360,6 +360,18 @@ mod tokens {
     }
 
     #[test]
+    fn a_short_rsa_key_ends_the_start_with_a_reason() {
+        let key = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys/rsa1024.pem");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mioket"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--jwt-key", key])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("rsa1024.pem: an RSA key of 1024 bits: at least 2048 are needed"), "{stderr}");
+    }
+
+    #[test]
     fn mioket_token_makes_a_token_the_server_takes() {
         let secret = secret_file();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mioket"))

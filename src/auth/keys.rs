@@ -62,7 +62,14 @@ impl Key {
             };
         }
         if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-            return key(Algorithm::RS256, k);
+            // Short RSA keys can be factored (512 bits publicly, 1024 within reach):
+            // a token signed by one proves nothing (RFC 7518 3.3: 2048 at least).
+            let DecodingKeyKind::SecretOrDer(der) = k.kind() else { return Err("not an RSA public key".into()) };
+            return match rsa_modulus_bits(der) {
+                Some(bits) if bits >= 2048 => key(Algorithm::RS256, k),
+                Some(bits) => Err(format!("an RSA key of {bits} bits: at least 2048 are needed")),
+                None => Err("not an RSA public key".into()),
+            };
         }
         Err("not a PEM public key (RSA, P-256 or Ed25519)".into())
     }
@@ -86,6 +93,15 @@ impl Key {
     pub(crate) fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
+}
+
+/// The size of an RSA public key (PKCS#1 `RSAPublicKey`, DER) in bits.
+fn rsa_modulus_bits(der: &[u8]) -> Option<usize> {
+    use pkcs1::der::{asn1::UintRef, Decode};
+    let key = pkcs1::RsaPublicKey::<UintRef<'_>>::from_der(der).ok()?;
+    let modulus = key.modulus.as_bytes();
+    let first = *modulus.first()?;
+    Some(modulus.len() * 8 - first.leading_zeros() as usize)
 }
 
 fn file_stem(path: &Path) -> Option<String> {

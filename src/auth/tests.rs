@@ -79,6 +79,8 @@ fn the_key_types_are_told_apart_and_p384_is_refused() {
     assert!(Key::public(None, P384_PEM).unwrap_err().contains("P-256"));
     assert!(Key::public(None, b"not a key").is_err());
     assert!(Key::public(None, RSA_KEY).is_err(), "a private key is not a public key");
+    let short = Key::public(None, include_bytes!("../../tests/keys/rsa1024.pem")).err().unwrap();
+    assert_eq!(short, "an RSA key of 1024 bits: at least 2048 are needed");
     assert!(Key::secret(None, b"\n").is_err(), "an empty secret");
 }
 
