@@ -275,8 +275,8 @@ impl Server {
             // Bytes may have arrived during the handover: read every client once.
             server.backlog.push(id);
         }
-        // The link is up: the restored rooms' mirrors catch up from Redis (their
-        // members' publishes wait for that, `Mirror::publish`).
+        // What the link said while it connected: once up, the restored rooms' mirrors
+        // catch up from Redis (their members' publishes wait for that, `Mirror::publish`).
         let now = Instant::now();
         for event in early {
             server.app.handle_backplane(event, now);
