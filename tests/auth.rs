@@ -627,10 +627,7 @@ mod redis_nodes {
     fn node(redis: &RedisServer) -> Server {
         let url = redis.url();
         let s = server(&["--redis", &url, "--anonymous-read", "*", "--anonymous-write", "*", "--ping-interval", "0"]);
-        let up = wait_until(Duration::from_secs(15), || {
-            http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
-        });
-        assert!(up.is_some(), "backplane up");
+        wait_backplane_up(&[&s]);
         s
     }
 

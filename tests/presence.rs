@@ -55,10 +55,7 @@ fn node(redis: &RedisServer, secret: &str) -> Server {
 fn nodes(redis: &RedisServer, n: usize) -> Vec<Server> {
     let secret = secret_file();
     let servers: Vec<Server> = (0..n).map(|_| node(redis, &secret)).collect();
-    for s in &servers {
-        let up = wait_until(Duration::from_secs(15), || healthz(s).contains("backplane: up").then_some(()));
-        assert!(up.is_some(), "backplane up: {}", healthz(s));
-    }
+    wait_backplane_up(&servers.iter().collect::<Vec<_>>());
     servers
 }
 

@@ -544,12 +544,7 @@ fn with_redis_a_member_of_the_upgraded_node_misses_nothing() {
     let args = ["--redis", &redis.url(), "--ping-interval", "0"];
     let mut a = Server::start(&args);
     let b = Server::start(&args);
-    for s in [&a, &b] {
-        let up = wait_until(Duration::from_secs(15), || {
-            http(s.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
-        });
-        assert!(up.is_some(), "backplane up");
-    }
+    wait_backplane_up(&[&a, &b]);
     let mut member = connect_v1(&a, "/shared");
     assert_eq!(envelope(&mut member)["type"], "welcome");
     let mut publisher = connect_v1(&b, "/shared");
@@ -720,10 +715,7 @@ fn with_redis_every_publish_in_flight_across_an_upgrade_is_acked_or_refused() {
     need_redis!();
     let redis = RedisServer::start(false);
     let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0"]);
-    let up = wait_until(Duration::from_secs(15), || {
-        http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
-    });
-    assert!(up.is_some(), "backplane up");
+    wait_backplane_up(&[&server]);
     let stop = Arc::new(AtomicBool::new(false));
     let publishers: Vec<_> = (0..4)
         .map(|i| {
@@ -767,10 +759,7 @@ fn with_redis_a_publish_redis_does_not_answer_is_refused_before_the_handover() {
     need_redis!();
     let redis = RedisServer::start(false);
     let mut server = Server::start(&["--redis", &redis.url(), "--ping-interval", "0", "--upgrade-timeout", "2"]);
-    let up = wait_until(Duration::from_secs(15), || {
-        http(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").1.contains("backplane: up").then_some(())
-    });
-    assert!(up.is_some(), "backplane up");
+    wait_backplane_up(&[&server]);
     let mut ws = connect_v1(&server, "/stalled");
     assert_eq!(envelope(&mut ws)["type"], "welcome");
     redis.signal("-STOP");
