@@ -216,17 +216,18 @@ start_server() { # name mode [wrapper words...]
     fi
 }
 
+stop_pid() { # pid: TERM, then KILL after 5 s
+    kill -TERM "$1" 2>/dev/null
+    for _ in $(seq 100); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+}
 stop_server() {
     local p
-    for p in $SP $SP2; do
-        kill -TERM "$p" 2>/dev/null
-        for _ in $(seq 100); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -KILL "$p" 2>/dev/null
-        wait "$p" 2>/dev/null
-    done
+    for p in $SP $SP2; do stop_pid "$p"; done
     SP=""
     SP2=""
 }
@@ -492,15 +493,6 @@ start_node() { # name redis-ports...: a backplane node; appends to BP_NODES
     port=$(grep -o '[0-9]*$' "$OUT/node-$name.out" | head -1)
     BP_NODES+=("$pid:$port:$mport")
     [ -n "$port" ] || { log "node $name did not start"; return 1; }
-}
-stop_pid() { # pid: TERM, then KILL after 5 s
-    kill -TERM "$1" 2>/dev/null
-    for _ in $(seq 100); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.05
-    done
-    kill -KILL "$1" 2>/dev/null
-    wait "$1" 2>/dev/null
 }
 stop_nodes() {
     local n
