@@ -154,14 +154,10 @@ pub fn say_hello(chan: &mut Channel, format: u32) -> Result<(), Failed> {
 
 /// Receives everything the old process sends; `reads(format)` says whether this
 /// binary reads that snapshot format. A refusal is told to the old process.
-pub fn receive(chan: &mut Channel, reads: impl Fn(u32) -> bool) -> Result<Received, Failed> {
-    receive_with(chan, reads, |_, _| {})
-}
-
-/// `receive`, telling `arrived(first, fds)` of each batch of connections as it comes
-/// (`first`: the index of its first connection in the snapshot's order), so the new
-/// process can register them while the rest is on its way. The descriptors stay in
-/// what is received.
+/// `arrived(first, fds)` is told of each batch of connections as it comes (`first`:
+/// the index of its first connection in the snapshot's order), so the new process
+/// can register them while the rest is on its way. The descriptors stay in what is
+/// received.
 pub fn receive_with(
     chan: &mut Channel,
     reads: impl Fn(u32) -> bool,

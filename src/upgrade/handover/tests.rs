@@ -10,6 +10,11 @@ use std::time::Duration;
 use super::super::channel::{Channel, ChannelError, Kind, MAX_BODY, MAX_FDS};
 use super::*;
 
+/// Everything received, no batch looked at on its way.
+fn receive(chan: &mut Channel, reads: impl Fn(u32) -> bool) -> Result<Received, Failed> {
+    receive_with(chan, reads, |_, _| {})
+}
+
 fn pair() -> (Channel, Channel) {
     let (a, b) = UnixStream::pair().unwrap();
     for s in [&a, &b] {
